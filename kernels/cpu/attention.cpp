@@ -1,0 +1,232 @@
+// KV cache writes and causal GQA attention over the cache.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/cpu_ops.h"
+
+// The build targets baseline x86-64 (SSE2); the attention loops are compute bound in prefill,
+// so they get AVX2 / AVX-512 clones picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SHARDLM_SIMD_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SHARDLM_SIMD_CLONES
+#endif
+// Helpers of a cloned function must be inlined into it to be compiled for its target.
+#if defined(__GNUC__)
+#define SHARDLM_INLINE [[gnu::always_inline]] inline
+#else
+#define SHARDLM_INLINE inline
+#endif
+
+namespace shardlm::cpu {
+namespace {
+
+void CheckPositions(std::string_view op, std::span<const int32_t> positions, int64_t max_seq) {
+  for (int32_t p : positions) {
+    if (p < 0 || p >= max_seq) {
+      throw std::out_of_range(std::string(op) + ": position " + std::to_string(p) +
+                              " outside the cache [0, " + std::to_string(max_seq) + ")");
+    }
+  }
+}
+
+// scores[j] = scale * dot(q, k row j) for j in [begin, end); rows `row_stride` floats apart.
+// Four keys at a time: one dot product is a chain of dependent FMAs ending in a horizontal sum,
+// four independent ones keep the FMA units busy.
+SHARDLM_INLINE void Scores(const float* q, const float* k, int64_t row_stride, int64_t begin,
+                           int64_t end, int64_t head_dim, float scale, float* scores) {
+  int64_t j = begin;
+  for (; j + 4 <= end; j += 4) {
+    const float* k0 = k + j * row_stride;
+    const float* k1 = k0 + row_stride;
+    const float* k2 = k1 + row_stride;
+    const float* k3 = k2 + row_stride;
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+    for (int64_t d = 0; d < head_dim; ++d) {
+      a0 += q[d] * k0[d];
+      a1 += q[d] * k1[d];
+      a2 += q[d] * k2[d];
+      a3 += q[d] * k3[d];
+    }
+    scores[j] = a0 * scale;
+    scores[j + 1] = a1 * scale;
+    scores[j + 2] = a2 * scale;
+    scores[j + 3] = a3 * scale;
+  }
+  for (; j < end; ++j) {
+    const float* kj = k + j * row_stride;
+    float a = 0.0f;
+#pragma omp simd reduction(+ : a)
+    for (int64_t d = 0; d < head_dim; ++d) a += q[d] * kj[d];
+    scores[j] = a * scale;
+  }
+}
+
+// In place: scores[0, span) -> softmax(scores), in f32 with the maximum subtracted first.
+SHARDLM_INLINE void Softmax(float* scores, int64_t span) {
+  float max_score = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : max_score)
+  for (int64_t j = 0; j < span; ++j) max_score = scores[j] > max_score ? scores[j] : max_score;
+  float sum = 0.0f;
+  for (int64_t j = 0; j < span; ++j) {
+    scores[j] = std::exp(scores[j] - max_score);
+    sum += scores[j];
+  }
+  const float inv_sum = 1.0f / sum;
+#pragma omp simd
+  for (int64_t j = 0; j < span; ++j) scores[j] *= inv_sum;
+}
+
+// out += sum over j in [begin, end) of probs[j] * v row j, four rows per pass over `out`.
+SHARDLM_INLINE void AccumulateValues(const float* probs, const float* v, int64_t row_stride,
+                                     int64_t begin, int64_t end, int64_t head_dim, float* out) {
+  int64_t j = begin;
+  for (; j + 4 <= end; j += 4) {
+    const float* v0 = v + j * row_stride;
+    const float* v1 = v0 + row_stride;
+    const float* v2 = v1 + row_stride;
+    const float* v3 = v2 + row_stride;
+    const float w0 = probs[j], w1 = probs[j + 1], w2 = probs[j + 2], w3 = probs[j + 3];
+#pragma omp simd
+    for (int64_t d = 0; d < head_dim; ++d) {
+      out[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d];
+    }
+  }
+  for (; j < end; ++j) {
+    const float* vj = v + j * row_stride;
+    const float w = probs[j];
+#pragma omp simd
+    for (int64_t d = 0; d < head_dim; ++d) out[d] += w * vj[d];
+  }
+}
+
+// `num_q` consecutive query heads of one row (q and out: head_dim floats apart) that share one
+// KV head, against cache rows [lo, hi]; `k` and `v` point at that KV head in cache row 0 and
+// cache rows are `row_stride` floats apart. `scores` holds num_q * (hi - lo + 1) floats.
+// The keys go in chunks, all heads over one chunk before the next, so that a chunk of K or V
+// is read from memory once per group rather than once per head.
+SHARDLM_SIMD_CLONES void AttendHeads(const float* q, int64_t num_q, const float* k, const float* v,
+                                     int64_t row_stride, int64_t lo, int64_t hi, int64_t head_dim,
+                                     float scale, float* scores, float* out) {
+  constexpr int64_t kChunk = 64;  // 64 rows of a 128-dim head: 32 KiB, L1/L2 resident
+  const int64_t span = hi - lo + 1;
+  k += lo * row_stride;
+  v += lo * row_stride;
+  for (int64_t c = 0; c < span; c += kChunk) {
+    const int64_t c_end = std::min(span, c + kChunk);
+    for (int64_t g = 0; g < num_q; ++g) {
+      Scores(q + g * head_dim, k, row_stride, c, c_end, head_dim, scale, scores + g * span);
+    }
+  }
+  for (int64_t g = 0; g < num_q; ++g) Softmax(scores + g * span, span);
+  std::fill(out, out + num_q * head_dim, 0.0f);
+  for (int64_t c = 0; c < span; c += kChunk) {
+    const int64_t c_end = std::min(span, c + kChunk);
+    for (int64_t g = 0; g < num_q; ++g) {
+      AccumulateValues(scores + g * span, v, row_stride, c, c_end, head_dim, out + g * head_dim);
+    }
+  }
+}
+
+}  // namespace
+
+void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> positions, Tensor& k_cache,
+             Tensor& v_cache) {
+  RequireHostF32("WriteKv", {{"k", &k}, {"v", &v}, {"k_cache", &k_cache}, {"v_cache", &v_cache}});
+  const int64_t n = static_cast<int64_t>(positions.size());
+  const bool ranks_ok = k.rank() >= 1 && k_cache.rank() >= 1;
+  const int64_t max_seq = ranks_ok ? k_cache.dim(0) : 0;
+  const int64_t row = max_seq > 0 ? k_cache.numel() / max_seq : 0;
+  Require(ranks_ok && k.dim(0) == n && k.shape() == v.shape() &&
+              k_cache.shape() == v_cache.shape() && k.numel() == n * row,
+          "WriteKv",
+          "expects k, v [n, kv_heads, head_dim] with n == positions.size() and caches "
+          "[max_seq, kv_heads, head_dim]",
+          {{"k", &k}, {"v", &v}, {"k_cache", &k_cache}, {"v_cache", &v_cache}});
+  CheckPositions("WriteKv", positions, max_seq);
+  const size_t row_bytes = static_cast<size_t>(row) * sizeof(float);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t p = positions[i];
+    std::memcpy(k_cache.data<float>() + p * row, k.data<float>() + i * row, row_bytes);
+    std::memcpy(v_cache.data<float>() + p * row, v.data<float>() + i * row, row_bytes);
+  }
+}
+
+void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+               std::span<const int32_t> positions, const AttentionParams& params, Tensor& out,
+               int threads) {
+  RequireHostF32("Attention",
+                 {{"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"out", &out}});
+  const int64_t heads = params.num_heads;
+  const int64_t kv_heads = params.num_kv_heads;
+  const int64_t head_dim = params.head_dim;
+  const int64_t n = static_cast<int64_t>(positions.size());
+  const int64_t width = heads * head_dim;
+  const int64_t kv_width = kv_heads * head_dim;
+  Require(heads > 0 && kv_heads > 0 && head_dim > 0 && heads % kv_heads == 0 &&
+              params.sliding_window >= 0 && q.rank() >= 1 && q.dim(0) == n &&
+              q.numel() == n * width && out.rank() >= 1 && out.dim(0) == n &&
+              out.numel() == n * width && k_cache.rank() >= 1 &&
+              k_cache.shape() == v_cache.shape() && k_cache.numel() == k_cache.dim(0) * kv_width,
+          "Attention",
+          "expects q [n, num_heads, head_dim] with n == positions.size(), caches "
+          "[max_seq, num_kv_heads, head_dim], out [n, num_heads * head_dim] and num_heads a "
+          "multiple of num_kv_heads",
+          {{"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"out", &out}});
+  CheckPositions("Attention", positions, k_cache.dim(0));
+  const int64_t group = heads / kv_heads;
+  const int64_t window = params.sliding_window;
+  auto first_key = [window](int64_t p) {
+    return window > 0 ? std::max<int64_t>(0, p - window + 1) : int64_t{0};
+  };
+  int64_t max_span = 0;
+  int64_t total_keys = 0;
+  for (int32_t p : positions) {
+    const int64_t span = p - first_key(p) + 1;
+    max_span = std::max(max_span, span);
+    total_keys += span;
+  }
+  const bool parallel = n * heads > 1 && total_keys * width >= kMinParallelWork;
+  // A task is (row, a run of query heads sharing one KV head). Whole groups read each K/V row
+  // once; in decode there may be fewer rows * KV heads than threads, and then the groups are
+  // split (down to single heads) until every thread has work.
+  int64_t heads_per_task = group;
+  if (parallel) {
+    while (heads_per_task > 1 && n * heads / heads_per_task < threads) {
+      int64_t smaller = heads_per_task - 1;
+      while (group % smaller != 0) --smaller;
+      heads_per_task = smaller;
+    }
+  }
+  const int64_t tasks_per_row = heads / heads_per_task;
+  const int64_t tasks = n * tasks_per_row;
+  const float* qp = q.data<float>();
+  const float* kp = k_cache.data<float>();
+  const float* vp = v_cache.data<float>();
+  float* op = out.data<float>();
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+    std::vector<float> scores(static_cast<size_t>(heads_per_task * max_span));
+    // Round-robin tasks: in a causal prefill later rows see more keys, and a cyclic split
+    // balances that without the cost of dynamic scheduling.
+#pragma omp for schedule(static, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t i = t / tasks_per_row;
+      const int64_t h = (t % tasks_per_row) * heads_per_task;  // first query head of the task
+      const int64_t p = positions[i];
+      const int64_t kv_offset = (h / group) * head_dim;
+      const int64_t offset = i * width + h * head_dim;
+      AttendHeads(qp + offset, heads_per_task, kp + kv_offset, vp + kv_offset, kv_width,
+                  first_key(p), p, head_dim, params.scale, scores.data(), op + offset);
+    }
+  }
+}
+
+}  // namespace shardlm::cpu

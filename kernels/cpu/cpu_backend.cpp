@@ -1,0 +1,112 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "kernels/cpu/cpu_ops.h"
+
+namespace shardlm {
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int num_threads) : num_threads_(num_threads) {
+    if (num_threads < 0) {
+      throw std::invalid_argument("CreateCpuBackend: num_threads must be >= 0, got " +
+                                  std::to_string(num_threads));
+    }
+    if (num_threads > 0) openblas_set_num_threads(num_threads);
+  }
+
+  std::string_view name() const override { return "cpu"; }
+
+  Tensor Allocate(std::vector<int64_t> shape, DType dtype) override {
+    return Tensor::Empty(std::move(shape), dtype);
+  }
+
+  // Also converts a non-f32 host tensor: accepting it costs nothing and saves callers a step.
+  Tensor ToDevice(const Tensor& host) override { return CopyAsF32("ToDevice", host); }
+  Tensor ToHost(const Tensor& t) override { return CopyAsF32("ToHost", t); }
+  Tensor PrepareWeight(const Tensor& host) override { return CopyAsF32("PrepareWeight", host); }
+
+  void Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
+    cpu::Linear(x, w, bias, y, Threads());
+  }
+  void RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override {
+    cpu::RmsNorm(x, w, eps, y, Threads());
+  }
+  void Rope(Tensor& x, std::span<const int32_t> positions, const RopeConfig& rope) override {
+    cpu::Rope(x, positions, InverseFrequencies(rope), rope.interleaved, Threads());
+  }
+  void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y) override {
+    cpu::Embedding(table, ids, y, Threads());
+  }
+  void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) override {
+    cpu::SiluMul(gate, up, y, Threads());
+  }
+  void Add(Tensor& x, const Tensor& y) override { cpu::Add(x, y, Threads()); }
+  void Argmax(const Tensor& logits, std::span<int32_t> out) override {
+    cpu::Argmax(logits, out, Threads());
+  }
+  void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> positions,
+               Tensor& k_cache, Tensor& v_cache) override {
+    cpu::WriteKv(k, v, positions, k_cache, v_cache);
+  }
+  void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                 std::span<const int32_t> positions, const AttentionParams& params,
+                 Tensor& out) override {
+    cpu::Attention(q, k_cache, v_cache, positions, params, out, Threads());
+  }
+
+ private:
+  // Every RopeConfig field that the frequencies depend on (not `interleaved`).
+  using RopeKey = std::tuple<float, int, RopeConfig::Scaling, float, float, float, int>;
+
+  int Threads() const { return num_threads_ > 0 ? num_threads_ : omp_get_max_threads(); }
+
+  Tensor CopyAsF32(std::string_view op, const Tensor& src) {
+    cpu::Require(src.device() == Device::kCpu && src.defined(), op, "expects a defined host tensor",
+                 {{"t", &src}});
+    Tensor out = Tensor::Empty(src.shape(), DType::kF32);
+    cpu::ConvertToF32Parallel(src.dtype(), src.raw(), out.data<float>(), src.numel(), Threads());
+    return out;
+  }
+
+  // Rope runs for every layer of every step with the same one or two configs; the frequencies
+  // are computed once. std::map never moves its values, so the span stays valid after unlock.
+  std::span<const float> InverseFrequencies(const RopeConfig& rope) {
+    RopeKey key{rope.theta,
+                rope.rotary_dim,
+                rope.scaling,
+                rope.factor,
+                rope.low_freq_factor,
+                rope.high_freq_factor,
+                rope.original_max_position};
+    std::lock_guard<std::mutex> lock(rope_mu_);
+    auto it = inv_freq_cache_.find(key);
+    if (it == inv_freq_cache_.end()) {
+      it = inv_freq_cache_.emplace(key, RopeInverseFrequencies(rope)).first;
+    }
+    return it->second;
+  }
+
+  const int num_threads_;
+  std::mutex rope_mu_;
+  std::map<RopeKey, std::vector<float>> inv_freq_cache_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> CreateCpuBackend(int num_threads) {
+  return std::make_unique<CpuBackend>(num_threads);
+}
+
+}  // namespace shardlm

@@ -1,0 +1,110 @@
+// The memory-bound ops: norms, activations, gathers and reductions over rows.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cpu/cpu_ops.h"
+
+namespace shardlm::cpu {
+
+void RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& y, int threads) {
+  RequireHostF32("RmsNorm", {{"x", &x}, {"w", &w}, {"y", &y}});
+  const int64_t d = w.numel();
+  Require(w.rank() == 1 && d > 0 && x.rank() >= 1 && x.dim(-1) == d && y.rank() >= 1 &&
+              y.dim(-1) == d && y.numel() == x.numel(),
+          "RmsNorm", "expects x [n, d], w [d], y [n, d]", {{"x", &x}, {"w", &w}, {"y", &y}});
+  const int64_t rows = x.numel() / d;
+  const float* xp = x.data<float>();
+  const float* wp = w.data<float>();
+  float* yp = y.data<float>();
+#pragma omp parallel for num_threads(threads) if (rows > 1 && rows * d >= kMinParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = xp + r * d;
+    float* yr = yp + r * d;
+    float sum_sq = 0.0f;
+#pragma omp simd reduction(+ : sum_sq)
+    for (int64_t k = 0; k < d; ++k) sum_sq += xr[k] * xr[k];
+    // Same order of operations as HF: (x * rsqrt(mean + eps)) * w, all in f32.
+    const float inv_rms = 1.0f / std::sqrt(sum_sq / static_cast<float>(d) + eps);
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) yr[k] = (xr[k] * inv_rms) * wp[k];
+  }
+}
+
+void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int threads) {
+  RequireHostF32("Embedding", {{"table", &table}, {"y", &y}});
+  Require(table.rank() == 2 && y.rank() >= 1 && y.dim(-1) == table.dim(1) &&
+              y.numel() == static_cast<int64_t>(ids.size()) * table.dim(1),
+          "Embedding", "expects table [vocab, d], y [n, d] with n == ids.size()",
+          {{"table", &table}, {"y", &y}});
+  const int64_t vocab = table.dim(0);
+  const int64_t d = table.dim(1);
+  for (int32_t id : ids) {
+    if (id < 0 || id >= vocab) {
+      throw std::out_of_range("Embedding: token id " + std::to_string(id) + " outside [0, " +
+                              std::to_string(vocab) + ")");
+    }
+  }
+  const int64_t n = static_cast<int64_t>(ids.size());
+  const float* tp = table.data<float>();
+  float* yp = y.data<float>();
+#pragma omp parallel for num_threads(threads) if (n > 1 && n * d >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) {
+    std::memcpy(yp + i * d, tp + static_cast<int64_t>(ids[i]) * d, d * sizeof(float));
+  }
+}
+
+void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y, int threads) {
+  RequireHostF32("SiluMul", {{"gate", &gate}, {"up", &up}, {"y", &y}});
+  Require(gate.numel() == up.numel() && gate.numel() == y.numel(), "SiluMul",
+          "expects gate, up and y of one size", {{"gate", &gate}, {"up", &up}, {"y", &y}});
+  const int64_t n = gate.numel();
+  const float* gp = gate.data<float>();
+  const float* up_p = up.data<float>();
+  float* yp = y.data<float>();
+#pragma omp parallel for num_threads(threads) schedule(static) if (n >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gp[i];
+    yp[i] = g / (1.0f + std::exp(-g)) * up_p[i];
+  }
+}
+
+void Add(Tensor& x, const Tensor& y, int threads) {
+  RequireHostF32("Add", {{"x", &x}, {"y", &y}});
+  Require(x.numel() == y.numel(), "Add", "expects x and y of one size", {{"x", &x}, {"y", &y}});
+  const int64_t n = x.numel();
+  float* xp = x.data<float>();
+  const float* yp = y.data<float>();
+#pragma omp parallel for simd num_threads(threads) schedule(static) if (n >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) xp[i] += yp[i];
+}
+
+void Argmax(const Tensor& logits, std::span<int32_t> out, int threads) {
+  RequireHostF32("Argmax", {{"logits", &logits}});
+  Require(logits.rank() >= 1 && logits.dim(-1) > 0 && logits.dim(-1) <= INT32_MAX &&
+              logits.numel() / logits.dim(-1) == static_cast<int64_t>(out.size()),
+          "Argmax", "expects logits [n, vocab] with n == out.size()", {{"logits", &logits}});
+  const int64_t vocab = logits.dim(-1);
+  const int64_t rows = static_cast<int64_t>(out.size());
+  const float* lp = logits.data<float>();
+#pragma omp parallel for num_threads(threads) if (rows > 1 && rows * vocab >= kMinParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = lp + r * vocab;
+    // Two passes: a vectorised max, then the first index holding it (first wins on ties).
+    float best = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : best)
+    for (int64_t j = 0; j < vocab; ++j) best = row[j] > best ? row[j] : best;
+    int32_t index = 0;  // stays 0 for an all-NaN row
+    for (int64_t j = 0; j < vocab; ++j) {
+      if (row[j] == best) {
+        index = static_cast<int32_t>(j);
+        break;
+      }
+    }
+    out[r] = index;
+  }
+}
+
+}  // namespace shardlm::cpu

@@ -1,0 +1,35 @@
+// Offline greedy generation for one sequence: the prompt in one batched prefill pass, then one
+// token per step with the KV cache.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/llama.h"
+
+namespace shardlm {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 16;
+  bool keep_logits = false;  // keep the logits row that chose each generated token
+  bool stop_at_eos = true;   // stop after emitting one of config.eos_token_ids
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;  // generated ids (not the prompt)
+  std::vector<float> logits;    // tokens.size() x vocab when keep_logits
+  double prefill_ms = 0;
+  double decode_ms = 0;         // for tokens.size() - 1 decode steps
+};
+
+// Checks the prompt (non-empty, every id in [0, vocab)) and max_new_tokens (> 0, and prompt plus
+// new tokens within max_position_embeddings when the config gives one); errors name the bad value.
+absl::Status ValidateGenerateRequest(const ModelConfig& config, std::span<const int32_t> prompt,
+                                     int64_t max_new_tokens);
+
+absl::StatusOr<GenerateResult> GenerateGreedy(LlamaModel& model, std::span<const int32_t> prompt,
+                                              const GenerateOptions& options);
+
+}  // namespace shardlm

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what shardlm needs to build and test on a fresh Debian 12 machine.
+# Idempotent: re-running it only re-checks. Python packages are only for test references.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config git ca-certificates python3 python3-pip
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libopenmpi-dev openmpi-bin
+  libgtest-dev libgmock-dev libbenchmark-dev
+  libopenblas-dev nlohmann-json3-dev libpcre2-dev libcli11-dev
+  libspdlog-dev libfmt-dev
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "install-deps: all Debian packages present"
+fi
+
+# Python packages used by tests that compare against an outside reference (no torch needed in CI:
+# HF goldens are committed; scripts/make-goldens.py needs torch+transformers and installs them itself).
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import numpy" >/dev/null 2>&1; then
+  "$PY" -m pip install -q numpy || echo "install-deps: warning: pip install numpy failed" >&2
+fi
+echo "install-deps: done"

@@ -1,0 +1,249 @@
+// WriteKv and Attention of the CPU backend against a double-precision reference.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <ostream>
+#include <stdexcept>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/kernels/test_util.h"
+
+namespace shardlm {
+namespace {
+
+using testutil::AllClose;
+using testutil::RandomTensor;
+using testutil::ToVector;
+
+// Causal (optionally windowed) GQA attention in double, straight from the definition.
+std::vector<double> ReferenceAttention(const Tensor& q, const Tensor& k_cache,
+                                       const Tensor& v_cache, const std::vector<int32_t>& positions,
+                                       const AttentionParams& p) {
+  const int64_t n = static_cast<int64_t>(positions.size());
+  const int64_t hd = p.head_dim;
+  const int64_t group = p.num_heads / p.num_kv_heads;
+  const float* qd = q.data<float>();
+  const float* kd = k_cache.data<float>();
+  const float* vd = v_cache.data<float>();
+  std::vector<double> out(n * p.num_heads * hd, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t pos = positions[i];
+    for (int64_t h = 0; h < p.num_heads; ++h) {
+      const int64_t kvh = h / group;
+      std::vector<double> scores;
+      std::vector<int64_t> keys;
+      for (int64_t j = 0; j <= pos; ++j) {
+        if (p.sliding_window > 0 && pos - j >= p.sliding_window) continue;
+        double dot = 0;
+        for (int64_t d = 0; d < hd; ++d) {
+          dot += static_cast<double>(qd[(i * p.num_heads + h) * hd + d]) *
+                 kd[(j * p.num_kv_heads + kvh) * hd + d];
+        }
+        scores.push_back(dot * p.scale);
+        keys.push_back(j);
+      }
+      const double mx = *std::max_element(scores.begin(), scores.end());
+      double sum = 0;
+      for (double& s : scores) sum += (s = std::exp(s - mx));
+      for (size_t t = 0; t < keys.size(); ++t) {
+        for (int64_t d = 0; d < hd; ++d) {
+          out[(i * p.num_heads + h) * hd + d] +=
+              scores[t] / sum * vd[(keys[t] * p.num_kv_heads + kvh) * hd + d];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+AttentionParams Params(int heads, int kv_heads, int head_dim, int window = 0) {
+  AttentionParams p;
+  p.num_heads = heads;
+  p.num_kv_heads = kv_heads;
+  p.head_dim = head_dim;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  p.sliding_window = window;
+  return p;
+}
+
+TEST(WriteKvTest, WritesRowsAtPositions) {
+  auto backend = CreateCpuBackend();
+  Tensor k = RandomTensor({3, 2, 4}, 1);
+  Tensor v = RandomTensor({3, 2, 4}, 2);
+  Tensor k_cache = backend->Allocate({10, 2, 4});
+  Tensor v_cache = backend->Allocate({10, 2, 4});
+  const std::vector<int32_t> positions = {7, 2, 9};
+  backend->WriteKv(k, v, positions, k_cache, v_cache);
+  for (int64_t row = 0; row < 10; ++row) {
+    const auto it = std::find(positions.begin(), positions.end(), row);
+    for (int64_t e = 0; e < 8; ++e) {
+      const float kw =
+          it == positions.end() ? 0.0f : k.data<float>()[(it - positions.begin()) * 8 + e];
+      const float vw =
+          it == positions.end() ? 0.0f : v.data<float>()[(it - positions.begin()) * 8 + e];
+      ASSERT_EQ(k_cache.data<float>()[row * 8 + e], kw) << row;
+      ASSERT_EQ(v_cache.data<float>()[row * 8 + e], vw) << row;
+    }
+  }
+  const std::vector<int32_t> past_end = {7, 2, 10};
+  EXPECT_THROW(backend->WriteKv(k, v, past_end, k_cache, v_cache), std::out_of_range);
+  const std::vector<int32_t> too_few = {1, 2};
+  EXPECT_THROW(backend->WriteKv(k, v, too_few, k_cache, v_cache), std::invalid_argument);
+}
+
+struct AttentionCase {
+  int heads, kv_heads, head_dim, window;
+  std::vector<int32_t> positions;
+  int max_seq;
+  float scale_mult = 1.0f;
+};
+
+void PrintTo(const AttentionCase& c, std::ostream* os) {
+  *os << c.heads << "/" << c.kv_heads << " heads, head_dim " << c.head_dim << ", window "
+      << c.window << ", " << c.positions.size() << " rows, max_seq " << c.max_seq;
+}
+
+class AttentionTest : public ::testing::TestWithParam<AttentionCase> {};
+
+TEST_P(AttentionTest, MatchesReference) {
+  const AttentionCase& c = GetParam();
+  auto backend = CreateCpuBackend();
+  AttentionParams p = Params(c.heads, c.kv_heads, c.head_dim, c.window);
+  p.scale *= c.scale_mult;
+  const int64_t n = static_cast<int64_t>(c.positions.size());
+  Tensor q = RandomTensor({n, c.heads, c.head_dim}, 1);
+  Tensor k_cache = RandomTensor({c.max_seq, c.kv_heads, c.head_dim}, 2);
+  Tensor v_cache = RandomTensor({c.max_seq, c.kv_heads, c.head_dim}, 3);
+  Tensor out = backend->Allocate({n, int64_t{c.heads} * c.head_dim});
+  backend->Attention(q, k_cache, v_cache, c.positions, p, out);
+  // Scores carry ~1e-7 relative error times their size; a large scale magnifies it.
+  EXPECT_TRUE(AllClose(out, ReferenceAttention(q, k_cache, v_cache, c.positions, p),
+                       2e-6 * c.scale_mult, 1e-5));
+}
+
+std::vector<int32_t> Iota(int32_t begin, int32_t end) {
+  std::vector<int32_t> v;
+  for (int32_t i = begin; i < end; ++i) v.push_back(i);
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AttentionTest,
+    ::testing::Values(AttentionCase{8, 2, 16, 0, {0}, 4},                // first token
+                      AttentionCase{8, 2, 16, 0, {5}, 8},                // GQA decode
+                      AttentionCase{8, 2, 16, 0, Iota(0, 12), 12},       // GQA prefill
+                      AttentionCase{4, 1, 8, 0, Iota(3, 9), 16},         // MQA
+                      AttentionCase{9, 3, 12, 0, {0, 4, 11, 2}, 12},     // 9/3, any order
+                      AttentionCase{4, 4, 64, 0, Iota(0, 5), 8},         // MHA
+                      AttentionCase{8, 2, 16, 5, Iota(0, 20), 20},       // sliding window
+                      AttentionCase{4, 2, 8, 1, {0, 3, 9}, 10},          // window of 1
+                      AttentionCase{4, 2, 8, 50, Iota(0, 10), 10},       // window > context
+                      AttentionCase{4, 2, 32, 0, Iota(0, 6), 6, 40.0f},  // peaked softmax
+                      AttentionCase{32, 8, 128, 0, {1999}, 2048},        // long decode
+                      AttentionCase{8, 2, 64, 0, Iota(0, 64), 64}));     // parallel prefill
+
+TEST(AttentionTest, LargeScoresStayFinite) {
+  // Scores around +-160: exp overflows (or underflows to an all-zero sum) in f32 unless the
+  // row maximum is subtracted first.
+  auto backend = CreateCpuBackend();
+  AttentionParams p = Params(2, 1, 16);
+  p.scale = 1.0f;
+  const std::vector<int32_t> positions = Iota(0, 6);
+  std::vector<float> qv(6 * 2 * 16);
+  for (size_t e = 0; e < qv.size(); ++e) qv[e] = (e / 16) % 2 == 0 ? 10.0f : -10.0f;
+  std::vector<float> kv = testutil::RandomVector(6 * 16, 91, 0.95f, 1.05f);
+  Tensor q = testutil::FromVector({6, 2, 16}, qv);
+  Tensor k_cache = testutil::FromVector({6, 1, 16}, kv);
+  Tensor v_cache = RandomTensor({6, 1, 16}, 92);
+  Tensor out = backend->Allocate({6, 32});
+  backend->Attention(q, k_cache, v_cache, positions, p, out);
+  EXPECT_TRUE(AllClose(out, ReferenceAttention(q, k_cache, v_cache, positions, p), 5e-5));
+}
+
+TEST(AttentionTest, PrefillEqualsTokenByTokenDecode) {
+  // The same sequence written and attended in chunks (a prompt, then a continuation) and one
+  // token at a time must agree, with and without a window.
+  for (int window : {0, 4}) {
+    auto backend = CreateCpuBackend();
+    const AttentionParams p = Params(8, 2, 16, window);
+    const int64_t total = 11;
+    const int64_t width = 8 * 16;
+    Tensor q = RandomTensor({total, 8, 16}, 71);
+    Tensor k = RandomTensor({total, 2, 16}, 72);
+    Tensor v = RandomTensor({total, 2, 16}, 73);
+
+    Tensor kc = backend->Allocate({16, 2, 16});
+    Tensor vc = backend->Allocate({16, 2, 16});
+    Tensor chunked = backend->Allocate({total, width});
+    for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, 7}, {7, total}}) {
+      const std::vector<int32_t> pos = Iota(static_cast<int32_t>(begin), static_cast<int32_t>(end));
+      backend->WriteKv(k.Rows(begin, end), v.Rows(begin, end), pos, kc, vc);
+      Tensor o = chunked.Rows(begin, end);
+      backend->Attention(q.Rows(begin, end), kc, vc, pos, p, o);
+    }
+
+    Tensor kc1 = backend->Allocate({16, 2, 16});
+    Tensor vc1 = backend->Allocate({16, 2, 16});
+    Tensor stepped = backend->Allocate({total, width});
+    for (int64_t t = 0; t < total; ++t) {
+      const std::vector<int32_t> pos = {static_cast<int32_t>(t)};
+      backend->WriteKv(k.Rows(t, t + 1), v.Rows(t, t + 1), pos, kc1, vc1);
+      Tensor o = stepped.Rows(t, t + 1);
+      backend->Attention(q.Rows(t, t + 1), kc1, vc1, pos, p, o);
+    }
+    EXPECT_TRUE(AllClose(chunked, stepped, 1e-6, 1e-6)) << "window " << window;
+    // And both agree with the reference over the full cache.
+    EXPECT_TRUE(AllClose(stepped, ReferenceAttention(q, kc1, vc1, Iota(0, total), p), 2e-6))
+        << "window " << window;
+  }
+}
+
+TEST(AttentionTest, SameResultWithAnyThreadCount) {
+  // Prefill (many tasks), and GQA / MQA decodes, where the backend splits head groups across
+  // threads: the split must not change a single bit.
+  struct Case {
+    AttentionParams params;
+    std::vector<int32_t> positions;
+  };
+  const Case cases[] = {
+      {Params(8, 2, 32), Iota(0, 40)}, {Params(8, 2, 32), {299}}, {Params(8, 1, 32), {299}}};
+  for (const Case& c : cases) {
+    const int64_t n = static_cast<int64_t>(c.positions.size());
+    const int64_t width = int64_t{c.params.num_heads} * c.params.head_dim;
+    Tensor q = RandomTensor({n, c.params.num_heads, c.params.head_dim}, 81);
+    Tensor k_cache = RandomTensor({300, c.params.num_kv_heads, c.params.head_dim}, 82);
+    Tensor v_cache = RandomTensor({300, c.params.num_kv_heads, c.params.head_dim}, 83);
+    std::vector<std::vector<float>> results;
+    for (int threads : {1, 2, 3, 4}) {
+      auto backend = CreateCpuBackend(threads);
+      Tensor out = backend->Allocate({n, width});
+      backend->Attention(q, k_cache, v_cache, c.positions, c.params, out);
+      results.push_back(ToVector(out));
+    }
+    for (size_t r = 1; r < results.size(); ++r) EXPECT_EQ(results[0], results[r]) << r + 1;
+    EXPECT_TRUE(AllClose(std::span<const float>(results[0]),
+                         ReferenceAttention(q, k_cache, v_cache, c.positions, c.params), 2e-6));
+  }
+}
+
+TEST(AttentionTest, RejectsBadArguments) {
+  auto backend = CreateCpuBackend();
+  Tensor q = RandomTensor({2, 6, 8}, 1);
+  Tensor kc = RandomTensor({4, 4, 8}, 2);
+  Tensor vc = RandomTensor({4, 4, 8}, 3);
+  Tensor out = backend->Allocate({2, 48});
+  const std::vector<int32_t> positions = {0, 1};
+  EXPECT_THROW(backend->Attention(q, kc, vc, positions, Params(6, 4, 8), out),
+               std::invalid_argument);  // 6 heads do not split into 4 groups
+  Tensor q4 = RandomTensor({2, 4, 8}, 1);
+  Tensor out4 = backend->Allocate({2, 32});
+  const std::vector<int32_t> past_end = {0, 4};
+  EXPECT_THROW(backend->Attention(q4, kc, vc, past_end, Params(4, 4, 8), out4), std::out_of_range);
+  const std::vector<int32_t> one = {0};
+  EXPECT_THROW(backend->Attention(q4, kc, vc, one, Params(4, 4, 8), out4), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace shardlm

@@ -1,0 +1,294 @@
+// The CPU backend's memory, weight and dense ops against double-precision references.
+#include "kernels/cpu/cpu_backend.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <ostream>
+#include <stdexcept>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/dtype.h"
+#include "tests/kernels/test_util.h"
+
+namespace shardlm {
+namespace {
+
+using testutil::AllClose;
+using testutil::FromVector;
+using testutil::RandomTensor;
+using testutil::RandomVector;
+using testutil::ToVector;
+
+TEST(CpuBackendTest, NameAndAllocate) {
+  auto backend = CreateCpuBackend(2);
+  EXPECT_EQ(backend->name(), "cpu");
+  Tensor t = backend->Allocate({3, 5});
+  EXPECT_EQ(t.shape(), (std::vector<int64_t>{3, 5}));
+  EXPECT_EQ(t.dtype(), DType::kF32);
+  EXPECT_EQ(t.device(), Device::kCpu);
+  for (float v : ToVector(t)) ASSERT_EQ(v, 0.0f);
+  Tensor h = backend->Allocate({4}, DType::kBF16);
+  EXPECT_EQ(h.dtype(), DType::kBF16);
+  EXPECT_EQ(h.nbytes(), 8u);
+  EXPECT_THROW(CreateCpuBackend(-1), std::invalid_argument);
+}
+
+TEST(CpuBackendTest, ToDeviceAndToHostCopy) {
+  auto backend = CreateCpuBackend();
+  Tensor host = RandomTensor({4, 6}, 3);
+  Tensor dev = backend->ToDevice(host);
+  EXPECT_NE(dev.raw(), host.raw());
+  EXPECT_EQ(dev.shape(), host.shape());
+  EXPECT_EQ(ToVector(dev), ToVector(host));
+  Tensor back = backend->ToHost(dev);
+  EXPECT_NE(back.raw(), dev.raw());
+  EXPECT_EQ(ToVector(back), ToVector(host));
+  dev.data<float>()[0] = 42.0f;  // copies, not views
+  EXPECT_NE(host.data<float>()[0], 42.0f);
+}
+
+TEST(CpuBackendTest, ToHostConvertsToF32) {
+  auto backend = CreateCpuBackend();
+  Tensor h = Tensor::Empty({3}, DType::kBF16);
+  const uint16_t bits[] = {F32ToBf16(1.5f), F32ToBf16(-2.0f), F32ToBf16(0.25f)};
+  std::memcpy(h.raw(), bits, sizeof bits);
+  Tensor f = backend->ToHost(h);
+  EXPECT_EQ(f.dtype(), DType::kF32);
+  EXPECT_EQ(ToVector(f), (std::vector<float>{1.5f, -2.0f, 0.25f}));
+}
+
+// Builds a 16-bit tensor of `shape` from random values and checks that PrepareWeight gives
+// exactly the element-wise conversion, in f32, with the same shape.
+void CheckPrepared(DType dtype, std::vector<int64_t> shape) {
+  auto backend = CreateCpuBackend();
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  const std::vector<float> values = RandomVector(static_cast<size_t>(n), 5, -3.0f, 3.0f);
+  Tensor src = Tensor::Empty(shape, dtype);
+  auto* bits = src.data<uint16_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    bits[i] = dtype == DType::kBF16 ? F32ToBf16(values[i]) : F32ToF16(values[i]);
+  }
+  Tensor w = backend->PrepareWeight(src);
+  EXPECT_EQ(w.dtype(), DType::kF32);
+  EXPECT_EQ(w.shape(), shape);
+  const float* got = w.data<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const float want = dtype == DType::kBF16 ? Bf16ToF32(bits[i]) : F16ToF32(bits[i]);
+    ASSERT_EQ(got[i], want) << "element " << i;
+    ASSERT_NEAR(got[i], values[i], 0.02) << "element " << i;
+  }
+}
+
+TEST(CpuBackendTest, PrepareWeightBf16) {
+  CheckPrepared(DType::kBF16, {7, 9});
+  CheckPrepared(DType::kBF16, {33});
+  CheckPrepared(DType::kBF16, {301, 257});  // several conversion chunks
+}
+
+TEST(CpuBackendTest, PrepareWeightF16) {
+  CheckPrepared(DType::kF16, {5, 72});
+  CheckPrepared(DType::kF16, {72});
+  CheckPrepared(DType::kF16, {257, 301});
+}
+
+TEST(CpuBackendTest, PrepareWeightF32CopiesSource) {
+  auto backend = CreateCpuBackend();
+  Tensor src = RandomTensor({3, 4}, 9);
+  Tensor w = backend->PrepareWeight(src);
+  EXPECT_NE(w.raw(), src.raw());
+  EXPECT_EQ(ToVector(w), ToVector(src));
+}
+
+struct LinearCase {
+  int64_t n, in, out;
+  bool bias;
+};
+
+void PrintTo(const LinearCase& c, std::ostream* os) {
+  *os << "n " << c.n << ", in " << c.in << ", out " << c.out << (c.bias ? ", bias" : "");
+}
+
+class LinearTest : public ::testing::TestWithParam<LinearCase> {};
+
+TEST_P(LinearTest, MatchesReference) {
+  const auto [n, in, out, with_bias] = GetParam();
+  auto backend = CreateCpuBackend();
+  Tensor x = RandomTensor({n, in}, 1);
+  Tensor w = backend->PrepareWeight(RandomTensor({out, in}, 2));
+  Tensor b = RandomTensor({out}, 3);
+  Tensor y = backend->Allocate({n, out});
+  backend->Linear(x, w, with_bias ? &b : nullptr, y);
+  std::vector<double> want(n * out);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t o = 0; o < out; ++o) {
+      double acc = with_bias ? b.data<float>()[o] : 0.0;
+      for (int64_t k = 0; k < in; ++k) {
+        acc += static_cast<double>(x.data<float>()[i * in + k]) * w.data<float>()[o * in + k];
+      }
+      want[i * out + o] = acc;
+    }
+  }
+  EXPECT_TRUE(AllClose(y, want, 1e-6 * in, 1e-5));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, LinearTest,
+                         ::testing::Values(LinearCase{1, 72, 72, false},  // gemv
+                                           LinearCase{1, 72, 72, true}, LinearCase{1, 17, 5, true},
+                                           LinearCase{1, 1024, 300, false},
+                                           LinearCase{3, 72, 72, false},  // gemm
+                                           LinearCase{2, 72, 72, true}, LinearCase{5, 33, 40, true},
+                                           LinearCase{64, 256, 96, true},
+                                           LinearCase{7, 1, 3, false}));
+
+TEST(LinearTest, TakesLeadingDimensionsAsRows) {
+  auto backend = CreateCpuBackend();
+  Tensor x = RandomTensor({2, 3, 8}, 4);
+  Tensor w = RandomTensor({5, 8}, 5);
+  Tensor y = backend->Allocate({2, 3, 5});
+  Tensor y2 = backend->Allocate({6, 5});
+  backend->Linear(x, w, nullptr, y);
+  backend->Linear(x.Reshape({6, 8}), w, nullptr, y2);
+  EXPECT_EQ(ToVector(y), ToVector(y2));
+}
+
+TEST(LinearTest, RejectsMismatchedShapes) {
+  auto backend = CreateCpuBackend();
+  Tensor x = RandomTensor({2, 8}, 1);
+  Tensor w = RandomTensor({4, 7}, 2);
+  Tensor y = backend->Allocate({2, 4});
+  EXPECT_THROW(backend->Linear(x, w, nullptr, y), std::invalid_argument);
+  Tensor w8 = RandomTensor({4, 8}, 2);
+  Tensor bad_bias = RandomTensor({3}, 3);
+  EXPECT_THROW(backend->Linear(x, w8, &bad_bias, y), std::invalid_argument);
+  Tensor bad_y = backend->Allocate({3, 4});
+  EXPECT_THROW(backend->Linear(x, w8, nullptr, bad_y), std::invalid_argument);
+  Tensor bf16 = Tensor::Empty({4, 8}, DType::kBF16);  // not prepared
+  EXPECT_THROW(backend->Linear(x, bf16, nullptr, y), std::invalid_argument);
+}
+
+std::vector<double> ReferenceRmsNorm(const std::vector<float>& x, const std::vector<float>& w,
+                                     int64_t d, double eps) {
+  std::vector<double> y(x.size());
+  for (size_t r = 0; r < x.size() / d; ++r) {
+    double ss = 0;
+    for (int64_t k = 0; k < d; ++k) ss += static_cast<double>(x[r * d + k]) * x[r * d + k];
+    const double inv = 1.0 / std::sqrt(ss / d + eps);
+    for (int64_t k = 0; k < d; ++k) y[r * d + k] = x[r * d + k] * inv * w[k];
+  }
+  return y;
+}
+
+TEST(RmsNormTest, MatchesReference) {
+  auto backend = CreateCpuBackend();
+  const int64_t shapes[][2] = {{1, 8}, {1, 4096}, {3, 72}, {17, 1000}, {64, 512}};
+  for (const auto& [n, d] : shapes) {
+    Tensor x = RandomTensor({n, d}, 21);
+    Tensor w = RandomTensor({d}, 22);
+    Tensor y = backend->Allocate({n, d});
+    backend->RmsNorm(x, w, 1e-5f, y);
+    EXPECT_TRUE(AllClose(y, ReferenceRmsNorm(ToVector(x), ToVector(w), d, 1e-5), 1e-6))
+        << n << "x" << d;
+  }
+}
+
+TEST(RmsNormTest, InPlaceAndEpsilonMatter) {
+  auto backend = CreateCpuBackend();
+  // Tiny inputs so that eps dominates the mean square.
+  Tensor x = FromVector({2, 4}, {1e-3f, -2e-3f, 3e-3f, 0.0f, 0.5f, 1.0f, -1.5f, 2.0f});
+  Tensor w = FromVector({4}, {1.0f, 2.0f, 0.5f, -1.0f});
+  const std::vector<double> want = ReferenceRmsNorm(ToVector(x), ToVector(w), 4, 1e-2);
+  backend->RmsNorm(x, w, 1e-2f, x);  // y aliases x
+  EXPECT_TRUE(AllClose(x, want, 1e-7));
+}
+
+TEST(EmbeddingTest, GathersRows) {
+  auto backend = CreateCpuBackend();
+  Tensor table = RandomTensor({50, 12}, 31);
+  const std::vector<int32_t> ids = {3, 0, 49, 3, 17};
+  Tensor y = backend->Allocate({5, 12});
+  backend->Embedding(table, ids, y);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    for (int64_t k = 0; k < 12; ++k) {
+      ASSERT_EQ(y.data<float>()[i * 12 + k], table.data<float>()[ids[i] * 12 + k]) << i;
+    }
+  }
+  const std::vector<int32_t> bad = {50};
+  Tensor y1 = backend->Allocate({1, 12});
+  EXPECT_THROW(backend->Embedding(table, bad, y1), std::out_of_range);
+  EXPECT_THROW(backend->Embedding(table, ids, y1), std::invalid_argument);
+}
+
+TEST(SiluMulTest, MatchesReference) {
+  auto backend = CreateCpuBackend();
+  for (int64_t n : {1, 7, 3 * 1000, 100000}) {
+    std::vector<float> g = RandomVector(n, 41, -8.0f, 8.0f);
+    if (n >= 4) {  // saturated ends must not turn into NaN
+      g[0] = 100.0f;
+      g[1] = -100.0f;
+      g[2] = 0.0f;
+    }
+    Tensor gate = FromVector({n}, g);
+    Tensor up = RandomTensor({n}, 42);
+    std::vector<double> want(n);
+    for (int64_t i = 0; i < n; ++i) {
+      want[i] = g[i] / (1.0 + std::exp(-static_cast<double>(g[i]))) * up.data<float>()[i];
+    }
+    Tensor y = backend->Allocate({n});
+    backend->SiluMul(gate, up, y);
+    EXPECT_TRUE(AllClose(y, want, 1e-7)) << n;
+    backend->SiluMul(gate, up, gate);  // y aliases gate
+    EXPECT_TRUE(AllClose(gate, want, 1e-7)) << n << " in place";
+  }
+}
+
+TEST(AddTest, AddsInPlace) {
+  auto backend = CreateCpuBackend();
+  for (int64_t n : {1, 9, 70000}) {
+    Tensor x = RandomTensor({n}, 51);
+    Tensor y = RandomTensor({n}, 52);
+    std::vector<double> want(n);
+    for (int64_t i = 0; i < n; ++i) {
+      want[i] = static_cast<double>(x.data<float>()[i]) + y.data<float>()[i];
+    }
+    backend->Add(x, y);
+    EXPECT_TRUE(AllClose(x, want, 0.0, 1e-7)) << n;  // one f32 rounding of the exact sum
+  }
+  Tensor a = RandomTensor({4}, 1);
+  Tensor b = RandomTensor({5}, 1);
+  EXPECT_THROW(backend->Add(a, b), std::invalid_argument);
+}
+
+TEST(ArgmaxTest, FirstMaximumPerRow) {
+  auto backend = CreateCpuBackend();
+  const float inf = std::numeric_limits<float>::infinity();
+  Tensor logits = FromVector({4, 5}, {1,    3,    3,    2,    0,   // tie: first wins
+                                      -5,   -4,   -3,   -2,   -1,  // all negative, last
+                                      -inf, -inf, -inf, -inf, -inf, 7, 1, 2, 7, 7});
+  std::vector<int32_t> out(4, -1);
+  backend->Argmax(logits, out);
+  EXPECT_EQ(out, (std::vector<int32_t>{1, 4, 0, 0}));
+}
+
+TEST(ArgmaxTest, LargeVocabulary) {
+  auto backend = CreateCpuBackend();
+  const int64_t vocab = 151936;
+  std::vector<float> v = RandomVector(3 * vocab, 61, -10.0f, 10.0f);
+  const int64_t where[3] = {vocab - 1, 12345, 0};
+  for (int r = 0; r < 3; ++r) v[r * vocab + where[r]] = 20.0f;
+  v[1 * vocab + 99999] = 20.0f;  // a later tie
+  Tensor logits = FromVector({3, vocab}, v);
+  std::vector<int32_t> out(3);
+  backend->Argmax(logits, out);
+  EXPECT_EQ(out, (std::vector<int32_t>{vocab - 1, 12345, 0}));
+  std::vector<int32_t> one(1);
+  backend->Argmax(logits.Rows(1, 2), one);
+  EXPECT_EQ(one[0], 12345);
+  EXPECT_THROW(backend->Argmax(logits, one), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace shardlm
