@@ -53,7 +53,7 @@ class Backend {
   virtual Tensor Allocate(std::vector<int64_t> shape, DType dtype = DType::kF32) = 0;
   virtual Tensor ToDevice(const Tensor& host) = 0;  // host f32 -> backend memory
   virtual Tensor ToHost(const Tensor& t) = 0;       // backend memory -> host f32
-  // A host weight of any dtype -> the form this backend's ops take (CPU: f32).
+  // A host weight of any dtype -> the form this backend's ops take (CPU: f32, bf16/f16 matrices).
   virtual Tensor PrepareWeight(const Tensor& host) = 0;
 
   // y[n, out] = x[n, in] * w[out, in]^T (+ bias[out] when bias is non-null).

@@ -1,26 +1,35 @@
 #include "kernels/dtype.h"
 
+#include <stdexcept>
+#include <string>
+
 #include "absl/strings/str_cat.h"
 
 namespace shardlm {
 
-size_t DTypeSize(DType dtype) {
-  switch (dtype) {
-    case DType::kF32: return 4;
-    case DType::kF16: return 2;
-    case DType::kBF16: return 2;
-  }
-  return 0;
-}
+namespace {
+struct DTypeTraits {
+  const char* name;
+  int64_t block_elements;
+  size_t block_bytes;
+};
+constexpr DTypeTraits kTraits[] = {
+    {"F32", 1, 4},     {"F16", 1, 2},     {"BF16", 1, 2},
+    {"Q8_0", 32, 34},  {"Q4_0", 32, 18},  {"Q4_1", 32, 20},
+    {"Q4_K", 256, 144}, {"Q5_K", 256, 176}, {"Q6_K", 256, 210},
+};
+const DTypeTraits& Traits(DType dtype) { return kTraits[static_cast<int>(dtype)]; }
+}  // namespace
 
-const char* DTypeName(DType dtype) {
-  switch (dtype) {
-    case DType::kF32: return "F32";
-    case DType::kF16: return "F16";
-    case DType::kBF16: return "BF16";
-  }
-  return "?";
+bool IsQuantized(DType dtype) { return Traits(dtype).block_elements > 1; }
+int64_t DTypeBlockElements(DType dtype) { return Traits(dtype).block_elements; }
+size_t DTypeBlockBytes(DType dtype) { return Traits(dtype).block_bytes; }
+size_t DTypeBytes(DType dtype, int64_t n) {
+  const DTypeTraits& t = Traits(dtype);
+  return static_cast<size_t>(n / t.block_elements) * t.block_bytes;
 }
+size_t DTypeSize(DType dtype) { return IsQuantized(dtype) ? 0 : Traits(dtype).block_bytes; }
+const char* DTypeName(DType dtype) { return Traits(dtype).name; }
 
 absl::StatusOr<DType> ParseDType(std::string_view name) {
   if (name == "F32") return DType::kF32;
@@ -91,6 +100,8 @@ uint16_t F32ToF16(float f) {
 
 void ConvertToF32(DType dtype, const void* src, float* dst, size_t n) {
   switch (dtype) {
+    default:  // quantized types are dequantized by the backend's block kernels, not here
+      throw std::invalid_argument(std::string("ConvertToF32: quantized dtype ") + DTypeName(dtype));
     case DType::kF32:
       std::memcpy(dst, src, n * sizeof(float));
       return;

@@ -62,7 +62,7 @@ Tensor Tensor::Rows(int64_t begin, int64_t end) const {
   Tensor t = *this;
   int64_t row = numel() / (shape_[0] == 0 ? 1 : shape_[0]);
   t.shape_[0] = end - begin;
-  t.data_ = static_cast<char*>(data_) + static_cast<size_t>(begin * row) * DTypeSize(dtype_);
+  t.data_ = static_cast<char*>(data_) + DTypeBytes(dtype_, begin * row);
   return t;
 }
 

@@ -32,7 +32,7 @@ class Tensor {
   int64_t numel() const;
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
-  size_t nbytes() const { return static_cast<size_t>(numel()) * DTypeSize(dtype_); }
+  size_t nbytes() const { return DTypeBytes(dtype_, numel()); }
   const std::shared_ptr<const void>& holder() const { return holder_; }
 
   void* raw() const { return data_; }

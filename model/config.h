@@ -33,6 +33,9 @@ struct ModelConfig {
   bool mlp_bias = false;          // llama: mlp_bias
   int64_t sliding_window = 0;     // mistral (and qwen2 with use_sliding_window); 0 = none
   DType torch_dtype = DType::kF32;
+  // GGUF checkpoints mix types (quantized matrices, f32 norms, a Q6_K output): their tensors'
+  // own dtypes are used and not checked against torch_dtype.
+  bool mixed_dtypes = false;
   int64_t bos_token_id = -1;
   std::vector<int64_t> eos_token_ids;
 };

@@ -26,7 +26,7 @@ class WeightLoader {
           "tensor '", name, "' in ", info->file, ": shape mismatch with config.json: expected ",
           ShapeString(shape), ", got ", ShapeString(info->shape)));
     }
-    if (shape.size() == 2 && info->dtype != config_.torch_dtype) {
+    if (shape.size() == 2 && !config_.mixed_dtypes && info->dtype != config_.torch_dtype) {
       return absl::InvalidArgumentError(absl::StrCat(
           "tensor '", name, "' in ", info->file,
           ": dtype mismatch with config.json torch_dtype: expected ",

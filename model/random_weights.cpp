@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <stdexcept>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
@@ -57,6 +58,7 @@ void StoreAs(DType dtype, const std::vector<float>& src, Tensor& dst) {
       case DType::kF32: dst.data<float>()[i] = src[i]; break;
       case DType::kF16: dst.data<uint16_t>()[i] = F32ToF16(src[i]); break;
       case DType::kBF16: dst.data<uint16_t>()[i] = F32ToBf16(src[i]); break;
+      default: throw std::invalid_argument("random weights: quantized dtypes are not generated");
     }
   }
 }

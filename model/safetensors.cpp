@@ -1,23 +1,17 @@
 #include "model/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
-#include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <exception>
 #include <limits>
 #include <optional>
 #include <set>
-#include <system_error>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "model/mmap_file.h"
 #include "nlohmann/json.hpp"
 
 namespace shardlm {
@@ -30,16 +24,6 @@ constexpr size_t kLengthPrefix = 8;  // the little-endian u64 header length
 // Debian's abseil is built with its own string_view type, which StrCat needs.
 absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
-std::string ErrnoMessage(int err) {
-  return std::error_code(err, std::generic_category()).message();
-}
-
-absl::Status ErrnoStatus(int err, std::string message) {
-  if (err == ENOENT || err == ENOTDIR) return absl::NotFoundError(message);
-  if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(message);
-  return absl::InvalidArgumentError(message);
-}
-
 // A bad value as it appears in the header, shortened: enough to recognise it in a one-line message.
 std::string Got(const json& value) {
   std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
@@ -50,27 +34,6 @@ std::string Got(const json& value) {
 
 std::string Range(uint64_t begin, uint64_t end) { return absl::StrCat("[", begin, ", ", end, ")"); }
 
-// Closes on scope exit, so every early return releases the descriptor.
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ~ScopedFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  int get() const { return fd_; }
-  // Closes now and reports the error: for a written file, close can be where a write fails.
-  int Close() {
-    int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
-
 // A non-negative JSON integer as uint64; nullopt for anything else (floats, negatives, strings).
 std::optional<uint64_t> AsU64(const json& v) {
   if (v.is_number_unsigned()) return v.get<uint64_t>();
@@ -79,58 +42,26 @@ std::optional<uint64_t> AsU64(const json& v) {
   return std::nullopt;
 }
 
-absl::Status WriteAll(int fd, const void* data, size_t size) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    // Linux writes at most ~2 GiB per call; loop for partial writes.
-    ssize_t n = ::write(fd, p, std::min<size_t>(size, size_t{1} << 30));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return absl::InvalidArgumentError(ErrnoMessage(errno));
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 SafetensorsFile::~SafetensorsFile() = default;
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
-  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    int err = errno;
-    return ErrnoStatus(err, absl::StrCat(path, ": cannot open: ", ErrnoMessage(err)));
-  }
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0) {
-    int err = errno;
-    return ErrnoStatus(err, absl::StrCat(path, ": cannot stat: ", ErrnoMessage(err)));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
-  }
-  const size_t file_size = static_cast<size_t>(st.st_size);
-  // Checked before mmap: mapping 0 bytes fails, and a shorter file cannot hold the length.
+  absl::StatusOr<MappedFile> mapped = MapFile(path);
+  if (!mapped.ok()) return mapped.status();
+  const size_t file_size = mapped->size;
+  // Checked before any read: a shorter file cannot hold the length.
   if (file_size < kLengthPrefix) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": file is ", file_size,
                      " bytes, too short for the 8-byte header length: not a safetensors file"));
   }
-  void* addr = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
-  if (addr == MAP_FAILED) {
-    int err = errno;
-    return ErrnoStatus(
-        err, absl::StrCat(path, ": cannot mmap ", file_size, " bytes: ", ErrnoMessage(err)));
-  }
 
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->path_ = path;
-  // The mapping outlives this object as long as any tensor view holds it. The mapping is
-  // PROT_READ: a write through a view faults instead of silently diverging from the file.
-  file->mapping_ = std::shared_ptr<const void>(
-      addr, [file_size](const void* p) { ::munmap(const_cast<void*>(p), file_size); });
-  file->base_ = static_cast<const char*>(addr);
+  // The mapping outlives this object as long as any tensor view holds it.
+  file->mapping_ = std::move(mapped->mapping);
+  file->base_ = mapped->data;
   file->file_size_ = file_size;
 
   uint64_t header_len = 0;
@@ -418,46 +349,17 @@ absl::Status WriteSafetensors(const std::string& path,
     prefix[i] = static_cast<unsigned char>(static_cast<uint64_t>(header_text.size()) >> (8 * i));
   }
 
-  // Write a temporary file next to the target and rename it into place: a reader never sees a
-  // half-written checkpoint, and a failed write leaves any previous file intact. O_EXCL with a
-  // per-process counter gives a unique name while keeping the umask's permissions (mkstemp
-  // would force 0600).
-  static std::atomic<uint64_t> counter{0};
-  std::string tmp;
-  int raw_fd = -1;
-  for (int attempt = 0; attempt < 100 && raw_fd < 0; ++attempt) {
-    tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
-    raw_fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (raw_fd < 0 && errno != EEXIST) break;
-  }
-  if (raw_fd < 0) {
-    int err = errno;
-    return ErrnoStatus(
-        err, absl::StrCat(path, ": cannot create temporary file ", tmp, ": ", ErrnoMessage(err)));
-  }
-  ScopedFd fd(raw_fd);
-  auto fail = [&](std::string_view what, const absl::Status& cause) {
-    ::unlink(tmp.c_str());
-    return absl::Status(cause.code(),
-                        absl::StrCat(path, ": ", Sv(what), " ", tmp, ": ", cause.message()));
-  };
-  if (auto s = WriteAll(fd.get(), prefix, sizeof prefix); !s.ok()) return fail("writing", s);
-  if (auto s = WriteAll(fd.get(), header_text.data(), header_text.size()); !s.ok()) {
-    return fail("writing", s);
-  }
+  // Written under a temporary name and renamed into place: a reader never sees a half-written
+  // checkpoint, and a failed write leaves any previous file intact.
+  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::Create(path);
+  if (!out.ok()) return out.status();
+  if (auto s = (*out)->Write(prefix, sizeof prefix); !s.ok()) return s;
+  if (auto s = (*out)->Write(header_text); !s.ok()) return s;
   for (const auto& [name, t] : tensors) {
     if (t.nbytes() == 0) continue;
-    if (auto s = WriteAll(fd.get(), t.raw(), t.nbytes()); !s.ok()) return fail("writing", s);
+    if (auto s = (*out)->Write(t.raw(), t.nbytes()); !s.ok()) return s;
   }
-  // Flush before the rename, so a crash cannot leave the new name pointing at missing data.
-  if (::fsync(fd.get()) != 0) {
-    return fail("fsync of", absl::InvalidArgumentError(ErrnoMessage(errno)));
-  }
-  if (fd.Close() != 0) return fail("closing", absl::InvalidArgumentError(ErrnoMessage(errno)));
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    return fail("renaming into place from", ErrnoStatus(err, ErrnoMessage(err)));
-  }
+  if (auto s = (*out)->Commit(); !s.ok()) return s;
   return absl::OkStatus();
 }
 

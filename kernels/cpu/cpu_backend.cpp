@@ -3,6 +3,8 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -35,7 +37,19 @@ class CpuBackend final : public Backend {
   // Also converts a non-f32 host tensor: accepting it costs nothing and saves callers a step.
   Tensor ToDevice(const Tensor& host) override { return CopyAsF32("ToDevice", host); }
   Tensor ToHost(const Tensor& t) override { return CopyAsF32("ToHost", t); }
-  Tensor PrepareWeight(const Tensor& host) override { return CopyAsF32("PrepareWeight", host); }
+  // Matrices (Linear weights, embedding tables) stay in their checkpoint dtype: decode streams
+  // every one of them per token, and 16 bits halve those bytes. The copy is owned rather than
+  // a view of the mmap, so that weights never wait on the page cache. Everything else (norm
+  // weights, biases) is small and becomes f32, so that only Linear and Embedding see 16 bits.
+  Tensor PrepareWeight(const Tensor& host) override {
+    const bool half = host.dtype() == DType::kBF16 || host.dtype() == DType::kF16;
+    if (!half || host.rank() != 2) return CopyAsF32("PrepareWeight", host);
+    cpu::Require(host.device() == Device::kCpu && host.defined(), "PrepareWeight",
+                 "expects a defined host tensor", {{"t", &host}});
+    Tensor out = Tensor::Empty(host.shape(), host.dtype());
+    CopyParallel(host.raw(), out.raw(), host.nbytes());
+    return out;
+  }
 
   void Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
     cpu::Linear(x, w, bias, y, Threads());
@@ -67,6 +81,19 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // Chunks like ConvertToF32Parallel: a multi-GB checkpoint copies faster on several cores.
+  void CopyParallel(const void* src, void* dst, size_t bytes) {
+    constexpr size_t kChunk = size_t{1} << 18;
+    const int64_t chunks = static_cast<int64_t>((bytes + kChunk - 1) / kChunk);
+    const auto* s = static_cast<const char*>(src);
+    auto* d = static_cast<char*>(dst);
+#pragma omp parallel for num_threads(Threads()) schedule(static) if (chunks > 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const size_t begin = static_cast<size_t>(c) * kChunk;
+      std::memcpy(d + begin, s + begin, std::min(kChunk, bytes - begin));
+    }
+  }
+
   // Every RopeConfig field that the frequencies depend on (not `interleaved`).
   using RopeKey = std::tuple<float, int, RopeConfig::Scaling, float, float, float, int>;
 

@@ -1,4 +1,5 @@
-// The CPU implementation of shardlm::Backend: f32 everywhere, OpenBLAS for the matmuls and
+// The CPU implementation of shardlm::Backend: f32 activations, f32 or bf16 / f16 weight
+// matrices (kept in their checkpoint dtype, converted on the fly), OpenBLAS for the matmuls and
 // OpenMP for the rest.
 #pragma once
 

@@ -38,12 +38,34 @@ void RequireHostF32(std::string_view op, std::initializer_list<Named> tensors);
 // dst[0, n) = src converted to f32, split across threads when large.
 void ConvertToF32Parallel(DType dtype, const void* src, float* dst, int64_t n, int threads);
 
-void Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, int threads);
+// The instruction sets that the kernels over 16-bit (bf16 / f16) weights have code for. The build
+// targets baseline x86-64, so the wide ones are chosen at run time; every op picks BestSimd(), and
+// the tests pass each supported one explicitly to compare it with kScalar.
+enum class Simd : uint8_t {
+  kScalar,
+  kAvx2,    // AVX2 + FMA + F16C
+  kAvx512,  // AVX-512F (+ the AVX2 set)
+};
+const char* SimdName(Simd simd);
+bool SimdSupported(Simd simd);  // by this CPU and OS
+Simd BestSimd();                // the widest supported, detected once
+
+// dst[0, n) = src[0, n) converted to f32; `dtype` is kBF16 or kF16. Exact, as ConvertToF32.
+void ConvertHalf(DType dtype, const uint16_t* src, float* dst, int64_t n, Simd simd);
+// y[o] = dot(w row o, x) for the rows of w [out, in] (bf16 or f16, row-major), converting w on
+// the fly: the decode matrix-vector product. Rows are split across `threads`.
+void GemvHalf(DType dtype, const uint16_t* w, int64_t out, int64_t in, const float* x, float* y,
+              int threads, Simd simd);
+
+// w and table may be f32 or 2-D bf16 / f16, as PrepareWeight keeps them; `simd` is for tests.
+void Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, int threads,
+            Simd simd = BestSimd());
 void RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& y, int threads);
 // inv_freq: the rotary_dim / 2 inverse frequencies of the RopeConfig.
 void Rope(Tensor& x, std::span<const int32_t> positions, std::span<const float> inv_freq,
           bool interleaved, int threads);
-void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int threads);
+void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int threads,
+               Simd simd = BestSimd());
 void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y, int threads);
 void Add(Tensor& x, const Tensor& y, int threads);
 void Argmax(const Tensor& logits, std::span<int32_t> out, int threads);

@@ -33,9 +33,14 @@ void RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& y, int threads
   }
 }
 
-void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int threads) {
-  RequireHostF32("Embedding", {{"table", &table}, {"y", &y}});
-  Require(table.rank() == 2 && y.rank() >= 1 && y.dim(-1) == table.dim(1) &&
+void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int threads,
+               Simd simd) {
+  RequireHostF32("Embedding", {{"y", &y}});
+  const DType dtype = table.dtype();
+  const bool half = dtype == DType::kBF16 || dtype == DType::kF16;
+  if (!half) RequireHostF32("Embedding", {{"table", &table}});
+  Require(table.device() == Device::kCpu && table.defined() && table.rank() == 2 && y.rank() >= 1 &&
+              y.dim(-1) == table.dim(1) &&
               y.numel() == static_cast<int64_t>(ids.size()) * table.dim(1),
           "Embedding", "expects table [vocab, d], y [n, d] with n == ids.size()",
           {{"table", &table}, {"y", &y}});
@@ -48,11 +53,15 @@ void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int
     }
   }
   const int64_t n = static_cast<int64_t>(ids.size());
-  const float* tp = table.data<float>();
   float* yp = y.data<float>();
 #pragma omp parallel for num_threads(threads) if (n > 1 && n * d >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
-    std::memcpy(yp + i * d, tp + static_cast<int64_t>(ids[i]) * d, d * sizeof(float));
+    const int64_t offset = static_cast<int64_t>(ids[i]) * d;
+    if (half) {  // a 16-bit table is converted row by row as it is gathered
+      ConvertHalf(dtype, table.data<uint16_t>() + offset, yp + i * d, d, simd);
+    } else {
+      std::memcpy(yp + i * d, table.data<float>() + offset, d * sizeof(float));
+    }
   }
 }
 

@@ -85,6 +85,9 @@ inline Tensor MakeTensor(std::vector<int64_t> shape, DType dtype,
       case DType::kF16:
         t.data<uint16_t>()[i] = F32ToF16(value(i));
         break;
+      default:  // quantized: there is no per-element value to set; fill the raw blocks instead
+        ADD_FAILURE() << "MakeTensor: quantized dtype " << DTypeName(dtype);
+        return t;
     }
   }
   return t;

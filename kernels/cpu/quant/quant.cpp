@@ -1,0 +1,200 @@
+// Dispatch and the parallel drivers: ISA detection, the matrix-vector product (decode) and the
+// dequantize-then-sgemm product (prefill).
+#include "kernels/cpu/quant/quant.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <climits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/quant/quant_internal.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#define SHARDLM_QUANT_X86 1
+#else
+#define SHARDLM_QUANT_X86 0
+#endif
+
+namespace shardlm::quant {
+namespace {
+
+using internal::Kernels;
+
+// Below this many weight elements a product runs on the calling thread: waking the OpenMP team
+// costs more.
+constexpr int64_t kMinParallelElements = int64_t{1} << 15;
+
+Isa DetectIsa() {
+#if SHARDLM_QUANT_X86
+  __builtin_cpu_init();
+  // libgcc's checks include the OS enabling the wider register state (XGETBV). F16C straight from
+  // CPUID: it needs no OS support beyond the AVX state that the avx2 check covers.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+  if (avx2 && __builtin_cpu_supports("avx512f") && internal::Avx512Kernels() != nullptr) {
+    return Isa::kAvx512;
+  }
+  if (avx2 && internal::Avx2Kernels() != nullptr) return Isa::kAvx2;
+#endif
+  return Isa::kScalar;
+}
+
+int Resolve(int threads) { return threads > 0 ? threads : std::max(1, omp_get_max_threads()); }
+
+// The type's kernel index, after checking that `t` is quantized and `cols` whole blocks.
+int CheckType(const char* op, DType t, int64_t cols) {
+  const int idx = internal::QuantIndexOf(t);
+  if (idx < 0) throw std::invalid_argument(std::string(op) + ": not a quantized dtype: " + DTypeName(t));
+  if (cols < 0 || cols % DTypeBlockElements(t) != 0) {
+    throw std::invalid_argument(std::string(op) + ": " + std::to_string(cols) +
+                                " elements are not whole blocks of " + DTypeName(t));
+  }
+  return idx;
+}
+
+// Sums of x over each 32 elements, for the kernels with a min term. Reused per thread.
+const float* XSums32(const float* x, int64_t cols) {
+  thread_local std::vector<float> sums;
+  sums.resize(static_cast<size_t>(cols / 32));
+  for (int64_t k = 0; k < cols / 32; ++k) {
+    float s = 0.0f;
+    for (int i = 0; i < 32; ++i) s += x[32 * k + i];
+    sums[static_cast<size_t>(k)] = s;
+  }
+  return sums.data();
+}
+
+// Rows of w dequantized per block in prefill: as the bf16 / f16 path in linear.cpp (128-256 rows
+// amortise sgemm's per-call packing of x), capped at 8 MiB of f32 per thread and shrunk so that
+// every thread gets a block.
+int64_t BlockRows(int64_t rows, int64_t cols, int threads) {
+  constexpr int64_t kMaxRows = 256;
+  constexpr int64_t kMaxBytes = int64_t{8} << 20;
+  const int64_t by_bytes = kMaxBytes / (std::max<int64_t>(cols, 1) * static_cast<int64_t>(sizeof(float)));
+  const int64_t per_thread = (rows + threads - 1) / threads;
+  const int64_t block = std::min({kMaxRows, by_bytes, (per_thread + 15) / 16 * 16});
+  return std::max<int64_t>(block / 16 * 16, 16);
+}
+
+}  // namespace
+
+namespace internal {
+
+const Kernels& KernelsFor(Isa isa) {
+  if (isa == Isa::kAvx512 && IsaSupported(Isa::kAvx512)) return *Avx512Kernels();
+  if ((isa == Isa::kAvx512 || isa == Isa::kAvx2) && IsaSupported(Isa::kAvx2)) return *Avx2Kernels();
+  return *ScalarKernels();
+}
+
+}  // namespace internal
+
+const char* IsaName(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return "scalar";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+  }
+  return "?";
+}
+
+bool IsaSupported(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(BestIsa()); }
+
+Isa BestIsa() {
+  static const Isa best = DetectIsa();
+  return best;
+}
+
+bool IsQuantType(DType t) { return internal::QuantIndexOf(t) >= 0; }
+
+void DequantizeRow(DType t, const void* src, float* dst, int64_t n, Isa isa) {
+  const int idx = CheckType("DequantizeRow", t, n);
+  internal::KernelsFor(isa).dequant[idx](static_cast<const uint8_t*>(src), dst,
+                                        n / DTypeBlockElements(t));
+}
+
+void QuantGemv(DType t, const void* w, int64_t rows, int64_t cols, const float* x, float* y,
+               int threads, Isa isa) {
+  const int idx = CheckType("QuantGemv", t, cols);
+  if (rows < 0) throw std::invalid_argument("QuantGemv: negative rows");
+  if (rows == 0) return;
+  if (cols == 0) {
+    std::fill(y, y + rows, 0.0f);
+    return;
+  }
+  threads = Resolve(threads);
+  const internal::RowsFn kernel = internal::KernelsFor(isa).rows[idx];
+  const auto* wp = static_cast<const uint8_t*>(w);
+  const size_t ld = DTypeBytes(t, cols);
+  const int64_t blocks = cols / DTypeBlockElements(t);
+  const float* xs = XSums32(x, cols);
+  constexpr int kRows = internal::kGemvRows;
+  const int64_t groups = (rows + kRows - 1) / kRows;
+  const bool parallel = threads > 1 && groups > 1 && rows * cols >= kMinParallelElements;
+  // Static schedule: each thread streams one contiguous range of rows, which the hardware
+  // prefetchers follow best.
+#pragma omp parallel for num_threads(threads) schedule(static) if (parallel)
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t r0 = g * kRows;
+    const int n = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
+    kernel(wp + static_cast<size_t>(r0) * ld, ld, n, blocks, x, xs, y + r0);
+  }
+}
+
+// Each thread takes whole blocks of rows, dequantizes one into its own f32 buffer and multiplies
+// it by x with a single-threaded sgemm, writing the block's columns of y. Threads thus dequantize
+// and multiply at once, and each dequantized block is consumed from cache right after it is
+// written (the scheme linear.cpp uses for bf16 / f16 weights, measured there against one
+// multithreaded sgemm per block).
+void QuantMatmul(DType t, const void* w, int64_t rows, int64_t cols, const float* x, int64_t n,
+                 float* y, int64_t ldy, int threads, Isa isa) {
+  const int idx = CheckType("QuantMatmul", t, cols);
+  if (rows < 0 || n < 0 || ldy < rows) {
+    throw std::invalid_argument("QuantMatmul: expects rows, n >= 0 and ldy >= rows");
+  }
+  if (rows > INT_MAX || cols > INT_MAX || n > INT_MAX || ldy > INT_MAX) {
+    throw std::invalid_argument("QuantMatmul: dimensions must be below 2^31");
+  }
+  if (n == 0 || rows == 0) return;
+  if (n == 1) return QuantGemv(t, w, rows, cols, x, y, threads, isa);
+  if (cols == 0) {
+    for (int64_t i = 0; i < n; ++i) std::fill(y + i * ldy, y + i * ldy + rows, 0.0f);
+    return;
+  }
+  threads = Resolve(threads);
+  const internal::DequantFn dequant = internal::KernelsFor(isa).dequant[idx];
+  const auto* wp = static_cast<const uint8_t*>(w);
+  const size_t ld = DTypeBytes(t, cols);
+  const int64_t row_blocks = cols / DTypeBlockElements(t);
+  const int64_t block = BlockRows(rows, cols, threads);
+  const int64_t blocks = (rows + block - 1) / block;
+  const bool parallel = threads > 1 && blocks > 1 && n * rows * cols >= kMinParallelElements;
+  // OpenBLAS (the pthreads build) has one process-wide thread count and would otherwise have every
+  // caller of this region fan out to its own pool; the count is restored after.
+  const int blas_threads = openblas_get_num_threads();
+  if (parallel && blas_threads != 1) openblas_set_num_threads(1);
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+    // Reused across calls: a fresh multi-MiB buffer per call would page-fault every time.
+    thread_local std::vector<float> buffer;
+    buffer.resize(static_cast<size_t>(std::min(block, rows) * cols));
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t begin = b * block;
+      const int64_t count = std::min(block, rows - begin);
+      dequant(wp + static_cast<size_t>(begin) * ld, buffer.data(), count * row_blocks);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n),
+                  static_cast<blasint>(count), static_cast<blasint>(cols), 1.0f, x,
+                  static_cast<blasint>(cols), buffer.data(), static_cast<blasint>(cols), 0.0f,
+                  y + begin, static_cast<blasint>(ldy));
+    }
+  }
+  if (parallel && blas_threads != 1) openblas_set_num_threads(blas_threads);
+}
+
+}  // namespace shardlm::quant
