@@ -2,7 +2,12 @@
 // returns a callback that runs it and yields the process exit code.
 #pragma once
 
+#include <cstdint>
 #include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
 
 #include "CLI/CLI.hpp"
 
@@ -12,8 +17,13 @@ using RunFn = std::function<int()>;
 
 RunFn AddMakeTinyModelCommand(CLI::App& app);
 RunFn AddGenerateCommand(CLI::App& app);
+RunFn AddTokenizeCommand(CLI::App& app);
+RunFn AddDetokenizeCommand(CLI::App& app);
 
 // Prints "shardlm <command>: error: <message>" as one line on stderr and returns 1.
 int Fail(const std::string& command, const std::string& message);
+
+// Parses "1,2,3" (spaces allowed); errors name `flag` and the bad element.
+absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text, const std::string& flag);
 
 }  // namespace shardlm::cli

@@ -5,6 +5,10 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "cli/commands.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -14,6 +18,23 @@ namespace shardlm::cli {
 int Fail(const std::string& command, const std::string& message) {
   std::fprintf(stderr, "shardlm %s: error: %s\n", command.c_str(), message.c_str());
   return 1;
+}
+
+absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text, const std::string& flag) {
+  std::vector<int32_t> ids;
+  int index = 0;
+  for (absl::string_view piece : absl::StrSplit(text, ',')) {
+    piece = absl::StripAsciiWhitespace(piece);
+    int32_t id;
+    if (!absl::SimpleAtoi(piece, &id)) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": element ", index, " is '",
+                                                     std::string(piece),
+                                                     "', expected an integer token id"));
+    }
+    ids.push_back(id);
+    ++index;
+  }
+  return ids;
 }
 
 }  // namespace shardlm::cli
@@ -33,6 +54,9 @@ int main(int argc, char** argv) {
   add(shardlm::cli::AddMakeTinyModelCommand, "make-tiny-model",
       "Write a small model with seeded random weights (config.json + model.safetensors)");
   add(shardlm::cli::AddGenerateCommand, "generate", "Generate tokens greedily from a prompt");
+  add(shardlm::cli::AddTokenizeCommand, "tokenize",
+      "Print the token ids of the UTF-8 text on stdin, separated by spaces");
+  add(shardlm::cli::AddDetokenizeCommand, "detokenize", "Print the text of token ids");
 
   try {
     app.parse(argc, argv);

@@ -6,8 +6,10 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "model/chat_template.h"
 #include "model/config.h"
 #include "model/gguf.h"
+#include "model/tokenizer.h"
 #include "model/weight_source.h"
 
 namespace shardlm {
@@ -24,5 +26,14 @@ struct OpenedCheckpoint {
 };
 
 absl::StatusOr<OpenedCheckpoint> OpenCheckpoint(const std::string& path);
+
+// The checkpoint's tokenizer: GGUF tokenizer.ggml.* metadata, or the HF directory's
+// tokenizer.json (+ tokenizer_config.json). NotFound when a HF directory has none.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const OpenedCheckpoint& checkpoint);
+
+// The chat template: `name` when given (--chat-template), else recognised from GGUF
+// tokenizer.chat_template or tokenizer_config.json's chat_template.
+absl::StatusOr<ChatTemplate> LoadChatTemplate(const OpenedCheckpoint& checkpoint,
+                                              const std::string& name);
 
 }  // namespace shardlm

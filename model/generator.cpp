@@ -56,12 +56,14 @@ absl::StatusOr<GenerateResult> GenerateGreedy(LlamaModel& model, std::span<const
                            host.data<float>() + host.numel());
     }
     result.tokens.push_back(id);
+    if (options.on_token) options.on_token(id);
     return id;
   };
   auto is_eos = [&](int32_t id) {
-    return options.stop_at_eos && std::find(config.eos_token_ids.begin(),
-                                            config.eos_token_ids.end(), id) !=
-                                      config.eos_token_ids.end();
+    if (!options.stop_at_eos) return false;
+    if (options.is_eog) return options.is_eog(id);
+    return std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(), id) !=
+           config.eos_token_ids.end();
   };
 
   auto t0 = std::chrono::steady_clock::now();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -14,7 +15,11 @@ namespace shardlm {
 struct GenerateOptions {
   int64_t max_new_tokens = 16;
   bool keep_logits = false;  // keep the logits row that chose each generated token
-  bool stop_at_eos = true;   // stop after emitting one of config.eos_token_ids
+  bool stop_at_eos = true;   // stop after emitting an end-of-generation token
+  // End of generation; when unset, config.eos_token_ids.
+  std::function<bool(int32_t)> is_eog;
+  // Called with each generated id as soon as it is chosen (streaming output).
+  std::function<void(int32_t)> on_token;
 };
 
 struct GenerateResult {

@@ -43,6 +43,10 @@ class CpuBackend final : public Backend {
   // weights, biases) is small and becomes f32, so that only Linear and Embedding see 16 bits.
   Tensor PrepareWeight(const Tensor& host) override {
     const bool half = host.dtype() == DType::kBF16 || host.dtype() == DType::kF16;
+    if (IsQuantized(host.dtype()) && host.rank() == 2) {
+      // Quantized matrices stay as their blocks, read straight from the checkpoint's mapping.
+      return host;
+    }
     if (!half || host.rank() != 2) return CopyAsF32("PrepareWeight", host);
     cpu::Require(host.device() == Device::kCpu && host.defined(), "PrepareWeight",
                  "expects a defined host tensor", {{"t", &host}});

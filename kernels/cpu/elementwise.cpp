@@ -6,6 +6,7 @@
 #include <string>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/quant/quant.h"
 
 namespace shardlm::cpu {
 
@@ -38,7 +39,8 @@ void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int
   RequireHostF32("Embedding", {{"y", &y}});
   const DType dtype = table.dtype();
   const bool half = dtype == DType::kBF16 || dtype == DType::kF16;
-  if (!half) RequireHostF32("Embedding", {{"table", &table}});
+  const bool quantized = IsQuantized(dtype);
+  if (!half && !quantized) RequireHostF32("Embedding", {{"table", &table}});
   Require(table.device() == Device::kCpu && table.defined() && table.rank() == 2 && y.rank() >= 1 &&
               y.dim(-1) == table.dim(1) &&
               y.numel() == static_cast<int64_t>(ids.size()) * table.dim(1),
@@ -57,7 +59,10 @@ void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int
 #pragma omp parallel for num_threads(threads) if (n > 1 && n * d >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const int64_t offset = static_cast<int64_t>(ids[i]) * d;
-    if (half) {  // a 16-bit table is converted row by row as it is gathered
+    if (quantized) {  // so is a quantized one, block by block
+      quant::DequantizeRow(dtype, static_cast<const char*>(table.raw()) + DTypeBytes(dtype, offset),
+                           yp + i * d, d);
+    } else if (half) {  // a 16-bit table is converted row by row as it is gathered
       ConvertHalf(dtype, table.data<uint16_t>() + offset, yp + i * d, d, simd);
     } else {
       std::memcpy(yp + i * d, table.data<float>() + offset, d * sizeof(float));

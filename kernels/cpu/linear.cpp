@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/quant/quant.h"
 
 namespace shardlm::cpu {
 namespace {
@@ -66,7 +67,8 @@ void Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, int
   RequireHostF32("Linear", {{"x", &x}, {"y", &y}});
   if (bias != nullptr) RequireHostF32("Linear", {{"bias", bias}});
   const bool half = w.dtype() == DType::kBF16 || w.dtype() == DType::kF16;
-  if (!half) RequireHostF32("Linear", {{"w", &w}});
+  const bool quantized = IsQuantized(w.dtype());
+  if (!half && !quantized) RequireHostF32("Linear", {{"w", &w}});
   Require(w.device() == Device::kCpu && w.defined() && w.rank() == 2 && w.dim(0) > 0 &&
               w.dim(1) > 0 && w.dim(0) <= INT_MAX && w.dim(1) <= INT_MAX,
           "Linear", "w must be a host [out, in] with 0 < out, in < 2^31", {{"w", &w}});
@@ -80,7 +82,15 @@ void Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, int
   if (n == 0) return;
   const float* xp = x.data<float>();
   float* yp = y.data<float>();
-  if (half) {
+  if (quantized) {
+    // ggml blocks stay quantized in memory; they are dequantized block by block inside the
+    // kernels (f32 activations).
+    if (n == 1) {
+      quant::QuantGemv(w.dtype(), w.raw(), out, in, xp, yp, threads);
+    } else {
+      quant::QuantMatmul(w.dtype(), w.raw(), out, in, xp, n, yp, out, threads);
+    }
+  } else if (half) {
     const auto* wp = w.data<uint16_t>();
     if (n == 1) {
       GemvHalf(w.dtype(), wp, out, in, xp, yp, threads, simd);

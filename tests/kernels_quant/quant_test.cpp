@@ -46,7 +46,8 @@ std::vector<float> Dequant(DType t, const std::vector<uint8_t>& bytes, Isa isa) 
 
 // Every supported path must give exactly `want` (hand-built blocks use values that are exact in
 // f32 under any order of rounding).
-void ExpectAllPathsExact(DType t, const std::vector<uint8_t>& bytes, const std::vector<float>& want) {
+void ExpectAllPathsExact(DType t, const std::vector<uint8_t>& bytes,
+                         const std::vector<float>& want) {
   ASSERT_EQ(bytes.size(), DTypeBlockBytes(t) * (want.size() / DTypeBlockElements(t)));
   for (Isa isa : SupportedIsas()) {
     const std::vector<float> got = Dequant(t, bytes, isa);
@@ -338,7 +339,9 @@ struct Reference {
   std::vector<double> dot, mag;
 };
 Reference RowDots(const std::vector<float>& w, int64_t rows, int64_t cols, const float* x) {
-  Reference ref{std::vector<double>(static_cast<size_t>(rows)), std::vector<double>(static_cast<size_t>(rows))};
+  Reference ref;
+  ref.dot.resize(static_cast<size_t>(rows));
+  ref.mag.resize(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
     double dot = 0.0, mag = 0.0;
     for (int64_t i = 0; i < cols; ++i) {
@@ -418,7 +421,9 @@ TEST(QuantTest, MatmulMatchesDoubleReference) {
         const std::vector<float> x = RandomVector(static_cast<size_t>(n * cols), 9);
         const int64_t ldy = kOddRows + 5;
         std::vector<Reference> refs;
-        for (int64_t i = 0; i < n; ++i) refs.push_back(RowDots(m.dequant, kOddRows, cols, x.data() + i * cols));
+        for (int64_t i = 0; i < n; ++i) {
+          refs.push_back(RowDots(m.dequant, kOddRows, cols, x.data() + i * cols));
+        }
         for (Isa isa : {Isa::kScalar, BestIsa()}) {
           for (int threads : {1, 2}) {
             if (isa == BestIsa() && isa != Isa::kScalar && threads == 1 && n != 7) continue;
@@ -454,7 +459,9 @@ std::vector<double> ErrorBounds(DType t, const std::vector<float>& x) {
   std::vector<double> bound(x.size());
   auto amax_of = [&](size_t begin, size_t n) {
     double a = 0.0;
-    for (size_t i = begin; i < begin + n; ++i) a = std::max(a, std::fabs(static_cast<double>(x[i])));
+    for (size_t i = begin; i < begin + n; ++i) {
+      a = std::max(a, std::fabs(static_cast<double>(x[i])));
+    }
     return a;
   };
   constexpr double kF16 = 1.0 / 512;  // generous slack for f16-rounded scales
@@ -475,7 +482,8 @@ std::vector<double> ErrorBounds(DType t, const std::vector<float>& x) {
       double max_step = 0.0, max_neg = 0.0;
       double step[8];
       for (int j = 0; j < 8; ++j) {
-        const auto [l, h] = std::minmax_element(x.begin() + b + 32 * j, x.begin() + b + 32 * j + 32);
+        const auto sub = x.begin() + static_cast<std::ptrdiff_t>(b + 32 * j);
+        const auto [l, h] = std::minmax_element(sub, sub + 32);
         const double low = std::min(0.0, static_cast<double>(*l));
         step[j] = (*h - low) / levels;
         max_step = std::max(max_step, step[j]);
@@ -539,7 +547,8 @@ void ExpectRoundTrip(DType t, const std::vector<float>& x, const std::string& wh
 
 TEST(QuantTest, QuantizeRoundTrips) {
   for (DType t : kTypes) {
-    const size_t n = static_cast<size_t>(DTypeBlockElements(t)) * (DTypeBlockElements(t) == 32 ? 256 : 32);
+    const int64_t elems = DTypeBlockElements(t);
+    const size_t n = static_cast<size_t>(elems * (elems == 32 ? 256 : 32));
     std::mt19937 rng(42 + static_cast<uint32_t>(t));
     std::normal_distribution<float> normal(0.0f, 1.0f);
     std::vector<float> x(n);

@@ -1,5 +1,6 @@
 // The AVX-512F kernels: 16 floats per vector. See kernels_simd.inc.
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/cpu/quant/quant_internal.h"
 
@@ -7,7 +8,7 @@
 #include <immintrin.h>
 
 #pragma GCC push_options
-// Every AVX-512 CPU has the AVX2 set too; the byte shuffling stays in 128-bit registers.
+// Every AVX-512 CPU has the AVX2 set too; the 8-lane scale vectors of the K formats use it.
 #pragma GCC target("avx512f,avx2,fma,f16c")
 
 namespace shardlm::quant::internal {
@@ -19,6 +20,7 @@ constexpr __mmask16 kAll = 0xffff;
 
 struct S {
   using V = __m512;
+  using I = __m512i;
   static constexpr int W = 16;
   static V Zero() { return _mm512_setzero_ps(); }
   static V Set1(float f) { return _mm512_set1_ps(f); }
@@ -27,25 +29,34 @@ struct S {
   static V Add(V a, V b) { return _mm512_add_ps(a, b); }
   static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  // Lanes 8..15 of the cast are undefined and are left out by the mask.
+  static V AddLow8(__m256 v8, V acc) {
+    return _mm512_mask_add_ps(acc, 0x00ff, acc, _mm512_castps256_ps512(v8));
+  }
   static float Sum(V v) {
+    // Through memory: the 512 -> 256 bit extracts hit the warning above; this runs once per row.
     alignas(64) float lanes[16];
     _mm512_store_ps(lanes, v);
-    __m256 h = _mm256_add_ps(_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8));
+    const __m256 h = _mm256_add_ps(_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8));
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  static __m128i Bytes(const uint8_t* p) {
-    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  static I U8(const uint8_t* p) {
+    return _mm512_maskz_cvtepu8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
-  static V U8(__m128i b) {
-    return _mm512_maskz_cvtepi32_ps(kAll, _mm512_maskz_cvtepu8_epi32(kAll, b));
+  static I I8(const uint8_t* p) {
+    return _mm512_maskz_cvtepi8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
-  static V I8(__m128i b) {
-    return _mm512_maskz_cvtepi32_ps(kAll, _mm512_maskz_cvtepi8_epi32(kAll, b));
-  }
-  static float Half(const uint8_t* p) { return _cvtsh_ss(LoadU16(p)); }
+  static I And(I a, I b) { return _mm512_and_si512(a, b); }
+  static I Or(I a, I b) { return _mm512_or_si512(a, b); }
+  static I Set1I(int v) { return _mm512_set1_epi32(v); }
+  template <int N>
+  static I Shl(I v) { return _mm512_maskz_slli_epi32(kAll, v, N); }
+  template <int N>
+  static I Shr(I v) { return _mm512_maskz_srli_epi32(kAll, v, N); }
+  static V Cvt(I v) { return _mm512_maskz_cvtepi32_ps(kAll, v); }
 };
 
 }  // namespace

@@ -50,7 +50,9 @@ int Resolve(int threads) { return threads > 0 ? threads : std::max(1, omp_get_ma
 // The type's kernel index, after checking that `t` is quantized and `cols` whole blocks.
 int CheckType(const char* op, DType t, int64_t cols) {
   const int idx = internal::QuantIndexOf(t);
-  if (idx < 0) throw std::invalid_argument(std::string(op) + ": not a quantized dtype: " + DTypeName(t));
+  if (idx < 0) {
+    throw std::invalid_argument(std::string(op) + ": not a quantized dtype: " + DTypeName(t));
+  }
   if (cols < 0 || cols % DTypeBlockElements(t) != 0) {
     throw std::invalid_argument(std::string(op) + ": " + std::to_string(cols) +
                                 " elements are not whole blocks of " + DTypeName(t));
@@ -58,16 +60,20 @@ int CheckType(const char* op, DType t, int64_t cols) {
   return idx;
 }
 
-// Sums of x over each 32 elements, for the kernels with a min term. Reused per thread.
-const float* XSums32(const float* x, int64_t cols) {
+// Sums of x over each 16 and 32 elements (see internal::XSums), in a buffer reused per thread.
+internal::XSums SumsOf(const float* x, int64_t cols) {
   thread_local std::vector<float> sums;
-  sums.resize(static_cast<size_t>(cols / 32));
-  for (int64_t k = 0; k < cols / 32; ++k) {
+  const int64_t n16 = cols / 16;
+  sums.resize(static_cast<size_t>(n16 + n16 / 2));
+  float* s16 = sums.data();
+  float* s32 = s16 + n16;
+  for (int64_t k = 0; k < n16; ++k) {
     float s = 0.0f;
-    for (int i = 0; i < 32; ++i) s += x[32 * k + i];
-    sums[static_cast<size_t>(k)] = s;
+    for (int i = 0; i < 16; ++i) s += x[16 * k + i];
+    s16[k] = s;
   }
-  return sums.data();
+  for (int64_t k = 0; k < n16 / 2; ++k) s32[k] = s16[2 * k] + s16[2 * k + 1];
+  return {s16, s32};
 }
 
 // Rows of w dequantized per block in prefill: as the bf16 / f16 path in linear.cpp (128-256 rows
@@ -76,7 +82,7 @@ const float* XSums32(const float* x, int64_t cols) {
 int64_t BlockRows(int64_t rows, int64_t cols, int threads) {
   constexpr int64_t kMaxRows = 256;
   constexpr int64_t kMaxBytes = int64_t{8} << 20;
-  const int64_t by_bytes = kMaxBytes / (std::max<int64_t>(cols, 1) * static_cast<int64_t>(sizeof(float)));
+  const int64_t by_bytes = kMaxBytes / (cols * static_cast<int64_t>(sizeof(float)));
   const int64_t per_thread = (rows + threads - 1) / threads;
   const int64_t block = std::min({kMaxRows, by_bytes, (per_thread + 15) / 16 * 16});
   return std::max<int64_t>(block / 16 * 16, 16);
@@ -132,7 +138,7 @@ void QuantGemv(DType t, const void* w, int64_t rows, int64_t cols, const float* 
   const auto* wp = static_cast<const uint8_t*>(w);
   const size_t ld = DTypeBytes(t, cols);
   const int64_t blocks = cols / DTypeBlockElements(t);
-  const float* xs = XSums32(x, cols);
+  const internal::XSums xs = SumsOf(x, cols);
   constexpr int kRows = internal::kGemvRows;
   const int64_t groups = (rows + kRows - 1) / kRows;
   const bool parallel = threads > 1 && groups > 1 && rows * cols >= kMinParallelElements;

@@ -53,11 +53,19 @@ inline void KPackScaleMin(const int* scale, const int* min, uint8_t* s) {
   }
 }
 
+// Sums of x over each 16 and each 32 elements, computed once per product: the kernels fold the
+// offsets of the formats (Q4_0's - 8, Q6_K's - 32, the mins of Q4_1 / Q4_K / Q5_K) in through
+// them instead of applying them per element.
+struct XSums {
+  const float* s16;
+  const float* s32;
+};
+
 // y[r] = dot(row r, x) for r < rows (1 <= rows <= kGemvRows), rows `ld` bytes apart, `blocks`
-// blocks each. xsum32[k] is the sum of x[32k, 32k + 32), which the kernels with a min term use.
+// blocks each.
 inline constexpr int kGemvRows = 4;
 using RowsFn = void (*)(const uint8_t* w, size_t ld, int rows, int64_t blocks, const float* x,
-                        const float* xsum32, float* y);
+                        const XSums& xs, float* y);
 // dst[0, blocks * block elements) = the dequantized blocks at src.
 using DequantFn = void (*)(const uint8_t* src, float* dst, int64_t blocks);
 
@@ -65,6 +73,10 @@ struct Kernels {
   RowsFn rows[kNumQuant];
   DequantFn dequant[kNumQuant];
 };
+
+// All 65536 f16 values as f32, indexed by their bits: the SIMD kernels read block scales from
+// it, which costs a load rather than a conversion and a broadcast on the busy vector ports.
+const float* HalfTable();
 
 // Null where the ISA is not compiled in (the caller also checks that the CPU supports it).
 const Kernels* ScalarKernels();

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/cpu/quant/quant.h"
 #include "kernels/cpu/quant/quant_internal.h"
@@ -40,7 +41,9 @@ void DequantQ4_1(const uint8_t* b, float* y) {
 
 // Element 32j + l of a Q4_K / Q5_K block: its 4-bit part sits in byte 32 * (j / 2) + l of qs,
 // in the low nibble for even j and the high nibble for odd j.
-int KNibble(const uint8_t* qs, int j, int l) { return (qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 0x0f; }
+int KNibble(const uint8_t* qs, int j, int l) {
+  return (qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 0x0f;
+}
 
 void DequantQ4_K(const uint8_t* b, float* y) {
   const float d = Half(b);
@@ -99,7 +102,7 @@ void DequantBlocks(const uint8_t* src, float* dst, int64_t blocks) {
 // The scalar matrix-vector fallback: each block dequantized into a small buffer, then a dot.
 template <BlockFn F, int kBytes, int kElems>
 void RowsScalar(const uint8_t* w, size_t ld, int rows, int64_t blocks, const float* x,
-                const float* /*xsum32*/, float* y) {
+                const XSums& /*xs*/, float* y) {
   float buf[kElems];
   for (int r = 0; r < rows; ++r) {
     const uint8_t* row = w + static_cast<size_t>(r) * ld;
@@ -301,6 +304,15 @@ int QuantIndexOf(DType t) {
 
 const Kernels* ScalarKernels() { return &kScalar; }
 
+const float* HalfTable() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (uint32_t h = 0; h < 65536; ++h) t[h] = F16ToF32(static_cast<uint16_t>(h));
+    return t;
+  }();
+  return table.data();
+}
+
 }  // namespace shardlm::quant::internal
 
 namespace shardlm::quant {
@@ -308,7 +320,10 @@ namespace shardlm::quant {
 void QuantizeRow(DType t, const float* src, void* dst, int64_t n) {
   using namespace internal;
   const int idx = QuantIndexOf(t);
-  if (idx < 0) throw std::invalid_argument(std::string("QuantizeRow: not a quantized dtype: ") + DTypeName(t));
+  if (idx < 0) {
+    throw std::invalid_argument(std::string("QuantizeRow: not a quantized dtype: ") +
+                                DTypeName(t));
+  }
   const int64_t elems = DTypeBlockElements(t);
   if (n < 0 || n % elems != 0) {
     throw std::invalid_argument("QuantizeRow: n = " + std::to_string(n) +
