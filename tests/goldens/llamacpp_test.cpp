@@ -1,0 +1,81 @@
+// shardlm against llama.cpp (llama-cpp-python) on SmolLM2-135M-Instruct Q4_1: the same prompt ids
+// from the tokenizer, and, fed the same token sequences (teacher forcing), the same top-1 token on
+// >= 99% of positions. The max and mean |logit diff| over llama.cpp's top-32 entries are
+// reported. Goldens: scripts/compare-llamacpp.py. The model comes from scripts/get-model.sh; the
+// test skips when it is absent.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "model/checkpoint_loader.h"
+#include "model/llama.h"
+#include "nlohmann/json.hpp"
+
+namespace shardlm {
+namespace {
+
+TEST(LlamaCppGoldenTest, SmolLm2TeacherForced) {
+  const std::string golden_path =
+      std::string(SHARDLM_SOURCE_DIR) + "/tests/goldens/llamacpp/smollm2.json";
+  std::ifstream in(golden_path);
+  ASSERT_TRUE(in) << golden_path;
+  const nlohmann::json golden = nlohmann::json::parse(in);
+  const std::string model_path =
+      std::string(SHARDLM_SOURCE_DIR) + "/models/" + golden["model"].get<std::string>();
+  if (!std::filesystem::exists(model_path)) {
+    GTEST_SKIP() << model_path << " is absent: run scripts/get-model.sh";
+  }
+  auto checkpoint = OpenCheckpoint(model_path);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  auto tokenizer = LoadTokenizer(*checkpoint);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  auto backend = CreateCpuBackend(2);
+  auto model = LlamaModel::Load(checkpoint->config, *checkpoint->weights, *backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const int64_t vocab = checkpoint->config.vocab_size;
+
+  int positions = 0, agree = 0;
+  double max_diff = 0, sum_diff = 0;
+  int64_t n_diff = 0;
+  for (const auto& p : golden["prompts"]) {
+    const std::vector<int32_t> prompt = p["prompt_ids"];
+    const std::vector<int32_t> generated = p["generated_ids"];
+    auto ids = (*tokenizer)->EncodeChecked(p["text"].get<std::string>(), true, true);
+    ASSERT_TRUE(ids.ok());
+    EXPECT_EQ(*ids, prompt) << "tokenizer differs from llama.cpp on " << p["text"];
+
+    std::vector<int32_t> seq = prompt;
+    seq.insert(seq.end(), generated.begin(), generated.end() - 1);
+    KvCache cache = (*model)->NewCache(static_cast<int64_t>(seq.size()));
+    auto logits = (*model)->Forward(seq, 0, cache, /*all_logits=*/true);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    Tensor host = backend->ToHost(*logits);
+    for (size_t k = 0; k < generated.size(); ++k) {
+      const float* row = host.data<float>() + (prompt.size() - 1 + k) * vocab;
+      const int32_t ours = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+      ++positions;
+      agree += ours == generated[k];
+      const auto& top = p["top"][k];
+      for (size_t j = 0; j < top["ids"].size(); ++j) {
+        const double d = std::abs(row[top["ids"][j].get<int>()] - top["logits"][j].get<double>());
+        max_diff = std::max(max_diff, d);
+        sum_diff += d;
+        ++n_diff;
+      }
+    }
+  }
+  const double rate = static_cast<double>(agree) / positions;
+  std::printf("top-1 agreement %d/%d (%.1f%%); |logit diff| over llama.cpp's top-%d: max %.4f, "
+              "mean %.4f\n", agree, positions, 100 * rate, golden["top"].get<int>(), max_diff,
+              sum_diff / n_diff);
+  EXPECT_GE(rate, 0.99);
+}
+
+}  // namespace
+}  // namespace shardlm
