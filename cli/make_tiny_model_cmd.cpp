@@ -1,8 +1,10 @@
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/gguf_export.h"
 #include "model/random_weights.h"
 
 namespace shardlm::cli {
@@ -31,11 +33,34 @@ RunFn AddMakeTinyModelCommand(CLI::App& app) {
           CLI::ignore_case))
       ->default_str("f32");
   app.add_flag("--tie-embeddings", spec->tie_embeddings, "Share the embedding with the LM head");
+  auto gguf_type = std::make_shared<DType>(DType::kF32);
+  auto format = std::make_shared<std::string>("safetensors");
+  app.add_option("--format", *format,
+                 "safetensors: DIR/config.json + DIR/model.safetensors; gguf: DIR/model.gguf "
+                 "(written as llama.cpp's converter would)")
+      ->check(CLI::IsMember({"safetensors", "gguf"}));
+  app.add_option("--gguf-type", *gguf_type, "Type of the GGUF matrices")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, DType>{{"f32", DType::kF32}, {"f16", DType::kF16},
+                                       {"bf16", DType::kBF16}, {"q8_0", DType::kQ8_0},
+                                       {"q4_0", DType::kQ4_0}, {"q4_1", DType::kQ4_1},
+                                       {"q4_k", DType::kQ4_K}, {"q5_k", DType::kQ5_K},
+                                       {"q6_k", DType::kQ6_K}},
+          CLI::ignore_case));
 
-  return [spec, out]() -> int {
+  return [spec, out, format, gguf_type]() -> int {
     absl::Status status = WriteTinyModel(*spec, *out);
+    std::string written = *out;
+    if (status.ok() && *format == "gguf") {
+      auto config = TinyModelConfig(*spec);
+      RandomWeightSource weights(*config, spec->seed, spec->dtype);
+      written = *out + "/model.gguf";
+      status = ExportGguf(*config, weights, written, *gguf_type);
+      std::filesystem::remove(*out + "/model.safetensors");
+      std::filesystem::remove(*out + "/config.json");
+    }
     if (!status.ok()) return Fail("make-tiny-model", std::string(status.message()));
-    std::printf("%s\n", out->c_str());
+    std::printf("%s\n", written.c_str());
     return 0;
   };
 }
