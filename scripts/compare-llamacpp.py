@@ -37,11 +37,15 @@ def main():
 
     import llama_cpp
 
+    # f32 KV cache (llama.cpp's default is f16): keeps the reference's own rounding down to its
+    # Q8 activation quantization, which is inherent to its quantized matmuls.
     llm = llama_cpp.Llama(model_path=opts.model, n_ctx=512, n_threads=opts.threads,
-                          n_batch=512, logits_all=True, verbose=False, seed=0)
+                          n_batch=512, logits_all=True, verbose=False,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     result = {
         "generator": "scripts/compare-llamacpp.py",
-        "reference": "llama-cpp-python %s, CPU, %d threads" % (llama_cpp.__version__, opts.threads),
+        "reference": "llama-cpp-python %s, CPU, %d threads, f32 KV cache" % (
+            llama_cpp.__version__, opts.threads),
         "model": os.path.basename(opts.model),
         "steps": STEPS,
         "top": TOP,
