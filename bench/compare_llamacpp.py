@@ -52,9 +52,10 @@ def main():
     import llama_cpp
 
     ctx = opts.prompt_len + opts.decode + 8
-    # logits_all=False as a server runs; scores of the last position are still kept.
+    # logits_all=False as a server runs (only the last row of logits is computed); n_batch = n_ctx
+    # because llama-cpp-python then keeps n_batch rows of scores, indexed by position.
     llm = llama_cpp.Llama(model_path=opts.model, n_ctx=ctx, n_threads=opts.threads,
-                          n_threads_batch=opts.threads, n_batch=opts.prompt_len,
+                          n_threads_batch=opts.threads, n_batch=ctx,
                           logits_all=False, verbose=False)
     rng = np.random.default_rng(0)
     ids = [1] + [int(x) for x in rng.integers(100, 40000, size=opts.prompt_len - 1)]

@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::fprintf(stderr, "weights: %.1f MiB (f32 in memory), generated+loaded in %.1f s\n",
+  std::fprintf(stderr, "weights: %.1f MiB in the backend (bf16/f16 kept 16-bit), generated+loaded in %.1f s\n",
                (*model)->weight_bytes() / 1048576.0, load_s);
 
   std::vector<int32_t> prompt(prompt_len);
