@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   app.add_option("--intermediate", spec.intermediate);
   app.add_option("--vocab", spec.vocab);
   app.add_option("--seed", spec.seed);
-  app.add_option("--dtype", spec.dtype, "Checkpoint dtype of the weights (converted at load)")
+  app.add_option("--dtype", spec.dtype, "Checkpoint dtype of the weights (bf16/f16 stay 16-bit in the CPU backend)")
       ->transform(CLI::CheckedTransformer(
           std::map<std::string, DType>{{"f32", DType::kF32}, {"bf16", DType::kBF16}, {"f16", DType::kF16}}));
   app.add_option("--prompt-len", prompt_len, "Prompt tokens for the prefill measurement");
