@@ -6,58 +6,20 @@
 #include <climits>
 #include <vector>
 
+#include "kernels/cpu/blocked_gemm.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/quant/quant.h"
 
 namespace shardlm::cpu {
 namespace {
 
-// Rows of a 16-bit weight converted per block in prefill. Bigger blocks amortise sgemm's
-// per-call packing of x: on the 2-core bench (hidden 2048, intermediate 5632, 128-token prompt)
-// 128-256 rows gave 135-143 tok/s, 64 rows 120 and 512 rows 127. The f32 buffer is capped at
-// 8 MiB per thread for very wide inputs, and blocks shrink so that every thread gets one.
-int64_t BlockRows(int64_t out, int64_t in, int threads) {
-  constexpr int64_t kMaxRows = 256;
-  constexpr int64_t kMaxBytes = int64_t{8} << 20;
-  const int64_t by_bytes = kMaxBytes / (in * static_cast<int64_t>(sizeof(float)));
-  const int64_t per_thread = (out + threads - 1) / threads;
-  const int64_t rows = std::min({kMaxRows, by_bytes, (per_thread + 15) / 16 * 16});
-  return std::max<int64_t>(rows / 16 * 16, 16);
-}
-
-// y[n, out] = x[n, in] * w[out, in]^T for a bf16 / f16 w with n > 1. Each thread takes whole
-// blocks of rows of w, converts one into its own f32 buffer and multiplies it by x with a
-// single-threaded sgemm, writing the block's columns of y (ldc = out). Threads thus convert and
-// multiply at once, and each converted block is consumed from cache right after it is written.
-// The alternative, converting each block with all threads and then one multithreaded sgemm per
-// block, ran at 30-88 tok/s on the bench above (OpenMP and OpenBLAS's own pool hand the cores
-// back and forth per block) against 140 for this one and 90 for f32 weights.
+// y[n, out] = x[n, in] * w[out, in]^T for a bf16 / f16 w with n > 1 (see blocked_gemm.h).
 void GemmHalf(DType dtype, const float* x, const uint16_t* w, int64_t n, int64_t out, int64_t in,
               float* y, int threads, Simd simd) {
-  const int64_t block = BlockRows(out, in, threads);
-  const int64_t blocks = (out + block - 1) / block;
-  const bool parallel = threads > 1 && blocks > 1 && n * out * in >= kMinParallelWork;
-  // OpenBLAS (the pthreads build) has one process-wide thread count and would otherwise have
-  // every caller of this region fan out to its own pool; the count is restored after.
-  const int blas_threads = openblas_get_num_threads();
-  if (parallel && blas_threads != 1) openblas_set_num_threads(1);
-#pragma omp parallel num_threads(threads) if (parallel)
-  {
-    // Reused across calls: a fresh multi-MiB buffer per call would page-fault every time.
-    thread_local std::vector<float> buffer;
-    buffer.resize(static_cast<size_t>(std::min(block, out) * in));
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t begin = b * block;
-      const int64_t rows = std::min(block, out - begin);
-      ConvertHalf(dtype, w + begin * in, buffer.data(), rows * in, simd);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n),
-                  static_cast<blasint>(rows), static_cast<blasint>(in), 1.0f, x,
-                  static_cast<blasint>(in), buffer.data(), static_cast<blasint>(in), 0.0f,
-                  y + begin, static_cast<blasint>(out));
-    }
-  }
-  if (parallel && blas_threads != 1) openblas_set_num_threads(blas_threads);
+  BlockedGemm(n, out, in, x, y, out, threads, kMinParallelWork,
+              [&](int64_t begin, int64_t count, float* dst) {
+                ConvertHalf(dtype, w + begin * in, dst, count * in, simd);
+              });
 }
 
 }  // namespace

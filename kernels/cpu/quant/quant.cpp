@@ -1,5 +1,6 @@
 // Dispatch and the parallel drivers: ISA detection, the matrix-vector product (decode) and the
 // dequantize-then-sgemm product (prefill).
+#include "kernels/cpu/blocked_gemm.h"
 #include "kernels/cpu/quant/quant.h"
 
 #include <cblas.h>
@@ -76,17 +77,6 @@ internal::XSums SumsOf(const float* x, int64_t cols) {
   return {s16, s32};
 }
 
-// Rows of w dequantized per block in prefill: as the bf16 / f16 path in linear.cpp (128-256 rows
-// amortise sgemm's per-call packing of x), capped at 8 MiB of f32 per thread and shrunk so that
-// every thread gets a block.
-int64_t BlockRows(int64_t rows, int64_t cols, int threads) {
-  constexpr int64_t kMaxRows = 256;
-  constexpr int64_t kMaxBytes = int64_t{8} << 20;
-  const int64_t by_bytes = kMaxBytes / (cols * static_cast<int64_t>(sizeof(float)));
-  const int64_t per_thread = (rows + threads - 1) / threads;
-  const int64_t block = std::min({kMaxRows, by_bytes, (per_thread + 15) / 16 * 16});
-  return std::max<int64_t>(block / 16 * 16, 16);
-}
 
 }  // namespace
 
@@ -177,30 +167,10 @@ void QuantMatmul(DType t, const void* w, int64_t rows, int64_t cols, const float
   const auto* wp = static_cast<const uint8_t*>(w);
   const size_t ld = DTypeBytes(t, cols);
   const int64_t row_blocks = cols / DTypeBlockElements(t);
-  const int64_t block = BlockRows(rows, cols, threads);
-  const int64_t blocks = (rows + block - 1) / block;
-  const bool parallel = threads > 1 && blocks > 1 && n * rows * cols >= kMinParallelElements;
-  // OpenBLAS (the pthreads build) has one process-wide thread count and would otherwise have every
-  // caller of this region fan out to its own pool; the count is restored after.
-  const int blas_threads = openblas_get_num_threads();
-  if (parallel && blas_threads != 1) openblas_set_num_threads(1);
-#pragma omp parallel num_threads(threads) if (parallel)
-  {
-    // Reused across calls: a fresh multi-MiB buffer per call would page-fault every time.
-    thread_local std::vector<float> buffer;
-    buffer.resize(static_cast<size_t>(std::min(block, rows) * cols));
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t begin = b * block;
-      const int64_t count = std::min(block, rows - begin);
-      dequant(wp + static_cast<size_t>(begin) * ld, buffer.data(), count * row_blocks);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n),
-                  static_cast<blasint>(count), static_cast<blasint>(cols), 1.0f, x,
-                  static_cast<blasint>(cols), buffer.data(), static_cast<blasint>(cols), 0.0f,
-                  y + begin, static_cast<blasint>(ldy));
-    }
-  }
-  if (parallel && blas_threads != 1) openblas_set_num_threads(blas_threads);
+  cpu::BlockedGemm(n, rows, cols, x, y, ldy, threads, kMinParallelElements,
+                   [&](int64_t begin, int64_t count, float* dst) {
+                     dequant(wp + static_cast<size_t>(begin) * ld, dst, count * row_blocks);
+                   });
 }
 
 }  // namespace shardlm::quant
