@@ -17,6 +17,7 @@ using RunFn = std::function<int()>;
 
 RunFn AddMakeTinyModelCommand(CLI::App& app);
 RunFn AddGenerateCommand(CLI::App& app);
+RunFn AddPlanCommand(CLI::App& app);
 RunFn AddTokenizeCommand(CLI::App& app);
 RunFn AddDetokenizeCommand(CLI::App& app);
 

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
+#include "cli/parallel_setup.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/status_macros.h"
 #include "model/checkpoint_loader.h"
@@ -28,6 +29,7 @@ struct GenerateArgs {
   std::string dump_logits;
   int threads = 0;
   bool ignore_eos = false;
+  ParallelArgs parallel;
 };
 
 absl::Status WriteLogits(const std::string& path, const std::vector<float>& logits) {
@@ -53,29 +55,59 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateArgs& args,
   return tokenizer->EncodeChecked(text, !chat_template.renders_bos(), true);
 }
 
+// Everything up to and including loading: a failure here may differ between ranks (a missing
+// file on one node), so the caller makes the ranks agree on it before any collective.
+struct Loaded {
+  OpenedCheckpoint checkpoint;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::vector<int32_t> prompt;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<LlamaModel> model;
+};
+
+absl::Status Load(const GenerateArgs& args, ParallelRun& run, Loaded& out) {
+  const ModelConfig& config = out.checkpoint.config;
+  if (!args.prompt_ids.empty()) {
+    SHARDLM_ASSIGN_OR_RETURN(out.prompt, ParseIds(args.prompt_ids, "--prompt-ids"));
+  } else {
+    SHARDLM_ASSIGN_OR_RETURN(out.tokenizer, LoadTokenizer(out.checkpoint));
+    SHARDLM_ASSIGN_OR_RETURN(out.prompt, PromptIds(args, out.checkpoint, out.tokenizer.get()));
+  }
+  SHARDLM_RETURN_IF_ERROR(ValidateGenerateRequest(config, out.prompt, args.max_new_tokens));
+  out.backend = CreateCpuBackend(run.threads);
+  SHARDLM_ASSIGN_OR_RETURN(out.model, LlamaModel::Load(config, *out.checkpoint.weights,
+                                                       *out.backend, *run.context));
+  const RankShard& shard = out.model->parallel().shard;
+  if (run.distributed()) {
+    spdlog::info(
+        "rank {} (stage {}, tp rank {}): layers [{}, {}), q heads [{}, {}), kv heads [{}, {}), "
+        "vocab [{}, {}): {:.2f} MiB of weights, {} threads",
+        shard.rank, shard.stage, shard.tp_rank, shard.layers.begin, shard.layers.end,
+        shard.q_heads.begin, shard.q_heads.end, shard.kv_heads.begin, shard.kv_heads.end,
+        shard.vocab.begin, shard.vocab.end, out.model->weight_bytes() / 1048576.0, run.threads);
+  } else {
+    spdlog::info("loaded {} ({}, {} layers) on {}: {:.1f} MiB of weights", args.model,
+                 std::string(ArchName(config.arch)), config.num_layers,
+                 std::string(out.backend->name()), out.model->weight_bytes() / 1048576.0);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status RunGenerate(const GenerateArgs& args) {
   const int given = !args.prompt_ids.empty() + !args.prompt.empty() + !args.chat.empty();
   if (given != 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("expected exactly one of --prompt-ids, --prompt, --chat; got ", given));
   }
-  SHARDLM_ASSIGN_OR_RETURN(OpenedCheckpoint checkpoint, OpenCheckpoint(args.model));
-  const ModelConfig& config = checkpoint.config;
-  std::unique_ptr<Tokenizer> tokenizer;
+  Loaded loaded;
+  SHARDLM_ASSIGN_OR_RETURN(loaded.checkpoint, OpenCheckpoint(args.model));
+  SHARDLM_ASSIGN_OR_RETURN(ShardPlan plan, PlanFor(loaded.checkpoint.config,
+                                                   *loaded.checkpoint.weights, args.parallel));
+  SHARDLM_ASSIGN_OR_RETURN(ParallelRun run, StartParallel(plan, args.threads));
+  SHARDLM_RETURN_IF_ERROR(run.Agree(Load(args, run, loaded)));
+  const bool printer = run.rank == 0;  // rank 0 alone writes results
+  Tokenizer* tokenizer = loaded.tokenizer.get();
   const bool text_mode = args.prompt_ids.empty();
-  if (text_mode) {
-    SHARDLM_ASSIGN_OR_RETURN(tokenizer, LoadTokenizer(checkpoint));
-  }
-  SHARDLM_ASSIGN_OR_RETURN(std::vector<int32_t> prompt,
-                           PromptIds(args, checkpoint, tokenizer.get()));
-  SHARDLM_RETURN_IF_ERROR(ValidateGenerateRequest(config, prompt, args.max_new_tokens));
-
-  std::unique_ptr<Backend> backend = CreateCpuBackend(args.threads);
-  SHARDLM_ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
-                           LlamaModel::Load(config, *checkpoint.weights, *backend));
-  spdlog::info("loaded {} ({}, {} layers) on {}: {:.1f} MiB of weights", args.model,
-               std::string(ArchName(config.arch)), config.num_layers,
-               std::string(backend->name()), model->weight_bytes() / 1048576.0);
 
   GenerateOptions options;
   options.max_new_tokens = args.max_new_tokens;
@@ -84,7 +116,7 @@ absl::Status RunGenerate(const GenerateArgs& args) {
   std::unique_ptr<Tokenizer::StreamDecoder> stream;
   if (tokenizer) {
     options.is_eog = [&](int32_t id) { return tokenizer->IsEog(id); };
-    if (text_mode) {
+    if (text_mode && printer) {
       stream = std::make_unique<Tokenizer::StreamDecoder>(tokenizer->NewStream());
       options.on_token = [&](int32_t id) {
         std::fputs(stream->Push(id).c_str(), stdout);
@@ -92,12 +124,22 @@ absl::Status RunGenerate(const GenerateArgs& args) {
       };
     }
   }
-  SHARDLM_ASSIGN_OR_RETURN(GenerateResult result, GenerateGreedy(*model, prompt, options));
+  absl::StatusOr<GenerateResult> generated = GenerateGreedy(*loaded.model, loaded.prompt, options);
+  if (!generated.ok()) {
+    // Peers may be blocked in a collective with this rank: end the whole job.
+    std::fprintf(stderr, "shardlm generate: error (rank %d): %s\n", run.rank,
+                 std::string(generated.status().message()).c_str());
+    run.AbortIfDistributed(1);
+    return generated.status();
+  }
+  const GenerateResult& result = *generated;
+  if (!printer) return absl::OkStatus();
   if (stream) std::printf("%s\n", stream->Flush().c_str());
 
   const size_t decoded = result.tokens.size() - 1;
-  std::fprintf(stderr, "prefill: %zu tokens in %.2f ms (%.1f tok/s)\n", prompt.size(),
-               result.prefill_ms, prompt.size() * 1000.0 / std::max(result.prefill_ms, 1e-9));
+  const size_t n_prompt = loaded.prompt.size();
+  std::fprintf(stderr, "prefill: %zu tokens in %.2f ms (%.1f tok/s)\n", n_prompt,
+               result.prefill_ms, n_prompt * 1000.0 / std::max(result.prefill_ms, 1e-9));
   std::fprintf(stderr, "decode: %zu tokens in %.2f ms (%.1f tok/s)\n", decoded, result.decode_ms,
                decoded == 0 ? 0.0 : decoded * 1000.0 / std::max(result.decode_ms, 1e-9));
   if (options.keep_logits) SHARDLM_RETURN_IF_ERROR(WriteLogits(args.dump_logits, result.logits));
@@ -121,8 +163,9 @@ RunFn AddGenerateCommand(CLI::App& app) {
       ->default_val(16);
   app.add_option("--dump-logits", args->dump_logits,
                  "Write the logits row of each generated token (little-endian f32) to FILE");
-  app.add_option("--threads", args->threads, "CPU threads (0: all cores)")->default_val(0);
+  app.add_option("--threads", args->threads, "CPU threads per rank (0: the node's cores divided among its ranks)")->default_val(0);
   app.add_flag("--ignore-eos", args->ignore_eos, "Do not stop at an end-of-generation token");
+  AddParallelOptions(app, args->parallel);
   return [args]() -> int {
     absl::Status status = RunGenerate(*args);
     return status.ok() ? 0 : Fail("generate", std::string(status.message()));

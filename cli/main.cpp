@@ -54,6 +54,8 @@ int main(int argc, char** argv) {
   add(shardlm::cli::AddMakeTinyModelCommand, "make-tiny-model",
       "Write a small model with seeded random weights (config.json + model.safetensors)");
   add(shardlm::cli::AddGenerateCommand, "generate", "Generate tokens greedily from a prompt");
+  add(shardlm::cli::AddPlanCommand, "plan",
+      "Print what each rank holds at --tp T --pp P: layers, heads, KV heads, bytes of weights");
   add(shardlm::cli::AddTokenizeCommand, "tokenize",
       "Print the token ids of the UTF-8 text on stdin, separated by spaces");
   add(shardlm::cli::AddDetokenizeCommand, "detokenize", "Print the text of token ids");

@@ -63,14 +63,17 @@ class Backend {
   // In place on x[n, heads, head_dim]; row i sits at positions[i]. Rotates the first
   // rope.rotary_dim features of each head.
   virtual void Rope(Tensor& x, std::span<const int32_t> positions, const RopeConfig& rope) = 0;
-  // y[n, d] = table[ids[i], :].
+  // y[n, d] = table[ids[i], :]; an id of -1 gives a row of zeros (a vocabulary-parallel
+  // embedding passes -1 for the ids other ranks own).
   virtual void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y) = 0;
   // y = silu(gate) * up, elementwise; y may alias gate.
   virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) = 0;
   // x += y, elementwise.
   virtual void Add(Tensor& x, const Tensor& y) = 0;
-  // out[i] = argmax_j logits[i, j] (first index on ties), for each of the n rows.
-  virtual void Argmax(const Tensor& logits, std::span<int32_t> out) = 0;
+  // out[i] = argmax_j logits[i, j] (first index on ties), for each of the n rows; when `values`
+  // is not empty it receives logits[i, out[i]] (for a distributed argmax across vocab shards).
+  virtual void Argmax(const Tensor& logits, std::span<int32_t> out,
+                      std::span<float> values = {}) = 0;
 
   // Writes k, v [n, kv_heads, head_dim] into the caches [max_seq, kv_heads, head_dim] at the
   // rows given by positions.

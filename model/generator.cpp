@@ -41,23 +41,21 @@ absl::StatusOr<GenerateResult> GenerateGreedy(LlamaModel& model, std::span<const
                                               const GenerateOptions& options) {
   const ModelConfig& config = model.config();
   SHARDLM_RETURN_IF_ERROR(ValidateGenerateRequest(config, prompt, options.max_new_tokens));
-  Backend& backend = model.backend();
   const int64_t n_prompt = static_cast<int64_t>(prompt.size());
   // The last generated token is never fed back, so the cache needs one row fewer.
   KvCache cache = model.NewCache(n_prompt + options.max_new_tokens - 1);
 
   GenerateResult result;
-  auto take = [&](const Tensor& logits) -> int32_t {
-    int32_t id = 0;
-    backend.Argmax(logits, std::span<int32_t>(&id, 1));
+  // Collective on every rank: the next id (on all ranks), and the logits row on rank 0.
+  auto take = [&](const Tensor& logits) -> absl::StatusOr<int32_t> {
+    SHARDLM_ASSIGN_OR_RETURN(std::vector<int32_t> ids, model.Greedy(logits, 1));
     if (options.keep_logits) {
-      Tensor host = backend.ToHost(logits);
-      result.logits.insert(result.logits.end(), host.data<float>(),
-                           host.data<float>() + host.numel());
+      SHARDLM_ASSIGN_OR_RETURN(std::vector<float> row, model.GatherLogits(logits, 1));
+      result.logits.insert(result.logits.end(), row.begin(), row.end());
     }
-    result.tokens.push_back(id);
-    if (options.on_token) options.on_token(id);
-    return id;
+    result.tokens.push_back(ids[0]);
+    if (options.on_token) options.on_token(ids[0]);
+    return ids[0];
   };
   auto is_eos = [&](int32_t id) {
     if (!options.stop_at_eos) return false;
@@ -68,14 +66,14 @@ absl::StatusOr<GenerateResult> GenerateGreedy(LlamaModel& model, std::span<const
 
   auto t0 = std::chrono::steady_clock::now();
   SHARDLM_ASSIGN_OR_RETURN(Tensor logits, model.Forward(prompt, 0, cache));
-  int32_t next = take(logits);
+  SHARDLM_ASSIGN_OR_RETURN(int32_t next, take(logits));
   result.prefill_ms = MsSince(t0);
 
   t0 = std::chrono::steady_clock::now();
   for (int64_t step = 1; step < options.max_new_tokens && !is_eos(next); ++step) {
     SHARDLM_ASSIGN_OR_RETURN(logits, model.Forward(std::span<const int32_t>(&next, 1),
                                                    n_prompt + step - 1, cache));
-    next = take(logits);
+    SHARDLM_ASSIGN_OR_RETURN(next, take(logits));
   }
   result.decode_ms = MsSince(t0);
   return result;

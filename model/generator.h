@@ -24,7 +24,7 @@ struct GenerateOptions {
 
 struct GenerateResult {
   std::vector<int32_t> tokens;  // generated ids (not the prompt)
-  std::vector<float> logits;    // tokens.size() x vocab when keep_logits
+  std::vector<float> logits;    // tokens.size() x vocab when keep_logits (world rank 0 only)
   double prefill_ms = 0;
   double decode_ms = 0;         // for tokens.size() - 1 decode steps
 };
@@ -34,6 +34,8 @@ struct GenerateResult {
 absl::Status ValidateGenerateRequest(const ModelConfig& config, std::span<const int32_t> prompt,
                                      int64_t max_new_tokens);
 
+// With a distributed model every rank calls this with the same arguments; all of them get the
+// tokens.
 absl::StatusOr<GenerateResult> GenerateGreedy(LlamaModel& model, std::span<const int32_t> prompt,
                                               const GenerateOptions& options);
 

@@ -6,101 +6,124 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
+#include "model/shard_loader.h"
 
 namespace shardlm {
 
-namespace {
-
-// Fetches one weight, checks its shape (and, for matrices, its dtype against config.json's
-// torch_dtype) and converts it to the backend's form.
-class WeightLoader {
- public:
-  WeightLoader(const ModelConfig& config, const WeightSource& weights, Backend& backend)
-      : config_(config), weights_(weights), backend_(backend) {}
-
-  absl::StatusOr<Tensor> Get(const std::string& name, std::vector<int64_t> shape) {
-    auto info = weights_.Info(name);
-    if (!info.ok()) return info.status();
-    if (info->shape != shape) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", name, "' in ", info->file, ": shape mismatch with config.json: expected ",
-          ShapeString(shape), ", got ", ShapeString(info->shape)));
+PlanInput PlanInputFor(const ModelConfig& config, int tp, int pp, std::vector<int64_t> pp_layers,
+                       const WeightSource* weights) {
+  PlanInput in;
+  in.layers = config.num_layers;
+  in.heads = config.num_heads;
+  in.kv_heads = config.num_kv_heads;
+  in.head_dim = config.head_dim;
+  in.intermediate = config.intermediate_size;
+  in.vocab = config.vocab_size;
+  in.tp = tp;
+  in.pp = pp;
+  in.pp_layers = std::move(pp_layers);
+  if (weights != nullptr) {
+    // Block sizes are powers of two, so the largest is a multiple of all the others.
+    for (int64_t l = 0; l < config.num_layers; ++l) {
+      auto info = weights->Info(absl::StrCat("model.layers.", l, ".mlp.down_proj.weight"));
+      if (info.ok()) {
+        in.intermediate_align = std::max(in.intermediate_align, DTypeBlockElements(info->dtype));
+      }
     }
-    if (shape.size() == 2 && !config_.mixed_dtypes && info->dtype != config_.torch_dtype) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", name, "' in ", info->file,
-          ": dtype mismatch with config.json torch_dtype: expected ",
-          DTypeName(config_.torch_dtype), ", got ", DTypeName(info->dtype)));
-    }
-    auto host = weights_.Load(name);
-    if (!host.ok()) return host.status();
-    Tensor prepared = backend_.PrepareWeight(*host);
-    bytes_ += prepared.nbytes();
-    return prepared;
   }
+  return in;
+}
 
-  absl::StatusOr<std::optional<Tensor>> GetIf(bool present, const std::string& name,
-                                              std::vector<int64_t> shape) {
-    if (!present) return std::optional<Tensor>();
-    auto t = Get(name, std::move(shape));
-    if (!t.ok()) return t.status();
-    return std::optional<Tensor>(std::move(*t));
-  }
+ShardPlan SingleRankPlan(const ModelConfig& config) {
+  absl::StatusOr<ShardPlan> plan = MakeShardPlan(PlanInputFor(config, 1, 1));
+  // One rank always fits a config that ParseModelConfig accepted.
+  return *std::move(plan);
+}
 
-  uint64_t bytes() const { return bytes_; }
-
- private:
-  const ModelConfig& config_;
-  const WeightSource& weights_;
-  Backend& backend_;
-  uint64_t bytes_ = 0;
-};
-
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const ModelConfig& config,
-                                                             const WeightSource& weights,
-                                                             Backend& backend) {
-  std::unique_ptr<LlamaModel> m(new LlamaModel(config, backend));
+absl::StatusOr<LlamaWeights> LoadLlamaShard(const ModelConfig& config, const RankShard& shard,
+                                            const ShardPlan& plan, ShardLoader& w) {
   const int64_t h = config.hidden_size, v = config.vocab_size, inter = config.intermediate_size;
-  const int64_t q_dim = config.num_heads * config.head_dim;
-  const int64_t kv_dim = config.num_kv_heads * config.head_dim;
-  WeightLoader w(config, weights, backend);
+  const int64_t hd = config.head_dim;
+  const int64_t q_dim = config.num_heads * hd, kv_dim = config.num_kv_heads * hd;
+  const Range q_rows{shard.q_heads.begin * hd, shard.q_heads.end * hd};
+  const Range kv_rows{shard.kv_heads.begin * hd, shard.kv_heads.end * hd};
+  const Range& mlp = shard.intermediate;
+  // Row-parallel biases are added once, by TP rank 0.
+  const bool row_bias = shard.tp_rank == 0;
+  LlamaWeights out;
 
-  SHARDLM_ASSIGN_OR_RETURN(m->embed_, w.Get("model.embed_tokens.weight", {v, h}));
-  SHARDLM_ASSIGN_OR_RETURN(m->final_norm_, w.Get("model.norm.weight", {h}));
-  if (config.tie_word_embeddings) {
-    m->lm_head_ = m->embed_;
-  } else {
-    SHARDLM_ASSIGN_OR_RETURN(m->lm_head_, w.Get("lm_head.weight", {v, h}));
+  auto rows = [&](bool present, const std::string& name, std::vector<int64_t> shape,
+                  Range r) -> absl::StatusOr<std::optional<Tensor>> {
+    if (!present) return std::optional<Tensor>();
+    SHARDLM_ASSIGN_OR_RETURN(Tensor t, w.Rows(name, shape, r));
+    return std::optional<Tensor>(std::move(t));
+  };
+  auto full = [&](bool present, const std::string& name,
+                  std::vector<int64_t> shape) -> absl::StatusOr<std::optional<Tensor>> {
+    if (!present) return std::optional<Tensor>();
+    SHARDLM_ASSIGN_OR_RETURN(Tensor t, w.Full(name, shape));
+    return std::optional<Tensor>(std::move(t));
+  };
+
+  if (shard.first_stage) {
+    VocabParallelEmbedding e;
+    e.vocab = shard.vocab;
+    SHARDLM_ASSIGN_OR_RETURN(e.table, w.Rows("model.embed_tokens.weight", {v, h}, shard.vocab));
+    out.embed = std::move(e);
   }
-  m->layers_.resize(config.num_layers);
-  for (int64_t l = 0; l < config.num_layers; ++l) {
-    LlamaLayerWeights& lw = m->layers_[l];
+  if (shard.last_stage) {
+    SHARDLM_ASSIGN_OR_RETURN(out.final_norm, w.Full("model.norm.weight", {h}));
+    ParallelLMHead head;
+    head.vocab = shard.vocab;
+    head.full_vocab = v;
+    for (int t = 0; t < plan.tp; ++t) head.all_vocab.push_back(plan.ranks[t].vocab);
+    if (config.tie_word_embeddings && out.embed) {
+      head.weight = out.embed->table;  // the same slice: held once
+    } else {
+      const char* name = config.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+      SHARDLM_ASSIGN_OR_RETURN(head.weight, w.Rows(name, {v, h}, shard.vocab));
+    }
+    out.lm_head = std::move(head);
+  }
+  for (int64_t l = shard.layers.begin; l < shard.layers.end; ++l) {
+    LlamaLayerWeights lw;
     const std::string p = absl::StrCat("model.layers.", l, ".");
-    SHARDLM_ASSIGN_OR_RETURN(lw.attn_norm, w.Get(p + "input_layernorm.weight", {h}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.wq, w.Get(p + "self_attn.q_proj.weight", {q_dim, h}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.wk, w.Get(p + "self_attn.k_proj.weight", {kv_dim, h}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.wv, w.Get(p + "self_attn.v_proj.weight", {kv_dim, h}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.wo, w.Get(p + "self_attn.o_proj.weight", {h, q_dim}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.bq, w.GetIf(config.qkv_bias, p + "self_attn.q_proj.bias", {q_dim}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.bk, w.GetIf(config.qkv_bias, p + "self_attn.k_proj.bias", {kv_dim}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.bv, w.GetIf(config.qkv_bias, p + "self_attn.v_proj.bias", {kv_dim}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.bo, w.GetIf(config.o_bias, p + "self_attn.o_proj.bias", {h}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.mlp_norm, w.Get(p + "post_attention_layernorm.weight", {h}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.w_gate, w.Get(p + "mlp.gate_proj.weight", {inter, h}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.w_up, w.Get(p + "mlp.up_proj.weight", {inter, h}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.w_down, w.Get(p + "mlp.down_proj.weight", {h, inter}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.b_gate, w.GetIf(config.mlp_bias, p + "mlp.gate_proj.bias", {inter}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.b_up, w.GetIf(config.mlp_bias, p + "mlp.up_proj.bias", {inter}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.b_down, w.GetIf(config.mlp_bias, p + "mlp.down_proj.bias", {h}));
+    SHARDLM_ASSIGN_OR_RETURN(lw.attn_norm, w.Full(p + "input_layernorm.weight", {h}));
+    SHARDLM_ASSIGN_OR_RETURN(lw.q.weight, w.Rows(p + "self_attn.q_proj.weight", {q_dim, h}, q_rows));
+    SHARDLM_ASSIGN_OR_RETURN(lw.k.weight, w.Rows(p + "self_attn.k_proj.weight", {kv_dim, h}, kv_rows));
+    SHARDLM_ASSIGN_OR_RETURN(lw.v.weight, w.Rows(p + "self_attn.v_proj.weight", {kv_dim, h}, kv_rows));
+    SHARDLM_ASSIGN_OR_RETURN(lw.o.weight, w.Columns(p + "self_attn.o_proj.weight", {h, q_dim}, q_rows));
+    SHARDLM_ASSIGN_OR_RETURN(lw.q.bias, rows(config.qkv_bias, p + "self_attn.q_proj.bias", {q_dim}, q_rows));
+    SHARDLM_ASSIGN_OR_RETURN(lw.k.bias, rows(config.qkv_bias, p + "self_attn.k_proj.bias", {kv_dim}, kv_rows));
+    SHARDLM_ASSIGN_OR_RETURN(lw.v.bias, rows(config.qkv_bias, p + "self_attn.v_proj.bias", {kv_dim}, kv_rows));
+    SHARDLM_ASSIGN_OR_RETURN(lw.o.bias, full(config.o_bias && row_bias, p + "self_attn.o_proj.bias", {h}));
+    SHARDLM_ASSIGN_OR_RETURN(lw.mlp_norm, w.Full(p + "post_attention_layernorm.weight", {h}));
+    SHARDLM_ASSIGN_OR_RETURN(lw.gate.weight, w.Rows(p + "mlp.gate_proj.weight", {inter, h}, mlp));
+    SHARDLM_ASSIGN_OR_RETURN(lw.up.weight, w.Rows(p + "mlp.up_proj.weight", {inter, h}, mlp));
+    SHARDLM_ASSIGN_OR_RETURN(lw.down.weight, w.Columns(p + "mlp.down_proj.weight", {h, inter}, mlp));
+    SHARDLM_ASSIGN_OR_RETURN(lw.gate.bias, rows(config.mlp_bias, p + "mlp.gate_proj.bias", {inter}, mlp));
+    SHARDLM_ASSIGN_OR_RETURN(lw.up.bias, rows(config.mlp_bias, p + "mlp.up_proj.bias", {inter}, mlp));
+    SHARDLM_ASSIGN_OR_RETURN(lw.down.bias, full(config.mlp_bias && row_bias, p + "mlp.down_proj.bias", {h}));
+    out.layers.push_back(std::move(lw));
   }
-  m->weight_bytes_ = w.bytes();
+  return out;
+}
 
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(
+    const ModelConfig& config, const WeightSource& weights, Backend& backend,
+    std::optional<ParallelContext> parallel) {
+  if (!parallel) parallel = ParallelContext::Single(SingleRankPlan(config));
+  std::unique_ptr<LlamaModel> m(new LlamaModel(config, backend, std::move(*parallel)));
+  ShardLoader loader(config, weights, &backend);
+  SHARDLM_ASSIGN_OR_RETURN(m->w_,
+                           LoadLlamaShard(config, m->parallel_.shard, m->parallel_.plan, loader));
+  m->weight_bytes_ = loader.bytes();
+
+  const RankShard& shard = m->parallel_.shard;
   m->rope_ = config.rope;
   m->rope_.rotary_dim = static_cast<int>(config.head_dim);
-  m->attn_.num_heads = static_cast<int>(config.num_heads);
-  m->attn_.num_kv_heads = static_cast<int>(config.num_kv_heads);
+  m->attn_.num_heads = static_cast<int>(shard.q_heads.size());
+  m->attn_.num_kv_heads = static_cast<int>(shard.kv_heads.size());
   m->attn_.head_dim = static_cast<int>(config.head_dim);
   m->attn_.scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim));
   m->attn_.sliding_window = static_cast<int>(config.sliding_window);
@@ -108,26 +131,27 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const ModelConfig& 
 }
 
 KvCache LlamaModel::NewCache(int64_t max_seq) const {
-  return KvCache::Create(backend_, config_.num_layers, max_seq, config_.num_kv_heads,
-                         config_.head_dim);
+  return KvCache::Create(backend_, parallel_.shard.layers.size(), max_seq,
+                         parallel_.shard.kv_heads.size(), config_.head_dim);
 }
 
-static const Tensor* Opt(const std::optional<Tensor>& t) { return t ? &*t : nullptr; }
-
-void LlamaModel::Layer(int64_t l, Tensor& x, std::span<const int32_t> positions, KvCache& cache) {
-  const LlamaLayerWeights& lw = layers_[l];
+absl::Status LlamaModel::Layer(int64_t l, Tensor& x, std::span<const int32_t> positions,
+                               KvCache& cache) {
+  const LlamaLayerWeights& lw = w_.layers[l];
   const int64_t n = x.dim(0), hd = config_.head_dim;
-  const int64_t heads = config_.num_heads, kv_heads = config_.num_kv_heads;
+  const int64_t heads = attn_.num_heads, kv_heads = attn_.num_kv_heads;
+  const int64_t inter = parallel_.shard.intermediate.size();
   Backend& b = backend_;
+  Communicator& tp = *parallel_.tp;
 
   Tensor h = b.Allocate({n, config_.hidden_size});
   b.RmsNorm(x, lw.attn_norm, config_.rms_norm_eps, h);
   Tensor q = b.Allocate({n, heads * hd});
   Tensor k = b.Allocate({n, kv_heads * hd});
   Tensor v = b.Allocate({n, kv_heads * hd});
-  b.Linear(h, lw.wq, Opt(lw.bq), q);
-  b.Linear(h, lw.wk, Opt(lw.bk), k);
-  b.Linear(h, lw.wv, Opt(lw.bv), v);
+  lw.q.Forward(b, h, q);
+  lw.k.Forward(b, h, k);
+  lw.v.Forward(b, h, v);
   Tensor q3 = q.Reshape({n, heads, hd});
   Tensor k3 = k.Reshape({n, kv_heads, hd});
   b.Rope(q3, positions, rope_);
@@ -135,17 +159,18 @@ void LlamaModel::Layer(int64_t l, Tensor& x, std::span<const int32_t> positions,
   b.WriteKv(k3, v.Reshape({n, kv_heads, hd}), positions, cache.k[l], cache.v[l]);
   Tensor attn = b.Allocate({n, heads * hd});
   b.Attention(q3, cache.k[l], cache.v[l], positions, attn_, attn);
-  b.Linear(attn, lw.wo, Opt(lw.bo), h);
+  SHARDLM_RETURN_IF_ERROR(lw.o.Forward(b, tp, attn, h));
   b.Add(x, h);
 
   b.RmsNorm(x, lw.mlp_norm, config_.rms_norm_eps, h);
-  Tensor gate = b.Allocate({n, config_.intermediate_size});
-  Tensor up = b.Allocate({n, config_.intermediate_size});
-  b.Linear(h, lw.w_gate, Opt(lw.b_gate), gate);
-  b.Linear(h, lw.w_up, Opt(lw.b_up), up);
+  Tensor gate = b.Allocate({n, inter});
+  Tensor up = b.Allocate({n, inter});
+  lw.gate.Forward(b, h, gate);
+  lw.up.Forward(b, h, up);
   b.SiluMul(gate, up, gate);
-  b.Linear(gate, lw.w_down, Opt(lw.b_down), h);
+  SHARDLM_RETURN_IF_ERROR(lw.down.Forward(b, tp, gate, h));
   b.Add(x, h);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Tensor> LlamaModel::Forward(std::span<const int32_t> tokens, int64_t start_pos,
@@ -166,17 +191,67 @@ absl::StatusOr<Tensor> LlamaModel::Forward(std::span<const int32_t> tokens, int6
   }
   std::vector<int32_t> positions(n);
   std::iota(positions.begin(), positions.end(), static_cast<int32_t>(start_pos));
+  const RankShard& shard = parallel_.shard;
+  Communicator& world = *parallel_.world;
+  const size_t x_bytes = static_cast<size_t>(n * config_.hidden_size) * sizeof(float);
 
   Tensor x = backend_.Allocate({n, config_.hidden_size});
-  backend_.Embedding(embed_, tokens, x);
-  for (int64_t l = 0; l < config_.num_layers; ++l) Layer(l, x, positions, cache);
+  if (shard.first_stage) {
+    SHARDLM_RETURN_IF_ERROR(w_.embed->Forward(backend_, *parallel_.tp, tokens, x));
+  } else {
+    // The hidden states of the previous stage, from the rank with the same TP rank there.
+    Tensor host = Tensor::Empty({n, config_.hidden_size}, DType::kF32);
+    SHARDLM_RETURN_IF_ERROR(world.Recv(host.raw(), x_bytes, shard.rank - parallel_.plan.tp));
+    x = backend_.ToDevice(host);
+  }
+  for (int64_t l = 0; l < static_cast<int64_t>(w_.layers.size()); ++l) {
+    SHARDLM_RETURN_IF_ERROR(Layer(l, x, positions, cache));
+  }
+  if (!shard.last_stage) {
+    Tensor host = backend_.ToHost(x);
+    SHARDLM_RETURN_IF_ERROR(world.Send(host.raw(), x_bytes, shard.rank + parallel_.plan.tp));
+    return Tensor();
+  }
 
   Tensor last = all_logits ? x : x.Rows(n - 1, n);
   Tensor normed = backend_.Allocate({last.dim(0), config_.hidden_size});
-  backend_.RmsNorm(last, final_norm_, config_.rms_norm_eps, normed);
-  Tensor logits = backend_.Allocate({last.dim(0), config_.vocab_size});
-  backend_.Linear(normed, lm_head_, nullptr, logits);
+  backend_.RmsNorm(last, w_.final_norm, config_.rms_norm_eps, normed);
+  Tensor logits = backend_.Allocate({last.dim(0), shard.vocab.size()});
+  w_.lm_head->Forward(backend_, normed, logits);
   return logits;
+}
+
+absl::StatusOr<std::vector<int32_t>> LlamaModel::Greedy(const Tensor& local_logits, int64_t rows) {
+  std::vector<int32_t> ids(static_cast<size_t>(rows));
+  if (parallel_.shard.last_stage) {
+    SHARDLM_ASSIGN_OR_RETURN(ids, w_.lm_head->Argmax(backend_, *parallel_.tp, local_logits));
+  }
+  if (parallel_.plan.pp > 1) {
+    SHARDLM_RETURN_IF_ERROR(
+        parallel_.world->Broadcast(ids.data(), ids.size() * sizeof(int32_t), LastStageRoot()));
+  }
+  return ids;
+}
+
+absl::StatusOr<std::vector<float>> LlamaModel::GatherLogits(const Tensor& local_logits,
+                                                            int64_t rows) {
+  std::vector<float> full;
+  const RankShard& shard = parallel_.shard;
+  if (shard.last_stage) {
+    SHARDLM_ASSIGN_OR_RETURN(full, w_.lm_head->Gather(backend_, *parallel_.tp, local_logits));
+  }
+  const int root = LastStageRoot();
+  const size_t bytes = static_cast<size_t>(rows * config_.vocab_size) * sizeof(float);
+  if (root != 0) {
+    if (shard.rank == root) {
+      SHARDLM_RETURN_IF_ERROR(parallel_.world->Send(full.data(), bytes, 0, /*tag=*/1));
+    } else if (shard.rank == 0) {
+      full.resize(static_cast<size_t>(rows * config_.vocab_size));
+      SHARDLM_RETURN_IF_ERROR(parallel_.world->Recv(full.data(), bytes, root, /*tag=*/1));
+    }
+  }
+  if (shard.rank != 0) full.clear();
+  return full;
 }
 
 }  // namespace shardlm

@@ -71,8 +71,8 @@ class CpuBackend final : public Backend {
     cpu::SiluMul(gate, up, y, Threads());
   }
   void Add(Tensor& x, const Tensor& y) override { cpu::Add(x, y, Threads()); }
-  void Argmax(const Tensor& logits, std::span<int32_t> out) override {
-    cpu::Argmax(logits, out, Threads());
+  void Argmax(const Tensor& logits, std::span<int32_t> out, std::span<float> values) override {
+    cpu::Argmax(logits, out, values, Threads());
   }
   void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> positions,
                Tensor& k_cache, Tensor& v_cache) override {

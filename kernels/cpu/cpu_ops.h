@@ -68,7 +68,7 @@ void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int
                Simd simd = BestSimd());
 void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y, int threads);
 void Add(Tensor& x, const Tensor& y, int threads);
-void Argmax(const Tensor& logits, std::span<int32_t> out, int threads);
+void Argmax(const Tensor& logits, std::span<int32_t> out, std::span<float> values, int threads);
 void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> positions, Tensor& k_cache,
              Tensor& v_cache);
 void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,

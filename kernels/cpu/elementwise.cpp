@@ -49,9 +49,9 @@ void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int
   const int64_t vocab = table.dim(0);
   const int64_t d = table.dim(1);
   for (int32_t id : ids) {
-    if (id < 0 || id >= vocab) {
+    if (id < -1 || id >= vocab) {
       throw std::out_of_range("Embedding: token id " + std::to_string(id) + " outside [0, " +
-                              std::to_string(vocab) + ")");
+                              std::to_string(vocab) + ") (or -1 for a zero row)");
     }
   }
   const int64_t n = static_cast<int64_t>(ids.size());
@@ -59,7 +59,9 @@ void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int
 #pragma omp parallel for num_threads(threads) if (n > 1 && n * d >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const int64_t offset = static_cast<int64_t>(ids[i]) * d;
-    if (quantized) {  // so is a quantized one, block by block
+    if (ids[i] < 0) {  // owned by another vocabulary shard
+      std::memset(yp + i * d, 0, d * sizeof(float));
+    } else if (quantized) {  // so is a quantized one, block by block
       quant::DequantizeRow(dtype, static_cast<const char*>(table.raw()) + DTypeBytes(dtype, offset),
                            yp + i * d, d);
     } else if (half) {  // a 16-bit table is converted row by row as it is gathered
@@ -95,11 +97,13 @@ void Add(Tensor& x, const Tensor& y, int threads) {
   for (int64_t i = 0; i < n; ++i) xp[i] += yp[i];
 }
 
-void Argmax(const Tensor& logits, std::span<int32_t> out, int threads) {
+void Argmax(const Tensor& logits, std::span<int32_t> out, std::span<float> values, int threads) {
   RequireHostF32("Argmax", {{"logits", &logits}});
   Require(logits.rank() >= 1 && logits.dim(-1) > 0 && logits.dim(-1) <= INT32_MAX &&
-              logits.numel() / logits.dim(-1) == static_cast<int64_t>(out.size()),
-          "Argmax", "expects logits [n, vocab] with n == out.size()", {{"logits", &logits}});
+              logits.numel() / logits.dim(-1) == static_cast<int64_t>(out.size()) &&
+              (values.empty() || values.size() == out.size()),
+          "Argmax", "expects logits [n, vocab] with n == out.size() (== values.size() if given)",
+          {{"logits", &logits}});
   const int64_t vocab = logits.dim(-1);
   const int64_t rows = static_cast<int64_t>(out.size());
   const float* lp = logits.data<float>();
@@ -118,6 +122,7 @@ void Argmax(const Tensor& logits, std::span<int32_t> out, int threads) {
       }
     }
     out[r] = index;
+    if (!values.empty()) values[r] = row[index];
   }
 }
 

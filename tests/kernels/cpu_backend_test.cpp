@@ -217,6 +217,15 @@ TEST(EmbeddingTest, GathersRows) {
       ASSERT_EQ(y.data<float>()[i * 12 + k], table.data<float>()[ids[i] * 12 + k]) << i;
     }
   }
+  // -1: a zero row (ids owned by another vocabulary shard).
+  const std::vector<int32_t> with_foreign = {-1, 3};
+  Tensor y2 = backend->Allocate({2, 12});
+  y2.data<float>()[0] = 5.0f;
+  backend->Embedding(table, with_foreign, y2);
+  for (int64_t k = 0; k < 12; ++k) {
+    ASSERT_EQ(y2.data<float>()[k], 0.0f);
+    ASSERT_EQ(y2.data<float>()[12 + k], table.data<float>()[3 * 12 + k]);
+  }
   const std::vector<int32_t> bad = {50};
   Tensor y1 = backend->Allocate({1, 12});
   EXPECT_THROW(backend->Embedding(table, bad, y1), std::out_of_range);
@@ -272,6 +281,11 @@ TEST(ArgmaxTest, FirstMaximumPerRow) {
   std::vector<int32_t> out(4, -1);
   backend->Argmax(logits, out);
   EXPECT_EQ(out, (std::vector<int32_t>{1, 4, 0, 0}));
+  std::vector<float> values(4);
+  backend->Argmax(logits, out, values);
+  EXPECT_EQ(values, (std::vector<float>{3, -1, -inf, 7}));
+  std::vector<float> wrong(3);
+  EXPECT_THROW(backend->Argmax(logits, out, wrong), std::invalid_argument);
 }
 
 TEST(ArgmaxTest, LargeVocabulary) {

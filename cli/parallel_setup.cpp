@@ -1,0 +1,87 @@
+#include "cli/parallel_setup.h"
+
+#include <cstdlib>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+#include "model/llama.h"
+#include "spdlog/spdlog.h"
+
+namespace shardlm::cli {
+
+namespace {
+int EnvInt(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  int out;
+  return v != nullptr && absl::SimpleAtoi(v, &out) ? out : fallback;
+}
+}  // namespace
+
+int LauncherWorldRank() {
+  return EnvInt("OMPI_COMM_WORLD_RANK", EnvInt("PMI_RANK", EnvInt("PMIX_RANK", 0)));
+}
+
+void AddParallelOptions(CLI::App& app, ParallelArgs& args) {
+  app.add_option("--tp", args.tp, "Tensor-parallel ranks per pipeline stage")->default_val(1);
+  app.add_option("--pp", args.pp, "Pipeline stages")->default_val(1);
+  app.add_option("--pp-layers", args.pp_layers,
+                 "First layer of each stage after the first, e.g. 10,20 (default: even split)");
+}
+
+absl::StatusOr<ShardPlan> PlanFor(const ModelConfig& config, const WeightSource& weights,
+                                  const ParallelArgs& args) {
+  std::vector<int64_t> boundaries;
+  if (!args.pp_layers.empty()) {
+    SHARDLM_ASSIGN_OR_RETURN(boundaries, ParseLayerList(args.pp_layers));
+  }
+  return MakeShardPlan(PlanInputFor(config, args.tp, args.pp, boundaries, &weights));
+}
+
+absl::Status ParallelRun::Agree(const absl::Status& status) const {
+  if (!distributed()) return status;
+  // Each rank contributes 1 at its own index when it failed.
+  std::vector<float> failed(world_size, 0.0f);
+  failed[rank] = status.ok() ? 0.0f : 1.0f;
+  SHARDLM_RETURN_IF_ERROR(context->world->AllReduceSum(failed.data(), failed.size()));
+  if (!status.ok()) return status;
+  for (int r = 0; r < world_size; ++r) {
+    if (failed[r] != 0.0f) {
+      return absl::AbortedError(absl::StrCat("rank ", r, " failed (see its message); stopping"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void ParallelRun::AbortIfDistributed(int code) const {
+  if (distributed()) MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+absl::StatusOr<ParallelRun> StartParallel(const ShardPlan& plan, int requested_threads) {
+  ParallelRun run;
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (plan.world_size() == 1 && !MpiSession::LaunchedByMpirun()) {
+    run.context = ParallelContext::Single(plan);
+    run.threads = requested_threads > 0 ? requested_threads : cores;
+    return run;
+  }
+  if (!MpiSession::LaunchedByMpirun()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "world size 1 (not started by mpirun) != tp x pp = ", plan.tp, " x ", plan.pp, " = ",
+        plan.world_size(), ": run it as mpirun -np ", plan.world_size(), " shardlm ..."));
+  }
+  SHARDLM_ASSIGN_OR_RETURN(run.mpi, MpiSession::Init(nullptr, nullptr));
+  SHARDLM_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> world, MpiCommunicator::World());
+  run.rank = world->rank();
+  run.world_size = world->size();
+  SHARDLM_ASSIGN_OR_RETURN(ParallelContext ctx,
+                           ParallelContext::Create(plan, std::shared_ptr<Communicator>(std::move(world))));
+  run.context = std::move(ctx);
+  const int local_ranks = EnvInt("OMPI_COMM_WORLD_LOCAL_SIZE", EnvInt("MPI_LOCALNRANKS", 1));
+  run.threads = requested_threads > 0 ? requested_threads : std::max(1, cores / local_ranks);
+  return run;
+}
+
+}  // namespace shardlm::cli

@@ -1,0 +1,100 @@
+#include "model/shard_loader.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/quant/quant.h"
+#include "kernels/status_macros.h"
+#include "spdlog/spdlog.h"
+
+namespace shardlm {
+
+absl::StatusOr<TensorInfo> ShardLoader::Check(const std::string& name,
+                                              const std::vector<int64_t>& shape) {
+  SHARDLM_ASSIGN_OR_RETURN(TensorInfo info, weights_.Info(name));
+  if (info.shape != shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", name, "' in ", info.file, ": shape mismatch with config.json: expected ",
+        ShapeString(shape), ", got ", ShapeString(info.shape)));
+  }
+  if (shape.size() == 2 && !config_.mixed_dtypes && info.dtype != config_.torch_dtype) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", name, "' in ", info.file,
+        ": dtype mismatch with config.json torch_dtype: expected ", DTypeName(config_.torch_dtype),
+        ", got ", DTypeName(info.dtype)));
+  }
+  return info;
+}
+
+Tensor ShardLoader::Prepare(const Tensor& host) {
+  Tensor prepared = backend_->PrepareWeight(host);
+  bytes_ += prepared.nbytes();
+  return prepared;
+}
+
+void ShardLoader::Count(const TensorInfo& info, int64_t numel, bool as_f32) {
+  // The CPU backend keeps matrices in their file dtype and turns vectors into f32.
+  const bool f32 = as_f32 || info.shape.size() < 2;
+  bytes_ += f32 ? static_cast<uint64_t>(numel) * 4 : DTypeBytes(info.dtype, numel);
+}
+
+absl::StatusOr<Tensor> ShardLoader::Full(const std::string& name,
+                                         const std::vector<int64_t>& shape) {
+  SHARDLM_ASSIGN_OR_RETURN(TensorInfo info, Check(name, shape));
+  if (backend_ == nullptr) {
+    int64_t numel = 1;
+    for (int64_t d : shape) numel *= d;
+    Count(info, numel, false);
+    return Tensor();
+  }
+  SHARDLM_ASSIGN_OR_RETURN(Tensor host, weights_.Load(name));
+  return Prepare(host);
+}
+
+absl::StatusOr<Tensor> ShardLoader::Rows(const std::string& name,
+                                         const std::vector<int64_t>& shape, Range rows) {
+  SHARDLM_ASSIGN_OR_RETURN(TensorInfo info, Check(name, shape));
+  if (backend_ == nullptr) {
+    int64_t numel = rows.size();
+    for (size_t d = 1; d < shape.size(); ++d) numel *= shape[d];
+    Count(info, numel, false);
+    return Tensor();
+  }
+  SHARDLM_ASSIGN_OR_RETURN(Tensor host, weights_.LoadRows(name, rows.begin, rows.end));
+  return Prepare(host);
+}
+
+absl::StatusOr<Tensor> ShardLoader::Columns(const std::string& name,
+                                            const std::vector<int64_t>& shape, Range cols) {
+  SHARDLM_ASSIGN_OR_RETURN(TensorInfo info, Check(name, shape));
+  const int64_t block = DTypeBlockElements(info.dtype);
+  const bool straddles = cols.begin % block != 0 || cols.end % block != 0;
+  if (straddles) dequantized_.push_back(name);
+  if (backend_ == nullptr) {
+    Count(info, shape[0] * cols.size(), straddles);
+    return Tensor();
+  }
+  if (!straddles) {
+    SHARDLM_ASSIGN_OR_RETURN(Tensor host, weights_.LoadColumns(name, cols.begin, cols.end));
+    return Prepare(host);
+  }
+  // Dequantize the blocks that hold the range, row by row, and keep the range.
+  spdlog::info("{}: columns [{}, {}) cut through {} blocks of {}: this slice is dequantized to f32",
+               name, cols.begin, cols.end, std::string(DTypeName(info.dtype)), block);
+  SHARDLM_ASSIGN_OR_RETURN(Tensor whole, weights_.Load(name));
+  const int64_t rows = shape[0], first = cols.begin / block * block;
+  const int64_t last = (cols.end + block - 1) / block * block;
+  const size_t row_bytes = DTypeBytes(info.dtype, shape[1]);
+  Tensor out = Tensor::Empty({rows, cols.size()}, DType::kF32);
+  std::vector<float> buf(static_cast<size_t>(last - first));
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* src = static_cast<const char*>(whole.raw()) + r * row_bytes +
+                      DTypeBytes(info.dtype, first);
+    quant::DequantizeRow(info.dtype, src, buf.data(), last - first);
+    std::memcpy(out.data<float>() + r * cols.size(), buf.data() + (cols.begin - first),
+                cols.size() * sizeof(float));
+  }
+  return Prepare(out);
+}
+
+}  // namespace shardlm

@@ -1,0 +1,51 @@
+// Reads one rank's slices of a checkpoint (whole tensors, row ranges, column ranges), checks each
+// tensor's shape (and, for matrices, dtype) against config.json first, and hands the slices to the
+// backend. Without a backend it only adds up the bytes the rank would hold (`shardlm plan`).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+#include "model/weight_source.h"
+#include "parallel/shard_plan.h"
+
+namespace shardlm {
+
+class ShardLoader {
+ public:
+  // backend == nullptr: count bytes only; the tensors returned are empty.
+  ShardLoader(const ModelConfig& config, const WeightSource& weights, Backend* backend)
+      : config_(config), weights_(weights), backend_(backend) {}
+
+  absl::StatusOr<Tensor> Full(const std::string& name, const std::vector<int64_t>& shape);
+  // Rows [rows.begin, rows.end) of dimension 0: a view of the file, no copy.
+  absl::StatusOr<Tensor> Rows(const std::string& name, const std::vector<int64_t>& shape,
+                              Range rows);
+  // Columns of a matrix: only those bytes are copied. A quantized matrix whose range cuts
+  // through blocks is dequantized to f32 for just this slice (and the log says so).
+  absl::StatusOr<Tensor> Columns(const std::string& name, const std::vector<int64_t>& shape,
+                                 Range cols);
+
+  uint64_t bytes() const { return bytes_; }
+  // Tensors whose slice had to be dequantized.
+  const std::vector<std::string>& dequantized() const { return dequantized_; }
+
+ private:
+  absl::StatusOr<TensorInfo> Check(const std::string& name, const std::vector<int64_t>& shape);
+  Tensor Prepare(const Tensor& host);
+  // The bytes a slice of `numel` elements of `info` takes once prepared (CPU backend forms).
+  void Count(const TensorInfo& info, int64_t numel, bool as_f32);
+
+  const ModelConfig& config_;
+  const WeightSource& weights_;
+  Backend* backend_;
+  uint64_t bytes_ = 0;
+  std::vector<std::string> dequantized_;
+};
+
+}  // namespace shardlm

@@ -1,0 +1,130 @@
+#include "parallel/layers.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace shardlm {
+
+ParallelContext ParallelContext::Single(ShardPlan plan) {
+  ParallelContext ctx;
+  ctx.shard = plan.ranks.at(0);
+  ctx.plan = std::move(plan);
+  ctx.world = CreateLocalCommunicator();
+  ctx.tp = CreateLocalCommunicator();
+  return ctx;
+}
+
+absl::StatusOr<ParallelContext> ParallelContext::Create(ShardPlan plan,
+                                                        std::shared_ptr<Communicator> world) {
+  if (world->size() != plan.world_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "world size ", world->size(), " != tp x pp = ", plan.tp, " x ", plan.pp, " = ",
+        plan.world_size(), ": launch exactly tp x pp ranks (mpirun -np ", plan.world_size(), ")"));
+  }
+  ParallelContext ctx;
+  ctx.shard = plan.ranks.at(world->rank());
+  ctx.plan = std::move(plan);
+  ctx.world = std::move(world);
+  SHARDLM_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> tp,
+                           ctx.world->Split(ctx.shard.stage, ctx.shard.tp_rank, "tp"));
+  ctx.tp = std::move(tp);
+  return ctx;
+}
+
+absl::Status AllReduce(Communicator& comm, Tensor& t) {
+  if (comm.size() == 1) return absl::OkStatus();
+  if (t.device() != Device::kCpu) {
+    // The CUDA backend ([5 of 5]) brings device-memory communicators (NCCL).
+    return absl::UnimplementedError(absl::StrCat(comm.name(), ": all-reduce of device memory"));
+  }
+  return comm.AllReduceSum(t.data<float>(), static_cast<size_t>(t.numel()));
+}
+
+static const Tensor* Opt(const std::optional<Tensor>& t) { return t ? &*t : nullptr; }
+
+void ColumnParallelLinear::Forward(Backend& backend, const Tensor& x, Tensor& y) const {
+  backend.Linear(x, weight, Opt(bias), y);
+}
+
+absl::Status RowParallelLinear::Forward(Backend& backend, Communicator& tp, const Tensor& x,
+                                        Tensor& y) const {
+  backend.Linear(x, weight, Opt(bias), y);
+  return AllReduce(tp, y);
+}
+
+absl::Status VocabParallelEmbedding::Forward(Backend& backend, Communicator& tp,
+                                             std::span<const int32_t> ids, Tensor& y) const {
+  std::vector<int32_t> local(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    local[i] = ids[i] >= vocab.begin && ids[i] < vocab.end
+                   ? static_cast<int32_t>(ids[i] - vocab.begin)
+                   : -1;
+  }
+  backend.Embedding(table, local, y);
+  return AllReduce(tp, y);
+}
+
+void ParallelLMHead::Forward(Backend& backend, const Tensor& x, Tensor& local_logits) const {
+  backend.Linear(x, weight, nullptr, local_logits);
+}
+
+absl::StatusOr<std::vector<int32_t>> ParallelLMHead::Argmax(Backend& backend, Communicator& tp,
+                                                            const Tensor& local_logits) const {
+  const size_t n = static_cast<size_t>(local_logits.dim(0));
+  std::vector<int32_t> ids(n);
+  std::vector<float> values(n);
+  backend.Argmax(local_logits, ids, values);
+  for (int32_t& id : ids) id += static_cast<int32_t>(vocab.begin);
+  if (tp.size() == 1) return ids;
+
+  struct Best {
+    float value;
+    int32_t id;
+  };
+  std::vector<Best> mine(n), all(n * tp.size());
+  for (size_t i = 0; i < n; ++i) mine[i] = {values[i], ids[i]};
+  SHARDLM_RETURN_IF_ERROR(tp.AllGather(mine.data(), all.data(), n * sizeof(Best)));
+  for (size_t i = 0; i < n; ++i) {
+    // Ranks hold increasing id ranges, so keeping the first maximum keeps the lowest id on ties.
+    Best best = all[i];
+    for (int r = 1; r < tp.size(); ++r) {
+      const Best& b = all[r * n + i];
+      if (b.value > best.value || (std::isnan(best.value) && !std::isnan(b.value))) best = b;
+    }
+    ids[i] = best.id;
+  }
+  return ids;
+}
+
+absl::StatusOr<std::vector<float>> ParallelLMHead::Gather(Backend& backend, Communicator& tp,
+                                                          const Tensor& local_logits) const {
+  const int64_t n = local_logits.dim(0);
+  Tensor host = backend.ToHost(local_logits);
+  std::vector<float> full(static_cast<size_t>(n * full_vocab));
+  if (tp.size() == 1) {
+    std::memcpy(full.data(), host.data<float>(), full.size() * sizeof(float));
+    return full;
+  }
+  // Vocabulary shards may differ in size: pad each to the largest for one all-gather.
+  int64_t width = 0;
+  for (const Range& r : all_vocab) width = std::max(width, r.size());
+  std::vector<float> mine(static_cast<size_t>(n * width)), all(mine.size() * tp.size());
+  for (int64_t i = 0; i < n; ++i) {
+    std::memcpy(&mine[i * width], host.data<float>() + i * vocab.size(),
+                vocab.size() * sizeof(float));
+  }
+  SHARDLM_RETURN_IF_ERROR(tp.AllGather(mine.data(), all.data(), mine.size() * sizeof(float)));
+  for (int r = 0; r < tp.size(); ++r) {
+    const Range& v = all_vocab[r];
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(&full[i * full_vocab + v.begin], &all[(r * n + i) * width],
+                  v.size() * sizeof(float));
+    }
+  }
+  return full;
+}
+
+}  // namespace shardlm

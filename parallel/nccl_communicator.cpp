@@ -1,0 +1,255 @@
+#include "parallel/nccl_communicator.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "kernels/status_macros.h"
+#include "spdlog/spdlog.h"
+
+namespace shardlm {
+namespace {
+
+// "cudaMalloc" out of "cudaMalloc(&p, n)", and the file name without its directories.
+absl::string_view CallName(absl::string_view call) { return call.substr(0, call.find('(')); }
+absl::string_view BaseName(absl::string_view file) {
+  const size_t slash = file.rfind('/');
+  return slash == absl::string_view::npos ? file : file.substr(slash + 1);
+}
+
+absl::Status CudaError(cudaError_t err, absl::string_view call, absl::string_view where,
+                       const char* file, int line) {
+  return absl::InternalError(absl::StrCat(CallName(call), where, " at ", BaseName(file), ":", line,
+                                          ": ", cudaGetErrorString(err)));
+}
+
+absl::Status NcclError(ncclResult_t result, ncclComm_t comm, absl::string_view call,
+                       absl::string_view where, const char* file, int line) {
+  std::string message = absl::StrCat(CallName(call), where, " at ", BaseName(file), ":", line,
+                                     ": ", ncclGetErrorString(result));
+  // NCCL keeps a more specific description of the last failure ("peer 1 unreachable", ...).
+  const char* last = ncclGetLastError(comm);
+  if (last != nullptr && last[0] != '\0') absl::StrAppend(&message, " (", last, ")");
+  switch (result) {
+    case ncclInvalidArgument:
+    case ncclInvalidUsage:
+      return absl::InvalidArgumentError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+}  // namespace
+
+// Return a Status naming the call, `where` (" on <group> (rank r of n)"), file:line and the
+// error string when a CUDA / NCCL call fails. `comm` may be nullptr.
+#define SHARDLM_CUDA_CALL(call, where)                                                    \
+  do {                                                                                    \
+    const cudaError_t shardlm_cuda_err_ = (call);                                         \
+    if (shardlm_cuda_err_ != cudaSuccess) {                                               \
+      return CudaError(shardlm_cuda_err_, #call, (where), __FILE__, __LINE__);            \
+    }                                                                                     \
+  } while (0)
+#define SHARDLM_NCCL_CALL(call, comm, where)                                              \
+  do {                                                                                    \
+    const ncclResult_t shardlm_nccl_res_ = (call);                                        \
+    if (shardlm_nccl_res_ != ncclSuccess) {                                               \
+      return NcclError(shardlm_nccl_res_, (comm), #call, (where), __FILE__, __LINE__);    \
+    }                                                                                     \
+  } while (0)
+
+int LocalRankFromEnv() {
+  // Open MPI, Slurm, MPICH/Hydra.
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}) {
+    const char* value = std::getenv(var);
+    int rank = 0;
+    if (value != nullptr && absl::SimpleAtoi(value, &rank) && rank >= 0) return rank;
+  }
+  return 0;
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(Communicator& bootstrap,
+                                                                       int device,
+                                                                       cudaStream_t stream) {
+  // "mpi world" -> "nccl world", "mpi tp(color 1)" -> "nccl tp(color 1)".
+  std::string name = bootstrap.name();
+  name = name.rfind("mpi ", 0) == 0 ? absl::StrCat("nccl ", name.substr(4))
+                                    : absl::StrCat("nccl(", name, ")");
+  const std::string where =
+      absl::StrCat(" on ", name, " (rank ", bootstrap.rank(), " of ", bootstrap.size(), ")");
+
+  // Every rank must reach ncclCommInitRank, or the others wait there forever: agree first that
+  // all of them could select their device.
+  const cudaError_t set_device = cudaSetDevice(device);
+  float failed = set_device == cudaSuccess ? 0.0f : 1.0f;
+  SHARDLM_RETURN_IF_ERROR(bootstrap.AllReduceSum(&failed, 1));
+  if (set_device != cudaSuccess) {
+    return CudaError(set_device, "cudaSetDevice", absl::StrCat(where, " (device ", device, ")"),
+                     __FILE__, __LINE__);
+  }
+  if (failed > 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("NcclCommunicator::Create", where, ": ", static_cast<int>(failed),
+                     " other rank(s) could not select their CUDA device"));
+  }
+
+  // Rank 0 makes the id; its result travels with it so that a failure reaches every rank.
+  struct {
+    ncclUniqueId id;
+    int32_t result;
+  } unique{};
+  if (bootstrap.rank() == 0) unique.result = ncclGetUniqueId(&unique.id);
+  SHARDLM_RETURN_IF_ERROR(bootstrap.Broadcast(&unique, sizeof(unique), /*root=*/0));
+  if (unique.result != ncclSuccess) {
+    return NcclError(static_cast<ncclResult_t>(unique.result), nullptr, "ncclGetUniqueId",
+                     absl::StrCat(where, " (on rank 0)"), __FILE__, __LINE__);
+  }
+
+  ncclComm_t comm = nullptr;
+  SHARDLM_NCCL_CALL(ncclCommInitRank(&comm, bootstrap.size(), unique.id, bootstrap.rank()),
+                    nullptr, where);
+  return Adopt(comm, device, stream, std::move(name));
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Adopt(ncclComm_t comm, int device,
+                                                                      cudaStream_t stream,
+                                                                      std::string name) {
+  int rank = 0;
+  int size = 0;
+  float* scratch = nullptr;
+  absl::Status status = [&]() -> absl::Status {
+    const std::string where = absl::StrCat(" on ", name);
+    SHARDLM_NCCL_CALL(ncclCommUserRank(comm, &rank), comm, where);
+    SHARDLM_NCCL_CALL(ncclCommCount(comm, &size), comm, where);
+    SHARDLM_CUDA_CALL(cudaMalloc(reinterpret_cast<void**>(&scratch), sizeof(float)), where);
+    return absl::OkStatus();
+  }();
+  if (!status.ok()) {
+    ncclCommDestroy(comm);
+    return status;
+  }
+  return std::unique_ptr<Communicator>(
+      new NcclCommunicator(comm, device, stream, std::move(name), rank, size, scratch));
+}
+
+NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device, cudaStream_t stream,
+                                   std::string name, int rank, int size, float* scratch)
+    : comm_(comm),
+      device_(device),
+      stream_(stream),
+      name_(std::move(name)),
+      rank_(rank),
+      size_(size),
+      scratch_(scratch) {}
+
+NcclCommunicator::~NcclCommunicator() {
+  // Destructors cannot return a Status: log and go on.
+  if (cudaSetDevice(device_) != cudaSuccess) {
+    spdlog::warn("~NcclCommunicator{}: cannot select device {}", Where(), device_);
+  }
+  if (scratch_ != nullptr) cudaFree(scratch_);
+  const ncclResult_t result = ncclCommDestroy(comm_);
+  if (result != ncclSuccess) {
+    spdlog::warn("ncclCommDestroy{}: {}", Where(), ncclGetErrorString(result));
+  }
+}
+
+std::string NcclCommunicator::Where() const {
+  return absl::StrCat(" on ", name_, " (rank ", rank_, " of ", size_, ")");
+}
+
+absl::Status NcclCommunicator::SetDevice() const {
+  SHARDLM_CUDA_CALL(cudaSetDevice(device_), Where());
+  return absl::OkStatus();
+}
+
+absl::Status NcclCommunicator::Sync(const char* op) const {
+  // The `where` arguments are only built on failure.
+  SHARDLM_CUDA_CALL(cudaStreamSynchronize(stream_), absl::StrCat(Where(), " (after ", op, ")"));
+  ncclResult_t async = ncclSuccess;
+  SHARDLM_NCCL_CALL(ncclCommGetAsyncError(comm_, &async), comm_,
+                    absl::StrCat(Where(), " (after ", op, ")"));
+  if (async != ncclSuccess) {
+    return NcclError(async, comm_, absl::StrCat("asynchronous error of ", op), Where(), __FILE__,
+                     __LINE__);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status NcclCommunicator::CheckPeer(const char* op, int peer) const {
+  if (peer >= 0 && peer < size_) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(op, Where(), ": rank ", peer, " is not in the group"));
+}
+
+// Each operation below enqueues on stream_ and synchronizes it before returning (see header).
+
+absl::Status NcclCommunicator::AllReduceSum(float* data, size_t count) {
+  if (count == 0) return absl::OkStatus();
+  SHARDLM_RETURN_IF_ERROR(SetDevice());
+  SHARDLM_NCCL_CALL(ncclAllReduce(data, data, count, ncclFloat, ncclSum, comm_, stream_), comm_,
+                    Where());
+  return Sync("ncclAllReduce");
+}
+
+absl::Status NcclCommunicator::AllGather(const void* in, void* out, size_t bytes) {
+  if (bytes == 0) return absl::OkStatus();
+  SHARDLM_RETURN_IF_ERROR(SetDevice());
+  SHARDLM_NCCL_CALL(ncclAllGather(in, out, bytes, ncclChar, comm_, stream_), comm_, Where());
+  return Sync("ncclAllGather");
+}
+
+absl::Status NcclCommunicator::Broadcast(void* data, size_t bytes, int root) {
+  SHARDLM_RETURN_IF_ERROR(CheckPeer("ncclBroadcast", root));
+  if (bytes == 0) return absl::OkStatus();
+  SHARDLM_RETURN_IF_ERROR(SetDevice());
+  SHARDLM_NCCL_CALL(ncclBroadcast(data, data, bytes, ncclChar, root, comm_, stream_), comm_,
+                    Where());
+  return Sync("ncclBroadcast");
+}
+
+absl::Status NcclCommunicator::Send(const void* data, size_t bytes, int peer, int tag) {
+  SHARDLM_RETURN_IF_ERROR(CheckPeer("ncclSend", peer));
+  SHARDLM_RETURN_IF_ERROR(SetDevice());
+  SHARDLM_NCCL_CALL(ncclSend(data, bytes, ncclChar, peer, comm_, stream_), comm_,
+                    absl::StrCat(Where(), " to rank ", peer));
+  return Sync("ncclSend");
+}
+
+absl::Status NcclCommunicator::Recv(void* data, size_t bytes, int peer, int tag) {
+  SHARDLM_RETURN_IF_ERROR(CheckPeer("ncclRecv", peer));
+  SHARDLM_RETURN_IF_ERROR(SetDevice());
+  SHARDLM_NCCL_CALL(ncclRecv(data, bytes, ncclChar, peer, comm_, stream_), comm_,
+                    absl::StrCat(Where(), " from rank ", peer));
+  return Sync("ncclRecv");
+}
+
+absl::Status NcclCommunicator::Barrier() {
+  SHARDLM_RETURN_IF_ERROR(SetDevice());
+  SHARDLM_NCCL_CALL(ncclAllReduce(scratch_, scratch_, 1, ncclFloat, ncclSum, comm_, stream_),
+                    comm_, absl::StrCat(Where(), " (barrier)"));
+  return Sync("barrier");
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Split(int color, int key,
+                                                                      const std::string& label) {
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
+  SHARDLM_RETURN_IF_ERROR(SetDevice());
+  ncclComm_t comm = nullptr;
+  // config nullptr: the new communicator inherits this one's configuration.
+  SHARDLM_NCCL_CALL(ncclCommSplit(comm_, color, key, &comm, nullptr), comm_, Where());
+  if (comm == nullptr) {  // color == NCCL_SPLIT_NOCOLOR
+    return absl::InvalidArgumentError(
+        absl::StrCat("ncclCommSplit", Where(), ": color ", color, " gives no group"));
+  }
+  return Adopt(comm, device_, stream_, absl::StrCat("nccl ", label, "(color ", color, ")"));
+#else
+  return absl::UnimplementedError(absl::StrCat(
+      "Split", Where(), ": ncclCommSplit needs NCCL >= 2.18, built with ", NCCL_VERSION_CODE));
+#endif
+}
+
+}  // namespace shardlm

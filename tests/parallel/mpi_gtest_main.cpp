@@ -1,0 +1,96 @@
+#include "tests/parallel/mpi_gtest_main.h"
+
+#include <mpi.h>
+
+#include <cstdio>
+#include <memory>
+
+#include "gtest/gtest.h"
+#include "parallel/mpi_communicator.h"
+
+namespace shardlm::mpitest {
+namespace {
+
+Communicator* g_world = nullptr;
+
+// On ranks other than 0 (which keep gtest's own printer): only the failures, with the rank.
+class RankFailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  void OnTestPartResult(const ::testing::TestPartResult& result) override {
+    if (!result.failed()) return;
+    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_,
+                 result.file_name() ? result.file_name() : "?", result.line_number(),
+                 result.message());
+  }
+  void OnTestEnd(const ::testing::TestInfo& info) override {
+    if (info.result()->Failed()) {
+      std::fprintf(stderr, "[rank %d] [  FAILED  ] %s.%s\n", rank_, info.test_suite_name(),
+                   info.name());
+    }
+  }
+
+ private:
+  int rank_;
+};
+
+// After a fatal failure this rank left its test early: the others would wait in a collective it
+// never calls (until the ctest TIMEOUT). Abort the job instead; mpirun then exits non-zero.
+class AbortOnFatalFailure : public ::testing::EmptyTestEventListener {
+ public:
+  explicit AbortOnFatalFailure(int rank) : rank_(rank) {}
+  void OnTestEnd(const ::testing::TestInfo& info) override {
+    if (!info.result()->HasFatalFailure()) return;
+    std::fprintf(stderr, "[rank %d] fatal failure in %s.%s: aborting the MPI job\n", rank_,
+                 info.test_suite_name(), info.name());
+    std::fflush(stdout);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+
+ private:
+  int rank_;
+};
+
+}  // namespace
+
+Communicator& World() { return *g_world; }
+
+}  // namespace shardlm::mpitest
+
+int main(int argc, char** argv) {
+  using shardlm::MpiCommunicator;
+  using shardlm::MpiSession;
+  absl::StatusOr<std::unique_ptr<MpiSession>> session = MpiSession::Init(&argc, &argv);
+  if (!session.ok()) {
+    std::fprintf(stderr, "%s\n", session.status().ToString().c_str());
+    return 1;
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  absl::StatusOr<std::unique_ptr<shardlm::Communicator>> world = MpiCommunicator::World();
+  if (!world.ok()) {
+    std::fprintf(stderr, "%s\n", world.status().ToString().c_str());
+    return 1;
+  }
+  shardlm::mpitest::g_world = world->get();
+  const int rank = (*world)->rank();
+
+  ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
+  if (rank != 0) {
+    delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new shardlm::mpitest::RankFailurePrinter(rank));
+  }
+  // Appended last, so it sees OnTestEnd first (gtest reverses the order for "end" events).
+  listeners.Append(new shardlm::mpitest::AbortOnFatalFailure(rank));
+
+  int result = RUN_ALL_TESTS();
+  // Every rank exits with the worst result, so each one's exit code tells whether the job passed.
+  int worst = result;
+  if (MPI_Allreduce(&result, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS) worst = 1;
+  if (worst != 0 && rank == 0 && result == 0) {
+    std::fprintf(stderr, "rank 0 passed, but another rank failed (see its [rank r] lines)\n");
+  }
+  shardlm::mpitest::g_world = nullptr;
+  world->reset();  // MPI_Comm_free before MPI_Finalize (the session's destructor)
+  return worst;
+}

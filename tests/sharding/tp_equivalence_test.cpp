@@ -1,0 +1,280 @@
+// Run under mpirun (tests/sharding/CMakeLists.txt): the model split over the job's ranks gives the
+// same greedy ids as one rank and logits within 1e-4 x max|logit|, for every (tp, pp) layout
+// whose tp x pp is the world size: np 2 -> (2,1) and (1,2), np 3 -> (3,1), np 4 -> (2,2).
+// Rank 0 also runs the unsplit model in-process as the reference.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cli/gguf_export.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "model/checkpoint_loader.h"
+#include "model/generator.h"
+#include "model/llama.h"
+#include "model/random_weights.h"
+#include "model/shard_loader.h"
+#include "tests/parallel/mpi_gtest_main.h"
+
+namespace shardlm {
+namespace {
+
+struct Layout {
+  int tp, pp;
+};
+
+std::vector<Layout> LayoutsForWorld(int world) {
+  std::vector<Layout> out;
+  for (int tp = world; tp >= 1; --tp) {
+    if (world % tp == 0 && (world == 4 ? tp == 2 : true)) out.push_back({tp, world / tp});
+  }
+  return out;
+}
+
+std::shared_ptr<Communicator> WorldPtr() {
+  // The test main owns the world communicator.
+  return std::shared_ptr<Communicator>(&mpitest::World(), [](Communicator*) {});
+}
+
+struct RunResult {
+  std::vector<int32_t> ids;
+  std::vector<float> step_logits;     // rank 0: the logits row of each generated token
+  std::vector<float> prefill_logits;  // rank 0: every prompt position, teacher forced
+  uint64_t weight_bytes = 0;
+};
+
+RunResult Generate(const ModelConfig& config, const WeightSource& weights,
+             std::optional<ParallelContext> ctx, std::span<const int32_t> prompt, int steps,
+             bool logits) {
+  auto backend = CreateCpuBackend(1);
+  auto model = LlamaModel::Load(config, weights, *backend, std::move(ctx));
+  EXPECT_TRUE(model.ok()) << model.status();
+  if (!model.ok()) return {};
+  RunResult run;
+  run.weight_bytes = (*model)->weight_bytes();
+  GenerateOptions options;
+  options.max_new_tokens = steps;
+  options.keep_logits = logits;
+  options.stop_at_eos = false;
+  auto result = GenerateGreedy(**model, prompt, options);
+  EXPECT_TRUE(result.ok()) << result.status();
+  if (!result.ok()) return run;
+  run.ids = result->tokens;
+  run.step_logits = result->logits;
+  if (logits) {
+    KvCache cache = (*model)->NewCache(static_cast<int64_t>(prompt.size()));
+    auto local = (*model)->Forward(prompt, 0, cache, /*all_logits=*/true);
+    EXPECT_TRUE(local.ok()) << local.status();
+    auto full = (*model)->GatherLogits(*local, static_cast<int64_t>(prompt.size()));
+    EXPECT_TRUE(full.ok()) << full.status();
+    if (full.ok()) run.prefill_logits = *full;
+  }
+  return run;
+}
+
+double MaxAbs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, std::fabs(static_cast<double>(x)));
+  return m;
+}
+double MaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - b[i]));
+  return m;
+}
+
+struct Case {
+  const char* name;
+  TinyModelSpec spec;
+};
+
+std::vector<Case> TinyCases() {
+  auto spec = [](Arch arch, int64_t heads, int64_t kv, int64_t hidden, int64_t inter,
+                 uint64_t seed) {
+    TinyModelSpec s;
+    s.arch = arch;
+    s.layers = 4;  // so that pp=2 stages hold two layers each
+    s.heads = heads;
+    s.kv_heads = kv;
+    s.hidden = hidden;
+    s.intermediate = inter;
+    s.vocab = 257;  // uneven vocabulary shards
+    s.seed = seed;
+    return s;
+  };
+  std::vector<Case> cases = {
+      {"llama-8h-8kv", spec(Arch::kLlama, 8, 8, 64, 100, 11)},
+      {"llama-8h-2kv", spec(Arch::kLlama, 8, 2, 64, 128, 12)},
+      {"llama-9h-3kv", spec(Arch::kLlama, 9, 3, 72, 160, 13)},
+      {"llama-4h-1kv", spec(Arch::kLlama, 4, 1, 64, 96, 14)},
+      {"qwen2-bias", spec(Arch::kQwen2, 8, 2, 64, 96, 15)},
+      {"mistral-swa", spec(Arch::kMistral, 8, 2, 64, 96, 16)},
+  };
+  Case tied = {"llama-tied", spec(Arch::kLlama, 8, 2, 64, 96, 17)};
+  tied.spec.tie_embeddings = true;
+  cases.push_back(tied);
+  return cases;
+}
+
+// Rank 0 writes each model once per world size (several mpirun tests may run at once).
+std::string ModelDir(const std::string& name) {
+  const int world = mpitest::World().size();
+  const std::string dir =
+      absl::StrCat(SHARDLM_BINARY_DIR, "/tests/sharding/models-np", world, "/", name);
+  if (mpitest::World().rank() == 0) {
+    absl::Status s = WriteTinyModel(
+        [&] {
+          for (const Case& c : TinyCases()) {
+            if (name == c.name) return c.spec;
+          }
+          return TinyModelSpec{};
+        }(),
+        dir);
+    EXPECT_TRUE(s.ok()) << s;
+  }
+  EXPECT_TRUE(mpitest::World().Barrier().ok());
+  return dir;
+}
+
+TEST(TpEquivalenceTest, TinyModelsMatchOneRank) {
+  Communicator& world = mpitest::World();
+  const std::vector<int32_t> prompt = {1, 17, 42, 99, 3, 200, 31, 256, 7, 128, 64};
+  for (const Case& c : TinyCases()) {
+    const std::string dir = ModelDir(c.name);
+    auto checkpoint = OpenCheckpoint(dir);
+    ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+    const ModelConfig& config = checkpoint->config;
+    RunResult single;
+    uint64_t single_bytes = 0;
+    {
+      ShardLoader counter(config, *checkpoint->weights, nullptr);
+      ASSERT_TRUE(LoadLlamaShard(config, SingleRankPlan(config).ranks[0], SingleRankPlan(config),
+                                 counter).ok());
+      single_bytes = counter.bytes();
+    }
+    if (world.rank() == 0) single = Generate(config, *checkpoint->weights, {}, prompt, 8, true);
+    for (const Layout& layout : LayoutsForWorld(world.size())) {
+      SCOPED_TRACE(absl::StrCat(c.name, " tp=", layout.tp, " pp=", layout.pp));
+      auto plan = MakeShardPlan(PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights));
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      auto ctx = ParallelContext::Create(*plan, WorldPtr());
+      ASSERT_TRUE(ctx.ok()) << ctx.status();
+      const RankShard shard = ctx->shard;
+      RunResult split = Generate(config, *checkpoint->weights, std::move(*ctx), prompt, 8, true);
+
+      // Every rank gets the ids; the plan's byte count is what the rank really holds.
+      ShardLoader counter(config, *checkpoint->weights, nullptr);
+      ASSERT_TRUE(LoadLlamaShard(config, shard, *plan, counter).ok());
+      EXPECT_EQ(counter.bytes(), split.weight_bytes);
+      if (layout.tp == 2 && layout.pp == 1) {
+        EXPECT_LE(split.weight_bytes, 0.6 * single_bytes)
+            << "rank " << world.rank() << " holds " << split.weight_bytes << " of " << single_bytes;
+      }
+      if (world.rank() != 0) continue;
+      EXPECT_EQ(split.ids, single.ids);
+      ASSERT_EQ(split.step_logits.size(), single.step_logits.size());
+      ASSERT_EQ(split.prefill_logits.size(), single.prefill_logits.size());
+      const double scale = std::max(MaxAbs(single.step_logits), MaxAbs(single.prefill_logits));
+      const double diff = std::max(MaxDiff(split.step_logits, single.step_logits),
+                                   MaxDiff(split.prefill_logits, single.prefill_logits));
+      EXPECT_LE(diff, 1e-4 * scale);
+      std::printf("%-14s tp=%d pp=%d: ids match: %s, max |logit diff| %.3g (%.3g x max|logit|), "
+                  "rank 0 holds %.1f%% of the weight bytes\n",
+                  c.name, layout.tp, layout.pp, split.ids == single.ids ? "yes" : "NO", diff,
+                  diff / scale, 100.0 * split.weight_bytes / single_bytes);
+    }
+  }
+}
+
+// A Q8_0 GGUF whose head_dim (48) is not a multiple of the 32-element block: at tp=3 the O
+// projection's column slices cut through blocks, and those ranks dequantize just their slice.
+TEST(TpEquivalenceTest, QuantizedSlicesThatCutBlocks) {
+  Communicator& world = mpitest::World();
+  TinyModelSpec spec;
+  spec.layers = 4;
+  spec.heads = 4;
+  spec.kv_heads = 4;
+  spec.hidden = 192;
+  spec.intermediate = 96;
+  spec.vocab = 257;
+  spec.seed = 21;
+  const std::string path = absl::StrCat(SHARDLM_BINARY_DIR, "/tests/sharding/models-np",
+                                        world.size(), "/q8_0-hd48.gguf");
+  if (world.rank() == 0) {
+    auto config = TinyModelConfig(spec);
+    ASSERT_TRUE(config.ok()) << config.status();
+    RandomWeightSource random(*config, spec.seed, DType::kF32);
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+    absl::Status s = ExportGguf(*config, random, path, DType::kQ8_0);
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  ASSERT_TRUE(world.Barrier().ok());
+  auto checkpoint = OpenCheckpoint(path);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  const ModelConfig& config = checkpoint->config;
+  const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6};
+  RunResult single;
+  if (world.rank() == 0) single = Generate(config, *checkpoint->weights, {}, prompt, 8, true);
+  for (const Layout& layout : LayoutsForWorld(world.size())) {
+    SCOPED_TRACE(absl::StrCat("tp=", layout.tp, " pp=", layout.pp));
+    auto plan = MakeShardPlan(PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights));
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    auto ctx = ParallelContext::Create(*plan, WorldPtr());
+    ASSERT_TRUE(ctx.ok()) << ctx.status();
+    const RankShard shard = ctx->shard;
+    ShardLoader counter(config, *checkpoint->weights, nullptr);
+    ASSERT_TRUE(LoadLlamaShard(config, shard, *plan, counter).ok());
+    const bool cuts = (shard.q_heads.begin * 48) % 32 != 0 || (shard.q_heads.end * 48) % 32 != 0;
+    EXPECT_EQ(counter.dequantized().size(), cuts ? shard.layers.size() : 0u);
+    RunResult split = Generate(config, *checkpoint->weights, std::move(*ctx), prompt, 8, true);
+    if (world.rank() != 0) continue;
+    EXPECT_EQ(split.ids, single.ids);
+    const double scale = std::max(MaxAbs(single.step_logits), MaxAbs(single.prefill_logits));
+    const double diff = std::max(MaxDiff(split.step_logits, single.step_logits),
+                                 MaxDiff(split.prefill_logits, single.prefill_logits));
+    EXPECT_LE(diff, 1e-4 * scale);
+    std::printf("q8_0 hd48 tp=%d pp=%d: ids match: %s, max |logit diff| %.3g x max|logit|\n",
+                layout.tp, layout.pp, split.ids == single.ids ? "yes" : "NO", diff / scale);
+  }
+}
+
+// SmolLM2-135M (Q4_1 GGUF, fetched by scripts/get-model.sh) at tp=2 and at pp=2: the same 64
+// greedy ids as one rank.
+TEST(TpEquivalenceTest, SmolLM2MatchesOneRank) {
+  Communicator& world = mpitest::World();
+  if (world.size() != 2) GTEST_SKIP() << "run at np 2 only";
+  const std::string path =
+      std::string(SHARDLM_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  if (!std::filesystem::exists(path)) {
+    GTEST_SKIP() << path << " is absent: run scripts/get-model.sh";
+  }
+  auto checkpoint = OpenCheckpoint(path);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  const ModelConfig& config = checkpoint->config;
+  auto tokenizer = LoadTokenizer(*checkpoint);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  const std::vector<int32_t> prompt =
+      (*tokenizer)->Encode("The three largest cities of France are", true, true);
+  RunResult single;
+  if (world.rank() == 0) single = Generate(config, *checkpoint->weights, {}, prompt, 64, false);
+  for (const Layout& layout : LayoutsForWorld(2)) {
+    SCOPED_TRACE(absl::StrCat("tp=", layout.tp, " pp=", layout.pp));
+    auto plan = MakeShardPlan(PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights));
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    auto ctx = ParallelContext::Create(*plan, WorldPtr());
+    ASSERT_TRUE(ctx.ok()) << ctx.status();
+    RunResult split = Generate(config, *checkpoint->weights, std::move(*ctx), prompt, 64, false);
+    if (world.rank() != 0) continue;
+    EXPECT_EQ(split.ids, single.ids);
+    std::printf("SmolLM2 tp=%d pp=%d: %zu greedy ids, match one rank: %s\n", layout.tp,
+                layout.pp, split.ids.size(), split.ids == single.ids ? "yes" : "NO");
+  }
+}
+
+}  // namespace
+}  // namespace shardlm
