@@ -55,6 +55,10 @@ class Backend {
   virtual Tensor ToHost(const Tensor& t) = 0;       // backend memory -> host f32
   // A host weight of any dtype -> the form this backend's ops take (CPU: f32, bf16/f16 matrices).
   virtual Tensor PrepareWeight(const Tensor& host) = 0;
+  // Columns [begin, end) of a host matrix whose quantization blocks that range cuts through (a
+  // tensor-parallel slice of a quantized matrix, given as the whole blocks around it): the
+  // backend's form of just those columns (CPU: dequantized to f32).
+  virtual Tensor PrepareWeightColumns(const Tensor& host, int64_t begin, int64_t end) = 0;
 
   // y[n, out] = x[n, in] * w[out, in]^T (+ bias[out] when bias is non-null).
   virtual void Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = 0;

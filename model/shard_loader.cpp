@@ -1,9 +1,6 @@
 #include "model/shard_loader.h"
 
-#include <cstring>
-
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/quant/quant.h"
 #include "kernels/status_macros.h"
 #include "spdlog/spdlog.h"
 
@@ -78,23 +75,16 @@ absl::StatusOr<Tensor> ShardLoader::Columns(const std::string& name,
     SHARDLM_ASSIGN_OR_RETURN(Tensor host, weights_.LoadColumns(name, cols.begin, cols.end));
     return Prepare(host);
   }
-  // Dequantize the blocks that hold the range, row by row, and keep the range.
+  // Read the whole blocks around the range; the backend keeps just the range (dequantized).
   spdlog::info("{}: columns [{}, {}) cut through {} blocks of {}: this slice is dequantized to f32",
                name, cols.begin, cols.end, std::string(DTypeName(info.dtype)), block);
-  SHARDLM_ASSIGN_OR_RETURN(Tensor whole, weights_.Load(name));
-  const int64_t rows = shape[0], first = cols.begin / block * block;
+  const int64_t first = cols.begin / block * block;
   const int64_t last = (cols.end + block - 1) / block * block;
-  const size_t row_bytes = DTypeBytes(info.dtype, shape[1]);
-  Tensor out = Tensor::Empty({rows, cols.size()}, DType::kF32);
-  std::vector<float> buf(static_cast<size_t>(last - first));
-  for (int64_t r = 0; r < rows; ++r) {
-    const char* src = static_cast<const char*>(whole.raw()) + r * row_bytes +
-                      DTypeBytes(info.dtype, first);
-    quant::DequantizeRow(info.dtype, src, buf.data(), last - first);
-    std::memcpy(out.data<float>() + r * cols.size(), buf.data() + (cols.begin - first),
-                cols.size() * sizeof(float));
-  }
-  return Prepare(out);
+  SHARDLM_ASSIGN_OR_RETURN(Tensor cover, weights_.LoadColumns(name, first, last));
+  Tensor prepared =
+      backend_->PrepareWeightColumns(cover, cols.begin - first, cols.end - first);
+  bytes_ += prepared.nbytes();
+  return prepared;
 }
 
 }  // namespace shardlm

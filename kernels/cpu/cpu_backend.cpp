@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/quant/quant.h"
 
 namespace shardlm {
 namespace {
@@ -52,6 +53,24 @@ class CpuBackend final : public Backend {
                  "expects a defined host tensor", {{"t", &host}});
     Tensor out = Tensor::Empty(host.shape(), host.dtype());
     CopyParallel(host.raw(), out.raw(), host.nbytes());
+    return out;
+  }
+
+  Tensor PrepareWeightColumns(const Tensor& host, int64_t begin, int64_t end) override {
+    cpu::Require(host.device() == Device::kCpu && host.defined() && host.rank() == 2 &&
+                     IsQuantized(host.dtype()) && 0 <= begin && begin <= end &&
+                     end <= host.dim(1),
+                 "PrepareWeightColumns", "expects a quantized host matrix and 0 <= begin <= end <= columns",
+                 {{"host", &host}});
+    const int64_t rows = host.dim(0), cols = host.dim(1), width = end - begin;
+    const size_t row_bytes = DTypeBytes(host.dtype(), cols);
+    Tensor out = Tensor::Empty({rows, width}, DType::kF32);
+    std::vector<float> buf(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      quant::DequantizeRow(host.dtype(), static_cast<const char*>(host.raw()) + r * row_bytes,
+                           buf.data(), cols);
+      std::memcpy(out.data<float>() + r * width, buf.data() + begin, width * sizeof(float));
+    }
     return out;
   }
 
