@@ -44,6 +44,17 @@ struct AttentionParams {
   int sliding_window = 0;  // 0: none; else key j is visible to query at p only if p - j < window
 };
 
+// Where each query token of a batch finds its keys in a paged KV cache: caches are
+// [num_blocks * block_size, kv_heads, head_dim], and key position j of sequence s sits at cache
+// row block_tables[table_begin[s] + j / block_size] * block_size + j % block_size. Host spans.
+struct PagedKvLayout {
+  int block_size = 16;
+  std::span<const int32_t> positions;     // n: position of each query token in its sequence
+  std::span<const int32_t> seq_index;     // n: its sequence
+  std::span<const int32_t> table_begin;   // sequences + 1 offsets into block_tables
+  std::span<const int32_t> block_tables;  // every sequence's blocks, in order
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -89,6 +100,13 @@ class Backend {
   virtual void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                          std::span<const int32_t> positions, const AttentionParams& params,
                          Tensor& out) = 0;
+  // The same attention over a paged cache, for a batch of tokens from several sequences: query i
+  // (q row i, at layout.positions[i] of sequence layout.seq_index[i]) attends its sequence's keys
+  // [0, position] (or the sliding window). K/V of this step must already be written (WriteKv with
+  // the tokens' cache rows as positions).
+  virtual void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                              const PagedKvLayout& layout, const AttentionParams& params,
+                              Tensor& out) = 0;
 };
 
 }  // namespace shardlm

@@ -136,7 +136,8 @@ KvCache LlamaModel::NewCache(int64_t max_seq) const {
 }
 
 absl::Status LlamaModel::Layer(int64_t l, Tensor& x, std::span<const int32_t> positions,
-                               KvCache& cache) {
+                               std::span<const int32_t> cache_rows, const PagedKvLayout* paged,
+                               Tensor& k_cache, Tensor& v_cache) {
   const LlamaLayerWeights& lw = w_.layers[l];
   const int64_t n = x.dim(0), hd = config_.head_dim;
   const int64_t heads = attn_.num_heads, kv_heads = attn_.num_kv_heads;
@@ -156,9 +157,13 @@ absl::Status LlamaModel::Layer(int64_t l, Tensor& x, std::span<const int32_t> po
   Tensor k3 = k.Reshape({n, kv_heads, hd});
   b.Rope(q3, positions, rope_);
   b.Rope(k3, positions, rope_);
-  b.WriteKv(k3, v.Reshape({n, kv_heads, hd}), positions, cache.k[l], cache.v[l]);
+  b.WriteKv(k3, v.Reshape({n, kv_heads, hd}), cache_rows, k_cache, v_cache);
   Tensor attn = b.Allocate({n, heads * hd});
-  b.Attention(q3, cache.k[l], cache.v[l], positions, attn_, attn);
+  if (paged != nullptr) {
+    b.PagedAttention(q3, k_cache, v_cache, *paged, attn_, attn);
+  } else {
+    b.Attention(q3, k_cache, v_cache, positions, attn_, attn);
+  }
   SHARDLM_RETURN_IF_ERROR(lw.o.Forward(b, tp, attn, h));
   b.Add(x, h);
 
@@ -173,24 +178,11 @@ absl::Status LlamaModel::Layer(int64_t l, Tensor& x, std::span<const int32_t> po
   return absl::OkStatus();
 }
 
-absl::StatusOr<Tensor> LlamaModel::Forward(std::span<const int32_t> tokens, int64_t start_pos,
-                                           KvCache& cache, bool all_logits) {
+absl::StatusOr<Tensor> LlamaModel::RunStage(std::span<const int32_t> tokens,
+                                            const std::function<absl::Status(Tensor&)>& layers,
+                                            const std::vector<int32_t>* logit_rows,
+                                            bool all_rows) {
   const int64_t n = static_cast<int64_t>(tokens.size());
-  if (n == 0) return absl::InvalidArgumentError("Forward: no tokens");
-  for (int64_t i = 0; i < n; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at index ", i,
-                                                     " is out of range [0, vocab_size=",
-                                                     config_.vocab_size, ")"));
-    }
-  }
-  if (start_pos < 0 || start_pos + n > cache.max_seq) {
-    return absl::OutOfRangeError(absl::StrCat("positions [", start_pos, ", ", start_pos + n,
-                                              ") exceed the KV cache of ", cache.max_seq,
-                                              " positions"));
-  }
-  std::vector<int32_t> positions(n);
-  std::iota(positions.begin(), positions.end(), static_cast<int32_t>(start_pos));
   const RankShard& shard = parallel_.shard;
   Communicator& world = *parallel_.world;
   const size_t x_bytes = static_cast<size_t>(n * config_.hidden_size) * sizeof(float);
@@ -204,21 +196,145 @@ absl::StatusOr<Tensor> LlamaModel::Forward(std::span<const int32_t> tokens, int6
     SHARDLM_RETURN_IF_ERROR(world.Recv(host.raw(), x_bytes, shard.rank - parallel_.plan.tp));
     x = backend_.ToDevice(host);
   }
-  for (int64_t l = 0; l < static_cast<int64_t>(w_.layers.size()); ++l) {
-    SHARDLM_RETURN_IF_ERROR(Layer(l, x, positions, cache));
-  }
+  SHARDLM_RETURN_IF_ERROR(layers(x));
   if (!shard.last_stage) {
     Tensor host = backend_.ToHost(x);
     SHARDLM_RETURN_IF_ERROR(world.Send(host.raw(), x_bytes, shard.rank + parallel_.plan.tp));
     return Tensor();
   }
 
-  Tensor last = all_logits ? x : x.Rows(n - 1, n);
+  Tensor last;
+  if (logit_rows != nullptr) {
+    // Gather the wanted rows (an f32 "embedding" lookup into x).
+    last = backend_.Allocate({static_cast<int64_t>(logit_rows->size()), config_.hidden_size});
+    if (!logit_rows->empty()) backend_.Embedding(x, *logit_rows, last);
+  } else {
+    last = all_rows ? x : x.Rows(n - 1, n);
+  }
   Tensor normed = backend_.Allocate({last.dim(0), config_.hidden_size});
-  backend_.RmsNorm(last, w_.final_norm, config_.rms_norm_eps, normed);
   Tensor logits = backend_.Allocate({last.dim(0), shard.vocab.size()});
+  if (last.dim(0) == 0) return logits;
+  backend_.RmsNorm(last, w_.final_norm, config_.rms_norm_eps, normed);
   w_.lm_head->Forward(backend_, normed, logits);
   return logits;
+}
+
+static absl::Status CheckTokens(std::span<const int32_t> tokens, int64_t vocab) {
+  if (tokens.empty()) return absl::InvalidArgumentError("Forward: no tokens");
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at index ", i,
+                                                     " is out of range [0, vocab_size=", vocab,
+                                                     ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tensor> LlamaModel::Forward(std::span<const int32_t> tokens, int64_t start_pos,
+                                           KvCache& cache, bool all_logits) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  SHARDLM_RETURN_IF_ERROR(CheckTokens(tokens, config_.vocab_size));
+  if (start_pos < 0 || start_pos + n > cache.max_seq) {
+    return absl::OutOfRangeError(absl::StrCat("positions [", start_pos, ", ", start_pos + n,
+                                              ") exceed the KV cache of ", cache.max_seq,
+                                              " positions"));
+  }
+  std::vector<int32_t> positions(n);
+  std::iota(positions.begin(), positions.end(), static_cast<int32_t>(start_pos));
+  return RunStage(
+      tokens,
+      [&](Tensor& x) -> absl::Status {
+        for (int64_t l = 0; l < static_cast<int64_t>(w_.layers.size()); ++l) {
+          SHARDLM_RETURN_IF_ERROR(Layer(l, x, positions, positions, nullptr, cache.k[l], cache.v[l]));
+        }
+        return absl::OkStatus();
+      },
+      nullptr, all_logits);
+}
+
+uint64_t LlamaModel::KvBytesPerBlock(int block_size) const {
+  return static_cast<uint64_t>(w_.layers.size()) * 2 * block_size *
+         parallel_.shard.kv_heads.size() * config_.head_dim * sizeof(float);
+}
+
+PagedKvCache LlamaModel::NewPagedCache(int block_size, int64_t num_blocks) const {
+  PagedKvCache cache;
+  cache.block_size = block_size;
+  cache.num_blocks = num_blocks;
+  const int64_t rows = num_blocks * block_size, kvh = parallel_.shard.kv_heads.size();
+  for (size_t l = 0; l < w_.layers.size(); ++l) {
+    cache.k.push_back(backend_.Allocate({rows, kvh, config_.head_dim}));
+    cache.v.push_back(backend_.Allocate({rows, kvh, config_.head_dim}));
+  }
+  return cache;
+}
+
+absl::StatusOr<Tensor> LlamaModel::ForwardBatch(const BatchInput& batch, PagedKvCache& cache) {
+  const size_t n = batch.tokens.size();
+  SHARDLM_RETURN_IF_ERROR(CheckTokens(batch.tokens, config_.vocab_size));
+  if (batch.positions.size() != n || batch.seq_index.size() != n || batch.table_begin.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ForwardBatch: ", n, " tokens but ", batch.positions.size(), " positions, ",
+        batch.seq_index.size(), " sequence indices, ", batch.table_begin.size(), " table offsets"));
+  }
+  // Every token's block must be in its sequence's table and in the cache; its K/V row follows.
+  const int64_t bs = cache.block_size, seqs = static_cast<int64_t>(batch.table_begin.size()) - 1;
+  std::vector<int32_t> cache_rows(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t s = batch.seq_index[i], p = batch.positions[i];
+    if (s < 0 || s >= seqs || p < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ForwardBatch: token ", i, " has sequence ", s, " and position ", p));
+    }
+    const int64_t begin = batch.table_begin[s], end = batch.table_begin[s + 1];
+    if (begin < 0 || end < begin || end > static_cast<int64_t>(batch.block_tables.size()) ||
+        p / bs >= end - begin) {
+      return absl::OutOfRangeError(absl::StrCat("ForwardBatch: position ", p, " of sequence ", s,
+                                                " is past its ", end - begin, " blocks of ", bs));
+    }
+    for (int64_t b = begin; b <= begin + p / bs; ++b) {
+      if (batch.block_tables[b] < 0 || batch.block_tables[b] >= cache.num_blocks) {
+        return absl::OutOfRangeError(absl::StrCat("ForwardBatch: block ", batch.block_tables[b],
+                                                  " outside the cache of ", cache.num_blocks,
+                                                  " blocks"));
+      }
+    }
+    cache_rows[i] = static_cast<int32_t>(batch.block_tables[begin + p / bs] * bs + p % bs);
+  }
+  for (int32_t r : batch.logit_rows) {
+    if (r < 0 || static_cast<size_t>(r) >= n) {
+      return absl::OutOfRangeError(absl::StrCat("ForwardBatch: logit row ", r, " of ", n));
+    }
+  }
+  const PagedKvLayout layout{cache.block_size, batch.positions, batch.seq_index,
+                             batch.table_begin, batch.block_tables};
+  return RunStage(
+      batch.tokens,
+      [&](Tensor& x) -> absl::Status {
+        for (int64_t l = 0; l < static_cast<int64_t>(w_.layers.size()); ++l) {
+          SHARDLM_RETURN_IF_ERROR(Layer(l, x, batch.positions, cache_rows, &layout,
+                                        cache.k[l], cache.v[l]));
+        }
+        return absl::OkStatus();
+      },
+      &batch.logit_rows, false);
+}
+
+absl::StatusOr<std::vector<int32_t>> LlamaModel::LastStageArgmax(const Tensor& local_logits) {
+  if (!parallel_.shard.last_stage) return absl::FailedPreconditionError("not the last stage");
+  return w_.lm_head->Argmax(backend_, *parallel_.tp, local_logits);
+}
+
+absl::StatusOr<std::vector<float>> LlamaModel::LastStageGather(const Tensor& local_logits) {
+  if (!parallel_.shard.last_stage) return absl::FailedPreconditionError("not the last stage");
+  return w_.lm_head->Gather(backend_, *parallel_.tp, local_logits);
+}
+
+Tensor LlamaModel::SelectRows(const Tensor& t, std::span<const int32_t> rows) {
+  Tensor out = backend_.Allocate({static_cast<int64_t>(rows.size()), t.dim(1)});
+  if (!rows.empty()) backend_.Embedding(t, rows, out);
+  return out;
 }
 
 absl::StatusOr<std::vector<int32_t>> LlamaModel::Greedy(const Tensor& local_logits, int64_t rows) {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -38,6 +39,25 @@ struct LlamaWeights {
 };
 
 class ShardLoader;
+
+// This rank's paged KV cache: per local layer, K and V of [num_blocks * block_size, local KV
+// heads, head_dim]. Block tables (which blocks a sequence uses) come with each batch.
+struct PagedKvCache {
+  int block_size = 16;
+  int64_t num_blocks = 0;
+  std::vector<Tensor> k, v;
+};
+
+// One batched step over several sequences (continuous batching): their tokens back to back.
+struct BatchInput {
+  std::vector<int32_t> tokens;      // n
+  std::vector<int32_t> positions;   // n: position of each token in its sequence (its K/V go to
+                                    // block positions / block_size of the sequence's table)
+  std::vector<int32_t> seq_index;   // n: its sequence (index into the block tables)
+  std::vector<int32_t> table_begin; // sequences + 1 offsets into block_tables
+  std::vector<int32_t> block_tables;
+  std::vector<int32_t> logit_rows;  // tokens whose next-token logits are wanted
+};
 
 // The inputs of the shard plan for `config` at (tp, pp); the intermediate size is split on the
 // quantization blocks of the down projections when `weights` is given.
@@ -68,12 +88,29 @@ class LlamaModel {
   // Bytes of weights this rank holds, in the backend's form.
   uint64_t weight_bytes() const { return weight_bytes_; }
 
+  // KV bytes one block of `block_size` tokens takes on this rank (its layers and KV heads).
+  uint64_t KvBytesPerBlock(int block_size) const;
+  PagedKvCache NewPagedCache(int block_size, int64_t num_blocks) const;
+  // One batched step through this rank's stage (every rank calls it with the same batch). On
+  // the last stage: f32 logits of this rank's vocabulary shard for batch.logit_rows,
+  // [logit_rows, vocab_local]; elsewhere an empty tensor.
+  absl::StatusOr<Tensor> ForwardBatch(const BatchInput& batch, PagedKvCache& cache);
+
   // Runs `tokens` at positions [start_pos, start_pos + n) through this rank's stage, appending
   // their K/V to `cache`. Every rank calls it with the same tokens. On the last stage it returns
   // f32 logits of this rank's vocabulary shard in backend memory: [n, vocab_local] when
   // all_logits, else [1, vocab_local] for the last token; on other stages an empty tensor.
   absl::StatusOr<Tensor> Forward(std::span<const int32_t> tokens, int64_t start_pos,
                                  KvCache& cache, bool all_logits = false);
+  // Last stage only, collective over its TP ranks: the argmax over the whole vocabulary of each
+  // row of `local_logits` / the full rows [rows, vocab] (host), on every TP rank.
+  absl::StatusOr<std::vector<int32_t>> LastStageArgmax(const Tensor& local_logits);
+  absl::StatusOr<std::vector<float>> LastStageGather(const Tensor& local_logits);
+  // Rows `rows` of a backend f32 matrix, as a new [rows.size(), cols] one.
+  Tensor SelectRows(const Tensor& t, std::span<const int32_t> rows);
+  // The world rank that holds the answers: TP rank 0 of the last stage.
+  int LastStageRoot() const { return parallel_.plan.RankOf(parallel_.plan.pp - 1, 0); }
+
   // Collective over all ranks: the greedy ids of the `rows` rows of Forward's logits, on every
   // rank.
   absl::StatusOr<std::vector<int32_t>> Greedy(const Tensor& local_logits, int64_t rows);
@@ -84,9 +121,16 @@ class LlamaModel {
  private:
   LlamaModel(const ModelConfig& config, Backend& backend, ParallelContext parallel)
       : config_(config), backend_(backend), parallel_(std::move(parallel)) {}
-  absl::Status Layer(int64_t l, Tensor& x, std::span<const int32_t> positions, KvCache& cache);
-  // The world rank that holds the answer: TP rank 0 of the last stage.
-  int LastStageRoot() const { return parallel_.plan.RankOf(parallel_.plan.pp - 1, 0); }
+  // One decoder layer. K/V go to rows `cache_rows` of (k_cache, v_cache); attention reads the
+  // contiguous cache by position, or the paged one through `paged` when given.
+  absl::Status Layer(int64_t l, Tensor& x, std::span<const int32_t> positions,
+                     std::span<const int32_t> cache_rows, const PagedKvLayout* paged,
+                     Tensor& k_cache, Tensor& v_cache);
+  // Embedding or the previous stage's hidden states -> this stage's layers -> hidden states to
+  // the next stage, or (last stage) final norm + LM head over `logit_rows` (all rows when null).
+  absl::StatusOr<Tensor> RunStage(std::span<const int32_t> tokens,
+                                  const std::function<absl::Status(Tensor&)>& layers,
+                                  const std::vector<int32_t>* logit_rows, bool all_rows);
 
   ModelConfig config_;
   Backend& backend_;

@@ -107,30 +107,131 @@ SHARDLM_INLINE void AccumulateValues(const float* probs, const float* v, int64_t
   }
 }
 
-// `num_q` consecutive query heads of one row (q and out: head_dim floats apart) that share one
-// KV head, against cache rows [lo, hi]; `k` and `v` point at that KV head in cache row 0 and
-// cache rows are `row_stride` floats apart. `scores` holds num_q * (hi - lo + 1) floats.
+// A run of consecutive cache rows holding consecutive key positions: `len` rows from `row`.
+struct KeyRun {
+  int64_t row;
+  int64_t len;
+};
+
+// `num_q` consecutive query heads of one token (q and out: head_dim floats apart) that share one
+// KV head, against the keys in `runs` (in position order; one run for a contiguous cache, one per
+// block for a paged one). `k` and `v` point at that KV head in cache row 0 and cache rows are
+// `row_stride` floats apart. `scores` holds num_q * (sum of run lengths) floats.
 // The keys go in chunks, all heads over one chunk before the next, so that a chunk of K or V
 // is read from memory once per group rather than once per head.
 SHARDLM_SIMD_CLONES void AttendHeads(const float* q, int64_t num_q, const float* k, const float* v,
-                                     int64_t row_stride, int64_t lo, int64_t hi, int64_t head_dim,
-                                     float scale, float* scores, float* out) {
+                                     int64_t row_stride, std::span<const KeyRun> runs,
+                                     int64_t head_dim, float scale, float* scores, float* out) {
   constexpr int64_t kChunk = 64;  // 64 rows of a 128-dim head: 32 KiB, L1/L2 resident
-  const int64_t span = hi - lo + 1;
-  k += lo * row_stride;
-  v += lo * row_stride;
-  for (int64_t c = 0; c < span; c += kChunk) {
-    const int64_t c_end = std::min(span, c + kChunk);
-    for (int64_t g = 0; g < num_q; ++g) {
-      Scores(q + g * head_dim, k, row_stride, c, c_end, head_dim, scale, scores + g * span);
+  int64_t span = 0;
+  for (const KeyRun& r : runs) span += r.len;
+  int64_t at = 0;  // index of the run's first key among all keys
+  for (const KeyRun& r : runs) {
+    const float* kr = k + r.row * row_stride;
+    for (int64_t c = 0; c < r.len; c += kChunk) {
+      const int64_t c_end = std::min(r.len, c + kChunk);
+      for (int64_t g = 0; g < num_q; ++g) {
+        Scores(q + g * head_dim, kr, row_stride, c, c_end, head_dim, scale, scores + g * span + at);
+      }
     }
+    at += r.len;
   }
   for (int64_t g = 0; g < num_q; ++g) Softmax(scores + g * span, span);
   std::fill(out, out + num_q * head_dim, 0.0f);
-  for (int64_t c = 0; c < span; c += kChunk) {
-    const int64_t c_end = std::min(span, c + kChunk);
-    for (int64_t g = 0; g < num_q; ++g) {
-      AccumulateValues(scores + g * span, v, row_stride, c, c_end, head_dim, out + g * head_dim);
+  at = 0;
+  for (const KeyRun& r : runs) {
+    const float* vr = v + r.row * row_stride;
+    for (int64_t c = 0; c < r.len; c += kChunk) {
+      const int64_t c_end = std::min(r.len, c + kChunk);
+      for (int64_t g = 0; g < num_q; ++g) {
+        AccumulateValues(scores + g * span + at, vr, row_stride, c, c_end, head_dim,
+                         out + g * head_dim);
+      }
+    }
+    at += r.len;
+  }
+}
+
+// How many query heads one task takes: whole GQA groups read each K/V row once; when there are
+// fewer (token, KV head) pairs than threads, groups are split (down to single heads).
+int64_t HeadsPerTask(int64_t n, int64_t heads, int64_t group, bool parallel, int threads) {
+  int64_t heads_per_task = group;
+  if (parallel) {
+    while (heads_per_task > 1 && n * heads / heads_per_task < threads) {
+      int64_t smaller = heads_per_task - 1;
+      while (group % smaller != 0) --smaller;
+      heads_per_task = smaller;
+    }
+  }
+  return heads_per_task;
+}
+
+int64_t FirstKey(int64_t window, int64_t p) {
+  return window > 0 ? std::max<int64_t>(0, p - window + 1) : int64_t{0};
+}
+
+void CheckAttentionShapes(const char* op, const Tensor& q, const Tensor& k_cache,
+                          const Tensor& v_cache, const Tensor& out, int64_t n,
+                          const AttentionParams& params) {
+  RequireHostF32(op, {{"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"out", &out}});
+  const int64_t heads = params.num_heads, kv_heads = params.num_kv_heads;
+  const int64_t head_dim = params.head_dim;
+  const int64_t width = heads * head_dim, kv_width = kv_heads * head_dim;
+  Require(heads > 0 && kv_heads > 0 && head_dim > 0 && heads % kv_heads == 0 &&
+              params.sliding_window >= 0 && q.rank() >= 1 && q.dim(0) == n &&
+              q.numel() == n * width && out.rank() >= 1 && out.dim(0) == n &&
+              out.numel() == n * width && k_cache.rank() >= 1 &&
+              k_cache.shape() == v_cache.shape() && k_cache.numel() == k_cache.dim(0) * kv_width,
+          op,
+          "expects q [n, num_heads, head_dim] with n == positions.size(), caches "
+          "[rows, num_kv_heads, head_dim], out [n, num_heads * head_dim] and num_heads a "
+          "multiple of num_kv_heads",
+          {{"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"out", &out}});
+}
+
+// Runs every (token, head group) task; `runs_of(i, lo, hi, runs)` fills the key runs of token i
+// for key positions [lo, hi].
+template <typename RunsOf>
+void AttendAll(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+               std::span<const int32_t> positions, const AttentionParams& params, Tensor& out,
+               int threads, const RunsOf& runs_of) {
+  const int64_t heads = params.num_heads, kv_heads = params.num_kv_heads;
+  const int64_t head_dim = params.head_dim;
+  const int64_t n = static_cast<int64_t>(positions.size());
+  const int64_t width = heads * head_dim, kv_width = kv_heads * head_dim;
+  const int64_t group = heads / kv_heads;
+  const int64_t window = params.sliding_window;
+  int64_t max_span = 0, total_keys = 0;
+  for (int32_t p : positions) {
+    const int64_t span = p - FirstKey(window, p) + 1;
+    max_span = std::max(max_span, span);
+    total_keys += span;
+  }
+  const bool parallel = n * heads > 1 && total_keys * width >= kMinParallelWork;
+  const int64_t heads_per_task = HeadsPerTask(n, heads, group, parallel, threads);
+  const int64_t tasks_per_row = heads / heads_per_task;
+  const int64_t tasks = n * tasks_per_row;
+  const float* qp = q.data<float>();
+  const float* kp = k_cache.data<float>();
+  const float* vp = v_cache.data<float>();
+  float* op = out.data<float>();
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+    std::vector<float> scores(static_cast<size_t>(heads_per_task * max_span));
+    std::vector<KeyRun> runs;
+    // Round-robin tasks: in a causal prefill later rows see more keys, and a cyclic split
+    // balances that without the cost of dynamic scheduling.
+#pragma omp for schedule(static, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t i = t / tasks_per_row;
+      const int64_t h = (t % tasks_per_row) * heads_per_task;  // first query head of the task
+      const int64_t p = positions[i];
+      runs.clear();
+      runs_of(i, FirstKey(window, p), p, runs);
+      const int64_t kv_offset = (h / group) * head_dim;
+      const int64_t offset = i * width + h * head_dim;
+      AttendHeads(qp + offset, heads_per_task, kp + kv_offset, vp + kv_offset, kv_width, runs,
+                  head_dim, params.scale, scores.data(), op + offset);
     }
   }
 }
@@ -162,71 +263,62 @@ void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> position
 void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                std::span<const int32_t> positions, const AttentionParams& params, Tensor& out,
                int threads) {
-  RequireHostF32("Attention",
-                 {{"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"out", &out}});
-  const int64_t heads = params.num_heads;
-  const int64_t kv_heads = params.num_kv_heads;
-  const int64_t head_dim = params.head_dim;
   const int64_t n = static_cast<int64_t>(positions.size());
-  const int64_t width = heads * head_dim;
-  const int64_t kv_width = kv_heads * head_dim;
-  Require(heads > 0 && kv_heads > 0 && head_dim > 0 && heads % kv_heads == 0 &&
-              params.sliding_window >= 0 && q.rank() >= 1 && q.dim(0) == n &&
-              q.numel() == n * width && out.rank() >= 1 && out.dim(0) == n &&
-              out.numel() == n * width && k_cache.rank() >= 1 &&
-              k_cache.shape() == v_cache.shape() && k_cache.numel() == k_cache.dim(0) * kv_width,
-          "Attention",
-          "expects q [n, num_heads, head_dim] with n == positions.size(), caches "
-          "[max_seq, num_kv_heads, head_dim], out [n, num_heads * head_dim] and num_heads a "
-          "multiple of num_kv_heads",
-          {{"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"out", &out}});
+  CheckAttentionShapes("Attention", q, k_cache, v_cache, out, n, params);
   CheckPositions("Attention", positions, k_cache.dim(0));
-  const int64_t group = heads / kv_heads;
-  const int64_t window = params.sliding_window;
-  auto first_key = [window](int64_t p) {
-    return window > 0 ? std::max<int64_t>(0, p - window + 1) : int64_t{0};
-  };
-  int64_t max_span = 0;
-  int64_t total_keys = 0;
-  for (int32_t p : positions) {
-    const int64_t span = p - first_key(p) + 1;
-    max_span = std::max(max_span, span);
-    total_keys += span;
-  }
-  const bool parallel = n * heads > 1 && total_keys * width >= kMinParallelWork;
-  // A task is (row, a run of query heads sharing one KV head). Whole groups read each K/V row
-  // once; in decode there may be fewer rows * KV heads than threads, and then the groups are
-  // split (down to single heads) until every thread has work.
-  int64_t heads_per_task = group;
-  if (parallel) {
-    while (heads_per_task > 1 && n * heads / heads_per_task < threads) {
-      int64_t smaller = heads_per_task - 1;
-      while (group % smaller != 0) --smaller;
-      heads_per_task = smaller;
+  // Contiguous cache: key position j is cache row j.
+  AttendAll(q, k_cache, v_cache, positions, params, out, threads,
+            [](int64_t, int64_t lo, int64_t hi, std::vector<KeyRun>& runs) {
+              runs.push_back({lo, hi - lo + 1});
+            });
+}
+
+void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                    const PagedKvLayout& layout, const AttentionParams& params, Tensor& out,
+                    int threads) {
+  const int64_t n = static_cast<int64_t>(layout.positions.size());
+  CheckAttentionShapes("PagedAttention", q, k_cache, v_cache, out, n, params);
+  const int64_t bs = layout.block_size;
+  const int64_t rows = k_cache.dim(0);
+  const int64_t seqs = static_cast<int64_t>(layout.table_begin.size()) - 1;
+  Require(bs > 0 && rows % bs == 0 && static_cast<int64_t>(layout.seq_index.size()) == n &&
+              seqs >= 0,
+          "PagedAttention",
+          "expects block_size > 0 dividing the cache rows, one seq_index per position and "
+          "table_begin of sequences + 1 offsets",
+          {{"k_cache", &k_cache}});
+  // Every key a query reads must lie in a block of its sequence's table, inside the cache.
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t s = layout.seq_index[i], p = layout.positions[i];
+    if (s < 0 || s >= seqs || p < 0) {
+      throw std::out_of_range("PagedAttention: token " + std::to_string(i) + " has sequence " +
+                              std::to_string(s) + " and position " + std::to_string(p));
+    }
+    const int64_t begin = layout.table_begin[s], end = layout.table_begin[s + 1];
+    if (begin < 0 || end < begin || end > static_cast<int64_t>(layout.block_tables.size()) ||
+        p / bs >= end - begin) {
+      throw std::out_of_range("PagedAttention: position " + std::to_string(p) + " of sequence " +
+                              std::to_string(s) + " is past its " + std::to_string(end - begin) +
+                              " blocks of " + std::to_string(bs));
+    }
+    for (int64_t b = begin; b <= begin + p / bs; ++b) {
+      const int64_t block = layout.block_tables[b];
+      if (block < 0 || (block + 1) * bs > rows) {
+        throw std::out_of_range("PagedAttention: block " + std::to_string(block) +
+                                " outside the cache of " + std::to_string(rows / bs) + " blocks");
+      }
     }
   }
-  const int64_t tasks_per_row = heads / heads_per_task;
-  const int64_t tasks = n * tasks_per_row;
-  const float* qp = q.data<float>();
-  const float* kp = k_cache.data<float>();
-  const float* vp = v_cache.data<float>();
-  float* op = out.data<float>();
-#pragma omp parallel num_threads(threads) if (parallel)
-  {
-    std::vector<float> scores(static_cast<size_t>(heads_per_task * max_span));
-    // Round-robin tasks: in a causal prefill later rows see more keys, and a cyclic split
-    // balances that without the cost of dynamic scheduling.
-#pragma omp for schedule(static, 1)
-    for (int64_t t = 0; t < tasks; ++t) {
-      const int64_t i = t / tasks_per_row;
-      const int64_t h = (t % tasks_per_row) * heads_per_task;  // first query head of the task
-      const int64_t p = positions[i];
-      const int64_t kv_offset = (h / group) * head_dim;
-      const int64_t offset = i * width + h * head_dim;
-      AttendHeads(qp + offset, heads_per_task, kp + kv_offset, vp + kv_offset, kv_width,
-                  first_key(p), p, head_dim, params.scale, scores.data(), op + offset);
-    }
-  }
+  AttendAll(q, k_cache, v_cache, layout.positions, params, out, threads,
+            [&](int64_t i, int64_t lo, int64_t hi, std::vector<KeyRun>& runs) {
+              const int32_t* table = layout.block_tables.data() + layout.table_begin[layout.seq_index[i]];
+              for (int64_t j = lo; j <= hi;) {
+                const int64_t in_block = j % bs;
+                const int64_t len = std::min(bs - in_block, hi - j + 1);
+                runs.push_back({static_cast<int64_t>(table[j / bs]) * bs + in_block, len});
+                j += len;
+              }
+            });
 }
 
 }  // namespace shardlm::cpu

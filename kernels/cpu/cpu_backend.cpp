@@ -102,6 +102,11 @@ class CpuBackend final : public Backend {
                  Tensor& out) override {
     cpu::Attention(q, k_cache, v_cache, positions, params, out, Threads());
   }
+  void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                      const PagedKvLayout& layout, const AttentionParams& params,
+                      Tensor& out) override {
+    cpu::PagedAttention(q, k_cache, v_cache, layout, params, out, Threads());
+  }
 
  private:
   // Chunks like ConvertToF32Parallel: a multi-GB checkpoint copies faster on several cores.

@@ -74,5 +74,8 @@ void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> position
 void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                std::span<const int32_t> positions, const AttentionParams& params, Tensor& out,
                int threads);
+void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                    const PagedKvLayout& layout, const AttentionParams& params, Tensor& out,
+                    int threads);
 
 }  // namespace shardlm::cpu

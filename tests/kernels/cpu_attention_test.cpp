@@ -245,5 +245,62 @@ TEST(AttentionTest, RejectsBadArguments) {
   EXPECT_THROW(backend->Attention(q4, kc, vc, one, Params(4, 4, 8), out4), std::invalid_argument);
 }
 
+// Three sequences of different lengths in one batch over a paged cache whose blocks are
+// scattered and interleaved: each token's output equals the double reference over that
+// sequence's keys laid out contiguously.
+TEST(PagedAttentionTest, MatchesContiguousReferencePerSequence) {
+  auto backend = CreateCpuBackend(2);
+  AttentionParams p;
+  p.num_heads = 8;
+  p.num_kv_heads = 2;
+  p.head_dim = 16;
+  p.scale = 0.25f;
+  const int bs = 4;
+  const int64_t num_blocks = 16, kv_width = p.num_kv_heads * p.head_dim;
+  Tensor k_cache = RandomTensor({num_blocks * bs, p.num_kv_heads, p.head_dim}, 3);
+  Tensor v_cache = RandomTensor({num_blocks * bs, p.num_kv_heads, p.head_dim}, 4);
+  const std::vector<std::vector<int32_t>> tables = {{7, 2, 11}, {0}, {5, 9, 1, 14}};
+  const std::vector<int32_t> lengths = {10, 3, 13};
+  for (int window : {0, 5}) {
+    p.sliding_window = window;
+    // Each sequence contributes its last 2 positions (a decode-like and a prefill-like mix).
+    std::vector<int32_t> positions, seq_index, table_begin = {0}, block_tables;
+    for (size_t s = 0; s < tables.size(); ++s) {
+      block_tables.insert(block_tables.end(), tables[s].begin(), tables[s].end());
+      table_begin.push_back(static_cast<int32_t>(block_tables.size()));
+      for (int32_t pos = std::max(0, lengths[s] - 2); pos < lengths[s]; ++pos) {
+        positions.push_back(pos);
+        seq_index.push_back(static_cast<int32_t>(s));
+      }
+    }
+    const int64_t n = static_cast<int64_t>(positions.size());
+    Tensor q = RandomTensor({n, p.num_heads, p.head_dim}, 5);
+    Tensor out = backend->Allocate({n, p.num_heads * p.head_dim});
+    PagedKvLayout layout{bs, positions, seq_index, table_begin, block_tables};
+    backend->PagedAttention(q, k_cache, v_cache, layout, p, out);
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t s = seq_index[i];
+      // The sequence's keys, gathered into a contiguous cache.
+      Tensor kc = Tensor::Empty({lengths[s], p.num_kv_heads, p.head_dim}, DType::kF32);
+      Tensor vc = Tensor::Empty({lengths[s], p.num_kv_heads, p.head_dim}, DType::kF32);
+      for (int32_t j = 0; j < lengths[s]; ++j) {
+        const int64_t row = tables[s][j / bs] * bs + j % bs;
+        std::copy_n(k_cache.data<float>() + row * kv_width, kv_width, kc.data<float>() + j * kv_width);
+        std::copy_n(v_cache.data<float>() + row * kv_width, kv_width, vc.data<float>() + j * kv_width);
+      }
+      Tensor qi = q.Rows(i, i + 1);
+      const std::vector<double> want = ReferenceAttention(qi, kc, vc, {positions[i]}, p);
+      Tensor got = out.Rows(i, i + 1);
+      EXPECT_TRUE(AllClose(got, want, 1e-5)) << "token " << i << " window " << window;
+    }
+  }
+  // A position past the sequence's blocks is an error, not a stray read.
+  std::vector<int32_t> positions = {4}, seq_index = {0}, table_begin = {0, 1}, block_tables = {3};
+  Tensor q = RandomTensor({1, p.num_heads, p.head_dim}, 6);
+  Tensor out = backend->Allocate({1, p.num_heads * p.head_dim});
+  PagedKvLayout bad{bs, positions, seq_index, table_begin, block_tables};
+  EXPECT_THROW(backend->PagedAttention(q, k_cache, v_cache, bad, p, out), std::out_of_range);
+}
+
 }  // namespace
 }  // namespace shardlm

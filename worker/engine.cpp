@@ -1,0 +1,158 @@
+#include "worker/engine.h"
+
+#include <chrono>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace shardlm {
+
+SamplerParams SamplerParamsFrom(const shardlm::v1::SamplingParams& p, int logprobs,
+                                uint64_t fallback_seed) {
+  SamplerParams s;
+  if (p.has_temperature()) s.temperature = p.temperature();
+  if (p.has_top_k()) s.top_k = p.top_k();
+  if (p.has_top_p()) s.top_p = p.top_p();
+  if (p.has_min_p()) s.min_p = p.min_p();
+  if (p.has_repetition_penalty()) s.repetition_penalty = p.repetition_penalty();
+  if (p.has_presence_penalty()) s.presence_penalty = p.presence_penalty();
+  if (p.has_frequency_penalty()) s.frequency_penalty = p.frequency_penalty();
+  s.seed = p.has_seed() ? p.seed() : fallback_seed;
+  s.logprobs = logprobs;
+  return s;
+}
+
+void WorkerEngine::Observe(const worker::v1::SeqStep& s) {
+  SeqState& st = seqs_[s.seq_id()];
+  if (s.start_pos() == 0) {
+    // A new sequence, or one recomputed after preemption: its history starts again.
+    const uint64_t seed = st.seed != 0 ? st.seed : std::random_device{}() | 1ull << 40;
+    st = SeqState{};
+    st.seed = seed;
+  }
+  st.prompt_len = s.prompt_len();
+  for (int i = 0; i < s.tokens_size(); ++i) {
+    const int32_t id = s.tokens(i);
+    st.history.seen.insert(id);
+    if (s.start_pos() + i >= s.prompt_len()) ++st.history.generated[id];
+  }
+  st.next_pos = s.start_pos() + s.tokens_size();
+}
+
+absl::StatusOr<worker::v1::StepResult> WorkerEngine::Step(const worker::v1::StepPlan& plan) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (uint64_t id : plan.released()) seqs_.erase(id);
+  BatchInput batch;
+  batch.table_begin.push_back(0);
+  for (int s = 0; s < plan.seqs_size(); ++s) {
+    const worker::v1::SeqStep& seq = plan.seqs(s);
+    for (int i = 0; i < seq.tokens_size(); ++i) {
+      batch.tokens.push_back(seq.tokens(i));
+      batch.positions.push_back(seq.start_pos() + i);
+      batch.seq_index.push_back(s);
+    }
+    if (seq.sample() && seq.tokens_size() > 0) {
+      batch.logit_rows.push_back(static_cast<int32_t>(batch.tokens.size()) - 1);
+    }
+    batch.block_tables.insert(batch.block_tables.end(), seq.block_table().begin(),
+                              seq.block_table().end());
+    batch.table_begin.push_back(static_cast<int32_t>(batch.block_tables.size()));
+  }
+  worker::v1::StepResult result;
+  result.set_step_id(plan.step_id());
+  if (batch.tokens.empty()) return result;
+
+  // ForwardBatch validates the plan against the model and the cache before any collective, the
+  // same way on every rank, so a bad plan fails everywhere and leaves no rank waiting.
+  absl::StatusOr<Tensor> logits = model_.ForwardBatch(batch, cache_);
+  if (!logits.ok()) {
+    if (absl::IsInvalidArgument(logits.status()) || absl::IsOutOfRange(logits.status())) {
+      result.set_error(std::string(logits.status().message()));
+      return result;
+    }
+    return logits.status();
+  }
+  for (int s = 0; s < plan.seqs_size(); ++s) Observe(plan.seqs(s));
+
+  const ParallelContext& par = model_.parallel();
+  const int root = model_.LastStageRoot();
+  if (par.shard.last_stage) {
+    SHARDLM_ASSIGN_OR_RETURN(result, Sample(plan, *logits));
+  }
+  // The answers travel from the last stage's root to rank 0, which talks to the coordinator.
+  if (root != 0) {
+    if (par.shard.rank == root) {
+      const std::string bytes = result.SerializeAsString();
+      uint64_t size = bytes.size();
+      SHARDLM_RETURN_IF_ERROR(par.world->Send(&size, sizeof(size), 0, /*tag=*/7));
+      SHARDLM_RETURN_IF_ERROR(par.world->Send(bytes.data(), bytes.size(), 0, /*tag=*/8));
+    } else if (par.shard.rank == 0) {
+      uint64_t size = 0;
+      SHARDLM_RETURN_IF_ERROR(par.world->Recv(&size, sizeof(size), root, /*tag=*/7));
+      std::string bytes(size, '\0');
+      SHARDLM_RETURN_IF_ERROR(par.world->Recv(bytes.data(), size, root, /*tag=*/8));
+      if (!result.ParseFromString(bytes)) return absl::InternalError("bad StepResult from the last stage");
+    }
+  }
+  if (par.shard.rank != 0) return worker::v1::StepResult();
+  result.set_compute_ms(
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  return result;
+}
+
+absl::StatusOr<worker::v1::StepResult> WorkerEngine::Sample(const worker::v1::StepPlan& plan,
+                                                            const Tensor& local_logits) {
+  worker::v1::StepResult result;
+  result.set_step_id(plan.step_id());
+  // Which sampled rows need the whole vocabulary row (sampling, penalties, logprobs), and which
+  // the distributed argmax alone answers.
+  std::vector<const worker::v1::SeqStep*> sampled;
+  std::vector<int32_t> full_rows;
+  for (const worker::v1::SeqStep& seq : plan.seqs()) {
+    if (!seq.sample() || seq.tokens_size() == 0) continue;
+    const SamplerParams p = SamplerParamsFrom(seq.sampling(), seq.logprobs(), 0);
+    if (!p.argmax_only()) full_rows.push_back(static_cast<int32_t>(sampled.size()));
+    sampled.push_back(&seq);
+  }
+  // Collectives over the last stage's TP ranks, the same on each of them.
+  SHARDLM_ASSIGN_OR_RETURN(std::vector<int32_t> argmax, model_.LastStageArgmax(local_logits));
+  std::vector<float> full;
+  if (!full_rows.empty()) {
+    SHARDLM_ASSIGN_OR_RETURN(full, model_.LastStageGather(model_.SelectRows(local_logits, full_rows)));
+  }
+  if (model_.parallel().shard.rank != model_.LastStageRoot()) return result;
+  const int64_t vocab = model_.config().vocab_size;
+  size_t next_full = 0;
+  for (size_t r = 0; r < sampled.size(); ++r) {
+    const worker::v1::SeqStep& seq = *sampled[r];
+    worker::v1::SeqResult* out = result.add_results();
+    out->set_seq_id(seq.seq_id());
+    if (next_full < full_rows.size() && full_rows[next_full] == static_cast<int32_t>(r)) {
+      const SeqState& st = seqs_[seq.seq_id()];
+      const SamplerParams p = SamplerParamsFrom(seq.sampling(), seq.logprobs(), st.seed);
+      std::span<float> row(full.data() + next_full * vocab, static_cast<size_t>(vocab));
+      const uint64_t position = seq.start_pos() + seq.tokens_size();
+      const Sampled s = shardlm::Sample(row, p, st.history, position);
+      out->set_token(s.token);
+      if (p.logprobs > 0) {
+        shardlm::v1::Logprobs* lp = out->mutable_logprobs();
+        lp->mutable_chosen()->set_id(s.token);
+        lp->mutable_chosen()->set_logprob(s.logprob);
+        for (const auto& [id, logprob] : s.top) {
+          shardlm::v1::TokenLogprob* t = lp->add_top();
+          t->set_id(id);
+          t->set_logprob(logprob);
+        }
+      }
+      ++next_full;
+    } else {
+      out->set_token(argmax[r]);
+    }
+  }
+  return result;
+}
+
+}  // namespace shardlm

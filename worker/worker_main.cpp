@@ -1,0 +1,253 @@
+// shardlm-worker: one rank of a worker job. Launch the whole job with mpirun:
+//   mpirun -np T*P shardlm-worker --coordinator HOST:PORT
+// Rank 0 dials the coordinator (WorkerControl.Attach), relays each command to every rank over
+// MPI and sends back the results; every rank loads its shard and runs each step. The job ends
+// when the coordinator says Shutdown or its stream ends (relaunch it to re-attach).
+#include <grpcpp/grpcpp.h>
+#include <mpi.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/status_macros.h"
+#include "model/checkpoint_loader.h"
+#include "model/llama.h"
+#include "parallel/mpi_communicator.h"
+#include "shardlm/v1/worker.grpc.pb.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+#include "worker/engine.h"
+
+namespace shardlm {
+namespace {
+
+using worker::v1::CoordinatorMessage;
+using worker::v1::WorkerMessage;
+using Stream = grpc::ClientReaderWriter<WorkerMessage, CoordinatorMessage>;
+
+// Broadcast of one serialized message from rank 0. The other ranks wait with a sleeping poll
+// (MPI_Ibcast + MPI_Test) rather than a busy MPI_Bcast: between steps the job may sit idle for a
+// long time and must not burn the cores the coordinator and the ranks' compute need.
+absl::Status BroadcastBytes(MPI_Comm comm, int rank, std::string& bytes) {
+  uint64_t size = bytes.size();
+  auto wait = [&](void* data, int count) -> absl::Status {
+    MPI_Request req;
+    if (MPI_Ibcast(data, count, MPI_BYTE, 0, comm, &req) != MPI_SUCCESS) {
+      return absl::InternalError("MPI_Ibcast failed");
+    }
+    int done = 0;
+    auto sleep = std::chrono::microseconds(20);
+    while (true) {
+      if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+        return absl::InternalError("MPI_Test failed");
+      }
+      if (done) return absl::OkStatus();
+      std::this_thread::sleep_for(sleep);
+      sleep = std::min(sleep * 2, std::chrono::microseconds(2000));
+    }
+  };
+  SHARDLM_RETURN_IF_ERROR(wait(&size, sizeof(size)));
+  if (rank != 0) bytes.resize(size);
+  if (size > 0) SHARDLM_RETURN_IF_ERROR(wait(bytes.data(), static_cast<int>(size)));
+  return absl::OkStatus();
+}
+
+struct Loaded {
+  OpenedCheckpoint checkpoint;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<WorkerEngine> engine;
+};
+
+int LocalRanks() {
+  const char* v = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  return v != nullptr ? std::max(1, std::atoi(v)) : 1;
+}
+
+// Every rank: plan, shard, KV blocks. Returns this rank's status; blocks = what fits here.
+absl::Status Load(const worker::v1::LoadCommand& cmd, std::shared_ptr<Communicator> world,
+                  Loaded& out, int64_t& blocks) {
+  SHARDLM_ASSIGN_OR_RETURN(out.checkpoint, OpenCheckpoint(cmd.model()));
+  std::vector<int64_t> boundaries;
+  if (!cmd.pp_layers().empty()) {
+    SHARDLM_ASSIGN_OR_RETURN(boundaries, ParseLayerList(cmd.pp_layers()));
+  }
+  SHARDLM_ASSIGN_OR_RETURN(
+      ShardPlan plan, MakeShardPlan(PlanInputFor(out.checkpoint.config, cmd.tp(), cmd.pp(),
+                                                 boundaries, out.checkpoint.weights.get())));
+  SHARDLM_ASSIGN_OR_RETURN(ParallelContext ctx, ParallelContext::Create(plan, world));
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = cmd.threads() > 0 ? cmd.threads() : std::max(1, cores / LocalRanks());
+  out.backend = CreateCpuBackend(threads);
+  SHARDLM_ASSIGN_OR_RETURN(out.model, LlamaModel::Load(out.checkpoint.config,
+                                                       *out.checkpoint.weights, *out.backend,
+                                                       std::move(ctx)));
+  const int bs = cmd.kv_block_size() > 0 ? cmd.kv_block_size() : 16;
+  const uint64_t per_block = out.model->KvBytesPerBlock(bs);
+  blocks = per_block == 0 ? 0 : static_cast<int64_t>(cmd.kv_cache_bytes() / per_block);
+  if (blocks <= 0) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "kv_cache_bytes ", cmd.kv_cache_bytes(), " holds no KV block of ", per_block,
+        " bytes on this rank"));
+  }
+  const RankShard& s = out.model->parallel().shard;
+  spdlog::info("rank {} (stage {}, tp rank {}): layers [{}, {}), q heads [{}, {}), kv heads [{}, {}): "
+               "{:.2f} MiB of weights, {} threads, room for {} KV blocks of {} tokens",
+               s.rank, s.stage, s.tp_rank, s.layers.begin, s.layers.end, s.q_heads.begin,
+               s.q_heads.end, s.kv_heads.begin, s.kv_heads.end,
+               out.model->weight_bytes() / 1048576.0, threads, blocks, bs);
+  return absl::OkStatus();
+}
+
+int Run(const std::string& coordinator, int attach_timeout_s) {
+  auto session = MpiSession::Init(nullptr, nullptr);
+  if (!session.ok()) {
+    std::fprintf(stderr, "shardlm-worker: %s\n", std::string(session.status().message()).c_str());
+    return 1;
+  }
+  auto world_or = MpiCommunicator::World();
+  if (!world_or.ok()) {
+    std::fprintf(stderr, "shardlm-worker: %s\n", std::string(world_or.status().message()).c_str());
+    return 1;
+  }
+  std::shared_ptr<Communicator> world(std::move(*world_or));
+  const MPI_Comm comm = static_cast<MpiCommunicator&>(*world).comm();
+  const int rank = world->rank();
+
+  // Rank 0: the stream to the coordinator.
+  std::unique_ptr<worker::v1::WorkerControl::Stub> stub;
+  grpc::ClientContext context;
+  std::unique_ptr<Stream> stream;
+  if (rank == 0) {
+    auto channel = grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials());
+    if (!channel->WaitForConnected(std::chrono::system_clock::now() +
+                                   std::chrono::seconds(attach_timeout_s))) {
+      spdlog::error("cannot reach the coordinator at {} within {} s", coordinator, attach_timeout_s);
+    } else {
+      stub = worker::v1::WorkerControl::NewStub(channel);
+      stream = stub->Attach(&context);
+      WorkerMessage hello;
+      hello.mutable_hello()->set_world_size(world->size());
+      char host[256] = {0};
+      gethostname(host, sizeof(host) - 1);
+      hello.mutable_hello()->set_hostname(host);
+      hello.mutable_hello()->set_pid(static_cast<int>(getpid()));
+      if (!stream->Write(hello)) stream.reset();
+    }
+  }
+  // Rank 0 reads the next command and relays it; an empty message means the stream ended.
+  auto next = [&](CoordinatorMessage& msg) -> bool {
+    std::string bytes;
+    if (rank == 0 && stream) {
+      CoordinatorMessage m;
+      if (stream->Read(&m)) bytes = m.SerializeAsString();
+    }
+    if (!BroadcastBytes(comm, rank, bytes).ok()) return false;
+    return !bytes.empty() && msg.ParseFromString(bytes);
+  };
+
+  Loaded loaded;
+  std::optional<WorkerEngine> engine;
+  int code = rank == 0 && !stream ? 1 : 0;
+  CoordinatorMessage msg;
+  while (next(msg)) {
+    if (msg.has_shutdown()) {
+      spdlog::info("rank {}: shutdown requested by the coordinator", rank);
+      break;
+    }
+    if (msg.has_load()) {
+      int64_t blocks = 0;
+      absl::Status status = Load(msg.load(), world, loaded, blocks);
+      if (!status.ok()) spdlog::error("rank {}: {}", rank, std::string(status.message()));
+      // Agree on the outcome and on the blocks every rank can hold.
+      std::vector<int64_t> all(world->size());
+      const int64_t mine = status.ok() ? blocks : -1;
+      absl::Status gathered = world->AllGather(&mine, all.data(), sizeof(int64_t));
+      int64_t min_blocks = INT64_MAX;
+      int failed = -1;
+      for (int r = 0; r < world->size(); ++r) {
+        if (all[r] < 0 && failed < 0) failed = r;
+        min_blocks = std::min(min_blocks, all[r]);
+      }
+      if (rank == 0) {
+        WorkerMessage reply;
+        worker::v1::Loaded* l = reply.mutable_loaded();
+        l->set_ok(gathered.ok() && failed < 0);
+        if (failed >= 0) {
+          l->set_error(failed == 0 ? std::string(status.message())
+                                   : absl::StrCat("rank ", failed, " failed to load (see its log)"));
+        } else {
+          l->set_kv_blocks(min_blocks);
+          l->set_weight_bytes_rank0(loaded.model->weight_bytes());
+        }
+        stream->Write(reply);
+      }
+      if (!gathered.ok() || failed >= 0) {
+        code = 1;
+        break;
+      }
+      PagedKvCache cache = loaded.model->NewPagedCache(
+          msg.load().kv_block_size() > 0 ? msg.load().kv_block_size() : 16, min_blocks);
+      engine.emplace(*loaded.model, std::move(cache));
+      continue;
+    }
+    if (msg.has_step()) {
+      if (!engine) {
+        spdlog::error("rank {}: a step before the model was loaded", rank);
+        code = 1;
+        break;
+      }
+      absl::StatusOr<worker::v1::StepResult> result = engine->Step(msg.step());
+      if (!result.ok()) {
+        // A communication failure inside the job: peers may be stuck in a collective.
+        spdlog::error("rank {}: step {} failed: {}", rank, msg.step().step_id(),
+                      std::string(result.status().message()));
+        MPI_Abort(MPI_COMM_WORLD, 1);
+      }
+      WorkerMessage reply;
+      *reply.mutable_result() = std::move(*result);
+      if (rank == 0 && !stream->Write(reply)) {
+        spdlog::warn("the coordinator stream closed while writing step {}", msg.step().step_id());
+      }
+    }
+  }
+  if (rank == 0 && stream) {
+    stream->WritesDone();
+    grpc::Status st = stream->Finish();
+    if (!st.ok()) {
+      spdlog::error("coordinator ended the attach stream: {}: {}", static_cast<int>(st.error_code()),
+                    st.error_message());
+      code = 1;
+    }
+  }
+  // Every rank leaves with rank 0's verdict.
+  world->Broadcast(&code, sizeof(code), 0).IgnoreError();
+  engine.reset();
+  loaded = Loaded();
+  world.reset();
+  return code;
+}
+
+}  // namespace
+}  // namespace shardlm
+
+int main(int argc, char** argv) {
+  spdlog::set_default_logger(spdlog::stderr_color_mt("shardlm-worker"));
+  spdlog::set_pattern("[%H:%M:%S.%e] [worker] [%^%l%$] %v");
+  CLI::App app{"shardlm-worker: one rank of a worker job (launch with mpirun -np TP*PP)"};
+  std::string coordinator;
+  int attach_timeout_s = 60;
+  app.add_option("--coordinator", coordinator, "The coordinator's address, HOST:PORT")->required();
+  app.add_option("--attach-timeout", attach_timeout_s, "Seconds to wait for the coordinator")
+      ->default_val(60);
+  CLI11_PARSE(app, argc, argv);
+  return shardlm::Run(coordinator, attach_timeout_s);
+}
