@@ -20,6 +20,10 @@ RunFn AddGenerateCommand(CLI::App& app);
 RunFn AddPlanCommand(CLI::App& app);
 RunFn AddTokenizeCommand(CLI::App& app);
 RunFn AddDetokenizeCommand(CLI::App& app);
+// Clients of a running coordinator (gRPC): chat, bench, info (generate --server is in generate).
+RunFn AddChatCommand(CLI::App& app);
+RunFn AddBenchCommand(CLI::App& app);
+RunFn AddInfoCommand(CLI::App& app);
 
 // Prints "shardlm <command>: error: <message>" as one line on stderr and returns 1.
 int Fail(const std::string& command, const std::string& message);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "cli/client_common.h"
 #include "cli/commands.h"
 #include "cli/parallel_setup.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -21,6 +22,8 @@ namespace {
 
 struct GenerateArgs {
   std::string model;
+  std::string server;        // --server: run on a coordinator instead of in this process
+  SamplingFlags sampling;    // --server only
   std::string prompt_ids;
   std::string prompt;
   std::string chat;
@@ -151,9 +154,12 @@ absl::Status RunGenerate(const GenerateArgs& args) {
 
 RunFn AddGenerateCommand(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
-  app.add_option("--model", args->model,
-                 "HF model directory (config.json + safetensors) or a .gguf file")
-      ->required();
+  CLI::Option* model = app.add_option(
+      "--model", args->model, "HF model directory (config.json + safetensors) or a .gguf file");
+  CLI::Option* server =
+      app.add_option("--server", args->server,
+                     "Coordinator address HOST:PORT: generate there (streamed) instead of locally");
+  model->excludes(server);
   app.add_option("--prompt-ids", args->prompt_ids, "Prompt token ids, comma separated");
   app.add_option("--prompt", args->prompt, "Prompt text (tokenized with the model's tokenizer)");
   app.add_option("--chat", args->chat, "A user message, wrapped in the model's chat template");
@@ -166,7 +172,26 @@ RunFn AddGenerateCommand(CLI::App& app) {
   app.add_option("--threads", args->threads, "CPU threads per rank (0: the node's cores divided among its ranks)")->default_val(0);
   app.add_flag("--ignore-eos", args->ignore_eos, "Do not stop at an end-of-generation token");
   AddParallelOptions(app, args->parallel);
-  return [args]() -> int {
+  AddSamplingOptions(app, args->sampling);
+  return [args, &app]() -> int {
+    if (args->model.empty() == args->server.empty()) {
+      return Fail("generate", "expected exactly one of --model, --server");
+    }
+    if (!args->server.empty()) {
+      for (const char* offline : {"--dump-logits", "--threads", "--tp", "--pp", "--pp-layers"}) {
+        if (app.count(offline) > 0) {
+          return Fail("generate", std::string(offline) + " applies to --model only, not --server");
+        }
+      }
+      SamplingFlags& flags = args->sampling;
+      flags.ignore_eos = args->ignore_eos;
+      flags.chat_template = args->chat_template;
+      return RunRemoteGenerate(args->server, args->prompt_ids, args->prompt, args->chat,
+                               args->max_new_tokens, flags);
+    }
+    if (const std::string flag = FirstGivenSamplingOption(args->sampling); !flag.empty()) {
+      return Fail("generate", flag + " needs --server (offline generate is greedy)");
+    }
     absl::Status status = RunGenerate(*args);
     return status.ok() ? 0 : Fail("generate", std::string(status.message()));
   };

@@ -1,4 +1,5 @@
-// The `shardlm` command line: make-tiny-model, generate (and more with later issues).
+// The `shardlm` command line: make-tiny-model, generate, plan, tokenize, detokenize, and the
+// clients of a running coordinator: generate --server, chat, bench, info.
 #include <cstdio>
 #include <exception>
 #include <map>
@@ -53,12 +54,20 @@ int main(int argc, char** argv) {
   };
   add(shardlm::cli::AddMakeTinyModelCommand, "make-tiny-model",
       "Write a small model with seeded random weights (config.json + model.safetensors)");
-  add(shardlm::cli::AddGenerateCommand, "generate", "Generate tokens greedily from a prompt");
+  add(shardlm::cli::AddGenerateCommand, "generate",
+      "Generate tokens from a prompt: greedily in this process (--model) or on a coordinator "
+      "(--server)");
   add(shardlm::cli::AddPlanCommand, "plan",
       "Print what each rank holds at --tp T --pp P: layers, heads, KV heads, bytes of weights");
   add(shardlm::cli::AddTokenizeCommand, "tokenize",
       "Print the token ids of the UTF-8 text on stdin, separated by spaces");
   add(shardlm::cli::AddDetokenizeCommand, "detokenize", "Print the text of token ids");
+  add(shardlm::cli::AddChatCommand, "chat",
+      "Chat with a coordinator (--server): one user message per stdin line, answers streamed");
+  add(shardlm::cli::AddBenchCommand, "bench",
+      "Load-test a coordinator: N random-prompt requests, C in flight; TTFT, ITL, throughput");
+  add(shardlm::cli::AddInfoCommand, "info",
+      "Print a coordinator's model info as JSON (--wait-ready: wait for every worker rank)");
 
   try {
     app.parse(argc, argv);

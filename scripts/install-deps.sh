@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what shardlm needs to build and test on a fresh Debian 12 machine.
-# Idempotent: re-running it only re-checks. Python packages are only for test references.
+# Idempotent: re-running it only re-checks. Python packages are for test references and the
+# Python client (clients/python).
 set -euo pipefail
 
 SUDO=""
@@ -33,5 +34,13 @@ fi
 PY=${PYTHON:-python3}
 if ! "$PY" -c "import numpy" >/dev/null 2>&1; then
   "$PY" -m pip install -q numpy || echo "install-deps: warning: pip install numpy failed" >&2
+fi
+# The Python gRPC client (clients/python) and its end-to-end test: grpcio, grpcio-tools (protoc
+# for Python, run at use time) and protobuf. Debian's own python3 refuses pip installs into the
+# system (PEP 668); there the second try says it is fine.
+if ! "$PY" -c "import grpc, grpc_tools, google.protobuf" >/dev/null 2>&1; then
+  "$PY" -m pip install -q grpcio grpcio-tools protobuf ||
+    "$PY" -m pip install -q --break-system-packages grpcio grpcio-tools protobuf ||
+    echo "install-deps: warning: pip install grpcio grpcio-tools protobuf failed" >&2
 fi
 echo "install-deps: done"

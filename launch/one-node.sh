@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Serves a model on this node: shardlm-coordinator plus one mpirun job of tp x pp shardlm-worker
+# ranks, logs to files, until Ctrl-C / SIGTERM (or until either side exits, which stops the other).
+#
+#   launch/one-node.sh --model models/SmolLM2-135M-Instruct.Q4_1.gguf --tp 2 [--pp 1]
+#       [--listen 0.0.0.0:50051] [--logs logs/] [--bin build/bin] [-- COORDINATOR FLAGS...]
+#
+# Everything after `--` goes to shardlm-coordinator (--max-batch-tokens N, --kv-cache-memory 1GiB,
+# --max-queue N, --max-model-len N, ...). MPIRUN_ARGS adds mpirun flags (e.g. "-x CUDA_VISIBLE_DEVICES").
+# Prints the address clients use once every rank is attached and loaded (READY_TIMEOUT, 300 s).
+# Logs: coordinator.out / coordinator.err / workers.log in the --logs folder.
+set -euo pipefail
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+
+MODEL="" TP=1 PP=1 LISTEN=0.0.0.0:50051
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LOGS=$ROOT/logs/one-node-$(date +%Y%m%d-%H%M%S)
+BIN=$ROOT/build/bin
+COORD_ARGS=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --model) MODEL=$2; shift 2 ;;
+    --tp) TP=$2; shift 2 ;;
+    --pp) PP=$2; shift 2 ;;
+    --listen) LISTEN=$2; shift 2 ;;
+    --logs) LOGS=$2; shift 2 ;;
+    --bin) BIN=$2; shift 2 ;;
+    -h|--help) usage 0 ;;
+    --) shift; COORD_ARGS=("$@"); break ;;
+    *) echo "one-node: unknown argument '$1'" >&2; usage 2 ;;
+  esac
+done
+[ -n "$MODEL" ] || { echo "one-node: --model is required" >&2; usage 2; }
+READY_TIMEOUT=${READY_TIMEOUT:-300}
+NP=$((TP * PP))
+for b in shardlm shardlm-coordinator shardlm-worker; do
+  [ -x "$BIN/$b" ] || { echo "one-node: $BIN/$b not found (build first, or --bin DIR)" >&2; exit 1; }
+done
+mkdir -p "$LOGS"
+log() { echo "one-node: $*" >&2; }
+
+if [ "$(id -u)" -eq 0 ]; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+MPI_FLAGS=()
+if [ "$NP" -gt "$(nproc)" ]; then MPI_FLAGS+=(--oversubscribe); fi
+# Ranks size their thread pools from the node's cores; don't let mpirun pin them to one core each.
+MPI_FLAGS+=(--bind-to none)
+read -r -a EXTRA_MPI <<<"${MPIRUN_ARGS:-}"
+
+COORD_PID="" MPI_PID=""
+stop_group() {  # pid name: TERM its process group, KILL after 15 s
+  local pid=$1
+  [ -n "$pid" ] || return 0
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 75); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$2 did not stop in 15 s: killing it"
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  log "stopping (logs in $LOGS)"
+  stop_group "$COORD_PID" coordinator   # it sends Shutdown to the workers
+  if [ -n "$MPI_PID" ]; then
+    for _ in $(seq 1 50); do kill -0 "$MPI_PID" 2>/dev/null || break; sleep 0.2; done
+  fi
+  stop_group "$MPI_PID" mpirun
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+setsid "$BIN/shardlm-coordinator" --listen "$LISTEN" --model "$MODEL" --tp "$TP" --pp "$PP" \
+  "${COORD_ARGS[@]}" >"$LOGS/coordinator.out" 2>"$LOGS/coordinator.err" &
+COORD_PID=$!
+BOUND=""
+for _ in $(seq 1 600); do
+  BOUND=$(sed -n '1s/^listening on //p' "$LOGS/coordinator.out" 2>/dev/null || true)
+  [ -n "$BOUND" ] && break
+  kill -0 "$COORD_PID" 2>/dev/null || { log "coordinator exited:"; tail -n 20 "$LOGS/coordinator.err" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$BOUND" ] || { log "coordinator printed no 'listening on' line in 60 s"; exit 1; }
+# Workers on this node reach a wildcard listener through loopback.
+PORT=${BOUND##*:}
+HOST=${BOUND%:*}
+case $HOST in 0.0.0.0|"[::]"|"::"|"") DIAL=127.0.0.1:$PORT ;; *) DIAL=$BOUND ;; esac
+log "coordinator pid $COORD_PID listening on $BOUND"
+
+setsid mpirun -np "$NP" "${MPI_FLAGS[@]}" "${EXTRA_MPI[@]}" "$BIN/shardlm-worker" --coordinator "$DIAL" \
+  >"$LOGS/workers.log" 2>&1 &
+MPI_PID=$!
+log "mpirun pid $MPI_PID: $NP worker ranks (tp $TP x pp $PP)"
+
+deadline=$((SECONDS + READY_TIMEOUT))
+until "$BIN/shardlm" info --server "$DIAL" --wait-ready 1 >"$LOGS/info.json" 2>"$LOGS/info.err"; do
+  kill -0 "$COORD_PID" 2>/dev/null || { log "coordinator exited while starting"; exit 1; }
+  kill -0 "$MPI_PID" 2>/dev/null || { log "workers exited while starting:"; tail -n 20 "$LOGS/workers.log" >&2; exit 1; }
+  [ "$SECONDS" -lt "$deadline" ] || { log "not ready after $READY_TIMEOUT s: $(cat "$LOGS/info.err")"; exit 1; }
+  sleep 1
+done
+log "ready: $(cat "$LOGS/info.json")"
+echo "serving on $DIAL"
+
+# Until either side exits (or a signal).
+set +e
+wait -n "$COORD_PID" "$MPI_PID"
+rc=$?
+set -e
+kill -0 "$COORD_PID" 2>/dev/null && log "the workers exited ($rc)" || log "the coordinator exited ($rc)"
+exit $((rc == 0 ? 1 : rc))

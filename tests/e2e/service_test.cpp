@@ -1,0 +1,413 @@
+// End-to-end: `shardlm-coordinator` on a free loopback port and `mpirun -np 2 shardlm-worker`
+// (tp=2) serving a tiny model; everything through the public gRPC API. Every process started
+// here is in its own process group and is killed in TearDown, whatever happens.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "health.grpc.pb.h"
+#include "shardlm/v1/generation.grpc.pb.h"
+
+extern char** environ;
+
+namespace shardlm {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+const std::string kBin = std::string(SHARDLM_BINARY_DIR) + "/bin/";
+const std::string kWork = std::string(SHARDLM_BINARY_DIR) + "/tests/e2e/work";
+
+// Every process below `root`, from /proc/*/stat's parent ids.
+std::vector<pid_t> Descendants(pid_t root) {
+  std::map<pid_t, std::vector<pid_t>> children;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    const size_t close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));
+    char state;
+    pid_t ppid;
+    if (rest >> state >> ppid) children[ppid].push_back(std::stoi(name));
+  }
+  std::vector<pid_t> out, todo = {root};
+  while (!todo.empty()) {
+    const pid_t p = todo.back();
+    todo.pop_back();
+    for (pid_t c : children[p]) {
+      out.push_back(c);
+      todo.push_back(c);
+    }
+  }
+  return out;
+}
+
+// A child process in its own process group, stdout to a pipe (or a file), stderr to a log file.
+class Child {
+ public:
+  Child(const std::vector<std::string>& argv, const std::string& log, bool pipe_stdout) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    int fds[2] = {-1, -1};
+    if (pipe_stdout) {
+      if (pipe(fds) != 0) throw std::runtime_error("pipe");
+      posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+      posix_spawn_file_actions_addclose(&actions, fds[0]);
+    } else {
+      posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    }
+    posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+    posix_spawnattr_setpgroup(&attr, 0);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    if (posix_spawn(&pid_, args[0], &actions, &attr, args.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    if (pipe_stdout) {
+      close(fds[1]);
+      out_ = fdopen(fds[0], "r");
+    }
+  }
+  ~Child() { Kill(SIGKILL); }
+
+  bool ok() const { return pid_ > 0; }
+  // The next stdout line ("" at EOF).
+  std::string ReadLine() {
+    char buf[4096];
+    if (out_ == nullptr || fgets(buf, sizeof(buf), out_) == nullptr) return "";
+    return buf;
+  }
+  // Signals every descendant first (mpirun puts its ranks in process groups of their own), then
+  // the child's process group.
+  void Kill(int sig) {
+    if (pid_ <= 0) return;
+    for (pid_t d : Descendants(pid_)) kill(d, sig);
+    kill(-pid_, sig);
+    if (sig == SIGKILL || sig == SIGTERM) {
+      for (int i = 0; i < 100; ++i) {
+        if (waitpid(pid_, nullptr, WNOHANG) == pid_) break;
+        std::this_thread::sleep_for(50ms);
+        if (i == 60) kill(-pid_, SIGKILL);
+      }
+      kill(-pid_, SIGKILL);  // anything left in the group
+      pid_ = -1;
+      if (out_ != nullptr) fclose(out_);
+      out_ = nullptr;
+    }
+  }
+
+ private:
+  pid_t pid_ = -1;
+  FILE* out_ = nullptr;
+};
+
+std::string Shell(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[4096];
+  while (p != nullptr && fgets(buf, sizeof(buf), p) != nullptr) out += buf;
+  if (p != nullptr) pclose(p);
+  return out;
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    fs::create_directories(kWork);
+    model_ = kWork + "/llama-256h";
+    // Large enough that a long generation takes a while (the worker-death test kills the job
+    // mid-stream), small enough to load at once.
+    Shell(kBin + "shardlm make-tiny-model --out " + model_ +
+        " --vocab 512 --arch llama --layers 4 --hidden 256 --heads 8 --kv-heads 2"
+        " --intermediate 768 --seed 5 2>&1");
+    coordinator_ = std::make_unique<Child>(
+        std::vector<std::string>{kBin + "shardlm-coordinator", "--listen", "127.0.0.1:0",
+                                 "--model", model_, "--tp", "2", "--max-batch-tokens", "64",
+                                 "--kv-cache-memory", "1MiB", "--kv-block-size", "4",
+                                 "--threads", "1"},
+        kWork + "/coordinator.log", true);
+    const std::string line = coordinator_->ReadLine();
+    const size_t at = line.find("listening on ");
+    ASSERT_NE(at, std::string::npos) << "coordinator said: " << line << "; see " << kWork
+                                     << "/coordinator.log";
+    addr_ = std::string(absl::StripAsciiWhitespace(line.substr(at + 13)));
+    auto channel = grpc::CreateChannel(addr_, grpc::InsecureChannelCredentials());
+    stub_ = v1::Generation::NewStub(channel);
+    health_ = grpc::health::v1::Health::NewStub(channel);
+  }
+  static void TearDownTestSuite() {
+    workers_.reset();
+    if (coordinator_) coordinator_->Kill(SIGTERM);
+    coordinator_.reset();
+  }
+
+  static void StartWorkers() {
+    workers_ = std::make_unique<Child>(
+        std::vector<std::string>{"/usr/bin/mpirun", "--oversubscribe", "--bind-to", "none", "-np",
+                                 "2", kBin + "shardlm-worker", "--coordinator", addr_},
+        kWork + "/workers.log", false);
+  }
+  static grpc::health::v1::HealthCheckResponse::ServingStatus Health() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 2s);
+    grpc::health::v1::HealthCheckRequest req;
+    grpc::health::v1::HealthCheckResponse resp;
+    if (!health_->Check(&ctx, req, &resp).ok()) return grpc::health::v1::HealthCheckResponse::UNKNOWN;
+    return resp.status();
+  }
+  static bool WaitHealth(grpc::health::v1::HealthCheckResponse::ServingStatus want,
+                         std::chrono::seconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      if (Health() == want) return true;
+      std::this_thread::sleep_for(100ms);
+    }
+    return false;
+  }
+  static v1::ModelInfo Info() {
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    EXPECT_TRUE(stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+    return info;
+  }
+  static void EnsureServing() {
+    if (Health() == grpc::health::v1::HealthCheckResponse::SERVING) return;
+    if (!workers_) StartWorkers();
+    ASSERT_TRUE(WaitHealth(grpc::health::v1::HealthCheckResponse::SERVING, 120s))
+        << "workers did not attach; see " << kWork << "/workers.log and coordinator.log";
+  }
+
+  struct Outcome {
+    grpc::Status status;
+    std::vector<int32_t> ids;
+    v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  };
+  static Outcome Generate(const v1::GenerateRequest& req, std::function<bool(int)> keep_going = {},
+                          grpc::ClientContext* ctx_in = nullptr) {
+    grpc::ClientContext local;
+    grpc::ClientContext& ctx = ctx_in ? *ctx_in : local;
+    ctx.set_deadline(std::chrono::system_clock::now() + 120s);
+    auto reader = stub_->Generate(&ctx, req);
+    Outcome out;
+    v1::GenerateResponse resp;
+    while (reader->Read(&resp)) {
+      out.ids.insert(out.ids.end(), resp.token_ids().begin(), resp.token_ids().end());
+      if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) out.finish = resp.finish_reason();
+      if (keep_going && !keep_going(static_cast<int>(out.ids.size()))) ctx.TryCancel();
+    }
+    out.status = reader->Finish();
+    return out;
+  }
+  static v1::GenerateRequest IdsRequest(std::vector<int32_t> ids, int max_new) {
+    v1::GenerateRequest req;
+    for (int32_t id : ids) req.mutable_token_ids()->add_ids(id);
+    req.set_max_new_tokens(max_new);
+    req.set_ignore_eos(true);
+    req.mutable_sampling()->set_temperature(0.0f);
+    return req;
+  }
+  static std::vector<int32_t> Offline(const std::vector<int32_t>& prompt, int max_new) {
+    const std::string out = Shell(kBin + "shardlm generate --model " + model_ + " --prompt-ids " +
+                                absl::StrJoin(prompt, ",") + " --max-new-tokens " +
+                                std::to_string(max_new) + " --ignore-eos --threads 1 2>/dev/null");
+    std::vector<int32_t> ids;
+    std::vector<std::string> lines = absl::StrSplit(out, '\n', absl::SkipEmpty());
+    if (lines.empty()) return ids;
+    for (absl::string_view v : absl::StrSplit(lines.back(), ',')) ids.push_back(std::stoi(std::string(v)));
+    return ids;
+  }
+
+  static inline std::string model_, addr_;
+  static inline std::unique_ptr<Child> coordinator_, workers_;
+  static inline std::unique_ptr<v1::Generation::Stub> stub_;
+  static inline std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+TEST_F(ServiceTest, NotServingWithoutWorkersThenServing) {
+  EXPECT_EQ(Health(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  Outcome o = Generate(IdsRequest({1, 2, 3}, 4));
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
+  EnsureServing();
+  const v1::ModelInfo info = Info();
+  EXPECT_EQ(info.tp(), 2);
+  EXPECT_EQ(info.workers_attached(), 2);
+  EXPECT_GT(info.kv_blocks_total(), 0);
+  EXPECT_EQ(info.kv_blocks_free(), info.kv_blocks_total());
+}
+
+TEST_F(ServiceTest, ConcurrentGreedyEqualsSoloAndOffline) {
+  EnsureServing();
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 8; ++i) {
+    std::vector<int32_t> p;
+    for (int j = 0; j <= 3 + 2 * i; ++j) p.push_back((17 * i + 31 * j + 5) % 256);
+    prompts.push_back(p);
+  }
+  const int max_new = 8;
+  std::vector<Outcome> together(prompts.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    threads.emplace_back([&, i] { together[i] = Generate(IdsRequest(prompts[i], max_new)); });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(together[i].status.ok()) << together[i].status.error_message();
+    EXPECT_EQ(together[i].finish, v1::FINISH_REASON_LENGTH);
+    const Outcome solo = Generate(IdsRequest(prompts[i], max_new));
+    ASSERT_TRUE(solo.status.ok()) << solo.status.error_message();
+    EXPECT_EQ(together[i].ids, solo.ids) << "prompt " << i;
+    EXPECT_EQ(solo.ids, Offline(prompts[i], max_new)) << "prompt " << i;
+  }
+}
+
+TEST_F(ServiceTest, SeededSamplingIsTheSameAloneAndInABatch) {
+  EnsureServing();
+  auto sampled = [](std::vector<int32_t> prompt, uint64_t seed) {
+    v1::GenerateRequest req = IdsRequest(prompt, 12);
+    req.mutable_sampling()->set_temperature(0.8f);
+    req.mutable_sampling()->set_top_p(0.9f);
+    req.mutable_sampling()->set_seed(seed);
+    return req;
+  };
+  const v1::GenerateRequest mine = sampled({9, 8, 7, 6}, 4242);
+  const Outcome alone = Generate(mine);
+  ASSERT_TRUE(alone.status.ok()) << alone.status.error_message();
+  std::vector<Outcome> crowd(8);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      crowd[i] = Generate(i == 3 ? mine : sampled({i + 1, 2 * i + 3, 5}, 100 + i));
+    });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_TRUE(crowd[3].status.ok());
+  EXPECT_EQ(crowd[3].ids, alone.ids);
+  EXPECT_NE(alone.ids, Offline({9, 8, 7, 6}, 12));  // it really sampled
+}
+
+TEST_F(ServiceTest, CancellationFreesBlocks) {
+  EnsureServing();
+  const int64_t total = Info().kv_blocks_total();
+  v1::GenerateRequest req = IdsRequest({5, 6, 7}, 200);
+  int seen = 0;
+  const Outcome o = Generate(req, [&](int n) {
+    seen = n;
+    return n < 3;
+  });
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_GE(seen, 3);
+  bool freed = false;
+  for (int i = 0; i < 50 && !freed; ++i) {
+    freed = Info().kv_blocks_free() == total;
+    if (!freed) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(freed) << Info().kv_blocks_free() << " of " << total << " free";
+  // Abort by id, from another call, once tokens flow.
+  req.set_request_id("abort-me");
+  bool found = false;
+  const Outcome aborted = Generate(req, [&](int n) {
+    if (n >= 3 && !found) {
+      grpc::ClientContext actx;
+      v1::AbortRequest areq;
+      areq.set_request_id("abort-me");
+      v1::AbortResponse aresp;
+      EXPECT_TRUE(stub_->Abort(&actx, areq, &aresp).ok());
+      found = aresp.found();
+      EXPECT_TRUE(found);
+    }
+    return true;
+  });
+  EXPECT_EQ(aborted.finish, v1::FINISH_REASON_CANCELLED) << aborted.status.error_message();
+  EXPECT_LT(aborted.ids.size(), 200u);
+}
+
+TEST_F(ServiceTest, BadFieldsAreRefusedByName) {
+  EnsureServing();
+  struct Bad {
+    std::string field;
+    std::function<void(v1::GenerateRequest&)> spoil;
+  };
+  const std::vector<Bad> bad = {
+      {"temperature", [](v1::GenerateRequest& r) { r.mutable_sampling()->set_temperature(-1); }},
+      {"top_p", [](v1::GenerateRequest& r) { r.mutable_sampling()->set_top_p(0); }},
+      {"max_new_tokens", [](v1::GenerateRequest& r) { r.set_max_new_tokens(0); }},
+      {"token_ids", [](v1::GenerateRequest& r) { r.mutable_token_ids()->add_ids(512); }},
+      {"prompt", [](v1::GenerateRequest& r) { r.clear_token_ids(); }},
+  };
+  for (const Bad& b : bad) {
+    v1::GenerateRequest req = IdsRequest({1, 2, 3}, 4);
+    b.spoil(req);
+    const Outcome o = Generate(req);
+    EXPECT_EQ(o.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << b.field;
+    EXPECT_THAT(o.status.error_message(), testing::HasSubstr(b.field));
+  }
+  // The server is still fine.
+  EXPECT_TRUE(Generate(IdsRequest({1, 2, 3}, 2)).status.ok());
+}
+
+TEST_F(ServiceTest, PythonClientStreams) {
+  EnsureServing();
+  const std::string script = std::string(SHARDLM_SOURCE_DIR) + "/clients/python/test_client.py";
+  if (!fs::exists(script)) GTEST_SKIP() << script << " is absent";
+  const int rc = std::system(("SHARDLM_SERVER=" + addr_ + " python3 " + script + " > " + kWork +
+                              "/python_client.log 2>&1").c_str());
+  const int code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  if (code == 77) GTEST_SKIP() << "python grpcio missing (see python_client.log)";
+  EXPECT_EQ(code, 0) << "see " << kWork << "/python_client.log";
+}
+
+// Last: kills the worker job mid-stream, then relaunches it.
+TEST_F(ServiceTest, WorkerDeathThenReattach) {
+  EnsureServing();
+  const auto t0 = std::chrono::steady_clock::now();
+  bool killed = false;
+  const Outcome o = Generate(IdsRequest({3, 3, 3}, 500), [&](int n) {
+    if (n >= 5 && !killed) {
+      workers_->Kill(SIGKILL);  // the whole mpirun job, mid-stream
+      killed = true;
+    }
+    return true;
+  });
+  workers_.reset();
+  ASSERT_TRUE(killed) << "the request ended before 5 tokens";
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
+  EXPECT_TRUE(WaitHealth(grpc::health::v1::HealthCheckResponse::NOT_SERVING, 5s));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 30s);
+  StartWorkers();
+  ASSERT_TRUE(WaitHealth(grpc::health::v1::HealthCheckResponse::SERVING, 120s));
+  const Outcome after = Generate(IdsRequest({1, 17, 42, 99, 3}, 8));
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.ids, Offline({1, 17, 42, 99, 3}, 8));
+}
+
+}  // namespace
+}  // namespace shardlm
