@@ -179,10 +179,11 @@ def main():
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2, help="cores for each system")
     ap.add_argument("--skip-llamacpp", action="store_true")
+    ap.add_argument("--skip-shardlm", action="store_true")
     ap.add_argument("--out", default="/tmp/compare_server.jsonl")
     a = ap.parse_args()
     rows = []
-    for tp in a.tp:
+    for tp in ([] if a.skip_shardlm else a.tp):
         coord, workers, addr = start_shardlm(a.binary_dir, tp, max(1, a.threads // tp))
         try:
             wait_serving(a.binary_dir, addr)
@@ -198,7 +199,9 @@ def main():
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", MODEL, "--n_threads",
-             str(a.threads), "--n_ctx", "4096", "--port", str(port), "--host", "127.0.0.1"],
+             str(a.threads), "--n_ctx", "4096", "--port", str(port), "--host", "127.0.0.1",
+             # By default the server interrupts a running request when a new one arrives.
+             "--interrupt_requests", "False"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             for _ in range(600):

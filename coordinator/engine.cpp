@@ -1,0 +1,297 @@
+#include "coordinator/engine.h"
+
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+
+namespace shardlm::coordinator {
+
+namespace {
+double MsBetween(Engine::Clock::time_point from, Engine::Clock::time_point to) {
+  return std::chrono::duration<double, std::milli>(to - from).count();
+}
+}  // namespace
+
+struct Engine::Request {
+  Request(const ModelContext& model, const PreparedRequest& prepared)
+      : output(model, prepared), prompt_tokens(static_cast<int32_t>(prepared.prompt.size())) {}
+
+  std::shared_ptr<RequestHandle> handle;
+  OutputProcessor output;
+  int32_t prompt_tokens;
+  Clock::time_point arrival;
+  std::optional<Clock::time_point> first_scheduled;
+  std::optional<Clock::time_point> first_token;
+};
+
+Engine::Engine(const ModelContext& model, EngineOptions options,
+               std::function<void(bool)> on_serving)
+    : model_(model),
+      options_(options),
+      on_serving_(std::move(on_serving)),
+      blocks_(options.kv_block_size),
+      scheduler_(options.scheduler, &blocks_) {}
+
+Engine::~Engine() { Stop(); }
+
+void Engine::Start() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!thread_.joinable() && !stopping_) thread_ = std::thread([this] { Loop(); });
+}
+
+void Engine::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) {
+      stopping_ = true;
+      FailAll(absl::UnavailableError("the coordinator is shutting down"));
+      if (link_ != nullptr) {
+        link_->Close();  // its Attach handler sends Shutdown to the workers
+      } else if (attach_cancel_) {
+        attach_cancel_();  // a job still loading
+      }
+      SetServing(false);
+      cv_.notify_all();
+    }
+  }
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+void Engine::SetServing(bool serving) {
+  if (on_serving_) on_serving_(serving);
+}
+
+Engine::Request* Engine::Find(uint64_t key) {
+  auto it = requests_.find(key);
+  return it == requests_.end() ? nullptr : it->second.get();
+}
+
+absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(PreparedRequest request,
+                                                              Clock::time_point arrival) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return absl::UnavailableError("the coordinator is shutting down");
+  if (link_ == nullptr) return absl::UnavailableError("no workers attached");
+  std::string id = request.request_id;
+  if (id.empty()) {
+    do {
+      id = absl::StrCat("req-", next_key_++);
+    } while (ids_.count(id) > 0);
+  } else if (ids_.count(id) > 0) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("request_id: '", id, "' is already in use by a live request"));
+  }
+  const uint64_t key = next_key_++;
+  auto r = std::make_unique<Request>(model_, request);
+  r->arrival = arrival;
+  r->handle = std::make_shared<RequestHandle>();
+  r->handle->key = key;
+  r->handle->request_id = id;
+  absl::Status added =
+      scheduler_.Add(key, std::move(request.prompt), request.sampling, request.logprobs);
+  if (!added.ok()) return added;
+  std::shared_ptr<RequestHandle> handle = r->handle;
+  ids_[id] = key;
+  requests_[key] = std::move(r);
+  cv_.notify_all();
+  return handle;
+}
+
+void Engine::Finish(Request* r, v1::FinishReason reason, const absl::Status& status,
+                    v1::GenerateResponse last) {
+  const Clock::time_point now = Clock::now();
+  last.set_request_id(r->handle->request_id);
+  last.set_finish_reason(reason);
+  v1::Usage* usage = last.mutable_usage();
+  usage->set_prompt_tokens(r->prompt_tokens);
+  usage->set_completion_tokens(r->output.completion_tokens());
+  usage->set_queue_ms(MsBetween(r->arrival, r->first_scheduled.value_or(now)));
+  usage->set_ttft_ms(r->first_token ? MsBetween(r->arrival, *r->first_token) : 0.0);
+  usage->set_total_ms(MsBetween(r->arrival, now));
+  if (reason == v1::FINISH_REASON_ERROR) last.set_error(std::string(status.message()));
+  r->handle->channel.Push(std::move(last));
+  r->handle->channel.Close(status);
+  const uint64_t key = r->handle->key;
+  scheduler_.Remove(key);  // frees its blocks; the workers hear of it in the next plan
+  ids_.erase(r->handle->request_id);
+  requests_.erase(key);  // deletes *r
+}
+
+void Engine::FailAll(const absl::Status& status) {
+  std::vector<uint64_t> keys;
+  keys.reserve(requests_.size());
+  for (const auto& [key, r] : requests_) keys.push_back(key);
+  for (uint64_t key : keys) Finish(Find(key), v1::FINISH_REASON_ERROR, status);
+}
+
+void Engine::Cancel(uint64_t key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (Request* r = Find(key)) {
+    spdlog::info("request {}: cancelled (client gone or deadline)", r->handle->request_id);
+    Finish(r, v1::FINISH_REASON_CANCELLED,
+           absl::CancelledError("cancelled: the client went away or its deadline passed"));
+  }
+}
+
+bool Engine::Abort(const std::string& request_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = ids_.find(request_id);
+  if (it == ids_.end()) return false;
+  spdlog::info("request {}: aborted", request_id);
+  Finish(Find(it->second), v1::FINISH_REASON_CANCELLED, absl::OkStatus());
+  return true;
+}
+
+absl::StatusOr<uint64_t> Engine::BeginAttach(const std::string& peer,
+                                             std::function<void()> cancel) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return absl::UnavailableError("the coordinator is shutting down");
+  if (attach_ != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "a worker job is already attached; only one at a time (refused ", peer, ")"));
+  }
+  attach_ = next_attach_++;
+  attach_cancel_ = std::move(cancel);
+  return attach_;
+}
+
+absl::Status Engine::Activate(uint64_t attach, std::shared_ptr<WorkerLink> link,
+                              int64_t kv_blocks) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return absl::UnavailableError("the coordinator is shutting down");
+  if (attach != attach_) return absl::FailedPreconditionError("this attach no longer holds the slot");
+  scheduler_.Reset();
+  blocks_.Reset(kv_blocks);
+  link_ = std::move(link);
+  attach_cancel_ = nullptr;  // from now on shutdown goes through the link (Shutdown message)
+  SetServing(true);
+  cv_.notify_all();
+  return absl::OkStatus();
+}
+
+void Engine::Detach(const absl::Status& reason) {
+  spdlog::error("worker job {} lost: {}; failing {} live requests", link_->peer(),
+                std::string(reason.message()), requests_.size());
+  FailAll(absl::UnavailableError(absl::StrCat("worker job lost: ", reason.message())));
+  scheduler_.Reset();
+  blocks_.Reset(0);
+  link_.reset();
+  attach_ = 0;  // a relaunched job may attach while the old handler winds down
+  attach_cancel_ = nullptr;
+  SetServing(false);
+  cv_.notify_all();
+}
+
+void Engine::EndAttach(uint64_t attach, const absl::Status& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (attach != attach_) return;  // already detached (and maybe superseded)
+  if (link_ != nullptr && !stopping_) {
+    Detach(reason.ok() ? absl::UnavailableError("the attach stream ended") : reason);
+  } else {  // never served, or the coordinator stops (Stop already ended every request)
+    link_.reset();
+    attach_ = 0;
+    attach_cancel_ = nullptr;
+  }
+  cv_.notify_all();
+}
+
+bool Engine::WaitAttachEnded(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, timeout, [&] { return attach_ == 0; });
+}
+
+EngineStats Engine::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  EngineStats stats;
+  stats.kv_blocks_total = blocks_.total();
+  stats.kv_blocks_free = blocks_.free();
+  stats.workers_attached = link_ != nullptr ? options_.workers_expected : 0;
+  stats.requests_running = scheduler_.running();
+  stats.requests_waiting = scheduler_.waiting();
+  return stats;
+}
+
+void Engine::Loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [&] { return stopping_ || (link_ != nullptr && scheduler_.HasWork()); });
+    if (stopping_) return;
+    std::shared_ptr<WorkerLink> link = link_;
+    Scheduler::Step step = scheduler_.Schedule();
+    const Clock::time_point now = Clock::now();
+    for (auto& [key, status] : step.failed) {
+      if (Request* r = Find(key)) Finish(r, v1::FINISH_REASON_ERROR, status);
+    }
+    for (uint64_t key : step.admitted) {
+      if (Request* r = Find(key); r != nullptr && !r->first_scheduled) r->first_scheduled = now;
+    }
+    if (!step.preempted.empty()) {
+      spdlog::info("step {}: KV blocks ran out: {} sequence(s) preempted for recomputation",
+                   step.plan.step_id(), step.preempted.size());
+    }
+    if (step.plan.seqs_size() == 0) {
+      if (scheduler_.HasWork()) {  // not expected: back off rather than spin
+        spdlog::error("scheduler produced an empty step with work pending");
+        cv_.wait_for(lock, std::chrono::milliseconds(10));
+      }
+      continue;
+    }
+    lock.unlock();
+    absl::StatusOr<worker::v1::StepResult> result = link->RunStep(step.plan);
+    lock.lock();
+    if (stopping_) return;
+    if (link_ != link) continue;  // detached meanwhile: its requests are already failed
+    if (!result.ok()) {
+      Detach(result.status());
+      continue;
+    }
+    ApplyResult(step.plan, *result);
+  }
+}
+
+void Engine::ApplyResult(const worker::v1::StepPlan& plan, const worker::v1::StepResult& result) {
+  if (!result.error().empty()) {
+    spdlog::error("step {} failed on the workers: {}", plan.step_id(), result.error());
+    const absl::Status failed = absl::InternalError(
+        absl::StrCat("step ", plan.step_id(), " failed on the workers: ", result.error()));
+    for (uint64_t key : scheduler_.RequestsIn(plan)) {
+      if (Request* r = Find(key)) Finish(r, v1::FINISH_REASON_ERROR, failed);
+    }
+    return;
+  }
+  spdlog::debug("step {}: {} seqs, {:.2f} ms on the workers", plan.step_id(), plan.seqs_size(),
+                result.compute_ms());
+  Scheduler::Outcome outcome = scheduler_.Complete(plan, result);
+  const Clock::time_point now = Clock::now();
+  for (const Scheduler::Sampled& s : outcome.sampled) {
+    Request* r = Find(s.key);
+    if (r == nullptr) continue;
+    if (s.token < 0 || s.token >= model_.config.vocab_size) {
+      Finish(r, v1::FINISH_REASON_ERROR,
+             absl::InternalError(absl::StrCat("the workers sampled id ", s.token,
+                                              ", outside the vocabulary [0, ",
+                                              model_.config.vocab_size, ")")));
+      continue;
+    }
+    if (!r->first_token) r->first_token = now;
+    v1::GenerateResponse message;
+    message.set_request_id(r->handle->request_id);
+    const v1::FinishReason reason = r->output.Add(s.token, s.logprobs, &message);
+    if (reason != v1::FINISH_REASON_UNSPECIFIED) {
+      Finish(r, reason, absl::OkStatus(), std::move(message));
+    } else {
+      r->handle->channel.Push(std::move(message));
+    }
+  }
+  for (uint64_t key : outcome.missing) {
+    if (Request* r = Find(key)) {
+      Finish(r, v1::FINISH_REASON_ERROR,
+             absl::InternalError(absl::StrCat("step ", plan.step_id(),
+                                              ": the workers returned no token for request ",
+                                              r->handle->request_id)));
+    }
+  }
+}
+
+}  // namespace shardlm::coordinator

@@ -1,0 +1,144 @@
+// The serving core: owns the scheduler and the KV block manager, runs the step loop on its own
+// thread, routes sampled tokens to each request's output processor and response channel, and
+// tracks the single attached worker job.
+//
+// Threads and locking. One mutex guards all of the engine's state. Generate handlers call
+// Submit/Cancel, Abort and the worker Attach handler call in briefly under it. The engine thread
+// plans a step under the lock, releases it while the workers compute (WorkerLink::RunStep waits
+// on the link's condition variable, never on the stream), and applies the result under the lock:
+// detokenizing, stop checks and pushing messages into the requests' channels. A request that is
+// cancelled while its step is in flight has its blocks freed at once (no other sequence gets
+// them before the next plan, which is made after the result) and its result is dropped.
+//
+// Worker loss. When the link goes down (the stream broke or the job ended it), every live
+// request, running or queued, ends with UNAVAILABLE and the block manager is emptied: the
+// requests cannot finish on this job, and queued ones are not kept because a relaunched job may
+// take long or never come (clients retry). New requests get UNAVAILABLE "no workers attached"
+// until a job attaches and loads again.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "coordinator/kv_block_manager.h"
+#include "coordinator/model_context.h"
+#include "coordinator/output_processor.h"
+#include "coordinator/response_channel.h"
+#include "coordinator/scheduler.h"
+#include "coordinator/validation.h"
+#include "coordinator/worker_link.h"
+
+namespace shardlm::coordinator {
+
+struct EngineOptions {
+  SchedulerOptions scheduler;
+  int32_t kv_block_size = 16;
+  int32_t workers_expected = 1;  // tp x pp
+};
+
+// What a Generate handler holds: its request's id and channel.
+struct RequestHandle {
+  uint64_t key = 0;
+  std::string request_id;
+  ResponseChannel channel;
+};
+
+struct EngineStats {
+  int64_t kv_blocks_total = 0;
+  int64_t kv_blocks_free = 0;
+  int32_t workers_attached = 0;
+  int32_t requests_running = 0;
+  int32_t requests_waiting = 0;
+};
+
+class Engine {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // `model` must outlive the engine. `on_serving` is called (under the engine's lock) with true
+  // when a worker job has loaded and false when it is gone.
+  Engine(const ModelContext& model, EngineOptions options,
+         std::function<void(bool)> on_serving = nullptr);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  void Start();
+  // Ends every live request with UNAVAILABLE, tells the attached workers to shut down (their
+  // Attach handler sends Shutdown), cuts off a job still loading and joins the engine thread.
+  // Idempotent.
+  void Stop();
+
+  // Queues a validated request. UNAVAILABLE without workers or while stopping, ALREADY_EXISTS
+  // for a live request_id, RESOURCE_EXHAUSTED when the queue is full or the prompt can never
+  // fit in the KV cache. An empty request_id gets one assigned ("req-<n>").
+  absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(PreparedRequest request,
+                                                        Clock::time_point arrival);
+  // The client went away or its deadline passed: the request finishes CANCELLED (the channel
+  // ends with CANCELLED) and leaves the batch.
+  void Cancel(uint64_t key);
+  // Abort RPC: the request finishes CANCELLED with a last message and an OK status. False when
+  // no live request has this id.
+  bool Abort(const std::string& request_id);
+
+  // --- The worker job (WorkerService::Attach).
+  // Claims the single worker slot for a job that said hello. FAILED_PRECONDITION while another
+  // job holds it, UNAVAILABLE while stopping. `cancel` cuts the attach stream off (used if the
+  // coordinator stops while the job loads); it is dropped at EndAttach. Returns a token.
+  absl::StatusOr<uint64_t> BeginAttach(const std::string& peer, std::function<void()> cancel);
+  // The job loaded with room for `kv_blocks` blocks: requests are accepted from now on.
+  absl::Status Activate(uint64_t attach, std::shared_ptr<WorkerLink> link, int64_t kv_blocks);
+  // The attach stream ends (any reason; call it before the handler returns). If its link was
+  // serving, every live request fails UNAVAILABLE with `reason`.
+  void EndAttach(uint64_t attach, const absl::Status& reason);
+  // Waits up to `timeout` for the worker slot to be free (after Stop: for the Attach handler to
+  // have said Shutdown and seen the workers go). True when it is.
+  bool WaitAttachEnded(std::chrono::milliseconds timeout);
+
+  EngineStats Stats() const;
+
+ private:
+  struct Request;
+
+  void Loop();
+  void ApplyResult(const worker::v1::StepPlan& plan, const worker::v1::StepResult& result);
+  Request* Find(uint64_t key);
+  // Ends a request: a last message (`last` plus finish reason, usage and, for errors, the error
+  // text), the channel's final status, and its removal from the scheduler and the maps.
+  void Finish(Request* r, v1::FinishReason reason, const absl::Status& status,
+              v1::GenerateResponse last = {});
+  void FailAll(const absl::Status& status);
+  // The serving link is gone: fail everything, empty the KV cache, NOT_SERVING, free the slot.
+  void Detach(const absl::Status& reason);
+  void SetServing(bool serving);
+
+  const ModelContext& model_;
+  const EngineOptions options_;
+  const std::function<void(bool)> on_serving_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // work arrived, workers attached or gone, stop
+  KvBlockManager blocks_;
+  Scheduler scheduler_;
+  std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
+  std::unordered_map<std::string, uint64_t> ids_;  // live request_id -> key
+  uint64_t next_key_ = 1;
+  uint64_t attach_ = 0;  // token of the job holding the worker slot; 0: free
+  uint64_t next_attach_ = 1;
+  std::function<void()> attach_cancel_;
+  std::shared_ptr<WorkerLink> link_;  // set while a loaded job serves
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace shardlm::coordinator

@@ -1,0 +1,100 @@
+// shardlm-coordinator: the gRPC front of shardlm. Serves the Generation API on --listen, waits
+// for a worker job (mpirun shardlm-worker --coordinator ADDR) to attach there, and schedules
+// requests onto it. Prints "listening on HOST:PORT" as the first stdout line once serving;
+// logs go to stderr. SIGINT / SIGTERM: ends streams, tells the workers to shut down, exits 0.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "coordinator/model_context.h"
+#include "coordinator/options.h"
+#include "coordinator/server.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "shardlm-coordinator: error: %s\n", message.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using shardlm::coordinator::CoordinatorOptions;
+  spdlog::set_default_logger(spdlog::stderr_color_mt("shardlm-coordinator"));
+  spdlog::set_pattern("[%H:%M:%S.%e] [coordinator] [%^%l%$] %v");
+
+  CLI::App app{"shardlm-coordinator: serve a model over gRPC on an attached mpirun worker job"};
+  CoordinatorOptions o;
+  std::string kv_cache_memory = "256MiB";
+  std::string log_level = "info";
+  app.add_option("--listen", o.listen, "HOST:PORT to serve on (port 0: pick a free one)")
+      ->default_val(o.listen);
+  app.add_option("--model", o.model,
+                 "HF model directory or .gguf file (the same path must work on the workers)")
+      ->required();
+  app.add_option("--tp", o.tp, "Tensor-parallel degree of the worker job")->default_val(1);
+  app.add_option("--pp", o.pp, "Pipeline-parallel degree of the worker job")->default_val(1);
+  app.add_option("--pp-layers", o.pp_layers,
+                 "Layers where pipeline stages 1.. start, comma separated (default: even)");
+  app.add_option("--max-batch-tokens", o.max_batch_tokens,
+                 "Tokens per step: decode tokens plus prefill chunks")
+      ->default_val(o.max_batch_tokens);
+  app.add_option("--kv-cache-memory", kv_cache_memory,
+                 "Memory per worker rank for KV blocks (e.g. 256MiB, 4GiB)")
+      ->default_val(kv_cache_memory);
+  app.add_option("--kv-block-size", o.kv_block_size, "Tokens per KV block")
+      ->default_val(o.kv_block_size);
+  app.add_option("--max-queue", o.max_queue, "Waiting requests at most (more: RESOURCE_EXHAUSTED)")
+      ->default_val(o.max_queue);
+  app.add_option("--max-running", o.max_running, "Sequences in the running batch at most")
+      ->default_val(o.max_running);
+  app.add_option("--threads", o.threads,
+                 "CPU threads per worker rank (0: the node's cores divided among its ranks)")
+      ->default_val(o.threads);
+  app.add_option("--max-model-len", o.max_model_len,
+                 "Cap on prompt + generated tokens per request (0: the model's "
+                 "max_position_embeddings, or 4096 when it has none)")
+      ->default_val(o.max_model_len);
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
+      ->default_val(log_level);
+  CLI11_PARSE(app, argc, argv);
+
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  absl::StatusOr<uint64_t> kv_bytes = shardlm::coordinator::ParseByteSize(kv_cache_memory);
+  if (!kv_bytes.ok()) return Fail(absl::StrCat("--kv-cache-memory: ", kv_bytes.status().message()));
+  o.kv_cache_bytes = *kv_bytes;
+  if (absl::Status valid = shardlm::coordinator::ValidateOptions(o); !valid.ok()) {
+    return Fail(std::string(valid.message()));
+  }
+  auto model = shardlm::coordinator::LoadModelContext(o.model, o.max_model_len);
+  if (!model.ok()) return Fail(absl::StrCat("--model: ", model.status().message()));
+
+  // SIGINT and SIGTERM are blocked in every thread (gRPC's threads inherit the mask) and taken
+  // by sigwait below, so shutdown runs as ordinary code on the main thread.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto server = shardlm::coordinator::CoordinatorServer::Start(o, std::move(*model));
+  if (!server.ok()) return Fail(std::string(server.status().message()));
+  std::printf("listening on %s\n", (*server)->address().c_str());
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  spdlog::info("{}: shutting down", strsignal(signal_number));
+  (*server)->Shutdown();
+  (*server)->Wait();
+  spdlog::info("bye");
+  return 0;
+}

@@ -1,0 +1,96 @@
+#include "coordinator/options.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <string>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace shardlm::coordinator {
+
+absl::Status ValidateOptions(const CoordinatorOptions& o) {
+  auto bad = [](const std::string& flag, const std::string& want, auto got) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": expected ", want, ", got ", got));
+  };
+  if (o.listen.empty() || o.listen.rfind(':') == std::string::npos) {
+    return bad("--listen", "HOST:PORT", absl::StrCat("'", o.listen, "'"));
+  }
+  if (o.model.empty()) return bad("--model", "a model path", "''");
+  if (o.tp < 1) return bad("--tp", ">= 1", o.tp);
+  if (o.pp < 1) return bad("--pp", ">= 1", o.pp);
+  if (!o.pp_layers.empty()) {
+    std::vector<std::string> parts = absl::StrSplit(o.pp_layers, ',');
+    if (static_cast<int32_t>(parts.size()) != o.pp - 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--pp-layers: expected pp - 1 = ", o.pp - 1,
+                       " layer indices where stages 1.. start, got ", parts.size(), " ('",
+                       o.pp_layers, "')"));
+    }
+    int64_t prev = 0;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      int64_t layer = 0;
+      if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(parts[i]), &layer) || layer <= prev) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--pp-layers: element ", i, " is '", parts[i],
+            "', expected increasing positive layer indices (e.g. 10,20)"));
+      }
+      prev = layer;
+    }
+  }
+  if (o.max_batch_tokens < 1) return bad("--max-batch-tokens", ">= 1", o.max_batch_tokens);
+  if (o.kv_cache_bytes == 0) return bad("--kv-cache-memory", "> 0 bytes", o.kv_cache_bytes);
+  if (o.kv_block_size < 1 || o.kv_block_size > 65536) {
+    return bad("--kv-block-size", "a value in [1, 65536]", o.kv_block_size);
+  }
+  if (o.max_queue < 0) return bad("--max-queue", ">= 0", o.max_queue);
+  if (o.max_running < 1) return bad("--max-running", ">= 1", o.max_running);
+  if (o.threads < 0) return bad("--threads", ">= 0", o.threads);
+  if (o.max_model_len < 0) return bad("--max-model-len", ">= 0", o.max_model_len);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> ParseByteSize(std::string_view text_in) {
+  const std::string text(text_in);
+  const std::string s(absl::StripAsciiWhitespace(text));
+  size_t split = 0;
+  while (split < s.size() && (std::isdigit(static_cast<unsigned char>(s[split])) || s[split] == '.')) {
+    ++split;
+  }
+  const std::string number = s.substr(0, split);
+  const std::string unit = absl::AsciiStrToLower(absl::StripAsciiWhitespace(s.substr(split)));
+  double value = 0;
+  if (number.empty() || !absl::SimpleAtod(number, &value) || !std::isfinite(value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", text, "' is not a size: expected e.g. 256MiB, 1GiB, 1048576"));
+  }
+  double scale = 0;
+  if (unit.empty() || unit == "b") {
+    scale = 1;
+  } else if (unit == "k" || unit == "kb" || unit == "kib") {
+    scale = 1024.0;
+  } else if (unit == "m" || unit == "mb" || unit == "mib") {
+    scale = 1024.0 * 1024;
+  } else if (unit == "g" || unit == "gb" || unit == "gib") {
+    scale = 1024.0 * 1024 * 1024;
+  } else if (unit == "t" || unit == "tb" || unit == "tib") {
+    scale = 1024.0 * 1024 * 1024 * 1024;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", text, "': unknown unit '", unit, "' (expected B, KiB, MiB, GiB, TiB)"));
+  }
+  const double bytes = value * scale;
+  if (bytes >= 1.8e19) return absl::InvalidArgumentError(absl::StrCat("'", text, "' is too large"));
+  return static_cast<uint64_t>(bytes);
+}
+
+int64_t ContextLength(int64_t max_position_embeddings, int64_t max_model_len) {
+  if (max_position_embeddings <= 0) return max_model_len > 0 ? max_model_len : kDefaultContextLength;
+  return max_model_len > 0 ? std::min(max_position_embeddings, max_model_len)
+                           : max_position_embeddings;
+}
+
+}  // namespace shardlm::coordinator

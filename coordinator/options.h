@@ -1,0 +1,49 @@
+// The coordinator's settings (the shardlm-coordinator command line) and their checks.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace shardlm::coordinator {
+
+// Context length used when the model's config gives none and --max-model-len is not set.
+inline constexpr int64_t kDefaultContextLength = 4096;
+
+struct CoordinatorOptions {
+  std::string listen = "0.0.0.0:50051";  // HOST:PORT; port 0 picks a free one
+  std::string model;                     // path, as both the coordinator and the workers see it
+  int32_t tp = 1;
+  int32_t pp = 1;
+  std::string pp_layers;                 // "" or "10,20": where stages 1.. start
+  int32_t max_batch_tokens = 512;        // tokens per step (decode tokens + prefill chunks)
+  uint64_t kv_cache_bytes = 256ull << 20;  // per rank, for the workers' KV blocks
+  int32_t kv_block_size = 16;            // tokens per KV block
+  int32_t max_queue = 256;               // waiting requests at most
+  // Sequences in the batch at most; capped at max_batch_tokens (EffectiveMaxRunning), since
+  // every running sequence in decode takes a token of each step.
+  int32_t max_running = 64;
+  int32_t threads = 0;                   // per worker rank; 0: the node's cores / its ranks
+  // Context length: 0 takes the model's max_position_embeddings (kDefaultContextLength when the
+  // config has none); a value caps it.
+  int64_t max_model_len = 0;
+};
+
+inline int32_t EffectiveMaxRunning(const CoordinatorOptions& o) {
+  return o.max_running < o.max_batch_tokens ? o.max_running : o.max_batch_tokens;
+}
+
+// Every error names the flag and what was expected.
+absl::Status ValidateOptions(const CoordinatorOptions& options);
+
+// "256MiB", "1GiB", "512M", "64KB", "1048576": bytes. Units are binary (K = KiB = 1024) and
+// case-insensitive; the number may have a fraction ("1.5GiB").
+absl::StatusOr<uint64_t> ParseByteSize(std::string_view text);
+
+// The context length the coordinator enforces for `max_position_embeddings` (0 = unknown).
+int64_t ContextLength(int64_t max_position_embeddings, int64_t max_model_len);
+
+}  // namespace shardlm::coordinator

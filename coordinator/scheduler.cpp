@@ -1,0 +1,252 @@
+#include "coordinator/scheduler.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace shardlm::coordinator {
+
+struct Scheduler::Sequence {
+  Key key = 0;
+  uint64_t seq_id = 0;          // this admission's id on the workers; 0 while waiting
+  std::vector<int32_t> tokens;  // prompt + generated
+  int32_t prompt_len = 0;       // the original prompt's length
+  int64_t computed = 0;         // positions [0, computed) are in the KV cache (or in flight)
+  std::vector<int32_t> blocks;  // covers [0, computed)
+  v1::SamplingParams sampling;
+  int32_t logprobs = 0;
+};
+
+Scheduler::Scheduler(SchedulerOptions options, KvBlockManager* blocks)
+    : options_(options), blocks_(blocks) {}
+
+Scheduler::~Scheduler() = default;
+
+absl::Status Scheduler::Add(Key key, std::vector<int32_t> prompt,
+                            const v1::SamplingParams& sampling, int32_t logprobs) {
+  if (seqs_.count(key) > 0) {
+    return absl::AlreadyExistsError(absl::StrCat("scheduler: request key ", key, " in use"));
+  }
+  if (prompt.empty()) return absl::InvalidArgumentError("scheduler: empty prompt");
+  if (blocks_->total() == 0) {
+    return absl::FailedPreconditionError("no KV blocks: no workers attached");
+  }
+  const int64_t need = blocks_->BlocksFor(static_cast<int64_t>(prompt.size()));
+  if (need > blocks_->total()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the prompt of ", prompt.size(), " tokens needs ", need, " KV blocks of ",
+        blocks_->block_size(), " tokens, but the workers hold only ", blocks_->total(),
+        " blocks (", blocks_->total() * blocks_->block_size(), " tokens) in all"));
+  }
+  if (static_cast<int64_t>(waiting_.size()) >= options_.max_queue) {
+    return absl::ResourceExhaustedError(absl::StrCat("queue full: ", waiting_.size(),
+                                                     " requests waiting (--max-queue ",
+                                                     options_.max_queue, ")"));
+  }
+  auto seq = std::make_unique<Sequence>();
+  seq->key = key;
+  seq->prompt_len = static_cast<int32_t>(prompt.size());
+  seq->tokens = std::move(prompt);
+  seq->sampling = sampling;
+  seq->logprobs = logprobs;
+  waiting_.push_back(seq.get());
+  seqs_.emplace(key, std::move(seq));
+  return absl::OkStatus();
+}
+
+void Scheduler::Drop(Sequence* s) {
+  blocks_->Free(&s->blocks);
+  if (s->seq_id != 0) {
+    released_.push_back(s->seq_id);
+    by_seq_id_.erase(s->seq_id);
+  }
+  seqs_.erase(s->key);  // deletes *s
+}
+
+bool Scheduler::Remove(Key key) {
+  auto it = seqs_.find(key);
+  if (it == seqs_.end()) return false;
+  Sequence* s = it->second.get();
+  if (auto r = std::find(running_.begin(), running_.end(), s); r != running_.end()) {
+    running_.erase(r);
+  } else if (auto w = std::find(waiting_.begin(), waiting_.end(), s); w != waiting_.end()) {
+    waiting_.erase(w);
+  }
+  Drop(s);
+  return true;
+}
+
+void Scheduler::Reset() {
+  waiting_.clear();
+  running_.clear();
+  by_seq_id_.clear();
+  released_.clear();
+  seqs_.clear();
+}
+
+bool Scheduler::IsDecode(const Sequence& s) const {
+  return s.computed > 0 && static_cast<int64_t>(s.tokens.size()) - s.computed == 1;
+}
+
+void Scheduler::AddSeqStep(Sequence* s, int64_t n, Step* step) {
+  worker::v1::SeqStep* out = step->plan.add_seqs();
+  out->set_seq_id(s->seq_id);
+  out->mutable_tokens()->Add(s->tokens.begin() + s->computed, s->tokens.begin() + s->computed + n);
+  out->set_start_pos(static_cast<int32_t>(s->computed));
+  out->mutable_block_table()->Add(s->blocks.begin(), s->blocks.end());
+  out->set_sample(s->computed + n == static_cast<int64_t>(s->tokens.size()));
+  out->set_prompt_len(s->prompt_len);
+  *out->mutable_sampling() = s->sampling;
+  out->set_logprobs(s->logprobs);
+  s->computed += n;
+}
+
+void Scheduler::Preempt(Sequence* s, Step* step) {
+  blocks_->Free(&s->blocks);
+  released_.push_back(s->seq_id);
+  by_seq_id_.erase(s->seq_id);
+  s->seq_id = 0;
+  s->computed = 0;  // recomputed from position 0: the prompt plus what it generated so far
+  running_.erase(std::find(running_.begin(), running_.end(), s));
+  waiting_.push_front(s);
+  step->preempted.push_back(s->key);
+}
+
+void Scheduler::Plan(Step* step) {
+  const int64_t bs = blocks_->block_size();
+  int64_t budget = options_.max_batch_tokens;
+
+  // 1. Decodes, oldest first; out of blocks: preempt the newest running sequence.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Sequence* s = running_[i];
+    if (!IsDecode(*s)) {
+      ++i;
+      continue;
+    }
+    bool preempted_self = false;
+    while (!blocks_->EnsureCapacity(s->computed + 1, &s->blocks)) {
+      Sequence* victim = running_.back();
+      Preempt(victim, step);
+      if (victim == s) {
+        preempted_self = true;
+        break;
+      }
+    }
+    if (preempted_self) break;  // s was the newest left: nothing after it runs
+    AddSeqStep(s, 1, step);
+    --budget;
+    ++i;
+  }
+
+  // 2. Prefill chunks of running sequences, as far as budget and free blocks go.
+  for (Sequence* s : running_) {
+    if (budget <= 0) break;
+    const int64_t pending = static_cast<int64_t>(s->tokens.size()) - s->computed;
+    if (pending <= 0) continue;  // planned in phase 1
+    const int64_t room =
+        (static_cast<int64_t>(s->blocks.size()) + blocks_->free()) * bs - s->computed;
+    const int64_t chunk = std::min({pending, budget, room});
+    if (chunk <= 0) continue;
+    blocks_->EnsureCapacity(s->computed + chunk, &s->blocks);  // fits: chunk <= room
+    AddSeqStep(s, chunk, step);
+    budget -= chunk;
+  }
+
+  // 3. Admissions in FIFO order. Blocks the running prefills still need to finish their prompts
+  // are spoken for, and each running sequence keeps one block of headroom for its decode.
+  int64_t reserved = 0;
+  for (const Sequence* s : running_) {
+    reserved += std::max<int64_t>(
+        0, blocks_->BlocksFor(static_cast<int64_t>(s->tokens.size())) -
+               static_cast<int64_t>(s->blocks.size()));
+  }
+  while (!waiting_.empty() && budget > 0 &&
+         static_cast<int32_t>(running_.size()) < options_.max_running) {
+    Sequence* s = waiting_.front();
+    const int64_t len = static_cast<int64_t>(s->tokens.size());
+    const int64_t need = blocks_->BlocksFor(len);
+    if (need > blocks_->total()) {
+      // Only a recomputation can get here (Add refuses such prompts): it grew past the cache.
+      waiting_.pop_front();
+      step->failed.emplace_back(
+          s->key, absl::ResourceExhaustedError(absl::StrCat(
+                      "KV cache exhausted: the sequence reached ", len, " tokens (prompt ",
+                      s->prompt_len, " + ", len - s->prompt_len, " generated), which needs ",
+                      need, " KV blocks of ", bs, " tokens; the workers hold only ",
+                      blocks_->total())));
+      Drop(s);
+      continue;
+    }
+    if (blocks_->free() - reserved - static_cast<int64_t>(running_.size()) < need) break;
+    waiting_.pop_front();
+    s->seq_id = next_seq_id_++;
+    by_seq_id_[s->seq_id] = s;
+    running_.push_back(s);
+    const int64_t chunk = std::min(len, budget);
+    blocks_->EnsureCapacity(chunk, &s->blocks);  // fits: chunk <= len and need <= free
+    AddSeqStep(s, chunk, step);
+    budget -= chunk;
+    reserved += need - static_cast<int64_t>(s->blocks.size());
+    step->admitted.push_back(s->key);
+  }
+}
+
+Scheduler::Step Scheduler::Schedule() {
+  Step step;
+  while (true) {
+    Plan(&step);
+    if (step.plan.seqs_size() > 0 || running_.empty()) break;
+    // Every running sequence is a prefill stalled on blocks: make room by recomputing the newest.
+    Preempt(running_.back(), &step);
+  }
+  if (step.plan.seqs_size() > 0) {
+    step.plan.set_step_id(next_step_id_++);
+    // Releases ride on the next plan that is sent; an empty plan is not.
+    step.plan.mutable_released()->Add(released_.begin(), released_.end());
+    released_.clear();
+  }
+  return step;
+}
+
+Scheduler::Outcome Scheduler::Complete(const worker::v1::StepPlan& plan,
+                                       const worker::v1::StepResult& result) {
+  std::unordered_map<uint64_t, const worker::v1::SeqResult*> results;
+  for (const worker::v1::SeqResult& r : result.results()) results[r.seq_id()] = &r;
+  Outcome outcome;
+  for (const worker::v1::SeqStep& planned : plan.seqs()) {
+    if (!planned.sample()) continue;
+    auto seq = by_seq_id_.find(planned.seq_id());
+    if (seq == by_seq_id_.end()) continue;  // removed (or preempted) since the plan was made
+    Sequence* s = seq->second;
+    auto r = results.find(planned.seq_id());
+    if (r == results.end()) {
+      outcome.missing.push_back(s->key);
+      continue;
+    }
+    s->tokens.push_back(r->second->token());
+    outcome.sampled.push_back(
+        {s->key, r->second->token(), r->second->has_logprobs() ? &r->second->logprobs() : nullptr});
+  }
+  return outcome;
+}
+
+std::vector<Scheduler::Key> Scheduler::RequestsIn(const worker::v1::StepPlan& plan) const {
+  std::vector<Key> keys;
+  for (const worker::v1::SeqStep& planned : plan.seqs()) {
+    auto seq = by_seq_id_.find(planned.seq_id());
+    if (seq != by_seq_id_.end()) keys.push_back(seq->second->key);
+  }
+  return keys;
+}
+
+const std::vector<int32_t>* Scheduler::TokensOf(Key key) const {
+  auto it = seqs_.find(key);
+  return it == seqs_.end() ? nullptr : &it->second->tokens;
+}
+
+int64_t Scheduler::ComputedOf(Key key) const {
+  auto it = seqs_.find(key);
+  return it == seqs_.end() ? -1 : it->second->computed;
+}
+
+}  // namespace shardlm::coordinator

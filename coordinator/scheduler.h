@@ -1,0 +1,118 @@
+// Continuous batching: which tokens of which sequences run in the next step, under a token
+// budget and the KV blocks there are. Plain CPU code with no threads and no gRPC: the engine
+// calls it under its lock, the tests drive it directly.
+//
+// Each step (Schedule):
+//  1. every running sequence in decode gets its one token (its last sampled one), oldest first;
+//     when no block is free for it, the most recently admitted running sequence is preempted
+//     (blocks freed, back to the head of the queue to be recomputed: its prompt becomes the
+//     original prompt + the tokens generated so far; prompt_len stays the original);
+//  2. running sequences still in prefill get the next chunk of their prompt (chunked prefill),
+//     as much as the budget and the free blocks allow; only the chunk that ends the prompt
+//     samples;
+//  3. queued sequences join in FIFO order while the budget, --max-running and the blocks allow
+//     (a sequence joins only when the blocks of its whole prompt are free beyond what running
+//     prefills still need, plus one block per running sequence for its decode growth).
+// If nothing at all can run (every running sequence is a prefill stalled on blocks), the most
+// recently admitted one is preempted until something can. A sequence joins with a fresh seq_id
+// each time it is admitted, so the workers see a recomputation as a new sequence from position
+// 0; the old id goes into `released`, as do the ids of sequences that ended.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "coordinator/kv_block_manager.h"
+#include "shardlm/v1/worker.pb.h"
+
+namespace shardlm::coordinator {
+
+struct SchedulerOptions {
+  int32_t max_batch_tokens = 512;
+  int32_t max_running = 64;
+  int32_t max_queue = 256;
+};
+
+class Scheduler {
+ public:
+  using Key = uint64_t;  // the engine's id of a request
+
+  // `blocks` must outlive the scheduler; Reset() it together with the scheduler.
+  Scheduler(SchedulerOptions options, KvBlockManager* blocks);
+  ~Scheduler();
+
+  // Queues a request. RESOURCE_EXHAUSTED when the queue is full or when the prompt alone needs
+  // more KV blocks than exist (the message names the numbers); FAILED_PRECONDITION when there
+  // are no blocks at all (no workers); ALREADY_EXISTS for a key in use.
+  absl::Status Add(Key key, std::vector<int32_t> prompt, const v1::SamplingParams& sampling,
+                   int32_t logprobs);
+  // Drops a request wherever it is (finished, cancelled, failed) and frees its blocks; the
+  // workers are told in the next plan's `released`. False when the key is unknown.
+  bool Remove(Key key);
+  // Drops every request and pending release (the workers are gone). The block manager is reset
+  // separately.
+  void Reset();
+
+  struct Step {
+    worker::v1::StepPlan plan;
+    std::vector<Key> admitted;   // joined the batch in this step (first time or after preemption)
+    std::vector<Key> preempted;  // sent back to the queue in this step
+    // Requests dropped because they can never fit (their prompt + generated tokens need more
+    // blocks than exist); RESOURCE_EXHAUSTED.
+    std::vector<std::pair<Key, absl::Status>> failed;
+  };
+  // Plans the next step (step_id counts from 1). The plan has no seqs only when no request is
+  // running or queued.
+  Step Schedule();
+
+  struct Sampled {
+    Key key;
+    int32_t token;
+    const v1::Logprobs* logprobs;  // into the StepResult; null when the worker sent none
+  };
+  struct Outcome {
+    std::vector<Sampled> sampled;  // in plan order
+    std::vector<Key> missing;      // asked to sample but the result has no token for them
+  };
+  // Applies the StepResult of `plan`: each sampled token is appended to its sequence (the next
+  // step runs it). Sequences removed since the plan was made are skipped.
+  Outcome Complete(const worker::v1::StepPlan& plan, const worker::v1::StepResult& result);
+
+  // The requests that have a seq in `plan` (and still exist).
+  std::vector<Key> RequestsIn(const worker::v1::StepPlan& plan) const;
+
+  bool Contains(Key key) const { return seqs_.count(key) > 0; }
+  bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
+  int32_t running() const { return static_cast<int32_t>(running_.size()); }
+  int32_t waiting() const { return static_cast<int32_t>(waiting_.size()); }
+  // Tokens (prompt + generated) and positions in the KV cache of a request, for tests.
+  const std::vector<int32_t>* TokensOf(Key key) const;
+  int64_t ComputedOf(Key key) const;
+
+ private:
+  struct Sequence;
+
+  bool IsDecode(const Sequence& s) const;
+  void AddSeqStep(Sequence* s, int64_t n, Step* step);
+  void Preempt(Sequence* s, Step* step);
+  // One pass of phases 1-3 into *step; budget left.
+  void Plan(Step* step);
+  void Drop(Sequence* s);  // frees blocks, queues the release, forgets the sequence
+
+  SchedulerOptions options_;
+  KvBlockManager* blocks_;
+  std::unordered_map<Key, std::unique_ptr<Sequence>> seqs_;
+  std::deque<Sequence*> waiting_;
+  std::vector<Sequence*> running_;  // in admission order: the back is the newest
+  std::unordered_map<uint64_t, Sequence*> by_seq_id_;
+  std::vector<uint64_t> released_;
+  uint64_t next_seq_id_ = 1;
+  uint64_t next_step_id_ = 1;
+};
+
+}  // namespace shardlm::coordinator

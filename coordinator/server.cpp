@@ -1,0 +1,105 @@
+#include "coordinator/server.h"
+
+#include <chrono>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+
+namespace shardlm::coordinator {
+
+namespace {
+// How long Shutdown waits for the attached workers to end their stream after Shutdown.
+constexpr std::chrono::seconds kWorkerGrace(4);
+// Then how long the server lets calls finish before cancelling them. Streams have ended by now;
+// this mostly bounds the wait for idle client connections to go.
+constexpr std::chrono::milliseconds kServerDeadline(1000);
+}  // namespace
+
+CoordinatorServer::CoordinatorServer(const CoordinatorOptions& options,
+                                     std::unique_ptr<ModelContext> model)
+    : options_(options), model_(std::move(model)) {
+  EngineOptions engine_options;
+  engine_options.scheduler.max_batch_tokens = options_.max_batch_tokens;
+  engine_options.scheduler.max_running = EffectiveMaxRunning(options_);
+  engine_options.scheduler.max_queue = options_.max_queue;
+  engine_options.kv_block_size = options_.kv_block_size;
+  engine_options.workers_expected = options_.tp * options_.pp;
+  engine_ = std::make_unique<Engine>(*model_, engine_options,
+                                     [this](bool serving) { SetHealth(serving); });
+  generation_ = std::make_unique<GenerationService>(*model_, options_, *engine_);
+  workers_ = std::make_unique<WorkerService>(options_, *engine_);
+}
+
+CoordinatorServer::~CoordinatorServer() { Shutdown(); }
+
+void CoordinatorServer::SetHealth(bool serving) {
+  if (server_ == nullptr) return;
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health == nullptr) return;
+  health->SetServingStatus("", serving);
+  health->SetServingStatus(v1::Generation::service_full_name(), serving);
+}
+
+absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
+    const CoordinatorOptions& options, std::unique_ptr<ModelContext> model) {
+  // Both must precede the ServerBuilder.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  std::unique_ptr<CoordinatorServer> self(new CoordinatorServer(options, std::move(model)));
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(self->generation_.get());
+  builder.RegisterService(self->workers_.get());
+  // Long prompts as ids are large messages.
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  // A worker host that vanishes without closing its connection is noticed within ~4 s by
+  // keepalive pings (a killed process closes its connection and is noticed at once).
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // Clients (workers) that send keepalive pings of their own are not told off.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  self->server_ = builder.BuildAndStart();
+  if (self->server_ == nullptr || port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("--listen ", options.listen, ": cannot listen there (in use or invalid)"));
+  }
+  self->port_ = port;
+  self->address_ = absl::StrCat(options.listen.substr(0, options.listen.rfind(':')), ":", port);
+  self->SetHealth(false);  // until a worker job has loaded
+  if (EffectiveMaxRunning(options) < options.max_running) {
+    spdlog::info("--max-running {} capped at --max-batch-tokens {}: each running sequence takes a "
+                 "token of every step", options.max_running, options.max_batch_tokens);
+  }
+  self->engine_->Start();
+  spdlog::info("serving {} ({}, context {}) on {} for a worker job of tp {} x pp {}",
+               self->model_->path, std::string(ArchName(self->model_->config.arch)),
+               self->model_->context_length, self->address_, options.tp, options.pp);
+  return self;
+}
+
+void CoordinatorServer::Shutdown() {
+  std::call_once(shutdown_once_, [this] {
+    if (server_ == nullptr) return;
+    spdlog::info("shutting down");
+    engine_->Stop();  // ends every request; the Attach handler says Shutdown to the workers
+    SetHealth(false);
+    if (!engine_->WaitAttachEnded(kWorkerGrace)) {
+      spdlog::warn("the worker job's attach stream did not end within {} s", kWorkerGrace.count());
+    }
+    server_->Shutdown(std::chrono::system_clock::now() + kServerDeadline);
+  });
+}
+
+void CoordinatorServer::Wait() {
+  if (server_ != nullptr) server_->Wait();
+}
+
+}  // namespace shardlm::coordinator

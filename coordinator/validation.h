@@ -1,0 +1,50 @@
+// Checks a GenerateRequest and turns its prompt into ids. Every error names the field, what was
+// expected and what was found; codes: INVALID_ARGUMENT, or FAILED_PRECONDITION when the request
+// needs something the model lacks (text prompts without a tokenizer).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "coordinator/model_context.h"
+#include "shardlm/v1/generation.pb.h"
+
+namespace shardlm::coordinator {
+
+// A request that passed validation, with its prompt as ids.
+struct PreparedRequest {
+  std::string request_id;  // as sent ("" = to be assigned)
+  std::vector<int32_t> prompt;
+  int32_t max_new_tokens = 0;
+  v1::SamplingParams sampling;  // as sent: the workers apply the defaults of unset fields
+  std::vector<std::string> stop;
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+  int32_t logprobs = 0;
+};
+
+inline constexpr int32_t kMaxLogprobs = 20;
+inline constexpr size_t kMaxRequestIdBytes = 256;
+
+// Range checks of the sampling fields that are set ("sampling.top_p: ...").
+absl::Status ValidateSamplingParams(const v1::SamplingParams& sampling);
+
+// `text` tokenized (special-token text parsed; may give no ids); `field` names it in errors.
+absl::StatusOr<std::vector<int32_t>> TokenizeText(const ModelContext& model, std::string_view text,
+                                                  bool add_special, absl::string_view field);
+// `chat` rendered with `template_name` (or the model's template) and tokenized; a template that
+// writes BOS itself gets none from the tokenizer.
+absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ModelContext& model,
+                                                  const v1::ChatMessages& chat,
+                                                  const std::string& template_name);
+
+// Everything checkable without the scheduler: sampling, limits, stop conditions, the prompt and
+// prompt + max_new_tokens against the context length.
+absl::StatusOr<PreparedRequest> PrepareGenerateRequest(const v1::GenerateRequest& request,
+                                                       const ModelContext& model);
+
+}  // namespace shardlm::coordinator

@@ -1,0 +1,82 @@
+#include "coordinator/worker_link.h"
+
+#include <utility>
+
+#include "spdlog/spdlog.h"
+
+namespace shardlm::coordinator {
+
+absl::StatusOr<worker::v1::StepResult> WorkerLink::RunStep(const worker::v1::StepPlan& plan) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto gone = [&]() -> absl::Status {
+    if (down_) return absl::UnavailableError(down_->message());
+    return absl::UnavailableError("the coordinator is shutting down");
+  };
+  if (down_ || closed_) return gone();
+  outgoing_.emplace();
+  *outgoing_->mutable_step() = plan;
+  awaited_step_ = plan.step_id();
+  result_.reset();
+  cv_.notify_all();
+  cv_.wait(lock, [&] { return result_.has_value() || down_.has_value() || closed_; });
+  awaited_step_ = 0;
+  if (result_) return *std::exchange(result_, std::nullopt);
+  return gone();
+}
+
+std::optional<worker::v1::CoordinatorMessage> WorkerLink::NextOutgoing() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return outgoing_.has_value() || down_.has_value() || closed_; });
+  if (down_ || closed_) return std::nullopt;
+  return std::exchange(outgoing_, std::nullopt);
+}
+
+void WorkerLink::OnMessage(const worker::v1::WorkerMessage& message) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!message.has_result()) {
+    spdlog::warn("worker job {}: unexpected message (kind {}) after loading: ignored", peer_,
+                 static_cast<int>(message.kind_case()));
+    return;
+  }
+  if (awaited_step_ == 0 || message.result().step_id() != awaited_step_) {
+    spdlog::warn("worker job {}: result for step {} while waiting for step {}: ignored", peer_,
+                 message.result().step_id(), awaited_step_);
+    return;
+  }
+  result_ = message.result();
+  cv_.notify_all();
+}
+
+void WorkerLink::MarkDown(absl::Status reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!down_) down_ = std::move(reason);
+  cv_.notify_all();
+}
+
+void WorkerLink::Close() {
+  std::lock_guard<std::mutex> lock(mu_);
+  closed_ = true;
+  cv_.notify_all();
+}
+
+bool WorkerLink::WaitDown(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, timeout, [&] { return down_.has_value(); });
+}
+
+bool WorkerLink::down() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return down_.has_value();
+}
+
+bool WorkerLink::closed() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return closed_;
+}
+
+absl::Status WorkerLink::down_reason() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return down_.value_or(absl::OkStatus());
+}
+
+}  // namespace shardlm::coordinator

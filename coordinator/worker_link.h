@@ -1,0 +1,60 @@
+// The hand-off between the engine thread and the Attach handler that owns an attached worker
+// job's stream. The engine never touches the stream: RunStep queues a plan and waits on a
+// condition variable for its result, for the link to go down (the stream broke) or for it to
+// close (shutdown), so a dead worker cannot block the scheduler. The handler thread writes what
+// NextOutgoing gives; a reader thread it starts feeds OnMessage and calls MarkDown when the
+// stream ends. Thread-safe.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "shardlm/v1/worker.pb.h"
+
+namespace shardlm::coordinator {
+
+class WorkerLink {
+ public:
+  // `peer` describes the job in logs and messages ("host pid 123, 4 ranks").
+  explicit WorkerLink(std::string peer) : peer_(std::move(peer)) {}
+
+  const std::string& peer() const { return peer_; }
+
+  // Engine side: sends `plan` and waits for the StepResult with its step_id. UNAVAILABLE when
+  // the link goes down or is closed first. One step at a time.
+  absl::StatusOr<worker::v1::StepResult> RunStep(const worker::v1::StepPlan& plan);
+
+  // Handler side: the next message to write; nullopt once the link is down or closed.
+  std::optional<worker::v1::CoordinatorMessage> NextOutgoing();
+  // Reader side: a message from the workers.
+  void OnMessage(const worker::v1::WorkerMessage& message);
+  // The stream broke or ended: every wait returns. The first reason is kept.
+  void MarkDown(absl::Status reason);
+  // The coordinator is shutting down: waits return; the handler sends Shutdown.
+  void Close();
+  // Handler side: waits up to `timeout` for the link to go down (the workers ending the stream
+  // after Shutdown); true when it did.
+  bool WaitDown(std::chrono::milliseconds timeout);
+
+  bool down() const;
+  bool closed() const;
+  absl::Status down_reason() const;
+
+ private:
+  const std::string peer_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<worker::v1::CoordinatorMessage> outgoing_;
+  uint64_t awaited_step_ = 0;  // step_id RunStep waits for; 0: none
+  std::optional<worker::v1::StepResult> result_;
+  std::optional<absl::Status> down_;
+  bool closed_ = false;
+};
+
+}  // namespace shardlm::coordinator

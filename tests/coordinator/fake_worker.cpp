@@ -1,0 +1,171 @@
+#include "tests/coordinator/fake_worker.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+
+namespace shardlm::coordinator::testing {
+
+FakeWorker::FakeWorker(const std::string& address, FakeWorkerOptions options)
+    : address_(address), options_(std::move(options)) {
+  thread_ = std::thread([this] { Run(); });
+}
+
+FakeWorker::~FakeWorker() {
+  Kill();
+  if (thread_.joinable()) thread_.join();
+}
+
+int32_t FakeWorker::NextToken(const std::vector<int32_t>& sequence, int32_t vocab) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the ids
+  for (int32_t t : sequence) {
+    h ^= static_cast<uint32_t>(t);
+    h *= 1099511628211ull;
+  }
+  return static_cast<int32_t>((h >> 17) % static_cast<uint64_t>(vocab));
+}
+
+std::vector<int32_t> FakeWorker::Reference(std::vector<int32_t> prompt, int n, int32_t vocab) {
+  std::vector<int32_t> out;
+  for (int i = 0; i < n; ++i) {
+    out.push_back(NextToken(prompt, vocab));
+    prompt.push_back(out.back());
+  }
+  return out;
+}
+
+void FakeWorker::Kill() { context_.TryCancel(); }
+
+grpc::Status FakeWorker::Join() {
+  if (thread_.joinable()) thread_.join();
+  return status_;
+}
+
+worker::v1::LoadCommand FakeWorker::load() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return load_;
+}
+
+int FakeWorker::seqs_seen() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(seen_.size());
+}
+
+std::vector<std::string> FakeWorker::errors() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return errors_;
+}
+
+void FakeWorker::Error(std::string message) {
+  std::lock_guard<std::mutex> lock(mu_);
+  errors_.push_back(std::move(message));
+}
+
+void FakeWorker::Run() {
+  auto channel = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
+  auto stub = worker::v1::WorkerControl::NewStub(channel);
+  auto stream = stub->Attach(&context_);
+  worker::v1::WorkerMessage hello;
+  hello.mutable_hello()->set_world_size(options_.world_size);
+  hello.mutable_hello()->set_hostname("fake");
+  hello.mutable_hello()->set_pid(1234);
+  stream->Write(hello);
+  worker::v1::CoordinatorMessage in;
+  while (stream->Read(&in)) {
+    if (in.has_load()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        load_ = in.load();
+        kv_.assign(static_cast<size_t>(options_.kv_blocks * load_.kv_block_size()), -1);
+      }
+      worker::v1::WorkerMessage reply;
+      reply.mutable_loaded()->set_ok(options_.load_error.empty());
+      reply.mutable_loaded()->set_error(options_.load_error);
+      reply.mutable_loaded()->set_kv_blocks(options_.load_error.empty() ? options_.kv_blocks : 0);
+      stream->Write(reply);
+      if (!options_.load_error.empty()) break;
+      loaded_ = true;
+    } else if (in.has_step()) {
+      if (options_.step_delay.count() > 0) std::this_thread::sleep_for(options_.step_delay);
+      worker::v1::WorkerMessage reply;
+      *reply.mutable_result() = Step(in.step());
+      if (!stream->Write(reply)) break;
+    } else if (in.has_shutdown()) {
+      got_shutdown_ = true;
+      break;
+    }
+  }
+  stream->WritesDone();
+  status_ = stream->Finish();
+}
+
+worker::v1::StepResult FakeWorker::Step(const worker::v1::StepPlan& plan) {
+  const int step = ++steps_;
+  max_batch_ = std::max(max_batch_.load(), plan.seqs_size());
+  worker::v1::StepResult result;
+  result.set_step_id(plan.step_id());
+  if (options_.fail_step != 0 && static_cast<uint64_t>(step) == options_.fail_step) {
+    result.set_error("fake failure");
+    return result;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  const int32_t bs = load_.kv_block_size();
+  for (uint64_t id : plan.released()) {
+    live_.erase(id);
+    released_.insert(id);
+  }
+  std::set<int32_t> blocks_in_step;
+  for (const worker::v1::SeqStep& s : plan.seqs()) {
+    const std::string where = absl::StrCat("step ", plan.step_id(), " seq ", s.seq_id(), ": ");
+    if (released_.count(s.seq_id()) > 0) errors_.push_back(where + "released id used again");
+    seen_.insert(s.seq_id());
+    if (s.tokens().empty()) errors_.push_back(where + "no tokens");
+    auto it = live_.find(s.seq_id());
+    const int32_t expected_start = it == live_.end() ? 0 : it->second;
+    if (s.start_pos() != expected_start) {
+      errors_.push_back(absl::StrCat(where, "start_pos ", s.start_pos(), ", expected ",
+                                     expected_start));
+    }
+    const int32_t end = s.start_pos() + s.tokens_size();
+    if (s.block_table_size() != (end + bs - 1) / bs) {
+      errors_.push_back(absl::StrCat(where, s.block_table_size(), " blocks for ", end,
+                                     " positions of ", bs));
+      continue;
+    }
+    for (int32_t b : s.block_table()) {
+      if (b < 0 || b >= options_.kv_blocks) {
+        errors_.push_back(absl::StrCat(where, "block ", b, " out of range"));
+        return result;
+      }
+      if (!blocks_in_step.insert(b).second) {
+        errors_.push_back(absl::StrCat(where, "block ", b, " also used by another sequence"));
+      }
+    }
+    if (s.prompt_len() <= 0) errors_.push_back(absl::StrCat(where, "prompt_len ", s.prompt_len()));
+    for (int i = 0; i < s.tokens_size(); ++i) {
+      const int32_t pos = s.start_pos() + i;
+      kv_[static_cast<size_t>(s.block_table(pos / bs)) * bs + pos % bs] = s.tokens(i);
+    }
+    live_[s.seq_id()] = end;
+    if (!s.sample()) continue;
+    std::vector<int32_t> sequence(static_cast<size_t>(end));
+    for (int32_t pos = 0; pos < end; ++pos) {
+      sequence[pos] = kv_[static_cast<size_t>(s.block_table(pos / bs)) * bs + pos % bs];
+    }
+    worker::v1::SeqResult* r = result.add_results();
+    r->set_seq_id(s.seq_id());
+    r->set_token(NextToken(sequence, options_.vocab));
+    if (s.logprobs() > 0) {
+      r->mutable_logprobs()->mutable_chosen()->set_id(r->token());
+      r->mutable_logprobs()->mutable_chosen()->set_logprob(-0.5f);
+      for (int i = 0; i < s.logprobs(); ++i) {
+        v1::TokenLogprob* top = r->mutable_logprobs()->add_top();
+        top->set_id((r->token() + i) % options_.vocab);
+        top->set_logprob(-0.5f - i);
+      }
+    }
+  }
+  return result;
+}
+
+}  // namespace shardlm::coordinator::testing

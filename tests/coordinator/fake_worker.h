@@ -1,0 +1,85 @@
+// A stand-in for an mpirun worker job in the coordinator's tests: it attaches over gRPC like
+// rank 0 of shardlm-worker and answers step plans with a toy "model". The toy keeps a simulated
+// paged KV store: each step's tokens are written into the blocks its tables name, and a sampled
+// token is a hash of the whole sequence read back through the table. A wrong block table, a
+// block shared by two live sequences or a bad recomputation therefore changes the output, which
+// the tests compare with Reference(). Protocol invariants (positions continue, tables cover
+// exactly [0, start_pos + n), released ids never come back) are checked and collected in
+// errors().
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "shardlm/v1/worker.grpc.pb.h"
+
+namespace shardlm::coordinator::testing {
+
+struct FakeWorkerOptions {
+  int32_t world_size = 1;
+  int64_t kv_blocks = 64;
+  std::string load_error;  // non-empty: answer Loaded{ok = false, error}
+  std::chrono::milliseconds step_delay{0};
+  uint64_t fail_step = 0;  // answer this step (by count, from 1) with StepResult.error
+  int32_t vocab = 256;
+};
+
+class FakeWorker {
+ public:
+  FakeWorker(const std::string& address, FakeWorkerOptions options);
+  ~FakeWorker();  // Kill() and join
+
+  // The toy model: the token after `sequence`.
+  static int32_t NextToken(const std::vector<int32_t>& sequence, int32_t vocab = 256);
+  // What a request generates alone: n tokens after `prompt`.
+  static std::vector<int32_t> Reference(std::vector<int32_t> prompt, int n, int32_t vocab = 256);
+
+  // The job dies: its stream is cut as when the process is killed.
+  void Kill();
+  // Waits for the attach stream to end; its final status.
+  grpc::Status Join();
+
+  bool loaded() const { return loaded_; }
+  bool got_shutdown() const { return got_shutdown_; }
+  int steps() const { return steps_; }
+  worker::v1::LoadCommand load() const;
+  std::vector<std::string> errors() const;
+  // The largest number of sequences one step carried.
+  int max_batch() const { return max_batch_; }
+  // Distinct seq ids seen: more than the requests means some were preempted and recomputed.
+  int seqs_seen() const;
+
+ private:
+  void Run();
+  worker::v1::StepResult Step(const worker::v1::StepPlan& plan);
+  void Error(std::string message);
+
+  const std::string address_;
+  const FakeWorkerOptions options_;
+  grpc::ClientContext context_;
+  std::thread thread_;
+  grpc::Status status_;
+  std::atomic<bool> loaded_{false}, got_shutdown_{false};
+  std::atomic<int> steps_{0}, max_batch_{0};
+
+  mutable std::mutex mu_;
+  worker::v1::LoadCommand load_;
+  std::vector<std::string> errors_;
+  // Toy KV store: token ids by cache row (block * block_size + offset).
+  std::vector<int32_t> kv_;
+  std::unordered_map<uint64_t, int32_t> live_;  // seq_id -> positions written so far
+  std::set<uint64_t> released_;
+  std::set<uint64_t> seen_;
+};
+
+}  // namespace shardlm::coordinator::testing

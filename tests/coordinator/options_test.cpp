@@ -1,0 +1,63 @@
+#include "coordinator/options.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace shardlm::coordinator {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(OptionsTest, ParsesByteSizes) {
+  EXPECT_EQ(ParseByteSize("256MiB").value(), 256ull << 20);
+  EXPECT_EQ(ParseByteSize("1GiB").value(), 1ull << 30);
+  EXPECT_EQ(ParseByteSize("1.5g").value(), 3ull << 29);
+  EXPECT_EQ(ParseByteSize("64KB").value(), 64ull << 10);
+  EXPECT_EQ(ParseByteSize("4096").value(), 4096u);
+  EXPECT_EQ(ParseByteSize(" 2 M ").value(), 2ull << 20);
+  EXPECT_FALSE(ParseByteSize("").ok());
+  EXPECT_FALSE(ParseByteSize("MiB").ok());
+  EXPECT_FALSE(ParseByteSize("12 parsecs").ok());
+  EXPECT_FALSE(ParseByteSize("1e30").ok());
+}
+
+TEST(OptionsTest, ValidatesFlagsByName) {
+  CoordinatorOptions o;
+  o.model = "m";
+  EXPECT_TRUE(ValidateOptions(o).ok());
+  auto error = [&](auto spoil) {
+    CoordinatorOptions bad = o;
+    spoil(bad);
+    return std::string(ValidateOptions(bad).message());
+  };
+  EXPECT_THAT(error([](auto& b) { b.tp = 0; }), HasSubstr("--tp"));
+  EXPECT_THAT(error([](auto& b) { b.listen = "nocolon"; }), HasSubstr("--listen"));
+  EXPECT_THAT(error([](auto& b) { b.model = ""; }), HasSubstr("--model"));
+  EXPECT_THAT(error([](auto& b) { b.kv_block_size = 0; }), HasSubstr("--kv-block-size"));
+  EXPECT_THAT(error([](auto& b) { b.max_running = 0; }), HasSubstr("--max-running"));
+  CoordinatorOptions many = o;
+  many.max_running = 600;
+  EXPECT_TRUE(ValidateOptions(many).ok());
+  EXPECT_EQ(EffectiveMaxRunning(many), 512);
+  EXPECT_THAT(error([](auto& b) { b.pp_layers = "3"; }), HasSubstr("pp - 1 = 0"));
+  EXPECT_THAT(error([](auto& b) {
+                b.pp = 3;
+                b.pp_layers = "5,4";
+              }),
+              HasSubstr("element 1"));
+  CoordinatorOptions pp = o;
+  pp.pp = 3;
+  pp.pp_layers = "4, 9";
+  EXPECT_TRUE(ValidateOptions(pp).ok());
+}
+
+TEST(OptionsTest, ContextLength) {
+  EXPECT_EQ(ContextLength(8192, 0), 8192);
+  EXPECT_EQ(ContextLength(8192, 1000), 1000);
+  EXPECT_EQ(ContextLength(0, 0), kDefaultContextLength);
+  EXPECT_EQ(ContextLength(0, 100), 100);
+  EXPECT_EQ(ContextLength(512, 4096), 512);
+}
+
+}  // namespace
+}  // namespace shardlm::coordinator

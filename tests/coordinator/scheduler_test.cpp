@@ -1,0 +1,342 @@
+#include "coordinator/scheduler.h"
+
+#include <memory>
+#include <set>
+#include <unordered_map>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace shardlm::coordinator {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+using Key = Scheduler::Key;
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void Init(int32_t block_size, int64_t blocks, int32_t budget, int32_t max_running = 64,
+            int32_t max_queue = 64) {
+    blocks_ = std::make_unique<KvBlockManager>(block_size);
+    blocks_->Reset(blocks);
+    scheduler_ = std::make_unique<Scheduler>(
+        SchedulerOptions{budget, max_running, max_queue}, blocks_.get());
+  }
+  // Prompt ids key*100 + i, so that a plan's tokens say whose they are.
+  static std::vector<int32_t> Prompt(Key key, int n) {
+    std::vector<int32_t> p;
+    for (int i = 0; i < n; ++i) p.push_back(static_cast<int32_t>(key * 100 + i));
+    return p;
+  }
+  absl::Status Add(Key key, int n) {
+    v1::SamplingParams sampling;
+    sampling.set_temperature(0.5f);
+    return scheduler_->Add(key, Prompt(key, n), sampling, 0);
+  }
+  // The workers' answer: every sampling sequence gets `token`.
+  Scheduler::Outcome Complete(const Scheduler::Step& step, int32_t token = 7) {
+    worker::v1::StepResult result;
+    result.set_step_id(step.plan.step_id());
+    for (const worker::v1::SeqStep& s : step.plan.seqs()) {
+      if (!s.sample()) continue;
+      worker::v1::SeqResult* r = result.add_results();
+      r->set_seq_id(s.seq_id());
+      r->set_token(token);
+    }
+    return scheduler_->Complete(step.plan, result);
+  }
+  std::vector<Key> Keys(const Scheduler::Step& step) { return scheduler_->RequestsIn(step.plan); }
+  static std::vector<int32_t> Tokens(const worker::v1::SeqStep& s) {
+    return {s.tokens().begin(), s.tokens().end()};
+  }
+
+  std::unique_ptr<KvBlockManager> blocks_;
+  std::unique_ptr<Scheduler> scheduler_;
+};
+
+TEST_F(SchedulerTest, ChunkedPrefillUnderTheTokenBudgetThenDecode) {
+  Init(/*block_size=*/4, /*blocks=*/100, /*budget=*/8);
+  ASSERT_TRUE(Add(1, 20).ok());
+  const std::vector<int32_t> prompt = Prompt(1, 20);
+  Scheduler::Step s1 = scheduler_->Schedule();
+  ASSERT_EQ(s1.plan.seqs_size(), 1);
+  EXPECT_EQ(s1.plan.step_id(), 1u);
+  EXPECT_THAT(s1.admitted, ElementsAre(1u));
+  const worker::v1::SeqStep& c1 = s1.plan.seqs(0);
+  EXPECT_EQ(c1.start_pos(), 0);
+  EXPECT_THAT(Tokens(c1), ElementsAreArray(prompt.begin(), prompt.begin() + 8));
+  EXPECT_FALSE(c1.sample());
+  EXPECT_EQ(c1.block_table_size(), 2);
+  EXPECT_EQ(c1.prompt_len(), 20);
+  EXPECT_FLOAT_EQ(c1.sampling().temperature(), 0.5f);
+  EXPECT_TRUE(Complete(s1).sampled.empty());
+
+  Scheduler::Step s2 = scheduler_->Schedule();
+  ASSERT_EQ(s2.plan.seqs_size(), 1);
+  EXPECT_EQ(s2.plan.seqs(0).seq_id(), c1.seq_id());
+  EXPECT_EQ(s2.plan.seqs(0).start_pos(), 8);
+  EXPECT_EQ(s2.plan.seqs(0).tokens_size(), 8);
+  EXPECT_FALSE(s2.plan.seqs(0).sample());
+  EXPECT_EQ(s2.plan.seqs(0).block_table_size(), 4);
+  // The table grows by appending: earlier blocks keep their place.
+  EXPECT_EQ(s2.plan.seqs(0).block_table(0), c1.block_table(0));
+  EXPECT_EQ(s2.plan.seqs(0).block_table(1), c1.block_table(1));
+  Complete(s2);
+
+  Scheduler::Step s3 = scheduler_->Schedule();
+  ASSERT_EQ(s3.plan.seqs_size(), 1);
+  EXPECT_EQ(s3.plan.seqs(0).start_pos(), 16);
+  EXPECT_EQ(s3.plan.seqs(0).tokens_size(), 4);
+  EXPECT_TRUE(s3.plan.seqs(0).sample());  // the chunk that ends the prompt
+  EXPECT_EQ(s3.plan.seqs(0).block_table_size(), 5);
+  Scheduler::Outcome o3 = Complete(s3, 42);
+  ASSERT_EQ(o3.sampled.size(), 1u);
+  EXPECT_EQ(o3.sampled[0].key, 1u);
+  EXPECT_EQ(o3.sampled[0].token, 42);
+
+  Scheduler::Step s4 = scheduler_->Schedule();
+  ASSERT_EQ(s4.plan.seqs_size(), 1);
+  EXPECT_THAT(Tokens(s4.plan.seqs(0)), ElementsAre(42));
+  EXPECT_EQ(s4.plan.seqs(0).start_pos(), 20);
+  EXPECT_TRUE(s4.plan.seqs(0).sample());
+  EXPECT_EQ(s4.plan.seqs(0).block_table_size(), 6);  // position 20 opens block 5
+  EXPECT_EQ(blocks_->free(), 94);
+}
+
+TEST_F(SchedulerTest, DecodesFirstThenPrefillChunksThenNewcomers) {
+  Init(4, 100, /*budget=*/6);
+  ASSERT_TRUE(Add(1, 2).ok());
+  Scheduler::Step s1 = scheduler_->Schedule();
+  EXPECT_THAT(Keys(s1), ElementsAre(1u));
+  Complete(s1);
+  ASSERT_TRUE(Add(2, 10).ok());
+  ASSERT_TRUE(Add(3, 3).ok());
+
+  Scheduler::Step s2 = scheduler_->Schedule();
+  EXPECT_THAT(Keys(s2), ElementsAre(1u, 2u));  // 1 decode + 5 of B's prompt; C waits
+  EXPECT_EQ(s2.plan.seqs(0).tokens_size(), 1);
+  EXPECT_EQ(s2.plan.seqs(1).tokens_size(), 5);
+  EXPECT_FALSE(s2.plan.seqs(1).sample());
+  EXPECT_THAT(s2.admitted, ElementsAre(2u));
+  EXPECT_EQ(scheduler_->waiting(), 1);
+  Complete(s2);
+
+  Scheduler::Step s3 = scheduler_->Schedule();
+  EXPECT_THAT(Keys(s3), ElementsAre(1u, 2u));
+  EXPECT_EQ(s3.plan.seqs(1).start_pos(), 5);
+  EXPECT_EQ(s3.plan.seqs(1).tokens_size(), 5);
+  EXPECT_TRUE(s3.plan.seqs(1).sample());
+  EXPECT_EQ(Complete(s3).sampled.size(), 2u);
+
+  Scheduler::Step s4 = scheduler_->Schedule();
+  EXPECT_THAT(Keys(s4), ElementsAre(1u, 2u, 3u));  // two decodes, then C joins whole
+  EXPECT_EQ(s4.plan.seqs(2).tokens_size(), 3);
+  EXPECT_TRUE(s4.plan.seqs(2).sample());
+  EXPECT_THAT(s4.admitted, ElementsAre(3u));
+  EXPECT_EQ(scheduler_->running(), 3);
+  EXPECT_EQ(scheduler_->waiting(), 0);
+  // Each sequence has its own seq id.
+  EXPECT_NE(s4.plan.seqs(0).seq_id(), s4.plan.seqs(1).seq_id());
+  EXPECT_NE(s4.plan.seqs(1).seq_id(), s4.plan.seqs(2).seq_id());
+}
+
+TEST_F(SchedulerTest, MaxRunningHoldsTheQueueAndLeaversFreeTheirPlaces) {
+  Init(4, 100, 64, /*max_running=*/2);
+  for (Key k = 1; k <= 3; ++k) ASSERT_TRUE(Add(k, 3).ok());
+  Scheduler::Step s1 = scheduler_->Schedule();
+  EXPECT_THAT(Keys(s1), ElementsAre(1u, 2u));
+  EXPECT_EQ(scheduler_->waiting(), 1);
+  const uint64_t seq1 = s1.plan.seqs(0).seq_id();
+  Complete(s1);
+  const int64_t free_before = blocks_->free();
+  ASSERT_TRUE(scheduler_->Remove(1));  // finished or cancelled: leaves at once
+  EXPECT_EQ(blocks_->free(), free_before + 1);
+  EXPECT_FALSE(scheduler_->Remove(1));
+  Scheduler::Step s2 = scheduler_->Schedule();
+  EXPECT_THAT(Keys(s2), ElementsAre(2u, 3u));
+  EXPECT_THAT(s2.plan.released(), ElementsAre(seq1));
+  Complete(s2);
+  // A queued request can be removed too (never seen by the workers: no release).
+  ASSERT_TRUE(Add(4, 3).ok());
+  ASSERT_TRUE(scheduler_->Remove(4));
+  Scheduler::Step s3 = scheduler_->Schedule();
+  EXPECT_TRUE(s3.plan.released().empty());
+}
+
+TEST_F(SchedulerTest, RemovedWhileInFlightIsSkippedAndMissingTokensReported) {
+  Init(4, 100, 64);
+  ASSERT_TRUE(Add(1, 3).ok());
+  ASSERT_TRUE(Add(2, 3).ok());
+  Scheduler::Step s1 = scheduler_->Schedule();
+  ASSERT_EQ(s1.plan.seqs_size(), 2);
+  scheduler_->Remove(1);  // cancelled while the step runs
+  worker::v1::StepResult result;
+  result.set_step_id(s1.plan.step_id());
+  worker::v1::SeqResult* r = result.add_results();
+  r->set_seq_id(s1.plan.seqs(0).seq_id());
+  r->set_token(5);
+  // Nothing for request 2.
+  Scheduler::Outcome outcome = scheduler_->Complete(s1.plan, result);
+  EXPECT_TRUE(outcome.sampled.empty());
+  EXPECT_THAT(outcome.missing, ElementsAre(2u));
+}
+
+TEST_F(SchedulerTest, OutOfBlocksPreemptsTheNewestAndRecomputesItFirst) {
+  // Blocks of 2 tokens, 6 in all. A, B, C (prompts of 2) join; D must wait (no headroom).
+  Init(2, 6, 64);
+  for (Key k = 1; k <= 4; ++k) ASSERT_TRUE(Add(k, 2).ok());
+  Scheduler::Step s1 = scheduler_->Schedule();
+  EXPECT_THAT(Keys(s1), ElementsAre(1u, 2u, 3u));
+  EXPECT_EQ(scheduler_->waiting(), 1);
+  const uint64_t c_seq = s1.plan.seqs(2).seq_id();
+  Complete(s1, 11);  // position 2 needs a second block each: 3 left
+  Scheduler::Step s2 = scheduler_->Schedule();
+  EXPECT_THAT(Keys(s2), ElementsAre(1u, 2u, 3u));
+  EXPECT_EQ(blocks_->free(), 0);
+  Complete(s2, 12);
+  Scheduler::Step s3 = scheduler_->Schedule();  // position 3 fits the second blocks
+  EXPECT_THAT(Keys(s3), ElementsAre(1u, 2u, 3u));
+  Complete(s3, 13);
+  // Position 4 needs a third block each, none is free: C (the newest) makes room for A and B.
+  Scheduler::Step s4 = scheduler_->Schedule();
+  EXPECT_THAT(Keys(s4), ElementsAre(1u, 2u));
+  EXPECT_THAT(s4.preempted, ElementsAre(3u));
+  EXPECT_THAT(s4.plan.released(), ElementsAre(c_seq));
+  EXPECT_TRUE(s4.failed.empty());
+  EXPECT_EQ(scheduler_->waiting(), 2);
+  EXPECT_EQ(scheduler_->ComputedOf(3), 0);
+  Complete(s4, 14);
+  // C is recomputed before D when room comes back: prompt + what it generated, from position 0,
+  // under a new seq id, with the original prompt_len.
+  scheduler_->Remove(1);
+  scheduler_->Remove(2);
+  Scheduler::Step s5 = scheduler_->Schedule();
+  ASSERT_EQ(Keys(s5), (std::vector<Key>{3u, 4u}));
+  const worker::v1::SeqStep& c = s5.plan.seqs(0);
+  EXPECT_THAT(Tokens(c), ElementsAre(300, 301, 11, 12, 13));
+  EXPECT_EQ(c.start_pos(), 0);
+  EXPECT_EQ(c.prompt_len(), 2);
+  EXPECT_TRUE(c.sample());
+  EXPECT_NE(c.seq_id(), c_seq);
+  EXPECT_EQ(c.block_table_size(), 3);
+  EXPECT_THAT(s5.admitted, ElementsAre(3u, 4u));
+  Scheduler::Outcome o5 = Complete(s5, 15);
+  ASSERT_EQ(o5.sampled.size(), 2u);
+  EXPECT_THAT(*scheduler_->TokensOf(3), ElementsAre(300, 301, 11, 12, 13, 15));
+}
+
+TEST_F(SchedulerTest, ASequenceThatOutgrowsTheWholeCacheFails) {
+  Init(2, 2, 64);  // 4 positions in all
+  ASSERT_TRUE(Add(1, 3).ok());
+  Complete(scheduler_->Schedule());  // positions 0-2, token 7
+  Scheduler::Step s2 = scheduler_->Schedule();  // position 3: still 2 blocks
+  ASSERT_EQ(s2.plan.seqs_size(), 1);
+  Complete(s2);
+  Scheduler::Step s3 = scheduler_->Schedule();  // position 4 needs a third block
+  EXPECT_EQ(s3.plan.seqs_size(), 0);
+  EXPECT_THAT(s3.preempted, ElementsAre(1u));
+  ASSERT_EQ(s3.failed.size(), 1u);
+  EXPECT_EQ(s3.failed[0].first, 1u);
+  EXPECT_EQ(s3.failed[0].second.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s3.failed[0].second.message(), HasSubstr("needs 3 KV blocks"));
+  EXPECT_FALSE(scheduler_->Contains(1));
+  EXPECT_FALSE(scheduler_->HasWork());
+  EXPECT_EQ(blocks_->free(), 2);
+  // Its old seq id is released with the next plan that is sent.
+  ASSERT_TRUE(Add(2, 1).ok());
+  Scheduler::Step s4 = scheduler_->Schedule();
+  EXPECT_EQ(s4.plan.released_size(), 1);
+}
+
+TEST_F(SchedulerTest, RefusesWhatCanNeverRunAndAFullQueue) {
+  Init(4, 2, 64, 64, /*max_queue=*/2);
+  absl::Status too_long = Add(1, 9);
+  EXPECT_EQ(too_long.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(too_long.message(), HasSubstr("9 tokens needs 3 KV blocks of 4 tokens"));
+  EXPECT_THAT(too_long.message(), HasSubstr("only 2 blocks"));
+  EXPECT_TRUE(Add(1, 8).ok());
+  EXPECT_TRUE(Add(2, 1).ok());
+  absl::Status full = Add(3, 1);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(full.message(), HasSubstr("queue full"));
+  EXPECT_EQ(Add(2, 1).code(), absl::StatusCode::kAlreadyExists);
+
+  Init(4, 0, 64);
+  EXPECT_EQ(Add(1, 1).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(SchedulerTest, AdmissionWaitsForBlocksAndKeepsFifoOrder) {
+  Init(4, 4, 64);  // 16 positions
+  ASSERT_TRUE(Add(1, 12).ok());  // 3 blocks
+  ASSERT_TRUE(Add(2, 4).ok());   // 1 block, but one block is A's decode headroom
+  ASSERT_TRUE(Add(3, 1).ok());   // would fit, but FIFO: it does not pass B
+  Scheduler::Step s1 = scheduler_->Schedule();
+  EXPECT_THAT(Keys(s1), ElementsAre(1u));
+  EXPECT_EQ(scheduler_->waiting(), 2);
+  Complete(s1);
+  scheduler_->Remove(1);
+  Scheduler::Step s2 = scheduler_->Schedule();
+  EXPECT_THAT(Keys(s2), ElementsAre(2u, 3u));
+}
+
+TEST_F(SchedulerTest, ResetForgetsEverything) {
+  Init(4, 10, 64);
+  ASSERT_TRUE(Add(1, 5).ok());
+  ASSERT_TRUE(Add(2, 5).ok());
+  scheduler_->Schedule();
+  scheduler_->Reset();
+  blocks_->Reset(10);
+  EXPECT_FALSE(scheduler_->HasWork());
+  EXPECT_FALSE(scheduler_->Contains(1));
+  EXPECT_EQ(scheduler_->running(), 0);
+  ASSERT_TRUE(Add(1, 5).ok());
+  Scheduler::Step s = scheduler_->Schedule();
+  EXPECT_TRUE(s.plan.released().empty());
+  EXPECT_EQ(s.plan.seqs(0).start_pos(), 0);
+}
+
+// Many requests of random lengths through a small cache: every step stays within the budget,
+// no block is in two tables, and every request ends with all its tokens.
+TEST_F(SchedulerTest, StressKeepsInvariants) {
+  Init(2, 24, 16, 8, 1000);
+  uint32_t rng = 12345;
+  auto next = [&] { return rng = rng * 1664525u + 1013904223u; };
+  std::unordered_map<Key, int> remaining;  // tokens still to generate
+  for (Key k = 1; k <= 40; ++k) {
+    const int len = 1 + static_cast<int>(next() % 20);
+    ASSERT_TRUE(Add(k, len).ok());
+    remaining[k] = 1 + static_cast<int>(next() % 12);
+  }
+  int steps = 0, preemptions = 0;
+  while (scheduler_->HasWork() && steps < 5000) {
+    Scheduler::Step s = scheduler_->Schedule();
+    ++steps;
+    preemptions += static_cast<int>(s.preempted.size());
+    for (auto& [key, status] : s.failed) remaining.erase(key);
+    int tokens = 0;
+    std::set<int32_t> used;
+    for (const worker::v1::SeqStep& seq : s.plan.seqs()) {
+      tokens += seq.tokens_size();
+      EXPECT_EQ(seq.block_table_size(), (seq.start_pos() + seq.tokens_size() + 1) / 2);
+      for (int32_t b : seq.block_table()) EXPECT_TRUE(used.insert(b).second) << "block " << b;
+    }
+    EXPECT_LE(tokens, 16);
+    Scheduler::Outcome o = Complete(s);
+    for (const Scheduler::Sampled& sampled : o.sampled) {
+      if (--remaining[sampled.key] == 0) {
+        remaining.erase(sampled.key);
+        scheduler_->Remove(sampled.key);
+      }
+    }
+  }
+  EXPECT_FALSE(scheduler_->HasWork());
+  EXPECT_TRUE(remaining.empty());
+  EXPECT_EQ(blocks_->free(), 24);
+  EXPECT_GT(preemptions, 0);  // the cache is small enough to force some
+}
+
+}  // namespace
+}  // namespace shardlm::coordinator

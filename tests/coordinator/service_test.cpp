@@ -1,0 +1,602 @@
+// The coordinator's gRPC server in-process, with fake worker jobs (fake_worker.h) attached over
+// real gRPC streams: health, refusals, streaming and batching, preemption, cancellation, abort,
+// worker death and re-attach, load failures and shutdown.
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "coordinator/server.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "health.grpc.pb.h"
+#include "model/unicode.h"
+#include "shardlm/v1/generation.grpc.pb.h"
+#include "tests/coordinator/fake_worker.h"
+#include "tests/coordinator/test_models.h"
+
+namespace shardlm::coordinator {
+namespace {
+
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+using testing::FakeWorker;
+using testing::FakeWorkerOptions;
+using HealthStatus = grpc::health::v1::HealthCheckResponse::ServingStatus;
+constexpr HealthStatus kServing = grpc::health::v1::HealthCheckResponse::SERVING;
+constexpr HealthStatus kNotServing = grpc::health::v1::HealthCheckResponse::NOT_SERVING;
+
+struct Outcome {
+  grpc::Status status;
+  std::vector<int32_t> ids;
+  std::string text;
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  std::vector<v1::GenerateResponse> messages;
+  v1::Usage usage;
+};
+
+v1::GenerateRequest IdsRequest(const std::vector<int32_t>& prompt, int max_new) {
+  v1::GenerateRequest r;
+  for (int32_t id : prompt) r.mutable_token_ids()->add_ids(id);
+  r.set_max_new_tokens(max_new);
+  return r;
+}
+
+std::vector<int32_t> Prompt(int i, int len = 5) {
+  std::vector<int32_t> p;
+  for (int j = 0; j < len; ++j) p.push_back((31 * i + 7 * j + 3) % 256);
+  return p;
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    options_.listen = "127.0.0.1:0";
+    options_.model = "tiny";
+    options_.kv_block_size = 4;
+    options_.max_batch_tokens = 32;
+    options_.max_running = 16;
+    options_.max_queue = 64;
+    options_.kv_cache_bytes = 1 << 20;
+  }
+  void TearDown() override {
+    if (server_) server_->Shutdown();
+    workers_.clear();
+  }
+
+  void StartServer(std::unique_ptr<ModelContext> model = testing::TinyModel()) {
+    ASSERT_TRUE(ValidateOptions(options_).ok());
+    auto server = CoordinatorServer::Start(options_, std::move(model));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+    stub_ = v1::Generation::NewStub(channel);
+    health_ = grpc::health::v1::Health::NewStub(channel);
+  }
+
+  // Starts a fake job; with `wait`, until the coordinator serves on it.
+  FakeWorker& Attach(FakeWorkerOptions o = {}, bool wait = true) {
+    workers_.push_back(std::make_unique<FakeWorker>(server_->address(), o));
+    if (wait) {
+      EXPECT_TRUE(WaitHealth(kServing, 10s)) << "the fake worker did not attach";
+    }
+    return *workers_.back();
+  }
+
+  HealthStatus Health(const std::string& service = "") {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 2s);
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(service);
+    grpc::health::v1::HealthCheckResponse resp;
+    if (!health_->Check(&ctx, req, &resp).ok()) return grpc::health::v1::HealthCheckResponse::UNKNOWN;
+    return resp.status();
+  }
+  bool WaitHealth(HealthStatus want, std::chrono::milliseconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      if (Health() == want && Health("shardlm.v1.Generation") == want) return true;
+      std::this_thread::sleep_for(20ms);
+    }
+    return false;
+  }
+  v1::ModelInfo Info() {
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    EXPECT_TRUE(stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+    return info;
+  }
+  // Waits until `pred(Info())` holds.
+  bool WaitInfo(const std::function<bool(const v1::ModelInfo&)>& pred,
+                std::chrono::milliseconds timeout = 3s) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      if (pred(Info())) return true;
+      std::this_thread::sleep_for(10ms);
+    }
+    return false;
+  }
+
+  // Runs a Generate call; `keep_going` (after each message) returning false cancels it.
+  Outcome Generate(const v1::GenerateRequest& req,
+                   const std::function<bool(const Outcome&)>& keep_going = {},
+                   std::chrono::milliseconds deadline = 30s) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+    auto reader = stub_->Generate(&ctx, req);
+    Outcome out;
+    v1::GenerateResponse resp;
+    while (reader->Read(&resp)) {
+      out.ids.insert(out.ids.end(), resp.token_ids().begin(), resp.token_ids().end());
+      out.text += resp.text();
+      if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+        out.finish = resp.finish_reason();
+        out.usage = resp.usage();
+      }
+      out.messages.push_back(resp);
+      if (keep_going && !keep_going(out)) ctx.TryCancel();
+    }
+    out.status = reader->Finish();
+    return out;
+  }
+
+  void ExpectNoWorkerErrors() {
+    for (const auto& w : workers_) {
+      for (const std::string& e : w->errors()) ADD_FAILURE() << "fake worker: " << e;
+    }
+  }
+
+  CoordinatorOptions options_;
+  std::unique_ptr<CoordinatorServer> server_;
+  std::vector<std::unique_ptr<FakeWorker>> workers_;
+  std::unique_ptr<v1::Generation::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+TEST_F(ServiceTest, WithoutWorkersNotServingUnavailableButInfoAndValidationWork) {
+  StartServer();
+  EXPECT_EQ(Health(), kNotServing);
+  EXPECT_EQ(Health("shardlm.v1.Generation"), kNotServing);
+  Outcome o = Generate(IdsRequest({1, 2, 3}, 4));
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(o.status.error_message(), HasSubstr("no workers attached"));
+  // Validation comes first: a bad field is named even without workers.
+  v1::GenerateRequest bad = IdsRequest({1, 2, 3}, 4);
+  bad.mutable_sampling()->set_top_p(2);
+  o = Generate(bad);
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(o.status.error_message(), HasSubstr("sampling.top_p"));
+
+  const v1::ModelInfo info = Info();
+  EXPECT_EQ(info.model(), "tiny");
+  EXPECT_EQ(info.architecture(), "llama");
+  EXPECT_EQ(info.tp(), 1);
+  EXPECT_EQ(info.pp(), 1);
+  EXPECT_EQ(info.context_length(), 512);
+  EXPECT_EQ(info.vocab_size(), 256);
+  EXPECT_EQ(info.kv_block_size(), 4);
+  EXPECT_EQ(info.kv_blocks_total(), 0);
+  EXPECT_EQ(info.workers_attached(), 0);
+  EXPECT_EQ(info.workers_expected(), 1);
+
+  grpc::ClientContext tctx;
+  v1::TokenizeRequest treq;
+  treq.set_text("hello");
+  v1::TokenizeResponse tresp;
+  grpc::Status t = stub_->Tokenize(&tctx, treq, &tresp);
+  EXPECT_EQ(t.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(t.error_message(), HasSubstr("no tokenizer"));
+  grpc::ClientContext tctx2;
+  EXPECT_EQ(stub_->Tokenize(&tctx2, v1::TokenizeRequest(), &tresp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  grpc::ClientContext actx;
+  v1::AbortRequest areq;
+  areq.set_request_id("nobody");
+  v1::AbortResponse aresp;
+  ASSERT_TRUE(stub_->Abort(&actx, areq, &aresp).ok());
+  EXPECT_FALSE(aresp.found());
+}
+
+TEST_F(ServiceTest, AttachLoadsAndStreamsTheReferenceTokens) {
+  options_.tp = 2;
+  options_.pp = 2;
+  options_.pp_layers = "1";
+  options_.threads = 3;
+  StartServer();
+  FakeWorkerOptions fo;
+  fo.world_size = 4;
+  fo.kv_blocks = 64;
+  FakeWorker& worker = Attach(fo);
+  const worker::v1::LoadCommand load = worker.load();
+  EXPECT_EQ(load.model(), "tiny");
+  EXPECT_EQ(load.tp(), 2);
+  EXPECT_EQ(load.pp(), 2);
+  EXPECT_EQ(load.pp_layers(), "1");
+  EXPECT_EQ(load.kv_block_size(), 4);
+  EXPECT_EQ(load.kv_cache_bytes(), 1u << 20);
+  EXPECT_EQ(load.max_batch_tokens(), 32);
+  EXPECT_EQ(load.threads(), 3);
+  v1::ModelInfo info = Info();
+  EXPECT_EQ(info.workers_attached(), 4);
+  EXPECT_EQ(info.workers_expected(), 4);
+  EXPECT_EQ(info.kv_blocks_total(), 64);
+  EXPECT_EQ(info.kv_blocks_free(), 64);
+
+  v1::GenerateRequest req = IdsRequest(Prompt(1, 40), 12);  // a 40-token prompt: two chunks
+  req.set_request_id("mine");
+  Outcome o = Generate(req);
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  EXPECT_EQ(o.ids, FakeWorker::Reference(Prompt(1, 40), 12));
+  EXPECT_EQ(o.finish, v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(o.text, "");
+  for (const v1::GenerateResponse& m : o.messages) EXPECT_EQ(m.request_id(), "mine");
+  EXPECT_EQ(o.usage.prompt_tokens(), 40);
+  EXPECT_EQ(o.usage.completion_tokens(), 12);
+  EXPECT_GE(o.usage.queue_ms(), 0);
+  EXPECT_GE(o.usage.ttft_ms(), o.usage.queue_ms());
+  EXPECT_GE(o.usage.total_ms(), o.usage.ttft_ms());
+  // The blocks are back as soon as the request finished.
+  info = Info();
+  EXPECT_EQ(info.kv_blocks_free(), 64);
+  EXPECT_EQ(info.requests_running(), 0);
+  // An unnamed request gets an id.
+  o = Generate(IdsRequest({1}, 1));
+  ASSERT_TRUE(o.status.ok());
+  EXPECT_FALSE(o.messages.at(0).request_id().empty());
+  ExpectNoWorkerErrors();
+}
+
+TEST_F(ServiceTest, ConcurrentRequestsAreBatchedAndEachGetsItsOwnTokens) {
+  options_.max_batch_tokens = 16;
+  StartServer();
+  FakeWorkerOptions fo;
+  fo.kv_blocks = 256;
+  fo.step_delay = 2ms;
+  FakeWorker& worker = Attach(fo);
+  constexpr int kRequests = 12;
+  std::vector<Outcome> outcomes(kRequests);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRequests; ++i) {
+    threads.emplace_back([&, i] { outcomes[i] = Generate(IdsRequest(Prompt(i, 3 + i), 15)); });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message();
+    EXPECT_EQ(outcomes[i].ids, FakeWorker::Reference(Prompt(i, 3 + i), 15)) << "request " << i;
+    EXPECT_EQ(outcomes[i].finish, v1::FINISH_REASON_LENGTH);
+  }
+  EXPECT_GT(worker.max_batch(), 1);
+  EXPECT_EQ(Info().kv_blocks_free(), 256);
+  ExpectNoWorkerErrors();
+}
+
+TEST_F(ServiceTest, PreemptionUnderBlockPressureKeepsOutputsExact) {
+  options_.max_batch_tokens = 16;
+  StartServer();
+  FakeWorkerOptions fo;
+  fo.kv_blocks = 14;  // 56 positions; each request grows to 30
+  FakeWorker& worker = Attach(fo);
+  constexpr int kRequests = 6;
+  std::vector<Outcome> outcomes(kRequests);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRequests; ++i) {
+    threads.emplace_back([&, i] { outcomes[i] = Generate(IdsRequest(Prompt(i, 6), 24)); });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message();
+    EXPECT_EQ(outcomes[i].ids, FakeWorker::Reference(Prompt(i, 6), 24)) << "request " << i;
+  }
+  EXPECT_GT(worker.seqs_seen(), kRequests) << "expected some preemption";
+  EXPECT_EQ(Info().kv_blocks_free(), 14);
+  ExpectNoWorkerErrors();
+}
+
+TEST_F(ServiceTest, StopTokenIdsAndLogprobs) {
+  StartServer();
+  Attach();
+  const std::vector<int32_t> prompt = Prompt(3);
+  const std::vector<int32_t> ref = FakeWorker::Reference(prompt, 10);
+  v1::GenerateRequest req = IdsRequest(prompt, 10);
+  req.add_stop_token_ids(ref[2]);
+  req.set_logprobs(3);
+  Outcome o = Generate(req);
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  EXPECT_EQ(o.finish, v1::FINISH_REASON_STOP);
+  const size_t until = std::find(ref.begin(), ref.end(), ref[2]) - ref.begin() + 1;
+  EXPECT_EQ(o.ids, std::vector<int32_t>(ref.begin(), ref.begin() + until));
+  for (const v1::GenerateResponse& m : o.messages) {
+    ASSERT_EQ(m.logprobs_size(), m.token_ids_size());
+    for (int i = 0; i < m.logprobs_size(); ++i) {
+      EXPECT_EQ(m.logprobs(i).chosen().id(), m.token_ids(i));
+      EXPECT_EQ(m.logprobs(i).top_size(), 3);
+    }
+  }
+}
+
+TEST_F(ServiceTest, ClientCancelAndDeadlineFreeTheBlocks) {
+  StartServer();
+  FakeWorkerOptions fo;
+  fo.step_delay = 5ms;
+  Attach(fo);
+  Outcome o = Generate(IdsRequest(Prompt(1), 400),
+                       [](const Outcome& so_far) { return so_far.ids.size() < 3; });
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_GE(o.ids.size(), 3u);
+  EXPECT_TRUE(WaitInfo([](const v1::ModelInfo& i) {
+    return i.kv_blocks_free() == i.kv_blocks_total() && i.requests_running() == 0;
+  })) << Info().DebugString();
+
+  o = Generate(IdsRequest(Prompt(2), 400), {}, 150ms);
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(WaitInfo([](const v1::ModelInfo& i) {
+    return i.kv_blocks_free() == i.kv_blocks_total() && i.requests_running() == 0;
+  })) << Info().DebugString();
+  ExpectNoWorkerErrors();
+}
+
+TEST_F(ServiceTest, AbortByIdAndDuplicateIds) {
+  StartServer();
+  FakeWorkerOptions fo;
+  fo.step_delay = 5ms;
+  Attach(fo);
+  v1::GenerateRequest req = IdsRequest(Prompt(1), 400);
+  req.set_request_id("abort-me");
+  std::atomic<bool> streaming{false};
+  Outcome aborted;
+  std::thread t([&] {
+    aborted = Generate(req, [&](const Outcome&) {
+      streaming = true;
+      return true;
+    });
+  });
+  while (!streaming) std::this_thread::sleep_for(1ms);
+  // The id is live: a second request with it is refused.
+  Outcome dup = Generate(req);
+  EXPECT_EQ(dup.status.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_THAT(dup.status.error_message(), HasSubstr("abort-me"));
+  grpc::ClientContext actx;
+  v1::AbortRequest areq;
+  areq.set_request_id("abort-me");
+  v1::AbortResponse aresp;
+  ASSERT_TRUE(stub_->Abort(&actx, areq, &aresp).ok());
+  EXPECT_TRUE(aresp.found());
+  t.join();
+  EXPECT_TRUE(aborted.status.ok()) << aborted.status.error_message();
+  EXPECT_EQ(aborted.finish, v1::FINISH_REASON_CANCELLED);
+  EXPECT_LT(aborted.ids.size(), 400u);
+  EXPECT_EQ(aborted.usage.completion_tokens(), static_cast<int>(aborted.ids.size()));
+  EXPECT_EQ(Info().kv_blocks_free(), Info().kv_blocks_total());
+  grpc::ClientContext actx2;
+  ASSERT_TRUE(stub_->Abort(&actx2, areq, &aresp).ok());
+  EXPECT_FALSE(aresp.found());
+  // The id can be used again once the request is over.
+  EXPECT_TRUE(Generate(IdsRequest({1}, 1)).status.ok());
+}
+
+TEST_F(ServiceTest, FullQueueAndOversizedPromptAreResourceExhausted) {
+  options_.max_running = 1;
+  options_.max_queue = 1;
+  StartServer();
+  FakeWorkerOptions fo;
+  fo.kv_blocks = 8;  // 32 positions
+  fo.step_delay = 5ms;
+  Attach(fo);
+  Outcome big = Generate(IdsRequest(Prompt(1, 40), 1));
+  EXPECT_EQ(big.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(big.status.error_message(), HasSubstr("40 tokens needs 10 KV blocks"));
+
+  std::atomic<bool> first_streaming{false};
+  std::vector<Outcome> outs(2);
+  std::thread a([&] {
+    v1::GenerateRequest r = IdsRequest(Prompt(1), 200);
+    r.set_request_id("a");
+    outs[0] = Generate(r, [&](const Outcome&) {
+      first_streaming = true;
+      return true;
+    });
+  });
+  while (!first_streaming) std::this_thread::sleep_for(1ms);
+  std::thread b([&] {
+    v1::GenerateRequest r = IdsRequest(Prompt(2), 200);
+    r.set_request_id("b");
+    outs[1] = Generate(r);
+  });
+  ASSERT_TRUE(WaitInfo([](const v1::ModelInfo& i) {
+    return i.requests_running() == 1 && i.requests_waiting() == 1;
+  }));
+  Outcome c = Generate(IdsRequest(Prompt(3), 5));
+  EXPECT_EQ(c.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(c.status.error_message(), HasSubstr("queue full"));
+  for (const char* id : {"b", "a"}) {
+    grpc::ClientContext actx;
+    v1::AbortRequest areq;
+    areq.set_request_id(id);
+    v1::AbortResponse aresp;
+    EXPECT_TRUE(stub_->Abort(&actx, areq, &aresp).ok());
+  }
+  a.join();
+  b.join();
+  EXPECT_EQ(outs[0].finish, v1::FINISH_REASON_CANCELLED);
+  EXPECT_EQ(outs[1].finish, v1::FINISH_REASON_CANCELLED);
+  EXPECT_TRUE(outs[1].ids.empty());
+}
+
+TEST_F(ServiceTest, AStepErrorFailsItsRequestsWithInternal) {
+  StartServer();
+  FakeWorkerOptions fo;
+  fo.fail_step = 2;
+  Attach(fo);
+  Outcome o = Generate(IdsRequest(Prompt(1), 5));
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_THAT(o.status.error_message(), HasSubstr("fake failure"));
+  EXPECT_EQ(o.finish, v1::FINISH_REASON_ERROR);
+  ASSERT_FALSE(o.messages.empty());
+  EXPECT_THAT(o.messages.back().error(), HasSubstr("fake failure"));
+  // The job keeps serving.
+  o = Generate(IdsRequest(Prompt(1), 5));
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  EXPECT_EQ(o.ids, FakeWorker::Reference(Prompt(1), 5));
+  EXPECT_EQ(Info().kv_blocks_free(), Info().kv_blocks_total());
+}
+
+TEST_F(ServiceTest, WorkerDeathFailsEveryRequestThenReattachServesAgain) {
+  options_.max_running = 2;
+  StartServer();
+  FakeWorkerOptions fo;
+  fo.step_delay = 5ms;
+  FakeWorker& first = Attach(fo);
+  constexpr int kRequests = 4;  // 2 running, 2 queued
+  std::vector<Outcome> outs(kRequests);
+  std::atomic<int> tokens{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRequests; ++i) {
+    threads.emplace_back([&, i] {
+      outs[i] = Generate(IdsRequest(Prompt(i), 300), [&](const Outcome&) {
+        ++tokens;
+        return true;
+      });
+    });
+  }
+  ASSERT_TRUE(WaitInfo([](const v1::ModelInfo& i) { return i.requests_waiting() == 2; }));
+  while (tokens < 5) std::this_thread::sleep_for(1ms);
+  const auto killed = std::chrono::steady_clock::now();
+  first.Kill();
+  for (auto& t : threads) t.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - killed, 5s);
+  for (int i = 0; i < kRequests; ++i) {
+    EXPECT_EQ(outs[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << i << ": " << outs[i].status.error_message();
+  }
+  EXPECT_TRUE(WaitHealth(kNotServing, 5s));
+  v1::ModelInfo info = Info();
+  EXPECT_EQ(info.workers_attached(), 0);
+  EXPECT_EQ(info.kv_blocks_total(), 0);
+  EXPECT_EQ(info.requests_running() + info.requests_waiting(), 0);
+  Outcome refused = Generate(IdsRequest({1}, 1));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+
+  Attach(fo);  // the relaunched job
+  Outcome after = Generate(IdsRequest(Prompt(9), 6));
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.ids, FakeWorker::Reference(Prompt(9), 6));
+  ExpectNoWorkerErrors();
+}
+
+TEST_F(ServiceTest, OneJobAtATimeWithTheRightWorldSize) {
+  options_.tp = 2;
+  StartServer();
+  FakeWorkerOptions wrong;
+  wrong.world_size = 3;
+  FakeWorker& w = Attach(wrong, /*wait=*/false);
+  grpc::Status st = w.Join();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(), "world size 3 != tp x pp = 2 x 1");
+  EXPECT_EQ(Health(), kNotServing);
+
+  FakeWorkerOptions right;
+  right.world_size = 2;
+  Attach(right);
+  FakeWorker& second = Attach(right, /*wait=*/false);
+  st = second.Join();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(st.error_message(), HasSubstr("already attached"));
+  EXPECT_EQ(Health(), kServing);
+  EXPECT_TRUE(Generate(IdsRequest({4, 5}, 3)).status.ok());
+}
+
+TEST_F(ServiceTest, LoadFailureKeepsNotServingUntilAGoodJobAttaches) {
+  StartServer();
+  FakeWorkerOptions broken;
+  broken.load_error = "rank 1: cannot open /models/x";
+  FakeWorker& w = Attach(broken, /*wait=*/false);
+  grpc::Status st = w.Join();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED);
+  EXPECT_THAT(st.error_message(), HasSubstr("rank 1: cannot open /models/x"));
+  EXPECT_EQ(Health(), kNotServing);
+  EXPECT_EQ(Generate(IdsRequest({1}, 1)).status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  Attach();
+  EXPECT_TRUE(Generate(IdsRequest({1}, 1)).status.ok());
+}
+
+TEST_F(ServiceTest, ShutdownEndsStreamsAndTellsTheWorkers) {
+  StartServer();
+  FakeWorkerOptions fo;
+  fo.step_delay = 5ms;
+  FakeWorker& worker = Attach(fo);
+  std::atomic<bool> streaming{false};
+  Outcome o;
+  std::thread t([&] {
+    o = Generate(IdsRequest(Prompt(1), 400), [&](const Outcome&) {
+      streaming = true;
+      return true;
+    });
+  });
+  while (!streaming) std::this_thread::sleep_for(1ms);
+  server_->Shutdown();
+  t.join();
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
+  grpc::Status st = worker.Join();
+  EXPECT_TRUE(worker.got_shutdown());
+  EXPECT_TRUE(st.ok()) << st.error_message();
+}
+
+TEST_F(ServiceTest, TextChatAndTokenizeWithARealTokenizer) {
+  const std::string path =
+      std::string(SHARDLM_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  auto model = LoadModelContext(path, 0);
+  if (!model.ok()) GTEST_SKIP() << path << ": " << model.status();
+  options_.model = path;
+  StartServer(std::move(*model));
+  const ModelContext& served = server_->model();
+
+  grpc::ClientContext tctx;
+  v1::TokenizeRequest treq;
+  treq.set_text("Hello world");
+  treq.set_add_special(true);
+  v1::TokenizeResponse tresp;
+  ASSERT_TRUE(stub_->Tokenize(&tctx, treq, &tresp).ok());
+  EXPECT_EQ(std::vector<int32_t>(tresp.ids().begin(), tresp.ids().end()),
+            served.tokenizer->Encode("Hello world", true, true));
+  grpc::ClientContext cctx;
+  v1::TokenizeRequest creq;
+  v1::ChatMessage* msg = creq.mutable_chat()->add_messages();
+  msg->set_role("user");
+  msg->set_content("Hi");
+  creq.set_chat_template("nope");
+  grpc::Status bad = stub_->Tokenize(&cctx, creq, &tresp);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(bad.error_message(), HasSubstr("chat_template"));
+
+  FakeWorkerOptions fo;
+  fo.vocab = 300;  // ids the toy model emits (plain byte-level tokens and a few merges)
+  Attach(fo);
+  v1::GenerateRequest req;
+  v1::ChatMessage* cm = req.mutable_chat()->add_messages();
+  cm->set_role("user");
+  cm->set_content("Say something");
+  req.set_max_new_tokens(20);
+  req.set_ignore_eos(true);
+  Outcome o = Generate(req);
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  EXPECT_EQ(o.finish, v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(o.ids.size(), 20u);
+  // The text is the streaming decode of the ids, in whole characters per message.
+  Tokenizer::StreamDecoder decoder = served.tokenizer->NewStream();
+  std::string expected;
+  for (int32_t id : o.ids) expected += decoder.Push(id);
+  expected += decoder.Flush();
+  EXPECT_EQ(o.text, expected);
+  for (const v1::GenerateResponse& r : o.messages) {
+    EXPECT_EQ(unicode::FindInvalidUtf8(r.text()), unicode::kValid);
+  }
+}
+
+}  // namespace
+}  // namespace shardlm::coordinator

@@ -1,0 +1,191 @@
+#include "coordinator/validation.h"
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/coordinator/test_models.h"
+
+namespace shardlm::coordinator {
+namespace {
+
+using ::testing::HasSubstr;
+
+v1::GenerateRequest IdsRequest() {
+  v1::GenerateRequest r;
+  for (int32_t id : {1, 2, 3}) r.mutable_token_ids()->add_ids(id);
+  r.set_max_new_tokens(4);
+  return r;
+}
+
+struct BadCase {
+  std::string name;
+  std::function<void(v1::GenerateRequest&)> spoil;
+  std::string message;  // what the error must contain (the field, the value)
+};
+
+TEST(ValidationTest, GoodRequestPasses) {
+  auto model = testing::TinyModel();
+  v1::GenerateRequest r = IdsRequest();
+  r.mutable_sampling()->set_temperature(0);
+  r.mutable_sampling()->set_top_p(1);
+  r.mutable_sampling()->set_min_p(0);
+  r.mutable_sampling()->set_presence_penalty(-2);
+  r.mutable_sampling()->set_frequency_penalty(2);
+  r.set_logprobs(20);
+  r.add_stop_token_ids(255);
+  absl::StatusOr<PreparedRequest> p = PrepareGenerateRequest(r, *model);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->prompt, (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(p->max_new_tokens, 4);
+  EXPECT_EQ(p->logprobs, 20);
+  EXPECT_TRUE(p->sampling.has_temperature());
+  EXPECT_FALSE(p->sampling.has_seed());
+}
+
+TEST(ValidationTest, EachBadFieldIsNamed) {
+  auto model = testing::TinyModel(/*context_length=*/10);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<BadCase> cases = {
+      {"negative temperature", [](auto& r) { r.mutable_sampling()->set_temperature(-0.5f); },
+       "sampling.temperature: expected >= 0"},
+      {"NaN temperature", [&](auto& r) { r.mutable_sampling()->set_temperature(nan); },
+       "sampling.temperature"},
+      {"infinite temperature",
+       [](auto& r) { r.mutable_sampling()->set_temperature(INFINITY); }, "sampling.temperature"},
+      {"top_p 0", [](auto& r) { r.mutable_sampling()->set_top_p(0); }, "sampling.top_p"},
+      {"top_p > 1", [](auto& r) { r.mutable_sampling()->set_top_p(1.5f); },
+       "sampling.top_p: expected a value in (0, 1], got 1.5"},
+      {"NaN top_p", [&](auto& r) { r.mutable_sampling()->set_top_p(nan); }, "sampling.top_p"},
+      {"top_k < 0", [](auto& r) { r.mutable_sampling()->set_top_k(-1); },
+       "sampling.top_k: expected >= 0"},
+      {"min_p < 0", [](auto& r) { r.mutable_sampling()->set_min_p(-0.1f); }, "sampling.min_p"},
+      {"min_p > 1", [](auto& r) { r.mutable_sampling()->set_min_p(1.1f); }, "sampling.min_p"},
+      {"repetition_penalty 0",
+       [](auto& r) { r.mutable_sampling()->set_repetition_penalty(0); },
+       "sampling.repetition_penalty: expected > 0"},
+      {"presence_penalty", [](auto& r) { r.mutable_sampling()->set_presence_penalty(2.5f); },
+       "sampling.presence_penalty"},
+      {"frequency_penalty", [](auto& r) { r.mutable_sampling()->set_frequency_penalty(-3); },
+       "sampling.frequency_penalty"},
+      {"max_new_tokens 0", [](auto& r) { r.set_max_new_tokens(0); },
+       "max_new_tokens: expected > 0, got 0"},
+      {"max_new_tokens < 0", [](auto& r) { r.set_max_new_tokens(-5); }, "max_new_tokens"},
+      {"logprobs > 20", [](auto& r) { r.set_logprobs(21); }, "logprobs: expected a value in [0, 20]"},
+      {"logprobs < 0", [](auto& r) { r.set_logprobs(-1); }, "logprobs"},
+      {"id >= vocab", [](auto& r) { r.mutable_token_ids()->add_ids(256); },
+       "token_ids.ids[3]: 256 is out of range [0, 256)"},
+      {"negative id", [](auto& r) { r.mutable_token_ids()->set_ids(1, -7); },
+       "token_ids.ids[1]: -7"},
+      {"no prompt", [](auto& r) { r.clear_token_ids(); }, "prompt: not set"},
+      {"empty ids", [](auto& r) { r.mutable_token_ids()->clear_ids(); }, "token_ids.ids: empty"},
+      {"empty text", [](auto& r) { r.set_text(""); }, "text: empty"},
+      {"empty chat", [](auto& r) { r.mutable_chat(); }, "chat.messages: empty"},
+      {"too long for the context", [](auto& r) { r.set_max_new_tokens(8); },
+       "max_new_tokens: prompt (3 tokens) + max_new_tokens (8) = 11 exceeds the context length "
+       "10"},
+      {"empty stop string", [](auto& r) { r.add_stop(""); }, "stop[0]: empty"},
+      {"bad stop id", [](auto& r) { r.add_stop_token_ids(300); }, "stop_token_ids[0]: 300"},
+      {"unknown chat template", [](auto& r) { r.set_chat_template("jinja9"); },
+       "chat_template: "},
+      {"invalid UTF-8 text", [](auto& r) { r.set_text("ok\xC3("); },
+       "text: invalid UTF-8 at byte 2"},
+      {"invalid UTF-8 chat", [](auto& r) {
+         v1::ChatMessage* m = r.mutable_chat()->add_messages();
+         m->set_role("user");
+         m->set_content("\xFF");
+       }, "chat.messages[0].content: invalid UTF-8 at byte 0"},
+      {"long request id", [](auto& r) { r.set_request_id(std::string(300, 'x')); },
+       "request_id"},
+  };
+  for (const BadCase& c : cases) {
+    v1::GenerateRequest r = IdsRequest();
+    c.spoil(r);
+    absl::StatusOr<PreparedRequest> p = PrepareGenerateRequest(r, *model);
+    ASSERT_FALSE(p.ok()) << c.name;
+    EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << c.name << ": " << p.status();
+    EXPECT_THAT(p.status().message(), HasSubstr(c.message)) << c.name;
+  }
+}
+
+TEST(ValidationTest, TextWithoutATokenizerIsAFailedPrecondition) {
+  auto model = testing::TinyModel();
+  v1::GenerateRequest r = IdsRequest();
+  r.set_text("hello");
+  absl::StatusOr<PreparedRequest> p = PrepareGenerateRequest(r, *model);
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(p.status().message(), HasSubstr("has no tokenizer"));
+  EXPECT_THAT(p.status().message(), HasSubstr("send token_ids"));
+  v1::GenerateRequest s = IdsRequest();
+  s.add_stop("x");
+  EXPECT_EQ(PrepareGenerateRequest(s, *model).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(ValidationTest, LoadsATinyCheckpointWithoutTokenizer) {
+  const std::string dir = testing::TinyModelDir();
+  ASSERT_FALSE(dir.empty());
+  auto model = LoadModelContext(dir, 0);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->config.vocab_size, 256);
+  EXPECT_EQ((*model)->context_length, 512);  // max_position_embeddings
+  EXPECT_EQ((*model)->tokenizer, nullptr);
+  EXPECT_FALSE((*model)->tokenizer_status.ok());
+  auto capped = LoadModelContext(dir, 100);
+  ASSERT_TRUE(capped.ok());
+  EXPECT_EQ((*capped)->context_length, 100);
+  EXPECT_FALSE(LoadModelContext(dir + "/nope", 0).ok());
+}
+
+TEST(ValidationTest, TextAndChatPromptsWithARealTokenizer) {
+  const ModelContext* model = testing::SmolLm2();
+  if (model == nullptr) GTEST_SKIP() << "models/SmolLM2-135M-Instruct.Q4_1.gguf is absent";
+  v1::GenerateRequest r = IdsRequest();
+  r.set_text("Hello world");
+  absl::StatusOr<PreparedRequest> text = PrepareGenerateRequest(r, *model);
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(text->prompt, model->tokenizer->Encode("Hello world", true, true));
+
+  v1::GenerateRequest c = IdsRequest();
+  v1::ChatMessage* m = c.mutable_chat()->add_messages();
+  m->set_role("user");
+  m->set_content("Hi");
+  absl::StatusOr<PreparedRequest> chat = PrepareGenerateRequest(c, *model);
+  ASSERT_TRUE(chat.ok()) << chat.status();
+  const std::string rendered = model->default_chat_template->Render({{"user", "Hi"}}).value();
+  EXPECT_EQ(chat->prompt, model->tokenizer->Encode(rendered, false, true));
+  // An explicit template by name.
+  c.set_chat_template("llama3");
+  absl::StatusOr<PreparedRequest> llama3 = PrepareGenerateRequest(c, *model);
+  ASSERT_TRUE(llama3.ok()) << llama3.status();
+  EXPECT_NE(llama3->prompt, chat->prompt);
+  // Stop strings are accepted with a tokenizer; invalid UTF-8 in them is not.
+  r.add_stop("\n\n");
+  EXPECT_TRUE(PrepareGenerateRequest(r, *model).ok());
+  r.add_stop("bad\xE2\x82");
+  absl::StatusOr<PreparedRequest> bad = PrepareGenerateRequest(r, *model);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("stop[1]: invalid UTF-8 at byte 3"));
+
+  EXPECT_EQ(TokenizeText(*model, "", true, "text").value().size(),
+            model->tokenizer->add_bos() ? 1u : 0u);
+}
+
+TEST(ValidationTest, SamplingRangesAtTheirEdges) {
+  v1::SamplingParams s;
+  s.set_temperature(0);
+  s.set_top_k(0);
+  s.set_top_p(1e-6f);
+  s.set_min_p(1);
+  s.set_repetition_penalty(1e-3f);
+  s.set_presence_penalty(2);
+  s.set_frequency_penalty(-2);
+  EXPECT_TRUE(ValidateSamplingParams(s).ok());
+  EXPECT_TRUE(ValidateSamplingParams(v1::SamplingParams()).ok());  // unset: defaults apply
+}
+
+}  // namespace
+}  // namespace shardlm::coordinator
