@@ -417,7 +417,8 @@ TEST(QuantTest, MatmulMatchesDoubleReference) {
     for (int64_t cols : ColsFor(t)) {
       if (cols == 256 && DTypeBlockElements(t) == 32) continue;  // covered by the K types
       const Matrix m = RandomMatrix(t, kOddRows, cols, 200 + static_cast<uint32_t>(cols));
-      for (int64_t n : {1, 2, 7, 64}) {
+      // 32 and 33: both sides of the small-batch limit on the SIMD paths.
+      for (int64_t n : {1, 2, 7, 32, 33, 64}) {
         const std::vector<float> x = RandomVector(static_cast<size_t>(n * cols), 9);
         const int64_t ldy = kOddRows + 5;
         std::vector<Reference> refs;
@@ -447,6 +448,77 @@ TEST(QuantTest, MatmulMatchesDoubleReference) {
       }
     }
   }
+}
+
+// The small-batch kernels (QuantMatmul for 1 < n <= internal::SmallBatchLimit) on every ISA,
+// called directly so that the scalar ones (which QuantMatmul never picks: sgemm beats them) and
+// every n up to kMaxSmallBatch are covered whatever the limit. Odd row counts leave a partial
+// group of rows at the end of a thread's range. Rows are walked in equal chunks of at most 512
+// elements: one block is a single short chunk, 544 (17 blocks of 32) and 1280 (5 of 256) end
+// in a shorter chunk, 1536 is three full ones. ldy > rows checks that the padding is left alone.
+TEST(QuantTest, SmallBatchMatchesDoubleReference) {
+  constexpr int64_t kBatches[] = {2, 3, 8, 17, 32};
+  for (DType t : kTypes) {
+    const std::vector<int64_t> cols_list = DTypeBlockElements(t) == 32
+                                               ? std::vector<int64_t>{32, 544, 1536}
+                                               : std::vector<int64_t>{256, 1280, 1536};
+    for (int64_t cols : cols_list) {
+      for (int64_t rows : {kOddRows, int64_t{13}, int64_t{5}}) {
+        const Matrix m = RandomMatrix(t, rows, cols, 300 + static_cast<uint32_t>(cols + rows));
+        const std::vector<float> x = RandomVector(static_cast<size_t>(32 * cols), 21);
+        std::vector<Reference> refs;
+        for (int64_t i = 0; i < 32; ++i) {
+          refs.push_back(RowDots(m.dequant, rows, cols, x.data() + i * cols));
+        }
+        const int64_t ldy = rows + 3;
+        for (int64_t n : kBatches) {
+          for (Isa isa : SupportedIsas()) {
+            for (int threads : {1, 2}) {
+              if (rows != kOddRows && threads == 1) continue;
+              std::vector<float> y(static_cast<size_t>(n * ldy), -777.0f);
+              internal::QuantMatmulSmall(t, m.bytes.data(), rows, cols, x.data(), n, y.data(),
+                                         ldy, threads, isa);
+              for (int64_t i = 0; i < n; ++i) {
+                for (int64_t r = 0; r < rows; ++r) {
+                  ASSERT_TRUE(DotClose(y[i * ldy + r], refs[static_cast<size_t>(i)], r, 2e-5))
+                      << DTypeName(t) << " " << IsaName(isa) << " threads " << threads
+                      << " rows " << rows << " cols " << cols << " n " << n << " at [" << i
+                      << ", " << r << "]";
+                }
+                for (int64_t r = rows; r < ldy; ++r) {
+                  ASSERT_EQ(y[i * ldy + r], -777.0f)
+                      << "padding of y written: " << DTypeName(t) << " " << IsaName(isa) << " n "
+                      << n << " row " << i;
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantTest, SmallBatchLimitAndArguments) {
+  for (DType t : kTypes) {
+    for (Isa isa : SupportedIsas()) {
+      const int64_t limit = internal::SmallBatchLimit(t, isa);
+      EXPECT_GE(limit, 1) << DTypeName(t) << " " << IsaName(isa);
+      EXPECT_LE(limit, internal::kMaxSmallBatch) << DTypeName(t) << " " << IsaName(isa);
+    }
+  }
+  std::vector<uint8_t> w(DTypeBytes(DType::kQ8_0, 4 * 32));
+  std::vector<float> f(64 * 32);
+  EXPECT_THROW(internal::QuantMatmulSmall(DType::kQ8_0, w.data(), 4, 32, f.data(),
+                                          internal::kMaxSmallBatch + 1, f.data(), 4, 1,
+                                          BestIsa()),
+               std::invalid_argument);
+  EXPECT_THROW(internal::QuantMatmulSmall(DType::kQ8_0, w.data(), 4, 32, f.data(), 2, f.data(),
+                                          3, 1, BestIsa()),
+               std::invalid_argument);  // ldy < rows
+  EXPECT_THROW(internal::QuantMatmulSmall(DType::kQ4_K, w.data(), 4, 32, f.data(), 2, f.data(),
+                                          4, 1, BestIsa()),
+               std::invalid_argument);  // not whole blocks
 }
 
 // ---- Quantize / dequantize round trips. ----

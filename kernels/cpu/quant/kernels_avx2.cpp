@@ -1,4 +1,5 @@
 // The AVX2 + FMA + F16C kernels: 8 floats per vector. See kernels_simd.inc.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -30,6 +31,23 @@ struct S {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+  }
+  // out[i] = the sum of the lanes of v[i], for i < 8: a transposing tree of adds.
+  static void Sums(const V* v, float* out) {
+    V u[4];
+    for (int i = 0; i < 4; ++i) {
+      // Per 128-bit lane: [a0 + a2, b0 + b2, a1 + a3, b1 + b3] of a = v[2i], b = v[2i + 1].
+      u[i] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                           _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    }
+    V w[2];
+    for (int i = 0; i < 2; ++i) {
+      // Per 128-bit lane: the lane's sums of v[4i .. 4i + 3].
+      w[i] = _mm256_add_ps(_mm256_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44),
+                           _mm256_shuffle_ps(u[2 * i], u[2 * i + 1], 0xee));
+    }
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(w[0], w[1], 0x20),
+                                        _mm256_permute2f128_ps(w[0], w[1], 0x31)));
   }
   static I U8(const uint8_t* p) {
     return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));

@@ -1,4 +1,5 @@
 // The AVX-512F kernels: 16 floats per vector. See kernels_simd.inc.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -42,6 +43,29 @@ struct S {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+  }
+  // out[i] = the sum of the lanes of v[i], for i < 16: a transposing tree of adds.
+  static void Sums(const V* v, float* out) {
+    V u[8];
+    for (int i = 0; i < 8; ++i) {
+      // Per 128-bit lane: [a0 + a2, b0 + b2, a1 + a3, b1 + b3] of a = v[2i], b = v[2i + 1].
+      u[i] = _mm512_add_ps(_mm512_maskz_unpacklo_ps(kAll, v[2 * i], v[2 * i + 1]),
+                           _mm512_maskz_unpackhi_ps(kAll, v[2 * i], v[2 * i + 1]));
+    }
+    V w[4];
+    for (int i = 0; i < 4; ++i) {
+      // Per 128-bit lane: the lane's sums of v[4i .. 4i + 3].
+      w[i] = _mm512_add_ps(_mm512_maskz_shuffle_ps(kAll, u[2 * i], u[2 * i + 1], 0x44),
+                           _mm512_maskz_shuffle_ps(kAll, u[2 * i], u[2 * i + 1], 0xee));
+    }
+    // Lanes [w0.0 + w0.1, w0.2 + w0.3, w1.0 + w1.1, w1.2 + w1.3] (128-bit lanes), and for w2, w3.
+    V x[2];
+    for (int i = 0; i < 2; ++i) {
+      x[i] = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll, w[2 * i], w[2 * i + 1], 0x88),
+                           _mm512_maskz_shuffle_f32x4(kAll, w[2 * i], w[2 * i + 1], 0xdd));
+    }
+    _mm512_storeu_ps(out, _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll, x[0], x[1], 0x88),
+                                        _mm512_maskz_shuffle_f32x4(kAll, x[0], x[1], 0xdd)));
   }
   static I U8(const uint8_t* p) {
     return _mm512_maskz_cvtepu8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));

@@ -1,5 +1,5 @@
-// Dispatch and the parallel drivers: ISA detection, the matrix-vector product (decode) and the
-// dequantize-then-sgemm product (prefill).
+// Dispatch and the parallel drivers: ISA detection, the matrix-vector product (decode), the
+// small-batch product (batched decode) and the dequantize-then-sgemm product (prefill).
 #include "kernels/cpu/blocked_gemm.h"
 #include "kernels/cpu/quant/quant.h"
 
@@ -142,28 +142,86 @@ void QuantGemv(DType t, const void* w, int64_t rows, int64_t cols, const float* 
   }
 }
 
+namespace {
+
+// Checks QuantMatmul's arguments and handles the products with nothing to compute; returns the
+// type's kernel index, or -1 when y is done.
+int MatmulPrologue(const char* op, DType t, int64_t rows, int64_t cols, int64_t n, float* y,
+                   int64_t ldy) {
+  const int idx = CheckType(op, t, cols);
+  if (rows < 0 || n < 0 || ldy < rows) {
+    throw std::invalid_argument(std::string(op) + ": expects rows, n >= 0 and ldy >= rows");
+  }
+  if (rows > INT_MAX || cols > INT_MAX || n > INT_MAX || ldy > INT_MAX) {
+    throw std::invalid_argument(std::string(op) + ": dimensions must be below 2^31");
+  }
+  if (n == 0 || rows == 0) return -1;
+  if (cols == 0) {
+    for (int64_t i = 0; i < n; ++i) std::fill(y + i * ldy, y + i * ldy + rows, 0.0f);
+    return -1;
+  }
+  return idx;
+}
+
+}  // namespace
+
+namespace internal {
+
+// Measured with quant_bench's "paths" section on the 2-core AVX-512 dev machine (576 x 1536,
+// 1536 x 576 and 4096 x 4096, all six types). One core each: the AVX-512 kernels beat
+// dequantize + sgemm at every n up to 32, by 1.4-7x at n = 2..8 and 1.25-2.1x at n = 32; the
+// AVX2 kernels against OpenBLAS's Haswell sgemm (OPENBLAS_CORETYPE=Haswell, what an AVX2
+// machine runs) by 2-6x at n = 2..8 and 1.05-1.5x at n = 32. Both cores: AVX-512 by 1.25x
+// (1536 x 576) to 3x (576 x 1536) at n = 32. The crossover lies past 32 for every type and
+// shape, so one limit serves all. The scalar kernels lose to sgemm (after the same scalar
+// dequantization) at every n, 1.3x at n = 2 to 7.5x at n = 32, so they are never picked; they
+// stay as the reference for the SIMD ones.
+int64_t SmallBatchLimit(DType /*t*/, Isa isa) {
+  return &KernelsFor(isa) == ScalarKernels() ? 1 : kMaxSmallBatch;
+}
+
+// Threads take contiguous ranges of whole groups of the kernel's rows, as QuantGemv's static
+// schedule does, and run the kernel over them.
+void QuantMatmulSmall(DType t, const void* w, int64_t rows, int64_t cols, const float* x,
+                      int64_t n, float* y, int64_t ldy, int threads, Isa isa) {
+  const int idx = MatmulPrologue("QuantMatmul", t, rows, cols, n, y, ldy);
+  if (idx < 0) return;
+  if (n > kMaxSmallBatch) {
+    throw std::invalid_argument("QuantMatmul: the small-batch path takes n <= " +
+                                std::to_string(kMaxSmallBatch));
+  }
+  threads = Resolve(threads);
+  const Kernels& kernels = KernelsFor(isa);
+  const BatchFn kernel = kernels.batch[idx];
+  const auto* wp = static_cast<const uint8_t*>(w);
+  const size_t ld = DTypeBytes(t, cols);
+  const int64_t blocks = cols / DTypeBlockElements(t);
+  const int64_t group = kernels.batch_rows;
+  const int64_t groups = (rows + group - 1) / group;
+  const bool parallel = threads > 1 && groups > 1 && n * rows * cols >= kMinParallelElements;
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+    const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+    const int64_t g0 = groups * me / team, g1 = groups * (me + 1) / team;
+    if (g1 > g0) {
+      const int64_t r0 = g0 * group, r1 = std::min(rows, g1 * group);
+      kernel(wp + static_cast<size_t>(r0) * ld, ld, r1 - r0, blocks, x, cols,
+             static_cast<int>(n), y + r0, ldy);
+    }
+  }
+}
+
 // Each thread takes whole blocks of rows, dequantizes one into its own f32 buffer and multiplies
 // it by x with a single-threaded sgemm, writing the block's columns of y. Threads thus dequantize
 // and multiply at once, and each dequantized block is consumed from cache right after it is
 // written (the scheme linear.cpp uses for bf16 / f16 weights, measured there against one
 // multithreaded sgemm per block).
-void QuantMatmul(DType t, const void* w, int64_t rows, int64_t cols, const float* x, int64_t n,
-                 float* y, int64_t ldy, int threads, Isa isa) {
-  const int idx = CheckType("QuantMatmul", t, cols);
-  if (rows < 0 || n < 0 || ldy < rows) {
-    throw std::invalid_argument("QuantMatmul: expects rows, n >= 0 and ldy >= rows");
-  }
-  if (rows > INT_MAX || cols > INT_MAX || n > INT_MAX || ldy > INT_MAX) {
-    throw std::invalid_argument("QuantMatmul: dimensions must be below 2^31");
-  }
-  if (n == 0 || rows == 0) return;
-  if (n == 1) return QuantGemv(t, w, rows, cols, x, y, threads, isa);
-  if (cols == 0) {
-    for (int64_t i = 0; i < n; ++i) std::fill(y + i * ldy, y + i * ldy + rows, 0.0f);
-    return;
-  }
+void QuantMatmulSgemm(DType t, const void* w, int64_t rows, int64_t cols, const float* x,
+                      int64_t n, float* y, int64_t ldy, int threads, Isa isa) {
+  const int idx = MatmulPrologue("QuantMatmul", t, rows, cols, n, y, ldy);
+  if (idx < 0) return;
   threads = Resolve(threads);
-  const internal::DequantFn dequant = internal::KernelsFor(isa).dequant[idx];
+  const DequantFn dequant = KernelsFor(isa).dequant[idx];
   const auto* wp = static_cast<const uint8_t*>(w);
   const size_t ld = DTypeBytes(t, cols);
   const int64_t row_blocks = cols / DTypeBlockElements(t);
@@ -171,6 +229,18 @@ void QuantMatmul(DType t, const void* w, int64_t rows, int64_t cols, const float
                    [&](int64_t begin, int64_t count, float* dst) {
                      dequant(wp + static_cast<size_t>(begin) * ld, dst, count * row_blocks);
                    });
+}
+
+}  // namespace internal
+
+void QuantMatmul(DType t, const void* w, int64_t rows, int64_t cols, const float* x, int64_t n,
+                 float* y, int64_t ldy, int threads, Isa isa) {
+  if (MatmulPrologue("QuantMatmul", t, rows, cols, n, y, ldy) < 0) return;
+  if (n == 1) return QuantGemv(t, w, rows, cols, x, y, threads, isa);
+  if (n <= internal::SmallBatchLimit(t, isa)) {
+    return internal::QuantMatmulSmall(t, w, rows, cols, x, n, y, ldy, threads, isa);
+  }
+  internal::QuantMatmulSgemm(t, w, rows, cols, x, n, y, ldy, threads, isa);
 }
 
 }  // namespace shardlm::quant

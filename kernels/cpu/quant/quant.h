@@ -30,7 +30,8 @@
 //        each times d * scales[e / 16] for element e (signed 8-bit scales, one per 16 elements).
 //
 // Activations stay f32: the matrix-vector product dequantizes in registers on the way to the FMA
-// (no quantization of x), and the prefill product dequantizes blocks of rows for sgemm.
+// (no quantization of x), the small-batch product dequantizes a few rows at a time into L1, and
+// the prefill product dequantizes blocks of rows for sgemm.
 #pragma once
 
 #include <cstdint>
@@ -67,8 +68,13 @@ void QuantGemv(DType t, const void* w, int64_t rows, int64_t cols, const float* 
                int threads = 0, Isa isa = BestIsa());
 
 // y[i, r] = dot(dequantized row r of w, x[i, :]) for i < n: x is [n, cols] row-major (dense), y is
-// [n, rows] with leading dimension ldy >= rows. n == 1 is QuantGemv; larger n dequantizes blocks
-// of rows into a per-thread f32 buffer and multiplies each with a single-threaded sgemm.
+// [n, rows] with leading dimension ldy >= rows. n == 1 is QuantGemv. Small batches (decode with
+// several sequences: 1 < n <= 32 on the SIMD paths) split the rows across threads as QuantGemv
+// does and dequantize each stretch of a few rows once into an L1-resident buffer that every
+// activation row is multiplied with, so that the whole batch costs a little more than one
+// matrix-vector product per activation rather than a dequantization of the matrix. Larger n
+// (prefill) dequantizes blocks of rows into a per-thread f32 buffer and multiplies each with a
+// single-threaded sgemm. Both agree with a double-precision dot to QuantGemv's tolerance.
 void QuantMatmul(DType t, const void* w, int64_t rows, int64_t cols, const float* x, int64_t n,
                  float* y, int64_t ldy, int threads = 0, Isa isa = BestIsa());
 

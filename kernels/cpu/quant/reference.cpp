@@ -118,6 +118,29 @@ void RowsScalar(const uint8_t* w, size_t ld, int rows, int64_t blocks, const flo
   }
 }
 
+// The small-batch product, block by block: each block dequantized once, then dotted with the
+// matching elements of every activation row (a per-block partial sum, as RowsScalar).
+template <BlockFn F, int kBytes, int kElems>
+void BatchScalar(const uint8_t* w, size_t ld, int64_t rows, int64_t blocks, const float* x,
+                 int64_t ldx, int n, float* y, int64_t ldy) {
+  float buf[kElems];
+  float acc[kMaxSmallBatch];
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* row = w + static_cast<size_t>(r) * ld;
+    std::fill(acc, acc + n, 0.0f);
+    for (int64_t i = 0; i < blocks; ++i) {
+      F(row + i * kBytes, buf);
+      for (int j = 0; j < n; ++j) {
+        const float* xb = x + j * ldx + i * kElems;
+        float part = 0.0f;
+        for (int e = 0; e < kElems; ++e) part += buf[e] * xb[e];
+        acc[j] += part;
+      }
+    }
+    for (int j = 0; j < n; ++j) y[j * ldy + r] = acc[j];
+  }
+}
+
 constexpr Kernels kScalar = {
     {RowsScalar<DequantQ8_0, kQ8_0Bytes, 32>, RowsScalar<DequantQ4_0, kQ4_0Bytes, 32>,
      RowsScalar<DequantQ4_1, kQ4_1Bytes, 32>, RowsScalar<DequantQ4_K, kQ4_KBytes, 256>,
@@ -125,6 +148,10 @@ constexpr Kernels kScalar = {
     {DequantBlocks<DequantQ8_0, kQ8_0Bytes, 32>, DequantBlocks<DequantQ4_0, kQ4_0Bytes, 32>,
      DequantBlocks<DequantQ4_1, kQ4_1Bytes, 32>, DequantBlocks<DequantQ4_K, kQ4_KBytes, 256>,
      DequantBlocks<DequantQ5_K, kQ5_KBytes, 256>, DequantBlocks<DequantQ6_K, kQ6_KBytes, 256>},
+    {BatchScalar<DequantQ8_0, kQ8_0Bytes, 32>, BatchScalar<DequantQ4_0, kQ4_0Bytes, 32>,
+     BatchScalar<DequantQ4_1, kQ4_1Bytes, 32>, BatchScalar<DequantQ4_K, kQ4_KBytes, 256>,
+     BatchScalar<DequantQ5_K, kQ5_KBytes, 256>, BatchScalar<DequantQ6_K, kQ6_KBytes, 256>},
+    1,
 };
 
 // ---- Reference quantizers. ----
