@@ -119,8 +119,10 @@ def detokenize(binary_dir, ids):
 def llamacpp_request(port, text, o, eos_bias):
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    body = json.dumps({"prompt": text, "max_tokens": o, "temperature": 0, "stream": True,
-                       "logit_bias": eos_bias})
+    req = {"prompt": text, "max_tokens": o, "temperature": 0, "stream": True}
+    if eos_bias:
+        req["logit_bias"] = eos_bias
+    body = json.dumps(req)
     conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
     resp = conn.getresponse()
     times = []
@@ -180,6 +182,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="cores for each system")
     ap.add_argument("--skip-llamacpp", action="store_true")
     ap.add_argument("--skip-shardlm", action="store_true")
+    ap.add_argument("--no-eos-bias", action="store_true",
+                    help="do not suppress EOS in llama.cpp (its logit_bias runs as a Python "
+                         "logits processor, which slows every token)")
     ap.add_argument("--out", default="/tmp/compare_server.jsonl")
     a = ap.parse_args()
     rows = []
@@ -201,7 +206,7 @@ def main():
             [sys.executable, "-m", "llama_cpp.server", "--model", MODEL, "--n_threads",
              str(a.threads), "--n_ctx", "4096", "--port", str(port), "--host", "127.0.0.1",
              # By default the server interrupts a running request when a new one arrives.
-             "--interrupt_requests", "False"],
+             "--interrupt_requests", "False", "--logits_all", "False"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             for _ in range(600):
@@ -212,12 +217,14 @@ def main():
                         break
                 except OSError:
                     time.sleep(0.2)
-            eos_bias = {"0": -100.0, "2": -100.0}  # <|endoftext|>, <|im_end|> of SmolLM2
+            # <|endoftext|>, <|im_end|> of SmolLM2
+            eos_bias = {} if a.no_eos_bias else {"0": -100.0, "2": -100.0}
             for c in a.concurrency:
                 n = max(a.requests, c)
                 texts = [detokenize(a.binary_dir, p) for p in prompts(n, a.input_len, 1)]
                 r = llamacpp_bench(port, texts, c, a.output_len, eos_bias)
-                r.update(system="llama.cpp server", input_len=a.input_len, output_len=a.output_len)
+                r.update(system="llama.cpp server" + ("" if eos_bias else " (no EOS bias)"),
+                         input_len=a.input_len, output_len=a.output_len)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
         finally:
