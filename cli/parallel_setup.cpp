@@ -20,10 +20,6 @@ int EnvInt(const char* name, int fallback) {
 }
 }  // namespace
 
-int LauncherWorldRank() {
-  return EnvInt("OMPI_COMM_WORLD_RANK", EnvInt("PMI_RANK", EnvInt("PMIX_RANK", 0)));
-}
-
 void AddParallelOptions(CLI::App& app, ParallelArgs& args) {
   app.add_option("--tp", args.tp, "Tensor-parallel ranks per pipeline stage")->default_val(1);
   app.add_option("--pp", args.pp, "Pipeline stages")->default_val(1);

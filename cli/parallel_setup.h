@@ -48,8 +48,5 @@ struct ParallelRun {
 // Starts MPI if needed and builds this rank's context. A world size other than tp x pp is an
 // error on every rank, naming both numbers.
 absl::StatusOr<ParallelRun> StartParallel(const ShardPlan& plan, int requested_threads);
-// The ranks the job has, from the launcher's environment, without touching MPI (1 when not
-// under mpirun).
-int LauncherWorldRank();
 
 }  // namespace shardlm::cli

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -54,6 +55,11 @@ struct PagedKvLayout {
   std::span<const int32_t> table_begin;   // sequences + 1 offsets into block_tables
   std::span<const int32_t> block_tables;  // every sequence's blocks, in order
 };
+
+// "" when every token's keys [0, position] lie in blocks of its sequence's table and those blocks
+// are inside a cache of `cache_blocks` blocks; else what is wrong, naming the token, sequence,
+// position or block. The one check behind PagedAttention (every backend) and the model's batch.
+std::string PagedKvLayoutError(const PagedKvLayout& layout, int64_t cache_blocks);
 
 class Backend {
  public:

@@ -273,42 +273,28 @@ PagedKvCache LlamaModel::NewPagedCache(int block_size, int64_t num_blocks) const
 absl::StatusOr<Tensor> LlamaModel::ForwardBatch(const BatchInput& batch, PagedKvCache& cache) {
   const size_t n = batch.tokens.size();
   SHARDLM_RETURN_IF_ERROR(CheckTokens(batch.tokens, config_.vocab_size));
-  if (batch.positions.size() != n || batch.seq_index.size() != n || batch.table_begin.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ForwardBatch: ", n, " tokens but ", batch.positions.size(), " positions, ",
-        batch.seq_index.size(), " sequence indices, ", batch.table_begin.size(), " table offsets"));
+  if (batch.positions.size() != n) {
+    return absl::InvalidArgumentError(absl::StrCat("ForwardBatch: ", n, " tokens but ",
+                                                   batch.positions.size(), " positions"));
   }
+  const PagedKvLayout layout{cache.block_size, batch.positions, batch.seq_index,
+                             batch.table_begin, batch.block_tables};
   // Every token's block must be in its sequence's table and in the cache; its K/V row follows.
-  const int64_t bs = cache.block_size, seqs = static_cast<int64_t>(batch.table_begin.size()) - 1;
+  if (const std::string error = PagedKvLayoutError(layout, cache.num_blocks); !error.empty()) {
+    return absl::OutOfRangeError(absl::StrCat("ForwardBatch: ", error));
+  }
+  const int64_t bs = cache.block_size;
   std::vector<int32_t> cache_rows(n);
   for (size_t i = 0; i < n; ++i) {
-    const int64_t s = batch.seq_index[i], p = batch.positions[i];
-    if (s < 0 || s >= seqs || p < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("ForwardBatch: token ", i, " has sequence ", s, " and position ", p));
-    }
-    const int64_t begin = batch.table_begin[s], end = batch.table_begin[s + 1];
-    if (begin < 0 || end < begin || end > static_cast<int64_t>(batch.block_tables.size()) ||
-        p / bs >= end - begin) {
-      return absl::OutOfRangeError(absl::StrCat("ForwardBatch: position ", p, " of sequence ", s,
-                                                " is past its ", end - begin, " blocks of ", bs));
-    }
-    for (int64_t b = begin; b <= begin + p / bs; ++b) {
-      if (batch.block_tables[b] < 0 || batch.block_tables[b] >= cache.num_blocks) {
-        return absl::OutOfRangeError(absl::StrCat("ForwardBatch: block ", batch.block_tables[b],
-                                                  " outside the cache of ", cache.num_blocks,
-                                                  " blocks"));
-      }
-    }
-    cache_rows[i] = static_cast<int32_t>(batch.block_tables[begin + p / bs] * bs + p % bs);
+    const int64_t p = batch.positions[i];
+    const int32_t block = batch.block_tables[batch.table_begin[batch.seq_index[i]] + p / bs];
+    cache_rows[i] = static_cast<int32_t>(block * bs + p % bs);
   }
   for (int32_t r : batch.logit_rows) {
     if (r < 0 || static_cast<size_t>(r) >= n) {
       return absl::OutOfRangeError(absl::StrCat("ForwardBatch: logit row ", r, " of ", n));
     }
   }
-  const PagedKvLayout layout{cache.block_size, batch.positions, batch.seq_index,
-                             batch.table_begin, batch.block_tables};
   return RunStage(
       batch.tokens,
       [&](Tensor& x) -> absl::Status {

@@ -280,34 +280,11 @@ void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cach
   CheckAttentionShapes("PagedAttention", q, k_cache, v_cache, out, n, params);
   const int64_t bs = layout.block_size;
   const int64_t rows = k_cache.dim(0);
-  const int64_t seqs = static_cast<int64_t>(layout.table_begin.size()) - 1;
-  Require(bs > 0 && rows % bs == 0 && static_cast<int64_t>(layout.seq_index.size()) == n &&
-              seqs >= 0,
-          "PagedAttention",
-          "expects block_size > 0 dividing the cache rows, one seq_index per position and "
-          "table_begin of sequences + 1 offsets",
-          {{"k_cache", &k_cache}});
+  Require(bs > 0 && rows % bs == 0, "PagedAttention",
+          "expects block_size > 0 dividing the cache rows", {{"k_cache", &k_cache}});
   // Every key a query reads must lie in a block of its sequence's table, inside the cache.
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t s = layout.seq_index[i], p = layout.positions[i];
-    if (s < 0 || s >= seqs || p < 0) {
-      throw std::out_of_range("PagedAttention: token " + std::to_string(i) + " has sequence " +
-                              std::to_string(s) + " and position " + std::to_string(p));
-    }
-    const int64_t begin = layout.table_begin[s], end = layout.table_begin[s + 1];
-    if (begin < 0 || end < begin || end > static_cast<int64_t>(layout.block_tables.size()) ||
-        p / bs >= end - begin) {
-      throw std::out_of_range("PagedAttention: position " + std::to_string(p) + " of sequence " +
-                              std::to_string(s) + " is past its " + std::to_string(end - begin) +
-                              " blocks of " + std::to_string(bs));
-    }
-    for (int64_t b = begin; b <= begin + p / bs; ++b) {
-      const int64_t block = layout.block_tables[b];
-      if (block < 0 || (block + 1) * bs > rows) {
-        throw std::out_of_range("PagedAttention: block " + std::to_string(block) +
-                                " outside the cache of " + std::to_string(rows / bs) + " blocks");
-      }
-    }
+  if (const std::string error = PagedKvLayoutError(layout, rows / bs); !error.empty()) {
+    throw std::out_of_range("PagedAttention: " + error);
   }
   AttendAll(q, k_cache, v_cache, layout.positions, params, out, threads,
             [&](int64_t i, int64_t lo, int64_t hi, std::vector<KeyRun>& runs) {
