@@ -9,11 +9,11 @@
 #include "cli/client_common.h"
 #include "cli/commands.h"
 #include "cli/parallel_setup.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "kernels/status_macros.h"
 #include "model/checkpoint_loader.h"
 #include "model/generator.h"
 #include "model/llama.h"
+#include "parallel/backend_setup.h"
 #include "spdlog/spdlog.h"
 
 namespace shardlm::cli {
@@ -33,6 +33,7 @@ struct GenerateArgs {
   int threads = 0;
   bool ignore_eos = false;
   ParallelArgs parallel;
+  BackendOptions backend;
 };
 
 absl::Status WriteLogits(const std::string& path, const std::vector<float>& logits) {
@@ -64,7 +65,7 @@ struct Loaded {
   OpenedCheckpoint checkpoint;
   std::unique_ptr<Tokenizer> tokenizer;
   std::vector<int32_t> prompt;
-  std::unique_ptr<Backend> backend;
+  BackendSetup setup;
   std::unique_ptr<LlamaModel> model;
 };
 
@@ -77,21 +78,21 @@ absl::Status Load(const GenerateArgs& args, ParallelRun& run, Loaded& out) {
     SHARDLM_ASSIGN_OR_RETURN(out.prompt, PromptIds(args, out.checkpoint, out.tokenizer.get()));
   }
   SHARDLM_RETURN_IF_ERROR(ValidateGenerateRequest(config, out.prompt, args.max_new_tokens));
-  out.backend = CreateCpuBackend(run.threads);
   SHARDLM_ASSIGN_OR_RETURN(out.model, LlamaModel::Load(config, *out.checkpoint.weights,
-                                                       *out.backend, *run.context));
+                                                       *out.setup.backend, *run.context));
   const RankShard& shard = out.model->parallel().shard;
   if (run.distributed()) {
     spdlog::info(
         "rank {} (stage {}, tp rank {}): layers [{}, {}), q heads [{}, {}), kv heads [{}, {}), "
-        "vocab [{}, {}): {:.2f} MiB of weights, {} threads",
+        "vocab [{}, {}): {:.2f} MiB of weights on {}",
         shard.rank, shard.stage, shard.tp_rank, shard.layers.begin, shard.layers.end,
         shard.q_heads.begin, shard.q_heads.end, shard.kv_heads.begin, shard.kv_heads.end,
-        shard.vocab.begin, shard.vocab.end, out.model->weight_bytes() / 1048576.0, run.threads);
+        shard.vocab.begin, shard.vocab.end, out.model->weight_bytes() / 1048576.0,
+        out.setup.description);
   } else {
     spdlog::info("loaded {} ({}, {} layers) on {}: {:.1f} MiB of weights", args.model,
                  std::string(ArchName(config.arch)), config.num_layers,
-                 std::string(out.backend->name()), out.model->weight_bytes() / 1048576.0);
+                 out.setup.description, out.model->weight_bytes() / 1048576.0);
   }
   return absl::OkStatus();
 }
@@ -107,6 +108,10 @@ absl::Status RunGenerate(const GenerateArgs& args) {
   SHARDLM_ASSIGN_OR_RETURN(ShardPlan plan, PlanFor(loaded.checkpoint.config,
                                                    *loaded.checkpoint.weights, args.parallel));
   SHARDLM_ASSIGN_OR_RETURN(ParallelRun run, StartParallel(plan, args.threads));
+  // The backend first (collective over every rank, agreed inside), then the rest of loading.
+  BackendOptions backend_options = args.backend;
+  backend_options.threads = run.threads;
+  SHARDLM_ASSIGN_OR_RETURN(loaded.setup, SetUpBackend(backend_options, *run.context));
   SHARDLM_RETURN_IF_ERROR(run.Agree(Load(args, run, loaded)));
   const bool printer = run.rank == 0;  // rank 0 alone writes results
   Tokenizer* tokenizer = loaded.tokenizer.get();
@@ -172,13 +177,16 @@ RunFn AddGenerateCommand(CLI::App& app) {
   app.add_option("--threads", args->threads, "CPU threads per rank (0: the node's cores divided among its ranks)")->default_val(0);
   app.add_flag("--ignore-eos", args->ignore_eos, "Do not stop at an end-of-generation token");
   AddParallelOptions(app, args->parallel);
+  AddBackendOptions(app, args->backend);
   AddSamplingOptions(app, args->sampling);
   return [args, &app]() -> int {
     if (args->model.empty() == args->server.empty()) {
       return Fail("generate", "expected exactly one of --model, --server");
     }
     if (!args->server.empty()) {
-      for (const char* offline : {"--dump-logits", "--threads", "--tp", "--pp", "--pp-layers"}) {
+      for (const char* offline : {"--dump-logits", "--threads", "--tp", "--pp", "--pp-layers",
+                                  "--backend", "--device", "--nccl", "--kv-dtype",
+                                  "--gpu-memory-fraction", "--cuda-graphs"}) {
         if (app.count(offline) > 0) {
           return Fail("generate", std::string(offline) + " applies to --model only, not --server");
         }

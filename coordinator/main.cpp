@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
 
   CLI::App app{"shardlm-coordinator: serve a model over gRPC on an attached mpirun worker job"};
   CoordinatorOptions o;
-  std::string kv_cache_memory = "256MiB";
+  std::string kv_cache_memory = "auto";
   std::string log_level = "info";
   app.add_option("--listen", o.listen, "HOST:PORT to serve on (port 0: pick a free one)")
       ->default_val(o.listen);
@@ -48,7 +48,8 @@ int main(int argc, char** argv) {
                  "Tokens per step: decode tokens plus prefill chunks")
       ->default_val(o.max_batch_tokens);
   app.add_option("--kv-cache-memory", kv_cache_memory,
-                 "Memory per worker rank for KV blocks (e.g. 256MiB, 4GiB)")
+                 "Memory per worker rank for KV blocks (e.g. 256MiB, 4GiB); auto: the workers "
+                 "decide (CPU: 256MiB; GPU: what --gpu-memory-fraction leaves)")
       ->default_val(kv_cache_memory);
   app.add_option("--kv-block-size", o.kv_block_size, "Tokens per KV block")
       ->default_val(o.kv_block_size);
@@ -68,9 +69,16 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_level(spdlog::level::from_str(log_level));
-  absl::StatusOr<uint64_t> kv_bytes = shardlm::coordinator::ParseByteSize(kv_cache_memory);
-  if (!kv_bytes.ok()) return Fail(absl::StrCat("--kv-cache-memory: ", kv_bytes.status().message()));
-  o.kv_cache_bytes = *kv_bytes;
+  if (kv_cache_memory == "auto") {
+    o.kv_cache_bytes = 0;
+  } else {
+    absl::StatusOr<uint64_t> kv_bytes = shardlm::coordinator::ParseByteSize(kv_cache_memory);
+    if (!kv_bytes.ok()) {
+      return Fail(absl::StrCat("--kv-cache-memory: ", kv_bytes.status().message()));
+    }
+    if (*kv_bytes == 0) return Fail("--kv-cache-memory: expected > 0 bytes or auto, got 0");
+    o.kv_cache_bytes = *kv_bytes;
+  }
   if (absl::Status valid = shardlm::coordinator::ValidateOptions(o); !valid.ok()) {
     return Fail(std::string(valid.message()));
   }

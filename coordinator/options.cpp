@@ -42,7 +42,6 @@ absl::Status ValidateOptions(const CoordinatorOptions& o) {
     }
   }
   if (o.max_batch_tokens < 1) return bad("--max-batch-tokens", ">= 1", o.max_batch_tokens);
-  if (o.kv_cache_bytes == 0) return bad("--kv-cache-memory", "> 0 bytes", o.kv_cache_bytes);
   if (o.kv_block_size < 1 || o.kv_block_size > 65536) {
     return bad("--kv-block-size", "a value in [1, 65536]", o.kv_block_size);
   }

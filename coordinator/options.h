@@ -20,7 +20,7 @@ struct CoordinatorOptions {
   int32_t pp = 1;
   std::string pp_layers;                 // "" or "10,20": where stages 1.. start
   int32_t max_batch_tokens = 512;        // tokens per step (decode tokens + prefill chunks)
-  uint64_t kv_cache_bytes = 256ull << 20;  // per rank, for the workers' KV blocks
+  uint64_t kv_cache_bytes = 0;  // per rank, for the workers' KV blocks; 0: the workers decide
   int32_t kv_block_size = 16;            // tokens per KV block
   int32_t max_queue = 256;               // waiting requests at most
   // Sequences in the batch at most; capped at max_batch_tokens (EffectiveMaxRunning), since

@@ -5,12 +5,17 @@
 // - Activations are f32, row-major, in the backend's memory (host for CPU, device for CUDA).
 // - Weights come in as host tensors of any dtype (often views into an mmap) and are turned into
 //   the backend's form by PrepareWeight; ops take prepared weights only.
-// - Small per-step index arrays (token ids, positions) are passed as host spans.
-// - Shapes are checked by the callers (the model); a backend may assume they agree and only
-//   asserts in debug builds.
+// - Per-step index arrays (token ids, positions, KV rows, block tables) are int32 (kI32) tensors
+//   in backend memory, made by UploadIndices, so that a whole step can run on the device without
+//   the host (and be recorded as a CUDA graph). Every op that takes them also has a convenience
+//   overload with host spans, which checks the values on the host, uploads and calls it. With
+//   index tensors, the caller has checked the values (the model does, on the host, before it
+//   uploads); a device backend cannot look at them without a synchronization.
+// - Shapes are checked by the backends (std::invalid_argument naming the op and the tensors).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -61,6 +66,20 @@ struct PagedKvLayout {
 // position or block. The one check behind PagedAttention (every backend) and the model's batch.
 std::string PagedKvLayoutError(const PagedKvLayout& layout, int64_t cache_blocks);
 
+// The same layout as kI32 tensors in backend memory (see UploadIndices), checked by the caller.
+struct PagedKvIndices {
+  int block_size = 16;
+  Tensor positions, seq_index, table_begin, block_tables;
+};
+
+// A recorded sequence of backend ops (a CUDA graph) that replays with the same tensors; the
+// inputs change by writing new values into the same index tensors and activations.
+class BackendGraph {
+ public:
+  virtual ~BackendGraph() = default;
+  virtual void Replay() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -68,6 +87,10 @@ class Backend {
 
   // Memory. Allocate returns zeroed backend memory.
   virtual Tensor Allocate(std::vector<int64_t> shape, DType dtype = DType::kF32) = 0;
+  // The same without the zeroing, for tensors an op overwrites whole (activations).
+  virtual Tensor AllocateUninitialized(std::vector<int64_t> shape, DType dtype = DType::kF32) {
+    return Allocate(std::move(shape), dtype);
+  }
   virtual Tensor ToDevice(const Tensor& host) = 0;  // host f32 -> backend memory
   virtual Tensor ToHost(const Tensor& t) = 0;       // backend memory -> host f32
   // A host weight of any dtype -> the form this backend's ops take (CPU: f32, bf16/f16 matrices).
@@ -81,12 +104,22 @@ class Backend {
   virtual void Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = 0;
   // y[n, d] = x / sqrt(mean(x^2) + eps) * w[d], row by row. y may alias x.
   virtual void RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) = 0;
+  // Index arrays: `host` copied into a new kI32 tensor [host.size()] in backend memory; and host
+  // ints written into an existing one (dst.numel() >= host.size(), from element 0).
+  virtual Tensor UploadIndices(std::span<const int32_t> host) = 0;
+  virtual void WriteIndices(std::span<const int32_t> host, Tensor& dst) = 0;
+  // dst = src (same dtype and element count), in backend memory.
+  virtual void Copy(const Tensor& src, Tensor& dst) = 0;
+
+  // x += delta, then y = RmsNorm(x): the residual add fused with the next layer norm.
+  virtual void AddRmsNorm(Tensor& x, const Tensor& delta, const Tensor& w, float eps,
+                          Tensor& y) = 0;
   // In place on x[n, heads, head_dim]; row i sits at positions[i]. Rotates the first
   // rope.rotary_dim features of each head.
-  virtual void Rope(Tensor& x, std::span<const int32_t> positions, const RopeConfig& rope) = 0;
+  virtual void Rope(Tensor& x, const Tensor& positions, const RopeConfig& rope) = 0;
   // y[n, d] = table[ids[i], :]; an id of -1 gives a row of zeros (a vocabulary-parallel
   // embedding passes -1 for the ids other ranks own).
-  virtual void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y) = 0;
+  virtual void Embedding(const Tensor& table, const Tensor& ids, Tensor& y) = 0;
   // y = silu(gate) * up, elementwise; y may alias gate.
   virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) = 0;
   // x += y, elementwise.
@@ -96,23 +129,47 @@ class Backend {
   virtual void Argmax(const Tensor& logits, std::span<int32_t> out,
                       std::span<float> values = {}) = 0;
 
-  // Writes k, v [n, kv_heads, head_dim] into the caches [max_seq, kv_heads, head_dim] at the
-  // rows given by positions.
-  virtual void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> positions,
-                       Tensor& k_cache, Tensor& v_cache) = 0;
+  // The dtype KV caches have on this backend (CPU: f32; CUDA: bf16). WriteKv and the attention
+  // ops take caches of f32 on every backend, and of this dtype.
+  virtual DType kv_cache_dtype() const { return DType::kF32; }
+  // Writes k, v [n, kv_heads, head_dim] (f32) into the caches [max_seq, kv_heads, head_dim] at
+  // the rows given by `rows`.
+  virtual void WriteKv(const Tensor& k, const Tensor& v, const Tensor& rows, Tensor& k_cache,
+                       Tensor& v_cache) = 0;
   // Causal GQA attention of q [n, num_heads, head_dim] (query i at positions[i]) over cache rows
   // [0, positions[i]]; out [n, num_heads * head_dim]. Query head h reads KV head
   // h / (num_heads / num_kv_heads).
   virtual void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                         std::span<const int32_t> positions, const AttentionParams& params,
+                         const Tensor& positions, const AttentionParams& params,
                          Tensor& out) = 0;
   // The same attention over a paged cache, for a batch of tokens from several sequences: query i
   // (q row i, at layout.positions[i] of sequence layout.seq_index[i]) attends its sequence's keys
   // [0, position] (or the sliding window). K/V of this step must already be written (WriteKv with
-  // the tokens' cache rows as positions).
+  // the tokens' cache rows).
   virtual void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                              const PagedKvLayout& layout, const AttentionParams& params,
+                              const PagedKvIndices& layout, const AttentionParams& params,
                               Tensor& out) = 0;
+
+  // Recording (CUDA graphs): between BeginCapture and EndCapture the ops are recorded, not run;
+  // EndCapture returns the graph. Backends without graphs return false / nullptr, and ops run
+  // as usual. Nothing may read device results on the host while capturing.
+  virtual bool supports_graphs() const { return false; }
+  virtual bool BeginCapture() { return false; }
+  virtual std::unique_ptr<BackendGraph> EndCapture() { return nullptr; }
+  // Waits for the queued work (a no-op on the CPU).
+  virtual void Synchronize() {}
+
+  // Host-span conveniences: check the values on the host (std::out_of_range naming the op, the
+  // index and the bound), upload them, and call the op above.
+  void Rope(Tensor& x, std::span<const int32_t> positions, const RopeConfig& rope);
+  void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y);
+  void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> rows, Tensor& k_cache,
+               Tensor& v_cache);
+  void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                 std::span<const int32_t> positions, const AttentionParams& params, Tensor& out);
+  void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                      const PagedKvLayout& layout, const AttentionParams& params, Tensor& out);
+  PagedKvIndices UploadLayout(const PagedKvLayout& layout);
 };
 
 }  // namespace shardlm

@@ -17,6 +17,7 @@ constexpr DTypeTraits kTraits[] = {
     {"F32", 1, 4},     {"F16", 1, 2},     {"BF16", 1, 2},
     {"Q8_0", 32, 34},  {"Q4_0", 32, 18},  {"Q4_1", 32, 20},
     {"Q4_K", 256, 144}, {"Q5_K", 256, 176}, {"Q6_K", 256, 210},
+    {"I32", 1, 4},
 };
 const DTypeTraits& Traits(DType dtype) { return kTraits[static_cast<int>(dtype)]; }
 }  // namespace
@@ -101,7 +102,7 @@ uint16_t F32ToF16(float f) {
 void ConvertToF32(DType dtype, const void* src, float* dst, size_t n) {
   switch (dtype) {
     default:  // quantized types are dequantized by the backend's block kernels, not here
-      throw std::invalid_argument(std::string("ConvertToF32: quantized dtype ") + DTypeName(dtype));
+      throw std::invalid_argument(std::string("ConvertToF32: not a float dtype: ") + DTypeName(dtype));
     case DType::kF32:
       std::memcpy(dst, src, n * sizeof(float));
       return;

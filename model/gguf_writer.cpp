@@ -235,6 +235,8 @@ uint32_t GgmlTypeFromDType(DType dtype) {
       return 14;
     case DType::kBF16:
       return 30;
+    case DType::kI32:
+      return 26;
   }
   return 0;
 }

@@ -19,8 +19,8 @@ struct KvCache {
     KvCache cache;
     cache.max_seq = max_seq;
     for (int64_t l = 0; l < layers; ++l) {
-      cache.k.push_back(backend.Allocate({max_seq, kv_heads, head_dim}));
-      cache.v.push_back(backend.Allocate({max_seq, kv_heads, head_dim}));
+      cache.k.push_back(backend.Allocate({max_seq, kv_heads, head_dim}, backend.kv_cache_dtype()));
+      cache.v.push_back(backend.Allocate({max_seq, kv_heads, head_dim}, backend.kv_cache_dtype()));
     }
     return cache;
   }

@@ -130,93 +130,147 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(
   return m;
 }
 
+std::vector<int32_t> HostStepIndices::Packed() const {
+  std::vector<int32_t> out;
+  out.reserve(embed_ids.size() + positions.size() + cache_rows.size() + seq_index.size() +
+              table_begin.size() + block_tables.size() + logit_rows.size());
+  for (const std::vector<int32_t>* v : {&embed_ids, &positions, &cache_rows, &seq_index,
+                                        &table_begin, &block_tables, &logit_rows}) {
+    out.insert(out.end(), v->begin(), v->end());
+  }
+  return out;
+}
+
+StepIndices StepIndices::Views(const HostStepIndices& host, const Tensor& packed) {
+  StepIndices s;
+  s.tokens = static_cast<int64_t>(host.positions.size());
+  int64_t at = 0;
+  auto next = [&](const std::vector<int32_t>& v) {
+    const int64_t n = static_cast<int64_t>(v.size());
+    Tensor t = packed.Rows(at, at + n);
+    at += n;
+    return t;
+  };
+  s.embed_ids = next(host.embed_ids);
+  s.positions = next(host.positions);
+  s.cache_rows = next(host.cache_rows);
+  s.layout.seq_index = next(host.seq_index);
+  s.layout.table_begin = next(host.table_begin);
+  s.layout.block_tables = next(host.block_tables);
+  s.logit_rows = next(host.logit_rows);
+  s.paged = host.block_size > 0;
+  s.layout.block_size = host.block_size;
+  s.layout.positions = s.positions;
+  s.select_rows = host.select_rows;
+  s.all_rows = host.all_rows;
+  return s;
+}
+
 KvCache LlamaModel::NewCache(int64_t max_seq) const {
   return KvCache::Create(backend_, parallel_.shard.layers.size(), max_seq,
                          parallel_.shard.kv_heads.size(), config_.head_dim);
 }
 
-absl::Status LlamaModel::Layer(int64_t l, Tensor& x, std::span<const int32_t> positions,
-                               std::span<const int32_t> cache_rows, const PagedKvLayout* paged,
+absl::Status LlamaModel::Layer(int64_t l, Tensor& x, Tensor& delta, const StepIndices& step,
                                Tensor& k_cache, Tensor& v_cache) {
   const LlamaLayerWeights& lw = w_.layers[l];
   const int64_t n = x.dim(0), hd = config_.head_dim;
   const int64_t heads = attn_.num_heads, kv_heads = attn_.num_kv_heads;
   const int64_t inter = parallel_.shard.intermediate.size();
+  const float eps = config_.rms_norm_eps;
   Backend& b = backend_;
-  Communicator& tp = *parallel_.tp;
 
-  Tensor h = b.Allocate({n, config_.hidden_size});
-  b.RmsNorm(x, lw.attn_norm, config_.rms_norm_eps, h);
-  Tensor q = b.Allocate({n, heads * hd});
-  Tensor k = b.Allocate({n, kv_heads * hd});
-  Tensor v = b.Allocate({n, kv_heads * hd});
+  Tensor h = b.AllocateUninitialized({n, config_.hidden_size});
+  if (delta.raw() != nullptr) {
+    b.AddRmsNorm(x, delta, lw.attn_norm, eps, h);
+  } else {
+    b.RmsNorm(x, lw.attn_norm, eps, h);
+  }
+  Tensor q = b.AllocateUninitialized({n, heads * hd});
+  Tensor k = b.AllocateUninitialized({n, kv_heads * hd});
+  Tensor v = b.AllocateUninitialized({n, kv_heads * hd});
   lw.q.Forward(b, h, q);
   lw.k.Forward(b, h, k);
   lw.v.Forward(b, h, v);
   Tensor q3 = q.Reshape({n, heads, hd});
   Tensor k3 = k.Reshape({n, kv_heads, hd});
-  b.Rope(q3, positions, rope_);
-  b.Rope(k3, positions, rope_);
-  b.WriteKv(k3, v.Reshape({n, kv_heads, hd}), cache_rows, k_cache, v_cache);
-  Tensor attn = b.Allocate({n, heads * hd});
-  if (paged != nullptr) {
-    b.PagedAttention(q3, k_cache, v_cache, *paged, attn_, attn);
+  b.Rope(q3, step.positions, rope_);
+  b.Rope(k3, step.positions, rope_);
+  b.WriteKv(k3, v.Reshape({n, kv_heads, hd}), step.cache_rows, k_cache, v_cache);
+  Tensor attn = b.AllocateUninitialized({n, heads * hd});
+  if (step.paged) {
+    b.PagedAttention(q3, k_cache, v_cache, step.layout, attn_, attn);
   } else {
-    b.Attention(q3, k_cache, v_cache, positions, attn_, attn);
+    b.Attention(q3, k_cache, v_cache, step.positions, attn_, attn);
   }
-  SHARDLM_RETURN_IF_ERROR(lw.o.Forward(b, tp, attn, h));
-  b.Add(x, h);
-
-  b.RmsNorm(x, lw.mlp_norm, config_.rms_norm_eps, h);
-  Tensor gate = b.Allocate({n, inter});
-  Tensor up = b.Allocate({n, inter});
+  SHARDLM_RETURN_IF_ERROR(lw.o.Forward(b, parallel_, attn, h));
+  // x += attention output; h = norm(x), in one pass.
+  b.AddRmsNorm(x, h, lw.mlp_norm, eps, h);
+  Tensor gate = b.AllocateUninitialized({n, inter});
+  Tensor up = b.AllocateUninitialized({n, inter});
   lw.gate.Forward(b, h, gate);
   lw.up.Forward(b, h, up);
   b.SiluMul(gate, up, gate);
-  SHARDLM_RETURN_IF_ERROR(lw.down.Forward(b, tp, gate, h));
-  b.Add(x, h);
+  SHARDLM_RETURN_IF_ERROR(lw.down.Forward(b, parallel_, gate, h));
+  delta = std::move(h);  // added to x with the next layer's first norm (or after the stage)
   return absl::OkStatus();
 }
 
-absl::StatusOr<Tensor> LlamaModel::RunStage(std::span<const int32_t> tokens,
-                                            const std::function<absl::Status(Tensor&)>& layers,
-                                            const std::vector<int32_t>* logit_rows,
-                                            bool all_rows) {
-  const int64_t n = static_cast<int64_t>(tokens.size());
+absl::StatusOr<Tensor> LlamaModel::ForwardStep(const StepIndices& step,
+                                               std::vector<Tensor>& k_caches,
+                                               std::vector<Tensor>& v_caches) {
+  const int64_t n = step.tokens;
   const RankShard& shard = parallel_.shard;
-  Communicator& world = *parallel_.world;
   const size_t x_bytes = static_cast<size_t>(n * config_.hidden_size) * sizeof(float);
+  const int prev = shard.rank - parallel_.plan.tp, next = shard.rank + parallel_.plan.tp;
 
-  Tensor x = backend_.Allocate({n, config_.hidden_size});
+  Tensor x = backend_.AllocateUninitialized({n, config_.hidden_size});
   if (shard.first_stage) {
-    SHARDLM_RETURN_IF_ERROR(w_.embed->Forward(backend_, *parallel_.tp, tokens, x));
+    SHARDLM_RETURN_IF_ERROR(w_.embed->Forward(backend_, parallel_, step.embed_ids, x));
+  } else if (x.device() != Device::kCpu && parallel_.world_device != nullptr) {
+    // The previous stage's hidden states, from the rank with the same TP rank there.
+    SHARDLM_RETURN_IF_ERROR(parallel_.world_device->Recv(x.raw(), x_bytes, prev));
   } else {
-    // The hidden states of the previous stage, from the rank with the same TP rank there.
     Tensor host = Tensor::Empty({n, config_.hidden_size}, DType::kF32);
-    SHARDLM_RETURN_IF_ERROR(world.Recv(host.raw(), x_bytes, shard.rank - parallel_.plan.tp));
+    SHARDLM_RETURN_IF_ERROR(parallel_.world->Recv(host.raw(), x_bytes, prev));
     x = backend_.ToDevice(host);
   }
-  SHARDLM_RETURN_IF_ERROR(layers(x));
+  Tensor delta;
+  for (size_t l = 0; l < w_.layers.size(); ++l) {
+    SHARDLM_RETURN_IF_ERROR(Layer(static_cast<int64_t>(l), x, delta, step, k_caches[l], v_caches[l]));
+  }
+  if (!w_.layers.empty()) backend_.Add(x, delta);
   if (!shard.last_stage) {
-    Tensor host = backend_.ToHost(x);
-    SHARDLM_RETURN_IF_ERROR(world.Send(host.raw(), x_bytes, shard.rank + parallel_.plan.tp));
+    if (x.device() != Device::kCpu && parallel_.world_device != nullptr) {
+      SHARDLM_RETURN_IF_ERROR(parallel_.world_device->Send(x.raw(), x_bytes, next));
+    } else {
+      Tensor host = backend_.ToHost(x);
+      SHARDLM_RETURN_IF_ERROR(parallel_.world->Send(host.raw(), x_bytes, next));
+    }
     return Tensor();
   }
 
   Tensor last;
-  if (logit_rows != nullptr) {
+  if (step.select_rows) {
     // Gather the wanted rows (an f32 "embedding" lookup into x).
-    last = backend_.Allocate({static_cast<int64_t>(logit_rows->size()), config_.hidden_size});
-    if (!logit_rows->empty()) backend_.Embedding(x, *logit_rows, last);
+    last = backend_.AllocateUninitialized({step.logit_rows.numel(), config_.hidden_size});
+    if (step.logit_rows.numel() > 0) backend_.Embedding(x, step.logit_rows, last);
   } else {
-    last = all_rows ? x : x.Rows(n - 1, n);
+    last = step.all_rows ? x : x.Rows(n - 1, n);
   }
-  Tensor normed = backend_.Allocate({last.dim(0), config_.hidden_size});
-  Tensor logits = backend_.Allocate({last.dim(0), shard.vocab.size()});
+  Tensor normed = backend_.AllocateUninitialized({last.dim(0), config_.hidden_size});
+  Tensor logits = backend_.AllocateUninitialized({last.dim(0), shard.vocab.size()});
   if (last.dim(0) == 0) return logits;
   backend_.RmsNorm(last, w_.final_norm, config_.rms_norm_eps, normed);
   w_.lm_head->Forward(backend_, normed, logits);
   return logits;
+}
+
+absl::StatusOr<Tensor> LlamaModel::RunHost(const HostStepIndices& host,
+                                           std::vector<Tensor>& k_caches,
+                                           std::vector<Tensor>& v_caches) {
+  const Tensor packed = backend_.UploadIndices(host.Packed());
+  return ForwardStep(StepIndices::Views(host, packed), k_caches, v_caches);
 }
 
 static absl::Status CheckTokens(std::span<const int32_t> tokens, int64_t vocab) {
@@ -240,22 +294,19 @@ absl::StatusOr<Tensor> LlamaModel::Forward(std::span<const int32_t> tokens, int6
                                               ") exceed the KV cache of ", cache.max_seq,
                                               " positions"));
   }
-  std::vector<int32_t> positions(n);
-  std::iota(positions.begin(), positions.end(), static_cast<int32_t>(start_pos));
-  return RunStage(
-      tokens,
-      [&](Tensor& x) -> absl::Status {
-        for (int64_t l = 0; l < static_cast<int64_t>(w_.layers.size()); ++l) {
-          SHARDLM_RETURN_IF_ERROR(Layer(l, x, positions, positions, nullptr, cache.k[l], cache.v[l]));
-        }
-        return absl::OkStatus();
-      },
-      nullptr, all_logits);
+  HostStepIndices host;
+  if (w_.embed) host.embed_ids = w_.embed->LocalIds(tokens);
+  host.positions.resize(static_cast<size_t>(n));
+  std::iota(host.positions.begin(), host.positions.end(), static_cast<int32_t>(start_pos));
+  host.cache_rows = host.positions;
+  host.all_rows = all_logits;
+  return RunHost(host, cache.k, cache.v);
 }
 
 uint64_t LlamaModel::KvBytesPerBlock(int block_size) const {
   return static_cast<uint64_t>(w_.layers.size()) * 2 * block_size *
-         parallel_.shard.kv_heads.size() * config_.head_dim * sizeof(float);
+         parallel_.shard.kv_heads.size() * config_.head_dim *
+         DTypeSize(backend_.kv_cache_dtype());
 }
 
 PagedKvCache LlamaModel::NewPagedCache(int block_size, int64_t num_blocks) const {
@@ -263,14 +314,16 @@ PagedKvCache LlamaModel::NewPagedCache(int block_size, int64_t num_blocks) const
   cache.block_size = block_size;
   cache.num_blocks = num_blocks;
   const int64_t rows = num_blocks * block_size, kvh = parallel_.shard.kv_heads.size();
+  const DType dtype = backend_.kv_cache_dtype();
   for (size_t l = 0; l < w_.layers.size(); ++l) {
-    cache.k.push_back(backend_.Allocate({rows, kvh, config_.head_dim}));
-    cache.v.push_back(backend_.Allocate({rows, kvh, config_.head_dim}));
+    cache.k.push_back(backend_.Allocate({rows, kvh, config_.head_dim}, dtype));
+    cache.v.push_back(backend_.Allocate({rows, kvh, config_.head_dim}, dtype));
   }
   return cache;
 }
 
-absl::StatusOr<Tensor> LlamaModel::ForwardBatch(const BatchInput& batch, PagedKvCache& cache) {
+absl::StatusOr<HostStepIndices> LlamaModel::PrepareBatch(const BatchInput& batch,
+                                                         const PagedKvCache& cache) const {
   const size_t n = batch.tokens.size();
   SHARDLM_RETURN_IF_ERROR(CheckTokens(batch.tokens, config_.vocab_size));
   if (batch.positions.size() != n) {
@@ -283,28 +336,33 @@ absl::StatusOr<Tensor> LlamaModel::ForwardBatch(const BatchInput& batch, PagedKv
   if (const std::string error = PagedKvLayoutError(layout, cache.num_blocks); !error.empty()) {
     return absl::OutOfRangeError(absl::StrCat("ForwardBatch: ", error));
   }
-  const int64_t bs = cache.block_size;
-  std::vector<int32_t> cache_rows(n);
-  for (size_t i = 0; i < n; ++i) {
-    const int64_t p = batch.positions[i];
-    const int32_t block = batch.block_tables[batch.table_begin[batch.seq_index[i]] + p / bs];
-    cache_rows[i] = static_cast<int32_t>(block * bs + p % bs);
-  }
   for (int32_t r : batch.logit_rows) {
     if (r < 0 || static_cast<size_t>(r) >= n) {
       return absl::OutOfRangeError(absl::StrCat("ForwardBatch: logit row ", r, " of ", n));
     }
   }
-  return RunStage(
-      batch.tokens,
-      [&](Tensor& x) -> absl::Status {
-        for (int64_t l = 0; l < static_cast<int64_t>(w_.layers.size()); ++l) {
-          SHARDLM_RETURN_IF_ERROR(Layer(l, x, batch.positions, cache_rows, &layout,
-                                        cache.k[l], cache.v[l]));
-        }
-        return absl::OkStatus();
-      },
-      &batch.logit_rows, false);
+  HostStepIndices host;
+  const int64_t bs = cache.block_size;
+  if (w_.embed) host.embed_ids = w_.embed->LocalIds(batch.tokens);
+  host.positions = batch.positions;
+  host.cache_rows.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t p = batch.positions[i];
+    const int32_t block = batch.block_tables[batch.table_begin[batch.seq_index[i]] + p / bs];
+    host.cache_rows[i] = static_cast<int32_t>(block * bs + p % bs);
+  }
+  host.seq_index = batch.seq_index;
+  host.table_begin = batch.table_begin;
+  host.block_tables = batch.block_tables;
+  host.logit_rows = batch.logit_rows;
+  host.block_size = cache.block_size;
+  host.select_rows = true;
+  return host;
+}
+
+absl::StatusOr<Tensor> LlamaModel::ForwardBatch(const BatchInput& batch, PagedKvCache& cache) {
+  SHARDLM_ASSIGN_OR_RETURN(HostStepIndices host, PrepareBatch(batch, cache));
+  return RunHost(host, cache.k, cache.v);
 }
 
 absl::StatusOr<std::vector<int32_t>> LlamaModel::LastStageArgmax(const Tensor& local_logits) {

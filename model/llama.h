@@ -59,6 +59,32 @@ struct BatchInput {
   std::vector<int32_t> logit_rows;  // tokens whose next-token logits are wanted
 };
 
+// One step's index arrays on the host, as the model uploads them (one upload, in this order).
+struct HostStepIndices {
+  std::vector<int32_t> embed_ids;   // n: token ids local to this rank's vocabulary shard, or -1
+  std::vector<int32_t> positions;   // n
+  std::vector<int32_t> cache_rows;  // n: where each token's K/V go
+  std::vector<int32_t> seq_index, table_begin, block_tables;  // paged caches only
+  std::vector<int32_t> logit_rows;  // rows whose logits are wanted (when `select_rows`)
+  int block_size = 0;               // 0: a contiguous cache (attention reads rows by position)
+  bool select_rows = false;         // else: every row (all_rows) or the last one
+  bool all_rows = false;
+
+  std::vector<int32_t> Packed() const;  // every array above, back to back
+};
+
+// The same arrays as kI32 views into one backend tensor laid out as HostStepIndices::Packed().
+struct StepIndices {
+  int64_t tokens = 0;
+  Tensor embed_ids, positions, cache_rows, logit_rows;
+  bool paged = false;
+  PagedKvIndices layout;
+  bool select_rows = false;
+  bool all_rows = false;
+
+  static StepIndices Views(const HostStepIndices& host, const Tensor& packed);
+};
+
 // The inputs of the shard plan for `config` at (tp, pp); the intermediate size is split on the
 // quantization blocks of the down projections when `weights` is given.
 PlanInput PlanInputFor(const ModelConfig& config, int tp, int pp,
@@ -95,6 +121,15 @@ class LlamaModel {
   // the last stage: f32 logits of this rank's vocabulary shard for batch.logit_rows,
   // [logit_rows, vocab_local]; elsewhere an empty tensor.
   absl::StatusOr<Tensor> ForwardBatch(const BatchInput& batch, PagedKvCache& cache);
+  // The two halves of ForwardBatch. PrepareBatch checks the batch against the model and the
+  // cache on the host (InvalidArgument / OutOfRange naming the bad token, position or block) and
+  // lays out its index arrays; ForwardStep runs the stage on them once they are in backend memory
+  // (it makes no host round trip when parallel().device_resident(), so it can be recorded as a
+  // CUDA graph).
+  absl::StatusOr<HostStepIndices> PrepareBatch(const BatchInput& batch,
+                                               const PagedKvCache& cache) const;
+  absl::StatusOr<Tensor> ForwardStep(const StepIndices& step, std::vector<Tensor>& k_caches,
+                                     std::vector<Tensor>& v_caches);
 
   // Runs `tokens` at positions [start_pos, start_pos + n) through this rank's stage, appending
   // their K/V to `cache`. Every rank calls it with the same tokens. On the last stage it returns
@@ -121,16 +156,15 @@ class LlamaModel {
  private:
   LlamaModel(const ModelConfig& config, Backend& backend, ParallelContext parallel)
       : config_(config), backend_(backend), parallel_(std::move(parallel)) {}
-  // One decoder layer. K/V go to rows `cache_rows` of (k_cache, v_cache); attention reads the
-  // contiguous cache by position, or the paged one through `paged` when given.
-  absl::Status Layer(int64_t l, Tensor& x, std::span<const int32_t> positions,
-                     std::span<const int32_t> cache_rows, const PagedKvLayout* paged,
+  // One decoder layer. K/V go to rows step.cache_rows of (k_cache, v_cache); attention reads the
+  // contiguous cache by position, or the paged one through step.layout. `delta` carries the
+  // previous residual branch's output, added to x fused with this layer's first norm (empty for
+  // the stage's first layer), and leaves with this layer's last one.
+  absl::Status Layer(int64_t l, Tensor& x, Tensor& delta, const StepIndices& step,
                      Tensor& k_cache, Tensor& v_cache);
-  // Embedding or the previous stage's hidden states -> this stage's layers -> hidden states to
-  // the next stage, or (last stage) final norm + LM head over `logit_rows` (all rows when null).
-  absl::StatusOr<Tensor> RunStage(std::span<const int32_t> tokens,
-                                  const std::function<absl::Status(Tensor&)>& layers,
-                                  const std::vector<int32_t>* logit_rows, bool all_rows);
+  // Uploads `host` (one copy) and runs ForwardStep.
+  absl::StatusOr<Tensor> RunHost(const HostStepIndices& host, std::vector<Tensor>& k_caches,
+                                 std::vector<Tensor>& v_caches);
 
   ModelConfig config_;
   Backend& backend_;

@@ -34,13 +34,20 @@ absl::StatusOr<ParallelContext> ParallelContext::Create(ShardPlan plan,
   return ctx;
 }
 
-absl::Status AllReduce(Communicator& comm, Tensor& t) {
-  if (comm.size() == 1) return absl::OkStatus();
-  if (t.device() != Device::kCpu) {
-    // The CUDA backend ([5 of 5]) brings device-memory communicators (NCCL).
-    return absl::UnimplementedError(absl::StrCat(comm.name(), ": all-reduce of device memory"));
+absl::Status AllReduce(Backend& backend, const ParallelContext& ctx, Tensor& t) {
+  if (ctx.tp->size() == 1) return absl::OkStatus();
+  if (t.device() == Device::kCpu) {
+    return ctx.tp->AllReduceSum(t.data<float>(), static_cast<size_t>(t.numel()));
   }
-  return comm.AllReduceSum(t.data<float>(), static_cast<size_t>(t.numel()));
+  if (ctx.tp_device != nullptr) {
+    return ctx.tp_device->AllReduceSum(t.data<float>(), static_cast<size_t>(t.numel()));
+  }
+  // Device memory without a device communicator (e.g. TP ranks sharing one GPU, where NCCL
+  // refuses): through the host.
+  Tensor host = backend.ToHost(t);
+  SHARDLM_RETURN_IF_ERROR(ctx.tp->AllReduceSum(host.data<float>(), static_cast<size_t>(host.numel())));
+  backend.Copy(backend.ToDevice(host), t);
+  return absl::OkStatus();
 }
 
 static const Tensor* Opt(const std::optional<Tensor>& t) { return t ? &*t : nullptr; }
@@ -49,22 +56,26 @@ void ColumnParallelLinear::Forward(Backend& backend, const Tensor& x, Tensor& y)
   backend.Linear(x, weight, Opt(bias), y);
 }
 
-absl::Status RowParallelLinear::Forward(Backend& backend, Communicator& tp, const Tensor& x,
-                                        Tensor& y) const {
+absl::Status RowParallelLinear::Forward(Backend& backend, const ParallelContext& ctx,
+                                        const Tensor& x, Tensor& y) const {
   backend.Linear(x, weight, Opt(bias), y);
-  return AllReduce(tp, y);
+  return AllReduce(backend, ctx, y);
 }
 
-absl::Status VocabParallelEmbedding::Forward(Backend& backend, Communicator& tp,
-                                             std::span<const int32_t> ids, Tensor& y) const {
+std::vector<int32_t> VocabParallelEmbedding::LocalIds(std::span<const int32_t> ids) const {
   std::vector<int32_t> local(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) {
     local[i] = ids[i] >= vocab.begin && ids[i] < vocab.end
                    ? static_cast<int32_t>(ids[i] - vocab.begin)
                    : -1;
   }
-  backend.Embedding(table, local, y);
-  return AllReduce(tp, y);
+  return local;
+}
+
+absl::Status VocabParallelEmbedding::Forward(Backend& backend, const ParallelContext& ctx,
+                                             const Tensor& local_ids, Tensor& y) const {
+  backend.Embedding(table, local_ids, y);
+  return AllReduce(backend, ctx, y);
 }
 
 void ParallelLMHead::Forward(Backend& backend, const Tensor& x, Tensor& local_logits) const {

@@ -20,8 +20,13 @@ namespace shardlm {
 struct ParallelContext {
   ShardPlan plan;
   RankShard shard;
-  std::shared_ptr<Communicator> world;  // every rank
-  std::shared_ptr<Communicator> tp;     // the TP ranks of this rank's stage
+  std::shared_ptr<Communicator> world;  // every rank (host memory)
+  std::shared_ptr<Communicator> tp;     // the TP ranks of this rank's stage (host memory)
+  // Optional device-memory twins of `world` and `tp` (NCCL, for a GPU backend): activations are
+  // all-reduced / sent between stages on the device through these. Without them (CPU, or several
+  // ranks sharing one GPU) device tensors go through host memory and `world` / `tp`.
+  std::shared_ptr<Communicator> world_device;
+  std::shared_ptr<Communicator> tp_device;
 
   // One rank holding everything (`plan` must be tp = pp = 1): local communicators, no MPI.
   static ParallelContext Single(ShardPlan plan);
@@ -30,7 +35,15 @@ struct ParallelContext {
   static absl::StatusOr<ParallelContext> Create(ShardPlan plan, std::shared_ptr<Communicator> world);
 
   bool distributed() const { return plan.world_size() > 1; }
+  // Whether every collective a forward step makes stays on the device (no host round trip), so
+  // that the step can be recorded as a CUDA graph: one stage, and TP with a device communicator.
+  bool device_resident() const { return plan.pp == 1 && (plan.tp == 1 || tp_device != nullptr); }
 };
+
+// All-reduce (sum) of a backend tensor over the TP group: on the device through ctx.tp_device
+// when there is one, else through host memory and ctx.tp.
+absl::Status AllReduce(Backend& backend, const ParallelContext& ctx, Tensor& t);
+
 
 // y[n, out_local] = x[n, in] W^T (+ b): W holds this rank's output rows [out_local, in].
 struct ColumnParallelLinear {
@@ -44,7 +57,8 @@ struct ColumnParallelLinear {
 struct RowParallelLinear {
   Tensor weight;
   std::optional<Tensor> bias;  // held by TP rank 0 only, so that it is added once
-  absl::Status Forward(Backend& backend, Communicator& tp, const Tensor& x, Tensor& y) const;
+  absl::Status Forward(Backend& backend, const ParallelContext& ctx, const Tensor& x,
+                       Tensor& y) const;
 };
 
 // y[n, d] = table[ids]: this rank holds rows `vocab` of the table; ids of other ranks give zero
@@ -52,7 +66,10 @@ struct RowParallelLinear {
 struct VocabParallelEmbedding {
   Tensor table;  // [vocab.size(), d]
   Range vocab;
-  absl::Status Forward(Backend& backend, Communicator& tp, std::span<const int32_t> ids,
+  // The ids as rows of this rank's table: id - vocab.begin, or -1 for other ranks' ids.
+  std::vector<int32_t> LocalIds(std::span<const int32_t> ids) const;
+  // local_ids: LocalIds(ids) as an index tensor in backend memory.
+  absl::Status Forward(Backend& backend, const ParallelContext& ctx, const Tensor& local_ids,
                        Tensor& y) const;
 };
 
@@ -73,8 +90,5 @@ struct ParallelLMHead {
   absl::StatusOr<std::vector<float>> Gather(Backend& backend, Communicator& tp,
                                             const Tensor& local_logits) const;
 };
-
-// All-reduce (sum) of a backend tensor over `comm`.
-absl::Status AllReduce(Communicator& comm, Tensor& t);
 
 }  // namespace shardlm

@@ -167,8 +167,13 @@ absl::Status NcclCommunicator::SetDevice() const {
 }
 
 absl::Status NcclCommunicator::Sync(const char* op) const {
-  // The `where` arguments are only built on failure.
-  SHARDLM_CUDA_CALL(cudaStreamSynchronize(stream_), absl::StrCat(Where(), " (after ", op, ")"));
+  // The `where` arguments are only built on failure. While the stream is captured into a CUDA
+  // graph nothing may wait on it; in stream-ordered mode nothing needs to.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  SHARDLM_CUDA_CALL(cudaStreamIsCapturing(stream_, &capture), Where());
+  if (synchronous_ && capture == cudaStreamCaptureStatusNone) {
+    SHARDLM_CUDA_CALL(cudaStreamSynchronize(stream_), absl::StrCat(Where(), " (after ", op, ")"));
+  }
   ncclResult_t async = ncclSuccess;
   SHARDLM_NCCL_CALL(ncclCommGetAsyncError(comm_, &async), comm_,
                     absl::StrCat(Where(), " (after ", op, ")"));
@@ -185,7 +190,7 @@ absl::Status NcclCommunicator::CheckPeer(const char* op, int peer) const {
       absl::StrCat(op, Where(), ": rank ", peer, " is not in the group"));
 }
 
-// Each operation below enqueues on stream_ and synchronizes it before returning (see header).
+// Each operation below enqueues on stream_ and, when synchronous_, waits for it (see header).
 
 absl::Status NcclCommunicator::AllReduceSum(float* data, size_t count) {
   if (count == 0) return absl::OkStatus();

@@ -1,9 +1,11 @@
 // NCCL process groups over DEVICE memory (CUDA builds): the GPU backend's communicator.
 //
-// One communicator drives one GPU on one CUDA stream. Every operation is enqueued on that stream
-// and the stream is synchronized before the call returns, so buffers can be reused (and errors
-// are known) as soon as a call comes back. Simple and correct; overlapping communication with
-// compute would need an asynchronous variant.
+// One communicator drives one GPU on one CUDA stream. Every operation is enqueued on that stream.
+// By default the stream is then synchronized before the call returns, so buffers can be reused
+// (and errors are known) as soon as a call comes back. set_synchronous(false) makes the calls
+// stream-ordered only: for a communicator on the compute backend's own stream (the model's
+// all-reduces), whose later kernels are ordered after it anyway. While the stream is being
+// captured into a CUDA graph no call waits.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -55,6 +57,7 @@ class NcclCommunicator final : public Communicator {
   absl::StatusOr<std::unique_ptr<Communicator>> Split(int color, int key,
                                                       const std::string& label) override;
 
+  void set_synchronous(bool synchronous) { synchronous_ = synchronous; }
   ncclComm_t comm() const { return comm_; }
   cudaStream_t stream() const { return stream_; }
   int device() const { return device_; }
@@ -82,6 +85,7 @@ class NcclCommunicator final : public Communicator {
   int rank_;
   int size_;
   float* scratch_;  // one float on the device, for Barrier
+  bool synchronous_ = true;
 };
 
 }  // namespace shardlm

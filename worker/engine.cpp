@@ -25,6 +25,20 @@ SamplerParams SamplerParamsFrom(const shardlm::v1::SamplingParams& p, int logpro
   return s;
 }
 
+WorkerEngine::WorkerEngine(LlamaModel& model, PagedKvCache cache, EngineOptions options)
+    : model_(model), cache_(std::move(cache)) {
+  if (options.cuda_graphs && options.pad_block >= 0 && model_.backend().supports_graphs()) {
+    // Tables as long as the model's context (or 32k tokens when the config gives none).
+    const int64_t context = model_.config().max_position_embeddings > 0
+                                ? model_.config().max_position_embeddings
+                                : 32768;
+    const int max_blocks = static_cast<int>((context + cache_.block_size - 1) / cache_.block_size);
+    graphs_ = std::make_unique<DecodeGraphs>(model_, cache_, options.graph_batch_sizes,
+                                             max_blocks, options.pad_block);
+    if (!graphs_->enabled()) graphs_.reset();
+  }
+}
+
 void WorkerEngine::Observe(const worker::v1::SeqStep& s) {
   SeqState& st = seqs_[s.seq_id()];
   if (s.start_pos() == 0) {
@@ -67,7 +81,9 @@ absl::StatusOr<worker::v1::StepResult> WorkerEngine::Step(const worker::v1::Step
 
   // ForwardBatch validates the plan against the model and the cache before any collective, the
   // same way on every rank, so a bad plan fails everywhere and leaves no rank waiting.
-  absl::StatusOr<Tensor> logits = model_.ForwardBatch(batch, cache_);
+  absl::StatusOr<Tensor> logits = graphs_ != nullptr && graphs_->Accepts(batch)
+                                      ? graphs_->Run(batch)
+                                      : model_.ForwardBatch(batch, cache_);
   if (!logits.ok()) {
     if (absl::IsInvalidArgument(logits.status()) || absl::IsOutOfRange(logits.status())) {
       result.set_error(std::string(logits.status().message()));

@@ -4,18 +4,28 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "model/decode_graphs.h"
 #include "model/llama.h"
 #include "shardlm/v1/worker.pb.h"
 #include "worker/sampler.h"
 
 namespace shardlm {
 
+struct EngineOptions {
+  bool cuda_graphs = true;  // record decode steps as graphs where the backend can
+  // Padded batch sizes of the recorded decode steps.
+  std::vector<int> graph_batch_sizes = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256};
+  int32_t pad_block = -1;   // a cache block the coordinator never hands out (-1: none, no graphs)
+};
+
 class WorkerEngine {
  public:
-  WorkerEngine(LlamaModel& model, PagedKvCache cache) : model_(model), cache_(std::move(cache)) {}
+  WorkerEngine(LlamaModel& model, PagedKvCache cache, EngineOptions options = {});
 
   // Collective over every rank. A plan that does not fit the cache or the model (bad ids, blocks,
   // positions) is refused identically on every rank before any communication: the result then
@@ -38,6 +48,7 @@ class WorkerEngine {
 
   LlamaModel& model_;
   PagedKvCache cache_;
+  std::unique_ptr<DecodeGraphs> graphs_;
   std::unordered_map<uint64_t, SeqState> seqs_;
 };
 

@@ -16,10 +16,10 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "kernels/status_macros.h"
 #include "model/checkpoint_loader.h"
 #include "model/llama.h"
+#include "parallel/backend_setup.h"
 #include "parallel/mpi_communicator.h"
 #include "shardlm/v1/worker.grpc.pb.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -60,21 +60,18 @@ absl::Status BroadcastBytes(MPI_Comm comm, int rank, std::string& bytes) {
   return absl::OkStatus();
 }
 
+// The KV cache of a CPU rank when the coordinator leaves the size to the workers.
+constexpr uint64_t kDefaultCpuKvBytes = uint64_t{256} << 20;
+
 struct Loaded {
   OpenedCheckpoint checkpoint;
-  std::unique_ptr<Backend> backend;
+  BackendSetup setup;
   std::unique_ptr<LlamaModel> model;
-  std::unique_ptr<WorkerEngine> engine;
 };
 
-int LocalRanks() {
-  const char* v = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  return v != nullptr ? std::max(1, std::atoi(v)) : 1;
-}
-
 // Every rank: plan, shard, KV blocks. Returns this rank's status; blocks = what fits here.
-absl::Status Load(const worker::v1::LoadCommand& cmd, std::shared_ptr<Communicator> world,
-                  Loaded& out, int64_t& blocks) {
+absl::Status Load(const worker::v1::LoadCommand& cmd, const BackendOptions& backend_options,
+                  std::shared_ptr<Communicator> world, Loaded& out, int64_t& blocks) {
   SHARDLM_ASSIGN_OR_RETURN(out.checkpoint, OpenCheckpoint(cmd.model()));
   std::vector<int64_t> boundaries;
   if (!cmd.pp_layers().empty()) {
@@ -84,30 +81,46 @@ absl::Status Load(const worker::v1::LoadCommand& cmd, std::shared_ptr<Communicat
       ShardPlan plan, MakeShardPlan(PlanInputFor(out.checkpoint.config, cmd.tp(), cmd.pp(),
                                                  boundaries, out.checkpoint.weights.get())));
   SHARDLM_ASSIGN_OR_RETURN(ParallelContext ctx, ParallelContext::Create(plan, world));
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int threads = cmd.threads() > 0 ? cmd.threads() : std::max(1, cores / LocalRanks());
-  out.backend = CreateCpuBackend(threads);
+  BackendOptions options = backend_options;
+  if (cmd.threads() > 0) options.threads = cmd.threads();
+  SHARDLM_ASSIGN_OR_RETURN(out.setup, SetUpBackend(options, ctx));
   SHARDLM_ASSIGN_OR_RETURN(out.model, LlamaModel::Load(out.checkpoint.config,
-                                                       *out.checkpoint.weights, *out.backend,
+                                                       *out.checkpoint.weights, *out.setup.backend,
                                                        std::move(ctx)));
   const int bs = cmd.kv_block_size() > 0 ? cmd.kv_block_size() : 16;
   const uint64_t per_block = out.model->KvBytesPerBlock(bs);
-  blocks = per_block == 0 ? 0 : static_cast<int64_t>(cmd.kv_cache_bytes() / per_block);
+  // The coordinator's --kv-cache-memory (0: auto); on a GPU, --gpu-memory-fraction of the device
+  // less the weights and the activations of the largest step.
+  uint64_t kv_bytes = cmd.kv_cache_bytes() > 0 ? cmd.kv_cache_bytes() : kDefaultCpuKvBytes;
+  const ModelConfig& c = out.checkpoint.config;
+  const RankShard& s = out.model->parallel().shard;
+  const uint64_t step_tokens = std::max<uint64_t>(cmd.max_batch_tokens(), 256);
+  const uint64_t reserve =
+      step_tokens * sizeof(float) *
+          (6 * static_cast<uint64_t>(c.hidden_size) +
+           3 * static_cast<uint64_t>(s.intermediate.size()) +
+           2 * static_cast<uint64_t>(s.vocab.size())) +
+      (uint64_t{512} << 20);
+  if (const std::optional<uint64_t> budget = KvCacheBudget(out.setup, options, reserve)) {
+    kv_bytes = cmd.kv_cache_bytes() > 0 ? std::min<uint64_t>(cmd.kv_cache_bytes(), *budget) : *budget;
+  }
+  // One block more than reported: the padding rows of recorded decode steps write there.
+  blocks = per_block == 0 ? 0 : static_cast<int64_t>(kv_bytes / per_block) - 1;
   if (blocks <= 0) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "kv_cache_bytes ", cmd.kv_cache_bytes(), " holds no KV block of ", per_block,
-        " bytes on this rank"));
+        "KV cache budget of ", kv_bytes, " bytes holds no KV block of ", per_block,
+        " bytes on this rank (", out.setup.description, ")"));
   }
-  const RankShard& s = out.model->parallel().shard;
   spdlog::info("rank {} (stage {}, tp rank {}): layers [{}, {}), q heads [{}, {}), kv heads [{}, {}): "
-               "{:.2f} MiB of weights, {} threads, room for {} KV blocks of {} tokens",
+               "{:.2f} MiB of weights on {}, room for {} KV blocks of {} tokens ({:.1f} MiB)",
                s.rank, s.stage, s.tp_rank, s.layers.begin, s.layers.end, s.q_heads.begin,
                s.q_heads.end, s.kv_heads.begin, s.kv_heads.end,
-               out.model->weight_bytes() / 1048576.0, threads, blocks, bs);
+               out.model->weight_bytes() / 1048576.0, out.setup.description, blocks, bs,
+               static_cast<double>(blocks) * per_block / 1048576.0);
   return absl::OkStatus();
 }
 
-int Run(const std::string& coordinator, int attach_timeout_s) {
+int Run(const std::string& coordinator, int attach_timeout_s, const BackendOptions& backend_options) {
   auto session = MpiSession::Init(nullptr, nullptr);
   if (!session.ok()) {
     std::fprintf(stderr, "shardlm-worker: %s\n", std::string(session.status().message()).c_str());
@@ -165,7 +178,7 @@ int Run(const std::string& coordinator, int attach_timeout_s) {
     }
     if (msg.has_load()) {
       int64_t blocks = 0;
-      absl::Status status = Load(msg.load(), world, loaded, blocks);
+      absl::Status status = Load(msg.load(), backend_options, world, loaded, blocks);
       if (!status.ok()) spdlog::error("rank {}: {}", rank, std::string(status.message()));
       // Agree on the outcome and on the blocks every rank can hold.
       std::vector<int64_t> all(world->size());
@@ -194,9 +207,13 @@ int Run(const std::string& coordinator, int attach_timeout_s) {
         code = 1;
         break;
       }
+      // min_blocks for the coordinator, and one more for padding (see Load).
       PagedKvCache cache = loaded.model->NewPagedCache(
-          msg.load().kv_block_size() > 0 ? msg.load().kv_block_size() : 16, min_blocks);
-      engine.emplace(*loaded.model, std::move(cache));
+          msg.load().kv_block_size() > 0 ? msg.load().kv_block_size() : 16, min_blocks + 1);
+      EngineOptions engine_options;
+      engine_options.cuda_graphs = backend_options.cuda_graphs;
+      engine_options.pad_block = static_cast<int32_t>(min_blocks);
+      engine.emplace(*loaded.model, std::move(cache), engine_options);
       continue;
     }
     if (msg.has_step()) {
@@ -248,6 +265,8 @@ int main(int argc, char** argv) {
   app.add_option("--coordinator", coordinator, "The coordinator's address, HOST:PORT")->required();
   app.add_option("--attach-timeout", attach_timeout_s, "Seconds to wait for the coordinator")
       ->default_val(60);
+  shardlm::BackendOptions backend;
+  shardlm::AddBackendOptions(app, backend);
   CLI11_PARSE(app, argc, argv);
-  return shardlm::Run(coordinator, attach_timeout_s);
+  return shardlm::Run(coordinator, attach_timeout_s, backend);
 }

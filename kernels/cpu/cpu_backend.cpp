@@ -80,11 +80,34 @@ class CpuBackend final : public Backend {
   void RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override {
     cpu::RmsNorm(x, w, eps, y, Threads());
   }
-  void Rope(Tensor& x, std::span<const int32_t> positions, const RopeConfig& rope) override {
-    cpu::Rope(x, positions, InverseFrequencies(rope), rope.interleaved, Threads());
+  Tensor UploadIndices(std::span<const int32_t> host) override {
+    Tensor t = Tensor::Empty({static_cast<int64_t>(host.size())}, DType::kI32);
+    if (!host.empty()) std::memcpy(t.raw(), host.data(), host.size() * sizeof(int32_t));
+    return t;
   }
-  void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y) override {
-    cpu::Embedding(table, ids, y, Threads());
+  void WriteIndices(std::span<const int32_t> host, Tensor& dst) override {
+    cpu::Require(dst.dtype() == DType::kI32 && dst.device() == Device::kCpu &&
+                     dst.numel() >= static_cast<int64_t>(host.size()),
+                 "WriteIndices", "expects a host I32 tensor of at least host.size() elements",
+                 {{"dst", &dst}});
+    if (!host.empty()) std::memcpy(dst.raw(), host.data(), host.size() * sizeof(int32_t));
+  }
+  void Copy(const Tensor& src, Tensor& dst) override {
+    cpu::Require(src.dtype() == dst.dtype() && src.numel() == dst.numel() &&
+                     src.device() == Device::kCpu && dst.device() == Device::kCpu,
+                 "Copy", "expects host tensors of one dtype and size", {{"src", &src}, {"dst", &dst}});
+    if (src.nbytes() > 0) std::memmove(dst.raw(), src.raw(), src.nbytes());
+  }
+  void AddRmsNorm(Tensor& x, const Tensor& delta, const Tensor& w, float eps,
+                  Tensor& y) override {
+    cpu::Add(x, delta, Threads());
+    cpu::RmsNorm(x, w, eps, y, Threads());
+  }
+  void Rope(Tensor& x, const Tensor& positions, const RopeConfig& rope) override {
+    cpu::Rope(x, Ints("Rope", positions), InverseFrequencies(rope), rope.interleaved, Threads());
+  }
+  void Embedding(const Tensor& table, const Tensor& ids, Tensor& y) override {
+    cpu::Embedding(table, Ints("Embedding", ids), y, Threads());
   }
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) override {
     cpu::SiluMul(gate, up, y, Threads());
@@ -93,22 +116,33 @@ class CpuBackend final : public Backend {
   void Argmax(const Tensor& logits, std::span<int32_t> out, std::span<float> values) override {
     cpu::Argmax(logits, out, values, Threads());
   }
-  void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> positions,
-               Tensor& k_cache, Tensor& v_cache) override {
-    cpu::WriteKv(k, v, positions, k_cache, v_cache);
+  void WriteKv(const Tensor& k, const Tensor& v, const Tensor& rows, Tensor& k_cache,
+               Tensor& v_cache) override {
+    cpu::WriteKv(k, v, Ints("WriteKv", rows), k_cache, v_cache);
   }
   void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                 std::span<const int32_t> positions, const AttentionParams& params,
-                 Tensor& out) override {
-    cpu::Attention(q, k_cache, v_cache, positions, params, out, Threads());
+                 const Tensor& positions, const AttentionParams& params, Tensor& out) override {
+    cpu::Attention(q, k_cache, v_cache, Ints("Attention", positions), params, out, Threads());
   }
   void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                      const PagedKvLayout& layout, const AttentionParams& params,
+                      const PagedKvIndices& layout, const AttentionParams& params,
                       Tensor& out) override {
-    cpu::PagedAttention(q, k_cache, v_cache, layout, params, out, Threads());
+    const PagedKvLayout host{layout.block_size, Ints("PagedAttention", layout.positions),
+                             Ints("PagedAttention", layout.seq_index),
+                             Ints("PagedAttention", layout.table_begin),
+                             Ints("PagedAttention", layout.block_tables)};
+    cpu::PagedAttention(q, k_cache, v_cache, host, params, out, Threads());
   }
 
  private:
+  // A host I32 index tensor as a span (an undefined tensor: empty).
+  static std::span<const int32_t> Ints(const char* op, const Tensor& t) {
+    if (!t.defined() && t.numel() == 0) return {};
+    cpu::Require(t.dtype() == DType::kI32 && t.device() == Device::kCpu && t.rank() == 1, op,
+                 "expects index arrays as host I32 vectors", {{"indices", &t}});
+    return {t.data<int32_t>(), static_cast<size_t>(t.numel())};
+  }
+
   // Chunks like ConvertToF32Parallel: a multi-GB checkpoint copies faster on several cores.
   void CopyParallel(const void* src, void* dst, size_t bytes) {
     constexpr size_t kChunk = size_t{1} << 18;

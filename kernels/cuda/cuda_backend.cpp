@@ -13,7 +13,9 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cpu/quant/quant.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/cuda_quant.h"
 #include "kernels/dtype.h"
 
 // Every CUDA runtime / cuBLAS call goes through these: a failure throws std::runtime_error
@@ -73,8 +75,22 @@ cuda::HalfKind KindOf(DType d) {
                            : (d == DType::kF16 ? cuda::HalfKind::kF16 : cuda::HalfKind::kF32);
 }
 
-// A device buffer that grows on demand (never shrinks); for per-call index arrays and
-// converted activations.
+// The backend's stream, shared with the deleters of the tensors it allocated (stream-ordered
+// frees), so that a tensor may outlive the backend object.
+struct StreamHolder {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  ~StreamHolder() {
+    if (stream != nullptr) {
+      cudaSetDevice(device);
+      cudaStreamSynchronize(stream);
+      cudaStreamDestroy(stream);
+    }
+  }
+};
+
+// A device buffer that grows on demand (never shrinks), for the few results read back on the host
+// (argmax); never used while capturing.
 class Scratch {
  public:
   Scratch() = default;
@@ -99,6 +115,27 @@ class Scratch {
   size_t size_ = 0;
 };
 
+class CudaGraph final : public BackendGraph {
+ public:
+  CudaGraph(int device, cudaStream_t stream, cudaGraph_t graph, cudaGraphExec_t exec)
+      : device_(device), stream_(stream), graph_(graph), exec_(exec) {}
+  ~CudaGraph() override {
+    cudaSetDevice(device_);
+    if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
+    if (graph_ != nullptr) cudaGraphDestroy(graph_);
+  }
+  void Replay() override {
+    SHARDLM_CUDA_CHECK(cudaSetDevice(device_));
+    SHARDLM_CUDA_CHECK(cudaGraphLaunch(exec_, stream_));
+  }
+
+ private:
+  int device_;
+  cudaStream_t stream_;
+  cudaGraph_t graph_;
+  cudaGraphExec_t exec_;
+};
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device) {
@@ -114,31 +151,54 @@ class CudaBackend final : public Backend {
                                " CUDA devices visible)");
     }
     SHARDLM_CUDA_CHECK(cudaSetDevice(device_));
+    stream_holder_ = std::make_shared<StreamHolder>();
+    stream_holder_->device = device_;
+    SHARDLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_holder_->stream, cudaStreamNonBlocking));
+    stream_ = stream_holder_->stream;
+    // Activations are allocated and freed every step (stream-ordered): keep the freed memory in
+    // the device's pool instead of returning it to the driver.
+    cudaMemPool_t pool = nullptr;
+    SHARDLM_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device_));
+    uint64_t threshold = UINT64_MAX;
+    SHARDLM_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
     SHARDLM_CUBLAS_CHECK(cublasCreate(&cublas_));
+    SHARDLM_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    // A workspace of our own, so that cuBLAS allocates nothing while a graph is captured.
+    SHARDLM_CUDA_CHECK(cudaMalloc(&cublas_workspace_, kCublasWorkspace));
+    SHARDLM_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspace));
     // Plain f32 GEMMs (no TF32 tensor cores), to stay within 1e-5 of the CPU backend.
     SHARDLM_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
   }
   ~CudaBackend() override {
+    cudaSetDevice(device_);
+    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
     if (cublas_ != nullptr) cublasDestroy(cublas_);
+    if (cublas_workspace_ != nullptr) cudaFree(cublas_workspace_);
   }
 
   std::string_view name() const override { return "cuda"; }
 
   Tensor Allocate(std::vector<int64_t> shape, DType dtype) override {
+    Tensor t = AllocateUninitialized(std::move(shape), dtype);
+    if (t.nbytes() > 0) SHARDLM_CUDA_CHECK(cudaMemsetAsync(t.raw(), 0, t.nbytes(), stream_));
+    return t;
+  }
+
+  // Stream-ordered: cudaMallocAsync from the device's pool, cudaFreeAsync when the last view
+  // goes. Inside a graph capture both become graph nodes.
+  Tensor AllocateUninitialized(std::vector<int64_t> shape, DType dtype) override {
     Tensor probe = Tensor::View(nullptr, shape, dtype, nullptr, Device::kCuda);
     const size_t bytes = probe.nbytes();
     void* ptr = nullptr;
     if (bytes > 0) {
       Activate();
-      SHARDLM_CUDA_CHECK(cudaMalloc(&ptr, bytes));
-      const cudaError_t err = cudaMemset(ptr, 0, bytes);
-      if (err != cudaSuccess) {
-        cudaFree(ptr);
-        SHARDLM_CUDA_CHECK(err);
-      }
+      SHARDLM_CUDA_CHECK(cudaMallocAsync(&ptr, bytes, stream_));
     }
-    std::shared_ptr<const void> holder(ptr, [](const void* p) {
-      if (p != nullptr) cudaFree(const_cast<void*>(p));
+    std::shared_ptr<const void> holder(ptr, [streams = stream_holder_](const void* p) {
+      if (p != nullptr) {
+        cudaSetDevice(streams->device);
+        cudaFreeAsync(const_cast<void*>(p), streams->stream);
+      }
     });
     return Tensor::View(ptr, std::move(shape), dtype, std::move(holder), Device::kCuda);
   }
@@ -146,16 +206,17 @@ class CudaBackend final : public Backend {
   // Host tensor of any float dtype -> device f32.
   Tensor ToDevice(const Tensor& host) override {
     Activate();
-    Require(host.device() == Device::kCpu && host.defined() && !IsQuantized(host.dtype()),
+    Require(host.device() == Device::kCpu && host.defined() && !IsQuantized(host.dtype()) &&
+                host.dtype() != DType::kI32,
             "ToDevice", "expects a defined host tensor of a float dtype", {{"host", &host}});
-    Tensor out = Allocate(host.shape(), DType::kF32);
+    Tensor out = AllocateUninitialized(host.shape(), DType::kF32);
     if (host.numel() == 0) return out;
     if (host.dtype() == DType::kF32) {
-      SHARDLM_CUDA_CHECK(cudaMemcpy(out.raw(), host.raw(), out.nbytes(), cudaMemcpyHostToDevice));
+      CopyToDevice(out.raw(), host.raw(), out.nbytes());
     } else {
       std::vector<float> buf(static_cast<size_t>(host.numel()));
       ConvertToF32(host.dtype(), host.raw(), buf.data(), buf.size());
-      SHARDLM_CUDA_CHECK(cudaMemcpy(out.raw(), buf.data(), out.nbytes(), cudaMemcpyHostToDevice));
+      CopyToDevice(out.raw(), buf.data(), out.nbytes());
     }
     return out;
   }
@@ -166,44 +227,86 @@ class CudaBackend final : public Backend {
     RequireDeviceF32("ToHost", {{"t", &t}});
     Tensor out = Tensor::Empty(t.shape(), DType::kF32);
     if (t.numel() > 0) {
-      SHARDLM_CUDA_CHECK(cudaMemcpy(out.raw(), t.raw(), t.nbytes(), cudaMemcpyDeviceToHost));
+      SHARDLM_CUDA_CHECK(
+          cudaMemcpyAsync(out.raw(), t.raw(), t.nbytes(), cudaMemcpyDeviceToHost, stream_));
     }
+    SHARDLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     return out;
   }
 
-  // f32 stays f32; bf16 / f16 matrices stay 16-bit; anything else (1-D, other ranks) -> f32.
+  Tensor UploadIndices(std::span<const int32_t> host) override {
+    Tensor t = AllocateUninitialized({static_cast<int64_t>(host.size())}, DType::kI32);
+    WriteIndices(host, t);
+    return t;
+  }
+
+  void WriteIndices(std::span<const int32_t> host, Tensor& dst) override {
+    Activate();
+    Require(dst.dtype() == DType::kI32 && dst.device() == Device::kCuda &&
+                dst.numel() >= static_cast<int64_t>(host.size()),
+            "WriteIndices", "expects a device I32 tensor of at least host.size() elements",
+            {{"dst", &dst}});
+    if (!host.empty()) CopyToDevice(dst.raw(), host.data(), host.size() * sizeof(int32_t));
+  }
+
+  void Copy(const Tensor& src, Tensor& dst) override {
+    Activate();
+    Require(src.dtype() == dst.dtype() && src.numel() == dst.numel() &&
+                src.device() == Device::kCuda && dst.device() == Device::kCuda,
+            "Copy", "expects device tensors of one dtype and size", {{"src", &src}, {"dst", &dst}});
+    if (src.nbytes() > 0) {
+      SHARDLM_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), src.nbytes(),
+                                         cudaMemcpyDeviceToDevice, stream_));
+    }
+  }
+
+  // f32 stays f32; bf16 / f16 matrices stay 16-bit; quantized matrices stay as their blocks
+  // (dequantized by the kernels); anything else (1-D, other ranks) -> f32.
   Tensor PrepareWeight(const Tensor& host) override {
     Activate();
     Require(host.device() == Device::kCpu && host.defined(), "PrepareWeight",
             "expects a defined host tensor", {{"host", &host}});
     if (IsQuantized(host.dtype())) {
-      throw std::invalid_argument(std::string("PrepareWeight: ") + DTypeName(host.dtype()) +
-                                  " weights are not supported by the CUDA backend yet");
+      Require(host.rank() == 2, "PrepareWeight", "expects a quantized matrix [out, in]",
+              {{"host", &host}});
+      return CopyRaw(host);
     }
-    if (IsHalf(host.dtype()) && host.rank() == 2) {
-      Tensor out = Allocate(host.shape(), host.dtype());
-      if (host.numel() > 0) {
-        SHARDLM_CUDA_CHECK(
-            cudaMemcpy(out.raw(), host.raw(), host.nbytes(), cudaMemcpyHostToDevice));
-      }
-      return out;
-    }
+    if (IsHalf(host.dtype()) && host.rank() == 2) return CopyRaw(host);
     return ToDevice(host);
   }
 
-  Tensor PrepareWeightColumns(const Tensor& host, int64_t, int64_t) override {
-    throw std::invalid_argument(std::string("PrepareWeightColumns: ") + DTypeName(host.dtype()) +
-                                " weights are not supported by the CUDA backend yet");
+  // A tensor-parallel column slice through quantization blocks: dequantized on the host, kept
+  // as bf16 on the device.
+  Tensor PrepareWeightColumns(const Tensor& host, int64_t begin, int64_t end) override {
+    Activate();
+    Require(host.device() == Device::kCpu && host.defined() && host.rank() == 2 &&
+                IsQuantized(host.dtype()) && 0 <= begin && begin <= end && end <= host.dim(1),
+            "PrepareWeightColumns",
+            "expects a quantized host matrix and 0 <= begin <= end <= columns", {{"host", &host}});
+    const int64_t rows = host.dim(0), cols = host.dim(1), width = end - begin;
+    const size_t row_bytes = DTypeBytes(host.dtype(), cols);
+    Tensor out16 = Tensor::Empty({rows, width}, DType::kBF16);
+    std::vector<float> buf(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      quant::DequantizeRow(host.dtype(), static_cast<const char*>(host.raw()) + r * row_bytes,
+                           buf.data(), cols);
+      for (int64_t c = 0; c < width; ++c) {
+        out16.data<uint16_t>()[r * width + c] = F32ToBf16(buf[static_cast<size_t>(begin + c)]);
+      }
+    }
+    return CopyRaw(out16);
   }
 
   void Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
     Activate();
     RequireDeviceF32("Linear", {{"x", &x}, {"y", &y}});
     if (bias != nullptr) RequireDeviceF32("Linear", {{"bias", bias}});
+    const bool quantized = IsQuantized(w.dtype()) && QuantKindOf(w.dtype()) >= 0;
     Require(w.device() == Device::kCuda && w.defined() && w.rank() == 2 &&
-                (w.dtype() == DType::kF32 || IsHalf(w.dtype())) && w.dim(0) < INT32_MAX &&
-                w.dim(1) < INT32_MAX,
-            "Linear", "w must be a prepared device [out, in] matrix of f32, bf16 or f16",
+                (w.dtype() == DType::kF32 || IsHalf(w.dtype()) || quantized) &&
+                w.dim(0) < INT32_MAX && w.dim(1) < INT32_MAX,
+            "Linear",
+            "w must be a prepared device [out, in] matrix of f32, bf16, f16 or a quantized type",
             {{"w", &w}});
     const int64_t out = w.dim(0), in = w.dim(1);
     const int64_t n = x.rank() >= 1 && in > 0 ? x.numel() / in : 0;
@@ -212,26 +315,36 @@ class CudaBackend final : public Backend {
             "Linear", "expects x [n, in], w [out, in], y [n, out], bias [out]",
             {{"x", &x}, {"w", &w}, {"y", &y}});
     if (n == 0 || out == 0) return;
-    const float alpha = 1.0f, beta = 0.0f;
-    const int m_ = static_cast<int>(out), n_ = static_cast<int>(n), k_ = static_cast<int>(in);
-    // cuBLAS is column-major: y^T [out, n] = op(A) * B with A = w seen as [in, out] (ld in),
-    // transposed, and B = x seen as [in, n] (ld in); C = y seen as [out, n] (ld out).
-    if (w.dtype() == DType::kF32) {
+    const float* b = bias != nullptr ? bias->data<float>() : nullptr;
+    if (IsHalf(w.dtype()) && cuda::HalfGemvApplies(n, in, w.raw(), x.data<float>())) {
+      // Decode: a GEMV that reads the weights once at full bandwidth (bias fused).
+      cuda::LaunchHalfGemv(w.raw(), KindOf(w.dtype()), out, in, x.data<float>(), n, b,
+                           y.data<float>(), stream_);
+      return;
+    }
+    if (quantized) {
+      const auto kind = static_cast<cuda::QuantKind>(QuantKindOf(w.dtype()));
+      if (n <= cuda::QuantGemvMaxBatch(kind)) {
+        cuda::LaunchQuantGemv(kind, w.raw(), out, in, x.data<float>(), n, y.data<float>(),
+                              stream_);
+      } else {
+        // Prefill: dequantize to bf16 once for this call, then a tensor-core GEMM.
+        Tensor w16 = AllocateUninitialized({out, in}, DType::kBF16);
+        cuda::LaunchDequantize(kind, w.raw(), out, in, w16.raw(), cuda::HalfKind::kBF16, stream_);
+        HalfGemm(x, w16, n, y);
+      }
+    } else if (w.dtype() == DType::kF32) {
+      const float alpha = 1.0f, beta = 0.0f;
+      const int m_ = static_cast<int>(out), n_ = static_cast<int>(n), k_ = static_cast<int>(in);
+      // cuBLAS is column-major: y^T [out, n] = op(A) * B with A = w seen as [in, out] (ld in),
+      // transposed, and B = x seen as [in, n] (ld in); C = y seen as [out, n] (ld out).
       SHARDLM_CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m_, n_, k_, &alpha,
                                        w.data<float>(), k_, x.data<float>(), k_, &beta,
                                        y.data<float>(), m_));
     } else {
-      // Activations rounded to the weight's 16-bit type on the way in; f32 accumulation and
-      // f32 output.
-      const cudaDataType_t type = w.dtype() == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
-      void* xh = activation_scratch_.Get(static_cast<size_t>(n * in) * 2);
-      cuda::LaunchConvertF32ToHalf(x.data<float>(), xh, n * in, KindOf(w.dtype()));
-      SHARDLM_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m_, n_, k_, &alpha,
-                                        w.raw(), type, k_, xh, type, k_, &beta, y.raw(),
-                                        CUDA_R_32F, m_, CUBLAS_COMPUTE_32F,
-                                        CUBLAS_GEMM_DEFAULT));
+      HalfGemm(x, w, n, y);
     }
-    if (bias != nullptr) cuda::LaunchAddBias(y.data<float>(), bias->data<float>(), n, out);
+    if (b != nullptr) cuda::LaunchAddBias(y.data<float>(), b, n, out, stream_);
   }
 
   void RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override {
@@ -241,53 +354,51 @@ class CudaBackend final : public Backend {
     Require(w.rank() == 1 && d > 0 && x.rank() >= 1 && x.dim(-1) == d && y.rank() >= 1 &&
                 y.dim(-1) == d && y.numel() == x.numel(),
             "RmsNorm", "expects x [n, d], w [d], y [n, d]", {{"x", &x}, {"w", &w}, {"y", &y}});
-    cuda::LaunchRmsNorm(x.data<float>(), w.data<float>(), eps, y.data<float>(), x.numel() / d, d);
+    cuda::LaunchRmsNorm(x.data<float>(), w.data<float>(), eps, y.data<float>(), x.numel() / d, d,
+                        stream_);
   }
 
-  void Rope(Tensor& x, std::span<const int32_t> positions, const RopeConfig& rope) override {
+  void AddRmsNorm(Tensor& x, const Tensor& delta, const Tensor& w, float eps,
+                  Tensor& y) override {
+    Activate();
+    RequireDeviceF32("AddRmsNorm", {{"x", &x}, {"delta", &delta}, {"w", &w}, {"y", &y}});
+    const int64_t d = w.numel();
+    Require(w.rank() == 1 && d > 0 && x.rank() >= 1 && x.dim(-1) == d &&
+                delta.numel() == x.numel() && y.numel() == x.numel() && y.dim(-1) == d,
+            "AddRmsNorm", "expects x, delta, y [n, d] and w [d]",
+            {{"x", &x}, {"delta", &delta}, {"w", &w}, {"y", &y}});
+    cuda::LaunchAddRmsNorm(x.data<float>(), delta.data<float>(), w.data<float>(), eps,
+                           y.data<float>(), x.numel() / d, d, stream_);
+  }
+
+  void Rope(Tensor& x, const Tensor& positions, const RopeConfig& rope) override {
     Activate();
     RequireDeviceF32("Rope", {{"x", &x}});
-    const std::vector<float>& inv_freq = InverseFrequencies(rope);
-    const int64_t half = static_cast<int64_t>(inv_freq.size());
-    Require(x.rank() == 3 && x.dim(0) == static_cast<int64_t>(positions.size()) && half > 0 &&
-                2 * half <= x.dim(2),
+    RequireIndices("Rope", {{"positions", &positions}});
+    const Tensor& inv_freq = InverseFrequencies(rope);
+    const int64_t half = inv_freq.numel();
+    Require(x.rank() == 3 && x.dim(0) == positions.numel() && half > 0 && 2 * half <= x.dim(2),
             "Rope",
             "expects x [n, heads, head_dim] with n == positions.size() and "
             "0 < rotary_dim <= head_dim",
-            {{"x", &x}});
-    if (positions.empty()) return;
-    // One upload: positions (as int32), then the frequencies (as float bits).
-    std::vector<int32_t> host(positions.begin(), positions.end());
-    const size_t freq_at = host.size();
-    host.resize(freq_at + inv_freq.size());
-    std::memcpy(host.data() + freq_at, inv_freq.data(), inv_freq.size() * sizeof(float));
-    const int32_t* dev = Upload(host);
-    cuda::LaunchRope(x.data<float>(), dev, reinterpret_cast<const float*>(dev + freq_at),
-                     x.dim(0), x.dim(1), x.dim(2), half, rope.interleaved);
+            {{"x", &x}, {"positions", &positions}});
+    cuda::LaunchRope(x.data<float>(), positions.data<int32_t>(), inv_freq.data<float>(),
+                     x.dim(0), x.dim(1), x.dim(2), half, rope.interleaved, stream_);
   }
 
-  void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y) override {
+  void Embedding(const Tensor& table, const Tensor& ids, Tensor& y) override {
     Activate();
     RequireDeviceF32("Embedding", {{"y", &y}});
+    RequireIndices("Embedding", {{"ids", &ids}});
     Require(table.device() == Device::kCuda && table.defined() && table.rank() == 2 &&
                 (table.dtype() == DType::kF32 || IsHalf(table.dtype())) && y.rank() >= 1 &&
-                y.dim(-1) == table.dim(1) &&
-                y.numel() == static_cast<int64_t>(ids.size()) * table.dim(1),
+                y.dim(-1) == table.dim(1) && y.numel() == ids.numel() * table.dim(1),
             "Embedding",
             "expects a prepared device table [vocab, d] of f32, bf16 or f16 and y [n, d] with "
             "n == ids.size()",
-            {{"table", &table}, {"y", &y}});
-    const int64_t vocab = table.dim(0);
-    for (int32_t id : ids) {
-      if (id < -1 || id >= vocab) {
-        throw std::out_of_range("Embedding: token id " + std::to_string(id) + " outside [0, " +
-                                std::to_string(vocab) + ") (or -1 for a zero row)");
-      }
-    }
-    if (ids.empty()) return;
-    const int32_t* dev = Upload(ids);
-    cuda::LaunchEmbedding(table.raw(), KindOf(table.dtype()), dev, y.data<float>(),
-                          static_cast<int64_t>(ids.size()), table.dim(1));
+            {{"table", &table}, {"ids", &ids}, {"y", &y}});
+    cuda::LaunchEmbedding(table.raw(), KindOf(table.dtype()), ids.data<int32_t>(),
+                          y.data<float>(), ids.numel(), table.dim(1), stream_);
   }
 
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) override {
@@ -295,14 +406,14 @@ class CudaBackend final : public Backend {
     RequireDeviceF32("SiluMul", {{"gate", &gate}, {"up", &up}, {"y", &y}});
     Require(gate.numel() == up.numel() && gate.numel() == y.numel(), "SiluMul",
             "expects gate, up and y of one size", {{"gate", &gate}, {"up", &up}, {"y", &y}});
-    cuda::LaunchSiluMul(gate.data<float>(), up.data<float>(), y.data<float>(), y.numel());
+    cuda::LaunchSiluMul(gate.data<float>(), up.data<float>(), y.data<float>(), y.numel(), stream_);
   }
 
   void Add(Tensor& x, const Tensor& y) override {
     Activate();
     RequireDeviceF32("Add", {{"x", &x}, {"y", &y}});
     Require(x.numel() == y.numel(), "Add", "expects x and y of one size", {{"x", &x}, {"y", &y}});
-    cuda::LaunchAdd(x.data<float>(), y.data<float>(), x.numel());
+    cuda::LaunchAdd(x.data<float>(), y.data<float>(), x.numel(), stream_);
   }
 
   void Argmax(const Tensor& logits, std::span<int32_t> out, std::span<float> values) override {
@@ -315,115 +426,176 @@ class CudaBackend final : public Backend {
             {{"logits", &logits}});
     const int64_t rows = static_cast<int64_t>(out.size());
     if (rows == 0) return;
-    // Results: rows indices then rows values, in one scratch buffer.
-    auto* dev = static_cast<int32_t*>(index_scratch_.Get(static_cast<size_t>(rows) * 8));
+    // Results: rows indices then rows values, in one scratch buffer, read back together.
+    auto* dev = static_cast<int32_t*>(result_scratch_.Get(static_cast<size_t>(rows) * 8));
     auto* dev_values = reinterpret_cast<float*>(dev + rows);
-    cuda::LaunchArgmax(logits.data<float>(), rows, logits.dim(-1), dev, dev_values);
-    SHARDLM_CUDA_CHECK(
-        cudaMemcpy(out.data(), dev, out.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+    cuda::LaunchArgmax(logits.data<float>(), rows, logits.dim(-1), dev, dev_values, stream_);
+    std::vector<int32_t> host(static_cast<size_t>(rows) * 2);
+    SHARDLM_CUDA_CHECK(cudaMemcpyAsync(host.data(), dev, host.size() * sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, stream_));
+    SHARDLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::memcpy(out.data(), host.data(), out.size() * sizeof(int32_t));
     if (!values.empty()) {
-      SHARDLM_CUDA_CHECK(cudaMemcpy(values.data(), dev_values, values.size() * sizeof(float),
-                                    cudaMemcpyDeviceToHost));
+      std::memcpy(values.data(), host.data() + rows, values.size() * sizeof(float));
     }
   }
 
-  void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> positions,
-               Tensor& k_cache, Tensor& v_cache) override {
+  DType kv_cache_dtype() const override { return kv_dtype_; }
+
+  void WriteKv(const Tensor& k, const Tensor& v, const Tensor& rows, Tensor& k_cache,
+               Tensor& v_cache) override {
     Activate();
-    RequireDeviceF32("WriteKv",
-                     {{"k", &k}, {"v", &v}, {"k_cache", &k_cache}, {"v_cache", &v_cache}});
-    const int64_t n = static_cast<int64_t>(positions.size());
+    RequireDeviceF32("WriteKv", {{"k", &k}, {"v", &v}});
+    RequireIndices("WriteKv", {{"rows", &rows}});
+    RequireCaches("WriteKv", k_cache, v_cache);
+    const int64_t n = rows.numel();
     const bool ranks_ok = k.rank() >= 1 && k_cache.rank() >= 1;
     const int64_t max_seq = ranks_ok ? k_cache.dim(0) : 0;
     const int64_t row = max_seq > 0 ? k_cache.numel() / max_seq : 0;
     Require(ranks_ok && k.dim(0) == n && k.shape() == v.shape() &&
                 k_cache.shape() == v_cache.shape() && k.numel() == n * row,
             "WriteKv",
-            "expects k, v [n, kv_heads, head_dim] with n == positions.size() and caches "
+            "expects k, v [n, kv_heads, head_dim] with n == rows.size() and caches "
             "[max_seq, kv_heads, head_dim]",
             {{"k", &k}, {"v", &v}, {"k_cache", &k_cache}, {"v_cache", &v_cache}});
-    CheckPositions("WriteKv", positions, max_seq);
-    if (n == 0) return;
-    const int32_t* dev = Upload(positions);
-    cuda::LaunchWriteKv(k.data<float>(), v.data<float>(), dev, k_cache.data<float>(),
-                        v_cache.data<float>(), n, row);
+    cuda::LaunchWriteKv(k.data<float>(), v.data<float>(), rows.data<int32_t>(), k_cache.raw(),
+                        v_cache.raw(), KindOf(k_cache.dtype()), n, row, stream_);
   }
 
   void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                 std::span<const int32_t> positions, const AttentionParams& params,
-                 Tensor& out) override {
+                 const Tensor& positions, const AttentionParams& params, Tensor& out) override {
     Activate();
-    const int64_t n = static_cast<int64_t>(positions.size());
+    RequireIndices("Attention", {{"positions", &positions}});
+    const int64_t n = positions.numel();
     CheckAttentionShapes("Attention", q, k_cache, v_cache, out, n, params);
-    CheckPositions("Attention", positions, k_cache.dim(0));
-    if (n == 0) return;
-    cuda::AttentionArgs a = BaseArgs(q, k_cache, v_cache, out, n, params, positions);
-    a.positions = Upload(positions);
-    cuda::LaunchAttention(a);
+    cuda::AttentionArgs a = BaseArgs(q, k_cache, v_cache, out, n, params);
+    a.positions = positions.data<int32_t>();
+    cuda::LaunchAttention(a, stream_);
   }
 
   void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                      const PagedKvLayout& layout, const AttentionParams& params,
+                      const PagedKvIndices& layout, const AttentionParams& params,
                       Tensor& out) override {
     Activate();
-    const int64_t n = static_cast<int64_t>(layout.positions.size());
+    RequireIndices("PagedAttention", {{"positions", &layout.positions},
+                                      {"seq_index", &layout.seq_index},
+                                      {"table_begin", &layout.table_begin},
+                                      {"block_tables", &layout.block_tables}});
+    const int64_t n = layout.positions.numel();
     CheckAttentionShapes("PagedAttention", q, k_cache, v_cache, out, n, params);
     const int64_t bs = layout.block_size;
-    const int64_t rows = k_cache.dim(0);
-    Require(bs > 0 && rows % bs == 0, "PagedAttention",
-            "expects block_size > 0 dividing the cache rows", {{"k_cache", &k_cache}});
-    if (const std::string error = PagedKvLayoutError(layout, rows / bs); !error.empty()) {
-      throw std::out_of_range("PagedAttention: " + error);
-    }
-    if (n == 0) return;
-    cuda::AttentionArgs a = BaseArgs(q, k_cache, v_cache, out, n, params, layout.positions);
-    // One upload: positions, seq_index, table_begin, block_tables.
-    std::vector<int32_t> host;
-    host.reserve(2 * n + layout.table_begin.size() + layout.block_tables.size());
-    host.insert(host.end(), layout.positions.begin(), layout.positions.end());
-    host.insert(host.end(), layout.seq_index.begin(), layout.seq_index.end());
-    host.insert(host.end(), layout.table_begin.begin(), layout.table_begin.end());
-    host.insert(host.end(), layout.block_tables.begin(), layout.block_tables.end());
-    const int32_t* dev = Upload(host);
-    a.positions = dev;
-    a.seq_index = dev + n;
-    a.table_begin = dev + 2 * n;
-    a.block_tables = dev + 2 * n + layout.table_begin.size();
+    Require(bs > 0 && k_cache.dim(0) % bs == 0 && layout.seq_index.numel() == n, "PagedAttention",
+            "expects block_size > 0 dividing the cache rows and one seq_index per position",
+            {{"k_cache", &k_cache}, {"seq_index", &layout.seq_index}});
+    cuda::AttentionArgs a = BaseArgs(q, k_cache, v_cache, out, n, params);
+    a.positions = layout.positions.data<int32_t>();
+    a.seq_index = layout.seq_index.data<int32_t>();
+    a.table_begin = layout.table_begin.data<int32_t>();
+    a.block_tables = layout.block_tables.data<int32_t>();
     a.block_size = bs;
-    cuda::LaunchAttention(a);
+    cuda::LaunchAttention(a, stream_);
   }
 
+  bool supports_graphs() const override { return true; }
+
+  bool BeginCapture() override {
+    Activate();
+    SHARDLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    return true;
+  }
+
+  std::unique_ptr<BackendGraph> EndCapture() override {
+    Activate();
+    cudaGraph_t graph = nullptr;
+    SHARDLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+    if (err != cudaSuccess) {
+      cudaGraphDestroy(graph);
+      SHARDLM_CUDA_CHECK(err);
+    }
+    return std::make_unique<CudaGraph>(device_, stream_, graph, exec);
+  }
+
+  void Synchronize() override {
+    Activate();
+    SHARDLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  cudaStream_t stream() const { return stream_; }
+  void set_kv_cache_dtype(DType d) { kv_dtype_ = d; }
+
  private:
+  static constexpr size_t kCublasWorkspace = size_t{32} << 20;
+
   // Makes this backend's device current for the calling thread (cheap; several backends on
   // several devices may share a thread).
   void Activate() { SHARDLM_CUDA_CHECK(cudaSetDevice(device_)); }
 
-  // Copies host ints into the index scratch buffer; valid until the next Upload. The copy is
-  // ordered after the work already queued on the default stream, which may still read the
-  // previous contents.
-  const int32_t* Upload(std::span<const int32_t> host) {
-    auto* dev = static_cast<int32_t*>(index_scratch_.Get(host.size() * sizeof(int32_t)));
-    if (!host.empty()) {
-      SHARDLM_CUDA_CHECK(
-          cudaMemcpy(dev, host.data(), host.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
-    }
-    return dev;
+  void CopyToDevice(void* dst, const void* src, size_t bytes) {
+    SHARDLM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
   }
 
-  static void CheckPositions(std::string_view op, std::span<const int32_t> positions,
-                             int64_t max_seq) {
-    for (int32_t p : positions) {
-      if (p < 0 || p >= max_seq) {
-        throw std::out_of_range(std::string(op) + ": position " + std::to_string(p) +
-                                " outside the cache [0, " + std::to_string(max_seq) + ")");
+  // A device copy of a host tensor's bytes, dtype kept.
+  Tensor CopyRaw(const Tensor& host) {
+    Tensor out = AllocateUninitialized(host.shape(), host.dtype());
+    if (host.nbytes() > 0) CopyToDevice(out.raw(), host.raw(), host.nbytes());
+    // The host tensor may be a view of an mmap that goes away: finish the copy now.
+    SHARDLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return out;
+  }
+
+  // y [n, out] = x [n, in] w^T with w 16-bit [out, in]: activations rounded to the weight's type,
+  // a tensor-core GEMM with f32 accumulation and f32 output.
+  void HalfGemm(const Tensor& x, const Tensor& w, int64_t n, Tensor& y) {
+    const int64_t out = w.dim(0), in = w.dim(1);
+    const float alpha = 1.0f, beta = 0.0f;
+    const int m_ = static_cast<int>(out), n_ = static_cast<int>(n), k_ = static_cast<int>(in);
+    const cudaDataType_t type = w.dtype() == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
+    Tensor xh = AllocateUninitialized({n, in}, w.dtype());
+    cuda::LaunchConvertF32ToHalf(x.data<float>(), xh.raw(), n * in, KindOf(w.dtype()), stream_);
+    SHARDLM_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m_, n_, k_, &alpha,
+                                      w.raw(), type, k_, xh.raw(), type, k_, &beta, y.raw(),
+                                      CUDA_R_32F, m_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+
+  // The cuda::QuantKind of a quantized dtype, -1 when the kernels have none.
+  static int QuantKindOf(DType d) {
+    switch (d) {
+      case DType::kQ8_0: return static_cast<int>(cuda::QuantKind::kQ8_0);
+      case DType::kQ4_0: return static_cast<int>(cuda::QuantKind::kQ4_0);
+      case DType::kQ4_1: return static_cast<int>(cuda::QuantKind::kQ4_1);
+      case DType::kQ4_K: return static_cast<int>(cuda::QuantKind::kQ4_K);
+      case DType::kQ5_K: return static_cast<int>(cuda::QuantKind::kQ5_K);
+      case DType::kQ6_K: return static_cast<int>(cuda::QuantKind::kQ6_K);
+      default: return -1;
+    }
+  }
+
+  static void RequireIndices(std::string_view op,
+                             std::initializer_list<std::pair<const char*, const Tensor*>> ts) {
+    for (const auto& [name, t] : ts) {
+      if (t->dtype() != DType::kI32 || t->device() != Device::kCuda || t->rank() != 1 ||
+          !t->defined()) [[unlikely]] {
+        ThrowShape(op, "expects index arrays as device I32 vectors (UploadIndices)", ts);
       }
     }
+  }
+
+  static void RequireCaches(std::string_view op, const Tensor& k_cache, const Tensor& v_cache) {
+    Require(k_cache.device() == Device::kCuda && k_cache.defined() &&
+                (k_cache.dtype() == DType::kF32 || IsHalf(k_cache.dtype())) &&
+                v_cache.dtype() == k_cache.dtype() && v_cache.device() == Device::kCuda &&
+                v_cache.defined(),
+            op, "expects device caches of f32, bf16 or f16 (both of one dtype)",
+            {{"k_cache", &k_cache}, {"v_cache", &v_cache}});
   }
 
   static void CheckAttentionShapes(const char* op, const Tensor& q, const Tensor& k_cache,
                                    const Tensor& v_cache, const Tensor& out, int64_t n,
                                    const AttentionParams& params) {
-    RequireDeviceF32(op, {{"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"out", &out}});
+    RequireDeviceF32(op, {{"q", &q}, {"out", &out}});
+    RequireCaches(op, k_cache, v_cache);
     const int64_t heads = params.num_heads, kv_heads = params.num_kv_heads;
     const int64_t head_dim = params.head_dim;
     const int64_t width = heads * head_dim, kv_width = kv_heads * head_dim;
@@ -442,12 +614,12 @@ class CudaBackend final : public Backend {
 
   static cuda::AttentionArgs BaseArgs(const Tensor& q, const Tensor& k_cache,
                                       const Tensor& v_cache, Tensor& out, int64_t n,
-                                      const AttentionParams& params,
-                                      std::span<const int32_t> positions) {
+                                      const AttentionParams& params) {
     cuda::AttentionArgs a;
     a.q = q.data<float>();
-    a.k_cache = k_cache.data<float>();
-    a.v_cache = v_cache.data<float>();
+    a.k_cache = k_cache.raw();
+    a.v_cache = v_cache.raw();
+    a.cache_kind = KindOf(k_cache.dtype());
     a.out = out.data<float>();
     a.n = n;
     a.heads = params.num_heads;
@@ -455,34 +627,37 @@ class CudaBackend final : public Backend {
     a.head_dim = params.head_dim;
     a.scale = params.scale;
     a.window = params.sliding_window;
-    for (int32_t p : positions) {
-      const int64_t first = a.window > 0 ? std::max<int64_t>(0, p - a.window + 1) : 0;
-      a.max_span = std::max<int64_t>(a.max_span, p - first + 1);
-    }
     return a;
   }
 
   // Every RopeConfig field that the frequencies depend on (not `interleaved`).
   using RopeKey = std::tuple<float, int, RopeConfig::Scaling, float, float, float, int>;
 
-  const std::vector<float>& InverseFrequencies(const RopeConfig& rope) {
+  // The frequencies of a config, uploaded once (at the first step, before any graph capture).
+  const Tensor& InverseFrequencies(const RopeConfig& rope) {
     RopeKey key{rope.theta,           rope.rotary_dim,      rope.scaling,
                 rope.factor,          rope.low_freq_factor, rope.high_freq_factor,
                 rope.original_max_position};
     std::lock_guard<std::mutex> lock(rope_mu_);
     auto it = inv_freq_cache_.find(key);
     if (it == inv_freq_cache_.end()) {
-      it = inv_freq_cache_.emplace(key, RopeInverseFrequencies(rope)).first;
+      const std::vector<float> host = RopeInverseFrequencies(rope);
+      Tensor t = Tensor::Empty({static_cast<int64_t>(host.size())}, DType::kF32);
+      if (!host.empty()) std::memcpy(t.raw(), host.data(), host.size() * sizeof(float));
+      it = inv_freq_cache_.emplace(key, CopyRaw(t)).first;
     }
     return it->second;
   }
 
   const int device_;
+  std::shared_ptr<StreamHolder> stream_holder_;
+  cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
-  Scratch index_scratch_;
-  Scratch activation_scratch_;
+  void* cublas_workspace_ = nullptr;
+  DType kv_dtype_ = DType::kBF16;
+  Scratch result_scratch_;
   std::mutex rope_mu_;
-  std::map<RopeKey, std::vector<float>> inv_freq_cache_;
+  std::map<RopeKey, Tensor> inv_freq_cache_;
 };
 
 }  // namespace
@@ -496,8 +671,49 @@ int CudaDeviceCount() {
   return count;
 }
 
-std::unique_ptr<Backend> CreateCudaBackend(int device) {
-  return std::make_unique<CudaBackend>(device);
+std::unique_ptr<Backend> CreateCudaBackend(int device, DType kv_cache_dtype) {
+  if (kv_cache_dtype != DType::kF32 && !IsHalf(kv_cache_dtype)) {
+    throw std::invalid_argument(std::string("CreateCudaBackend: KV caches of ") +
+                                DTypeName(kv_cache_dtype) + " are not supported (F32, BF16, F16)");
+  }
+  auto backend = std::make_unique<CudaBackend>(device);
+  backend->set_kv_cache_dtype(kv_cache_dtype);
+  return backend;
+}
+
+cudaStream_t CudaBackendStream(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda != nullptr ? cuda->stream() : nullptr;
+}
+
+CudaMemory CudaMemoryInfo(int device) {
+  CudaMemory m;
+  int current = 0;
+  if (cudaGetDevice(&current) != cudaSuccess || cudaSetDevice(device) != cudaSuccess) {
+    cudaGetLastError();
+    return m;
+  }
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+    m.free = free_bytes;
+    m.total = total_bytes;
+  } else {
+    cudaGetLastError();
+  }
+  // The pool keeps freed activations: count what it holds but does not use as free.
+  cudaMemPool_t pool = nullptr;
+  if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
+    uint64_t reserved = 0, used = 0;
+    if (cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved) ==
+            cudaSuccess &&
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used) == cudaSuccess &&
+        reserved >= used) {
+      m.free += reserved - used;
+    }
+  }
+  cudaGetLastError();
+  cudaSetDevice(current);
+  return m;
 }
 
 }  // namespace shardlm

@@ -1,7 +1,9 @@
-// The CUDA kernels of the CUDA backend. Straightforward ones: one thread per element for the
-// elementwise ops, one block per row for the reductions, one block per (token, head) for
-// attention. Numerics follow the CPU backend (kernels/cpu): f32 throughout, the same order of
-// operations where it matters (RmsNorm, Rope, softmax with the maximum subtracted).
+// The CUDA kernels of the CUDA backend: one thread per element for the elementwise ops, one
+// block per row for the reductions, one block per (token, head) for attention (an online
+// softmax over the keys, flash-decoding style, so any context length fits). Numerics follow the
+// CPU backend (kernels/cpu): f32 arithmetic, the same order of operations where it matters
+// (RmsNorm, Rope). KV caches may be f32, bf16 or f16. Every launcher takes the stream to enqueue
+// on and never synchronizes, so that a step can be captured as a CUDA graph.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -82,6 +84,25 @@ __global__ void RmsNormKernel(const float* x, const float* w, float eps, float* 
   sum_sq = BlockReduce<false>(sum_sq, red);
   const float inv_rms = 1.0f / sqrtf(sum_sq / static_cast<float>(d) + eps);
   // Each thread writes only the elements it read, so y may alias x.
+  for (int64_t k = threadIdx.x; k < d; k += blockDim.x) yr[k] = (xr[k] * inv_rms) * w[k];
+}
+
+// x += delta, then y = RmsNorm(x), one row per block; y may alias delta (each thread reads its
+// own elements of delta before writing them in y).
+__global__ void AddRmsNormKernel(float* x, const float* delta, const float* w, float eps,
+                                 float* y, int64_t d) {
+  __shared__ float red[32];
+  float* xr = x + static_cast<int64_t>(blockIdx.x) * d;
+  const float* dr = delta + static_cast<int64_t>(blockIdx.x) * d;
+  float* yr = y + static_cast<int64_t>(blockIdx.x) * d;
+  float sum_sq = 0.0f;
+  for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
+    const float v = xr[k] + dr[k];
+    xr[k] = v;
+    sum_sq += v * v;
+  }
+  sum_sq = BlockReduce<false>(sum_sq, red);
+  const float inv_rms = 1.0f / sqrtf(sum_sq / static_cast<float>(d) + eps);
   for (int64_t k = threadIdx.x; k < d; k += blockDim.x) yr[k] = (xr[k] * inv_rms) * w[k];
 }
 
@@ -168,13 +189,21 @@ __global__ void ArgmaxKernel(const float* logits, int64_t vocab, int32_t* out, f
   }
 }
 
-__global__ void WriteKvKernel(const float* k, const float* v, const int32_t* positions,
-                              float* k_cache, float* v_cache, int64_t n, int64_t row) {
+__device__ __forceinline__ float Load(const float* p) { return *p; }
+__device__ __forceinline__ float Load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float Load(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ void Store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void Store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void Store(__half* p, float v) { *p = __float2half_rn(v); }
+
+template <typename CacheT>
+__global__ void WriteKvKernel(const float* k, const float* v, const int32_t* rows,
+                              CacheT* k_cache, CacheT* v_cache, int64_t n, int64_t row) {
   SHARDLM_GRID_LOOP(t, n * row) {
     const int64_t i = t / row, e = t % row;
-    const int64_t dst = static_cast<int64_t>(positions[i]) * row + e;
-    k_cache[dst] = k[t];
-    v_cache[dst] = v[t];
+    const int64_t dst = static_cast<int64_t>(rows[i]) * row + e;
+    Store(k_cache + dst, k[t]);
+    Store(v_cache + dst, v[t]);
   }
 }
 
@@ -185,12 +214,17 @@ __device__ int64_t KeyRow(const AttentionArgs& a, int64_t i, int64_t j) {
   return static_cast<int64_t>(table[j / a.block_size]) * a.block_size + j % a.block_size;
 }
 
-// One block per (token i, query head h). Shared memory: q (head_dim) then the scores of the
-// token's keys (max_span). Warps take keys in turn, the lanes of a warp split one dot product;
-// then a block-wide softmax; then each thread sums the values of a few features.
-__global__ void AttentionKernel(AttentionArgs a) {
-  extern __shared__ float smem[];
-  __shared__ float red[32];
+constexpr int kAttnWarps = 4;
+constexpr int kMaxPerLane = 8;  // head_dim <= 256
+
+// One block of kAttnWarps warps per (token i, query head h). The warps take the keys in turn;
+// in a warp, lane l holds features l, l + 32, ... of q and of its running output. Each warp keeps
+// an online softmax (running max m, sum l, output acc); the warps merge at the end. No shared
+// memory per key: any number of keys fits, and the launch does not depend on the positions.
+template <typename CacheT, int kPerLane>
+__global__ void __launch_bounds__(kAttnWarps * 32) AttentionKernel(AttentionArgs a) {
+  __shared__ float warp_m[kAttnWarps], warp_l[kAttnWarps];
+  __shared__ float warp_acc[kAttnWarps][kPerLane * 32];
   const int64_t i = blockIdx.x / a.heads;
   const int64_t h = blockIdx.x % a.heads;
   const int64_t group = a.heads / a.kv_heads;
@@ -198,133 +232,279 @@ __global__ void AttentionKernel(AttentionArgs a) {
   const int64_t kv_offset = (h / group) * a.head_dim;
   const int64_t p = a.positions[i];
   const int64_t first = a.window > 0 ? (p - a.window + 1 > 0 ? p - a.window + 1 : 0) : 0;
-  const int64_t span = p - first + 1;
-  float* q = smem;
-  float* scores = smem + a.head_dim;
-  const float* qg = a.q + (i * a.heads + h) * a.head_dim;
-  for (int64_t d = threadIdx.x; d < a.head_dim; d += blockDim.x) q[d] = qg[d];
-  __syncthreads();
-
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int warps = blockDim.x >> 5;
-  for (int64_t j = warp; j < span; j += warps) {
-    const float* k = a.k_cache + KeyRow(a, i, first + j) * kv_width + kv_offset;
-    float acc = 0.0f;
-    for (int64_t d = lane; d < a.head_dim; d += 32) acc += q[d] * k[d];
-    acc = WarpSum(acc);
-    if (lane == 0) scores[j] = acc * a.scale;
+  const auto* kc = static_cast<const CacheT*>(a.k_cache);
+  const auto* vc = static_cast<const CacheT*>(a.v_cache);
+
+  float q[kPerLane], acc[kPerLane];
+  const float* qg = a.q + (i * a.heads + h) * a.head_dim;
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) {
+    const int64_t d = lane + 32 * e;
+    q[e] = d < a.head_dim ? qg[d] * a.scale : 0.0f;
+    acc[e] = 0.0f;
   }
+  float m = -INFINITY, l = 0.0f;
+  for (int64_t j = first + warp; j <= p; j += kAttnWarps) {
+    const int64_t base = KeyRow(a, i, j) * kv_width + kv_offset;
+    float dot = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) {
+      const int64_t d = lane + 32 * e;
+      if (d < a.head_dim) dot += q[e] * Load(kc + base + d);
+    }
+    const float score = WarpSum(dot);
+    const float m_new = fmaxf(m, score);
+    const float old_scale = expf(m - m_new);  // 0 at the first key (m = -inf)
+    const float w = expf(score - m_new);
+    l = l * old_scale + w;
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) {
+      const int64_t d = lane + 32 * e;
+      const float v = d < a.head_dim ? Load(vc + base + d) : 0.0f;
+      acc[e] = acc[e] * old_scale + w * v;
+    }
+    m = m_new;
+  }
+  if (lane == 0) {
+    warp_m[warp] = m;
+    warp_l[warp] = l;
+  }
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) warp_acc[warp][lane + 32 * e] = acc[e];
   __syncthreads();
 
-  float m = -INFINITY;
-  for (int64_t j = threadIdx.x; j < span; j += blockDim.x) m = fmaxf(m, scores[j]);
-  m = BlockReduce<true>(m, red);
-  float sum = 0.0f;
-  for (int64_t j = threadIdx.x; j < span; j += blockDim.x) {
-    const float e = expf(scores[j] - m);
-    scores[j] = e;
-    sum += e;
+  float m_all = -INFINITY;
+  for (int w = 0; w < kAttnWarps; ++w) m_all = fmaxf(m_all, warp_m[w]);
+  float scale[kAttnWarps];
+  float l_all = 0.0f;
+  for (int w = 0; w < kAttnWarps; ++w) {
+    // A warp that saw no key has m = -inf and l = 0: its scale is 0.
+    scale[w] = warp_m[w] == -INFINITY ? 0.0f : expf(warp_m[w] - m_all);
+    l_all += warp_l[w] * scale[w];
   }
-  sum = BlockReduce<false>(sum, red);  // its barriers also publish the exponentials
-  const float inv_sum = 1.0f / sum;
-
+  const float inv_l = 1.0f / l_all;
   float* out = a.out + (i * a.heads + h) * a.head_dim;
   for (int64_t d = threadIdx.x; d < a.head_dim; d += blockDim.x) {
-    float acc = 0.0f;
-    for (int64_t j = 0; j < span; ++j) {
-      acc += scores[j] * inv_sum * a.v_cache[KeyRow(a, i, first + j) * kv_width + kv_offset + d];
+    float o = 0.0f;
+    for (int w = 0; w < kAttnWarps; ++w) o += warp_acc[w][d] * scale[w];
+    out[d] = o * inv_l;
+  }
+}
+
+
+// 16-bit weight GEMV for decode (n <= kGemvMaxBatch rows of x): y[r, o] = x[r] . w[o] (+ bias[o]).
+// One warp per output row o; each lane reads 8 weights (16 bytes) at a time, so a warp streams
+// 512 contiguous bytes of the row per step, and keeps n f32 partial sums. Memory-bound: the
+// point is to read every weight byte once at full bandwidth. Needs in % 8 == 0.
+constexpr int kGemvWarps = 8;
+
+__device__ __forceinline__ void Unpack8(const uint4& raw, const __nv_bfloat16*, float* f) {
+  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __bfloat1622float2(h[i]);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+__device__ __forceinline__ void Unpack8(const uint4& raw, const __half*, float* f) {
+  const auto* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __half22float2(h[i]);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+
+template <typename T, int kN>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    HalfGemvKernel(const T* w, int64_t out, int64_t in, const float* x, const float* bias,
+                   float* y) {
+  const int lane = threadIdx.x & 31;
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  if (o >= out) return;
+  const uint4* row = reinterpret_cast<const uint4*>(w + o * in);
+  const int64_t chunks = in / 8;
+  float acc[kN];
+#pragma unroll
+  for (int r = 0; r < kN; ++r) acc[r] = 0.0f;
+  for (int64_t c = lane; c < chunks; c += 32) {
+    const uint4 raw = __ldg(row + c);  // read once: the weights do not stay in cache
+    float wf[8];
+    Unpack8(raw, static_cast<const T*>(nullptr), wf);
+#pragma unroll
+    for (int r = 0; r < kN; ++r) {
+      const float4* xr = reinterpret_cast<const float4*>(x + r * in + c * 8);
+      const float4 a = xr[0], b = xr[1];
+      acc[r] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x +
+                wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
     }
-    out[d] = acc;
+  }
+#pragma unroll
+  for (int r = 0; r < kN; ++r) {
+    const float v = WarpSum(acc[r]);
+    if (lane == 0) y[r * out + o] = v + (bias != nullptr ? bias[o] : 0.0f);
+  }
+}
+
+template <typename T>
+void LaunchHalfGemvFor(const void* w, int64_t out, int64_t in, const float* x, int64_t n,
+                       const float* bias, float* y, cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>((out + kGemvWarps - 1) / kGemvWarps);
+  const auto* wt = static_cast<const T*>(w);
+  constexpr unsigned kBlock = kGemvWarps * 32;
+  switch (n) {
+    case 1: HalfGemvKernel<T, 1><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, bias, y); break;
+    case 2: HalfGemvKernel<T, 2><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, bias, y); break;
+    case 3: HalfGemvKernel<T, 3><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, bias, y); break;
+    default: HalfGemvKernel<T, 4><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, bias, y); break;
+  }
+}
+
+template <typename CacheT>
+void LaunchAttentionFor(const AttentionArgs& a, cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>(a.n * a.heads);
+  const int per_lane = static_cast<int>((a.head_dim + 31) / 32);
+  constexpr unsigned kBlock = kAttnWarps * 32;
+  switch (per_lane) {
+    case 1: AttentionKernel<CacheT, 1><<<blocks, kBlock, 0, stream>>>(a); break;
+    case 2: AttentionKernel<CacheT, 2><<<blocks, kBlock, 0, stream>>>(a); break;
+    case 3: AttentionKernel<CacheT, 3><<<blocks, kBlock, 0, stream>>>(a); break;
+    case 4: AttentionKernel<CacheT, 4><<<blocks, kBlock, 0, stream>>>(a); break;
+    case 5: case 6: AttentionKernel<CacheT, 6><<<blocks, kBlock, 0, stream>>>(a); break;
+    default: AttentionKernel<CacheT, kMaxPerLane><<<blocks, kBlock, 0, stream>>>(a); break;
   }
 }
 
 }  // namespace
 
-void LaunchConvertF32ToHalf(const float* src, void* dst, int64_t n, HalfKind kind) {
+void LaunchConvertF32ToHalf(const float* src, void* dst, int64_t n, HalfKind kind,
+                            cudaStream_t stream) {
   if (n == 0) return;
   if (kind == HalfKind::kBF16) {
-    ConvertF32ToBf16Kernel<<<Blocks(n), kThreads>>>(src, static_cast<__nv_bfloat16*>(dst), n);
+    ConvertF32ToBf16Kernel<<<Blocks(n), kThreads, 0, stream>>>(
+        src, static_cast<__nv_bfloat16*>(dst), n);
   } else {
-    ConvertF32ToF16Kernel<<<Blocks(n), kThreads>>>(src, static_cast<__half*>(dst), n);
+    ConvertF32ToF16Kernel<<<Blocks(n), kThreads, 0, stream>>>(src, static_cast<__half*>(dst), n);
   }
   SHARDLM_CUDA_LAUNCH_CHECK("ConvertF32ToHalfKernel<<<>>>");
 }
 
-void LaunchAddBias(float* y, const float* bias, int64_t rows, int64_t cols) {
+void LaunchAddBias(float* y, const float* bias, int64_t rows, int64_t cols, cudaStream_t stream) {
   if (rows * cols == 0) return;
-  AddBiasKernel<<<Blocks(rows * cols), kThreads>>>(y, bias, rows, cols);
+  AddBiasKernel<<<Blocks(rows * cols), kThreads, 0, stream>>>(y, bias, rows, cols);
   SHARDLM_CUDA_LAUNCH_CHECK("AddBiasKernel<<<>>>");
 }
 
-void LaunchRmsNorm(const float* x, const float* w, float eps, float* y, int64_t rows, int64_t d) {
+void LaunchRmsNorm(const float* x, const float* w, float eps, float* y, int64_t rows, int64_t d,
+                   cudaStream_t stream) {
   if (rows == 0) return;
-  RmsNormKernel<<<static_cast<unsigned>(rows), kThreads>>>(x, w, eps, y, d);
+  RmsNormKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, w, eps, y, d);
   SHARDLM_CUDA_LAUNCH_CHECK("RmsNormKernel<<<>>>");
 }
 
+void LaunchAddRmsNorm(float* x, const float* delta, const float* w, float eps, float* y,
+                      int64_t rows, int64_t d, cudaStream_t stream) {
+  if (rows == 0) return;
+  AddRmsNormKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, delta, w, eps, y, d);
+  SHARDLM_CUDA_LAUNCH_CHECK("AddRmsNormKernel<<<>>>");
+}
+
 void LaunchRope(float* x, const int32_t* positions, const float* inv_freq, int64_t n,
-                int64_t heads, int64_t head_dim, int64_t half, bool interleaved) {
+                int64_t heads, int64_t head_dim, int64_t half, bool interleaved,
+                cudaStream_t stream) {
   const int64_t total = n * heads * half;
   if (total == 0) return;
-  RopeKernel<<<Blocks(total), kThreads>>>(x, positions, inv_freq, n, heads, head_dim, half,
-                                          interleaved);
+  RopeKernel<<<Blocks(total), kThreads, 0, stream>>>(x, positions, inv_freq, n, heads, head_dim,
+                                                     half, interleaved);
   SHARDLM_CUDA_LAUNCH_CHECK("RopeKernel<<<>>>");
 }
 
 void LaunchEmbedding(const void* table, HalfKind kind, const int32_t* ids, float* y, int64_t n,
-                     int64_t d) {
+                     int64_t d, cudaStream_t stream) {
   if (n * d == 0) return;
-  EmbeddingKernel<<<Blocks(n * d), kThreads>>>(table, static_cast<int>(kind), ids, y, n, d);
+  EmbeddingKernel<<<Blocks(n * d), kThreads, 0, stream>>>(table, static_cast<int>(kind), ids, y,
+                                                          n, d);
   SHARDLM_CUDA_LAUNCH_CHECK("EmbeddingKernel<<<>>>");
 }
 
-void LaunchSiluMul(const float* gate, const float* up, float* y, int64_t n) {
+void LaunchSiluMul(const float* gate, const float* up, float* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  SiluMulKernel<<<Blocks(n), kThreads>>>(gate, up, y, n);
+  SiluMulKernel<<<Blocks(n), kThreads, 0, stream>>>(gate, up, y, n);
   SHARDLM_CUDA_LAUNCH_CHECK("SiluMulKernel<<<>>>");
 }
 
-void LaunchAdd(float* x, const float* y, int64_t n) {
+void LaunchAdd(float* x, const float* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  AddKernel<<<Blocks(n), kThreads>>>(x, y, n);
+  AddKernel<<<Blocks(n), kThreads, 0, stream>>>(x, y, n);
   SHARDLM_CUDA_LAUNCH_CHECK("AddKernel<<<>>>");
 }
 
-void LaunchArgmax(const float* logits, int64_t rows, int64_t vocab, int32_t* out, float* values) {
+void LaunchArgmax(const float* logits, int64_t rows, int64_t vocab, int32_t* out, float* values,
+                  cudaStream_t stream) {
   if (rows == 0) return;
-  ArgmaxKernel<<<static_cast<unsigned>(rows), kThreads>>>(logits, vocab, out, values);
+  ArgmaxKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, vocab, out, values);
   SHARDLM_CUDA_LAUNCH_CHECK("ArgmaxKernel<<<>>>");
 }
 
-void LaunchWriteKv(const float* k, const float* v, const int32_t* positions, float* k_cache,
-                   float* v_cache, int64_t n, int64_t row) {
+void LaunchWriteKv(const float* k, const float* v, const int32_t* rows, void* k_cache,
+                   void* v_cache, HalfKind cache_kind, int64_t n, int64_t row,
+                   cudaStream_t stream) {
   if (n * row == 0) return;
-  WriteKvKernel<<<Blocks(n * row), kThreads>>>(k, v, positions, k_cache, v_cache, n, row);
+  const unsigned blocks = Blocks(n * row);
+  switch (cache_kind) {
+    case HalfKind::kBF16:
+      WriteKvKernel<<<blocks, kThreads, 0, stream>>>(k, v, rows,
+                                                     static_cast<__nv_bfloat16*>(k_cache),
+                                                     static_cast<__nv_bfloat16*>(v_cache), n, row);
+      break;
+    case HalfKind::kF16:
+      WriteKvKernel<<<blocks, kThreads, 0, stream>>>(k, v, rows, static_cast<__half*>(k_cache),
+                                                     static_cast<__half*>(v_cache), n, row);
+      break;
+    default:
+      WriteKvKernel<<<blocks, kThreads, 0, stream>>>(k, v, rows, static_cast<float*>(k_cache),
+                                                     static_cast<float*>(v_cache), n, row);
+      break;
+  }
   SHARDLM_CUDA_LAUNCH_CHECK("WriteKvKernel<<<>>>");
 }
 
-void LaunchAttention(const AttentionArgs& args) {
-  const int64_t blocks = args.n * args.heads;
-  if (blocks == 0) return;
-  const size_t smem = static_cast<size_t>(args.head_dim + args.max_span) * sizeof(float);
-  // Past the default 48 KiB per block (static `red` included), the kernel must opt in.
-  if (smem + 32 * sizeof(float) > 48 * 1024) {
-    int device = 0, max_smem = 0;
-    ThrowCudaError(static_cast<int>(cudaGetDevice(&device)), "cudaGetDevice", __FILE__, __LINE__);
-    ThrowCudaError(static_cast<int>(cudaDeviceGetAttribute(
-                       &max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)),
-                   "cudaDeviceGetAttribute", __FILE__, __LINE__);
-    if (smem + 32 * sizeof(float) > static_cast<size_t>(max_smem)) {
-      throw std::runtime_error("Attention: " + std::to_string(args.max_span) +
-                               " keys do not fit the shared memory of one block (" +
-                               std::to_string(max_smem) + " bytes) in the CUDA backend yet");
-    }
-    ThrowCudaError(static_cast<int>(cudaFuncSetAttribute(
-                       AttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       static_cast<int>(smem))),
-                   "cudaFuncSetAttribute", __FILE__, __LINE__);
+bool HalfGemvApplies(int64_t n, int64_t in, const void* w, const float* x) {
+  return n >= 1 && n <= kGemvMaxBatch && in % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(w) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+}
+
+void LaunchHalfGemv(const void* w, HalfKind kind, int64_t out, int64_t in, const float* x,
+                    int64_t n, const float* bias, float* y, cudaStream_t stream) {
+  if (out == 0 || n == 0) return;
+  if (!HalfGemvApplies(n, in, w, x)) {
+    throw std::invalid_argument("LaunchHalfGemv: needs 1 <= n <= " +
+                                std::to_string(kGemvMaxBatch) +
+                                ", in % 8 == 0 and 16-byte aligned w and x");
   }
-  AttentionKernel<<<static_cast<unsigned>(blocks), 128, smem>>>(args);
+  if (kind == HalfKind::kBF16) {
+    LaunchHalfGemvFor<__nv_bfloat16>(w, out, in, x, n, bias, y, stream);
+  } else {
+    LaunchHalfGemvFor<__half>(w, out, in, x, n, bias, y, stream);
+  }
+  SHARDLM_CUDA_LAUNCH_CHECK("HalfGemvKernel<<<>>>");
+}
+
+void LaunchAttention(const AttentionArgs& args, cudaStream_t stream) {
+  if (args.n * args.heads == 0) return;
+  if (args.head_dim > 32 * kMaxPerLane) {
+    throw std::invalid_argument("Attention: head_dim " + std::to_string(args.head_dim) +
+                                " is over the CUDA kernel's limit of " +
+                                std::to_string(32 * kMaxPerLane));
+  }
+  switch (args.cache_kind) {
+    case HalfKind::kBF16: LaunchAttentionFor<__nv_bfloat16>(args, stream); break;
+    case HalfKind::kF16: LaunchAttentionFor<__half>(args, stream); break;
+    default: LaunchAttentionFor<float>(args, stream); break;
+  }
   SHARDLM_CUDA_LAUNCH_CHECK("AttentionKernel<<<>>>");
 }
 

@@ -1,8 +1,10 @@
 // Launchers of the CUDA kernels of the CUDA backend (cuda_kernels.cu). Plain pointers and sizes
 // only, so that the .cu file does not see the C++20 / absl headers of the rest of the backend.
-// Every launcher enqueues on the legacy default stream and throws std::runtime_error when the
-// launch fails.
+// Every launcher enqueues on `stream`, never synchronizes (so that it can be captured in a CUDA
+// graph) and throws std::runtime_error when the launch fails.
 #pragma once
+
+#include <cuda_runtime_api.h>
 
 #include <cstdint>
 
@@ -15,33 +17,50 @@ enum class HalfKind : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 void ThrowCudaError(int err, const char* call, const char* file, int line);
 
 // dst[i] = src[i] rounded to nearest even in f16 or bf16 (kind != kF32).
-void LaunchConvertF32ToHalf(const float* src, void* dst, int64_t n, HalfKind kind);
+void LaunchConvertF32ToHalf(const float* src, void* dst, int64_t n, HalfKind kind,
+                            cudaStream_t stream);
 // y[r, c] += bias[c] for y [rows, cols].
-void LaunchAddBias(float* y, const float* bias, int64_t rows, int64_t cols);
+void LaunchAddBias(float* y, const float* bias, int64_t rows, int64_t cols, cudaStream_t stream);
 // y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, rows of d; y may alias x.
-void LaunchRmsNorm(const float* x, const float* w, float eps, float* y, int64_t rows, int64_t d);
+void LaunchRmsNorm(const float* x, const float* w, float eps, float* y, int64_t rows, int64_t d,
+                   cudaStream_t stream);
+// x += delta, then y = RmsNorm(x) as above; y may alias delta.
+void LaunchAddRmsNorm(float* x, const float* delta, const float* w, float eps, float* y,
+                      int64_t rows, int64_t d, cudaStream_t stream);
 // In place on x [n, heads, head_dim], the first 2 * half features of each head.
 void LaunchRope(float* x, const int32_t* positions, const float* inv_freq, int64_t n,
-                int64_t heads, int64_t head_dim, int64_t half, bool interleaved);
+                int64_t heads, int64_t head_dim, int64_t half, bool interleaved,
+                cudaStream_t stream);
 // y[i] = table[ids[i]] (zeros for id -1), table [vocab, d] of `kind`.
 void LaunchEmbedding(const void* table, HalfKind kind, const int32_t* ids, float* y, int64_t n,
-                     int64_t d);
-void LaunchSiluMul(const float* gate, const float* up, float* y, int64_t n);
-void LaunchAdd(float* x, const float* y, int64_t n);
+                     int64_t d, cudaStream_t stream);
+void LaunchSiluMul(const float* gate, const float* up, float* y, int64_t n, cudaStream_t stream);
+void LaunchAdd(float* x, const float* y, int64_t n, cudaStream_t stream);
 // out[r] = first index of the maximum of row r (0 for an all-NaN row); values[r] = its value.
-void LaunchArgmax(const float* logits, int64_t rows, int64_t vocab, int32_t* out, float* values);
-// k_cache[positions[i]] = k[i], v_cache likewise; rows of `row` floats.
-void LaunchWriteKv(const float* k, const float* v, const int32_t* positions, float* k_cache,
-                   float* v_cache, int64_t n, int64_t row);
+void LaunchArgmax(const float* logits, int64_t rows, int64_t vocab, int32_t* out, float* values,
+                  cudaStream_t stream);
+// k_cache[rows[i]] = k[i], v_cache likewise (rounded to the cache's kind); rows of `row`
+// elements.
+void LaunchWriteKv(const float* k, const float* v, const int32_t* rows, void* k_cache,
+                   void* v_cache, HalfKind cache_kind, int64_t n, int64_t row,
+                   cudaStream_t stream);
+
+// Decode GEMV over 16-bit weights w [out, in] of `kind` (bf16 / f16): y[r] = w x[r] (+ bias) for
+// n <= kGemvMaxBatch rows, f32 accumulation. Applies when HalfGemvApplies (in % 8 == 0, 16-byte
+// aligned pointers); the backend uses cuBLAS otherwise.
+constexpr int64_t kGemvMaxBatch = 4;
+bool HalfGemvApplies(int64_t n, int64_t in, const void* w, const float* x);
+void LaunchHalfGemv(const void* w, HalfKind kind, int64_t out, int64_t in, const float* x,
+                    int64_t n, const float* bias, float* y, cudaStream_t stream);
 
 // Attention of q [n, heads, head_dim] over the cache; out [n, heads * head_dim]. block_size 0:
 // a contiguous cache (key position j is cache row j); otherwise a paged one through
-// seq_index / table_begin / block_tables (device pointers). max_span: the most keys any query
-// sees (sizes the shared memory of a block).
+// seq_index / table_begin / block_tables (device pointers). head_dim <= 256.
 struct AttentionArgs {
   const float* q = nullptr;
-  const float* k_cache = nullptr;
-  const float* v_cache = nullptr;
+  const void* k_cache = nullptr;
+  const void* v_cache = nullptr;
+  HalfKind cache_kind = HalfKind::kF32;
   float* out = nullptr;
   const int32_t* positions = nullptr;
   const int32_t* seq_index = nullptr;
@@ -54,8 +73,7 @@ struct AttentionArgs {
   int64_t head_dim = 0;
   float scale = 1.0f;
   int64_t window = 0;
-  int64_t max_span = 0;
 };
-void LaunchAttention(const AttentionArgs& args);
+void LaunchAttention(const AttentionArgs& args, cudaStream_t stream);
 
 }  // namespace shardlm::cuda

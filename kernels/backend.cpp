@@ -1,0 +1,69 @@
+// The host-span conveniences of Backend: check on the host, upload, call the index-tensor op.
+#include <stdexcept>
+#include <string>
+
+#include "kernels/backend.h"
+
+namespace shardlm {
+namespace {
+
+// Every value of `values` in [lo, hi); else std::out_of_range naming the op, what and where.
+void CheckRange(const char* op, const char* what, std::span<const int32_t> values, int64_t lo,
+                int64_t hi) {
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (values[i] < lo || values[i] >= hi) {
+      throw std::out_of_range(std::string(op) + ": " + what + " " + std::to_string(values[i]) +
+                              " at index " + std::to_string(i) + " outside [" +
+                              std::to_string(lo) + ", " + std::to_string(hi) + ")");
+    }
+  }
+}
+
+}  // namespace
+
+void Backend::Rope(Tensor& x, std::span<const int32_t> positions, const RopeConfig& rope) {
+  CheckRange("Rope", "position", positions, 0, INT32_MAX);
+  Rope(x, UploadIndices(positions), rope);
+}
+
+void Backend::Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y) {
+  if (table.rank() == 2) CheckRange("Embedding", "token id", ids, -1, table.dim(0));
+  Embedding(table, UploadIndices(ids), y);
+}
+
+void Backend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> rows,
+                      Tensor& k_cache, Tensor& v_cache) {
+  if (k_cache.rank() >= 1) CheckRange("WriteKv", "cache row", rows, 0, k_cache.dim(0));
+  WriteKv(k, v, UploadIndices(rows), k_cache, v_cache);
+}
+
+void Backend::Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                        std::span<const int32_t> positions, const AttentionParams& params,
+                        Tensor& out) {
+  if (k_cache.rank() >= 1) CheckRange("Attention", "position", positions, 0, k_cache.dim(0));
+  Attention(q, k_cache, v_cache, UploadIndices(positions), params, out);
+}
+
+void Backend::PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                             const PagedKvLayout& layout, const AttentionParams& params,
+                             Tensor& out) {
+  if (k_cache.rank() >= 1 && layout.block_size > 0) {
+    if (const std::string error = PagedKvLayoutError(layout, k_cache.dim(0) / layout.block_size);
+        !error.empty()) {
+      throw std::out_of_range("PagedAttention: " + error);
+    }
+  }
+  PagedAttention(q, k_cache, v_cache, UploadLayout(layout), params, out);
+}
+
+PagedKvIndices Backend::UploadLayout(const PagedKvLayout& layout) {
+  PagedKvIndices out;
+  out.block_size = layout.block_size;
+  out.positions = UploadIndices(layout.positions);
+  out.seq_index = UploadIndices(layout.seq_index);
+  out.table_begin = UploadIndices(layout.table_begin);
+  out.block_tables = UploadIndices(layout.block_tables);
+  return out;
+}
+
+}  // namespace shardlm

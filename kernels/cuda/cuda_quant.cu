@@ -1,0 +1,635 @@
+// The CUDA kernels over ggml block-quantized weights (cuda_quant.h): a fused dequantize + dot
+// GEMV for decode and a dequantization to f16 / bf16 for the cuBLAS path.
+//
+// Both walk a row of W in "pieces": a few words of one block that a thread loads and decodes
+// together (Piece<K> below): 8 elements of a Q8_0 block, 16 of a Q4_0 / Q4_1 block, 32 of a
+// K super-block. A piece is decoded four elements ("a quad", contiguous in the row) at a time,
+// so that each quad meets one float4 of x.
+//
+// GEMV: a block of up to 128 threads computes kRows = 4 output rows for all N <= 8 activation
+// rows. Its threads stride over the pieces of the row; each thread loads the piece of all kRows
+// rows first (the loads of the four rows in flight together), then for each quad loads the
+// float4 of x of every activation row once and uses it for the four weight rows, keeping
+// kRows x N f32 accumulators. The weights are read once from HBM (16-byte loads for the 16-byte
+// aligned K super-blocks of Q4_K / Q5_K; 4-byte loads, funnel-shifted where a block is only
+// 2-byte aligned, for the others); x is read through L1 and reused four times from registers.
+// The block then reduces the kRows x N partial sums through shared memory (one warp per output
+// sum). Quantized integers become floats by the 2^23 trick (a byte permute puts each into the
+// mantissa of 2^23, a subtraction removes it), exact and cheaper than I2F. n > 8 runs in chunks
+// of 8.
+//
+// Dequantize: one thread per piece of a row, grid.y over rows; every element is computed with
+// the same f32 operations as the CPU reference (no FMA contraction: __fmul_rn / __fadd_rn), then
+// rounded to nearest even.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/cuda_quant.h"
+
+namespace shardlm::cuda {
+namespace {
+
+#define SHARDLM_QUANT_LAUNCH_CHECK(name) \
+  ThrowCudaError(static_cast<int>(cudaGetLastError()), name, __FILE__, __LINE__)
+
+constexpr int kRows = 4;          // output rows per GEMV block
+constexpr int kMaxThreads = 128;  // threads per GEMV / dequantize block
+constexpr int kMaxBatch = 8;      // activation rows per GEMV launch
+
+// ---- Loads and conversions.
+
+// The f32 value of the f16 in the low 16 bits of `bits`.
+__device__ __forceinline__ float HalfBits(uint32_t bits) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(bits & 0xffffu)));
+}
+
+__device__ __forceinline__ uint32_t LoadU16(const uint8_t* p) {
+  return __ldg(reinterpret_cast<const unsigned short*>(p));
+}
+
+// out[i] = the little-endian u32 at p + 4i, for a 2-byte aligned p: aligned u32 loads, and where
+// p is 2 mod 4, a funnel shift of neighbouring words. Reads [p, p + 4W) and, when p is 2 mod 4,
+// the two bytes before p: inside the matrix, except for a field at the very start of a matrix
+// whose address is 2 mod 4, which is then not the start of an allocation either (those are
+// 256-byte aligned), so the bytes are still mapped.
+template <int W>
+__device__ __forceinline__ void LoadWords(const uint8_t* p, uint32_t (&out)[W]) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  const uint32_t* base = reinterpret_cast<const uint32_t*>(a & ~static_cast<uintptr_t>(3));
+  const unsigned shift = static_cast<unsigned>(a & 3) * 8;  // 0 or 16
+  uint32_t v[W + 1];
+#pragma unroll
+  for (int i = 0; i < W; ++i) v[i] = __ldg(base + i);
+  // Only the low half of the last word is used: a 16-bit load stays inside [p, p + 4W).
+  v[W] = shift != 0 ? LoadU16(reinterpret_cast<const uint8_t*>(base + W)) : 0u;
+#pragma unroll
+  for (int i = 0; i < W; ++i) out[i] = __funnelshift_r(v[i], v[i + 1], shift);
+}
+
+// 16 bytes at p: one 16-byte load when the caller knows p is 16-byte aligned.
+__device__ __forceinline__ uint4 Load16(const uint8_t* p, bool aligned) {
+  if (aligned) return __ldg(reinterpret_cast<const uint4*>(p));
+  uint32_t v[4];
+  LoadWords<4>(p, v);
+  return make_uint4(v[0], v[1], v[2], v[3]);
+}
+
+__device__ __forceinline__ uint32_t Word(const uint4& v, int i) {
+  return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
+}
+
+// float(byte i of w) - kOffset, exactly: one PRMT puts the byte into the mantissa of 2^23
+// (0x4b0000bb), one subtraction of integers below 2^24 (exact) removes the 2^23; cheaper than an
+// integer-to-float conversion. The callers first gather the four values of a quad into the four
+// bytes of a word with a few word-wide operations.
+template <int kOffset>
+__device__ __forceinline__ float ByteToFloat(uint32_t w, int i) {
+  const uint32_t bits = __byte_perm(w, 0x4b000000u, 0x7540u + static_cast<unsigned>(i));
+  return __int_as_float(static_cast<int>(bits)) - (8388608.0f + kOffset);
+}
+
+// a * b, a * b + c and a * b - c: with kExact the CPU reference's two roundings, otherwise
+// whatever nvcc makes of them (an FMA).
+template <bool kExact>
+__device__ __forceinline__ float Mul(float a, float b) {
+  return kExact ? __fmul_rn(a, b) : a * b;
+}
+template <bool kExact>
+__device__ __forceinline__ float MulAdd(float a, float b, float c) {
+  return kExact ? __fadd_rn(__fmul_rn(a, b), c) : a * b + c;
+}
+template <bool kExact>
+__device__ __forceinline__ float MulSub(float a, float b, float c) {
+  return kExact ? __fsub_rn(__fmul_rn(a, b), c) : a * b - c;
+}
+
+// ---- Block formats.
+//
+// Piece<K>: kElems elements of a row, decoded by one thread.
+//   kPieceElems            elements per piece; a row has cols / kPieceElems pieces
+//   kBlockElems, kBlockBytes  the ggml block
+//   Raw Load(row, p, aligned16)  loads piece p of the row at `row` (aligned16: row is 16-byte
+//                          aligned) and decodes the block's scales
+//   QuadElem(p, q)         the column of the first of the 4 contiguous elements of quad q
+//   Quad<kExact>(raw, q, v)  v[0..3] = those elements, dequantized
+
+template <QuantKind K>
+struct Piece;
+
+// Q8_0: d f16 @0, qs int8[32] @2; x = d * qs[i]. A piece: 8 elements (qs[8s .. 8s+8), s < 4).
+template <>
+struct Piece<QuantKind::kQ8_0> {
+  static constexpr int kBlockElems = 32, kBlockBytes = 34, kPieceElems = 8;
+  static constexpr int kPerBlock = kBlockElems / kPieceElems, kQuads = kPieceElems / 4;
+  struct Raw {
+    uint32_t q[2];
+    float d;
+  };
+  __device__ static Raw Load(const uint8_t* row, int p, bool /*aligned16*/) {
+    const uint8_t* b = row + (p / kPerBlock) * kBlockBytes;
+    Raw r;
+    r.d = HalfBits(LoadU16(b));
+    LoadWords<2>(b + 2 + 8 * (p % kPerBlock), r.q);
+    return r;
+  }
+  __device__ static int QuadElem(int p, int quad) {
+    return (p / kPerBlock) * kBlockElems + (p % kPerBlock) * kPieceElems + 4 * quad;
+  }
+  template <bool kExact>
+  __device__ static void Quad(const Raw& r, int quad, float (&v)[4]) {
+    const uint32_t w = r.q[quad] ^ 0x80808080u;  // each int8 b -> b + 128 in 0..255
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = Mul<kExact>(r.d, ByteToFloat<128>(w, i));
+  }
+};
+
+// Q4_0 / Q4_1: qs[16] after the header; element i < 16 is the low nibble of qs[i], element
+// i + 16 the high nibble. A piece: qs[8s .. 8s+8) (s < 2), i.e. elements 8s .. 8s+7 (quads 0, 1:
+// low nibbles of its two words) and 16+8s .. 16+8s+7 (quads 2, 3: high nibbles).
+__device__ __forceinline__ int Q4QuadElem(int p, int quad) {
+  return (p / 2) * 32 + (p % 2) * 8 + (quad & 1) * 4 + (quad >> 1) * 16;
+}
+// The four nibbles of quad `quad`, one per byte.
+__device__ __forceinline__ uint32_t Q4Nibbles(const uint32_t (&q)[2], int quad) {
+  return (q[quad & 1] >> (4 * (quad >> 1))) & 0x0f0f0f0fu;
+}
+
+// Q4_0: d f16 @0, qs @2; x = d * (q - 8).
+template <>
+struct Piece<QuantKind::kQ4_0> {
+  static constexpr int kBlockElems = 32, kBlockBytes = 18, kPieceElems = 16, kQuads = 4;
+  struct Raw {
+    uint32_t q[2];
+    float d;
+  };
+  __device__ static Raw Load(const uint8_t* row, int p, bool /*aligned16*/) {
+    const uint8_t* b = row + (p / 2) * kBlockBytes;
+    Raw r;
+    r.d = HalfBits(LoadU16(b));
+    LoadWords<2>(b + 2 + 8 * (p % 2), r.q);
+    return r;
+  }
+  __device__ static int QuadElem(int p, int quad) { return Q4QuadElem(p, quad); }
+  template <bool kExact>
+  __device__ static void Quad(const Raw& r, int quad, float (&v)[4]) {
+    const uint32_t q = Q4Nibbles(r.q, quad);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = Mul<kExact>(r.d, ByteToFloat<8>(q, i));
+  }
+};
+
+// Q4_1: d f16 @0, m f16 @2, qs @4; x = d * q + m.
+template <>
+struct Piece<QuantKind::kQ4_1> {
+  static constexpr int kBlockElems = 32, kBlockBytes = 20, kPieceElems = 16, kQuads = 4;
+  struct Raw {
+    uint32_t q[2];
+    float d, m;
+  };
+  __device__ static Raw Load(const uint8_t* row, int p, bool /*aligned16*/) {
+    const uint8_t* b = row + (p / 2) * kBlockBytes;
+    Raw r;
+    r.d = HalfBits(LoadU16(b));
+    r.m = HalfBits(LoadU16(b + 2));
+    LoadWords<2>(b + 4 + 8 * (p % 2), r.q);
+    return r;
+  }
+  __device__ static int QuadElem(int p, int quad) { return Q4QuadElem(p, quad); }
+  template <bool kExact>
+  __device__ static void Quad(const Raw& r, int quad, float (&v)[4]) {
+    const uint32_t q = Q4Nibbles(r.q, quad);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = MulAdd<kExact>(r.d, ByteToFloat<0>(q, i), r.m);
+  }
+};
+
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K super-block whose first 16
+// bytes (d, dmin, scales[12]) are `h`: scales[0..3] in h.y, [4..7] in h.z, [8..11] in h.w. As
+// KScaleMin in kernels/cpu/quant/quant_internal.h: sub-blocks 0..3 in the low 6 bits of scales[j]
+// and scales[j + 4]; sub-blocks 4..7 in the nibbles of scales[j + 4] with their top 2 bits in the
+// top bits of scales[j - 4] (scale) and scales[j] (min).
+__device__ __forceinline__ void KScaleMin(const uint4& h, int j, float d, float dmin, float& dj,
+                                          float& mj) {
+  const int shift = 8 * (j & 3);
+  const uint32_t by = (h.y >> shift) & 0xffu;  // scales[j & 3]
+  const uint32_t bz = (h.z >> shift) & 0xffu;  // scales[4 + (j & 3)]
+  const uint32_t bw = (h.w >> shift) & 0xffu;  // scales[8 + (j & 3)]
+  const uint32_t scale = j < 4 ? by & 0x3fu : (bw & 0x0fu) | ((by >> 6) << 4);
+  const uint32_t min = j < 4 ? bz & 0x3fu : (bw >> 4) | ((bz >> 6) << 4);
+  dj = d * static_cast<float>(scale);  // exact small integers: the plain products of the CPU
+  mj = dmin * static_cast<float>(min);
+}
+
+// Q4_K / Q5_K pieces: k = p % 8 = 2c + s takes qs[16k .. 16k+16) = qs[32c + 16s + l] (l < 16),
+// whose low nibbles are elements 64c + 16s + l (sub-block 2c: quads 0..3, one per word) and whose
+// high nibbles are elements 64c + 32 + 16s + l (sub-block 2c + 1: quads 4..7).
+__device__ __forceinline__ int KQuadElem(int p, int quad) {
+  const int k = p % 8;
+  return (p / 8) * 256 + (k >> 1) * 64 + (k & 1) * 16 + (quad >> 2) * 32 + (quad & 3) * 4;
+}
+
+// Q4_K: d f16 @0, dmin f16 @2, scales[12] @4, qs[128] @16; x = d * sc[j] * q - dmin * mn[j].
+template <>
+struct Piece<QuantKind::kQ4_K> {
+  static constexpr int kBlockElems = 256, kBlockBytes = 144, kPieceElems = 32, kQuads = 8;
+  struct Raw {
+    uint4 qs;
+    float d0, m0, d1, m1;  // sub-blocks 2c and 2c + 1
+  };
+  __device__ static Raw Load(const uint8_t* row, int p, bool aligned16) {
+    const uint8_t* b = row + (p / 8) * kBlockBytes;
+    const int k = p % 8;
+    const uint4 h = Load16(b, aligned16);
+    Raw r;
+    r.qs = Load16(b + 16 + 16 * k, aligned16);
+    const float d = HalfBits(h.x), dmin = HalfBits(h.x >> 16);
+    KScaleMin(h, k & ~1, d, dmin, r.d0, r.m0);
+    KScaleMin(h, k | 1, d, dmin, r.d1, r.m1);
+    return r;
+  }
+  __device__ static int QuadElem(int p, int quad) { return KQuadElem(p, quad); }
+  template <bool kExact>
+  __device__ static void Quad(const Raw& r, int quad, float (&v)[4]) {
+    const int hi = quad >> 2;
+    const uint32_t q = (Word(r.qs, quad & 3) >> (4 * hi)) & 0x0f0f0f0fu;
+    const float dj = hi ? r.d1 : r.d0, mj = hi ? r.m1 : r.m0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = MulSub<kExact>(dj, ByteToFloat<0>(q, i), mj);
+  }
+};
+
+// Q5_K: d f16 @0, dmin f16 @2, scales[12] @4, qh[32] @16, qs[128] @48; as Q4_K with bit j of
+// qh[l] as the fifth bit of element 32j + l. Piece k = 2c + s reads qh[16s .. 16s+16).
+template <>
+struct Piece<QuantKind::kQ5_K> {
+  static constexpr int kBlockElems = 256, kBlockBytes = 176, kPieceElems = 32, kQuads = 8;
+  struct Raw {
+    uint4 qs, qh;
+    float d0, m0, d1, m1;
+    int j0;  // 2c: the qh bit of the low-nibble sub-block
+  };
+  __device__ static Raw Load(const uint8_t* row, int p, bool aligned16) {
+    const uint8_t* b = row + (p / 8) * kBlockBytes;
+    const int k = p % 8;
+    const uint4 h = Load16(b, aligned16);
+    Raw r;
+    r.qh = Load16(b + 16 + 16 * (k & 1), aligned16);
+    r.qs = Load16(b + 48 + 16 * k, aligned16);
+    const float d = HalfBits(h.x), dmin = HalfBits(h.x >> 16);
+    r.j0 = k & ~1;
+    KScaleMin(h, k & ~1, d, dmin, r.d0, r.m0);
+    KScaleMin(h, k | 1, d, dmin, r.d1, r.m1);
+    return r;
+  }
+  __device__ static int QuadElem(int p, int quad) { return KQuadElem(p, quad); }
+  template <bool kExact>
+  __device__ static void Quad(const Raw& r, int quad, float (&v)[4]) {
+    const int hi = quad >> 2;
+    const int j = r.j0 + hi;  // the sub-block, and its bit in each qh byte
+    const uint32_t q = ((Word(r.qs, quad & 3) >> (4 * hi)) & 0x0f0f0f0fu) |
+                       (((Word(r.qh, quad & 3) >> j) & 0x01010101u) << 4);
+    const float dj = hi ? r.d1 : r.d0, mj = hi ? r.m1 : r.m0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = MulSub<kExact>(dj, ByteToFloat<0>(q, i), mj);
+  }
+};
+
+// Q6_K: ql[128] @0, qh[64] @128, scales int8[16] @192, d f16 @208. Half t (0, 1) of the block
+// has L = ql + 64t, H = qh + 32t; for l < 32, element 128t + 32m + l (m < 4) is
+// ((L[l + 32 (m & 1)] >> 4 (m >> 1)) & 15 | ((H[l] >> 2m) & 3) << 4) - 32, times
+// d * scales[(128t + 32m + l) / 16]. Piece k = p % 8 = 4t + g takes l = 8g .. 8g+7: the words
+// A = L[8g .. 8g+8), B = L[32+8g .. 32+8g+8), H[8g .. 8g+8); quad q = 2m + u covers
+// l = 8g + 4u .. 8g + 4u + 3 of group m, whose scale is scales[8t + 2m + g / 2].
+template <>
+struct Piece<QuantKind::kQ6_K> {
+  static constexpr int kBlockElems = 256, kBlockBytes = 210, kPieceElems = 32, kQuads = 8;
+  struct Raw {
+    uint32_t a[2], b[2], h[2];
+    float s[4];  // d * scale of group m
+  };
+  __device__ static Raw Load(const uint8_t* row, int p, bool /*aligned16*/) {
+    const uint8_t* blk = row + (p / 8) * kBlockBytes;
+    const int k = p % 8, t = k >> 2, g = k & 3;
+    Raw r;
+    LoadWords<2>(blk + 64 * t + 8 * g, r.a);
+    LoadWords<2>(blk + 64 * t + 32 + 8 * g, r.b);
+    LoadWords<2>(blk + 128 + 32 * t + 8 * g, r.h);
+    uint32_t sc[2];  // scales[8t .. 8t+8)
+    LoadWords<2>(blk + 192 + 8 * t, sc);
+    const float d = HalfBits(LoadU16(blk + 208));
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      const int byte = 2 * (m & 1) + (g >> 1);  // scales[8t + 2m + g/2] in word m / 2
+      const auto scale = static_cast<int8_t>((sc[m >> 1] >> (8 * byte)) & 0xffu);
+      r.s[m] = d * static_cast<float>(scale);
+    }
+    return r;
+  }
+  __device__ static int QuadElem(int p, int quad) {
+    const int k = p % 8;
+    return (p / 8) * 256 + (k >> 2) * 128 + (quad >> 1) * 32 + (k & 3) * 8 + (quad & 1) * 4;
+  }
+  template <bool kExact>
+  __device__ static void Quad(const Raw& r, int quad, float (&v)[4]) {
+    const int m = quad >> 1, u = quad & 1;
+    const uint32_t low = (m & 1) ? r.b[u] : r.a[u];
+    const uint32_t q = ((low >> (4 * (m >> 1))) & 0x0f0f0f0fu) |
+                       (((r.h[u] >> (2 * m)) & 0x03030303u) << 4);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = Mul<kExact>(r.s[m], ByteToFloat<32>(q, i));
+  }
+};
+
+// ---- Kernels.
+
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float4 LoadX4(const float* p, bool aligned) {
+  if (aligned) return __ldg(reinterpret_cast<const float4*>(p));
+  return make_float4(__ldg(p), __ldg(p + 1), __ldg(p + 2), __ldg(p + 3));
+}
+
+struct GemvArgs {
+  const uint8_t* w;
+  int64_t rows;
+  int64_t row_bytes;
+  int pieces;  // per row
+  const float* x;
+  int64_t cols;
+  float* y;
+  bool w_aligned;  // w 16-byte aligned (then so is every row of a K type)
+  bool x_aligned;  // x 16-byte aligned (then so is every quad)
+};
+
+// y[j, row0 + r] for r < kRows, j < N; blockDim.x a multiple of 32, at most kMaxThreads.
+template <QuantKind K, int N>
+__global__ void __launch_bounds__(kMaxThreads) QuantGemvKernel(const GemvArgs a) {
+  using P = Piece<K>;
+  __shared__ float partial[kRows * N][kMaxThreads];
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  // Rows past the end repeat the last one; their sums are not stored.
+  const uint8_t* wr[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t row = row0 + r < a.rows ? row0 + r : a.rows - 1;
+    wr[r] = a.w + row * a.row_bytes;
+  }
+
+  float acc[kRows][N];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) acc[r][j] = 0.0f;
+  }
+
+  for (int p = threadIdx.x; p < a.pieces; p += blockDim.x) {
+    typename P::Raw raw[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) raw[r] = P::Load(wr[r], p, a.w_aligned);
+#pragma unroll
+    for (int quad = 0; quad < P::kQuads; ++quad) {
+      const float* xq = a.x + P::QuadElem(p, quad);
+      float4 xv[N];
+#pragma unroll
+      for (int j = 0; j < N; ++j) xv[j] = LoadX4(xq + j * a.cols, a.x_aligned);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        float v[4];
+        P::template Quad<false>(raw[r], quad, v);
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+          float s = acc[r][j];
+          s = fmaf(v[0], xv[j].x, s);
+          s = fmaf(v[1], xv[j].y, s);
+          s = fmaf(v[2], xv[j].z, s);
+          s = fmaf(v[3], xv[j].w, s);
+          acc[r][j] = s;
+        }
+      }
+    }
+  }
+
+  // Sum each of the kRows x N accumulators over the block: one warp per output.
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) partial[r * N + j][threadIdx.x] = acc[r][j];
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
+  for (int o = warp; o < kRows * N; o += warps) {
+    float s = 0.0f;
+    for (int t = lane; t < static_cast<int>(blockDim.x); t += 32) s += partial[o][t];
+    s = WarpSum(s);
+    const int64_t row = row0 + o / N;
+    if (lane == 0 && row < a.rows) a.y[(o % N) * a.rows + row] = s;
+  }
+}
+
+struct DequantArgs {
+  const uint8_t* w;
+  int64_t rows;
+  int64_t row_bytes;
+  int pieces;
+  int64_t cols;
+  uint16_t* out;
+  bool w_aligned;
+  bool out_aligned;  // out 8-byte aligned (then so is every quad)
+};
+
+template <bool kBf16>
+__device__ __forceinline__ uint32_t To16(float v) {
+  return kBf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))
+               : __half_as_ushort(__float2half_rn(v));
+}
+
+// Piece blockIdx.x * blockDim.x + threadIdx.x of rows blockIdx.y, + gridDim.y, ...
+template <QuantKind K, bool kBf16>
+__global__ void __launch_bounds__(kMaxThreads) DequantizeKernel(const DequantArgs a) {
+  using P = Piece<K>;
+  const int p = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (p >= a.pieces) return;
+  for (int64_t r = blockIdx.y; r < a.rows; r += gridDim.y) {
+    const typename P::Raw raw = P::Load(a.w + r * a.row_bytes, p, a.w_aligned);
+    uint16_t* out_row = a.out + r * a.cols;
+#pragma unroll
+    for (int quad = 0; quad < P::kQuads; ++quad) {
+      float v[4];
+      P::template Quad<true>(raw, quad, v);
+      uint32_t h[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) h[i] = To16<kBf16>(v[i]);
+      uint16_t* o = out_row + P::QuadElem(p, quad);
+      if (a.out_aligned) {
+        *reinterpret_cast<uint2*>(o) = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) o[i] = static_cast<uint16_t>(h[i]);
+      }
+    }
+  }
+}
+
+// ---- Host side.
+
+struct Format {
+  int block_elems;
+  int block_bytes;
+  int piece_elems;
+};
+
+template <QuantKind K>
+constexpr Format FormatFor() {
+  return {Piece<K>::kBlockElems, Piece<K>::kBlockBytes, Piece<K>::kPieceElems};
+}
+
+Format FormatOf(QuantKind kind, const char* fn) {
+  switch (kind) {
+    case QuantKind::kQ8_0: return FormatFor<QuantKind::kQ8_0>();
+    case QuantKind::kQ4_0: return FormatFor<QuantKind::kQ4_0>();
+    case QuantKind::kQ4_1: return FormatFor<QuantKind::kQ4_1>();
+    case QuantKind::kQ4_K: return FormatFor<QuantKind::kQ4_K>();
+    case QuantKind::kQ5_K: return FormatFor<QuantKind::kQ5_K>();
+    case QuantKind::kQ6_K: return FormatFor<QuantKind::kQ6_K>();
+  }
+  throw std::invalid_argument(std::string(fn) + ": unknown QuantKind " +
+                              std::to_string(static_cast<int>(kind)));
+}
+
+bool Aligned(const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; }
+
+struct Shape {
+  int64_t row_bytes;
+  int pieces;
+};
+
+// Checks the matrix arguments shared by both launchers.
+Shape CheckMatrix(const char* fn, QuantKind kind, const void* w, int64_t rows, int64_t cols) {
+  const Format f = FormatOf(kind, fn);
+  if (rows < 0 || cols < 0 || cols % f.block_elems != 0) {
+    throw std::invalid_argument(std::string(fn) + ": W [" + std::to_string(rows) + ", " +
+                                std::to_string(cols) + "]: cols must be a multiple of " +
+                                std::to_string(f.block_elems));
+  }
+  if (rows > INT32_MAX || cols > INT32_MAX) {
+    throw std::invalid_argument(std::string(fn) + ": W [" + std::to_string(rows) + ", " +
+                                std::to_string(cols) + "] is too large");
+  }
+  if (!Aligned(w, 2)) {
+    throw std::invalid_argument(std::string(fn) + ": the weights must be 2-byte aligned");
+  }
+  return {cols / f.block_elems * f.block_bytes, static_cast<int>(cols / f.piece_elems)};
+}
+
+template <QuantKind K>
+void LaunchGemvFor(int n, unsigned blocks, unsigned threads, cudaStream_t stream,
+                   const GemvArgs& a) {
+  switch (n) {
+    case 1: QuantGemvKernel<K, 1><<<blocks, threads, 0, stream>>>(a); break;
+    case 2: QuantGemvKernel<K, 2><<<blocks, threads, 0, stream>>>(a); break;
+    case 3: QuantGemvKernel<K, 3><<<blocks, threads, 0, stream>>>(a); break;
+    case 4: QuantGemvKernel<K, 4><<<blocks, threads, 0, stream>>>(a); break;
+    case 5: QuantGemvKernel<K, 5><<<blocks, threads, 0, stream>>>(a); break;
+    case 6: QuantGemvKernel<K, 6><<<blocks, threads, 0, stream>>>(a); break;
+    case 7: QuantGemvKernel<K, 7><<<blocks, threads, 0, stream>>>(a); break;
+    default: QuantGemvKernel<K, kMaxBatch><<<blocks, threads, 0, stream>>>(a); break;
+  }
+}
+
+template <QuantKind K>
+void LaunchDequantizeFor(bool bf16, dim3 grid, unsigned threads, cudaStream_t stream,
+                         const DequantArgs& a) {
+  if (bf16) {
+    DequantizeKernel<K, true><<<grid, threads, 0, stream>>>(a);
+  } else {
+    DequantizeKernel<K, false><<<grid, threads, 0, stream>>>(a);
+  }
+}
+
+// Threads for a row of `pieces` pieces: whole warps, at most kMaxThreads.
+unsigned ThreadsFor(int pieces) {
+  const int warps = std::min(kMaxThreads / 32, std::max(1, (pieces + 31) / 32));
+  return static_cast<unsigned>(warps * 32);
+}
+
+}  // namespace
+
+void LaunchQuantGemv(QuantKind kind, const void* w, int64_t rows, int64_t cols, const float* x,
+                     int64_t n, float* y, cudaStream_t stream) {
+  const Shape s = CheckMatrix("LaunchQuantGemv", kind, w, rows, cols);
+  if (n < 0) throw std::invalid_argument("LaunchQuantGemv: n < 0");
+  if (rows == 0 || n == 0) return;
+  const unsigned blocks = static_cast<unsigned>((rows + kRows - 1) / kRows);
+  const unsigned threads = ThreadsFor(s.pieces);
+  GemvArgs a{static_cast<const uint8_t*>(w), rows, s.row_bytes, s.pieces, x, cols, y,
+             Aligned(w, 16), Aligned(x, 16)};
+  // Each chunk of up to kMaxBatch activation rows is one launch (x rows stay 16-byte aligned:
+  // cols is a multiple of 32).
+  for (int64_t j0 = 0; j0 < n; j0 += kMaxBatch) {
+    const int nb = static_cast<int>(std::min<int64_t>(kMaxBatch, n - j0));
+    a.x = x + j0 * cols;
+    a.y = y + j0 * rows;
+    using Q = QuantKind;
+    switch (kind) {
+      case Q::kQ8_0: LaunchGemvFor<Q::kQ8_0>(nb, blocks, threads, stream, a); break;
+      case Q::kQ4_0: LaunchGemvFor<Q::kQ4_0>(nb, blocks, threads, stream, a); break;
+      case Q::kQ4_1: LaunchGemvFor<Q::kQ4_1>(nb, blocks, threads, stream, a); break;
+      case Q::kQ4_K: LaunchGemvFor<Q::kQ4_K>(nb, blocks, threads, stream, a); break;
+      case Q::kQ5_K: LaunchGemvFor<Q::kQ5_K>(nb, blocks, threads, stream, a); break;
+      case Q::kQ6_K: LaunchGemvFor<Q::kQ6_K>(nb, blocks, threads, stream, a); break;
+    }
+    SHARDLM_QUANT_LAUNCH_CHECK("QuantGemvKernel<<<>>>");
+  }
+}
+
+void LaunchDequantize(QuantKind kind, const void* w, int64_t rows, int64_t cols, void* out,
+                      HalfKind out_kind, cudaStream_t stream) {
+  const Shape s = CheckMatrix("LaunchDequantize", kind, w, rows, cols);
+  if (out_kind != HalfKind::kF16 && out_kind != HalfKind::kBF16) {
+    throw std::invalid_argument("LaunchDequantize: out_kind must be kF16 or kBF16");
+  }
+  if (!Aligned(out, 2)) {
+    throw std::invalid_argument("LaunchDequantize: out must be 2-byte aligned");
+  }
+  if (rows == 0 || cols == 0) return;
+  const unsigned threads = ThreadsFor(s.pieces);
+  const dim3 grid(static_cast<unsigned>((s.pieces + threads - 1) / threads),
+                  static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  const DequantArgs a{static_cast<const uint8_t*>(w), rows, s.row_bytes, s.pieces, cols,
+                      static_cast<uint16_t*>(out), Aligned(w, 16), Aligned(out, 8)};
+  const bool bf16 = out_kind == HalfKind::kBF16;
+  using Q = QuantKind;
+  switch (kind) {
+    case Q::kQ8_0: LaunchDequantizeFor<Q::kQ8_0>(bf16, grid, threads, stream, a); break;
+    case Q::kQ4_0: LaunchDequantizeFor<Q::kQ4_0>(bf16, grid, threads, stream, a); break;
+    case Q::kQ4_1: LaunchDequantizeFor<Q::kQ4_1>(bf16, grid, threads, stream, a); break;
+    case Q::kQ4_K: LaunchDequantizeFor<Q::kQ4_K>(bf16, grid, threads, stream, a); break;
+    case Q::kQ5_K: LaunchDequantizeFor<Q::kQ5_K>(bf16, grid, threads, stream, a); break;
+    case Q::kQ6_K: LaunchDequantizeFor<Q::kQ6_K>(bf16, grid, threads, stream, a); break;
+  }
+  SHARDLM_QUANT_LAUNCH_CHECK("DequantizeKernel<<<>>>");
+}
+
+// Decode GEMV against dequantize + cuBLAS: the dequantizing path moves about (block bytes per
+// element + 4) bytes per weight (read the blocks, write and re-read 16 bits) whatever n is, the
+// GEMV its block bytes once per chunk of 8 rows but spends about n + 3 f32 operations per weight
+// and launch; up to n = 8 (one chunk, f32 FMA throughput still at or above HBM rate on A100 /
+// H100) it should win for every type. Past 8 each chunk re-reads the weights: left to cuBLAS.
+int64_t QuantGemvMaxBatch(QuantKind kind) {
+  FormatOf(kind, "QuantGemvMaxBatch");
+  return kMaxBatch;
+}
+
+}  // namespace shardlm::cuda
