@@ -1,6 +1,7 @@
 // The host-span conveniences of Backend: check on the host, upload, call the index-tensor op.
 #include <stdexcept>
 #include <string>
+#include <string>
 
 #include "kernels/backend.h"
 
@@ -54,6 +55,25 @@ void Backend::PagedAttention(const Tensor& q, const Tensor& k_cache, const Tenso
     }
   }
   PagedAttention(q, k_cache, v_cache, UploadLayout(layout), params, out);
+}
+
+void Backend::Sample(const Tensor& logits, std::span<const SampleRowParams> rows,
+                     std::span<int32_t> out) {
+  const int64_t n = static_cast<int64_t>(rows.size());
+  if (logits.rank() != 2 || logits.dim(0) != n || out.size() != rows.size()) {
+    throw std::invalid_argument("Sample: expects logits [n, vocab] with n == rows.size() == "
+                                "out.size(), got logits " + logits.ShapeString() + ", " +
+                                std::to_string(n) + " rows, " + std::to_string(out.size()) +
+                                " outputs");
+  }
+  if (n == 0) return;
+  const Tensor host = logits.device() == Device::kCpu && logits.dtype() == DType::kF32
+                          ? logits
+                          : ToHost(logits);
+  const size_t vocab = static_cast<size_t>(logits.dim(1));
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = SampleRow({host.data<float>() + i * vocab, vocab}, rows[i]);
+  }
 }
 
 PagedKvIndices Backend::UploadLayout(const PagedKvLayout& layout) {

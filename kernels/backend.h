@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kernels/sampling.h"
 #include "kernels/tensor.h"
 
 namespace shardlm {
@@ -128,6 +129,12 @@ class Backend {
   // is not empty it receives logits[i, out[i]] (for a distributed argmax across vocab shards).
   virtual void Argmax(const Tensor& logits, std::span<int32_t> out,
                       std::span<float> values = {}) = 0;
+
+  // out[i] = SampleRow(row i of logits [n, vocab], rows[i]) (kernels/sampling.h): the rows hold
+  // the whole vocabulary. The default reads the logits back and samples on the host; the CUDA
+  // backend samples on the device and reads back the ids alone.
+  virtual void Sample(const Tensor& logits, std::span<const SampleRowParams> rows,
+                      std::span<int32_t> out);
 
   // The dtype KV caches have on this backend (CPU: f32; CUDA: bf16). WriteKv and the attention
   // ops take caches of f32 on every backend, and of this dtype.

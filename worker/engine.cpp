@@ -125,12 +125,30 @@ absl::StatusOr<worker::v1::StepResult> WorkerEngine::Sample(const worker::v1::St
   result.set_step_id(plan.step_id());
   // Which sampled rows need the whole vocabulary row (sampling, penalties, logprobs), and which
   // the distributed argmax alone answers.
+  // With one TP rank, plain sampled rows (no penalties, no logprobs) are drawn by the backend
+  // (on the GPU with CUDA): only the ids come back. The rest need the whole row on the host.
+  const bool backend_sampling = model_.parallel().tp->size() == 1;
   std::vector<const worker::v1::SeqStep*> sampled;
-  std::vector<int32_t> full_rows;
+  std::vector<int32_t> full_rows, backend_rows;
+  std::vector<SampleRowParams> backend_params;
   for (const worker::v1::SeqStep& seq : plan.seqs()) {
     if (!seq.sample() || seq.tokens_size() == 0) continue;
     const SamplerParams p = SamplerParamsFrom(seq.sampling(), seq.logprobs(), 0);
-    if (!p.argmax_only()) full_rows.push_back(static_cast<int32_t>(sampled.size()));
+    const int32_t row = static_cast<int32_t>(sampled.size());
+    if (backend_sampling && !p.argmax_only() && !p.has_penalties() && p.logprobs == 0) {
+      const SamplerParams seeded =
+          SamplerParamsFrom(seq.sampling(), seq.logprobs(), seqs_[seq.seq_id()].seed);
+      SampleRowParams r;
+      r.temperature = seeded.temperature;
+      r.top_k = seeded.top_k;
+      r.top_p = seeded.top_p;
+      r.min_p = seeded.min_p;
+      r.uniform = UniformAt(seeded.seed, seq.start_pos() + seq.tokens_size());
+      backend_rows.push_back(row);
+      backend_params.push_back(r);
+    } else if (!p.argmax_only()) {
+      full_rows.push_back(row);
+    }
     sampled.push_back(&seq);
   }
   // Collectives over the last stage's TP ranks, the same on each of them.
@@ -138,6 +156,12 @@ absl::StatusOr<worker::v1::StepResult> WorkerEngine::Sample(const worker::v1::St
   std::vector<float> full;
   if (!full_rows.empty()) {
     SHARDLM_ASSIGN_OR_RETURN(full, model_.LastStageGather(model_.SelectRows(local_logits, full_rows)));
+  }
+  if (!backend_rows.empty()) {
+    std::vector<int32_t> ids(backend_rows.size());
+    model_.backend().Sample(model_.SelectRows(local_logits, backend_rows), backend_params, ids);
+    // Those rows' answers go where the argmax would have.
+    for (size_t i = 0; i < backend_rows.size(); ++i) argmax[backend_rows[i]] = ids[i];
   }
   if (model_.parallel().shard.rank != model_.LastStageRoot()) return result;
   const int64_t vocab = model_.config().vocab_size;

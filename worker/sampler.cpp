@@ -1,5 +1,7 @@
 #include "worker/sampler.h"
 
+#include "kernels/sampling.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -43,76 +45,19 @@ double LogSumExp(std::span<const float> logits) {
   return m + std::log(s);
 }
 
-int32_t Argmax(std::span<const float> logits) {
-  int32_t best = 0;
-  for (size_t i = 1; i < logits.size(); ++i) {
-    if (logits[i] > logits[best]) best = static_cast<int32_t>(i);
-  }
-  return best;
-}
-
 }  // namespace
 
 Sampled Sample(std::span<float> logits, const SamplerParams& p, const TokenHistory& history,
                uint64_t position) {
   ApplyPenalties(logits, p, history);
   Sampled out;
-  if (p.greedy()) {
-    out.token = Argmax(logits);
-  } else {
-    // Candidates by descending logit (ties: lower id), cut by top-k, then softmax with the
-    // temperature, cut by top-p and min-p, and one draw by inverse CDF in that order.
-    std::vector<int32_t> ids(logits.size());
-    std::iota(ids.begin(), ids.end(), 0);
-    auto by_logit = [&](int32_t a, int32_t b) {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    };
-    size_t keep = ids.size();
-    if (p.top_k > 0 && static_cast<size_t>(p.top_k) < keep) {
-      keep = static_cast<size_t>(p.top_k);
-      std::partial_sort(ids.begin(), ids.begin() + keep, ids.end(), by_logit);
-      ids.resize(keep);
-    } else {
-      std::sort(ids.begin(), ids.end(), by_logit);
-    }
-    const double inv_t = 1.0 / p.temperature;
-    const double top = logits[ids[0]] * inv_t;
-    std::vector<double> prob(keep);
-    double total = 0;
-    for (size_t i = 0; i < keep; ++i) {
-      prob[i] = std::exp(logits[ids[i]] * inv_t - top);
-      total += prob[i];
-    }
-    size_t cut = keep;
-    if (p.top_p < 1.0f) {
-      double cum = 0;
-      for (size_t i = 0; i < keep; ++i) {
-        cum += prob[i] / total;
-        if (cum >= p.top_p) {
-          cut = i + 1;
-          break;
-        }
-      }
-    }
-    if (p.min_p > 0.0f) {
-      const double floor = p.min_p * prob[0];  // prob[0] is the largest
-      size_t i = 1;
-      while (i < cut && prob[i] >= floor) ++i;
-      cut = i;
-    }
-    double kept = 0;
-    for (size_t i = 0; i < cut; ++i) kept += prob[i];
-    const double target = UniformAt(p.seed, position) * kept;
-    double cum = 0;
-    out.token = ids[cut - 1];
-    for (size_t i = 0; i < cut; ++i) {
-      cum += prob[i];
-      if (target < cum) {
-        out.token = ids[i];
-        break;
-      }
-    }
-  }
+  SampleRowParams row;
+  row.temperature = p.greedy() ? 0.0f : p.temperature;
+  row.top_k = p.top_k;
+  row.top_p = p.top_p;
+  row.min_p = p.min_p;
+  row.uniform = p.greedy() ? 0.0 : UniformAt(p.seed, position);
+  out.token = SampleRow(logits, row);
   const double lse = LogSumExp(logits);
   out.logprob = static_cast<float>(logits[out.token] - lse);
   if (p.logprobs > 0) {

@@ -16,6 +16,7 @@
 #include "kernels/cpu/quant/quant.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_quant.h"
+#include "kernels/cuda/cuda_sampling.h"
 #include "kernels/dtype.h"
 
 // Every CUDA runtime / cuBLAS call goes through these: a failure throws std::runtime_error
@@ -438,6 +439,39 @@ class CudaBackend final : public Backend {
     if (!values.empty()) {
       std::memcpy(values.data(), host.data() + rows, values.size() * sizeof(float));
     }
+  }
+
+  void Sample(const Tensor& logits, std::span<const SampleRowParams> rows,
+              std::span<int32_t> out) override {
+    Activate();
+    RequireDeviceF32("Sample", {{"logits", &logits}});
+    const int64_t n = static_cast<int64_t>(rows.size());
+    Require(logits.rank() == 2 && logits.dim(0) == n && out.size() == rows.size() &&
+                logits.dim(1) <= cuda::kSampleMaxVocab,
+            "Sample", "expects logits [n, vocab <= 2^20] with n == rows.size() == out.size()",
+            {{"logits", &logits}});
+    if (n == 0) return;
+    static_assert(sizeof(cuda::SampleRowParams) == sizeof(SampleRowParams) &&
+                  alignof(cuda::SampleRowParams) == alignof(SampleRowParams));
+    std::vector<cuda::SampleRowParams> params(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      params[i] = {rows[i].temperature, rows[i].top_k, rows[i].top_p, rows[i].min_p,
+                   rows[i].uniform};
+    }
+    const size_t param_bytes = params.size() * sizeof(cuda::SampleRowParams);
+    // Parameters, then the ids, in one buffer (8-byte aligned from cudaMalloc).
+    auto* dev = static_cast<char*>(result_scratch_.Get(param_bytes + out.size() * sizeof(int32_t)));
+    auto* dev_params = reinterpret_cast<cuda::SampleRowParams*>(dev);
+    auto* dev_out = reinterpret_cast<int32_t*>(dev + param_bytes);
+    CopyToDevice(dev_params, params.data(), param_bytes);
+    const int64_t vocab = logits.dim(1);
+    Tensor workspace = AllocateUninitialized(
+        {static_cast<int64_t>(cuda::SampleWorkspaceBytes(n, vocab)) + 1}, DType::kI32);
+    cuda::LaunchSample(logits.data<float>(), n, vocab, dev_params, dev_out, workspace.raw(),
+                       static_cast<size_t>(workspace.nbytes()), stream_);
+    SHARDLM_CUDA_CHECK(cudaMemcpyAsync(out.data(), dev_out, out.size() * sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, stream_));
+    SHARDLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
   DType kv_cache_dtype() const override { return kv_dtype_; }

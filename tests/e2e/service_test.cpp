@@ -172,7 +172,7 @@ class ServiceTest : public ::testing::Test {
 
   static void StartWorkers() {
     workers_ = std::make_unique<Child>(
-        std::vector<std::string>{"/usr/bin/mpirun", "--oversubscribe", "--bind-to", "none", "-np",
+        std::vector<std::string>{SHARDLM_MPIEXEC, "--oversubscribe", "--bind-to", "none", "-np",
                                  "2", kBin + "shardlm-worker", "--coordinator", addr_},
         kWork + "/workers.log", false);
   }
