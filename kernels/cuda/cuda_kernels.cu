@@ -330,6 +330,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   float acc[kN];
 #pragma unroll
   for (int r = 0; r < kN; ++r) acc[r] = 0.0f;
+  // Unrolled so that each lane keeps several 16-byte loads in flight.
+#pragma unroll 4
   for (int64_t c = lane; c < chunks; c += 32) {
     const uint4 raw = __ldg(row + c);  // read once: the weights do not stay in cache
     float wf[8];

@@ -206,6 +206,63 @@ TEST(RmsNormTest, InPlaceAndEpsilonMatter) {
   EXPECT_TRUE(AllClose(x, want, 1e-7));
 }
 
+// AddRmsNorm (the residual add fused with the next norm): x += delta, then y = RmsNorm(x). x
+// must hold the f32 sum exactly (one rounding of the exact sum), y the norm of the new x within
+// 1e-6 of an f64 reference, with y a separate tensor and with y aliasing delta (as the model
+// calls it: the branch output is overwritten by the next layer's normed input).
+TEST(AddRmsNormTest, MatchesReferenceAndYMayAliasDelta) {
+  auto backend = CreateCpuBackend(2);
+  const int64_t shapes[][2] = {{1, 8}, {1, 4096}, {3, 72}, {17, 1000}, {64, 512}};
+  for (const auto& [n, d] : shapes) {
+    for (bool alias : {false, true}) {
+      SCOPED_TRACE(testing::Message() << n << "x" << d << (alias ? " y aliases delta" : ""));
+      Tensor x = RandomTensor({n, d}, 71);
+      Tensor delta = RandomTensor({n, d}, 72);
+      Tensor w = RandomTensor({d}, 73);
+      const std::vector<float> x0 = ToVector(x), d0 = ToVector(delta);
+      std::vector<double> sum(x0.size());
+      std::vector<float> sum_f(x0.size());
+      for (size_t i = 0; i < x0.size(); ++i) {
+        sum[i] = static_cast<double>(x0[i]) + d0[i];
+        sum_f[i] = x0[i] + d0[i];
+      }
+      const std::vector<double> want_y = ReferenceRmsNorm(sum_f, ToVector(w), d, 1e-5);
+      if (alias) {
+        backend->AddRmsNorm(x, delta, w, 1e-5f, delta);
+        EXPECT_TRUE(AllClose(delta, want_y, 1e-6));
+      } else {
+        Tensor y = backend->Allocate({n, d});
+        backend->AddRmsNorm(x, delta, w, 1e-5f, y);
+        EXPECT_TRUE(AllClose(y, want_y, 1e-6));
+        EXPECT_EQ(ToVector(delta), d0) << "delta must not change when y is another tensor";
+      }
+      EXPECT_TRUE(AllClose(x, sum, 0.0, 1e-7)) << "x += delta";
+    }
+  }
+}
+
+TEST(AddRmsNormTest, EpsilonMattersAndShapesAreChecked) {
+  auto backend = CreateCpuBackend(1);
+  // Tiny inputs so that eps dominates the mean square.
+  Tensor x = FromVector({2, 4}, {1e-3f, -2e-3f, 3e-3f, 0.0f, 0.25f, 0.5f, -1.0f, 1.0f});
+  Tensor delta = FromVector({2, 4}, {0.0f, 1e-3f, -1e-3f, 2e-3f, 0.25f, 0.5f, -0.5f, 1.0f});
+  Tensor w = FromVector({4}, {1.0f, 2.0f, 0.5f, -1.0f});
+  std::vector<float> sum(8);
+  for (int i = 0; i < 8; ++i) sum[i] = x.data<float>()[i] + delta.data<float>()[i];
+  const std::vector<double> want = ReferenceRmsNorm(sum, ToVector(w), 4, 1e-2);
+  Tensor y = backend->Allocate({2, 4});
+  backend->AddRmsNorm(x, delta, w, 1e-2f, y);
+  EXPECT_TRUE(AllClose(y, want, 1e-7));
+  EXPECT_EQ(ToVector(x), sum);
+
+  Tensor short_delta = RandomTensor({1, 4}, 1);
+  EXPECT_THROW(backend->AddRmsNorm(x, short_delta, w, 1e-5f, y), std::invalid_argument);
+  Tensor w3 = RandomTensor({3}, 2);
+  EXPECT_THROW(backend->AddRmsNorm(x, delta, w3, 1e-5f, y), std::invalid_argument);
+  Tensor bad_y = backend->Allocate({2, 3});
+  EXPECT_THROW(backend->AddRmsNorm(x, delta, w, 1e-5f, bad_y), std::invalid_argument);
+}
+
 TEST(EmbeddingTest, GathersRows) {
   auto backend = CreateCpuBackend();
   Tensor table = RandomTensor({50, 12}, 31);

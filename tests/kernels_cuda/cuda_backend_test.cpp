@@ -1,7 +1,10 @@
 // The CUDA backend, op by op, against the CPU backend on random inputs. Tolerances: f32 ops
 // agree to 1e-5 relative to the largest magnitude of the reference output (the summation
-// orders differ); Linear with bf16 / f16 weights to 2e-2 (the CUDA path also rounds the
-// activations to 16 bits). Every test skips without a CUDA device.
+// orders differ); Linear with bf16 / f16 weights to 2e-2, on the GEMV path (n <= 4) and the
+// cuBLAS one (the latter also rounds the activations to 16 bits); attention over bf16 / f16 KV
+// caches to 2e-2 against the CPU over f32 caches, and to 1e-4 against the CPU over f32 caches
+// holding the same 16-bit-rounded values (only the rounding in WriteKv differs then). Every
+// test skips without a CUDA device.
 #include "kernels/cuda/cuda_backend.h"
 
 #include <gtest/gtest.h>
@@ -10,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -24,6 +28,8 @@ namespace {
 
 constexpr float kF32Tol = 1e-5f;
 constexpr float kHalfTol = 2e-2f;
+// CUDA over 16-bit caches vs the CPU over f32 caches holding the same rounded values.
+constexpr float kRoundedCacheTol = 1e-4f;
 
 Tensor Random(std::vector<int64_t> shape, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
   Tensor t = Tensor::Empty(std::move(shape), DType::kF32);
@@ -38,6 +44,18 @@ Tensor ToHalf(const Tensor& t, DType dtype) {
   for (int64_t i = 0; i < t.numel(); ++i) {
     const float v = t.data<float>()[i];
     out.data<uint16_t>()[i] = dtype == DType::kBF16 ? F32ToBf16(v) : F32ToF16(v);
+  }
+  return out;
+}
+
+// A host f32 tensor holding the values of `t` rounded to `dtype` (f32: a copy).
+Tensor RoundedTo(const Tensor& t, DType dtype) {
+  Tensor out = Tensor::Empty(t.shape(), DType::kF32);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const float v = t.data<float>()[i];
+    out.data<float>()[i] = dtype == DType::kBF16   ? Bf16ToF32(F32ToBf16(v))
+                           : dtype == DType::kF16 ? F16ToF32(F32ToF16(v))
+                                                  : v;
   }
   return out;
 }
@@ -90,9 +108,19 @@ TEST_F(CudaBackendTest, AllocateIsZeroAndRoundTrips) {
   EXPECT_THROW(CreateCudaBackend(1 << 20), std::runtime_error);
 }
 
-TEST_F(CudaBackendTest, PrepareWeightRejectsQuantized) {
+// Quantized matrices stay as their blocks on the device (the dequantizing GEMV reads them; see
+// cuda_quant_test); a quantized tensor that is not a matrix is refused.
+TEST_F(CudaBackendTest, PrepareWeightKeepsQuantizedMatrices) {
   Tensor q = Tensor::Empty({2, 32}, DType::kQ8_0);
-  EXPECT_THROW(cuda_->PrepareWeight(q), std::invalid_argument);
+  Tensor qd = cuda_->PrepareWeight(q);
+  EXPECT_EQ(qd.dtype(), DType::kQ8_0);
+  EXPECT_EQ(qd.device(), Device::kCuda);
+  EXPECT_EQ(qd.shape(), q.shape());
+  Tensor v = Tensor::Empty({32}, DType::kQ8_0);
+  EXPECT_THROW(cuda_->PrepareWeight(v), std::invalid_argument);
+  // 16-bit matrices stay 16-bit; 16-bit vectors (norms, biases) become f32.
+  EXPECT_EQ(cuda_->PrepareWeight(Tensor::Empty({4, 8}, DType::kBF16)).dtype(), DType::kBF16);
+  EXPECT_EQ(cuda_->PrepareWeight(Tensor::Empty({8}, DType::kF16)).dtype(), DType::kF32);
 }
 
 TEST_F(CudaBackendTest, LinearF32) {
@@ -228,7 +256,7 @@ TEST_F(CudaBackendTest, WriteKvAndAttention) {
   }
 }
 
-// More keys than 48 KiB of shared memory holds: the kernel opts in to the larger limit.
+// Many keys per query (the online-softmax kernel keeps no per-key state in shared memory).
 TEST_F(CudaBackendTest, AttentionLongContext) {
   const int64_t max_seq = 16000;
   AttentionParams p{2, 1, 64, 0.125f, 0};
@@ -264,6 +292,222 @@ TEST_F(CudaBackendTest, PagedAttention) {
     ExpectClose(cuda_->ToHost(od), want, kF32Tol,
                 "PagedAttention window=" + std::to_string(c.window));
   }
+}
+
+
+TEST_F(CudaBackendTest, AddRmsNormMatchesCpu) {
+  const int64_t shapes[][2] = {{1, 256}, {7, 1000}, {33, 4096}};
+  for (const auto& [n, d] : shapes) {
+    const std::string what = std::to_string(n) + "x" + std::to_string(d);
+    Tensor x = Random({n, d}, rng_), delta = Random({n, d}, rng_), w = Random({d}, rng_);
+    Tensor xd = cuda_->ToDevice(x), wd = cuda_->PrepareWeight(w);
+    // y aliasing delta, as the model calls it.
+    Tensor dd = cuda_->ToDevice(delta);
+    Tensor want = cpu_->Allocate({n, d});
+    cpu_->AddRmsNorm(x, delta, w, 1e-5f, want);
+    cuda_->AddRmsNorm(xd, dd, wd, 1e-5f, dd);
+    ExpectClose(cuda_->ToHost(xd), x, kF32Tol, "AddRmsNorm x += delta " + what);
+    ExpectClose(cuda_->ToHost(dd), want, kF32Tol, "AddRmsNorm y (aliasing delta) " + what);
+    // A separate y; delta stays as it was.
+    Tensor dd2 = cuda_->ToDevice(delta);
+    Tensor yd = cuda_->Allocate({n, d});
+    cpu_->AddRmsNorm(x, delta, w, 1e-5f, want);
+    cuda_->AddRmsNorm(xd, dd2, wd, 1e-5f, yd);
+    ExpectClose(cuda_->ToHost(xd), x, kF32Tol, "AddRmsNorm x += delta again " + what);
+    ExpectClose(cuda_->ToHost(yd), want, kF32Tol, "AddRmsNorm y " + what);
+    ExpectClose(cuda_->ToHost(dd2), delta, 0.0f, "AddRmsNorm leaves delta " + what);
+  }
+  Tensor xd = cuda_->Allocate({2, 8}), wd = cuda_->Allocate({8}), yd = cuda_->Allocate({2, 8});
+  Tensor short_delta = cuda_->Allocate({1, 8}), w4 = cuda_->Allocate({4});
+  Tensor host_delta = Tensor::Empty({2, 8}, DType::kF32);
+  EXPECT_THROW(cuda_->AddRmsNorm(xd, short_delta, wd, 1e-5f, yd), std::invalid_argument);
+  EXPECT_THROW(cuda_->AddRmsNorm(xd, yd, w4, 1e-5f, yd), std::invalid_argument);
+  EXPECT_THROW(cuda_->AddRmsNorm(xd, host_delta, wd, 1e-5f, yd), std::invalid_argument);
+}
+
+TEST_F(CudaBackendTest, KvCacheDtypes) {
+  EXPECT_EQ(cuda_->kv_cache_dtype(), DType::kBF16);  // the default
+  EXPECT_EQ(CreateCudaBackend(0, DType::kF16)->kv_cache_dtype(), DType::kF16);
+  EXPECT_EQ(CreateCudaBackend(0, DType::kF32)->kv_cache_dtype(), DType::kF32);
+  EXPECT_THROW(CreateCudaBackend(0, DType::kQ8_0), std::invalid_argument);
+  EXPECT_EQ(cpu_->kv_cache_dtype(), DType::kF32);
+}
+
+// The 16-bit GEMV (n = 1..4, in % 8 == 0) and cuBLAS (n = 5, 64, or in % 8 != 0) against the CPU,
+// with and without bias.
+TEST_F(CudaBackendTest, LinearHalfGemvAndGemm) {
+  struct Shape {
+    int64_t n, in, out;
+  };
+  const Shape shapes[] = {{1, 256, 300}, {2, 256, 300}, {3, 256, 300}, {4, 256, 300},
+                          {5, 256, 300}, {64, 256, 300}, {1, 512, 1000}, {4, 1024, 37},
+                          {2, 100, 50} /* in % 8 != 0: cuBLAS */};
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    for (const Shape& sh : shapes) {
+      const std::string what = std::string("Linear ") + DTypeName(dt) + " n=" +
+                               std::to_string(sh.n) + " in=" + std::to_string(sh.in) +
+                               " out=" + std::to_string(sh.out);
+      Tensor x = Random({sh.n, sh.in}, rng_);
+      Tensor w = ToHalf(Random({sh.out, sh.in}, rng_), dt);
+      Tensor b = Random({sh.out}, rng_);
+      Tensor wc = cpu_->PrepareWeight(w), bc = cpu_->PrepareWeight(b);
+      Tensor want = cpu_->Allocate({sh.n, sh.out});
+      Tensor wd = cuda_->PrepareWeight(w), bd = cuda_->PrepareWeight(b);
+      ASSERT_EQ(wd.dtype(), dt);
+      Tensor xd = cuda_->ToDevice(x);
+      Tensor yd = cuda_->Allocate({sh.n, sh.out});
+      cpu_->Linear(x, wc, &bc, want);
+      cuda_->Linear(xd, wd, &bd, yd);
+      ExpectClose(cuda_->ToHost(yd), want, kHalfTol, what + " bias");
+      cpu_->Linear(x, wc, nullptr, want);
+      cuda_->Linear(xd, wd, nullptr, yd);
+      ExpectClose(cuda_->ToHost(yd), want, kHalfTol, what);
+    }
+  }
+}
+
+// A paged layout for the tests below: sequences of the given lengths over blocks of `bs` taken
+// from a shuffled list, their K/V rows, and query tokens at `queries` (sequence, position).
+struct PagedCase {
+  int bs = 4;
+  int64_t blocks = 0;
+  std::vector<int32_t> tables, begin;
+  std::vector<int32_t> kv_rows;  // cache row of every key of every sequence, in order
+  std::vector<int32_t> positions, seq;
+
+  PagedCase(int block_size, int64_t cache_blocks, const std::vector<int32_t>& lengths,
+            const std::vector<std::pair<int32_t, int32_t>>& queries, int stride)
+      : bs(block_size), blocks(cache_blocks) {
+    // Block b of the shuffled order is (b * stride) % cache_blocks (stride coprime with it).
+    int32_t next = 0;
+    begin.push_back(0);
+    for (int32_t len : lengths) {
+      const int32_t nb = (len + bs - 1) / bs;
+      for (int32_t b = 0; b < nb; ++b) {
+        tables.push_back(static_cast<int32_t>((int64_t{next++} * stride) % cache_blocks));
+      }
+      begin.push_back(static_cast<int32_t>(tables.size()));
+      for (int32_t j = 0; j < len; ++j) {
+        kv_rows.push_back(tables[begin[begin.size() - 2] + j / bs] * bs + j % bs);
+      }
+    }
+    for (const auto& [s, p] : queries) {
+      seq.push_back(s);
+      positions.push_back(p);
+    }
+  }
+  PagedKvLayout Layout() const { return PagedKvLayout{bs, positions, seq, begin, tables}; }
+  int64_t n() const { return static_cast<int64_t>(positions.size()); }
+};
+
+// WriteKv into bf16 and f16 caches on the device, then PagedAttention (index tensors made by
+// UploadIndices / UploadLayout), against the CPU over f32 caches.
+TEST_F(CudaBackendTest, WriteKvAndPagedAttentionHalfCaches) {
+  for (AttnCase c : {AttnCase{4, 2, 32, 0}, AttnCase{8, 2, 64, 7}, AttnCase{4, 1, 128, 0},
+                     AttnCase{6, 3, 16, 3}}) {
+    // Seq 0: 19 keys (5 blocks), seq 1: 16 (4 blocks), seq 2: 1; queries anywhere in them.
+    const PagedCase pc(4, 14, {19, 16, 1},
+                       {{0, 0}, {0, 13}, {0, 18}, {1, 2}, {1, 15}, {1, 9}, {2, 0}}, 5);
+    const int64_t rows = pc.blocks * pc.bs, keys = static_cast<int64_t>(pc.kv_rows.size());
+    AttentionParams p{c.heads, c.kv_heads, c.head_dim, 1.0f / std::sqrt(float(c.head_dim)),
+                      c.window};
+    Tensor k = Random({keys, c.kv_heads, c.head_dim}, rng_, -2.0f, 2.0f);
+    Tensor v = Random({keys, c.kv_heads, c.head_dim}, rng_);
+    Tensor q = Random({pc.n(), c.heads, c.head_dim}, rng_, -2.0f, 2.0f);
+    Tensor kc = cpu_->Allocate({rows, c.kv_heads, c.head_dim});
+    Tensor vc = cpu_->Allocate({rows, c.kv_heads, c.head_dim});
+    cpu_->WriteKv(k, v, pc.kv_rows, kc, vc);
+    Tensor want = cpu_->Allocate({pc.n(), c.heads * c.head_dim});
+    cpu_->PagedAttention(q, kc, vc, pc.Layout(), p, want);
+    const Tensor qd = cuda_->ToDevice(q);
+    const Tensor kv_rows = cuda_->UploadIndices(pc.kv_rows);
+    const PagedKvIndices layout = cuda_->UploadLayout(pc.Layout());
+    for (DType dt : {DType::kBF16, DType::kF16}) {
+      const std::string what = std::string("PagedAttention ") + DTypeName(dt) + " cache heads=" +
+                               std::to_string(c.heads) + " kv=" + std::to_string(c.kv_heads) +
+                               " head_dim=" + std::to_string(c.head_dim) +
+                               " window=" + std::to_string(c.window);
+      Tensor kcd = cuda_->Allocate({rows, c.kv_heads, c.head_dim}, dt);
+      Tensor vcd = cuda_->Allocate({rows, c.kv_heads, c.head_dim}, dt);
+      cuda_->WriteKv(cuda_->ToDevice(k), cuda_->ToDevice(v), kv_rows, kcd, vcd);
+      Tensor od = cuda_->Allocate({pc.n(), c.heads * c.head_dim});
+      cuda_->PagedAttention(qd, kcd, vcd, layout, p, od);
+      const Tensor got = cuda_->ToHost(od);
+      ExpectClose(got, want, kHalfTol, what + " vs f32 caches");
+      // The CPU over f32 caches that hold the rounded values: only the f32 arithmetic differs.
+      Tensor kr = cpu_->Allocate({rows, c.kv_heads, c.head_dim});
+      Tensor vr = cpu_->Allocate({rows, c.kv_heads, c.head_dim});
+      cpu_->WriteKv(RoundedTo(k, dt), RoundedTo(v, dt), pc.kv_rows, kr, vr);
+      Tensor want_rounded = cpu_->Allocate({pc.n(), c.heads * c.head_dim});
+      cpu_->PagedAttention(q, kr, vr, pc.Layout(), p, want_rounded);
+      ExpectClose(got, want_rounded, kRoundedCacheTol, what + " vs rounded f32 caches");
+      // The host-span overloads give the same.
+      Tensor od2 = cuda_->Allocate({pc.n(), c.heads * c.head_dim});
+      cuda_->PagedAttention(qd, kcd, vcd, pc.Layout(), p, od2);
+      ExpectClose(cuda_->ToHost(od2), got, 0.0f, what + " span overload");
+    }
+  }
+}
+
+// 3000 keys per query over a paged bf16 cache (and an f32 one), with and without a sliding
+// window: the online-softmax kernel has no limit on the keys.
+TEST_F(CudaBackendTest, PagedAttentionLongContext) {
+  const int bs = 16;
+  // Seq 0: 3000 keys (188 blocks), seq 1: 1500 (94 blocks), over 300 shuffled blocks.
+  const PagedCase pc(bs, 300, {3000, 1500},
+                     {{0, 2999}, {0, 2048}, {0, 1234}, {0, 0}, {1, 1499}, {1, 777}}, 7);
+  const int64_t rows = pc.blocks * bs, keys = static_cast<int64_t>(pc.kv_rows.size());
+  for (int window : {0, 1000}) {
+    // scale 1: peaked softmax weights, so that reading a wrong key shows.
+    AttentionParams p{8, 2, 64, 1.0f, window};
+    Tensor k = Random({keys, 2, 64}, rng_), v = Random({keys, 2, 64}, rng_);
+    Tensor q = Random({pc.n(), 8, 64}, rng_);
+    Tensor kc = cpu_->Allocate({rows, 2, 64}), vc = cpu_->Allocate({rows, 2, 64});
+    cpu_->WriteKv(k, v, pc.kv_rows, kc, vc);
+    Tensor want = cpu_->Allocate({pc.n(), 8 * 64});
+    cpu_->PagedAttention(q, kc, vc, pc.Layout(), p, want);
+    for (DType dt : {DType::kF32, DType::kBF16}) {
+      const std::string what = std::string("PagedAttention over 3000 keys, ") + DTypeName(dt) +
+                               " cache, window " + std::to_string(window);
+      Tensor kcd = cuda_->Allocate({rows, 2, 64}, dt), vcd = cuda_->Allocate({rows, 2, 64}, dt);
+      cuda_->WriteKv(cuda_->ToDevice(k), cuda_->ToDevice(v), pc.kv_rows, kcd, vcd);
+      Tensor od = cuda_->Allocate({pc.n(), 8 * 64});
+      cuda_->PagedAttention(cuda_->ToDevice(q), kcd, vcd, pc.Layout(), p, od);
+      const Tensor got = cuda_->ToHost(od);
+      if (dt == DType::kF32) {
+        ExpectClose(got, want, kF32Tol, what);
+        continue;
+      }
+      ExpectClose(got, want, kHalfTol, what + " vs f32 caches");
+      Tensor kr = cpu_->Allocate({rows, 2, 64}), vr = cpu_->Allocate({rows, 2, 64});
+      cpu_->WriteKv(RoundedTo(k, dt), RoundedTo(v, dt), pc.kv_rows, kr, vr);
+      Tensor want_rounded = cpu_->Allocate({pc.n(), 8 * 64});
+      cpu_->PagedAttention(q, kr, vr, pc.Layout(), p, want_rounded);
+      ExpectClose(got, want_rounded, kRoundedCacheTol, what + " vs rounded f32 caches");
+    }
+  }
+}
+
+// Contiguous attention over 3000 keys of a bf16 cache.
+TEST_F(CudaBackendTest, AttentionLongContextBf16Cache) {
+  const int64_t max_seq = 3072;
+  AttentionParams p{4, 2, 128, 1.0f / std::sqrt(128.0f), 0};
+  Tensor kc = Random({max_seq, 2, 128}, rng_, -3.0f, 3.0f), vc = Random({max_seq, 2, 128}, rng_);
+  Tensor q = Random({3, 4, 128}, rng_, -3.0f, 3.0f);
+  std::vector<int32_t> pos = {2999, 3071, 5};
+  std::vector<int32_t> all(max_seq);
+  std::iota(all.begin(), all.end(), 0);
+  Tensor kcd = cuda_->Allocate({max_seq, 2, 128}, DType::kBF16);
+  Tensor vcd = cuda_->Allocate({max_seq, 2, 128}, DType::kBF16);
+  cuda_->WriteKv(cuda_->ToDevice(kc), cuda_->ToDevice(vc), all, kcd, vcd);
+  Tensor od = cuda_->Allocate({3, 4 * 128});
+  cuda_->Attention(cuda_->ToDevice(q), kcd, vcd, pos, p, od);
+  const Tensor got = cuda_->ToHost(od);
+  Tensor want = cpu_->Allocate({3, 4 * 128});
+  cpu_->Attention(q, kc, vc, pos, p, want);
+  ExpectClose(got, want, kHalfTol, "Attention over 3000 keys, bf16 cache vs f32");
+  cpu_->Attention(q, RoundedTo(kc, DType::kBF16), RoundedTo(vc, DType::kBF16), pos, p, want);
+  ExpectClose(got, want, kRoundedCacheTol, "Attention over 3000 keys, bf16 cache vs rounded");
 }
 
 }  // namespace
