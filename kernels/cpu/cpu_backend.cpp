@@ -62,15 +62,10 @@ class CpuBackend final : public Backend {
                      end <= host.dim(1),
                  "PrepareWeightColumns", "expects a quantized host matrix and 0 <= begin <= end <= columns",
                  {{"host", &host}});
-    const int64_t rows = host.dim(0), cols = host.dim(1), width = end - begin;
-    const size_t row_bytes = DTypeBytes(host.dtype(), cols);
+    const int64_t rows = host.dim(0), width = end - begin;
     Tensor out = Tensor::Empty({rows, width}, DType::kF32);
-    std::vector<float> buf(static_cast<size_t>(cols));
-    for (int64_t r = 0; r < rows; ++r) {
-      quant::DequantizeRow(host.dtype(), static_cast<const char*>(host.raw()) + r * row_bytes,
-                           buf.data(), cols);
-      std::memcpy(out.data<float>() + r * width, buf.data() + begin, width * sizeof(float));
-    }
+    quant::DequantizeColumns(host.dtype(), host.raw(), rows, host.dim(1), begin, end,
+                             out.data<float>());
     return out;
   }
 

@@ -284,17 +284,11 @@ class CudaBackend final : public Backend {
                 IsQuantized(host.dtype()) && 0 <= begin && begin <= end && end <= host.dim(1),
             "PrepareWeightColumns",
             "expects a quantized host matrix and 0 <= begin <= end <= columns", {{"host", &host}});
-    const int64_t rows = host.dim(0), cols = host.dim(1), width = end - begin;
-    const size_t row_bytes = DTypeBytes(host.dtype(), cols);
+    const int64_t rows = host.dim(0), width = end - begin;
+    std::vector<float> f32(static_cast<size_t>(rows * width));
+    quant::DequantizeColumns(host.dtype(), host.raw(), rows, host.dim(1), begin, end, f32.data());
     Tensor out16 = Tensor::Empty({rows, width}, DType::kBF16);
-    std::vector<float> buf(static_cast<size_t>(cols));
-    for (int64_t r = 0; r < rows; ++r) {
-      quant::DequantizeRow(host.dtype(), static_cast<const char*>(host.raw()) + r * row_bytes,
-                           buf.data(), cols);
-      for (int64_t c = 0; c < width; ++c) {
-        out16.data<uint16_t>()[r * width + c] = F32ToBf16(buf[static_cast<size_t>(begin + c)]);
-      }
-    }
+    for (size_t i = 0; i < f32.size(); ++i) out16.data<uint16_t>()[i] = F32ToBf16(f32[i]);
     return CopyRaw(out16);
   }
 

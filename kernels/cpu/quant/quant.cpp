@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -241,6 +242,17 @@ void QuantMatmul(DType t, const void* w, int64_t rows, int64_t cols, const float
     return internal::QuantMatmulSmall(t, w, rows, cols, x, n, y, ldy, threads, isa);
   }
   internal::QuantMatmulSgemm(t, w, rows, cols, x, n, y, ldy, threads, isa);
+}
+
+void DequantizeColumns(DType t, const void* w, int64_t rows, int64_t cols, int64_t begin,
+                       int64_t end, float* dst) {
+  const size_t row_bytes = DTypeBytes(t, cols);
+  const int64_t width = end - begin;
+  std::vector<float> buf(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    DequantizeRow(t, static_cast<const char*>(w) + r * row_bytes, buf.data(), cols);
+    std::memcpy(dst + r * width, buf.data() + begin, static_cast<size_t>(width) * sizeof(float));
+  }
 }
 
 }  // namespace shardlm::quant

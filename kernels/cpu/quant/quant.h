@@ -60,6 +60,11 @@ bool IsQuantType(DType t);
 // isa falls back to the best supported one below it.
 void DequantizeRow(DType t, const void* src, float* dst, int64_t n, Isa isa = BestIsa());
 
+// dst [rows, end - begin] = columns [begin, end) of the dequantized row-major matrix w
+// [rows, cols] (a tensor-parallel slice that cuts through blocks).
+void DequantizeColumns(DType t, const void* w, int64_t rows, int64_t cols, int64_t begin,
+                       int64_t end, float* dst);
+
 // y[r] = dot(dequantized row r of w, x) for the row-major quantized matrix w [rows, cols]; x has
 // cols elements. Rows are split across `threads` OpenMP threads (0: omp_get_max_threads()); small
 // products run on the calling thread. f32 accumulation, in a different order per ISA: results
