@@ -1,0 +1,424 @@
+// The whole model on the CUDA backend against the CPU backend, on tiny random checkpoints written
+// with WriteTinyModel (hidden 256, 4 layers, 8 heads / 2 KV heads, vocab 1000, intermediate 512):
+// bf16 weights (Llama, Qwen2 with q/k/v biases, Mistral with a sliding window) and f32 weights.
+//  (a) Forward: logits of a 40-token prompt (every row) and of 8 greedy decode steps, the CUDA
+//      run fed the CPU's greedy tokens: max |diff| <= 2e-2 x max |CPU logit| (f32 weights and
+//      an f32 KV cache: 1e-3), the same greedy ids wherever the CPU's top-2 margin is > 0.05
+//      (and > twice that row's diff); GenerateGreedy on CUDA gives the CPU's 9 ids, or differs
+//      first at a row where the CPU's margin is <= max(0.05, 4 x that row's diff) (a near-tie).
+//  (b) ForwardBatch over a paged cache: 3 sequences of different lengths, chunked prefill mixed
+//      with decode, interleaved scattered block tables; every row's logits vs the CPU, as in (a).
+//  (c) DecodeGraphs: the same decode steps run eagerly (ForwardBatch) on one cache and through
+//      CUDA graphs on an identical one give logits within 1e-4 x max |logit|: the recording step,
+//      replays with new tokens, a batch padded up (3 sequences -> size 4), a second size, and a
+//      replay of the first size after it.
+// Every test skips without a CUDA device.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "model/checkpoint_loader.h"
+#include "model/decode_graphs.h"
+#include "model/generator.h"
+#include "model/llama.h"
+#include "model/random_weights.h"
+#include "tests/kernels_cuda/logit_compare.h"
+
+namespace shardlm {
+namespace {
+
+using cudatest::CompareLogits;
+using cudatest::CompareGenerated;
+using cudatest::LogitReport;
+
+constexpr double kHalfTol = 2e-2;    // bf16 weights or a bf16 KV cache
+constexpr double kF32Tol = 1e-3;     // f32 weights and an f32 KV cache
+constexpr double kGraphTol = 1e-4;   // graph replay vs the same steps run eagerly
+constexpr double kMinMargin = 0.05;  // top-2 margin below which greedy ids are not compared
+
+struct ModelCase {
+  std::string name;
+  TinyModelSpec spec;
+  DType kv = DType::kBF16;  // the CUDA backend's KV cache dtype
+  double tol = kHalfTol;
+};
+
+TinyModelSpec Spec(Arch arch, DType dtype, uint64_t seed) {
+  TinyModelSpec s;
+  s.arch = arch;
+  s.layers = 4;
+  s.hidden = 256;
+  s.heads = 8;
+  s.kv_heads = 2;
+  s.intermediate = 512;
+  s.vocab = 1000;
+  s.dtype = dtype;
+  s.seed = seed;
+  return s;
+}
+
+std::vector<ModelCase> Cases() {
+  return {
+      {"llama-bf16", Spec(Arch::kLlama, DType::kBF16, 41)},
+      {"qwen2-bias-bf16", Spec(Arch::kQwen2, DType::kBF16, 42)},
+      {"mistral-swa-bf16", Spec(Arch::kMistral, DType::kBF16, 43)},
+      {"llama-f32", Spec(Arch::kLlama, DType::kF32, 44)},
+      {"llama-f32-kv-f32", Spec(Arch::kLlama, DType::kF32, 44), DType::kF32, kF32Tol},
+  };
+}
+
+// A directory of this process's own under the system temp dir, removed at the end.
+class TempDir {
+ public:
+  TempDir() {
+    path_ = (std::filesystem::temp_directory_path() /
+             ("shardlm_cuda_model_test_" + std::to_string(::getpid())))
+                .string();
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// A checkpoint on disk and the model loaded from it on one backend.
+struct Loaded {
+  std::unique_ptr<OpenedCheckpoint> checkpoint;  // the weights may be views of its mapping
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<LlamaModel> model;
+};
+
+class CudaModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (CudaDeviceCount() == 0) {
+      GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount gives 0 or an error";
+    }
+  }
+
+  // The checkpoint of `spec` (written once per test).
+  std::string ModelDir(const ModelCase& c) {
+    const std::string dir = tmp_.path() + "/" + c.name;
+    if (!std::filesystem::exists(dir + "/config.json")) {
+      const absl::Status s = WriteTinyModel(c.spec, dir);
+      EXPECT_TRUE(s.ok()) << s;
+    }
+    return dir;
+  }
+
+  Loaded Load(const ModelCase& c, bool cuda) {
+    Loaded l;
+    auto checkpoint = OpenCheckpoint(ModelDir(c));
+    EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
+    if (!checkpoint.ok()) return l;
+    l.checkpoint = std::make_unique<OpenedCheckpoint>(std::move(*checkpoint));
+    l.backend = cuda ? CreateCudaBackend(0, c.kv) : CreateCpuBackend(2);
+    auto model = LlamaModel::Load(l.checkpoint->config, *l.checkpoint->weights, *l.backend);
+    EXPECT_TRUE(model.ok()) << c.name << " on " << l.backend->name() << ": " << model.status();
+    if (model.ok()) l.model = std::move(*model);
+    return l;
+  }
+
+  TempDir tmp_;
+};
+
+// Logits (backend memory) -> host vector.
+std::vector<float> HostLogits(LlamaModel& model, const Tensor& logits) {
+  const Tensor h = model.backend().ToHost(logits);
+  return std::vector<float>(h.data<float>(), h.data<float>() + h.numel());
+}
+
+std::vector<int32_t> Prompt(int64_t n, int64_t vocab, int32_t salt) {
+  std::vector<int32_t> p(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) p[i] = static_cast<int32_t>((i * 37 + 11 * salt + 5) % vocab);
+  return p;
+}
+
+// (a) Prompt of 40 tokens, every row's logits, then 8 decode steps through the contiguous cache.
+TEST_F(CudaModelTest, ForwardAndGreedyDecodeMatchCpu) {
+  constexpr int64_t kPrompt = 40, kSteps = 8;
+  for (const ModelCase& c : Cases()) {
+    SCOPED_TRACE(c.name);
+    Loaded cpu = Load(c, false), gpu = Load(c, true);
+    ASSERT_TRUE(cpu.model && gpu.model);
+    const int64_t vocab = cpu.model->config().vocab_size;
+    const std::vector<int32_t> prompt = Prompt(kPrompt, vocab, 1);
+
+    // The CPU: prompt rows, then its own greedy tokens fed back.
+    std::vector<float> want, got;
+    std::vector<int32_t> cpu_ids, gpu_ids;
+    std::vector<int32_t> fed;  // the tokens of the decode steps (the CPU's greedy ids)
+    {
+      KvCache cache = cpu.model->NewCache(kPrompt + kSteps);
+      auto logits = cpu.model->Forward(prompt, 0, cache, /*all_logits=*/true);
+      ASSERT_TRUE(logits.ok()) << logits.status();
+      want = HostLogits(*cpu.model, *logits);
+      auto ids = cpu.model->Greedy(*logits, kPrompt);
+      ASSERT_TRUE(ids.ok()) << ids.status();
+      cpu_ids = *ids;
+      int32_t next = cpu_ids.back();
+      for (int64_t s = 0; s < kSteps; ++s) {
+        fed.push_back(next);
+        auto step = cpu.model->Forward(std::span<const int32_t>(&next, 1), kPrompt + s, cache);
+        ASSERT_TRUE(step.ok()) << step.status();
+        const std::vector<float> row = HostLogits(*cpu.model, *step);
+        want.insert(want.end(), row.begin(), row.end());
+        auto id = cpu.model->Greedy(*step, 1);
+        ASSERT_TRUE(id.ok()) << id.status();
+        cpu_ids.push_back((*id)[0]);
+        next = (*id)[0];
+      }
+    }
+    // CUDA, fed the same tokens; greedy ids from the device argmax.
+    {
+      KvCache cache = gpu.model->NewCache(kPrompt + kSteps);
+      auto logits = gpu.model->Forward(prompt, 0, cache, /*all_logits=*/true);
+      ASSERT_TRUE(logits.ok()) << logits.status();
+      EXPECT_EQ(logits->device(), Device::kCuda);
+      got = HostLogits(*gpu.model, *logits);
+      auto ids = gpu.model->Greedy(*logits, kPrompt);
+      ASSERT_TRUE(ids.ok()) << ids.status();
+      gpu_ids = *ids;
+      for (int64_t s = 0; s < kSteps; ++s) {
+        auto step = gpu.model->Forward(std::span<const int32_t>(&fed[s], 1), kPrompt + s, cache);
+        ASSERT_TRUE(step.ok()) << step.status();
+        const std::vector<float> row = HostLogits(*gpu.model, *step);
+        got.insert(got.end(), row.begin(), row.end());
+        auto id = gpu.model->Greedy(*step, 1);
+        ASSERT_TRUE(id.ok()) << id.status();
+        gpu_ids.push_back((*id)[0]);
+      }
+    }
+    const LogitReport rep =
+        CompareLogits(got, want, gpu_ids, vocab, c.tol, kMinMargin, c.name + " Forward");
+    EXPECT_GE(rep.ids_compared, kPrompt / 2) << "too few confident rows to compare greedy ids";
+
+    // Free-running greedy generation on CUDA: the CPU's ids (prompt's last row, then the
+    // decode rows), or a first difference at a near-tie.
+    GenerateOptions options;
+    options.max_new_tokens = kSteps + 1;
+    options.stop_at_eos = false;
+    auto gen = GenerateGreedy(*gpu.model, prompt, options);
+    ASSERT_TRUE(gen.ok()) << gen.status();
+    const std::vector<int32_t> cpu_gen(cpu_ids.begin() + (kPrompt - 1), cpu_ids.end());
+    ASSERT_EQ(gen->tokens.size(), cpu_gen.size());
+    const size_t same = CompareGenerated(gen->tokens, cpu_gen, rep.confident, kPrompt - 1,
+                                         c.name + " GenerateGreedy");
+    std::printf("%-18s max |logit diff| %.3g = %.3g x max|logit| (%.3g); greedy ids equal on "
+                "%d of %d confident rows; generation: %zu of %zu ids equal\n",
+                c.name.c_str(), rep.max_diff, rep.max_diff / rep.scale, rep.scale, rep.ids_equal,
+                rep.ids_compared, same, cpu_gen.size());
+  }
+}
+
+// Sequences for the paged tests: each holds its blocks; blocks come from a shuffled list that
+// never hands out `reserved` (DecodeGraphs' padding block).
+class BlockPool {
+ public:
+  BlockPool(int64_t num_blocks, int32_t reserved) {
+    for (int64_t i = 0; i < num_blocks; ++i) {
+      const auto b = static_cast<int32_t>((i * 13 + 7) % num_blocks);  // 13 coprime with 40
+      if (b != reserved) free_.push_back(b);
+    }
+  }
+  int32_t Take() {
+    EXPECT_FALSE(free_.empty());
+    const int32_t b = free_.front();
+    free_.erase(free_.begin());
+    return b;
+  }
+
+ private:
+  std::vector<int32_t> free_;
+};
+
+struct Seq {
+  int32_t len = 0;  // tokens already in the cache
+  std::vector<int32_t> blocks;
+};
+
+// One step: sequence seqs[i] brings tokens[i] (possibly none: not in the step). Blocks are taken
+// for every sequence in turn, one at a time, so that the tables interleave. Every row's logits
+// are wanted when all_rows, else the last row of each sequence.
+BatchInput MakeBatch(std::vector<Seq>& seqs, const std::vector<std::vector<int32_t>>& tokens,
+                     int block_size, BlockPool& pool, bool all_rows) {
+  BatchInput b;
+  bool more = true;
+  while (more) {
+    more = false;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      const int64_t need = seqs[s].len + static_cast<int64_t>(tokens[s].size());
+      if (static_cast<int64_t>(seqs[s].blocks.size()) * block_size < need) {
+        seqs[s].blocks.push_back(pool.Take());
+        more = true;
+      }
+    }
+  }
+  b.table_begin.push_back(0);
+  int32_t index = 0;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    if (tokens[s].empty()) continue;
+    for (size_t i = 0; i < tokens[s].size(); ++i) {
+      b.tokens.push_back(tokens[s][i]);
+      b.positions.push_back(seqs[s].len + static_cast<int32_t>(i));
+      b.seq_index.push_back(index);
+      if (all_rows || i + 1 == tokens[s].size()) {
+        b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size()) - 1);
+      }
+    }
+    b.block_tables.insert(b.block_tables.end(), seqs[s].blocks.begin(), seqs[s].blocks.end());
+    b.table_begin.push_back(static_cast<int32_t>(b.block_tables.size()));
+    seqs[s].len += static_cast<int32_t>(tokens[s].size());
+    ++index;
+  }
+  return b;
+}
+
+std::vector<int32_t> Tokens(int64_t n, int64_t vocab, int32_t salt) {
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) t[i] = static_cast<int32_t>((i * 101 + salt * 7 + 3) % vocab);
+  return t;
+}
+
+// (b) Paged ForwardBatch: prefill of 29 and 17 tokens with a first chunk of 6 of an 11-token
+// prompt, then the chunk's rest with two decode tokens, then decode steps of all three.
+TEST_F(CudaModelTest, PagedForwardBatchMatchesCpu) {
+  constexpr int kBlock = 8;
+  constexpr int64_t kBlocks = 40;
+  for (const ModelCase& c : Cases()) {
+    SCOPED_TRACE(c.name);
+    Loaded cpu = Load(c, false), gpu = Load(c, true);
+    ASSERT_TRUE(cpu.model && gpu.model);
+    const int64_t vocab = cpu.model->config().vocab_size;
+    PagedKvCache cpu_cache = cpu.model->NewPagedCache(kBlock, kBlocks);
+    PagedKvCache gpu_cache = gpu.model->NewPagedCache(kBlock, kBlocks);
+    EXPECT_EQ(gpu_cache.k[0].dtype(), c.kv);
+    BlockPool pool(kBlocks, -1);
+    std::vector<Seq> seqs(3);
+    const std::vector<int32_t> p0 = Tokens(29, vocab, 1), p1 = Tokens(11, vocab, 2),
+                               p2 = Tokens(17, vocab, 3);
+    std::vector<std::vector<std::vector<int32_t>>> steps = {
+        {p0, std::vector<int32_t>(p1.begin(), p1.begin() + 6), p2},
+        {{17}, std::vector<int32_t>(p1.begin() + 6, p1.end()), {923}},
+    };
+    for (int s = 0; s < 4; ++s) {
+      steps.push_back({{static_cast<int32_t>(100 + s)}, {static_cast<int32_t>(500 + 3 * s)},
+                       {static_cast<int32_t>(999 - 11 * s)}});
+    }
+    double worst = 0;
+    int compared = 0, equal = 0;
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const BatchInput batch = MakeBatch(seqs, steps[i], kBlock, pool, /*all_rows=*/true);
+      auto want_t = cpu.model->ForwardBatch(batch, cpu_cache);
+      ASSERT_TRUE(want_t.ok()) << want_t.status();
+      auto got_t = gpu.model->ForwardBatch(batch, gpu_cache);
+      ASSERT_TRUE(got_t.ok()) << got_t.status();
+      const int64_t rows = static_cast<int64_t>(batch.logit_rows.size());
+      ASSERT_EQ(got_t->dim(0), rows);
+      auto ids = gpu.model->Greedy(*got_t, rows);
+      ASSERT_TRUE(ids.ok()) << ids.status();
+      const LogitReport rep =
+          CompareLogits(HostLogits(*gpu.model, *got_t), HostLogits(*cpu.model, *want_t), *ids,
+                        vocab, c.tol, kMinMargin, c.name + " ForwardBatch step " + std::to_string(i));
+      worst = std::max(worst, rep.max_diff / rep.scale);
+      compared += rep.ids_compared;
+      equal += rep.ids_equal;
+    }
+    std::printf("%-18s paged batches: max |logit diff| %.3g x max|logit|; greedy ids equal on %d "
+                "of %d confident rows\n",
+                c.name.c_str(), worst, equal, compared);
+  }
+}
+
+// (c) DecodeGraphs against eager ForwardBatch on a second cache with the same contents.
+TEST_F(CudaModelTest, DecodeGraphReplayEqualsEager) {
+  constexpr int kBlock = 8;
+  constexpr int64_t kBlocks = 40;
+  constexpr int32_t kPadBlock = kBlocks - 1;
+  constexpr int kMaxBlocks = 6;
+  const std::vector<ModelCase> all = Cases();
+  for (const ModelCase& c : {all[0], all[1], all[3]}) {
+    SCOPED_TRACE(c.name);
+    Loaded gpu = Load(c, true);
+    ASSERT_TRUE(gpu.model);
+    LlamaModel& model = *gpu.model;
+    const int64_t vocab = model.config().vocab_size;
+    PagedKvCache eager_cache = model.NewPagedCache(kBlock, kBlocks);
+    PagedKvCache graph_cache = model.NewPagedCache(kBlock, kBlocks);
+    BlockPool pool(kBlocks, kPadBlock);
+    std::vector<Seq> seqs(3);
+
+    // Prefill the three sequences into both caches (the same ops: the same contents).
+    const BatchInput prefill =
+        MakeBatch(seqs, {Tokens(13, vocab, 4), Tokens(5, vocab, 5), Tokens(21, vocab, 6)}, kBlock,
+                  pool, /*all_rows=*/false);
+    ASSERT_TRUE(model.ForwardBatch(prefill, eager_cache).ok());
+    ASSERT_TRUE(model.ForwardBatch(prefill, graph_cache).ok());
+
+    DecodeGraphs graphs(model, graph_cache, {1, 2, 4, 8}, kMaxBlocks, kPadBlock);
+    ASSERT_TRUE(graphs.enabled()) << "a single-rank CUDA model must record decode graphs";
+    EXPECT_FALSE(graphs.Accepts(prefill)) << "a prefill step is not a graph's";
+
+    // (sequences in the step, graphs recorded after it)
+    struct Step {
+      std::vector<bool> in;
+      int graphs_after;
+    };
+    const std::vector<Step> plan = {
+        {{true, true, true}, 1},   // 3 -> padded to 4: run eagerly and recorded
+        {{true, true, true}, 1},   // replay, new tokens
+        {{true, true, true}, 1},   // replay again
+        {{true, false, true}, 2},  // 2 sequences: a second graph (no padding)
+        {{true, false, true}, 2},  // its replay
+        {{true, true, true}, 2},   // the size-4 graph again, after the other one ran
+        {{false, true, false}, 3}, // 1 sequence: size 1
+        {{false, true, false}, 3},
+    };
+    double worst = 0;
+    for (size_t i = 0; i < plan.size(); ++i) {
+      SCOPED_TRACE("decode step " + std::to_string(i));
+      std::vector<std::vector<int32_t>> tokens(3);
+      for (int s = 0; s < 3; ++s) {
+        if (plan[i].in[s]) tokens[s] = {static_cast<int32_t>((i * 211 + s * 67 + 1) % vocab)};
+      }
+      const BatchInput batch = MakeBatch(seqs, tokens, kBlock, pool, /*all_rows=*/false);
+      ASSERT_TRUE(graphs.Accepts(batch));
+      auto eager = model.ForwardBatch(batch, eager_cache);
+      ASSERT_TRUE(eager.ok()) << eager.status();
+      const std::vector<float> want = HostLogits(model, *eager);
+      auto replayed = graphs.Run(batch);
+      ASSERT_TRUE(replayed.ok()) << replayed.status();
+      ASSERT_EQ(replayed->dim(0), static_cast<int64_t>(batch.logit_rows.size()));
+      const std::vector<float> got = HostLogits(model, *replayed);
+      EXPECT_EQ(graphs.graphs(), plan[i].graphs_after);
+      ASSERT_EQ(got.size(), want.size());
+      const double scale = std::max(1.0, cudatest::MaxAbs(want));
+      const double diff = cudatest::MaxDiff(got, want);
+      EXPECT_LE(diff, kGraphTol * scale) << "graph logits differ from eager ones";
+      worst = std::max(worst, diff / scale);
+    }
+    std::printf("%-18s decode graphs: %d recorded, max |graph - eager| %.3g x max|logit|\n",
+                c.name.c_str(), graphs.graphs(), worst);
+  }
+}
+
+}  // namespace
+}  // namespace shardlm
