@@ -38,6 +38,11 @@ void ConvertToF32Parallel(DType dtype, const void* src, float* dst, int64_t n, i
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   const auto* bytes = static_cast<const char*>(src);
   const size_t elem = DTypeSize(dtype);
+  // An exception may not leave an OpenMP region: refuse other dtypes here, before it.
+  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
+    throw std::invalid_argument(std::string("ConvertToF32: not a float dtype: ") +
+                                DTypeName(dtype));
+  }
 #pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t begin = c * kChunk;

@@ -95,6 +95,12 @@ class CpuBackend final : public Backend {
   }
   void AddRmsNorm(Tensor& x, const Tensor& delta, const Tensor& w, float eps,
                   Tensor& y) override {
+    // Shapes first, so that a bad call leaves x untouched.
+    const int64_t d = w.numel();
+    cpu::Require(w.rank() == 1 && d > 0 && x.rank() >= 1 && x.dim(-1) == d &&
+                     delta.shape() == x.shape() && y.numel() == x.numel() && y.dim(-1) == d,
+                 "AddRmsNorm", "expects x, delta, y [n, d] and w [d]",
+                 {{"x", &x}, {"delta", &delta}, {"w", &w}, {"y", &y}});
     cpu::Add(x, delta, Threads());
     cpu::RmsNorm(x, w, eps, y, Threads());
   }

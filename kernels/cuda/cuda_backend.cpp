@@ -359,7 +359,7 @@ class CudaBackend final : public Backend {
     RequireDeviceF32("AddRmsNorm", {{"x", &x}, {"delta", &delta}, {"w", &w}, {"y", &y}});
     const int64_t d = w.numel();
     Require(w.rank() == 1 && d > 0 && x.rank() >= 1 && x.dim(-1) == d &&
-                delta.numel() == x.numel() && y.numel() == x.numel() && y.dim(-1) == d,
+                delta.shape() == x.shape() && y.numel() == x.numel() && y.dim(-1) == d,
             "AddRmsNorm", "expects x, delta, y [n, d] and w [d]",
             {{"x", &x}, {"delta", &delta}, {"w", &w}, {"y", &y}});
     cuda::LaunchAddRmsNorm(x.data<float>(), delta.data<float>(), w.data<float>(), eps,
