@@ -22,6 +22,27 @@ void CheckRange(const char* op, const char* what, std::span<const int32_t> value
 
 }  // namespace
 
+bool KvWriteShapesAgree(const Tensor& k, const Tensor& v, int64_t n, const Tensor& k_cache,
+                        const Tensor& v_cache) {
+  if (k.rank() < 1 || k_cache.rank() < 1) return false;
+  const int64_t max_seq = k_cache.dim(0);
+  const int64_t row = max_seq > 0 ? k_cache.numel() / max_seq : 0;
+  return k.dim(0) == n && k.shape() == v.shape() && k_cache.shape() == v_cache.shape() &&
+         k.numel() == n * row;
+}
+
+bool AttentionShapesAgree(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                          const Tensor& out, int64_t n, const AttentionParams& params) {
+  const int64_t heads = params.num_heads, kv_heads = params.num_kv_heads;
+  const int64_t head_dim = params.head_dim;
+  const int64_t width = heads * head_dim, kv_width = kv_heads * head_dim;
+  return heads > 0 && kv_heads > 0 && head_dim > 0 && heads % kv_heads == 0 &&
+         params.sliding_window >= 0 && q.rank() >= 1 && q.dim(0) == n &&
+         q.numel() == n * width && out.rank() >= 1 && out.dim(0) == n &&
+         out.numel() == n * width && k_cache.rank() >= 1 && k_cache.shape() == v_cache.shape() &&
+         k_cache.numel() == k_cache.dim(0) * kv_width;
+}
+
 void Backend::Rope(Tensor& x, std::span<const int32_t> positions, const RopeConfig& rope) {
   CheckRange("Rope", "position", positions, 0, INT32_MAX);
   Rope(x, UploadIndices(positions), rope);

@@ -67,6 +67,21 @@ struct PagedKvLayout {
 // position or block. The one check behind PagedAttention (every backend) and the model's batch.
 std::string PagedKvLayoutError(const PagedKvLayout& layout, int64_t cache_blocks);
 
+// The shape rules of WriteKv and of the attention ops, shared by every backend (each adds its own
+// dtype and memory checks and throws std::invalid_argument with the message below). n: the
+// tokens (rows / positions) of the call.
+bool KvWriteShapesAgree(const Tensor& k, const Tensor& v, int64_t n, const Tensor& k_cache,
+                        const Tensor& v_cache);
+inline constexpr const char* kKvWriteShapes =
+    "expects k, v [n, kv_heads, head_dim] with n == the number of cache rows given, and caches "
+    "[max_seq, kv_heads, head_dim]";
+bool AttentionShapesAgree(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                          const Tensor& out, int64_t n, const AttentionParams& params);
+inline constexpr const char* kAttentionShapes =
+    "expects q [n, num_heads, head_dim] with n == positions.size(), caches "
+    "[rows, num_kv_heads, head_dim], out [n, num_heads * head_dim] and num_heads a "
+    "multiple of num_kv_heads";
+
 // The same layout as kI32 tensors in backend memory (see UploadIndices), checked by the caller.
 struct PagedKvIndices {
   int block_size = 16;

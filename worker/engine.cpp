@@ -133,17 +133,17 @@ absl::StatusOr<worker::v1::StepResult> WorkerEngine::Sample(const worker::v1::St
   std::vector<SampleRowParams> backend_params;
   for (const worker::v1::SeqStep& seq : plan.seqs()) {
     if (!seq.sample() || seq.tokens_size() == 0) continue;
-    const SamplerParams p = SamplerParamsFrom(seq.sampling(), seq.logprobs(), 0);
+    // Observe has made every sequence's state: its fallback seed is there.
+    const SamplerParams p =
+        SamplerParamsFrom(seq.sampling(), seq.logprobs(), seqs_[seq.seq_id()].seed);
     const int32_t row = static_cast<int32_t>(sampled.size());
     if (backend_sampling && !p.argmax_only() && !p.has_penalties() && p.logprobs == 0) {
-      const SamplerParams seeded =
-          SamplerParamsFrom(seq.sampling(), seq.logprobs(), seqs_[seq.seq_id()].seed);
       SampleRowParams r;
-      r.temperature = seeded.temperature;
-      r.top_k = seeded.top_k;
-      r.top_p = seeded.top_p;
-      r.min_p = seeded.min_p;
-      r.uniform = UniformAt(seeded.seed, seq.start_pos() + seq.tokens_size());
+      r.temperature = p.temperature;
+      r.top_k = p.top_k;
+      r.top_p = p.top_p;
+      r.min_p = p.min_p;
+      r.uniform = UniformAt(p.seed, seq.start_pos() + seq.tokens_size());
       backend_rows.push_back(row);
       backend_params.push_back(r);
     } else if (!p.argmax_only()) {

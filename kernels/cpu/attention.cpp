@@ -174,18 +174,7 @@ void CheckAttentionShapes(const char* op, const Tensor& q, const Tensor& k_cache
                           const Tensor& v_cache, const Tensor& out, int64_t n,
                           const AttentionParams& params) {
   RequireHostF32(op, {{"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"out", &out}});
-  const int64_t heads = params.num_heads, kv_heads = params.num_kv_heads;
-  const int64_t head_dim = params.head_dim;
-  const int64_t width = heads * head_dim, kv_width = kv_heads * head_dim;
-  Require(heads > 0 && kv_heads > 0 && head_dim > 0 && heads % kv_heads == 0 &&
-              params.sliding_window >= 0 && q.rank() >= 1 && q.dim(0) == n &&
-              q.numel() == n * width && out.rank() >= 1 && out.dim(0) == n &&
-              out.numel() == n * width && k_cache.rank() >= 1 &&
-              k_cache.shape() == v_cache.shape() && k_cache.numel() == k_cache.dim(0) * kv_width,
-          op,
-          "expects q [n, num_heads, head_dim] with n == positions.size(), caches "
-          "[rows, num_kv_heads, head_dim], out [n, num_heads * head_dim] and num_heads a "
-          "multiple of num_kv_heads",
+  Require(AttentionShapesAgree(q, k_cache, v_cache, out, n, params), op, kAttentionShapes,
           {{"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"out", &out}});
 }
 
@@ -242,15 +231,10 @@ void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> position
              Tensor& v_cache) {
   RequireHostF32("WriteKv", {{"k", &k}, {"v", &v}, {"k_cache", &k_cache}, {"v_cache", &v_cache}});
   const int64_t n = static_cast<int64_t>(positions.size());
-  const bool ranks_ok = k.rank() >= 1 && k_cache.rank() >= 1;
-  const int64_t max_seq = ranks_ok ? k_cache.dim(0) : 0;
-  const int64_t row = max_seq > 0 ? k_cache.numel() / max_seq : 0;
-  Require(ranks_ok && k.dim(0) == n && k.shape() == v.shape() &&
-              k_cache.shape() == v_cache.shape() && k.numel() == n * row,
-          "WriteKv",
-          "expects k, v [n, kv_heads, head_dim] with n == positions.size() and caches "
-          "[max_seq, kv_heads, head_dim]",
+  Require(KvWriteShapesAgree(k, v, n, k_cache, v_cache), "WriteKv", kKvWriteShapes,
           {{"k", &k}, {"v", &v}, {"k_cache", &k_cache}, {"v_cache", &v_cache}});
+  const int64_t max_seq = k_cache.dim(0);
+  const int64_t row = max_seq > 0 ? k_cache.numel() / max_seq : 0;
   CheckPositions("WriteKv", positions, max_seq);
   const size_t row_bytes = static_cast<size_t>(row) * sizeof(float);
   for (int64_t i = 0; i < n; ++i) {

@@ -477,15 +477,10 @@ class CudaBackend final : public Backend {
     RequireIndices("WriteKv", {{"rows", &rows}});
     RequireCaches("WriteKv", k_cache, v_cache);
     const int64_t n = rows.numel();
-    const bool ranks_ok = k.rank() >= 1 && k_cache.rank() >= 1;
-    const int64_t max_seq = ranks_ok ? k_cache.dim(0) : 0;
-    const int64_t row = max_seq > 0 ? k_cache.numel() / max_seq : 0;
-    Require(ranks_ok && k.dim(0) == n && k.shape() == v.shape() &&
-                k_cache.shape() == v_cache.shape() && k.numel() == n * row,
-            "WriteKv",
-            "expects k, v [n, kv_heads, head_dim] with n == rows.size() and caches "
-            "[max_seq, kv_heads, head_dim]",
+    Require(KvWriteShapesAgree(k, v, n, k_cache, v_cache), "WriteKv", kKvWriteShapes,
             {{"k", &k}, {"v", &v}, {"k_cache", &k_cache}, {"v_cache", &v_cache}});
+    const int64_t max_seq = k_cache.dim(0);
+    const int64_t row = max_seq > 0 ? k_cache.numel() / max_seq : 0;
     cuda::LaunchWriteKv(k.data<float>(), v.data<float>(), rows.data<int32_t>(), k_cache.raw(),
                         v_cache.raw(), KindOf(k_cache.dtype()), n, row, stream_);
   }
@@ -624,19 +619,7 @@ class CudaBackend final : public Backend {
                                    const AttentionParams& params) {
     RequireDeviceF32(op, {{"q", &q}, {"out", &out}});
     RequireCaches(op, k_cache, v_cache);
-    const int64_t heads = params.num_heads, kv_heads = params.num_kv_heads;
-    const int64_t head_dim = params.head_dim;
-    const int64_t width = heads * head_dim, kv_width = kv_heads * head_dim;
-    Require(heads > 0 && kv_heads > 0 && head_dim > 0 && heads % kv_heads == 0 &&
-                params.sliding_window >= 0 && q.rank() >= 1 && q.dim(0) == n &&
-                q.numel() == n * width && out.rank() >= 1 && out.dim(0) == n &&
-                out.numel() == n * width && k_cache.rank() >= 1 &&
-                k_cache.shape() == v_cache.shape() &&
-                k_cache.numel() == k_cache.dim(0) * kv_width,
-            op,
-            "expects q [n, num_heads, head_dim] with n == positions.size(), caches "
-            "[rows, num_kv_heads, head_dim], out [n, num_heads * head_dim] and num_heads a "
-            "multiple of num_kv_heads",
+    Require(AttentionShapesAgree(q, k_cache, v_cache, out, n, params), op, kAttentionShapes,
             {{"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"out", &out}});
   }
 

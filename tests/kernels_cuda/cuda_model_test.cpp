@@ -56,27 +56,15 @@ struct ModelCase {
   double tol = kHalfTol;
 };
 
-TinyModelSpec Spec(Arch arch, DType dtype, uint64_t seed) {
-  TinyModelSpec s;
-  s.arch = arch;
-  s.layers = 4;
-  s.hidden = 256;
-  s.heads = 8;
-  s.kv_heads = 2;
-  s.intermediate = 512;
-  s.vocab = 1000;
-  s.dtype = dtype;
-  s.seed = seed;
-  return s;
-}
+using cudatest::GpuTestSpec;
 
 std::vector<ModelCase> Cases() {
   return {
-      {"llama-bf16", Spec(Arch::kLlama, DType::kBF16, 41)},
-      {"qwen2-bias-bf16", Spec(Arch::kQwen2, DType::kBF16, 42)},
-      {"mistral-swa-bf16", Spec(Arch::kMistral, DType::kBF16, 43)},
-      {"llama-f32", Spec(Arch::kLlama, DType::kF32, 44)},
-      {"llama-f32-kv-f32", Spec(Arch::kLlama, DType::kF32, 44), DType::kF32, kF32Tol},
+      {"llama-bf16", GpuTestSpec(Arch::kLlama, DType::kBF16, 41)},
+      {"qwen2-bias-bf16", GpuTestSpec(Arch::kQwen2, DType::kBF16, 42)},
+      {"mistral-swa-bf16", GpuTestSpec(Arch::kMistral, DType::kBF16, 43)},
+      {"llama-f32", GpuTestSpec(Arch::kLlama, DType::kF32, 44)},
+      {"llama-f32-kv-f32", GpuTestSpec(Arch::kLlama, DType::kF32, 44), DType::kF32, kF32Tol},
   };
 }
 

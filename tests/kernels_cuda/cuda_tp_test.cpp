@@ -45,20 +45,8 @@ struct TpCase {
 };
 
 std::vector<TpCase> Cases() {
-  auto spec = [](Arch arch, uint64_t seed) {
-    TinyModelSpec s;
-    s.arch = arch;
-    s.layers = 4;
-    s.hidden = 256;
-    s.heads = 8;
-    s.kv_heads = 2;
-    s.intermediate = 512;
-    s.vocab = 1000;
-    s.dtype = DType::kBF16;
-    s.seed = seed;
-    return s;
-  };
-  return {{"llama-bf16", spec(Arch::kLlama, 51)}, {"qwen2-bias-bf16", spec(Arch::kQwen2, 52)}};
+  return {{"llama-bf16", cudatest::GpuTestSpec(Arch::kLlama, DType::kBF16, 51)},
+          {"qwen2-bias-bf16", cudatest::GpuTestSpec(Arch::kQwen2, DType::kBF16, 52)}};
 }
 
 // Rank 0 writes the checkpoint; every rank gets its directory after a barrier.

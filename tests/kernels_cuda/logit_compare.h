@@ -10,8 +10,25 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "model/random_weights.h"
 
 namespace shardlm::cudatest {
+
+// The tiny model shape of the GPU model tests: hidden 256, 4 layers, 8 heads / 2 KV heads,
+// intermediate 512, vocabulary 1000.
+inline TinyModelSpec GpuTestSpec(Arch arch, DType dtype, uint64_t seed) {
+  TinyModelSpec s;
+  s.arch = arch;
+  s.layers = 4;
+  s.hidden = 256;
+  s.heads = 8;
+  s.kv_heads = 2;
+  s.intermediate = 512;
+  s.vocab = 1000;
+  s.dtype = dtype;
+  s.seed = seed;
+  return s;
+}
 
 inline double MaxAbs(const std::vector<float>& v) {
   double m = 0;
