@@ -22,9 +22,9 @@
 
 #include "CLI/CLI.hpp"
 #include "kernels/cuda/cuda_backend.h"
-#include "model/decode_graphs.h"
+#include "runtime/decode_graphs.h"
 #include "model/llama.h"
-#include "model/random_weights.h"
+#include "formats/random_weights.h"
 #include "nlohmann/json.hpp"
 
 using namespace shardlm;

@@ -11,9 +11,9 @@
 
 #include "CLI/CLI.hpp"
 #include "kernels/cpu/cpu_backend.h"
-#include "model/generator.h"
+#include "runtime/generator.h"
 #include "model/llama.h"
-#include "model/random_weights.h"
+#include "formats/random_weights.h"
 #include "parallel/mpi_communicator.h"
 
 using namespace shardlm;

@@ -8,12 +8,13 @@
 #include "absl/strings/str_join.h"
 #include "cli/client_common.h"
 #include "cli/commands.h"
-#include "cli/parallel_setup.h"
-#include "kernels/status_macros.h"
-#include "model/checkpoint_loader.h"
-#include "model/generator.h"
+#include "runtime/ranks.h"
+#include "base/status_macros.h"
+#include "formats/checkpoint_loader.h"
+#include "tokenizer/loader.h"
+#include "runtime/generator.h"
 #include "model/llama.h"
-#include "parallel/backend_setup.h"
+#include "runtime/backend_setup.h"
 #include "spdlog/spdlog.h"
 
 namespace shardlm::cli {

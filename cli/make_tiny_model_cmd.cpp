@@ -4,8 +4,8 @@
 #include <string>
 
 #include "cli/commands.h"
-#include "cli/gguf_export.h"
-#include "model/random_weights.h"
+#include "formats/gguf_export.h"
+#include "formats/random_weights.h"
 
 namespace shardlm::cli {
 

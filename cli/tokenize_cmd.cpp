@@ -6,8 +6,9 @@
 
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
-#include "kernels/status_macros.h"
-#include "model/checkpoint_loader.h"
+#include "base/status_macros.h"
+#include "formats/checkpoint_loader.h"
+#include "tokenizer/loader.h"
 
 namespace shardlm::cli {
 

@@ -4,9 +4,10 @@
 #include <utility>
 
 #include "coordinator/options.h"
-#include "kernels/status_macros.h"
-#include "model/checkpoint_loader.h"
-#include "model/unicode.h"
+#include "base/status_macros.h"
+#include "formats/checkpoint_loader.h"
+#include "tokenizer/loader.h"
+#include "tokenizer/unicode.h"
 #include "spdlog/spdlog.h"
 
 namespace shardlm::coordinator {

@@ -8,9 +8,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "model/chat_template.h"
-#include "model/config.h"
-#include "model/tokenizer.h"
+#include "tokenizer/chat_template.h"
+#include "formats/config.h"
+#include "tokenizer/tokenizer.h"
 
 namespace shardlm::coordinator {
 

@@ -4,8 +4,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
-#include "model/unicode.h"
+#include "base/status_macros.h"
+#include "tokenizer/unicode.h"
 
 namespace shardlm::coordinator {
 

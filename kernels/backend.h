@@ -21,27 +21,11 @@
 #include <string_view>
 #include <vector>
 
+#include "base/rope.h"
 #include "kernels/sampling.h"
-#include "kernels/tensor.h"
+#include "base/tensor.h"
 
 namespace shardlm {
-
-// Rotary position embedding parameters, from the model config.
-struct RopeConfig {
-  enum class Scaling : uint8_t { kNone, kLinear, kLlama3 };
-  float theta = 10000.0f;
-  int rotary_dim = 0;        // usually head_dim
-  bool interleaved = false;  // false: HF "rotate half" (NeoX); true: pairs (2i, 2i+1) (GPT-J)
-  Scaling scaling = Scaling::kNone;
-  float factor = 1.0f;               // linear and llama3
-  float low_freq_factor = 1.0f;      // llama3
-  float high_freq_factor = 4.0f;     // llama3
-  int original_max_position = 8192;  // llama3
-};
-
-// Inverse frequency of each rotary pair (rotary_dim / 2 values), scaling applied. Computed on the
-// host in double precision, identically for every backend.
-std::vector<float> RopeInverseFrequencies(const RopeConfig& rope);
 
 struct AttentionParams {
   int num_heads = 0;       // query heads in q

@@ -5,8 +5,9 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "model/shard_loader.h"
+#include "parallel/collectives.h"
 
 namespace shardlm {
 
@@ -221,19 +222,13 @@ absl::StatusOr<Tensor> LlamaModel::ForwardStep(const StepIndices& step,
                                                std::vector<Tensor>& v_caches) {
   const int64_t n = step.tokens;
   const RankShard& shard = parallel_.shard;
-  const size_t x_bytes = static_cast<size_t>(n * config_.hidden_size) * sizeof(float);
-  const int prev = shard.rank - parallel_.plan.tp, next = shard.rank + parallel_.plan.tp;
 
   Tensor x = backend_.AllocateUninitialized({n, config_.hidden_size});
   if (shard.first_stage) {
     SHARDLM_RETURN_IF_ERROR(w_.embed->Forward(backend_, parallel_, step.embed_ids, x));
-  } else if (x.device() != Device::kCpu && parallel_.world_device != nullptr) {
-    // The previous stage's hidden states, from the rank with the same TP rank there.
-    SHARDLM_RETURN_IF_ERROR(parallel_.world_device->Recv(x.raw(), x_bytes, prev));
   } else {
-    Tensor host = Tensor::Empty({n, config_.hidden_size}, DType::kF32);
-    SHARDLM_RETURN_IF_ERROR(parallel_.world->Recv(host.raw(), x_bytes, prev));
-    x = backend_.ToDevice(host);
+    // The previous stage's hidden states, from the rank with the same TP rank there.
+    SHARDLM_RETURN_IF_ERROR(RecvFromPreviousStage(backend_, parallel_, x));
   }
   Tensor delta;
   for (size_t l = 0; l < w_.layers.size(); ++l) {
@@ -241,12 +236,7 @@ absl::StatusOr<Tensor> LlamaModel::ForwardStep(const StepIndices& step,
   }
   if (!w_.layers.empty()) backend_.Add(x, delta);
   if (!shard.last_stage) {
-    if (x.device() != Device::kCpu && parallel_.world_device != nullptr) {
-      SHARDLM_RETURN_IF_ERROR(parallel_.world_device->Send(x.raw(), x_bytes, next));
-    } else {
-      Tensor host = backend_.ToHost(x);
-      SHARDLM_RETURN_IF_ERROR(parallel_.world->Send(host.raw(), x_bytes, next));
-    }
+    SHARDLM_RETURN_IF_ERROR(SendToNextStage(backend_, parallel_, x));
     return Tensor();
   }
 
@@ -404,10 +394,10 @@ absl::StatusOr<std::vector<float>> LlamaModel::GatherLogits(const Tensor& local_
   const size_t bytes = static_cast<size_t>(rows * config_.vocab_size) * sizeof(float);
   if (root != 0) {
     if (shard.rank == root) {
-      SHARDLM_RETURN_IF_ERROR(parallel_.world->Send(full.data(), bytes, 0, /*tag=*/1));
+      SHARDLM_RETURN_IF_ERROR(parallel_.world->Send(full.data(), bytes, 0, static_cast<int>(MpiTag::kLogits)));
     } else if (shard.rank == 0) {
       full.resize(static_cast<size_t>(rows * config_.vocab_size));
-      SHARDLM_RETURN_IF_ERROR(parallel_.world->Recv(full.data(), bytes, root, /*tag=*/1));
+      SHARDLM_RETURN_IF_ERROR(parallel_.world->Recv(full.data(), bytes, root, static_cast<int>(MpiTag::kLogits)));
     }
   }
   if (shard.rank != 0) full.clear();

@@ -18,9 +18,9 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
-#include "model/config.h"
+#include "formats/config.h"
 #include "model/kv_cache.h"
-#include "model/weight_source.h"
+#include "formats/weight_source.h"
 #include "parallel/layers.h"
 
 namespace shardlm {

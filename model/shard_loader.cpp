@@ -1,7 +1,7 @@
 #include "model/shard_loader.h"
 
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "spdlog/spdlog.h"
 
 namespace shardlm {

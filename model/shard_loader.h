@@ -10,8 +10,8 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
-#include "model/config.h"
-#include "model/weight_source.h"
+#include "formats/config.h"
+#include "formats/weight_source.h"
 #include "parallel/shard_plan.h"
 
 namespace shardlm {

@@ -1,5 +1,7 @@
 #include "parallel/nccl_communicator.h"
 
+#include "base/env.h"
+
 #include <cstdint>
 #include <cstdlib>
 #include <utility>
@@ -7,7 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "spdlog/spdlog.h"
 
 namespace shardlm {
@@ -61,15 +63,6 @@ absl::Status NcclError(ncclResult_t result, ncclComm_t comm, absl::string_view c
     }                                                                                     \
   } while (0)
 
-int LocalRankFromEnv() {
-  // Open MPI, Slurm, MPICH/Hydra.
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}) {
-    const char* value = std::getenv(var);
-    int rank = 0;
-    if (value != nullptr && absl::SimpleAtoi(value, &rank) && rank >= 0) return rank;
-  }
-  return 0;
-}
 
 absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(Communicator& bootstrap,
                                                                        int device,

@@ -21,11 +21,6 @@
 
 namespace shardlm {
 
-// The node-local rank of this process from the launcher's environment
-// (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID, MPI_LOCALRANKID); 0 when none is set. Pick the
-// GPU as LocalRankFromEnv() % device_count.
-int LocalRankFromEnv();
-
 class NcclCommunicator final : public Communicator {
  public:
   // Collective over `bootstrap` (a host-memory communicator, e.g. MpiCommunicator::World()):

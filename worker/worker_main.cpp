@@ -16,15 +16,15 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
-#include "model/checkpoint_loader.h"
+#include "base/status_macros.h"
+#include "formats/checkpoint_loader.h"
 #include "model/llama.h"
-#include "parallel/backend_setup.h"
+#include "runtime/backend_setup.h"
 #include "parallel/mpi_communicator.h"
 #include "shardlm/v1/worker.grpc.pb.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
-#include "worker/engine.h"
+#include "runtime/engine.h"
 
 namespace shardlm {
 namespace {

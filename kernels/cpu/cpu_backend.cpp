@@ -65,7 +65,10 @@ class CpuBackend final : public Backend {
     const int64_t rows = host.dim(0), width = end - begin;
     Tensor out = Tensor::Empty({rows, width}, DType::kF32);
     quant::DequantizeColumns(host.dtype(), host.raw(), rows, host.dim(1), begin, end,
-                             out.data<float>());
+                             out.data<float>(),
+                             [](DType t, const void* src, float* dst, int64_t n) {
+                               quant::DequantizeRow(t, src, dst, n);
+                             });
     return out;
   }
 

@@ -10,7 +10,7 @@
 #include <string_view>
 
 #include "kernels/backend.h"
-#include "kernels/tensor.h"
+#include "base/tensor.h"
 
 namespace shardlm::cpu {
 

@@ -10,7 +10,7 @@
 #include <cstdint>
 
 #include "kernels/cpu/cpu_ops.h"
-#include "kernels/dtype.h"
+#include "base/dtype.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>

@@ -13,11 +13,11 @@
 #include <utility>
 #include <vector>
 
-#include "kernels/cpu/quant/quant.h"
+#include "kernels/quant/codec.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_quant.h"
 #include "kernels/cuda/cuda_sampling.h"
-#include "kernels/dtype.h"
+#include "base/dtype.h"
 
 // Every CUDA runtime / cuBLAS call goes through these: a failure throws std::runtime_error
 // naming the call, the file, the line and the error.

@@ -7,12 +7,12 @@
 #include <string>
 #include <vector>
 
-#include "cli/gguf_export.h"
+#include "formats/gguf_export.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "model/checkpoint_loader.h"
+#include "formats/checkpoint_loader.h"
 #include "model/llama.h"
-#include "model/random_weights.h"
+#include "formats/random_weights.h"
 
 namespace shardlm {
 namespace {

@@ -24,7 +24,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "health.grpc.pb.h"
-#include "model/random_weights.h"
+#include "formats/random_weights.h"
 #include "reflection.grpc.pb.h"
 #include "shardlm/v1/generation.grpc.pb.h"
 

@@ -5,7 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "model/unicode.h"
+#include "tokenizer/unicode.h"
 #include "tests/coordinator/test_models.h"
 
 namespace shardlm::coordinator {

@@ -15,7 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "health.grpc.pb.h"
-#include "model/unicode.h"
+#include "tokenizer/unicode.h"
 #include "shardlm/v1/generation.grpc.pb.h"
 #include "tests/coordinator/fake_worker.h"
 #include "tests/coordinator/test_models.h"

@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <filesystem>
 
-#include "model/random_weights.h"
+#include "formats/random_weights.h"
 
 namespace shardlm::coordinator::testing {
 

@@ -13,10 +13,10 @@
 #include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "model/config.h"
-#include "model/generator.h"
+#include "formats/config.h"
+#include "runtime/generator.h"
 #include "model/llama.h"
-#include "model/random_weights.h"
+#include "formats/random_weights.h"
 #include "nlohmann/json.hpp"
 
 namespace shardlm {

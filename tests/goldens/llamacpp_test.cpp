@@ -17,7 +17,8 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "model/checkpoint_loader.h"
+#include "formats/checkpoint_loader.h"
+#include "tokenizer/loader.h"
 #include "model/llama.h"
 #include "nlohmann/json.hpp"
 

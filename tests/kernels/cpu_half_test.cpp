@@ -14,7 +14,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_ops.h"
-#include "kernels/dtype.h"
+#include "base/dtype.h"
 #include "tests/kernels/test_util.h"
 
 // From OpenBLAS (linked through the backend); declared here rather than including cblas.h,

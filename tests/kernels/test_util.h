@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kernels/tensor.h"
+#include "base/tensor.h"
 
 namespace shardlm::testutil {
 

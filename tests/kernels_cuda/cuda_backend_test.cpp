@@ -20,8 +20,8 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/dtype.h"
-#include "kernels/tensor.h"
+#include "base/dtype.h"
+#include "base/tensor.h"
 
 namespace shardlm {
 namespace {

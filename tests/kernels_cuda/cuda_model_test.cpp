@@ -30,11 +30,11 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
-#include "model/checkpoint_loader.h"
-#include "model/decode_graphs.h"
-#include "model/generator.h"
+#include "formats/checkpoint_loader.h"
+#include "runtime/decode_graphs.h"
+#include "runtime/generator.h"
 #include "model/llama.h"
-#include "model/random_weights.h"
+#include "formats/random_weights.h"
 #include "tests/kernels_cuda/logit_compare.h"
 
 namespace shardlm {

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "kernels/cpu/quant/quant.h"
-#include "kernels/dtype.h"
+#include "base/dtype.h"
 
 namespace shardlm {
 namespace {

@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "worker/sampler.h"
+#include "runtime/sampler.h"
 
 namespace shardlm {
 namespace {

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "model/random_weights.h"
+#include "formats/random_weights.h"
 
 namespace shardlm::cudatest {
 

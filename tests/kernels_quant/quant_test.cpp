@@ -14,7 +14,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/quant/quant.h"
 #include "kernels/cpu/quant/quant_internal.h"
-#include "kernels/dtype.h"
+#include "base/dtype.h"
 
 namespace shardlm::quant {
 namespace {

@@ -11,6 +11,7 @@
 
 #include "gtest/gtest.h"
 #include "parallel/communicator.h"
+#include "base/env.h"
 #include "parallel/nccl_communicator.h"
 #include "tests/parallel/mpi_gtest_main.h"
 
@@ -81,7 +82,7 @@ class NcclCommunicatorTest : public ::testing::Test {
       std::printf("NcclCommunicatorTest: %s, skipping\n", skip_reason_.c_str());
       return;
     }
-    const int device = LocalRankFromEnv() % count;
+    const int device = NodeLocalRank() % count;
     absl::StatusOr<std::unique_ptr<Communicator>> comm =
         NcclCommunicator::Create(mpitest::World(), device);
     if (!comm.ok()) {

@@ -12,12 +12,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "cli/gguf_export.h"
+#include "formats/gguf_export.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "model/checkpoint_loader.h"
-#include "model/generator.h"
+#include "formats/checkpoint_loader.h"
+#include "tokenizer/loader.h"
+#include "runtime/generator.h"
 #include "model/llama.h"
-#include "model/random_weights.h"
+#include "formats/random_weights.h"
 #include "model/shard_loader.h"
 #include "tests/parallel/mpi_gtest_main.h"
 

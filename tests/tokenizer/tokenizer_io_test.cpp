@@ -13,13 +13,13 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "model/gguf.h"
-#include "model/gguf_writer.h"
-#include "model/pretokenizer.h"
-#include "model/tokenizer.h"
-#include "model/unicode.h"
+#include "formats/gguf.h"
+#include "formats/gguf_writer.h"
+#include "tokenizer/pretokenizer.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 #include "nlohmann/json.hpp"
-#include "tests/model/io_test_util.h"
+#include "tests/formats/io_test_util.h"
 #include "tokenizer_test_util.h"
 
 namespace shardlm {

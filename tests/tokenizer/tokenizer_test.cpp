@@ -9,10 +9,10 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "model/pretokenizer.h"
-#include "model/tokenizer.h"
-#include "model/unicode.h"
-#include "tests/model/io_test_util.h"
+#include "tokenizer/pretokenizer.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
+#include "tests/formats/io_test_util.h"
 #include "tokenizer_test_util.h"
 
 namespace shardlm {

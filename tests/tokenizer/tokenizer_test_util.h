@@ -11,8 +11,8 @@
 #include <string_view>
 #include <vector>
 
-#include "model/tokenizer.h"
-#include "model/unicode.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 namespace shardlm::testing {
 

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "model/gguf.h"
-#include "model/tokenizer.h"
+#include "formats/gguf.h"
+#include "tokenizer/tokenizer.h"
 #include "tokenizer_test_util.h"
 
 namespace shardlm {

@@ -107,8 +107,6 @@ Isa BestIsa() {
   return best;
 }
 
-bool IsQuantType(DType t) { return internal::QuantIndexOf(t) >= 0; }
-
 void DequantizeRow(DType t, const void* src, float* dst, int64_t n, Isa isa) {
   const int idx = CheckType("DequantizeRow", t, n);
   internal::KernelsFor(isa).dequant[idx](static_cast<const uint8_t*>(src), dst,
@@ -242,17 +240,6 @@ void QuantMatmul(DType t, const void* w, int64_t rows, int64_t cols, const float
     return internal::QuantMatmulSmall(t, w, rows, cols, x, n, y, ldy, threads, isa);
   }
   internal::QuantMatmulSgemm(t, w, rows, cols, x, n, y, ldy, threads, isa);
-}
-
-void DequantizeColumns(DType t, const void* w, int64_t rows, int64_t cols, int64_t begin,
-                       int64_t end, float* dst) {
-  const size_t row_bytes = DTypeBytes(t, cols);
-  const int64_t width = end - begin;
-  std::vector<float> buf(static_cast<size_t>(cols));
-  for (int64_t r = 0; r < rows; ++r) {
-    DequantizeRow(t, static_cast<const char*>(w) + r * row_bytes, buf.data(), cols);
-    std::memcpy(dst + r * width, buf.data() + begin, static_cast<size_t>(width) * sizeof(float));
-  }
 }
 
 }  // namespace shardlm::quant

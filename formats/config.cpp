@@ -1,0 +1,535 @@
+#include "formats/config.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstdlib>
+#include <exception>
+#include <limits>
+#include <string_view>
+#include <system_error>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+
+namespace shardlm {
+namespace {
+
+using nlohmann::json;
+
+// Integer fields feed `int` members (RopeConfig, AttentionParams) and int32 token ids downstream,
+// so anything above int32 cannot be a sensible value and is rejected here rather than wrapping.
+constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
+
+// HF's Qwen2Config default: layers at or above this index use the sliding window.
+constexpr int64_t kQwen2DefaultMaxWindowLayers = 28;
+
+struct ArchNames {
+  Arch arch;
+  std::string_view model_type;
+  std::string_view architecture;
+};
+constexpr ArchNames kArchs[] = {
+    {Arch::kLlama, "llama", "LlamaForCausalLM"},
+    {Arch::kMistral, "mistral", "MistralForCausalLM"},
+    {Arch::kQwen2, "qwen2", "Qwen2ForCausalLM"},
+};
+
+// Debian's abseil is built with its own string_view type, which StrCat needs.
+absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+std::string ErrnoMessage(int err) {
+  return std::error_code(err, std::generic_category()).message();
+}
+
+// A bad value as it appears in the file, shortened: enough to recognise it in a one-line message.
+std::string Got(const json& value) {
+  std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
+  constexpr size_t kMax = 60;
+  if (text.size() > kMax) text = text.substr(0, kMax - 3) + "...";
+  return text;
+}
+
+// The shortest decimal that reads back as `f`, as a double: config.json then says 1e-05 rather
+// than 9.999999747378752e-06, and ParseModelConfig's float cast recovers `f` exactly.
+json FloatToJson(float f) {
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, f);
+  if (ec == std::errc()) {
+    double d = std::strtod(std::string(buf, end).c_str(), nullptr);
+    // Reading the digits as a double and then rounding to float can, rarely, round twice to a
+    // different float; the exact double value of `f` is always safe.
+    if (static_cast<float>(d) == f) return d;
+  }
+  return static_cast<double>(f);
+}
+
+// Reads fields of one config.json, turning every problem into a one-line InvalidArgument that
+// names the source, the field, and what was expected vs found.
+class ConfigReader {
+ public:
+  explicit ConfigReader(const std::string& source) : source_(source) {}
+
+  absl::Status Error(std::string_view field, std::string_view expected, const json& got) const {
+    return absl::InvalidArgumentError(absl::StrCat("config.json ", source_, ": field '", Sv(field),
+                                                   "': expected ", Sv(expected), ", got ",
+                                                   Got(got)));
+  }
+  absl::Status Problem(std::string_view field, std::string_view what) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json ", source_, ": field '", Sv(field), "': ", Sv(what)));
+  }
+  absl::Status Missing(std::string_view field, std::string_view note = "") const {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.json ", source_, ": missing required field '", Sv(field), "'", Sv(note)));
+  }
+  absl::Status TopLevel(const json& got) const {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.json ", source_, ": expected a JSON object at the top level, got ", Got(got)));
+  }
+
+  // Absent and null both mean "not given": HF writes null for optional fields left unset.
+  static const json* Find(const json& object, std::string_view key) {
+    auto it = object.find(std::string(key));
+    if (it == object.end() || it->is_null()) return nullptr;
+    return &*it;
+  }
+
+  // The key of `field` within its object: "rope_scaling.factor" -> "factor".
+  static std::string_view Key(std::string_view field) { return field.substr(field.rfind('.') + 1); }
+
+  // An integer in [min, kMaxInt]; `out` is left alone when the field is absent and not required.
+  // `field` is the full name for messages; its last component is looked up in `object`.
+  absl::Status Int(const json& object, std::string_view field, bool required, int64_t min,
+                   int64_t* out) const {
+    const json* value = Find(object, Key(field));
+    if (value == nullptr) return required ? Missing(field) : absl::OkStatus();
+    const char* expected = min > 0 ? "a positive integer" : "a non-negative integer";
+    if (!value->is_number_integer()) return Error(field, expected, *value);
+    const std::string at_most = absl::StrCat("an integer at most ", kMaxInt);
+    // Read unsigned values as such: a huge one must not wrap into a small or negative int64.
+    if (value->is_number_unsigned() && value->get<uint64_t>() > static_cast<uint64_t>(kMaxInt)) {
+      return Error(field, at_most, *value);
+    }
+    int64_t v = value->get<int64_t>();
+    if (v < min) return Error(field, expected, *value);
+    if (v > kMaxInt) return Error(field, at_most, *value);
+    *out = v;
+    return absl::OkStatus();
+  }
+
+  // A positive, finite number that fits a float.
+  absl::Status PositiveFloat(const json& object, std::string_view field, bool required,
+                             float* out) const {
+    const json* value = Find(object, Key(field));
+    if (value == nullptr) return required ? Missing(field) : absl::OkStatus();
+    if (!value->is_number()) return Error(field, "a positive number", *value);
+    double v = value->get<double>();
+    if (!(v > 0.0) || v > std::numeric_limits<float>::max()) {
+      return Error(field, "a positive number", *value);
+    }
+    *out = static_cast<float>(v);
+    return absl::OkStatus();
+  }
+
+  absl::Status Bool(const json& object, std::string_view key, bool* out) const {
+    const json* value = Find(object, key);
+    if (value == nullptr) return absl::OkStatus();
+    if (!value->is_boolean()) return Error(key, "true or false", *value);
+    *out = value->get<bool>();
+    return absl::OkStatus();
+  }
+
+ private:
+  const std::string& source_;
+};
+
+absl::StatusOr<Arch> ReadArch(const json& root, const ConfigReader& r) {
+  if (const json* type = ConfigReader::Find(root, "model_type")) {
+    if (type->is_string()) {
+      const std::string& name = type->get_ref<const std::string&>();
+      for (const ArchNames& a : kArchs) {
+        if (name == a.model_type) return a.arch;
+      }
+    }
+    return r.Error("model_type", "one of \"llama\", \"mistral\", \"qwen2\"", *type);
+  }
+  // Some hand-written or older configs name only the class.
+  if (const json* archs = ConfigReader::Find(root, "architectures")) {
+    if (archs->is_array() && !archs->empty()) {
+      const json& first = (*archs)[0];
+      if (first.is_string()) {
+        const std::string& name = first.get_ref<const std::string&>();
+        for (const ArchNames& a : kArchs) {
+          if (name == a.architecture) return a.arch;
+        }
+      }
+      return r.Error("architectures[0]",
+                     "one of \"LlamaForCausalLM\", \"MistralForCausalLM\", \"Qwen2ForCausalLM\"",
+                     first);
+    }
+    return r.Error("architectures", "a non-empty list of class names", *archs);
+  }
+  return r.Missing("model_type", " (or 'architectures'); supported: llama, mistral, qwen2");
+}
+
+absl::Status ReadRopeScaling(const json& root, const ConfigReader& r, RopeConfig* rope) {
+  const json* scaling = ConfigReader::Find(root, "rope_scaling");
+  if (scaling == nullptr) return absl::OkStatus();
+  if (!scaling->is_object()) return r.Error("rope_scaling", "an object or null", *scaling);
+
+  // Older configs spell the key "type"; "rope_type" wins when both are present, as in HF.
+  std::string_view type_field = "rope_scaling.rope_type";
+  const json* type = ConfigReader::Find(*scaling, "rope_type");
+  if (type == nullptr) {
+    type = ConfigReader::Find(*scaling, "type");
+    if (type != nullptr) type_field = "rope_scaling.type";
+  }
+  if (type == nullptr) return r.Missing("rope_scaling.rope_type");
+  const std::string_view kExpected = "one of \"llama3\", \"linear\", \"default\"";
+  if (!type->is_string()) return r.Error(type_field, kExpected, *type);
+  const std::string& name = type->get_ref<const std::string&>();
+
+  if (name == "default") return absl::OkStatus();  // HF's spelling of "no scaling"
+  if (name == "linear") {
+    rope->scaling = RopeConfig::Scaling::kLinear;
+    return r.PositiveFloat(*scaling, "rope_scaling.factor", true, &rope->factor);
+  }
+  if (name == "llama3") {
+    rope->scaling = RopeConfig::Scaling::kLlama3;
+    // All four are required by HF's own validation; guessing any of them would silently change
+    // the frequencies.
+    SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(*scaling, "rope_scaling.factor", true, &rope->factor));
+    SHARDLM_RETURN_IF_ERROR(
+        r.PositiveFloat(*scaling, "rope_scaling.low_freq_factor", true, &rope->low_freq_factor));
+    SHARDLM_RETURN_IF_ERROR(
+        r.PositiveFloat(*scaling, "rope_scaling.high_freq_factor", true, &rope->high_freq_factor));
+    int64_t original = 0;
+    SHARDLM_RETURN_IF_ERROR(
+        r.Int(*scaling, "rope_scaling.original_max_position_embeddings", true, 1, &original));
+    rope->original_max_position = static_cast<int>(original);
+    // The interpolation band divides by (high - low).
+    if (!(rope->high_freq_factor > rope->low_freq_factor)) {
+      return r.Problem("rope_scaling.high_freq_factor",
+                       absl::StrCat("expected a value greater than low_freq_factor (",
+                                    rope->low_freq_factor, "), got ", rope->high_freq_factor));
+    }
+    return absl::OkStatus();
+  }
+  return r.Error(type_field, kExpected, *type);
+}
+
+absl::Status ReadTorchDtype(const json& root, const ConfigReader& r, DType* dtype) {
+  // transformers >= 4.56 writes "dtype" instead of "torch_dtype".
+  std::string_view field = "torch_dtype";
+  const json* value = ConfigReader::Find(root, "torch_dtype");
+  if (value == nullptr) {
+    value = ConfigReader::Find(root, "dtype");
+    field = "dtype";
+  }
+  if (value == nullptr) return absl::OkStatus();
+  if (value->is_string()) {
+    const std::string& name = value->get_ref<const std::string&>();
+    if (name == "float32") {
+      *dtype = DType::kF32;
+      return absl::OkStatus();
+    }
+    if (name == "bfloat16") {
+      *dtype = DType::kBF16;
+      return absl::OkStatus();
+    }
+    if (name == "float16") {
+      *dtype = DType::kF16;
+      return absl::OkStatus();
+    }
+  }
+  return r.Error(field, "one of \"float32\", \"bfloat16\", \"float16\"", *value);
+}
+
+absl::Status ReadTokenIds(const json& root, const ConfigReader& r, ModelConfig* c) {
+  SHARDLM_RETURN_IF_ERROR(r.Int(root, "bos_token_id", false, 0, &c->bos_token_id));
+  const json* eos = ConfigReader::Find(root, "eos_token_id");
+  if (eos == nullptr) return absl::OkStatus();
+  const char* kExpected = "a non-negative integer or a list of them";
+  auto read_one = [&](const json& v) -> absl::Status {
+    if (!v.is_number_integer() || (!v.is_number_unsigned() && v.get<int64_t>() < 0) ||
+        (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(kMaxInt))) {
+      return r.Error("eos_token_id", kExpected, *eos);
+    }
+    c->eos_token_ids.push_back(v.get<int64_t>());
+    return absl::OkStatus();
+  };
+  if (eos->is_array()) {
+    for (const json& v : *eos) {
+      SHARDLM_RETURN_IF_ERROR(read_one(v));
+    }
+    return absl::OkStatus();
+  }
+  return read_one(*eos);
+}
+
+absl::Status ReadSlidingWindow(const json& root, const ConfigReader& r, ModelConfig* c) {
+  switch (c->arch) {
+    case Arch::kLlama:
+      return absl::OkStatus();  // Llama has no sliding window; a stray field means nothing.
+    case Arch::kMistral:
+      return r.Int(root, "sliding_window", false, 1, &c->sliding_window);
+    case Arch::kQwen2: {
+      bool use = false;
+      SHARDLM_RETURN_IF_ERROR(r.Bool(root, "use_sliding_window", &use));
+      // Qwen2 configs carry a sliding_window value even when it is switched off.
+      if (!use) return absl::OkStatus();
+      int64_t window = 4096;  // HF's Qwen2Config default
+      SHARDLM_RETURN_IF_ERROR(r.Int(root, "sliding_window", false, 1, &window));
+      // In HF, layer i uses the window only when i >= max_window_layers. ModelConfig holds one
+      // window for all layers, so a mix cannot be represented and must not be run silently.
+      int64_t max_window_layers = kQwen2DefaultMaxWindowLayers;
+      SHARDLM_RETURN_IF_ERROR(r.Int(root, "max_window_layers", false, 0, &max_window_layers));
+      if (max_window_layers >= c->num_layers) return absl::OkStatus();  // no layer uses it
+      if (max_window_layers > 0) {
+        return r.Problem(
+            "max_window_layers",
+            absl::StrCat("expected 0 (all layers use the window) or at least num_hidden_layers (",
+                         c->num_layers,
+                         ", none does) with use_sliding_window; a mix of layer "
+                         "kinds is not supported, got ",
+                         max_window_layers));
+      }
+      c->sliding_window = window;
+      return absl::OkStatus();
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelConfig> Parse(const json& root, const std::string& source) {
+  ConfigReader r(source);
+  if (!root.is_object()) return r.TopLevel(root);
+  ModelConfig c;
+
+  absl::StatusOr<Arch> arch = ReadArch(root, r);
+  if (!arch.ok()) return arch.status();
+  c.arch = *arch;
+
+  struct Required {
+    std::string_view key;
+    int64_t* out;
+  };
+  for (const Required& f :
+       {Required{"vocab_size", &c.vocab_size}, Required{"hidden_size", &c.hidden_size},
+        Required{"intermediate_size", &c.intermediate_size},
+        Required{"num_hidden_layers", &c.num_layers},
+        Required{"num_attention_heads", &c.num_heads}}) {
+    SHARDLM_RETURN_IF_ERROR(r.Int(root, f.key, true, 1, f.out));
+  }
+
+  c.num_kv_heads = c.num_heads;
+  SHARDLM_RETURN_IF_ERROR(r.Int(root, "num_key_value_heads", false, 1, &c.num_kv_heads));
+  if (c.num_heads % c.num_kv_heads != 0) {
+    return r.Problem("num_key_value_heads",
+                     absl::StrCat("expected a divisor of num_attention_heads (", c.num_heads,
+                                  ") so query heads group evenly, got ", c.num_kv_heads));
+  }
+
+  if (ConfigReader::Find(root, "head_dim") != nullptr) {
+    SHARDLM_RETURN_IF_ERROR(r.Int(root, "head_dim", false, 1, &c.head_dim));
+  } else if (c.hidden_size % c.num_heads != 0) {
+    return r.Missing("head_dim", absl::StrCat(": hidden_size (", c.hidden_size,
+                                              ") is not divisible by num_attention_heads (",
+                                              c.num_heads, "), so it cannot be derived"));
+  } else {
+    c.head_dim = c.hidden_size / c.num_heads;
+  }
+  // Rotary embedding rotates feature pairs over the whole head.
+  if (c.head_dim % 2 != 0) {
+    return r.Problem("head_dim", absl::StrCat("expected an even number (rotary embedding "
+                                              "rotates pairs of features), got ",
+                                              c.head_dim));
+  }
+
+  SHARDLM_RETURN_IF_ERROR(
+      r.Int(root, "max_position_embeddings", false, 1, &c.max_position_embeddings));
+  SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(root, "rms_norm_eps", false, &c.rms_norm_eps));
+
+  c.rope = RopeConfig{};
+  SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(root, "rope_theta", false, &c.rope.theta));
+  SHARDLM_RETURN_IF_ERROR(ReadRopeScaling(root, r, &c.rope));
+  c.rope.rotary_dim = static_cast<int>(c.head_dim);
+
+  // All three families use SwiGLU; another activation would run and produce garbage.
+  if (const json* act = ConfigReader::Find(root, "hidden_act")) {
+    if (!act->is_string() || act->get_ref<const std::string&>() != "silu") {
+      return r.Error("hidden_act", "\"silu\"", *act);
+    }
+  }
+
+  SHARDLM_RETURN_IF_ERROR(r.Bool(root, "tie_word_embeddings", &c.tie_word_embeddings));
+
+  switch (c.arch) {
+    case Arch::kLlama: {
+      bool attention_bias = false;
+      SHARDLM_RETURN_IF_ERROR(r.Bool(root, "attention_bias", &attention_bias));
+      c.qkv_bias = c.o_bias = attention_bias;
+      SHARDLM_RETURN_IF_ERROR(r.Bool(root, "mlp_bias", &c.mlp_bias));
+      break;
+    }
+    case Arch::kMistral: {
+      bool attention_bias = false;
+      SHARDLM_RETURN_IF_ERROR(r.Bool(root, "attention_bias", &attention_bias));
+      c.qkv_bias = attention_bias;
+      break;
+    }
+    case Arch::kQwen2:
+      // Qwen2's q/k/v projections always carry a bias and o/MLP never do; the config has no
+      // switch for it.
+      c.qkv_bias = true;
+      break;
+  }
+
+  SHARDLM_RETURN_IF_ERROR(ReadSlidingWindow(root, r, &c));
+  SHARDLM_RETURN_IF_ERROR(ReadTorchDtype(root, r, &c.torch_dtype));
+  SHARDLM_RETURN_IF_ERROR(ReadTokenIds(root, r, &c));
+  return c;
+}
+
+// The whole file; NotFound when it does not exist, so callers can tell "absent" from "broken".
+absl::StatusOr<std::string> ReadConfigFile(const std::string& path) {
+  const std::string what = "config.json ";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    std::string message = absl::StrCat(what, path, ": cannot open: ", ErrnoMessage(err));
+    return err == ENOENT || err == ENOTDIR ? absl::NotFoundError(message)
+                                           : absl::InvalidArgumentError(message);
+  }
+  std::string text;
+  struct stat st;
+  absl::Status status;
+  if (::fstat(fd, &st) != 0) {
+    status = absl::InvalidArgumentError(
+        absl::StrCat(what, path, ": cannot stat: ", ErrnoMessage(errno)));
+  } else if (!S_ISREG(st.st_mode)) {
+    status = absl::InvalidArgumentError(absl::StrCat(what, path, ": not a regular file"));
+  } else {
+    text.reserve(static_cast<size_t>(st.st_size));
+    char buf[1 << 16];
+    while (true) {
+      ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        status = absl::InvalidArgumentError(
+            absl::StrCat(what, path, ": read failed: ", ErrnoMessage(errno)));
+        break;
+      }
+      if (n == 0) break;
+      text.append(buf, static_cast<size_t>(n));
+    }
+  }
+  ::close(fd);
+  if (!status.ok()) return status;
+  return text;
+}
+
+}  // namespace
+
+std::string_view ArchName(Arch arch) {
+  for (const ArchNames& a : kArchs) {
+    if (a.arch == arch) return a.model_type;
+  }
+  return "unknown";
+}
+
+absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& json,
+                                             const std::string& source) {
+  // nlohmann throws on misuse (and std::bad_alloc exists); callers get a Status, never a throw.
+  try {
+    return Parse(json, source);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json ", source, ": cannot read: ", e.what()));
+  }
+}
+
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadConfigFile(path);
+  if (!text.ok()) return text.status();
+  json parsed;
+  try {
+    parsed = json::parse(*text);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json ", path, ": not valid JSON: ", e.what()));
+  }
+  return ParseModelConfig(parsed, path);
+}
+
+nlohmann::json ModelConfigToJson(const ModelConfig& c) {
+  json j = json::object();
+  for (const ArchNames& a : kArchs) {
+    if (a.arch == c.arch) {
+      j["architectures"] = json::array({std::string(a.architecture)});
+      j["model_type"] = std::string(a.model_type);
+    }
+  }
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.num_layers;
+  j["num_attention_heads"] = c.num_heads;
+  j["num_key_value_heads"] = c.num_kv_heads;
+  j["head_dim"] = c.head_dim;
+  if (c.max_position_embeddings > 0) j["max_position_embeddings"] = c.max_position_embeddings;
+  j["hidden_act"] = "silu";
+  j["rms_norm_eps"] = FloatToJson(c.rms_norm_eps);
+  j["rope_theta"] = FloatToJson(c.rope.theta);
+  switch (c.rope.scaling) {
+    case RopeConfig::Scaling::kNone:
+      j["rope_scaling"] = nullptr;
+      break;
+    case RopeConfig::Scaling::kLinear:
+      j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", FloatToJson(c.rope.factor)}};
+      break;
+    case RopeConfig::Scaling::kLlama3:
+      j["rope_scaling"] = {
+          {"rope_type", "llama3"},
+          {"factor", FloatToJson(c.rope.factor)},
+          {"low_freq_factor", FloatToJson(c.rope.low_freq_factor)},
+          {"high_freq_factor", FloatToJson(c.rope.high_freq_factor)},
+          {"original_max_position_embeddings", c.rope.original_max_position},
+      };
+      break;
+  }
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  switch (c.arch) {
+    case Arch::kLlama:
+      j["attention_bias"] = c.qkv_bias;
+      j["mlp_bias"] = c.mlp_bias;
+      break;
+    case Arch::kMistral:
+      j["attention_bias"] = c.qkv_bias;
+      j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
+      break;
+    case Arch::kQwen2:
+      j["use_sliding_window"] = c.sliding_window > 0;
+      j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
+      // 0: every layer uses the window, which is what a single sliding_window value means.
+      if (c.sliding_window > 0) j["max_window_layers"] = 0;
+      break;
+  }
+  j["torch_dtype"] = c.torch_dtype == DType::kBF16  ? "bfloat16"
+                     : c.torch_dtype == DType::kF16 ? "float16"
+                                                    : "float32";
+  if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
+  if (c.eos_token_ids.size() == 1) {
+    j["eos_token_id"] = c.eos_token_ids[0];
+  } else if (!c.eos_token_ids.empty()) {
+    j["eos_token_id"] = c.eos_token_ids;
+  }
+  return j;
+}
+
+}  // namespace shardlm

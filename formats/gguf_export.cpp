@@ -1,0 +1,101 @@
+#include "formats/gguf_export.h"
+
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/quant/codec.h"
+#include "base/status_macros.h"
+#include "formats/gguf_model.h"
+#include "formats/gguf_writer.h"
+
+namespace shardlm {
+
+namespace {
+
+Tensor ToF32(const Tensor& t) {
+  Tensor out = Tensor::Empty(t.shape(), DType::kF32);
+  ConvertToF32(t.dtype(), t.raw(), out.data<float>(), static_cast<size_t>(t.numel()));
+  return out;
+}
+
+Tensor Convert(const Tensor& f32, DType dtype) {
+  if (dtype == DType::kF32) return f32;
+  Tensor out = Tensor::Empty(f32.shape(), dtype);
+  const int64_t cols = f32.dim(-1), rows = f32.numel() / cols;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = f32.data<float>() + r * cols;
+    char* dst = static_cast<char*>(out.raw()) + DTypeBytes(dtype, r * cols);
+    if (IsQuantized(dtype)) {
+      quant::QuantizeRow(dtype, src, dst, cols);
+    } else {
+      auto* h = reinterpret_cast<uint16_t*>(dst);
+      for (int64_t c = 0; c < cols; ++c) {
+        h[c] = dtype == DType::kBF16 ? F32ToBf16(src[c]) : F32ToF16(src[c]);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Tensor PermuteForInterleavedRope(const Tensor& f32, int64_t heads) {
+  const int64_t rows = f32.dim(0), cols = f32.rank() == 2 ? f32.dim(1) : 1;
+  const int64_t head_dim = rows / heads, half = head_dim / 2;
+  Tensor out = Tensor::Empty(f32.shape(), DType::kF32);
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < 2; ++i) {
+      for (int64_t j = 0; j < half; ++j) {
+        const int64_t from = h * head_dim + i * half + j, to = h * head_dim + 2 * j + i;
+        std::memcpy(out.data<float>() + to * cols, f32.data<float>() + from * cols,
+                    cols * sizeof(float));
+      }
+    }
+  }
+  return out;
+}
+
+absl::Status ExportGguf(const ModelConfig& c, const WeightSource& hf, const std::string& path,
+                        DType matrix_dtype) {
+  const std::string arch = c.arch == Arch::kQwen2 ? "qwen2" : "llama";
+  if (c.arch == Arch::kMistral) {
+    return absl::InvalidArgumentError("ExportGguf: mistral is written as llama by llama.cpp; "
+                                      "its sliding window has no GGUF key here");
+  }
+  const std::string a = arch + ".";
+  std::vector<std::pair<std::string, GgufValue>> meta = {
+      {"general.architecture", GgufString(arch)},
+      {"general.name", GgufString("shardlm tiny model")},
+      {a + "context_length", GgufInt(GgufType::kUint32, c.max_position_embeddings)},
+      {a + "embedding_length", GgufInt(GgufType::kUint32, c.hidden_size)},
+      {a + "block_count", GgufInt(GgufType::kUint32, c.num_layers)},
+      {a + "feed_forward_length", GgufInt(GgufType::kUint32, c.intermediate_size)},
+      {a + "attention.head_count", GgufInt(GgufType::kUint32, c.num_heads)},
+      {a + "attention.head_count_kv", GgufInt(GgufType::kUint32, c.num_kv_heads)},
+      {a + "attention.layer_norm_rms_epsilon", GgufFloat(GgufType::kFloat32, c.rms_norm_eps)},
+      {a + "rope.freq_base", GgufFloat(GgufType::kFloat32, c.rope.theta)},
+      {a + "rope.dimension_count", GgufInt(GgufType::kUint32, c.head_dim)},
+  };
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const std::string& name : hf.Names()) {
+    const std::string gguf_name = GgufTensorName(name);
+    if (gguf_name.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("ExportGguf: tensor '", name,
+                                                     "' has no GGUF name"));
+    }
+    SHARDLM_ASSIGN_OR_RETURN(Tensor t, hf.Load(name));
+    Tensor f32 = ToF32(t);
+    if (c.arch == Arch::kLlama) {
+      if (absl::StrContains(name, "q_proj")) f32 = PermuteForInterleavedRope(f32, c.num_heads);
+      if (absl::StrContains(name, "k_proj")) f32 = PermuteForInterleavedRope(f32, c.num_kv_heads);
+    }
+    DType dtype = f32.rank() == 2 ? matrix_dtype : DType::kF32;
+    if (IsQuantized(dtype) && f32.dim(1) % DTypeBlockElements(dtype) != 0) dtype = DType::kF32;
+    tensors.emplace_back(gguf_name, Convert(f32, dtype));
+  }
+  return WriteGguf(path, meta, tensors);
+}
+
+}  // namespace shardlm

@@ -1,0 +1,46 @@
+// A Llama-family model stored as GGUF (llama.cpp's format): its config from the metadata and its
+// tensors under the HF names the decoder asks for.
+//
+// Facts about llama.cpp's converter that matter here:
+// - `llama`-architecture checkpoints have the rows of Q and K permuted within each head so that
+//   llama.cpp can rotate adjacent pairs (x[2i], x[2i+1]); the HF layout rotates (x[i], x[i+d/2]).
+//   We keep the weights as stored and use interleaved RoPE for them.
+// - `qwen2` checkpoints are not permuted and use NeoX ("rotate half") RoPE, as in HF.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "formats/config.h"
+#include "formats/gguf.h"
+
+namespace shardlm {
+
+// Reads the hyperparameters of the `llama` and `qwen2` architectures. Errors name the file and
+// the metadata key.
+absl::StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& gguf);
+
+// The GGUF name of an HF tensor name ("model.layers.3.mlp.up_proj.weight" -> "blk.3.ffn_up.weight"),
+// or "" when there is none.
+std::string GgufTensorName(std::string_view hf_name);
+
+// Presents a GGUF file's tensors under HF names. Does not own the file.
+class GgufHfView : public WeightSource {
+ public:
+  explicit GgufHfView(const GgufFile& gguf) : gguf_(gguf) {}
+  std::string Describe() const override { return gguf_.Describe(); }
+  std::vector<std::string> Names() const override;
+  absl::StatusOr<TensorInfo> Info(std::string_view name) const override;
+  absl::StatusOr<Tensor> Load(std::string_view name) const override;
+  absl::StatusOr<Tensor> LoadRows(std::string_view name, int64_t begin,
+                                  int64_t end) const override;
+  absl::StatusOr<Tensor> LoadColumns(std::string_view name, int64_t begin,
+                                     int64_t end) const override;
+
+ private:
+  absl::StatusOr<std::string> Map(std::string_view hf_name) const;
+  const GgufFile& gguf_;
+};
+
+}  // namespace shardlm

@@ -1,0 +1,58 @@
+// Seeded random weights for a Llama-family config: the same bytes for the same seed on any
+// machine (integer PRNG, exact float arithmetic, no libm), scaled so activations stay near unit
+// size through the layers. Used by `shardlm make-tiny-model` and the benchmarks.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "formats/config.h"
+#include "formats/weight_source.h"
+
+namespace shardlm {
+
+// Names and shapes of every tensor a HF checkpoint of `config` holds, sorted by name.
+std::map<std::string, std::vector<int64_t>> CheckpointTensorShapes(const ModelConfig& config);
+
+// Generates each tensor on demand from (seed, tensor name), so any tensor can be produced alone.
+class RandomWeightSource : public WeightSource {
+ public:
+  RandomWeightSource(const ModelConfig& config, uint64_t seed, DType dtype);
+
+  std::string Describe() const override;
+  std::vector<std::string> Names() const override;
+  absl::StatusOr<TensorInfo> Info(std::string_view name) const override;
+  absl::StatusOr<Tensor> Load(std::string_view name) const override;
+  absl::StatusOr<Tensor> LoadRows(std::string_view name, int64_t begin,
+                                  int64_t end) const override;
+  absl::StatusOr<Tensor> LoadColumns(std::string_view name, int64_t begin,
+                                     int64_t end) const override;
+
+ private:
+  std::map<std::string, std::vector<int64_t>, std::less<>> shapes_;
+  uint64_t seed_;
+  DType dtype_;
+};
+
+struct TinyModelSpec {
+  Arch arch = Arch::kLlama;
+  int64_t layers = 2;
+  int64_t hidden = 64;
+  int64_t heads = 8;
+  int64_t kv_heads = 2;
+  int64_t intermediate = 128;
+  int64_t vocab = 256;
+  uint64_t seed = 1;
+  DType dtype = DType::kF32;
+  bool tie_embeddings = false;
+};
+
+// The config.json content a tiny model of `spec` gets (Qwen2: q/k/v biases; Mistral: a sliding
+// window shorter than the tiny contexts used in tests, so the window is exercised).
+absl::StatusOr<ModelConfig> TinyModelConfig(const TinyModelSpec& spec);
+// Writes DIR/config.json and DIR/model.safetensors (creating DIR).
+absl::Status WriteTinyModel(const TinyModelSpec& spec, const std::string& dir);
+
+}  // namespace shardlm

@@ -1,0 +1,107 @@
+#include "tokenizer/chat_template.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace shardlm {
+namespace {
+
+using ::testing::HasSubstr;
+
+// SmolLM2-135M-Instruct's template, as stored in its GGUF (real newlines inside the literals).
+const char kSmolLm2[] =
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+TEST(ChatTemplateTest, SmolLm2AddsItsDefaultSystemPrompt) {
+  auto t = ChatTemplate::Detect(kSmolLm2);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->name(), "chatml");
+  auto text = t->Render({{"user", "Hi"}});
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text,
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+            "Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  // An explicit system message replaces the default.
+  text = t->Render({{"system", "Be brief."}, {"user", "Hi"}});
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+            "<|im_start|>assistant\n");
+}
+
+TEST(ChatTemplateTest, QwenEscapedDefaultSystemPrompt) {
+  const std::string qwen =
+      "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + "
+      "messages[0]['content'] + '<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou are "
+      "Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}{%- endif %}";
+  auto t = ChatTemplate::Detect(qwen);
+  ASSERT_TRUE(t.ok());
+  auto text = t->Render({{"user", "x"}});
+  ASSERT_TRUE(text.ok());
+  EXPECT_THAT(*text, HasSubstr("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud."));
+}
+
+TEST(ChatTemplateTest, Llama3) {
+  auto t = ChatTemplate::Detect("...<|start_header_id|>' + message['role'] + '<|end_header_id|>");
+  ASSERT_TRUE(t.ok());
+  auto text = t->Render({{"system", "S"}, {"user", "U"}});
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text,
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_TRUE(t->renders_bos());
+}
+
+TEST(ChatTemplateTest, Llama2AndMistral) {
+  auto llama2 = ChatTemplate::Detect("[INST] <<SYS>>\\n");
+  ASSERT_TRUE(llama2.ok());
+  EXPECT_EQ(llama2->name(), "llama2");
+  auto text = llama2->Render({{"system", "S"}, {"user", "U1"}, {"assistant", "A1"}, {"user", "U2"}});
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text, "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nU1 [/INST] A1</s><s>[INST] U2 [/INST]");
+  auto mistral = ChatTemplate::Detect("{{ '[INST] ' + message['content'] + ' [/INST]' }}");
+  ASSERT_TRUE(mistral.ok());
+  EXPECT_EQ(mistral->name(), "mistral");
+  text = mistral->Render({{"user", "U"}});
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text, "<s>[INST] U [/INST]");
+}
+
+TEST(ChatTemplateTest, GemmaAndGlm4) {
+  auto gemma = ChatTemplate::FromName("gemma");
+  ASSERT_TRUE(gemma.ok());
+  auto text = gemma->Render({{"system", "S"}, {"user", "U"}});
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text, "<bos><start_of_turn>user\nS\n\nU<end_of_turn>\n<start_of_turn>model\n");
+  auto glm = ChatTemplate::Detect("[gMASK]<sop>{% for m in messages %}<|user|>");
+  ASSERT_TRUE(glm.ok());
+  text = glm->Render({{"user", "U"}});
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text, "[gMASK]<sop><|user|>\nU<|assistant|>");
+}
+
+TEST(ChatTemplateTest, UnknownNamesListTheKnownOnes) {
+  auto t = ChatTemplate::FromName("vicuna");
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("vicuna"));
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("chatml, llama3, llama2, mistral, gemma, glm4"));
+  auto d = ChatTemplate::Detect("{{ bos_token }}{% for m in messages %}### Human: {{ m }}");
+  ASSERT_FALSE(d.ok());
+  EXPECT_THAT(std::string(d.status().message()), HasSubstr("--chat-template"));
+}
+
+TEST(ChatTemplateTest, BadRole) {
+  auto t = ChatTemplate::FromName("chatml");
+  ASSERT_TRUE(t.ok());
+  auto text = t->Render({{"tool", "x"}});
+  ASSERT_FALSE(text.ok());
+  EXPECT_THAT(std::string(text.status().message()), HasSubstr("role 'tool'"));
+}
+
+}  // namespace
+}  // namespace shardlm
