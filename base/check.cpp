@@ -1,9 +1,9 @@
 #include "base/check.h"
 
 #include <atomic>
-#include "absl/strings/string_view.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace shardlm {
 namespace {
@@ -21,24 +21,29 @@ absl::string_view BaseName(absl::string_view file) {
 void SetCheckWorldRank(int rank) { g_world_rank.store(rank, std::memory_order_relaxed); }
 void SetCheckDevice(int device) { t_device = device; }
 int CheckWorldRank() { return g_world_rank.load(std::memory_order_relaxed); }
+int CheckDevice() { return t_device; }
 
 std::string CheckFailureMessage(const char* library, const char* statement,
-                                const std::string& error, const char* file, int line) {
+                                std::string_view context, const std::string& error,
+                                const char* file, int line) {
   std::string where = library;
   if (const int rank = CheckWorldRank(); rank >= 0) absl::StrAppend(&where, ", rank ", rank);
   if (t_device >= 0) absl::StrAppend(&where, ", device ", t_device);
-  return absl::StrCat(statement, ": ", error, " [", where, ", ", BaseName(file), ":", line, "]");
+  // This absl's string_view is its own type, not std::string_view.
+  const absl::string_view context_view(context.data(), context.size());
+  return absl::StrCat(statement, context_view, ": ", error, " [", where, ", ", BaseName(file),
+                      ":", line, "]");
 }
 
-void ThrowCheckFailure(const char* library, const char* statement, const std::string& error,
-                       const char* file, int line) {
-  throw CheckFailure(CheckFailureMessage(library, statement, error, file, line));
+void ThrowCheckFailure(const char* library, const char* statement, std::string_view context,
+                       const std::string& error, const char* file, int line) {
+  throw CheckFailure(CheckFailureMessage(library, statement, context, error, file, line));
 }
 
 absl::Status CheckFailureStatus(const char* library, const char* statement,
-                                const std::string& error, const char* file, int line,
-                                absl::StatusCode code) {
-  return absl::Status(code, CheckFailureMessage(library, statement, error, file, line));
+                                std::string_view context, const std::string& error,
+                                const char* file, int line, absl::StatusCode code) {
+  return absl::Status(code, CheckFailureMessage(library, statement, context, error, file, line));
 }
 
 }  // namespace shardlm

@@ -1,4 +1,5 @@
-// Greedy decode and prefill speed of the CPU backend on a Llama shape with random weights.
+// Greedy decode and prefill speed of the CPU backend on a Llama shape with random weights, through
+// the served path (runtime/generator.h: the step engine over the paged KV cache).
 //   build/bin/cpu_decode --hidden 2048 --layers 16 --heads 32 --kv-heads 8 --intermediate 5632
 //       --vocab 32000 --prompt-len 128 --decode-tokens 32 --threads 2 --dtype bf16
 // Prints one summary line per phase, and a JSON line with every figure for bench/RESULTS.md.
@@ -68,7 +69,7 @@ int main(int argc, char** argv) {
   double best_prefill = 0, best_decode = 0;
   for (int r = 0; r < repeats; ++r) {
     options.max_new_tokens = decode_tokens + 1;  // 1 from prefill + decode_tokens decode steps
-    auto result = GenerateGreedy(**model, prompt, options);
+    auto result = Generate(**model, prompt, options);
     if (!result.ok()) {
       std::fprintf(stderr, "cpu_decode: %s\n", std::string(result.status().message()).c_str());
       return 1;

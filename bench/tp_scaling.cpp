@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
     options.max_new_tokens = decode_tokens + 1;
     double best_prefill = 0, best_decode_ms = 1e30;
     for (int r = 0; r < repeats; ++r) {
-      auto result = GenerateGreedy(**model, prompt, options);
+      auto result = Generate(**model, prompt, options);
       if (!result.ok()) return Die(result.status());
       best_prefill = std::max(best_prefill, prompt_len * 1000.0 / result->prefill_ms);
       best_decode_ms = std::min(best_decode_ms, result->decode_ms / (result->tokens.size() - 1));

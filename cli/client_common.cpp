@@ -111,13 +111,6 @@ void ApplySamplingFlags(const SamplingFlags& f, shardlm::v1::GenerateRequest& re
   if (!f.chat_template.empty()) request.set_chat_template(f.chat_template);
 }
 
-std::string FirstGivenSamplingOption(const SamplingFlags& f) {
-  for (CLI::Option* o : f.options) {
-    if (o->count() > 0) return o->get_name();
-  }
-  return "";
-}
-
 StreamOutcome StreamGenerate(
     shardlm::v1::Generation::Stub& stub, const shardlm::v1::GenerateRequest& request,
     int64_t timeout_ms,

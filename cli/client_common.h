@@ -35,8 +35,9 @@ std::string FinishReasonName(shardlm::v1::FinishReason reason);
 // "<prefix>-<pid>-<random>-<counter>".
 std::string NewRequestId(const std::string& prefix);
 
-// Sampling and stopping flags shared by `generate --server` and `chat`. Unset flags leave the
-// proto field unset, so the server applies its defaults.
+// Sampling and stopping flags shared by `generate` (with --server, and offline but for --stop,
+// --logprobs and --timeout-ms) and `chat`. Unset flags leave the proto field unset, so the
+// server (or the offline engine) applies its defaults.
 struct SamplingFlags {
   float temperature = 1, top_p = 1, min_p = 0, repetition_penalty = 1;
   float presence_penalty = 0, frequency_penalty = 0;
@@ -57,9 +58,6 @@ struct SamplingFlags {
 void AddSamplingOptions(CLI::App& app, SamplingFlags& flags);
 // Copies the given flags into `request` (sampling, stop, ignore_eos, logprobs, chat_template).
 void ApplySamplingFlags(const SamplingFlags& flags, shardlm::v1::GenerateRequest& request);
-// The name of the first sampling option that was given ("" if none): for commands that cannot
-// honour them.
-std::string FirstGivenSamplingOption(const SamplingFlags& flags);
 
 // The outcome of one streamed Generate call.
 struct StreamOutcome {

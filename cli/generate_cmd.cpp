@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "cli/client_common.h"
 #include "cli/commands.h"
+#include "coordinator/validation.h"
 #include "runtime/ranks.h"
 #include "base/status_macros.h"
 #include "formats/checkpoint_loader.h"
@@ -15,6 +16,7 @@
 #include "runtime/generator.h"
 #include "model/llama.h"
 #include "runtime/backend_setup.h"
+#include "runtime/faulty_backend.h"
 #include "spdlog/spdlog.h"
 
 namespace shardlm::cli {
@@ -24,7 +26,7 @@ namespace {
 struct GenerateArgs {
   std::string model;
   std::string server;        // --server: run on a coordinator instead of in this process
-  SamplingFlags sampling;    // --server only
+  SamplingFlags sampling;    // offline too, but for --stop, --logprobs, --timeout-ms
   std::string prompt_ids;
   std::string prompt;
   std::string chat;
@@ -104,6 +106,13 @@ absl::Status RunGenerate(const GenerateArgs& args) {
     return absl::InvalidArgumentError(
         absl::StrCat("expected exactly one of --prompt-ids, --prompt, --chat; got ", given));
   }
+  // The request's sampling as the service would get it from `generate --server`, checked by the
+  // service's own rules.
+  shardlm::v1::GenerateRequest request;
+  ApplySamplingFlags(args.sampling, request);
+  shardlm::v1::SamplingParams sampling = request.sampling();
+  if (!sampling.has_temperature()) sampling.set_temperature(0);  // greedy unless told otherwise
+  SHARDLM_RETURN_IF_ERROR(coordinator::ValidateSamplingParams(sampling));
   Loaded loaded;
   SHARDLM_ASSIGN_OR_RETURN(loaded.checkpoint, OpenCheckpoint(args.model));
   SHARDLM_ASSIGN_OR_RETURN(ShardPlan plan, PlanFor(loaded.checkpoint.config,
@@ -113,7 +122,17 @@ absl::Status RunGenerate(const GenerateArgs& args) {
   BackendOptions backend_options = args.backend;
   backend_options.threads = run.threads;
   SHARDLM_ASSIGN_OR_RETURN(loaded.setup, SetUpBackend(backend_options, *run.context));
-  SHARDLM_RETURN_IF_ERROR(run.Agree(Load(args, run, loaded)));
+  // A backend op that throws while loading (device memory for the weights) is this rank's load
+  // error like any other, naming the op: the ranks agree on it rather than one leaving alone.
+  absl::Status load_status;
+  try {
+    load_status = Load(args, run, loaded);
+  } catch (const std::exception& e) {
+    const std::string op = FailedBackendOp(*loaded.setup.backend);
+    load_status = absl::InternalError(
+        absl::StrCat("loading failed", op.empty() ? "" : " in ", op, ": ", e.what()));
+  }
+  SHARDLM_RETURN_IF_ERROR(run.Agree(load_status));
   const bool printer = run.rank == 0;  // rank 0 alone writes results
   Tokenizer* tokenizer = loaded.tokenizer.get();
   const bool text_mode = args.prompt_ids.empty();
@@ -122,6 +141,8 @@ absl::Status RunGenerate(const GenerateArgs& args) {
   options.max_new_tokens = args.max_new_tokens;
   options.keep_logits = !args.dump_logits.empty();
   options.stop_at_eos = !args.ignore_eos;
+  options.sequence.sampling = sampling;
+  options.sequence.cuda_graphs = args.backend.cuda_graphs;
   std::unique_ptr<Tokenizer::StreamDecoder> stream;
   if (tokenizer) {
     options.is_eog = [&](int32_t id) { return tokenizer->IsEog(id); };
@@ -133,7 +154,7 @@ absl::Status RunGenerate(const GenerateArgs& args) {
       };
     }
   }
-  absl::StatusOr<GenerateResult> generated = GenerateGreedy(*loaded.model, loaded.prompt, options);
+  absl::StatusOr<GenerateResult> generated = Generate(*loaded.model, loaded.prompt, options);
   if (!generated.ok()) {
     // Peers may be blocked in a collective with this rank: end the whole job.
     std::fprintf(stderr, "shardlm generate: error (rank %d): %s\n", run.rank,
@@ -198,8 +219,12 @@ RunFn AddGenerateCommand(CLI::App& app) {
       return RunRemoteGenerate(args->server, args->prompt_ids, args->prompt, args->chat,
                                args->max_new_tokens, flags);
     }
-    if (const std::string flag = FirstGivenSamplingOption(args->sampling); !flag.empty()) {
-      return Fail("generate", flag + " needs --server (offline generate is greedy)");
+    for (CLI::Option* option : args->sampling.options) {
+      for (const char* server_only : {"--stop", "--logprobs", "--timeout-ms"}) {
+        if (option->count() > 0 && option->check_name(server_only)) {
+          return Fail("generate", std::string(server_only) + " needs --server");
+        }
+      }
     }
     absl::Status status = RunGenerate(*args);
     return status.ok() ? 0 : Fail("generate", std::string(status.message()));

@@ -6,20 +6,9 @@
 
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
-#include "base/status_macros.h"
-#include "formats/checkpoint_loader.h"
 #include "tokenizer/loader.h"
 
 namespace shardlm::cli {
-
-namespace {
-
-absl::StatusOr<std::unique_ptr<Tokenizer>> OpenTokenizer(const std::string& model) {
-  SHARDLM_ASSIGN_OR_RETURN(OpenedCheckpoint checkpoint, OpenCheckpoint(model));
-  return LoadTokenizer(checkpoint);
-}
-
-}  // namespace
 
 RunFn AddTokenizeCommand(CLI::App& app) {
   auto model = std::make_shared<std::string>();
@@ -30,7 +19,7 @@ RunFn AddTokenizeCommand(CLI::App& app) {
   app.add_flag("--no-parse-special", *no_parse_special,
                "Treat special-token text in the input as plain text");
   return [=]() -> int {
-    auto tokenizer = OpenTokenizer(*model);
+    auto tokenizer = LoadTokenizerFromPath(*model);
     if (!tokenizer.ok()) return Fail("tokenize", std::string(tokenizer.status().message()));
     std::string text((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
     auto ids = (*tokenizer)->EncodeChecked(text, !*no_bos, !*no_parse_special);
@@ -48,7 +37,7 @@ RunFn AddDetokenizeCommand(CLI::App& app) {
   return [=]() -> int {
     auto ids = ParseIds(*ids_text, "--ids");
     if (!ids.ok()) return Fail("detokenize", std::string(ids.status().message()));
-    auto tokenizer = OpenTokenizer(*model);
+    auto tokenizer = LoadTokenizerFromPath(*model);
     if (!tokenizer.ok()) return Fail("detokenize", std::string(tokenizer.status().message()));
     for (size_t i = 0; i < ids->size(); ++i) {
       if ((*ids)[i] < 0 || (*ids)[i] >= (*tokenizer)->vocab_size()) {

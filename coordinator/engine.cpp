@@ -284,6 +284,15 @@ void Engine::ApplyResult(const worker::v1::StepPlan& plan, const worker::v1::Ste
       r->handle->channel.Push(std::move(message));
     }
   }
+  for (const auto& [key, error] : outcome.failed) {
+    if (Request* r = Find(key)) {
+      spdlog::error("step {}: request {} failed on the workers: {}", plan.step_id(),
+                    r->handle->request_id, error);
+      Finish(r, v1::FINISH_REASON_ERROR,
+             absl::InternalError(absl::StrCat("step ", plan.step_id(),
+                                              " failed on the workers for this request: ", error)));
+    }
+  }
   for (uint64_t key : outcome.missing) {
     if (Request* r = Find(key)) {
       Finish(r, v1::FINISH_REASON_ERROR,

@@ -223,6 +223,10 @@ Scheduler::Outcome Scheduler::Complete(const worker::v1::StepPlan& plan,
       outcome.missing.push_back(s->key);
       continue;
     }
+    if (!r->second->error().empty()) {
+      outcome.failed.emplace_back(s->key, r->second->error());
+      continue;
+    }
     s->tokens.push_back(r->second->token());
     outcome.sampled.push_back(
         {s->key, r->second->token(), r->second->has_logprobs() ? &r->second->logprobs() : nullptr});

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -78,9 +79,12 @@ class Scheduler {
   struct Outcome {
     std::vector<Sampled> sampled;  // in plan order
     std::vector<Key> missing;      // asked to sample but the result has no token for them
+    // Failed on the workers alone (SeqResult.error: their logits were not finite): no token.
+    std::vector<std::pair<Key, std::string>> failed;
   };
   // Applies the StepResult of `plan`: each sampled token is appended to its sequence (the next
-  // step runs it). Sequences removed since the plan was made are skipped.
+  // step runs it); a sequence whose result carries an error gets no token. Sequences removed
+  // since the plan was made are skipped.
   Outcome Complete(const worker::v1::StepPlan& plan, const worker::v1::StepResult& result);
 
   // The requests that have a seq in `plan` (and still exist).

@@ -263,6 +263,15 @@ absl::StatusOr<DType> DTypeFromGgml(uint32_t ggml_type) {
 GgufFile::~GgufFile() = default;
 
 absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path) {
+  return OpenImpl(path, /*read_tensors=*/true);
+}
+
+absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::OpenMetadata(const std::string& path) {
+  return OpenImpl(path, /*read_tensors=*/false);
+}
+
+absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::OpenImpl(const std::string& path,
+                                                             bool read_tensors) {
   absl::StatusOr<MappedFile> mapped = MapFile(path);
   if (!mapped.ok()) return mapped.status();
   std::unique_ptr<GgufFile> file(new GgufFile());
@@ -344,6 +353,10 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path
     file->alignment_ = a->u;
   } else {
     file->alignment_ = kDefaultAlignment;
+  }
+  if (!read_tensors) {
+    file->metadata_only_ = true;
+    return file;
   }
 
   // ---- Tensor infos: parsed and checked for shape and type; offsets once the data start is known.
@@ -588,6 +601,11 @@ std::vector<std::string> GgufFile::Names() const {
 }
 
 absl::StatusOr<TensorInfo> GgufFile::Info(std::string_view name) const {
+  if (metadata_only_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path_, ": opened for its metadata only (GgufFile::OpenMetadata): no tensor '",
+                     Sv(name), "' can be read"));
+  }
   auto it = tensors_.find(name);
   if (it == tensors_.end()) {
     return absl::NotFoundError(absl::StrCat(path_, ": no tensor named '", Sv(name), "'"));

@@ -43,6 +43,10 @@ struct GgufValue {
 class GgufFile : public WeightSource {
  public:
   static absl::StatusOr<std::unique_ptr<GgufFile>> Open(const std::string& path);
+  // The header and the metadata only (what a tokenizer needs): tensor infos are not read, so a
+  // file whose tensors this reader cannot load (unsupported ggml types) still opens. Names() is
+  // empty and every tensor look-up is FailedPrecondition naming the file.
+  static absl::StatusOr<std::unique_ptr<GgufFile>> OpenMetadata(const std::string& path);
   ~GgufFile() override;
 
   const std::string& path() const { return path_; }
@@ -77,7 +81,10 @@ class GgufFile : public WeightSource {
 
  private:
   GgufFile() = default;
+  static absl::StatusOr<std::unique_ptr<GgufFile>> OpenImpl(const std::string& path,
+                                                            bool read_tensors);
   std::string path_;
+  bool metadata_only_ = false;
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
   std::shared_ptr<const void> mapping_;

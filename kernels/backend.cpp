@@ -59,13 +59,6 @@ void Backend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t>
   WriteKv(k, v, UploadIndices(rows), k_cache, v_cache);
 }
 
-void Backend::Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                        std::span<const int32_t> positions, const AttentionParams& params,
-                        Tensor& out) {
-  if (k_cache.rank() >= 1) CheckRange("Attention", "position", positions, 0, k_cache.dim(0));
-  Attention(q, k_cache, v_cache, UploadIndices(positions), params, out);
-}
-
 void Backend::PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                              const PagedKvLayout& layout, const AttentionParams& params,
                              Tensor& out) {

@@ -135,23 +135,18 @@ class Backend {
   virtual void Sample(const Tensor& logits, std::span<const SampleRowParams> rows,
                       std::span<int32_t> out);
 
-  // The dtype KV caches have on this backend (CPU: f32; CUDA: bf16). WriteKv and the attention
-  // ops take caches of f32 on every backend, and of this dtype.
+  // The dtype KV caches have on this backend (CPU: f32; CUDA: bf16). WriteKv and PagedAttention
+  // take caches of f32 on every backend, and of this dtype.
   virtual DType kv_cache_dtype() const { return DType::kF32; }
-  // Writes k, v [n, kv_heads, head_dim] (f32) into the caches [max_seq, kv_heads, head_dim] at
+  // Writes k, v [n, kv_heads, head_dim] (f32) into the caches [rows, kv_heads, head_dim] at
   // the rows given by `rows`.
   virtual void WriteKv(const Tensor& k, const Tensor& v, const Tensor& rows, Tensor& k_cache,
                        Tensor& v_cache) = 0;
-  // Causal GQA attention of q [n, num_heads, head_dim] (query i at positions[i]) over cache rows
-  // [0, positions[i]]; out [n, num_heads * head_dim]. Query head h reads KV head
-  // h / (num_heads / num_kv_heads).
-  virtual void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                         const Tensor& positions, const AttentionParams& params,
-                         Tensor& out) = 0;
-  // The same attention over a paged cache, for a batch of tokens from several sequences: query i
-  // (q row i, at layout.positions[i] of sequence layout.seq_index[i]) attends its sequence's keys
-  // [0, position] (or the sliding window). K/V of this step must already be written (WriteKv with
-  // the tokens' cache rows).
+  // Causal GQA attention over a paged cache, for a batch of tokens from several sequences: query
+  // i (q [n, num_heads, head_dim] row i, at layout.positions[i] of sequence layout.seq_index[i])
+  // attends its sequence's keys [0, position] (or the sliding window); out
+  // [n, num_heads * head_dim]. Query head h reads KV head h / (num_heads / num_kv_heads). K/V of
+  // this step must already be written (WriteKv with the tokens' cache rows).
   virtual void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                               const PagedKvIndices& layout, const AttentionParams& params,
                               Tensor& out) = 0;
@@ -171,8 +166,6 @@ class Backend {
   void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y);
   void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> rows, Tensor& k_cache,
                Tensor& v_cache);
-  void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                 std::span<const int32_t> positions, const AttentionParams& params, Tensor& out);
   void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                       const PagedKvLayout& layout, const AttentionParams& params, Tensor& out);
   PagedKvIndices UploadLayout(const PagedKvLayout& layout);

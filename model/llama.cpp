@@ -1,7 +1,6 @@
 #include "model/llama.h"
 
 #include <cmath>
-#include <numeric>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -159,17 +158,9 @@ StepIndices StepIndices::Views(const HostStepIndices& host, const Tensor& packed
   s.layout.table_begin = next(host.table_begin);
   s.layout.block_tables = next(host.block_tables);
   s.logit_rows = next(host.logit_rows);
-  s.paged = host.block_size > 0;
   s.layout.block_size = host.block_size;
   s.layout.positions = s.positions;
-  s.select_rows = host.select_rows;
-  s.all_rows = host.all_rows;
   return s;
-}
-
-KvCache LlamaModel::NewCache(int64_t max_seq) const {
-  return KvCache::Create(backend_, parallel_.shard.layers.size(), max_seq,
-                         parallel_.shard.kv_heads.size(), config_.head_dim);
 }
 
 absl::Status LlamaModel::Layer(int64_t l, Tensor& x, Tensor& delta, const StepIndices& step,
@@ -190,29 +181,25 @@ absl::Status LlamaModel::Layer(int64_t l, Tensor& x, Tensor& delta, const StepIn
   Tensor q = b.AllocateUninitialized({n, heads * hd});
   Tensor k = b.AllocateUninitialized({n, kv_heads * hd});
   Tensor v = b.AllocateUninitialized({n, kv_heads * hd});
-  lw.q.Forward(b, h, q);
-  lw.k.Forward(b, h, k);
-  lw.v.Forward(b, h, v);
+  lw.q.Apply(b, h, q);
+  lw.k.Apply(b, h, k);
+  lw.v.Apply(b, h, v);
   Tensor q3 = q.Reshape({n, heads, hd});
   Tensor k3 = k.Reshape({n, kv_heads, hd});
   b.Rope(q3, step.positions, rope_);
   b.Rope(k3, step.positions, rope_);
   b.WriteKv(k3, v.Reshape({n, kv_heads, hd}), step.cache_rows, k_cache, v_cache);
   Tensor attn = b.AllocateUninitialized({n, heads * hd});
-  if (step.paged) {
-    b.PagedAttention(q3, k_cache, v_cache, step.layout, attn_, attn);
-  } else {
-    b.Attention(q3, k_cache, v_cache, step.positions, attn_, attn);
-  }
-  SHARDLM_RETURN_IF_ERROR(lw.o.Forward(b, parallel_, attn, h));
+  b.PagedAttention(q3, k_cache, v_cache, step.layout, attn_, attn);
+  SHARDLM_RETURN_IF_ERROR(lw.o.Apply(b, parallel_, attn, h));
   // x += attention output; h = norm(x), in one pass.
   b.AddRmsNorm(x, h, lw.mlp_norm, eps, h);
   Tensor gate = b.AllocateUninitialized({n, inter});
   Tensor up = b.AllocateUninitialized({n, inter});
-  lw.gate.Forward(b, h, gate);
-  lw.up.Forward(b, h, up);
+  lw.gate.Apply(b, h, gate);
+  lw.up.Apply(b, h, up);
   b.SiluMul(gate, up, gate);
-  SHARDLM_RETURN_IF_ERROR(lw.down.Forward(b, parallel_, gate, h));
+  SHARDLM_RETURN_IF_ERROR(lw.down.Apply(b, parallel_, gate, h));
   delta = std::move(h);  // added to x with the next layer's first norm (or after the stage)
   return absl::OkStatus();
 }
@@ -225,7 +212,7 @@ absl::StatusOr<Tensor> LlamaModel::ForwardStep(const StepIndices& step,
 
   Tensor x = backend_.AllocateUninitialized({n, config_.hidden_size});
   if (shard.first_stage) {
-    SHARDLM_RETURN_IF_ERROR(w_.embed->Forward(backend_, parallel_, step.embed_ids, x));
+    SHARDLM_RETURN_IF_ERROR(w_.embed->Apply(backend_, parallel_, step.embed_ids, x));
   } else {
     // The previous stage's hidden states, from the rank with the same TP rank there.
     SHARDLM_RETURN_IF_ERROR(RecvFromPreviousStage(backend_, parallel_, x));
@@ -240,19 +227,14 @@ absl::StatusOr<Tensor> LlamaModel::ForwardStep(const StepIndices& step,
     return Tensor();
   }
 
-  Tensor last;
-  if (step.select_rows) {
-    // Gather the wanted rows (an f32 "embedding" lookup into x).
-    last = backend_.AllocateUninitialized({step.logit_rows.numel(), config_.hidden_size});
-    if (step.logit_rows.numel() > 0) backend_.Embedding(x, step.logit_rows, last);
-  } else {
-    last = step.all_rows ? x : x.Rows(n - 1, n);
-  }
+  // Gather the wanted rows (an f32 "embedding" lookup into x).
+  Tensor last = backend_.AllocateUninitialized({step.logit_rows.numel(), config_.hidden_size});
+  if (step.logit_rows.numel() > 0) backend_.Embedding(x, step.logit_rows, last);
   Tensor normed = backend_.AllocateUninitialized({last.dim(0), config_.hidden_size});
   Tensor logits = backend_.AllocateUninitialized({last.dim(0), shard.vocab.size()});
   if (last.dim(0) == 0) return logits;
   backend_.RmsNorm(last, w_.final_norm, config_.rms_norm_eps, normed);
-  w_.lm_head->Forward(backend_, normed, logits);
+  w_.lm_head->Apply(backend_, normed, logits);
   return logits;
 }
 
@@ -264,7 +246,7 @@ absl::StatusOr<Tensor> LlamaModel::RunHost(const HostStepIndices& host,
 }
 
 static absl::Status CheckTokens(std::span<const int32_t> tokens, int64_t vocab) {
-  if (tokens.empty()) return absl::InvalidArgumentError("Forward: no tokens");
+  if (tokens.empty()) return absl::InvalidArgumentError("ForwardBatch: no tokens");
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= vocab) {
       return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at index ", i,
@@ -273,24 +255,6 @@ static absl::Status CheckTokens(std::span<const int32_t> tokens, int64_t vocab) 
     }
   }
   return absl::OkStatus();
-}
-
-absl::StatusOr<Tensor> LlamaModel::Forward(std::span<const int32_t> tokens, int64_t start_pos,
-                                           KvCache& cache, bool all_logits) {
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  SHARDLM_RETURN_IF_ERROR(CheckTokens(tokens, config_.vocab_size));
-  if (start_pos < 0 || start_pos + n > cache.max_seq) {
-    return absl::OutOfRangeError(absl::StrCat("positions [", start_pos, ", ", start_pos + n,
-                                              ") exceed the KV cache of ", cache.max_seq,
-                                              " positions"));
-  }
-  HostStepIndices host;
-  if (w_.embed) host.embed_ids = w_.embed->LocalIds(tokens);
-  host.positions.resize(static_cast<size_t>(n));
-  std::iota(host.positions.begin(), host.positions.end(), static_cast<int32_t>(start_pos));
-  host.cache_rows = host.positions;
-  host.all_rows = all_logits;
-  return RunHost(host, cache.k, cache.v);
 }
 
 uint64_t LlamaModel::KvBytesPerBlock(int block_size) const {
@@ -346,7 +310,6 @@ absl::StatusOr<HostStepIndices> LlamaModel::PrepareBatch(const BatchInput& batch
   host.block_tables = batch.block_tables;
   host.logit_rows = batch.logit_rows;
   host.block_size = cache.block_size;
-  host.select_rows = true;
   return host;
 }
 
@@ -369,39 +332,6 @@ Tensor LlamaModel::SelectRows(const Tensor& t, std::span<const int32_t> rows) {
   Tensor out = backend_.Allocate({static_cast<int64_t>(rows.size()), t.dim(1)});
   if (!rows.empty()) backend_.Embedding(t, rows, out);
   return out;
-}
-
-absl::StatusOr<std::vector<int32_t>> LlamaModel::Greedy(const Tensor& local_logits, int64_t rows) {
-  std::vector<int32_t> ids(static_cast<size_t>(rows));
-  if (parallel_.shard.last_stage) {
-    SHARDLM_ASSIGN_OR_RETURN(ids, w_.lm_head->Argmax(backend_, *parallel_.tp, local_logits));
-  }
-  if (parallel_.plan.pp > 1) {
-    SHARDLM_RETURN_IF_ERROR(
-        parallel_.world->Broadcast(ids.data(), ids.size() * sizeof(int32_t), LastStageRoot()));
-  }
-  return ids;
-}
-
-absl::StatusOr<std::vector<float>> LlamaModel::GatherLogits(const Tensor& local_logits,
-                                                            int64_t rows) {
-  std::vector<float> full;
-  const RankShard& shard = parallel_.shard;
-  if (shard.last_stage) {
-    SHARDLM_ASSIGN_OR_RETURN(full, w_.lm_head->Gather(backend_, *parallel_.tp, local_logits));
-  }
-  const int root = LastStageRoot();
-  const size_t bytes = static_cast<size_t>(rows * config_.vocab_size) * sizeof(float);
-  if (root != 0) {
-    if (shard.rank == root) {
-      SHARDLM_RETURN_IF_ERROR(parallel_.world->Send(full.data(), bytes, 0, static_cast<int>(MpiTag::kLogits)));
-    } else if (shard.rank == 0) {
-      full.resize(static_cast<size_t>(rows * config_.vocab_size));
-      SHARDLM_RETURN_IF_ERROR(parallel_.world->Recv(full.data(), bytes, root, static_cast<int>(MpiTag::kLogits)));
-    }
-  }
-  if (shard.rank != 0) full.clear();
-  return full;
 }
 
 }  // namespace shardlm

@@ -1,7 +1,8 @@
 // The Llama-family decoder (Llama, Mistral, Qwen2) written once against the Backend and
 // Communicator interfaces: embedding, then per layer RMSNorm -> Q/K/V (+bias) -> RoPE -> causal GQA
-// attention over the KV cache -> O -> residual, RMSNorm -> SiLU(gate) * up -> down -> residual;
-// final RMSNorm and LM head.
+// attention over the paged KV cache -> O -> residual, RMSNorm -> SiLU(gate) * up -> down ->
+// residual; final RMSNorm and LM head. It runs batched steps (ForwardBatch) of the step engine
+// (runtime/engine.h), which serves the worker and offline generation alike.
 //
 // Each rank holds the shard its ParallelContext gives it (parallel/shard_plan.h): its pipeline
 // stage's layers, and in each of them its Q/KV heads and MLP columns, with one all-reduce after O
@@ -19,7 +20,6 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "formats/config.h"
-#include "model/kv_cache.h"
 #include "formats/weight_source.h"
 #include "parallel/layers.h"
 
@@ -64,11 +64,9 @@ struct HostStepIndices {
   std::vector<int32_t> embed_ids;   // n: token ids local to this rank's vocabulary shard, or -1
   std::vector<int32_t> positions;   // n
   std::vector<int32_t> cache_rows;  // n: where each token's K/V go
-  std::vector<int32_t> seq_index, table_begin, block_tables;  // paged caches only
-  std::vector<int32_t> logit_rows;  // rows whose logits are wanted (when `select_rows`)
-  int block_size = 0;               // 0: a contiguous cache (attention reads rows by position)
-  bool select_rows = false;         // else: every row (all_rows) or the last one
-  bool all_rows = false;
+  std::vector<int32_t> seq_index, table_begin, block_tables;  // the paged layout
+  std::vector<int32_t> logit_rows;  // rows whose logits are wanted
+  int block_size = 0;               // of the paged cache
 
   std::vector<int32_t> Packed() const;  // every array above, back to back
 };
@@ -77,10 +75,7 @@ struct HostStepIndices {
 struct StepIndices {
   int64_t tokens = 0;
   Tensor embed_ids, positions, cache_rows, logit_rows;
-  bool paged = false;
   PagedKvIndices layout;
-  bool select_rows = false;
-  bool all_rows = false;
 
   static StepIndices Views(const HostStepIndices& host, const Tensor& packed);
 };
@@ -109,13 +104,12 @@ class LlamaModel {
   const ModelConfig& config() const { return config_; }
   Backend& backend() const { return backend_; }
   const ParallelContext& parallel() const { return parallel_; }
-  // A cache for this rank's layers and KV heads.
-  KvCache NewCache(int64_t max_seq) const;
   // Bytes of weights this rank holds, in the backend's form.
   uint64_t weight_bytes() const { return weight_bytes_; }
 
   // KV bytes one block of `block_size` tokens takes on this rank (its layers and KV heads).
   uint64_t KvBytesPerBlock(int block_size) const;
+  // A paged cache for this rank's layers and KV heads.
   PagedKvCache NewPagedCache(int block_size, int64_t num_blocks) const;
   // One batched step through this rank's stage (every rank calls it with the same batch). On
   // the last stage: f32 logits of this rank's vocabulary shard for batch.logit_rows,
@@ -131,12 +125,6 @@ class LlamaModel {
   absl::StatusOr<Tensor> ForwardStep(const StepIndices& step, std::vector<Tensor>& k_caches,
                                      std::vector<Tensor>& v_caches);
 
-  // Runs `tokens` at positions [start_pos, start_pos + n) through this rank's stage, appending
-  // their K/V to `cache`. Every rank calls it with the same tokens. On the last stage it returns
-  // f32 logits of this rank's vocabulary shard in backend memory: [n, vocab_local] when
-  // all_logits, else [1, vocab_local] for the last token; on other stages an empty tensor.
-  absl::StatusOr<Tensor> Forward(std::span<const int32_t> tokens, int64_t start_pos,
-                                 KvCache& cache, bool all_logits = false);
   // Last stage only, collective over its TP ranks: the argmax over the whole vocabulary of each
   // row of `local_logits` / the full rows [rows, vocab] (host), on every TP rank.
   absl::StatusOr<std::vector<int32_t>> LastStageArgmax(const Tensor& local_logits);
@@ -146,18 +134,11 @@ class LlamaModel {
   // The world rank that holds the answers: TP rank 0 of the last stage.
   int LastStageRoot() const { return parallel_.plan.RankOf(parallel_.plan.pp - 1, 0); }
 
-  // Collective over all ranks: the greedy ids of the `rows` rows of Forward's logits, on every
-  // rank.
-  absl::StatusOr<std::vector<int32_t>> Greedy(const Tensor& local_logits, int64_t rows);
-  // Collective over all ranks: the full logits [rows, vocab] (host) on world rank 0; empty on
-  // the others.
-  absl::StatusOr<std::vector<float>> GatherLogits(const Tensor& local_logits, int64_t rows);
-
  private:
   LlamaModel(const ModelConfig& config, Backend& backend, ParallelContext parallel)
       : config_(config), backend_(backend), parallel_(std::move(parallel)) {}
   // One decoder layer. K/V go to rows step.cache_rows of (k_cache, v_cache); attention reads the
-  // contiguous cache by position, or the paged one through step.layout. `delta` carries the
+  // paged cache through step.layout. `delta` carries the
   // previous residual branch's output, added to x fused with this layer's first norm (empty for
   // the stage's first layer), and leaves with this layer's last one.
   absl::Status Layer(int64_t l, Tensor& x, Tensor& delta, const StepIndices& step,

@@ -16,7 +16,6 @@ namespace shardlm {
 // Every tag a point-to-point message of shardlm uses, on the world communicator.
 enum class MpiTag : int {
   kActivations = 0,   // a stage's hidden states to the next stage
-  kLogits = 1,        // gathered logits, last stage root -> world rank 0
   kFrameSize = 7,     // the size of a framed message (SendFrame / RecvFrame)
   kFrameBytes = 8,    // its bytes
 };

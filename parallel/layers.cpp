@@ -52,12 +52,12 @@ absl::Status AllReduce(Backend& backend, const ParallelContext& ctx, Tensor& t) 
 
 static const Tensor* Opt(const std::optional<Tensor>& t) { return t ? &*t : nullptr; }
 
-void ColumnParallelLinear::Forward(Backend& backend, const Tensor& x, Tensor& y) const {
+void ColumnParallelLinear::Apply(Backend& backend, const Tensor& x, Tensor& y) const {
   backend.Linear(x, weight, Opt(bias), y);
 }
 
-absl::Status RowParallelLinear::Forward(Backend& backend, const ParallelContext& ctx,
-                                        const Tensor& x, Tensor& y) const {
+absl::Status RowParallelLinear::Apply(Backend& backend, const ParallelContext& ctx,
+                                      const Tensor& x, Tensor& y) const {
   backend.Linear(x, weight, Opt(bias), y);
   return AllReduce(backend, ctx, y);
 }
@@ -72,13 +72,13 @@ std::vector<int32_t> VocabParallelEmbedding::LocalIds(std::span<const int32_t> i
   return local;
 }
 
-absl::Status VocabParallelEmbedding::Forward(Backend& backend, const ParallelContext& ctx,
-                                             const Tensor& local_ids, Tensor& y) const {
+absl::Status VocabParallelEmbedding::Apply(Backend& backend, const ParallelContext& ctx,
+                                           const Tensor& local_ids, Tensor& y) const {
   backend.Embedding(table, local_ids, y);
   return AllReduce(backend, ctx, y);
 }
 
-void ParallelLMHead::Forward(Backend& backend, const Tensor& x, Tensor& local_logits) const {
+void ParallelLMHead::Apply(Backend& backend, const Tensor& x, Tensor& local_logits) const {
   backend.Linear(x, weight, nullptr, local_logits);
 }
 

@@ -49,7 +49,7 @@ absl::Status AllReduce(Backend& backend, const ParallelContext& ctx, Tensor& t);
 struct ColumnParallelLinear {
   Tensor weight;
   std::optional<Tensor> bias;  // this rank's rows of the bias
-  void Forward(Backend& backend, const Tensor& x, Tensor& y) const;
+  void Apply(Backend& backend, const Tensor& x, Tensor& y) const;
 };
 
 // y[n, out] = sum over TP ranks of x_r[n, in_local] W_r^T, + b once: W holds this rank's input
@@ -57,8 +57,8 @@ struct ColumnParallelLinear {
 struct RowParallelLinear {
   Tensor weight;
   std::optional<Tensor> bias;  // held by TP rank 0 only, so that it is added once
-  absl::Status Forward(Backend& backend, const ParallelContext& ctx, const Tensor& x,
-                       Tensor& y) const;
+  absl::Status Apply(Backend& backend, const ParallelContext& ctx, const Tensor& x,
+                     Tensor& y) const;
 };
 
 // y[n, d] = table[ids]: this rank holds rows `vocab` of the table; ids of other ranks give zero
@@ -69,8 +69,8 @@ struct VocabParallelEmbedding {
   // The ids as rows of this rank's table: id - vocab.begin, or -1 for other ranks' ids.
   std::vector<int32_t> LocalIds(std::span<const int32_t> ids) const;
   // local_ids: LocalIds(ids) as an index tensor in backend memory.
-  absl::Status Forward(Backend& backend, const ParallelContext& ctx, const Tensor& local_ids,
-                       Tensor& y) const;
+  absl::Status Apply(Backend& backend, const ParallelContext& ctx, const Tensor& local_ids,
+                     Tensor& y) const;
 };
 
 // Logits of this rank's vocabulary rows; the argmax over the whole vocabulary is found without
@@ -82,7 +82,7 @@ struct ParallelLMHead {
   std::vector<Range> all_vocab;  // every TP rank's range, in TP rank order
 
   // local_logits [n, vocab.size()].
-  void Forward(Backend& backend, const Tensor& x, Tensor& local_logits) const;
+  void Apply(Backend& backend, const Tensor& x, Tensor& local_logits) const;
   // The global argmax of each row (first id on ties, as on one rank); the same on every TP rank.
   absl::StatusOr<std::vector<int32_t>> Argmax(Backend& backend, Communicator& tp,
                                               const Tensor& local_logits) const;

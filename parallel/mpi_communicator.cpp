@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/check.h"
 #include "base/status_macros.h"
 #include "spdlog/spdlog.h"
 
@@ -15,35 +16,6 @@ namespace {
 
 // Largest transfer, in bytes, done by a single MPI call (MPI counts are ints).
 size_t g_max_chunk_bytes = INT_MAX;
-
-// Maps an MPI error code to a Status: "<what>: <MPI_Error_string>".
-absl::Status MpiError(int rc, const std::string& what) {
-  char text[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  std::string message;
-  if (MPI_Error_string(rc, text, &len) == MPI_SUCCESS) {
-    message.assign(text, static_cast<size_t>(len));
-  } else {
-    message = absl::StrCat("MPI error code ", rc);
-  }
-  message = absl::StrCat(what, ": ", message);
-  int error_class = MPI_ERR_OTHER;
-  if (MPI_Error_class(rc, &error_class) != MPI_SUCCESS) error_class = MPI_ERR_OTHER;
-  switch (error_class) {
-    // The caller passed something wrong (a count, rank, root, tag, a size mismatch).
-    case MPI_ERR_BUFFER:
-    case MPI_ERR_COUNT:
-    case MPI_ERR_TYPE:
-    case MPI_ERR_TAG:
-    case MPI_ERR_RANK:
-    case MPI_ERR_ROOT:
-    case MPI_ERR_ARG:
-    case MPI_ERR_TRUNCATE:
-      return absl::InvalidArgumentError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
 
 bool Overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
   const auto a0 = reinterpret_cast<uintptr_t>(a);
@@ -61,21 +33,20 @@ int ChunkCount(size_t bytes) { return static_cast<int>(std::min(bytes, g_max_chu
 absl::StatusOr<std::unique_ptr<MpiSession>> MpiSession::Init(int* argc, char*** argv) {
   int initialized = 0;
   int finalized = 0;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
+  SHARDLM_MPI_RETURN(MPI_Initialized(&initialized));
+  SHARDLM_MPI_RETURN(MPI_Finalized(&finalized));
   if (finalized) return absl::FailedPreconditionError("MPI_Init: MPI is already finalized");
   if (initialized) return std::unique_ptr<MpiSession>(new MpiSession(/*owns_mpi=*/false));
 
   // FUNNELED: OpenMP threads compute, but only the main thread calls MPI.
   int provided = MPI_THREAD_SINGLE;
-  const int rc = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
-  if (rc != MPI_SUCCESS) return MpiError(rc, "MPI_Init_thread");
+  SHARDLM_MPI_RETURN(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
   if (provided < MPI_THREAD_FUNNELED) {
     spdlog::warn("MPI_Init_thread: asked for MPI_THREAD_FUNNELED, the library provides level {}",
                  provided);
   }
   // Errors on MPI_COMM_WORLD itself (e.g. in MPI_Comm_dup) come back as codes too.
-  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  SHARDLM_MPI_RETURN(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   return std::unique_ptr<MpiSession>(new MpiSession(/*owns_mpi=*/true));
 }
 
@@ -89,9 +60,9 @@ bool MpiSession::LaunchedByMpirun() {
 
 MpiSession::~MpiSession() {
   if (!owns_mpi_) return;
+  // A destructor has nobody to report to, and the process is ending: results are dropped.
   int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (!finalized) MPI_Finalize();
+  if (MPI_Finalized(&finalized) == MPI_SUCCESS && !finalized) static_cast<void>(MPI_Finalize());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -103,13 +74,12 @@ void MpiCommunicator::SetMaxChunkBytesForTesting(size_t bytes) {
 
 absl::StatusOr<std::unique_ptr<Communicator>> MpiCommunicator::World() {
   int initialized = 0;
-  MPI_Initialized(&initialized);
+  SHARDLM_MPI_RETURN(MPI_Initialized(&initialized));
   if (!initialized) {
     return absl::FailedPreconditionError("MpiCommunicator::World: MPI is not initialized");
   }
   MPI_Comm comm = MPI_COMM_NULL;
-  int rc = MPI_Comm_dup(MPI_COMM_WORLD, &comm);
-  if (rc != MPI_SUCCESS) return MpiError(rc, "MPI_Comm_dup of MPI_COMM_WORLD");
+  SHARDLM_MPI_RETURN(MPI_Comm_dup(MPI_COMM_WORLD, &comm));
   return Adopt(comm, "mpi world");
 }
 
@@ -117,25 +87,31 @@ absl::StatusOr<std::unique_ptr<Communicator>> MpiCommunicator::Adopt(MPI_Comm co
                                                                      std::string name) {
   int rank = 0;
   int size = 0;
-  int rc = MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
-  if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(comm, &rank);
-  if (rc == MPI_SUCCESS) rc = MPI_Comm_size(comm, &size);
-  if (rc != MPI_SUCCESS) {
-    MPI_Comm_free(&comm);
-    return MpiError(rc, absl::StrCat("setting up ", name));
+  absl::Status status = [&]() -> absl::Status {
+    const std::string where = absl::StrCat(" setting up ", name);
+    SHARDLM_MPI_RETURN_ON(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN), where);
+    SHARDLM_MPI_RETURN_ON(MPI_Comm_rank(comm, &rank), where);
+    SHARDLM_MPI_RETURN_ON(MPI_Comm_size(comm, &size), where);
+    return absl::OkStatus();
+  }();
+  if (!status.ok()) {
+    // The error being returned is the one to report; a failed clean-up would only hide it.
+    static_cast<void>(MPI_Comm_free(&comm));
+    return status;
   }
   return std::unique_ptr<Communicator>(new MpiCommunicator(comm, std::move(name), rank, size));
 }
 
 MpiCommunicator::~MpiCommunicator() {
+  // A destructor cannot report: a communicator that fails to free is dropped with the process.
   int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  if (MPI_Finalized(&finalized) == MPI_SUCCESS && !finalized && comm_ != MPI_COMM_NULL) {
+    static_cast<void>(MPI_Comm_free(&comm_));
+  }
 }
 
-absl::Status MpiCommunicator::Check(int rc, const char* op) const {
-  if (rc == MPI_SUCCESS) return absl::OkStatus();
-  return MpiError(rc, absl::StrCat(op, " on ", name_, " (rank ", rank_, " of ", size_, ")"));
+std::string MpiCommunicator::Where() const {
+  return absl::StrCat(" on ", name_, " (rank ", rank_, " of ", size_, ")");
 }
 
 absl::Status MpiCommunicator::CheckPeer(const char* op, int peer) const {
@@ -148,8 +124,8 @@ absl::Status MpiCommunicator::AllReduceSum(float* data, size_t count) {
   const size_t chunk = std::max<size_t>(g_max_chunk_bytes / sizeof(float), 1);
   for (size_t done = 0; done < count; done += chunk) {
     const int n = static_cast<int>(std::min(count - done, chunk));
-    SHARDLM_RETURN_IF_ERROR(Check(
-        MPI_Allreduce(MPI_IN_PLACE, data + done, n, MPI_FLOAT, MPI_SUM, comm_), "MPI_Allreduce"));
+    SHARDLM_MPI_RETURN_ON(MPI_Allreduce(MPI_IN_PLACE, data + done, n, MPI_FLOAT, MPI_SUM, comm_),
+                          Where());
   }
   return absl::OkStatus();
 }
@@ -170,9 +146,10 @@ absl::Status MpiCommunicator::AllGather(const void* in, void* out, size_t bytes)
 
   if (bytes <= g_max_chunk_bytes) {
     const int n = static_cast<int>(bytes);
-    return Check(MPI_Allgather(in_place ? MPI_IN_PLACE : in_bytes, n, MPI_BYTE, out_bytes, n,
-                               MPI_BYTE, comm_),
-                 "MPI_Allgather");
+    SHARDLM_MPI_RETURN_ON(MPI_Allgather(in_place ? MPI_IN_PLACE : in_bytes, n, MPI_BYTE,
+                                        out_bytes, n, MPI_BYTE, comm_),
+                          Where());
+    return absl::OkStatus();
   }
   // Too large for an int count: gather piece by piece. A piece of `n` bytes is received with a
   // type whose extent is `bytes`, so rank r's piece lands at out + r * bytes + done.
@@ -180,18 +157,20 @@ absl::Status MpiCommunicator::AllGather(const void* in, void* out, size_t bytes)
     const int n = ChunkCount(bytes - done);
     MPI_Datatype piece = MPI_DATATYPE_NULL;
     MPI_Datatype strided = MPI_DATATYPE_NULL;
-    int rc = MPI_Type_contiguous(n, MPI_BYTE, &piece);
-    if (rc == MPI_SUCCESS) {
-      rc = MPI_Type_create_resized(piece, 0, static_cast<MPI_Aint>(bytes), &strided);
-    }
-    if (rc == MPI_SUCCESS) rc = MPI_Type_commit(&strided);
-    if (rc == MPI_SUCCESS) {
-      rc = MPI_Allgather(in_place ? MPI_IN_PLACE : in_bytes + done, n, MPI_BYTE, out_bytes + done,
-                         1, strided, comm_);
-    }
-    if (strided != MPI_DATATYPE_NULL) MPI_Type_free(&strided);
-    if (piece != MPI_DATATYPE_NULL) MPI_Type_free(&piece);
-    SHARDLM_RETURN_IF_ERROR(Check(rc, "MPI_Allgather"));
+    const absl::Status gathered = [&]() -> absl::Status {
+      SHARDLM_MPI_RETURN_ON(MPI_Type_contiguous(n, MPI_BYTE, &piece), Where());
+      SHARDLM_MPI_RETURN_ON(
+          MPI_Type_create_resized(piece, 0, static_cast<MPI_Aint>(bytes), &strided), Where());
+      SHARDLM_MPI_RETURN_ON(MPI_Type_commit(&strided), Where());
+      SHARDLM_MPI_RETURN_ON(MPI_Allgather(in_place ? MPI_IN_PLACE : in_bytes + done, n, MPI_BYTE,
+                                          out_bytes + done, 1, strided, comm_),
+                            Where());
+      return absl::OkStatus();
+    }();
+    // Freeing the types can only fail for a type that was never made: nothing to report then.
+    if (strided != MPI_DATATYPE_NULL) static_cast<void>(MPI_Type_free(&strided));
+    if (piece != MPI_DATATYPE_NULL) static_cast<void>(MPI_Type_free(&piece));
+    SHARDLM_RETURN_IF_ERROR(gathered);
   }
   return absl::OkStatus();
 }
@@ -200,8 +179,8 @@ absl::Status MpiCommunicator::Broadcast(void* data, size_t bytes, int root) {
   SHARDLM_RETURN_IF_ERROR(CheckPeer("MPI_Bcast", root));
   char* p = static_cast<char*>(data);
   for (size_t done = 0; done < bytes; done += g_max_chunk_bytes) {
-    SHARDLM_RETURN_IF_ERROR(
-        Check(MPI_Bcast(p + done, ChunkCount(bytes - done), MPI_BYTE, root, comm_), "MPI_Bcast"));
+    SHARDLM_MPI_RETURN_ON(MPI_Bcast(p + done, ChunkCount(bytes - done), MPI_BYTE, root, comm_),
+                          Where());
   }
   return absl::OkStatus();
 }
@@ -212,8 +191,8 @@ absl::Status MpiCommunicator::Send(const void* data, size_t bytes, int peer, int
   // A zero-byte message still goes out, so it matches the peer's zero-byte Recv.
   size_t done = 0;
   do {
-    SHARDLM_RETURN_IF_ERROR(Check(
-        MPI_Send(p + done, ChunkCount(bytes - done), MPI_BYTE, peer, tag, comm_), "MPI_Send"));
+    SHARDLM_MPI_RETURN_ON(MPI_Send(p + done, ChunkCount(bytes - done), MPI_BYTE, peer, tag, comm_),
+                          Where());
     done += g_max_chunk_bytes;
   } while (done < bytes);
   return absl::OkStatus();
@@ -226,11 +205,10 @@ absl::Status MpiCommunicator::Recv(void* data, size_t bytes, int peer, int tag) 
   do {
     const int n = ChunkCount(bytes - done);
     MPI_Status status;
-    SHARDLM_RETURN_IF_ERROR(
-        Check(MPI_Recv(p + done, n, MPI_BYTE, peer, tag, comm_, &status), "MPI_Recv"));
+    SHARDLM_MPI_RETURN_ON(MPI_Recv(p + done, n, MPI_BYTE, peer, tag, comm_, &status), Where());
     // A shorter message than expected is not an MPI error, but it is one here.
     int got = 0;
-    MPI_Get_count(&status, MPI_BYTE, &got);
+    SHARDLM_MPI_RETURN_ON(MPI_Get_count(&status, MPI_BYTE, &got), Where());
     if (got != n) {
       return absl::InvalidArgumentError(
           absl::StrCat("MPI_Recv on ", name_, " (rank ", rank_, " of ", size_, "): expected ",
@@ -241,12 +219,15 @@ absl::Status MpiCommunicator::Recv(void* data, size_t bytes, int peer, int tag) 
   return absl::OkStatus();
 }
 
-absl::Status MpiCommunicator::Barrier() { return Check(MPI_Barrier(comm_), "MPI_Barrier"); }
+absl::Status MpiCommunicator::Barrier() {
+  SHARDLM_MPI_RETURN_ON(MPI_Barrier(comm_), Where());
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<Communicator>> MpiCommunicator::Split(int color, int key,
                                                                      const std::string& label) {
   MPI_Comm comm = MPI_COMM_NULL;
-  SHARDLM_RETURN_IF_ERROR(Check(MPI_Comm_split(comm_, color, key, &comm), "MPI_Comm_split"));
+  SHARDLM_MPI_RETURN_ON(MPI_Comm_split(comm_, color, key, &comm), Where());
   if (comm == MPI_COMM_NULL) {  // color == MPI_UNDEFINED
     return absl::InvalidArgumentError(absl::StrCat("MPI_Comm_split on ", name_, " (rank ", rank_,
                                                    " of ", size_, "): color ", color,

@@ -80,8 +80,8 @@ class MpiCommunicator final : public Communicator {
   MpiCommunicator(MPI_Comm comm, std::string name, int rank, int size)
       : comm_(comm), name_(std::move(name)), rank_(rank), size_(size) {}
 
-  // "<op> on <name> (rank r of n): <MPI_Error_string>", or OK when rc is MPI_SUCCESS.
-  absl::Status Check(int rc, const char* op) const;
+  // " on <name> (rank r of n)": the context of the MPI checks' messages (base/check.h).
+  std::string Where() const;
   absl::Status CheckPeer(const char* op, int peer) const;
 
   MPI_Comm comm_;

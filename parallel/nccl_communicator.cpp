@@ -1,7 +1,5 @@
 #include "parallel/nccl_communicator.h"
 
-#include "base/env.h"
-
 #include <cstdint>
 #include <cstdlib>
 #include <utility>
@@ -9,60 +7,16 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "base/check.h"
 #include "base/status_macros.h"
 #include "spdlog/spdlog.h"
 
 namespace shardlm {
-namespace {
 
-// "cudaMalloc" out of "cudaMalloc(&p, n)", and the file name without its directories.
-absl::string_view CallName(absl::string_view call) { return call.substr(0, call.find('(')); }
-absl::string_view BaseName(absl::string_view file) {
-  const size_t slash = file.rfind('/');
-  return slash == absl::string_view::npos ? file : file.substr(slash + 1);
-}
-
-absl::Status CudaError(cudaError_t err, absl::string_view call, absl::string_view where,
-                       const char* file, int line) {
-  return absl::InternalError(absl::StrCat(CallName(call), where, " at ", BaseName(file), ":", line,
-                                          ": ", cudaGetErrorString(err)));
-}
-
-absl::Status NcclError(ncclResult_t result, ncclComm_t comm, absl::string_view call,
-                       absl::string_view where, const char* file, int line) {
-  std::string message = absl::StrCat(CallName(call), where, " at ", BaseName(file), ":", line,
-                                     ": ", ncclGetErrorString(result));
-  // NCCL keeps a more specific description of the last failure ("peer 1 unreachable", ...).
-  const char* last = ncclGetLastError(comm);
-  if (last != nullptr && last[0] != '\0') absl::StrAppend(&message, " (", last, ")");
-  switch (result) {
-    case ncclInvalidArgument:
-    case ncclInvalidUsage:
-      return absl::InvalidArgumentError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
-
-}  // namespace
-
-// Return a Status naming the call, `where` (" on <group> (rank r of n)"), file:line and the
-// error string when a CUDA / NCCL call fails. `comm` may be nullptr.
-#define SHARDLM_CUDA_CALL(call, where)                                                    \
-  do {                                                                                    \
-    const cudaError_t shardlm_cuda_err_ = (call);                                         \
-    if (shardlm_cuda_err_ != cudaSuccess) {                                               \
-      return CudaError(shardlm_cuda_err_, #call, (where), __FILE__, __LINE__);            \
-    }                                                                                     \
-  } while (0)
-#define SHARDLM_NCCL_CALL(call, comm, where)                                              \
-  do {                                                                                    \
-    const ncclResult_t shardlm_nccl_res_ = (call);                                        \
-    if (shardlm_nccl_res_ != ncclSuccess) {                                               \
-      return NcclError(shardlm_nccl_res_, (comm), #call, (where), __FILE__, __LINE__);    \
-    }                                                                                     \
-  } while (0)
-
+// Every CUDA and NCCL call goes through the checks of base/check.h (SHARDLM_*_RETURN_ON): the
+// message names the call, the group and this rank in it (" on nccl tp(color 0) (rank 1 of 2)"),
+// the error with NCCL's own description of the last failure on this communicator, the world rank,
+// the device and file:line.
 
 absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(Communicator& bootstrap,
                                                                        int device,
@@ -80,8 +34,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(Communica
   float failed = set_device == cudaSuccess ? 0.0f : 1.0f;
   SHARDLM_RETURN_IF_ERROR(bootstrap.AllReduceSum(&failed, 1));
   if (set_device != cudaSuccess) {
-    return CudaError(set_device, "cudaSetDevice", absl::StrCat(where, " (device ", device, ")"),
-                     __FILE__, __LINE__);
+    return CheckFailureStatus("CUDA", "cudaSetDevice(device)",
+                              absl::StrCat(where, " (device ", device, ")"),
+                              SHARDLM_CUDA_ERROR_TEXT(set_device), __FILE__, __LINE__);
   }
   if (failed > 0) {
     return absl::FailedPreconditionError(
@@ -97,13 +52,15 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(Communica
   if (bootstrap.rank() == 0) unique.result = ncclGetUniqueId(&unique.id);
   SHARDLM_RETURN_IF_ERROR(bootstrap.Broadcast(&unique, sizeof(unique), /*root=*/0));
   if (unique.result != ncclSuccess) {
-    return NcclError(static_cast<ncclResult_t>(unique.result), nullptr, "ncclGetUniqueId",
-                     absl::StrCat(where, " (on rank 0)"), __FILE__, __LINE__);
+    const auto result = static_cast<ncclResult_t>(unique.result);
+    return CheckFailureStatus("NCCL", "ncclGetUniqueId(&unique.id)",
+                              absl::StrCat(where, " (on rank 0)"), ncclGetErrorString(result),
+                              __FILE__, __LINE__, SHARDLM_NCCL_STATUS_CODE(result));
   }
 
   ncclComm_t comm = nullptr;
-  SHARDLM_NCCL_CALL(ncclCommInitRank(&comm, bootstrap.size(), unique.id, bootstrap.rank()),
-                    nullptr, where);
+  SHARDLM_NCCL_RETURN_ON(ncclCommInitRank(&comm, bootstrap.size(), unique.id, bootstrap.rank()),
+                         nullptr, where);
   return Adopt(comm, device, stream, std::move(name));
 }
 
@@ -115,13 +72,14 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Adopt(ncclComm_t
   float* scratch = nullptr;
   absl::Status status = [&]() -> absl::Status {
     const std::string where = absl::StrCat(" on ", name);
-    SHARDLM_NCCL_CALL(ncclCommUserRank(comm, &rank), comm, where);
-    SHARDLM_NCCL_CALL(ncclCommCount(comm, &size), comm, where);
-    SHARDLM_CUDA_CALL(cudaMalloc(reinterpret_cast<void**>(&scratch), sizeof(float)), where);
+    SHARDLM_NCCL_RETURN_ON(ncclCommUserRank(comm, &rank), comm, where);
+    SHARDLM_NCCL_RETURN_ON(ncclCommCount(comm, &size), comm, where);
+    SHARDLM_CUDA_RETURN_ON(cudaMalloc(reinterpret_cast<void**>(&scratch), sizeof(float)), where);
     return absl::OkStatus();
   }();
   if (!status.ok()) {
-    ncclCommDestroy(comm);
+    // The error being returned is the one to report; a failed clean-up would only hide it.
+    static_cast<void>(ncclCommDestroy(comm));
     return status;
   }
   return std::unique_ptr<Communicator>(
@@ -143,7 +101,9 @@ NcclCommunicator::~NcclCommunicator() {
   if (cudaSetDevice(device_) != cudaSuccess) {
     spdlog::warn("~NcclCommunicator{}: cannot select device {}", Where(), device_);
   }
-  if (scratch_ != nullptr) cudaFree(scratch_);
+  if (scratch_ != nullptr && cudaFree(scratch_) != cudaSuccess) {
+    spdlog::warn("~NcclCommunicator{}: cudaFree of the barrier scratch failed", Where());
+  }
   const ncclResult_t result = ncclCommDestroy(comm_);
   if (result != ncclSuccess) {
     spdlog::warn("ncclCommDestroy{}: {}", Where(), ncclGetErrorString(result));
@@ -155,7 +115,8 @@ std::string NcclCommunicator::Where() const {
 }
 
 absl::Status NcclCommunicator::SetDevice() const {
-  SHARDLM_CUDA_CALL(cudaSetDevice(device_), Where());
+  SetCheckDevice(device_);
+  SHARDLM_CUDA_RETURN_ON(cudaSetDevice(device_), Where());
   return absl::OkStatus();
 }
 
@@ -163,16 +124,19 @@ absl::Status NcclCommunicator::Sync(const char* op) const {
   // The `where` arguments are only built on failure. While the stream is captured into a CUDA
   // graph nothing may wait on it; in stream-ordered mode nothing needs to.
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  SHARDLM_CUDA_CALL(cudaStreamIsCapturing(stream_, &capture), Where());
+  SHARDLM_CUDA_RETURN_ON(cudaStreamIsCapturing(stream_, &capture), Where());
   if (synchronous_ && capture == cudaStreamCaptureStatusNone) {
-    SHARDLM_CUDA_CALL(cudaStreamSynchronize(stream_), absl::StrCat(Where(), " (after ", op, ")"));
+    SHARDLM_CUDA_RETURN_ON(cudaStreamSynchronize(stream_),
+                           absl::StrCat(Where(), " (after ", op, ")"));
   }
   ncclResult_t async = ncclSuccess;
-  SHARDLM_NCCL_CALL(ncclCommGetAsyncError(comm_, &async), comm_,
-                    absl::StrCat(Where(), " (after ", op, ")"));
+  SHARDLM_NCCL_RETURN_ON(ncclCommGetAsyncError(comm_, &async), comm_,
+                         absl::StrCat(Where(), " (after ", op, ")"));
+  // The asynchronous error is the result of `op`, which ran on the stream after its call returned.
   if (async != ncclSuccess) {
-    return NcclError(async, comm_, absl::StrCat("asynchronous error of ", op), Where(), __FILE__,
-                     __LINE__);
+    return CheckFailureStatus("NCCL", op, absl::StrCat(Where(), " (asynchronous error)"),
+                              SHARDLM_NCCL_ERROR_TEXT(async, comm_), __FILE__, __LINE__,
+                              SHARDLM_NCCL_STATUS_CODE(async));
   }
   return absl::OkStatus();
 }
@@ -188,15 +152,15 @@ absl::Status NcclCommunicator::CheckPeer(const char* op, int peer) const {
 absl::Status NcclCommunicator::AllReduceSum(float* data, size_t count) {
   if (count == 0) return absl::OkStatus();
   SHARDLM_RETURN_IF_ERROR(SetDevice());
-  SHARDLM_NCCL_CALL(ncclAllReduce(data, data, count, ncclFloat, ncclSum, comm_, stream_), comm_,
-                    Where());
+  SHARDLM_NCCL_RETURN_ON(ncclAllReduce(data, data, count, ncclFloat, ncclSum, comm_, stream_),
+                         comm_, Where());
   return Sync("ncclAllReduce");
 }
 
 absl::Status NcclCommunicator::AllGather(const void* in, void* out, size_t bytes) {
   if (bytes == 0) return absl::OkStatus();
   SHARDLM_RETURN_IF_ERROR(SetDevice());
-  SHARDLM_NCCL_CALL(ncclAllGather(in, out, bytes, ncclChar, comm_, stream_), comm_, Where());
+  SHARDLM_NCCL_RETURN_ON(ncclAllGather(in, out, bytes, ncclChar, comm_, stream_), comm_, Where());
   return Sync("ncclAllGather");
 }
 
@@ -204,31 +168,31 @@ absl::Status NcclCommunicator::Broadcast(void* data, size_t bytes, int root) {
   SHARDLM_RETURN_IF_ERROR(CheckPeer("ncclBroadcast", root));
   if (bytes == 0) return absl::OkStatus();
   SHARDLM_RETURN_IF_ERROR(SetDevice());
-  SHARDLM_NCCL_CALL(ncclBroadcast(data, data, bytes, ncclChar, root, comm_, stream_), comm_,
-                    Where());
+  SHARDLM_NCCL_RETURN_ON(ncclBroadcast(data, data, bytes, ncclChar, root, comm_, stream_), comm_,
+                         Where());
   return Sync("ncclBroadcast");
 }
 
 absl::Status NcclCommunicator::Send(const void* data, size_t bytes, int peer, int tag) {
   SHARDLM_RETURN_IF_ERROR(CheckPeer("ncclSend", peer));
   SHARDLM_RETURN_IF_ERROR(SetDevice());
-  SHARDLM_NCCL_CALL(ncclSend(data, bytes, ncclChar, peer, comm_, stream_), comm_,
-                    absl::StrCat(Where(), " to rank ", peer));
+  SHARDLM_NCCL_RETURN_ON(ncclSend(data, bytes, ncclChar, peer, comm_, stream_), comm_,
+                         absl::StrCat(Where(), " to rank ", peer));
   return Sync("ncclSend");
 }
 
 absl::Status NcclCommunicator::Recv(void* data, size_t bytes, int peer, int tag) {
   SHARDLM_RETURN_IF_ERROR(CheckPeer("ncclRecv", peer));
   SHARDLM_RETURN_IF_ERROR(SetDevice());
-  SHARDLM_NCCL_CALL(ncclRecv(data, bytes, ncclChar, peer, comm_, stream_), comm_,
-                    absl::StrCat(Where(), " from rank ", peer));
+  SHARDLM_NCCL_RETURN_ON(ncclRecv(data, bytes, ncclChar, peer, comm_, stream_), comm_,
+                         absl::StrCat(Where(), " from rank ", peer));
   return Sync("ncclRecv");
 }
 
 absl::Status NcclCommunicator::Barrier() {
   SHARDLM_RETURN_IF_ERROR(SetDevice());
-  SHARDLM_NCCL_CALL(ncclAllReduce(scratch_, scratch_, 1, ncclFloat, ncclSum, comm_, stream_),
-                    comm_, absl::StrCat(Where(), " (barrier)"));
+  SHARDLM_NCCL_RETURN_ON(ncclAllReduce(scratch_, scratch_, 1, ncclFloat, ncclSum, comm_, stream_),
+                         comm_, absl::StrCat(Where(), " (barrier)"));
   return Sync("barrier");
 }
 
@@ -238,7 +202,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Split(int color,
   SHARDLM_RETURN_IF_ERROR(SetDevice());
   ncclComm_t comm = nullptr;
   // config nullptr: the new communicator inherits this one's configuration.
-  SHARDLM_NCCL_CALL(ncclCommSplit(comm_, color, key, &comm, nullptr), comm_, Where());
+  SHARDLM_NCCL_RETURN_ON(ncclCommSplit(comm_, color, key, &comm, nullptr), comm_, Where());
   if (comm == nullptr) {  // color == NCCL_SPLIT_NOCOLOR
     return absl::InvalidArgumentError(
         absl::StrCat("ncclCommSplit", Where(), ": color ", color, " gives no group"));

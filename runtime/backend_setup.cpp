@@ -11,6 +11,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "base/env.h"
 #include "base/status_macros.h"
+#include "runtime/faulty_backend.h"
 #include "spdlog/spdlog.h"
 
 #ifdef SHARDLM_HAVE_CUDA
@@ -54,6 +55,10 @@ void AddBackendOptions(CLI::App& app, BackendOptions& o) {
       ->default_val(o.gpu_memory_fraction);
   app.add_option("--cuda-graphs", o.cuda_graphs, "CUDA: record decode steps as CUDA graphs")
       ->default_val(o.cuda_graphs);
+  app.add_option("--inject-fault", o.inject_fault,
+                 "For tests and failure drills: OP:N[:RANK][:oom|nan] makes the Nth call of backend "
+                 "op OP (Linear, Embedding, ...) on world rank RANK (every rank when left out) "
+                 "throw a device out-of-memory error (oom) or write NaN into its output (nan)");
 }
 
 bool CudaBuilt() {
@@ -81,6 +86,24 @@ absl::StatusOr<BackendSetup> SetUpBackend(const BackendOptions& o, ParallelConte
     usable = absl::InvalidArgumentError(absl::StrCat("--device ", o.device, ": only ", devices,
                                                      " CUDA devices are visible"));
   }
+  // A bad --inject-fault is refused like an unusable backend, after the agreement below.
+  std::optional<FaultSpec> fault;
+  if (!o.inject_fault.empty()) {
+    absl::StatusOr<FaultSpec> parsed = ParseFaultSpec(o.inject_fault);
+    if (!parsed.ok()) {
+      usable.Update(parsed.status());
+    } else {
+      fault = *parsed;
+      if (fault->rank < 0 || fault->rank == ctx.shard.rank) {
+        spdlog::warn("rank {}: --inject-fault {}: call {} of {} will fail", ctx.shard.rank,
+                     fault->ToString(), fault->call, fault->op);
+      }
+    }
+  }
+  // Every op goes through a FaultyBackend, which names the op a failure comes out of.
+  auto guard = [&](BackendSetup& s) {
+    s.backend = std::make_unique<FaultyBackend>(std::move(s.backend), ctx.shard.rank, fault);
+  };
   // Every rank runs the same backend: a mix would make the collectives disagree. Every rank
   // reaches this sum, failed or not, so that none waits for another.
   SHARDLM_ASSIGN_OR_RETURN(const std::vector<float> first,
@@ -102,6 +125,7 @@ absl::StatusOr<BackendSetup> SetUpBackend(const BackendOptions& o, ParallelConte
       return absl::InvalidArgumentError(e.what());
     }
     setup.description = absl::StrCat("cpu (", setup.threads, " threads)");
+    guard(setup);
     return setup;
   }
 
@@ -159,6 +183,7 @@ absl::StatusOr<BackendSetup> SetUpBackend(const BackendOptions& o, ParallelConte
     absl::StrAppend(&setup.description, nccl ? ", NCCL" : ", activations through MPI");
   }
   absl::StrAppend(&setup.description, ")");
+  guard(setup);
   return setup;
 #else
   return absl::FailedPreconditionError("no CUDA backend in this build");

@@ -26,12 +26,18 @@ struct BackendOptions {
   std::string kv_dtype = "bf16";  // CUDA KV cache: bf16 | f16 | f32
   double gpu_memory_fraction = 0.9;  // CUDA: share of the device the rank may fill (KV blocks)
   bool cuda_graphs = true;      // CUDA: record decode steps as graphs
+  // "OP:N[:RANK][:oom|nan]": the Nth call of backend op OP fails on RANK (every rank when left
+  // out), for tests and failure drills (runtime/faulty_backend.h). Empty: none.
+  std::string inject_fault;
 };
 
-// --backend, --device, --nccl, --kv-dtype, --gpu-memory-fraction, --cuda-graphs (not --threads).
+// --backend, --device, --nccl, --kv-dtype, --gpu-memory-fraction, --cuda-graphs, --inject-fault
+// (not --threads).
 void AddBackendOptions(CLI::App& app, BackendOptions& options);
 
 struct BackendSetup {
+  // The rank's backend behind a FaultyBackend, which names the op of a failure (and injects the
+  // fault of --inject-fault).
   std::unique_ptr<Backend> backend;
   bool cuda = false;
   int device = -1;

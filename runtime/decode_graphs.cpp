@@ -47,7 +47,6 @@ HostStepIndices DecodeGraphs::Pad(const HostStepIndices& host, const BatchInput&
   const int bs = cache_.block_size;
   HostStepIndices p;
   p.block_size = host.block_size;
-  p.select_rows = true;
   auto pad = [&](const std::vector<int32_t>& v, int32_t fill) {
     std::vector<int32_t> out(v);
     out.resize(static_cast<size_t>(size), fill);
@@ -104,13 +103,23 @@ absl::StatusOr<Tensor> DecodeGraphs::Run(const BatchInput& batch) {
       return g.logits.defined() && g.logits.rank() == 2 ? g.logits.Rows(0, seqs) : Tensor();
     }
     absl::Status recorded_status;
-    {
+    // The step's own tensors are freed at the end of the try block, inside the graph.
+    try {
       absl::StatusOr<Tensor> recorded = model_.ForwardStep(views, cache_.k, cache_.v);
       recorded_status = recorded.status();
       if (recorded.ok() && recorded->defined() && recorded->rank() == 2) {
         b.Copy(*recorded, g.logits);
       }
-    }  // the step's own tensors are freed here, inside the graph
+    } catch (...) {
+      // An op that failed while recording leaves the stream capturing: end the capture (its
+      // graph is dropped, and this size records again at its next step) so that the next step
+      // runs on a usable stream, and report the first failure, not the capture's.
+      try {
+        b.EndCapture();
+      } catch (...) {
+      }
+      throw;
+    }
     g.graph = b.EndCapture();
     SHARDLM_RETURN_IF_ERROR(recorded_status);
     if (g.graph == nullptr) return absl::InternalError("DecodeGraphs: the capture gave no graph");

@@ -8,18 +8,42 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "formats/gguf.h"
 
 namespace shardlm {
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const OpenedCheckpoint& checkpoint) {
-  if (checkpoint.is_gguf()) return Tokenizer::FromGguf(*checkpoint.gguf);
-  const std::string json = checkpoint.hf_dir + "/tokenizer.json";
+namespace {
+
+// tokenizer.json (+ tokenizer_config.json) of a HF checkpoint directory.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& dir) {
+  const std::string json = dir + "/tokenizer.json";
   if (!std::filesystem::exists(json)) {
     return absl::NotFoundError(absl::StrCat("no tokenizer: ", json, " does not exist"));
   }
-  SHARDLM_ASSIGN_OR_RETURN(TokenizerVocab vocab, TokenizerVocabFromHfJson(checkpoint.hf_dir));
+  SHARDLM_ASSIGN_OR_RETURN(TokenizerVocab vocab, TokenizerVocabFromHfJson(dir));
   DetectEndOfTurnTokens(&vocab);
   return Tokenizer::Create(std::move(vocab));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const OpenedCheckpoint& checkpoint) {
+  if (checkpoint.is_gguf()) return Tokenizer::FromGguf(*checkpoint.gguf);
+  return LoadHfTokenizer(checkpoint.hf_dir);
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFromPath(const std::string& model_path) {
+  namespace fs = std::filesystem;
+  if (absl::EndsWith(model_path, ".gguf")) {
+    SHARDLM_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> gguf, GgufFile::OpenMetadata(model_path));
+    return Tokenizer::FromGguf(*gguf);
+  }
+  // As OpenCheckpoint: a directory, or the directory of the file named.
+  std::error_code ec;
+  std::string dir =
+      fs::is_directory(model_path, ec) ? model_path : fs::path(model_path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  return LoadHfTokenizer(dir);
 }
 
 absl::StatusOr<ChatTemplate> LoadChatTemplate(const OpenedCheckpoint& checkpoint,

@@ -16,6 +16,12 @@ namespace shardlm {
 // tokenizer.json (+ tokenizer_config.json). NotFound when a HF directory has none.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const OpenedCheckpoint& checkpoint);
 
+// The tokenizer of `model_path` without opening the checkpoint: for a .gguf file only its
+// header and metadata (GgufFile::OpenMetadata), so vocabulary-only files and architectures the
+// decoder does not run work too; for a HF directory (or a file in one) only tokenizer.json and
+// tokenizer_config.json. NotFound when a HF directory has no tokenizer.json.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFromPath(const std::string& model_path);
+
 // The chat template: `name` when given (--chat-template), else recognised from GGUF
 // tokenizer.chat_template or tokenizer_config.json's chat_template.
 absl::StatusOr<ChatTemplate> LoadChatTemplate(const OpenedCheckpoint& checkpoint,

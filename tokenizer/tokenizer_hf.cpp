@@ -159,7 +159,10 @@ absl::StatusOr<TokenizerVocab> ParseTokenizerJson(const std::string& path, const
   v.source = path;
   const json& model = tj.at("model");
   const std::string model_type = model.value("type", std::string("BPE"));
-  if (model_type != "BPE") return Unsupported(path, "model type", model);
+  if (model_type != "BPE") {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": model.type = '", model_type,
+                                                   "' is not supported (supported: 'BPE')"));
+  }
 
   PreState pre;
   if (auto s = ParsePreTokenizer(path, tj.value("pre_tokenizer", json()), &pre); !s.ok()) return s;

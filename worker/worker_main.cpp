@@ -16,10 +16,13 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "base/check.h"
 #include "base/status_macros.h"
 #include "formats/checkpoint_loader.h"
 #include "model/llama.h"
+#include "parallel/collectives.h"
 #include "runtime/backend_setup.h"
+#include "runtime/faulty_backend.h"
 #include "parallel/mpi_communicator.h"
 #include "shardlm/v1/worker.grpc.pb.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -40,15 +43,12 @@ absl::Status BroadcastBytes(MPI_Comm comm, int rank, std::string& bytes) {
   uint64_t size = bytes.size();
   auto wait = [&](void* data, int count) -> absl::Status {
     MPI_Request req;
-    if (MPI_Ibcast(data, count, MPI_BYTE, 0, comm, &req) != MPI_SUCCESS) {
-      return absl::InternalError("MPI_Ibcast failed");
-    }
+    SHARDLM_MPI_RETURN_ON(MPI_Ibcast(data, count, MPI_BYTE, 0, comm, &req),
+                          " (the command broadcast)");
     int done = 0;
     auto sleep = std::chrono::microseconds(20);
     while (true) {
-      if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
-        return absl::InternalError("MPI_Test failed");
-      }
+      SHARDLM_MPI_RETURN_ON(MPI_Test(&req, &done, MPI_STATUS_IGNORE), " (the command broadcast)");
       if (done) return absl::OkStatus();
       std::this_thread::sleep_for(sleep);
       sleep = std::min(sleep * 2, std::chrono::microseconds(2000));
@@ -70,8 +70,8 @@ struct Loaded {
 };
 
 // Every rank: plan, shard, KV blocks. Returns this rank's status; blocks = what fits here.
-absl::Status Load(const worker::v1::LoadCommand& cmd, const BackendOptions& backend_options,
-                  std::shared_ptr<Communicator> world, Loaded& out, int64_t& blocks) {
+absl::Status LoadShard(const worker::v1::LoadCommand& cmd, const BackendOptions& backend_options,
+                       std::shared_ptr<Communicator> world, Loaded& out, int64_t& blocks) {
   SHARDLM_ASSIGN_OR_RETURN(out.checkpoint, OpenCheckpoint(cmd.model()));
   std::vector<int64_t> boundaries;
   if (!cmd.pp_layers().empty()) {
@@ -120,7 +120,50 @@ absl::Status Load(const worker::v1::LoadCommand& cmd, const BackendOptions& back
   return absl::OkStatus();
 }
 
-int Run(const std::string& coordinator, int attach_timeout_s, const BackendOptions& backend_options) {
+// What the backend throws while loading (device memory for the weights) becomes this rank's
+// status, naming the op: the ranks then agree on it like on any other load error.
+absl::Status Load(const worker::v1::LoadCommand& cmd, const BackendOptions& backend_options,
+                  std::shared_ptr<Communicator> world, Loaded& out, int64_t& blocks) {
+  try {
+    return LoadShard(cmd, backend_options, std::move(world), out, blocks);
+  } catch (const std::exception& e) {
+    const std::string op = out.setup.backend ? FailedBackendOp(*out.setup.backend) : "";
+    return absl::InternalError(absl::StrCat("loading failed", op.empty() ? "" : " in ", op, ": ",
+                                            e.what()));
+  }
+}
+
+// The KV cache and the step engine of a loaded rank. The cache's allocation may fail on one rank
+// (device memory): every rank learns it before the engine's set-up, which is collective.
+absl::Status StartEngine(const worker::v1::LoadCommand& cmd, const BackendOptions& backend_options,
+                         Communicator& world, int64_t blocks, Loaded& loaded,
+                         std::optional<WorkerEngine>& engine, double agreement_timeout_s) {
+  const int block_size = cmd.kv_block_size() > 0 ? cmd.kv_block_size() : 16;
+  std::optional<PagedKvCache> cache;
+  absl::Status allocated;
+  try {
+    // `blocks` for the coordinator, and one more for padding (see LoadShard).
+    cache = loaded.model->NewPagedCache(block_size, blocks + 1);
+  } catch (const std::exception& e) {
+    const std::string op = FailedBackendOp(*loaded.setup.backend);
+    allocated = absl::ResourceExhaustedError(absl::StrCat("the KV cache of ", blocks + 1,
+                                                          " blocks failed", op.empty() ? "" : " in ",
+                                                          op, ": ", e.what()));
+  }
+  SHARDLM_RETURN_IF_ERROR(AgreeOnStatus(world, allocated));
+  EngineOptions options;
+  options.cuda_graphs = backend_options.cuda_graphs;
+  options.pad_block = static_cast<int32_t>(blocks);
+  options.agreement_timeout_s = agreement_timeout_s;
+  engine.emplace(*loaded.model, std::move(*cache), options);
+  if (engine->agreement() == nullptr) {
+    return absl::InternalError("the step agreement could not be set up (see Step)");
+  }
+  return absl::OkStatus();
+}
+
+int Run(const std::string& coordinator, int attach_timeout_s, const BackendOptions& backend_options,
+        double agreement_timeout_s) {
   auto session = MpiSession::Init(nullptr, nullptr);
   if (!session.ok()) {
     std::fprintf(stderr, "shardlm-worker: %s\n", std::string(session.status().message()).c_str());
@@ -134,6 +177,7 @@ int Run(const std::string& coordinator, int attach_timeout_s, const BackendOptio
   std::shared_ptr<Communicator> world(std::move(*world_or));
   const MPI_Comm comm = static_cast<MpiCommunicator&>(*world).comm();
   const int rank = world->rank();
+  SetCheckWorldRank(rank);
 
   // Rank 0: the stream to the coordinator.
   std::unique_ptr<worker::v1::WorkerControl::Stub> stub;
@@ -190,30 +234,39 @@ int Run(const std::string& coordinator, int attach_timeout_s, const BackendOptio
         if (all[r] < 0 && failed < 0) failed = r;
         min_blocks = std::min(min_blocks, all[r]);
       }
+      std::string error;
+      if (!gathered.ok()) {
+        error = std::string(gathered.message());
+      } else if (failed >= 0) {
+        error = failed == 0 ? std::string(status.message())
+                            : absl::StrCat("rank ", failed, " failed to load (see its log)");
+      } else {
+        absl::Status started = StartEngine(msg.load(), backend_options, *world, min_blocks,
+                                           loaded, engine, agreement_timeout_s);
+        if (!started.ok()) {
+          // Aborted: another rank's failure, which that rank logs.
+          if (!absl::IsAborted(started)) {
+            spdlog::error("rank {}: {}", rank, std::string(started.message()));
+          }
+          error = std::string(started.message());
+        }
+      }
       if (rank == 0) {
         WorkerMessage reply;
         worker::v1::Loaded* l = reply.mutable_loaded();
-        l->set_ok(gathered.ok() && failed < 0);
-        if (failed >= 0) {
-          l->set_error(failed == 0 ? std::string(status.message())
-                                   : absl::StrCat("rank ", failed, " failed to load (see its log)"));
+        l->set_ok(error.empty());
+        if (!error.empty()) {
+          l->set_error(error);
         } else {
           l->set_kv_blocks(min_blocks);
           l->set_weight_bytes_rank0(loaded.model->weight_bytes());
         }
         stream->Write(reply);
       }
-      if (!gathered.ok() || failed >= 0) {
+      if (!error.empty()) {
         code = 1;
         break;
       }
-      // min_blocks for the coordinator, and one more for padding (see Load).
-      PagedKvCache cache = loaded.model->NewPagedCache(
-          msg.load().kv_block_size() > 0 ? msg.load().kv_block_size() : 16, min_blocks + 1);
-      EngineOptions engine_options;
-      engine_options.cuda_graphs = backend_options.cuda_graphs;
-      engine_options.pad_block = static_cast<int32_t>(min_blocks);
-      engine.emplace(*loaded.model, std::move(cache), engine_options);
       continue;
     }
     if (msg.has_step()) {
@@ -222,12 +275,32 @@ int Run(const std::string& coordinator, int attach_timeout_s, const BackendOptio
         code = 1;
         break;
       }
+      const uint64_t step_id = msg.step().step_id();
       absl::StatusOr<worker::v1::StepResult> result = engine->Step(msg.step());
+      if (!result.ok() && absl::IsAborted(result.status())) {
+        // Every rank reached the step agreement and got this same message, and the job cannot
+        // go on: rank 0 says so once (to its log and, for the step's requests, to the
+        // coordinator), then every rank leaves with exit code 1.
+        if (rank == 0) {
+          spdlog::error("step {} failed: {}", step_id, std::string(result.status().message()));
+          WorkerMessage reply;
+          reply.mutable_result()->set_step_id(step_id);
+          reply.mutable_result()->set_error(std::string(result.status().message()));
+          stream->Write(reply);
+        }
+        code = 1;
+        break;
+      }
       if (!result.ok()) {
-        // A communication failure inside the job: peers may be stuck in a collective.
-        spdlog::error("rank {}: step {} failed: {}", rank, msg.step().step_id(),
+        // This rank failed and its peers did not all come to the agreement (they wait in a
+        // collective it left), or the agreement itself failed: only MPI_Abort ends them.
+        spdlog::error("rank {}: step {} failed: {}; aborting the job", rank, step_id,
                       std::string(result.status().message()));
-        MPI_Abort(MPI_COMM_WORLD, 1);
+        static_cast<void>(MPI_Abort(MPI_COMM_WORLD, 1));  // ends the job; does not return
+      }
+      if (rank == 0 && !result->error().empty()) {
+        spdlog::error("step {} failed: {}; its requests end with the error, serving goes on",
+                      step_id, result->error());
       }
       WorkerMessage reply;
       *reply.mutable_result() = std::move(*result);
@@ -265,8 +338,14 @@ int main(int argc, char** argv) {
   app.add_option("--coordinator", coordinator, "The coordinator's address, HOST:PORT")->required();
   app.add_option("--attach-timeout", attach_timeout_s, "Seconds to wait for the coordinator")
       ->default_val(60);
+  double agreement_timeout_s = 30.0;
+  app.add_option("--step-agreement-timeout", agreement_timeout_s,
+                 "Seconds a rank whose step failed waits for the others to agree on it before it "
+                 "ends the job (they are then blocked in a collective it left)")
+      ->default_val(agreement_timeout_s)
+      ->check(CLI::PositiveNumber);
   shardlm::BackendOptions backend;
   shardlm::AddBackendOptions(app, backend);
   CLI11_PARSE(app, argc, argv);
-  return shardlm::Run(coordinator, attach_timeout_s, backend);
+  return shardlm::Run(coordinator, attach_timeout_s, backend, agreement_timeout_s);
 }

@@ -1,4 +1,4 @@
-// KV cache writes and causal GQA attention over the cache.
+// KV cache writes and causal GQA attention over the paged cache.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -114,8 +114,7 @@ struct KeyRun {
 };
 
 // `num_q` consecutive query heads of one token (q and out: head_dim floats apart) that share one
-// KV head, against the keys in `runs` (in position order; one run for a contiguous cache, one per
-// block for a paged one). `k` and `v` point at that KV head in cache row 0 and cache rows are
+// KV head, against the keys in `runs` (in position order; one per run of consecutive blocks). `k` and `v` point at that KV head in cache row 0 and cache rows are
 // `row_stride` floats apart. `scores` holds num_q * (sum of run lengths) floats.
 // The keys go in chunks, all heads over one chunk before the next, so that a chunk of K or V
 // is read from memory once per group rather than once per head.
@@ -244,19 +243,6 @@ void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> position
   }
 }
 
-void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-               std::span<const int32_t> positions, const AttentionParams& params, Tensor& out,
-               int threads) {
-  const int64_t n = static_cast<int64_t>(positions.size());
-  CheckAttentionShapes("Attention", q, k_cache, v_cache, out, n, params);
-  CheckPositions("Attention", positions, k_cache.dim(0));
-  // Contiguous cache: key position j is cache row j.
-  AttendAll(q, k_cache, v_cache, positions, params, out, threads,
-            [](int64_t, int64_t lo, int64_t hi, std::vector<KeyRun>& runs) {
-              runs.push_back({lo, hi - lo + 1});
-            });
-}
-
 void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                     const PagedKvLayout& layout, const AttentionParams& params, Tensor& out,
                     int threads) {
@@ -276,7 +262,15 @@ void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cach
               for (int64_t j = lo; j <= hi;) {
                 const int64_t in_block = j % bs;
                 const int64_t len = std::min(bs - in_block, hi - j + 1);
-                runs.push_back({static_cast<int64_t>(table[j / bs]) * bs + in_block, len});
+                const int64_t row = static_cast<int64_t>(table[j / bs]) * bs + in_block;
+                // Blocks that follow each other in the cache make one run: a sequence whose
+                // blocks were handed out in order (offline generation, a fresh server) is read
+                // in long chunks, as a contiguous cache would be.
+                if (!runs.empty() && runs.back().row + runs.back().len == row) {
+                  runs.back().len += len;
+                } else {
+                  runs.push_back({row, len});
+                }
                 j += len;
               }
             });

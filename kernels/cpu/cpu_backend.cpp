@@ -124,10 +124,6 @@ class CpuBackend final : public Backend {
                Tensor& v_cache) override {
     cpu::WriteKv(k, v, Ints("WriteKv", rows), k_cache, v_cache);
   }
-  void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                 const Tensor& positions, const AttentionParams& params, Tensor& out) override {
-    cpu::Attention(q, k_cache, v_cache, Ints("Attention", positions), params, out, Threads());
-  }
   void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                       const PagedKvIndices& layout, const AttentionParams& params,
                       Tensor& out) override {

@@ -71,9 +71,6 @@ void Add(Tensor& x, const Tensor& y, int threads);
 void Argmax(const Tensor& logits, std::span<int32_t> out, std::span<float> values, int threads);
 void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> positions, Tensor& k_cache,
              Tensor& v_cache);
-void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-               std::span<const int32_t> positions, const AttentionParams& params, Tensor& out,
-               int threads);
 void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                     const PagedKvLayout& layout, const AttentionParams& params, Tensor& out,
                     int threads);

@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -17,24 +18,14 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_quant.h"
 #include "kernels/cuda/cuda_sampling.h"
+#include "base/check.h"
 #include "base/dtype.h"
 
-// Every CUDA runtime / cuBLAS call goes through these: a failure throws std::runtime_error
-// naming the call, the file, the line and the error.
-#define SHARDLM_CUDA_CHECK(call) \
-  ::shardlm::cuda::ThrowCudaError(static_cast<int>(call), #call, __FILE__, __LINE__)
-#define SHARDLM_CUBLAS_CHECK(call) \
-  ::shardlm::ThrowCublasError(static_cast<int>(call), #call, __FILE__, __LINE__)
+// Every CUDA runtime / cuBLAS call goes through the checks of base/check.h: a failure throws
+// shardlm::CheckFailure naming the call, the error, the rank, the device, the file and the line.
 
 namespace shardlm {
 namespace {
-
-void ThrowCublasError(int status, const char* call, const char* file, int line) {
-  if (status == CUBLAS_STATUS_SUCCESS) return;
-  const auto s = static_cast<cublasStatus_t>(status);
-  throw std::runtime_error(std::string(call) + " failed at " + file + ":" + std::to_string(line) +
-                           ": " + cublasGetStatusName(s) + " (" + cublasGetStatusString(s) + ")");
-}
 
 [[noreturn]] void ThrowShape(std::string_view op, std::string_view what,
                              std::initializer_list<std::pair<const char*, const Tensor*>> ts) {
@@ -82,10 +73,12 @@ struct StreamHolder {
   int device = 0;
   cudaStream_t stream = nullptr;
   ~StreamHolder() {
+    // A destructor has nobody to report to: the results are dropped on purpose (a device that
+    // failed has already failed the step that used it).
     if (stream != nullptr) {
-      cudaSetDevice(device);
-      cudaStreamSynchronize(stream);
-      cudaStreamDestroy(stream);
+      static_cast<void>(cudaSetDevice(device));
+      static_cast<void>(cudaStreamSynchronize(stream));
+      static_cast<void>(cudaStreamDestroy(stream));
     }
   }
 };
@@ -98,7 +91,7 @@ class Scratch {
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   ~Scratch() {
-    if (ptr_ != nullptr) cudaFree(ptr_);  // no throwing from a destructor
+    if (ptr_ != nullptr) static_cast<void>(cudaFree(ptr_));  // no throwing from a destructor
   }
   void* Get(size_t bytes) {
     if (bytes > size_) {
@@ -121,9 +114,10 @@ class CudaGraph final : public BackendGraph {
   CudaGraph(int device, cudaStream_t stream, cudaGraph_t graph, cudaGraphExec_t exec)
       : device_(device), stream_(stream), graph_(graph), exec_(exec) {}
   ~CudaGraph() override {
-    cudaSetDevice(device_);
-    if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
-    if (graph_ != nullptr) cudaGraphDestroy(graph_);
+    // No throwing from a destructor: failures here are dropped on purpose.
+    static_cast<void>(cudaSetDevice(device_));
+    if (exec_ != nullptr) static_cast<void>(cudaGraphExecDestroy(exec_));
+    if (graph_ != nullptr) static_cast<void>(cudaGraphDestroy(graph_));
   }
   void Replay() override {
     SHARDLM_CUDA_CHECK(cudaSetDevice(device_));
@@ -140,12 +134,9 @@ class CudaGraph final : public BackendGraph {
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device) {
+    SetCheckDevice(device_);
     int count = 0;
-    const cudaError_t err = cudaGetDeviceCount(&count);
-    if (err != cudaSuccess) {
-      throw std::runtime_error(std::string("CreateCudaBackend: no usable CUDA device: ") +
-                               cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
-    }
+    SHARDLM_CUDA_CHECK(cudaGetDeviceCount(&count));
     if (device < 0 || device >= count) {
       throw std::runtime_error("CreateCudaBackend: device " + std::to_string(device) +
                                " does not exist (" + std::to_string(count) +
@@ -171,10 +162,11 @@ class CudaBackend final : public Backend {
     SHARDLM_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
   }
   ~CudaBackend() override {
-    cudaSetDevice(device_);
-    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
-    if (cublas_ != nullptr) cublasDestroy(cublas_);
-    if (cublas_workspace_ != nullptr) cudaFree(cublas_workspace_);
+    // No throwing from a destructor: failures here are dropped on purpose.
+    static_cast<void>(cudaSetDevice(device_));
+    if (stream_ != nullptr) static_cast<void>(cudaStreamSynchronize(stream_));
+    if (cublas_ != nullptr) static_cast<void>(cublasDestroy(cublas_));
+    if (cublas_workspace_ != nullptr) static_cast<void>(cudaFree(cublas_workspace_));
   }
 
   std::string_view name() const override { return "cuda"; }
@@ -196,9 +188,11 @@ class CudaBackend final : public Backend {
       SHARDLM_CUDA_CHECK(cudaMallocAsync(&ptr, bytes, stream_));
     }
     std::shared_ptr<const void> holder(ptr, [streams = stream_holder_](const void* p) {
+      // A deleter must not throw: a failed free is dropped on purpose (the step that broke
+      // the device has reported it).
       if (p != nullptr) {
-        cudaSetDevice(streams->device);
-        cudaFreeAsync(const_cast<void*>(p), streams->stream);
+        static_cast<void>(cudaSetDevice(streams->device));
+        static_cast<void>(cudaFreeAsync(const_cast<void*>(p), streams->stream));
       }
     });
     return Tensor::View(ptr, std::move(shape), dtype, std::move(holder), Device::kCuda);
@@ -485,17 +479,6 @@ class CudaBackend final : public Backend {
                         v_cache.raw(), KindOf(k_cache.dtype()), n, row, stream_);
   }
 
-  void Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                 const Tensor& positions, const AttentionParams& params, Tensor& out) override {
-    Activate();
-    RequireIndices("Attention", {{"positions", &positions}});
-    const int64_t n = positions.numel();
-    CheckAttentionShapes("Attention", q, k_cache, v_cache, out, n, params);
-    cuda::AttentionArgs a = BaseArgs(q, k_cache, v_cache, out, n, params);
-    a.positions = positions.data<int32_t>();
-    cuda::LaunchAttention(a, stream_);
-  }
-
   void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                       const PagedKvIndices& layout, const AttentionParams& params,
                       Tensor& out) override {
@@ -531,13 +514,12 @@ class CudaBackend final : public Backend {
     Activate();
     cudaGraph_t graph = nullptr;
     SHARDLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    // The graph is destroyed if its instantiation fails.
+    std::unique_ptr<std::remove_pointer_t<cudaGraph_t>, cudaError_t (*)(cudaGraph_t)> owned(
+        graph, cudaGraphDestroy);
     cudaGraphExec_t exec = nullptr;
-    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
-    if (err != cudaSuccess) {
-      cudaGraphDestroy(graph);
-      SHARDLM_CUDA_CHECK(err);
-    }
-    return std::make_unique<CudaGraph>(device_, stream_, graph, exec);
+    SHARDLM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    return std::make_unique<CudaGraph>(device_, stream_, owned.release(), exec);
   }
 
   void Synchronize() override {
@@ -552,8 +534,11 @@ class CudaBackend final : public Backend {
   static constexpr size_t kCublasWorkspace = size_t{32} << 20;
 
   // Makes this backend's device current for the calling thread (cheap; several backends on
-  // several devices may share a thread).
-  void Activate() { SHARDLM_CUDA_CHECK(cudaSetDevice(device_)); }
+  // several devices may share a thread), and the device that failures on this thread name.
+  void Activate() {
+    SetCheckDevice(device_);
+    SHARDLM_CUDA_CHECK(cudaSetDevice(device_));
+  }
 
   void CopyToDevice(void* dst, const void* src, size_t bytes) {
     SHARDLM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
@@ -676,7 +661,9 @@ class CudaBackend final : public Backend {
 int CudaDeviceCount() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();  // reset the runtime's last error so that later checks start clean
+    // No device is an answer here, not an error: reset the runtime's last error so that later
+    // checks start clean.
+    static_cast<void>(cudaGetLastError());
     return 0;
   }
   return count;
@@ -700,8 +687,10 @@ cudaStream_t CudaBackendStream(Backend& backend) {
 CudaMemory CudaMemoryInfo(int device) {
   CudaMemory m;
   int current = 0;
+  // A query: what fails reads as no memory (the caller's budget then refuses the load, naming
+  // the numbers), and the runtime's last error is reset so that later checks start clean.
   if (cudaGetDevice(&current) != cudaSuccess || cudaSetDevice(device) != cudaSuccess) {
-    cudaGetLastError();
+    static_cast<void>(cudaGetLastError());
     return m;
   }
   size_t free_bytes = 0, total_bytes = 0;
@@ -709,7 +698,7 @@ CudaMemory CudaMemoryInfo(int device) {
     m.free = free_bytes;
     m.total = total_bytes;
   } else {
-    cudaGetLastError();
+    static_cast<void>(cudaGetLastError());
   }
   // The pool keeps freed activations: count what it holds but does not use as free.
   cudaMemPool_t pool = nullptr;
@@ -722,8 +711,9 @@ CudaMemory CudaMemoryInfo(int device) {
       m.free += reserved - used;
     }
   }
-  cudaGetLastError();
-  cudaSetDevice(current);
+  static_cast<void>(cudaGetLastError());
+  // Restoring the caller's device is a courtesy: every backend op selects its own device.
+  static_cast<void>(cudaSetDevice(current));
   return m;
 }
 

@@ -13,23 +13,13 @@
 #include <stdexcept>
 #include <string>
 
+#include "base/check.h"
 #include "kernels/cuda/cuda_kernels.h"
 
 namespace shardlm::cuda {
-
-void ThrowCudaError(int err, const char* call, const char* file, int line) {
-  if (err == 0) return;
-  throw std::runtime_error(std::string(call) + " failed at " + file + ":" + std::to_string(line) +
-                           ": " + cudaGetErrorName(static_cast<cudaError_t>(err)) + " (" +
-                           cudaGetErrorString(static_cast<cudaError_t>(err)) + ")");
-}
-
 namespace {
 
 constexpr int kThreads = 256;
-
-#define SHARDLM_CUDA_LAUNCH_CHECK(name) \
-  ThrowCudaError(static_cast<int>(cudaGetLastError()), name, __FILE__, __LINE__)
 
 unsigned Blocks(int64_t n) {
   const int64_t b = (n + kThreads - 1) / kThreads;
@@ -209,7 +199,6 @@ __global__ void WriteKvKernel(const float* k, const float* v, const int32_t* row
 
 // Cache row of key position j of query token i.
 __device__ int64_t KeyRow(const AttentionArgs& a, int64_t i, int64_t j) {
-  if (a.block_size == 0) return j;
   const int32_t* table = a.block_tables + a.table_begin[a.seq_index[i]];
   return static_cast<int64_t>(table[j / a.block_size]) * a.block_size + j % a.block_size;
 }
@@ -497,8 +486,12 @@ void LaunchHalfGemv(const void* w, HalfKind kind, int64_t out, int64_t in, const
 
 void LaunchAttention(const AttentionArgs& args, cudaStream_t stream) {
   if (args.n * args.heads == 0) return;
+  if (args.block_size <= 0) {
+    throw std::invalid_argument("PagedAttention: block_size " + std::to_string(args.block_size) +
+                                " is not positive");
+  }
   if (args.head_dim > 32 * kMaxPerLane) {
-    throw std::invalid_argument("Attention: head_dim " + std::to_string(args.head_dim) +
+    throw std::invalid_argument("PagedAttention: head_dim " + std::to_string(args.head_dim) +
                                 " is over the CUDA kernel's limit of " +
                                 std::to_string(32 * kMaxPerLane));
   }

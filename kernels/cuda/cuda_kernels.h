@@ -1,7 +1,7 @@
 // Launchers of the CUDA kernels of the CUDA backend (cuda_kernels.cu). Plain pointers and sizes
 // only, so that the .cu file does not see the C++20 / absl headers of the rest of the backend.
 // Every launcher enqueues on `stream`, never synchronizes (so that it can be captured in a CUDA
-// graph) and throws std::runtime_error when the launch fails.
+// graph) and throws shardlm::CheckFailure (base/check.h) when the launch fails.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -12,9 +12,6 @@ namespace shardlm::cuda {
 
 // Element types a launcher reads from a table or writes in a conversion.
 enum class HalfKind : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
-
-// Throws std::runtime_error "<call> failed at <file>:<line>: <error string>" when err != 0.
-void ThrowCudaError(int err, const char* call, const char* file, int line);
 
 // dst[i] = src[i] rounded to nearest even in f16 or bf16 (kind != kF32).
 void LaunchConvertF32ToHalf(const float* src, void* dst, int64_t n, HalfKind kind,
@@ -53,9 +50,8 @@ bool HalfGemvApplies(int64_t n, int64_t in, const void* w, const float* x);
 void LaunchHalfGemv(const void* w, HalfKind kind, int64_t out, int64_t in, const float* x,
                     int64_t n, const float* bias, float* y, cudaStream_t stream);
 
-// Attention of q [n, heads, head_dim] over the cache; out [n, heads * head_dim]. block_size 0:
-// a contiguous cache (key position j is cache row j); otherwise a paged one through
-// seq_index / table_begin / block_tables (device pointers). head_dim <= 256.
+// Attention of q [n, heads, head_dim] over the paged cache, through seq_index / table_begin /
+// block_tables (device pointers); out [n, heads * head_dim]. block_size > 0, head_dim <= 256.
 struct AttentionArgs {
   const float* q = nullptr;
   const void* k_cache = nullptr;

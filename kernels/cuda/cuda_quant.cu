@@ -31,13 +31,11 @@
 #include <stdexcept>
 #include <string>
 
+#include "base/check.h"
 #include "kernels/cuda/cuda_quant.h"
 
 namespace shardlm::cuda {
 namespace {
-
-#define SHARDLM_QUANT_LAUNCH_CHECK(name) \
-  ThrowCudaError(static_cast<int>(cudaGetLastError()), name, __FILE__, __LINE__)
 
 constexpr int kRows = 4;          // output rows per GEMV block
 constexpr int kMaxThreads = 128;  // threads per GEMV / dequantize block
@@ -590,7 +588,7 @@ void LaunchQuantGemv(QuantKind kind, const void* w, int64_t rows, int64_t cols, 
       case Q::kQ5_K: LaunchGemvFor<Q::kQ5_K>(nb, blocks, threads, stream, a); break;
       case Q::kQ6_K: LaunchGemvFor<Q::kQ6_K>(nb, blocks, threads, stream, a); break;
     }
-    SHARDLM_QUANT_LAUNCH_CHECK("QuantGemvKernel<<<>>>");
+    SHARDLM_CUDA_LAUNCH_CHECK("QuantGemvKernel<<<>>>");
   }
 }
 
@@ -619,7 +617,7 @@ void LaunchDequantize(QuantKind kind, const void* w, int64_t rows, int64_t cols,
     case Q::kQ5_K: LaunchDequantizeFor<Q::kQ5_K>(bf16, grid, threads, stream, a); break;
     case Q::kQ6_K: LaunchDequantizeFor<Q::kQ6_K>(bf16, grid, threads, stream, a); break;
   }
-  SHARDLM_QUANT_LAUNCH_CHECK("DequantizeKernel<<<>>>");
+  SHARDLM_CUDA_LAUNCH_CHECK("DequantizeKernel<<<>>>");
 }
 
 // Decode GEMV against dequantize + cuBLAS: the dequantizing path moves about (block bytes per

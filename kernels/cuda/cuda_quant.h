@@ -8,7 +8,7 @@
 // device pointers. Every launcher enqueues on `stream` and neither synchronizes nor allocates, so
 // that it can be captured in a CUDA graph. Bad arguments (cols not a multiple of the block size,
 // an odd weight address, sizes past int32) throw std::invalid_argument before anything is
-// enqueued; a failed launch throws std::runtime_error (ThrowCudaError).
+// enqueued; a failed launch throws shardlm::CheckFailure (base/check.h).
 #pragma once
 
 #include <cuda_runtime_api.h>

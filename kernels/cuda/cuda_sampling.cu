@@ -25,7 +25,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
+#include "base/check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_sampling.h"
 
@@ -393,22 +396,24 @@ size_t SampleWorkspaceBytes(int64_t rows, int64_t vocab) { return 0; }
 void LaunchSample(const float* logits, int64_t rows, int64_t vocab,
                   const SampleRowParams* params, int32_t* out, void* workspace,
                   size_t workspace_bytes, cudaStream_t stream) {
+  // Bad sizes are the caller's mistake, refused before anything is enqueued.
   if (rows < 0 || rows > INT_MAX) {
-    ThrowCudaError(static_cast<int>(cudaErrorInvalidValue), "LaunchSample (rows out of range)",
-                   __FILE__, __LINE__);
+    throw std::invalid_argument("LaunchSample: rows " + std::to_string(rows) +
+                                " outside 0..INT_MAX");
   }
   if (rows == 0) return;
   if (vocab < 1 || vocab > kSampleMaxVocab) {
-    ThrowCudaError(static_cast<int>(cudaErrorInvalidValue),
-                   "LaunchSample (vocab outside 1..kSampleMaxVocab)", __FILE__, __LINE__);
+    throw std::invalid_argument("LaunchSample: vocab " + std::to_string(vocab) +
+                                " outside 1.." + std::to_string(kSampleMaxVocab));
   }
   if (workspace_bytes < SampleWorkspaceBytes(rows, vocab)) {
-    ThrowCudaError(static_cast<int>(cudaErrorInvalidValue), "LaunchSample (workspace too small)",
-                   __FILE__, __LINE__);
+    throw std::invalid_argument("LaunchSample: a workspace of " +
+                                std::to_string(workspace_bytes) + " bytes, " +
+                                std::to_string(SampleWorkspaceBytes(rows, vocab)) + " needed");
   }
   SampleKernel<<<static_cast<unsigned>(rows), kSampleThreads, 0, stream>>>(logits, vocab, params,
                                                                           out);
-  ThrowCudaError(static_cast<int>(cudaGetLastError()), "SampleKernel", __FILE__, __LINE__);
+  SHARDLM_CUDA_LAUNCH_CHECK("SampleKernel<<<>>>");
 }
 
 }  // namespace shardlm::cuda

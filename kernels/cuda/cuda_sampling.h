@@ -5,7 +5,7 @@
 //
 // Stream-ordered: LaunchSample enqueues one kernel on `stream`, allocates nothing and never
 // synchronizes with the host, so it can be captured in a CUDA graph. It throws
-// std::runtime_error (ThrowCudaError of cuda_kernels.h) on bad sizes or a failed launch.
+// std::invalid_argument on bad sizes and shardlm::CheckFailure (base/check.h) on a failed launch.
 //
 // Agreement with the CPU: the choice is the same except where the draw (or the top-p cut) falls
 // within 2e-9 (relative; about 1e-14 in practice) of a boundary of the cumulative probabilities:

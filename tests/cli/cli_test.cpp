@@ -231,23 +231,4 @@ TEST_F(CliTest, GgufModelGeneratesAndTruncatedGgufFailsCleanly) {
   ExpectCleanFailure(Run("generate --model " + file + " --prompt-ids 1"), {file});
 }
 
-TEST_F(CliTest, TokenizeRejectsInvalidUtf8OnStdin) {
-  const std::string gguf = std::string(SHARDLM_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-  if (!fs::exists(gguf)) GTEST_SKIP() << gguf << " is absent: run scripts/get-model.sh";
-  const std::string input = (dir_ / "bad.txt").string();
-  std::ofstream(input, std::ios::binary) << "ok \xC3\x28 bad";
-  const std::string out = (dir_ / "stdout").string(), err = (dir_ / "stderr").string();
-  const int status = std::system((kShardlm + " tokenize --model " + gguf + " <" + input + " >" +
-                                  out + " 2>" + err).c_str());
-  RunResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-  r.err = ReadFile(err);
-  ExpectCleanFailure(r, {"stdin", "UTF-8", "offset 3"});
-  // Valid text tokenizes, as llama.cpp does (ids checked by llamacpp_test).
-  std::ofstream(input, std::ios::binary) << "Hello world";
-  ASSERT_EQ(std::system((kShardlm + " tokenize --model " + gguf + " <" + input + " >" + out).c_str()), 0);
-  EXPECT_EQ(ReadFile(out), "19556 905\n");
-}
-
 }  // namespace

@@ -13,6 +13,7 @@
 #include "formats/checkpoint_loader.h"
 #include "model/llama.h"
 #include "formats/random_weights.h"
+#include "runtime/generator.h"
 
 namespace shardlm {
 namespace {
@@ -23,11 +24,11 @@ std::vector<float> Logits(const ModelConfig& config, const WeightSource& weights
   auto model = LlamaModel::Load(config, weights, *backend);
   EXPECT_TRUE(model.ok()) << model.status();
   if (!model.ok()) return {};
-  KvCache cache = (*model)->NewCache(static_cast<int64_t>(ids.size()));
-  auto logits = (*model)->Forward(ids, 0, cache, true);
+  auto logits = PromptLogits(**model, ids);
   EXPECT_TRUE(logits.ok()) << logits.status();
-  Tensor host = backend->ToHost(*logits);
-  return std::vector<float>(host.data<float>(), host.data<float>() + host.numel());
+  if (!logits.ok()) return {};
+  EXPECT_EQ(logits->size(), ids.size() * config.vocab_size);
+  return *std::move(logits);
 }
 
 double MaxAbs(const std::vector<float>& v) {

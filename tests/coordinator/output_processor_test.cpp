@@ -113,7 +113,9 @@ TEST(OutputProcessorTest, LogprobsOnePerIdEvenWhenTheWorkerSentNone) {
 class OutputProcessorTextTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    model_ = testing::SmolLm2();
+    absl::StatusOr<const ModelContext*> loaded = testing::SmolLm2();
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    model_ = *loaded;
     if (model_ == nullptr) GTEST_SKIP() << "models/SmolLM2-135M-Instruct.Q4_1.gguf is absent";
   }
   std::vector<int32_t> Ids(const std::string& text) const {

@@ -184,6 +184,31 @@ TEST_F(SchedulerTest, RemovedWhileInFlightIsSkippedAndMissingTokensReported) {
   EXPECT_THAT(outcome.missing, ElementsAre(2u));
 }
 
+TEST_F(SchedulerTest, ASequenceThatFailedOnTheWorkersGetsNoToken) {
+  Init(4, 100, 64);
+  ASSERT_TRUE(Add(1, 3).ok());
+  ASSERT_TRUE(Add(2, 3).ok());
+  Scheduler::Step s1 = scheduler_->Schedule();
+  ASSERT_EQ(s1.plan.seqs_size(), 2);
+  worker::v1::StepResult result;
+  result.set_step_id(s1.plan.step_id());
+  worker::v1::SeqResult* bad = result.add_results();
+  bad->set_seq_id(s1.plan.seqs(0).seq_id());
+  bad->set_error("its logits are not finite (NaN or Inf)");
+  worker::v1::SeqResult* good = result.add_results();
+  good->set_seq_id(s1.plan.seqs(1).seq_id());
+  good->set_token(5);
+  Scheduler::Outcome outcome = scheduler_->Complete(s1.plan, result);
+  ASSERT_EQ(outcome.failed.size(), 1u);
+  EXPECT_EQ(outcome.failed[0].first, 1u);
+  EXPECT_THAT(outcome.failed[0].second, HasSubstr("not finite"));
+  ASSERT_EQ(outcome.sampled.size(), 1u);
+  EXPECT_EQ(outcome.sampled[0].key, 2u);
+  EXPECT_TRUE(outcome.missing.empty());
+  EXPECT_EQ(scheduler_->TokensOf(1)->size(), 3u) << "no token appended to the failed sequence";
+  EXPECT_EQ(scheduler_->TokensOf(2)->size(), 4u);
+}
+
 TEST_F(SchedulerTest, OutOfBlocksPreemptsTheNewestAndRecomputesItFirst) {
   // Blocks of 2 tokens, 6 in all. A, B, C (prompts of 2) join; D must wait (no headroom).
   Init(2, 6, 64);

@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "coordinator/model_context.h"
 
 namespace shardlm::coordinator::testing {
@@ -11,8 +12,9 @@ namespace shardlm::coordinator::testing {
 // A llama config with a 256-id vocabulary, no tokenizer, context 512 (built in memory).
 std::unique_ptr<ModelContext> TinyModel(int64_t context_length = 512);
 
-// SmolLM2-135M-Instruct Q4_1 (real tokenizer and chat template) when models/ has it, else null.
-const ModelContext* SmolLm2();
+// SmolLM2-135M-Instruct Q4_1 (real tokenizer and chat template), loaded once: null when models/
+// lacks the file (a test then skips), an error when the file is there but does not load.
+absl::StatusOr<const ModelContext*> SmolLm2();
 
 // A directory holding a tiny HF checkpoint (WriteTinyModel, no tokenizer), made once per run.
 std::string TinyModelDir();

@@ -141,7 +141,9 @@ TEST(ValidationTest, LoadsATinyCheckpointWithoutTokenizer) {
 }
 
 TEST(ValidationTest, TextAndChatPromptsWithARealTokenizer) {
-  const ModelContext* model = testing::SmolLm2();
+  absl::StatusOr<const ModelContext*> loaded = testing::SmolLm2();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const ModelContext* model = *loaded;
   if (model == nullptr) GTEST_SKIP() << "models/SmolLM2-135M-Instruct.Q4_1.gguf is absent";
   v1::GenerateRequest r = IdsRequest();
   r.set_text("Hello world");

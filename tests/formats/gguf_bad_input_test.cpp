@@ -276,6 +276,27 @@ TEST_F(GgufBadInputTest, UnknownTensorType) {
                           {path_, "tensor 'w'", "ggml type 99 (unknown)"}));
 }
 
+// OpenMetadata reads the header and the metadata only: tensor infos it could not load (here an
+// unsupported type) do not stop it, and tensors cannot be read through it.
+TEST_F(GgufBadInputTest, MetadataOnlyIgnoresTensorInfos) {
+  ASSERT_FALSE(OpenParts(1, {Kv("general.architecture", 8, Str("phi3"))},
+                         {TensorInfoBytes("blk.0.attn_q.weight", {32, 2}, kQ5_0, 0)},
+                         std::string(64, 0))
+                   .ok());
+  absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::OpenMetadata(path_);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(*(*file)->GetString("general.architecture"), "phi3");
+  EXPECT_TRUE((*file)->Names().empty());
+  EXPECT_TRUE(IsErrorWith((*file)->Info("blk.0.attn_q.weight").status(),
+                          StatusCode::kFailedPrecondition,
+                          {path_, "metadata only", "blk.0.attn_q.weight"}));
+  EXPECT_FALSE((*file)->Load("blk.0.attn_q.weight").ok());
+  // The header and metadata are still checked.
+  EXPECT_TRUE(IsErrorWith(OpenParts(0, {Kv("a.b", 13, U32(0))}, {}, ""),
+                          StatusCode::kInvalidArgument, {path_}));
+  EXPECT_FALSE(GgufFile::OpenMetadata(path_).ok());
+}
+
 TEST_F(GgufBadInputTest, TensorCountLies) {
   const std::string infos =
       TensorInfoBytes("a", {8}, kF32, 0) + TensorInfoBytes("b", {8}, kF32, 32);

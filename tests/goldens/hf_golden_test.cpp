@@ -1,7 +1,8 @@
 // shardlm against HF transformers (float64) on the tiny models of scripts/make-goldens.py.
 // Each model is regenerated here from its make-tiny-model arguments; its bytes must hash as they
-// did where the goldens were made (determinism across machines), then greedy decoding must give
-// the same ids and logits within 1e-4 x max|logit|.
+// did where the goldens were made (determinism across machines), then greedy decoding through the
+// served path (runtime/generator.h: WorkerEngine steps over the paged KV cache, the logits rows
+// returned by the engine) must give the same ids and logits within 1e-4 x max|logit|.
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -113,7 +114,7 @@ TEST_P(HfGoldenTest, MatchesTransformers) {
     options.max_new_tokens = steps;
     options.keep_logits = true;
     options.stop_at_eos = false;
-    auto result = GenerateGreedy(**model, prompt, options);
+    auto result = Generate(**model, prompt, options);
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_EQ(result->tokens, want["ids"].get<std::vector<int32_t>>()) << "prompt " << p;
 

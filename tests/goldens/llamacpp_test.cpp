@@ -1,5 +1,6 @@
 // shardlm on SmolLM2-135M-Instruct Q4_1, fed the token sequences llama.cpp generated (teacher
-// forcing), against two references at the same positions:
+// forcing: one prefill step of the step engine asking for every row's logits), against two
+// references at the same positions:
 // - HF transformers on the dequantized GGUF in float32 (scripts/compare-hf-gguf.py): the same
 //   top-1 everywhere and |logit diff| <= 1e-3 x max|logit| (exact math on the same weights);
 // - llama.cpp itself (scripts/compare-llamacpp.py): the same prompt ids from the tokenizer, the
@@ -20,6 +21,7 @@
 #include "formats/checkpoint_loader.h"
 #include "tokenizer/loader.h"
 #include "model/llama.h"
+#include "runtime/generator.h"
 #include "nlohmann/json.hpp"
 
 namespace shardlm {
@@ -64,12 +66,12 @@ TEST(LlamaCppGoldenTest, SmolLm2TeacherForced) {
 
     std::vector<int32_t> seq = prompt;
     seq.insert(seq.end(), generated.begin(), generated.end() - 1);
-    KvCache cache = (*model)->NewCache(static_cast<int64_t>(seq.size()));
-    auto logits = (*model)->Forward(seq, 0, cache, /*all_logits=*/true);
+    // One prefill step of the step engine asking for every row's logits.
+    auto logits = PromptLogits(**model, seq);
     ASSERT_TRUE(logits.ok()) << logits.status();
-    Tensor host = backend->ToHost(*logits);
+    ASSERT_EQ(logits->size(), seq.size() * vocab);
     for (size_t k = 0; k < generated.size(); ++k) {
-      const float* row = host.data<float>() + (prompt.size() - 1 + k) * vocab;
+      const float* row = logits->data() + (prompt.size() - 1 + k) * vocab;
       const int32_t ours = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
       ++positions;
       agree += ours == generated[k];

@@ -228,7 +228,23 @@ struct AttnCase {
   int heads, kv_heads, head_dim, window;
 };
 
-TEST_F(CudaBackendTest, WriteKvAndAttention) {
+// One sequence over blocks 0, 1, 2, ... of a cache of `rows` rows (key position j at cache row
+// j), queries at `positions`.
+struct InOrderSequence {
+  int bs;
+  std::vector<int32_t> positions, seq, begin, table;
+
+  InOrderSequence(int block_size, int64_t rows, std::vector<int32_t> query_positions)
+      : bs(block_size), positions(std::move(query_positions)) {
+    table.resize(static_cast<size_t>(rows / bs));
+    std::iota(table.begin(), table.end(), 0);
+    seq.assign(positions.size(), 0);
+    begin = {0, static_cast<int32_t>(table.size())};
+  }
+  PagedKvLayout Layout() const { return PagedKvLayout{bs, positions, seq, begin, table}; }
+};
+
+TEST_F(CudaBackendTest, WriteKvAndPagedAttentionInOrder) {
   for (AttnCase c : {AttnCase{4, 4, 32, 0}, AttnCase{8, 2, 64, 0}, AttnCase{6, 3, 16, 5}}) {
     const int64_t max_seq = 40, n = 12;
     AttentionParams p{c.heads, c.kv_heads, c.head_dim, 1.0f / std::sqrt(float(c.head_dim)),
@@ -246,28 +262,30 @@ TEST_F(CudaBackendTest, WriteKvAndAttention) {
     cuda_->WriteKv(cuda_->ToDevice(k), cuda_->ToDevice(v), pos, kcd, vcd);
     ExpectClose(cuda_->ToHost(kcd), kc, 0.0f, "WriteKv k");
     ExpectClose(cuda_->ToHost(vcd), vc, 0.0f, "WriteKv v");
+    const InOrderSequence one(8, max_seq, pos);
     Tensor want = cpu_->Allocate({n, c.heads * c.head_dim});
-    cpu_->Attention(q, kc, vc, pos, p, want);
+    cpu_->PagedAttention(q, kc, vc, one.Layout(), p, want);
     Tensor od = cuda_->Allocate({n, c.heads * c.head_dim});
-    cuda_->Attention(cuda_->ToDevice(q), kcd, vcd, pos, p, od);
+    cuda_->PagedAttention(cuda_->ToDevice(q), kcd, vcd, one.Layout(), p, od);
     ExpectClose(cuda_->ToHost(od), want, kF32Tol,
-                "Attention heads=" + std::to_string(c.heads) + " kv=" + std::to_string(c.kv_heads) +
-                    " window=" + std::to_string(c.window));
+                "PagedAttention in order heads=" + std::to_string(c.heads) +
+                    " kv=" + std::to_string(c.kv_heads) + " window=" + std::to_string(c.window));
   }
 }
 
 // Many keys per query (the online-softmax kernel keeps no per-key state in shared memory).
-TEST_F(CudaBackendTest, AttentionLongContext) {
+TEST_F(CudaBackendTest, PagedAttentionLongContextInOrder) {
   const int64_t max_seq = 16000;
   AttentionParams p{2, 1, 64, 0.125f, 0};
   Tensor kc = Random({max_seq, 1, 64}, rng_), vc = Random({max_seq, 1, 64}, rng_);
   Tensor q = Random({2, 2, 64}, rng_);
-  std::vector<int32_t> pos = {15999, 12000};
+  const InOrderSequence one(16, max_seq, {15999, 12000});
   Tensor want = cpu_->Allocate({2, 128});
-  cpu_->Attention(q, kc, vc, pos, p, want);
+  cpu_->PagedAttention(q, kc, vc, one.Layout(), p, want);
   Tensor od = cuda_->Allocate({2, 128});
-  cuda_->Attention(cuda_->ToDevice(q), cuda_->ToDevice(kc), cuda_->ToDevice(vc), pos, p, od);
-  ExpectClose(cuda_->ToHost(od), want, kF32Tol, "Attention over 16000 keys");
+  cuda_->PagedAttention(cuda_->ToDevice(q), cuda_->ToDevice(kc), cuda_->ToDevice(vc),
+                        one.Layout(), p, od);
+  ExpectClose(cuda_->ToHost(od), want, kF32Tol, "PagedAttention over 16000 keys");
 }
 
 TEST_F(CudaBackendTest, PagedAttention) {
@@ -488,8 +506,8 @@ TEST_F(CudaBackendTest, PagedAttentionLongContext) {
   }
 }
 
-// Contiguous attention over 3000 keys of a bf16 cache.
-TEST_F(CudaBackendTest, AttentionLongContextBf16Cache) {
+// Attention over 3000 keys of a bf16 cache whose blocks are in order.
+TEST_F(CudaBackendTest, PagedAttentionLongContextBf16CacheInOrder) {
   const int64_t max_seq = 3072;
   AttentionParams p{4, 2, 128, 1.0f / std::sqrt(128.0f), 0};
   Tensor kc = Random({max_seq, 2, 128}, rng_, -3.0f, 3.0f), vc = Random({max_seq, 2, 128}, rng_);
@@ -500,14 +518,17 @@ TEST_F(CudaBackendTest, AttentionLongContextBf16Cache) {
   Tensor kcd = cuda_->Allocate({max_seq, 2, 128}, DType::kBF16);
   Tensor vcd = cuda_->Allocate({max_seq, 2, 128}, DType::kBF16);
   cuda_->WriteKv(cuda_->ToDevice(kc), cuda_->ToDevice(vc), all, kcd, vcd);
+  const InOrderSequence one(16, max_seq, pos);
   Tensor od = cuda_->Allocate({3, 4 * 128});
-  cuda_->Attention(cuda_->ToDevice(q), kcd, vcd, pos, p, od);
+  cuda_->PagedAttention(cuda_->ToDevice(q), kcd, vcd, one.Layout(), p, od);
   const Tensor got = cuda_->ToHost(od);
   Tensor want = cpu_->Allocate({3, 4 * 128});
-  cpu_->Attention(q, kc, vc, pos, p, want);
-  ExpectClose(got, want, kHalfTol, "Attention over 3000 keys, bf16 cache vs f32");
-  cpu_->Attention(q, RoundedTo(kc, DType::kBF16), RoundedTo(vc, DType::kBF16), pos, p, want);
-  ExpectClose(got, want, kRoundedCacheTol, "Attention over 3000 keys, bf16 cache vs rounded");
+  cpu_->PagedAttention(q, kc, vc, one.Layout(), p, want);
+  ExpectClose(got, want, kHalfTol, "PagedAttention over 3000 keys, bf16 cache vs f32");
+  cpu_->PagedAttention(q, RoundedTo(kc, DType::kBF16), RoundedTo(vc, DType::kBF16), one.Layout(),
+                       p, want);
+  ExpectClose(got, want, kRoundedCacheTol,
+              "PagedAttention over 3000 keys, bf16 cache vs rounded");
 }
 
 }  // namespace

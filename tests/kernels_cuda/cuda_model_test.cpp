@@ -1,11 +1,13 @@
 // The whole model on the CUDA backend against the CPU backend, on tiny random checkpoints written
 // with WriteTinyModel (hidden 256, 4 layers, 8 heads / 2 KV heads, vocab 1000, intermediate 512):
 // bf16 weights (Llama, Qwen2 with q/k/v biases, Mistral with a sliding window) and f32 weights.
-//  (a) Forward: logits of a 40-token prompt (every row) and of 8 greedy decode steps, the CUDA
-//      run fed the CPU's greedy tokens: max |diff| <= 2e-2 x max |CPU logit| (f32 weights and
-//      an f32 KV cache: 1e-3), the same greedy ids wherever the CPU's top-2 margin is > 0.05
-//      (and > twice that row's diff); GenerateGreedy on CUDA gives the CPU's 9 ids, or differs
-//      first at a row where the CPU's margin is <= max(0.05, 4 x that row's diff) (a near-tie).
+//  (a) The served path (runtime/generator.h: WorkerEngine steps, CUDA-graph decode steps on the
+//      GPU): logits of a 40-token prompt (every row, one prefill step) and of 8 greedy decode
+//      steps, the CUDA run fed the CPU's greedy tokens: max |diff| <= 2e-2 x max |CPU logit|
+//      (f32 weights and an f32 KV cache: 1e-3), the same greedy ids wherever the CPU's top-2
+//      margin is > 0.05 (and > twice that row's diff); Generate on CUDA gives the CPU's 9 ids,
+//      or differs first at a row where the CPU's margin is <= max(0.05, 4 x that row's diff)
+//      (a near-tie).
 //  (b) ForwardBatch over a paged cache: 3 sequences of different lengths, chunked prefill mixed
 //      with decode, interleaved scattered block tables; every row's logits vs the CPU, as in (a).
 //  (c) DecodeGraphs: the same decode steps run eagerly (ForwardBatch) on one cache and through
@@ -140,8 +142,48 @@ std::vector<int32_t> Prompt(int64_t n, int64_t vocab, int32_t salt) {
   return p;
 }
 
-// (a) Prompt of 40 tokens, every row's logits, then 8 decode steps through the contiguous cache.
-TEST_F(CudaModelTest, ForwardAndGreedyDecodeMatchCpu) {
+// The prompt through the step engine (every row's logits), then `steps` decode steps fed
+// `feed` (when empty, the model's own greedy ids): every row's logits and greedy id.
+struct Forced {
+  std::vector<float> logits;
+  std::vector<int32_t> ids;  // the argmax of every row
+  std::vector<int32_t> fed;  // the decode steps' tokens
+};
+
+Forced TeacherForced(LlamaModel& model, const std::vector<int32_t>& prompt, int64_t steps,
+                     const std::vector<int32_t>& feed) {
+  Forced out;
+  const int64_t vocab = model.config().vocab_size;
+  auto add_rows = [&](const std::vector<float>& rows) {
+    out.logits.insert(out.logits.end(), rows.begin(), rows.end());
+    for (size_t r = 0; (r + 1) * vocab <= rows.size(); ++r) {
+      const float* row = rows.data() + r * vocab;
+      out.ids.push_back(static_cast<int32_t>(std::max_element(row, row + vocab) - row));
+    }
+  };
+  SequenceRunner run(model, static_cast<int64_t>(prompt.size()) + steps);
+  auto first = run.Step(prompt, /*sample=*/true, worker::v1::LOGITS_ALL);
+  EXPECT_TRUE(first.ok()) << first.status();
+  if (!first.ok()) return out;
+  add_rows(first->logits);
+  EXPECT_EQ(first->token, out.ids.back()) << "the greedy id is not its row's argmax";
+  int32_t next = first->token;
+  for (int64_t s = 0; s < steps; ++s) {
+    if (!feed.empty()) next = feed[s];
+    out.fed.push_back(next);
+    auto step = run.Step(std::span<const int32_t>(&next, 1), /*sample=*/true,
+                         worker::v1::LOGITS_SAMPLED);
+    EXPECT_TRUE(step.ok()) << step.status();
+    if (!step.ok()) return out;
+    add_rows(step->logits);
+    EXPECT_EQ(step->token, out.ids.back()) << "the greedy id is not its row's argmax";
+    next = step->token;
+  }
+  return out;
+}
+
+// (a) Prompt of 40 tokens, every row's logits, then 8 decode steps through the step engine.
+TEST_F(CudaModelTest, ServedPathMatchesCpu) {
   constexpr int64_t kPrompt = 40, kSteps = 8;
   for (const ModelCase& c : Cases()) {
     SCOPED_TRACE(c.name);
@@ -150,53 +192,14 @@ TEST_F(CudaModelTest, ForwardAndGreedyDecodeMatchCpu) {
     const int64_t vocab = cpu.model->config().vocab_size;
     const std::vector<int32_t> prompt = Prompt(kPrompt, vocab, 1);
 
-    // The CPU: prompt rows, then its own greedy tokens fed back.
-    std::vector<float> want, got;
-    std::vector<int32_t> cpu_ids, gpu_ids;
-    std::vector<int32_t> fed;  // the tokens of the decode steps (the CPU's greedy ids)
-    {
-      KvCache cache = cpu.model->NewCache(kPrompt + kSteps);
-      auto logits = cpu.model->Forward(prompt, 0, cache, /*all_logits=*/true);
-      ASSERT_TRUE(logits.ok()) << logits.status();
-      want = HostLogits(*cpu.model, *logits);
-      auto ids = cpu.model->Greedy(*logits, kPrompt);
-      ASSERT_TRUE(ids.ok()) << ids.status();
-      cpu_ids = *ids;
-      int32_t next = cpu_ids.back();
-      for (int64_t s = 0; s < kSteps; ++s) {
-        fed.push_back(next);
-        auto step = cpu.model->Forward(std::span<const int32_t>(&next, 1), kPrompt + s, cache);
-        ASSERT_TRUE(step.ok()) << step.status();
-        const std::vector<float> row = HostLogits(*cpu.model, *step);
-        want.insert(want.end(), row.begin(), row.end());
-        auto id = cpu.model->Greedy(*step, 1);
-        ASSERT_TRUE(id.ok()) << id.status();
-        cpu_ids.push_back((*id)[0]);
-        next = (*id)[0];
-      }
-    }
-    // CUDA, fed the same tokens; greedy ids from the device argmax.
-    {
-      KvCache cache = gpu.model->NewCache(kPrompt + kSteps);
-      auto logits = gpu.model->Forward(prompt, 0, cache, /*all_logits=*/true);
-      ASSERT_TRUE(logits.ok()) << logits.status();
-      EXPECT_EQ(logits->device(), Device::kCuda);
-      got = HostLogits(*gpu.model, *logits);
-      auto ids = gpu.model->Greedy(*logits, kPrompt);
-      ASSERT_TRUE(ids.ok()) << ids.status();
-      gpu_ids = *ids;
-      for (int64_t s = 0; s < kSteps; ++s) {
-        auto step = gpu.model->Forward(std::span<const int32_t>(&fed[s], 1), kPrompt + s, cache);
-        ASSERT_TRUE(step.ok()) << step.status();
-        const std::vector<float> row = HostLogits(*gpu.model, *step);
-        got.insert(got.end(), row.begin(), row.end());
-        auto id = gpu.model->Greedy(*step, 1);
-        ASSERT_TRUE(id.ok()) << id.status();
-        gpu_ids.push_back((*id)[0]);
-      }
-    }
-    const LogitReport rep =
-        CompareLogits(got, want, gpu_ids, vocab, c.tol, kMinMargin, c.name + " Forward");
+    // The CPU with its own greedy tokens fed back; CUDA fed the same tokens.
+    const Forced cpu_run = TeacherForced(*cpu.model, prompt, kSteps, {});
+    ASSERT_EQ(cpu_run.ids.size(), static_cast<size_t>(kPrompt + kSteps));
+    const Forced gpu_run = TeacherForced(*gpu.model, prompt, kSteps, cpu_run.fed);
+    ASSERT_EQ(gpu_run.ids.size(), static_cast<size_t>(kPrompt + kSteps));
+    const std::vector<int32_t>& cpu_ids = cpu_run.ids;
+    const LogitReport rep = CompareLogits(gpu_run.logits, cpu_run.logits, gpu_run.ids, vocab,
+                                          c.tol, kMinMargin, c.name + " served path");
     EXPECT_GE(rep.ids_compared, kPrompt / 2) << "too few confident rows to compare greedy ids";
 
     // Free-running greedy generation on CUDA: the CPU's ids (prompt's last row, then the
@@ -204,12 +207,12 @@ TEST_F(CudaModelTest, ForwardAndGreedyDecodeMatchCpu) {
     GenerateOptions options;
     options.max_new_tokens = kSteps + 1;
     options.stop_at_eos = false;
-    auto gen = GenerateGreedy(*gpu.model, prompt, options);
+    auto gen = Generate(*gpu.model, prompt, options);
     ASSERT_TRUE(gen.ok()) << gen.status();
     const std::vector<int32_t> cpu_gen(cpu_ids.begin() + (kPrompt - 1), cpu_ids.end());
     ASSERT_EQ(gen->tokens.size(), cpu_gen.size());
     const size_t same = CompareGenerated(gen->tokens, cpu_gen, rep.confident, kPrompt - 1,
-                                         c.name + " GenerateGreedy");
+                                         c.name + " Generate");
     std::printf("%-18s max |logit diff| %.3g = %.3g x max|logit| (%.3g); greedy ids equal on "
                 "%d of %d confident rows; generation: %zu of %zu ids equal\n",
                 c.name.c_str(), rep.max_diff, rep.max_diff / rep.scale, rep.scale, rep.ids_equal,
@@ -321,7 +324,7 @@ TEST_F(CudaModelTest, PagedForwardBatchMatchesCpu) {
       ASSERT_TRUE(got_t.ok()) << got_t.status();
       const int64_t rows = static_cast<int64_t>(batch.logit_rows.size());
       ASSERT_EQ(got_t->dim(0), rows);
-      auto ids = gpu.model->Greedy(*got_t, rows);
+      auto ids = gpu.model->LastStageArgmax(*got_t);
       ASSERT_TRUE(ids.ok()) << ids.status();
       const LogitReport rep =
           CompareLogits(HostLogits(*gpu.model, *got_t), HostLogits(*cpu.model, *want_t), *ids,

@@ -426,13 +426,13 @@ TEST_F(CudaSamplingTest, RejectsBadSizes) {
   EXPECT_NO_THROW(cuda::LaunchSample(nullptr, 0, 0, nullptr, nullptr, nullptr, 0, nullptr));
   EXPECT_THROW(cuda::LaunchSample(logits.get(), 1, 0, params.get(), out.get(), nullptr, 0,
                                   nullptr),
-               std::runtime_error);
+               std::invalid_argument);
   EXPECT_THROW(cuda::LaunchSample(logits.get(), 1, cuda::kSampleMaxVocab + 1, params.get(),
                                   out.get(), nullptr, 0, nullptr),
-               std::runtime_error);
+               std::invalid_argument);
   EXPECT_THROW(cuda::LaunchSample(logits.get(), -1, 16, params.get(), out.get(), nullptr, 0,
                                   nullptr),
-               std::runtime_error);
+               std::invalid_argument);
   Check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 

@@ -1,13 +1,16 @@
 // Tensor parallelism on one GPU, under mpirun -np 2 (tests/kernels_cuda/CMakeLists.txt): both
 // ranks run the CUDA backend on device 0, set up by SetUpBackend with --nccl off, so that the
 // activations are all-reduced through host memory over MPI (NCCL refuses two ranks on one
-// device). The tp=2 model must match one CPU rank running the same tiny checkpoint: logits of a
-// 40-token prompt (every row) and of 8 decode steps fed the CPU's greedy tokens within
-// 2e-2 x max |CPU logit|, the same greedy ids wherever the CPU's top-2 margin is > 0.05 (and >
-// twice that row's diff), and free-running GenerateGreedy giving the CPU's ids (a first
-// difference only where the CPU's margin is <= max(0.05, 4 x that row's diff): a near-tie). Without a device on every rank, every rank skips (mpirun exits 0; ctest: Skipped).
+// device). The tp=2 model, run through the step engine as the worker runs it (runtime/generator.h;
+// the logits rows gathered over the TP ranks and returned on rank 0), must match one CPU rank
+// running the same tiny checkpoint: logits of a 40-token prompt (every row, one prefill step) and
+// of 8 decode steps fed the CPU's greedy tokens within 2e-2 x max |CPU logit|, the same greedy
+// ids wherever the CPU's top-2 margin is > 0.05 (and > twice that row's diff), and free-running
+// Generate giving the CPU's ids (a first difference only where the CPU's margin is
+// <= max(0.05, 4 x that row's diff): a near-tie). Without a device on every rank, every rank skips (mpirun exits 0; ctest: Skipped).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -61,9 +64,14 @@ std::string ModelDir(const TpCase& c) {
   return dir;
 }
 
-std::vector<float> HostRows(Backend& backend, const Tensor& t) {
-  const Tensor h = backend.ToHost(t);
-  return std::vector<float>(h.data<float>(), h.data<float>() + h.numel());
+// The argmax of every row of `rows` [n, vocab].
+std::vector<int32_t> RowArgmax(const std::vector<float>& rows, int64_t vocab) {
+  std::vector<int32_t> ids;
+  for (size_t r = 0; (r + 1) * vocab <= rows.size(); ++r) {
+    const float* row = rows.data() + r * vocab;
+    ids.push_back(static_cast<int32_t>(std::max_element(row, row + vocab) - row));
+  }
+  return ids;
 }
 
 std::vector<int32_t> Prompt(int64_t vocab) {
@@ -86,27 +94,21 @@ Reference CpuReference(const ModelConfig& config, const WeightSource& weights,
   auto model = LlamaModel::Load(config, weights, *backend);
   EXPECT_TRUE(model.ok()) << model.status();
   if (!model.ok()) return ref;
-  KvCache cache = (*model)->NewCache(kPrompt + kSteps);
-  auto logits = (*model)->Forward(prompt, 0, cache, /*all_logits=*/true);
-  EXPECT_TRUE(logits.ok()) << logits.status();
-  if (!logits.ok()) return ref;
-  ref.logits = HostRows(*backend, *logits);
-  auto ids = (*model)->Greedy(*logits, kPrompt);
-  EXPECT_TRUE(ids.ok()) << ids.status();
-  if (!ids.ok()) return ref;
-  ref.ids = *ids;
+  SequenceRunner run(**model, kPrompt + kSteps);
+  auto first = run.Step(prompt, /*sample=*/true, worker::v1::LOGITS_ALL);
+  EXPECT_TRUE(first.ok()) << first.status();
+  if (!first.ok()) return ref;
+  ref.logits = first->logits;
+  int32_t next = first->token;
   for (int64_t s = 0; s < kSteps; ++s) {
-    const int32_t next = ref.ids.back();
-    auto step = (*model)->Forward(std::span<const int32_t>(&next, 1), kPrompt + s, cache);
+    auto step = run.Step(std::span<const int32_t>(&next, 1), /*sample=*/true,
+                         worker::v1::LOGITS_SAMPLED);
     EXPECT_TRUE(step.ok()) << step.status();
     if (!step.ok()) return ref;
-    const std::vector<float> row = HostRows(*backend, *step);
-    ref.logits.insert(ref.logits.end(), row.begin(), row.end());
-    auto id = (*model)->Greedy(*step, 1);
-    EXPECT_TRUE(id.ok()) << id.status();
-    if (!id.ok()) return ref;
-    ref.ids.push_back((*id)[0]);
+    ref.logits.insert(ref.logits.end(), step->logits.begin(), step->logits.end());
+    next = step->token;
   }
+  ref.ids = RowArgmax(ref.logits, config.vocab_size);
   return ref;
 }
 
@@ -162,36 +164,26 @@ TEST(CudaTpSingleGpuTest, Tp2OnOneDeviceMatchesCpu) {
     LlamaModel& model = **loaded;
     EXPECT_FALSE(model.parallel().device_resident());
 
-    // Teacher-forced: the prompt, then the CPU's tokens.
+    // Teacher-forced: the prompt, then the CPU's tokens (collective; the rows arrive on rank 0).
     std::vector<float> got;
-    std::vector<int32_t> ids;
     {
-      KvCache cache = model.NewCache(kPrompt + kSteps);
-      auto logits = model.Forward(prompt, 0, cache, /*all_logits=*/true);
-      ASSERT_TRUE(logits.ok()) << logits.status();
-      EXPECT_EQ(logits->device(), Device::kCuda);
-      auto full = model.GatherLogits(*logits, kPrompt);
-      ASSERT_TRUE(full.ok()) << full.status();
-      got = *full;
-      auto greedy = model.Greedy(*logits, kPrompt);
-      ASSERT_TRUE(greedy.ok()) << greedy.status();
-      ids = *greedy;
+      SequenceRunner run(model, kPrompt + kSteps);
+      auto first = run.Step(prompt, /*sample=*/true, worker::v1::LOGITS_ALL);
+      ASSERT_TRUE(first.ok()) << first.status();
+      got = first->logits;
       for (int64_t s = 0; s < kSteps; ++s) {
-        auto step = model.Forward(std::span<const int32_t>(&fed[s], 1), kPrompt + s, cache);
+        auto step = run.Step(std::span<const int32_t>(&fed[s], 1), /*sample=*/true,
+                             worker::v1::LOGITS_SAMPLED);
         ASSERT_TRUE(step.ok()) << step.status();
-        auto row = model.GatherLogits(*step, 1);
-        ASSERT_TRUE(row.ok()) << row.status();
-        got.insert(got.end(), row->begin(), row->end());
-        auto id = model.Greedy(*step, 1);
-        ASSERT_TRUE(id.ok()) << id.status();
-        ids.push_back((*id)[0]);
+        got.insert(got.end(), step->logits.begin(), step->logits.end());
       }
     }
+    const std::vector<int32_t> ids = RowArgmax(got, vocab);
     // Free-running greedy generation, collective.
     GenerateOptions gen_options;
     gen_options.max_new_tokens = kSteps + 1;
     gen_options.stop_at_eos = false;
-    auto gen = GenerateGreedy(model, prompt, gen_options);
+    auto gen = Generate(model, prompt, gen_options);
     ASSERT_TRUE(gen.ok()) << gen.status();
 
     // Decode graphs need a device-resident step: not with activations through the host.
@@ -206,7 +198,7 @@ TEST(CudaTpSingleGpuTest, Tp2OnOneDeviceMatchesCpu) {
     const std::vector<int32_t> cpu_gen(ref.ids.begin() + (kPrompt - 1), ref.ids.end());
     ASSERT_EQ(gen->tokens.size(), cpu_gen.size());
     const size_t same = cudatest::CompareGenerated(gen->tokens, cpu_gen, rep.confident,
-                                                   kPrompt - 1, c.name + " tp=2 GenerateGreedy");
+                                                   kPrompt - 1, c.name + " tp=2 Generate");
     std::printf("%-16s tp=2 on one GPU (%s): max |logit diff| %.3g x max|logit| (%.3g); greedy "
                 "ids equal on %d of %d confident rows; generation: %zu of %zu ids equal\n",
                 c.name.c_str(), setup->description.c_str(), rep.max_diff / rep.scale, rep.scale,

@@ -7,6 +7,7 @@
 
 #include "gtest/gtest.h"
 #include "parallel/mpi_communicator.h"
+#include "tests/gtest_outcome.h"
 
 namespace shardlm::mpitest {
 namespace {
@@ -83,14 +84,22 @@ int main(int argc, char** argv) {
   // Appended last, so it sees OnTestEnd first (gtest reverses the order for "end" events).
   listeners.Append(new shardlm::mpitest::AbortOnFatalFailure(rank));
 
-  int result = RUN_ALL_TESTS();
-  // Every rank exits with the worst result, so each one's exit code tells whether the job passed.
-  int worst = result;
-  if (MPI_Allreduce(&result, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS) worst = 1;
-  if (worst != 0 && rank == 0 && result == 0) {
+  const int result = RUN_ALL_TESTS();
+  using shardlm::testing::GtestOutcome;
+  int local = static_cast<int>(shardlm::testing::OnlyListingTests()
+                                   ? (result == 0 ? GtestOutcome::kPassed : GtestOutcome::kFailed)
+                                   : shardlm::testing::LocalGtestOutcome(result, rank == 0));
+  // Every rank exits with the worst outcome (failed > skipped > passed), so each one's exit code
+  // tells how the job went: 0, 77 (ctest: Skipped, SKIP_RETURN_CODE of shardlm_add_mpi_test) or 1.
+  int worst = local;
+  if (MPI_Allreduce(&local, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS) {
+    worst = static_cast<int>(GtestOutcome::kFailed);
+  }
+  if (worst == static_cast<int>(GtestOutcome::kFailed) && rank == 0 &&
+      local != static_cast<int>(GtestOutcome::kFailed)) {
     std::fprintf(stderr, "rank 0 passed, but another rank failed (see its [rank r] lines)\n");
   }
   shardlm::mpitest::g_world = nullptr;
   world->reset();  // MPI_Comm_free before MPI_Finalize (the session's destructor)
-  return worst;
+  return shardlm::testing::ExitCodeFor(static_cast<GtestOutcome>(worst));
 }

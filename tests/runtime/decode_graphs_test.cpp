@@ -103,10 +103,6 @@ class RecordingBackend final : public Backend {
                Tensor& vc) override {
     Run([=, this, kc = kc, vc = vc]() mutable { cpu_->WriteKv(k, v, rows, kc, vc); });
   }
-  void Attention(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& p,
-                 const AttentionParams& a, Tensor& out) override {
-    Run([=, this, out = out]() mutable { cpu_->Attention(q, kc, vc, p, a, out); });
-  }
   void PagedAttention(const Tensor& q, const Tensor& kc, const Tensor& vc,
                       const PagedKvIndices& l, const AttentionParams& a, Tensor& out) override {
     Run([=, this, out = out]() mutable { cpu_->PagedAttention(q, kc, vc, l, a, out); });

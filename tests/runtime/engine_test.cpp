@@ -1,12 +1,15 @@
 // The worker's step engine without a coordinator: plans built here as a scheduler would (chunked
 // prefill, sequences joining and leaving, scattered KV blocks). Run under mpirun at np 1 and 2
-// (tp=2 and pp=2 there): greedy tokens equal the offline generation of each sequence alone, and a
-// seeded sampled sequence gives the same tokens alone and in a batch.
+// (tp=2 and pp=2 there): greedy tokens equal the offline generation of each sequence alone (one
+// rank, one sequence per step), a seeded sampled sequence gives the same tokens alone and in a
+// batch, and the logits rows a SeqStep asks for come back next to the sampled tokens.
 // Seq literals leave the progress fields at their defaults.
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <string>
 #include <vector>
@@ -143,7 +146,7 @@ std::vector<int32_t> Offline(const Fixture& f, const std::vector<int32_t>& promp
   GenerateOptions options;
   options.max_new_tokens = n;
   options.stop_at_eos = false;
-  auto result = GenerateGreedy(**model, prompt, options);
+  auto result = Generate(**model, prompt, options);
   EXPECT_TRUE(result.ok()) << result.status();
   return result->tokens;
 }
@@ -206,6 +209,85 @@ TEST(WorkerEngineTest, SeededSamplingDoesNotDependOnTheBatch) {
   }
 }
 
+// Every row of a prompt chunk (LOGITS_ALL, without and with sampling) and the sampled row of
+// another sequence in the same step (LOGITS_SAMPLED) come back on rank 0, equal to the rows of
+// each sequence run alone on one rank (within 1e-4 x max|logit|: other batch shapes sum in
+// another order); each greedy token is the argmax of the row returned for it.
+TEST(WorkerEngineTest, ReturnsTheLogitsRowsAskedFor) {
+  Fixture f = TinyModel();
+  const int64_t vocab = f.config.vocab_size;
+  const std::vector<int32_t> a = {1, 17, 42, 99, 3, 200, 31};  // in chunks of 4 and 3
+  const std::vector<int32_t> b = {5, 9, 250};
+  std::vector<float> want_a, want_b;
+  {
+    auto backend = CreateCpuBackend(1);
+    auto model = LlamaModel::Load(f.config, *f.weights, *backend);
+    ASSERT_TRUE(model.ok()) << model.status();
+    auto la = PromptLogits(**model, a), lb = PromptLogits(**model, b);
+    ASSERT_TRUE(la.ok() && lb.ok()) << la.status() << lb.status();
+    want_a = *la;
+    want_b = std::vector<float>(lb->end() - vocab, lb->end());  // the row after b's last token
+  }
+  auto argmax = [&](const float* row) {
+    return static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+  };
+  // |got - want| <= 1e-4 x max|want| over rows [first, first + rows) of `want`.
+  auto expect_rows = [&](const google::protobuf::RepeatedField<float>& got,
+                         const std::vector<float>& want, int64_t first, int64_t rows) {
+    ASSERT_EQ(got.size(), rows * vocab);
+    double scale = 0, diff = 0;
+    for (int64_t i = 0; i < rows * vocab; ++i) {
+      const double w = want[first * vocab + i];
+      scale = std::max(scale, std::abs(w));
+      diff = std::max(diff, std::abs(got[static_cast<int>(i)] - w));
+    }
+    EXPECT_LE(diff, 1e-4 * scale);
+  };
+  for (auto [tp, pp] : Layouts()) {
+    SCOPED_TRACE(absl::StrCat("tp=", tp, " pp=", pp));
+    auto backend = CreateCpuBackend(1);
+    auto model = LoadModel(f, *backend, tp, pp);
+    WorkerEngine engine(*model, model->NewPagedCache(kBlock, 16));
+    auto seq = [](worker::v1::StepPlan& plan, uint64_t id, std::vector<int32_t> tokens,
+                  int start, int prompt_len, std::vector<int32_t> blocks, bool sample,
+                  worker::v1::LogitsRows logits) {
+      worker::v1::SeqStep* s = plan.add_seqs();
+      s->set_seq_id(id);
+      s->mutable_tokens()->Add(tokens.begin(), tokens.end());
+      s->set_start_pos(start);
+      s->set_prompt_len(prompt_len);
+      s->mutable_block_table()->Add(blocks.begin(), blocks.end());
+      s->set_sample(sample);
+      s->mutable_sampling()->set_temperature(0.0f);
+      s->set_logits(logits);
+    };
+    worker::v1::StepPlan first;
+    first.set_step_id(1);
+    seq(first, 1, {a.begin(), a.begin() + 4}, 0, 7, {9}, false, worker::v1::LOGITS_ALL);
+    seq(first, 2, b, 0, 3, {2}, true, worker::v1::LOGITS_SAMPLED);
+    auto r1 = engine.Step(first);
+    ASSERT_TRUE(r1.ok()) << r1.status();
+    worker::v1::StepPlan second;
+    second.set_step_id(2);
+    seq(second, 1, {a.begin() + 4, a.end()}, 4, 7, {9, 4}, true, worker::v1::LOGITS_ALL);
+    auto r2 = engine.Step(second);
+    ASSERT_TRUE(r2.ok()) << r2.status();
+    if (mpitest::World().rank() != 0) continue;
+    ASSERT_EQ(r1->error(), "");
+    ASSERT_EQ(r1->results_size(), 2);
+    EXPECT_EQ(r1->results(0).seq_id(), 1u);
+    expect_rows(r1->results(0).logits(), want_a, 0, 4);
+    EXPECT_EQ(r1->results(1).seq_id(), 2u);
+    expect_rows(r1->results(1).logits(), want_b, 0, 1);
+    EXPECT_EQ(r1->results(1).token(), argmax(r1->results(1).logits().data()));
+    ASSERT_EQ(r2->error(), "");
+    ASSERT_EQ(r2->results_size(), 1);
+    expect_rows(r2->results(0).logits(), want_a, 4, 3);
+    EXPECT_EQ(r2->results(0).token(), argmax(r2->results(0).logits().data() + 2 * vocab));
+    EXPECT_EQ(r2->results(0).token(), argmax(want_a.data() + 6 * vocab));
+  }
+}
+
 TEST(WorkerEngineTest, BadPlanIsRefusedNotFatal) {
   Fixture f = TinyModel();
   auto [tp, pp] = Layouts()[0];
@@ -232,6 +314,15 @@ TEST(WorkerEngineTest, BadPlanIsRefusedNotFatal) {
   if (mpitest::World().rank() == 0) {
     EXPECT_THAT(result->error(), testing::HasSubstr("outside the cache"));
   }
+  // The sampled row of a step that samples nothing.
+  s->clear_block_table();
+  s->add_block_table(0);
+  s->add_block_table(1);
+  s->set_sample(false);
+  s->set_logits(worker::v1::LOGITS_SAMPLED);
+  result = engine.Step(plan);
+  ASSERT_TRUE(result.ok());
+  EXPECT_THAT(result->error(), testing::HasSubstr("LOGITS_SAMPLED asks for the sampled row"));
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // Run under mpirun (tests/sharding/CMakeLists.txt): the model split over the job's ranks gives the
 // same greedy ids as one rank and logits within 1e-4 x max|logit|, for every (tp, pp) layout
 // whose tp x pp is the world size: np 2 -> (2,1) and (1,2), np 3 -> (3,1), np 4 -> (2,2).
-// Rank 0 also runs the unsplit model in-process as the reference.
+// Rank 0 also runs the unsplit model in-process as the reference. Both run the served path
+// (runtime/generator.h: WorkerEngine steps; the logits rows gathered over the TP ranks and
+// relayed from the last stage to rank 0 in the StepResult).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -49,9 +51,9 @@ struct RunResult {
   uint64_t weight_bytes = 0;
 };
 
-RunResult Generate(const ModelConfig& config, const WeightSource& weights,
-             std::optional<ParallelContext> ctx, std::span<const int32_t> prompt, int steps,
-             bool logits) {
+RunResult RunModel(const ModelConfig& config, const WeightSource& weights,
+                   std::optional<ParallelContext> ctx, std::span<const int32_t> prompt, int steps,
+                   bool logits) {
   auto backend = CreateCpuBackend(1);
   auto model = LlamaModel::Load(config, weights, *backend, std::move(ctx));
   EXPECT_TRUE(model.ok()) << model.status();
@@ -62,18 +64,18 @@ RunResult Generate(const ModelConfig& config, const WeightSource& weights,
   options.max_new_tokens = steps;
   options.keep_logits = logits;
   options.stop_at_eos = false;
-  auto result = GenerateGreedy(**model, prompt, options);
+  auto result = Generate(**model, prompt, options);
   EXPECT_TRUE(result.ok()) << result.status();
   if (!result.ok()) return run;
   run.ids = result->tokens;
   run.step_logits = result->logits;
   if (logits) {
-    KvCache cache = (*model)->NewCache(static_cast<int64_t>(prompt.size()));
-    auto local = (*model)->Forward(prompt, 0, cache, /*all_logits=*/true);
-    EXPECT_TRUE(local.ok()) << local.status();
-    auto full = (*model)->GatherLogits(*local, static_cast<int64_t>(prompt.size()));
+    auto full = PromptLogits(**model, prompt);
     EXPECT_TRUE(full.ok()) << full.status();
     if (full.ok()) run.prefill_logits = *full;
+    // The rows arrive on world rank 0 alone.
+    const size_t want = mpitest::World().rank() == 0 ? prompt.size() * config.vocab_size : 0;
+    EXPECT_EQ(run.prefill_logits.size(), want);
   }
   return run;
 }
@@ -158,7 +160,7 @@ TEST(TpEquivalenceTest, TinyModelsMatchOneRank) {
                                  counter).ok());
       single_bytes = counter.bytes();
     }
-    if (world.rank() == 0) single = Generate(config, *checkpoint->weights, {}, prompt, 8, true);
+    if (world.rank() == 0) single = RunModel(config, *checkpoint->weights, {}, prompt, 8, true);
     for (const Layout& layout : LayoutsForWorld(world.size())) {
       SCOPED_TRACE(absl::StrCat(c.name, " tp=", layout.tp, " pp=", layout.pp));
       auto plan = MakeShardPlan(PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights));
@@ -166,7 +168,7 @@ TEST(TpEquivalenceTest, TinyModelsMatchOneRank) {
       auto ctx = ParallelContext::Create(*plan, WorldPtr());
       ASSERT_TRUE(ctx.ok()) << ctx.status();
       const RankShard shard = ctx->shard;
-      RunResult split = Generate(config, *checkpoint->weights, std::move(*ctx), prompt, 8, true);
+      RunResult split = RunModel(config, *checkpoint->weights, std::move(*ctx), prompt, 8, true);
 
       // Every rank gets the ids; the plan's byte count is what the rank really holds.
       ShardLoader counter(config, *checkpoint->weights, nullptr);
@@ -220,7 +222,7 @@ TEST(TpEquivalenceTest, QuantizedSlicesThatCutBlocks) {
   const ModelConfig& config = checkpoint->config;
   const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6};
   RunResult single;
-  if (world.rank() == 0) single = Generate(config, *checkpoint->weights, {}, prompt, 8, true);
+  if (world.rank() == 0) single = RunModel(config, *checkpoint->weights, {}, prompt, 8, true);
   for (const Layout& layout : LayoutsForWorld(world.size())) {
     SCOPED_TRACE(absl::StrCat("tp=", layout.tp, " pp=", layout.pp));
     auto plan = MakeShardPlan(PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights));
@@ -232,7 +234,7 @@ TEST(TpEquivalenceTest, QuantizedSlicesThatCutBlocks) {
     ASSERT_TRUE(LoadLlamaShard(config, shard, *plan, counter).ok());
     const bool cuts = (shard.q_heads.begin * 48) % 32 != 0 || (shard.q_heads.end * 48) % 32 != 0;
     EXPECT_EQ(counter.dequantized().size(), cuts ? shard.layers.size() : 0u);
-    RunResult split = Generate(config, *checkpoint->weights, std::move(*ctx), prompt, 8, true);
+    RunResult split = RunModel(config, *checkpoint->weights, std::move(*ctx), prompt, 8, true);
     if (world.rank() != 0) continue;
     EXPECT_EQ(split.ids, single.ids);
     const double scale = std::max(MaxAbs(single.step_logits), MaxAbs(single.prefill_logits));
@@ -262,14 +264,14 @@ TEST(TpEquivalenceTest, SmolLM2MatchesOneRank) {
   const std::vector<int32_t> prompt =
       (*tokenizer)->Encode("The three largest cities of France are", true, true);
   RunResult single;
-  if (world.rank() == 0) single = Generate(config, *checkpoint->weights, {}, prompt, 64, false);
+  if (world.rank() == 0) single = RunModel(config, *checkpoint->weights, {}, prompt, 64, false);
   for (const Layout& layout : LayoutsForWorld(2)) {
     SCOPED_TRACE(absl::StrCat("tp=", layout.tp, " pp=", layout.pp));
     auto plan = MakeShardPlan(PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights));
     ASSERT_TRUE(plan.ok()) << plan.status();
     auto ctx = ParallelContext::Create(*plan, WorldPtr());
     ASSERT_TRUE(ctx.ok()) << ctx.status();
-    RunResult split = Generate(config, *checkpoint->weights, std::move(*ctx), prompt, 64, false);
+    RunResult split = RunModel(config, *checkpoint->weights, std::move(*ctx), prompt, 64, false);
     if (world.rank() != 0) continue;
     EXPECT_EQ(split.ids, single.ids);
     std::printf("SmolLM2 tp=%d pp=%d: %zu greedy ids, match one rank: %s\n", layout.tp,

@@ -1,0 +1,223 @@
+// Failures in the worker job, end to end: `shardlm-coordinator` on a free loopback port and
+// `mpirun -np 2 shardlm-worker --inject-fault ...` (tp=2) serving a tiny model, through the
+// public gRPC API. A fault on every rank (a device out of memory in the same op) fails the
+// requests of that step with FINISH_REASON_ERROR naming the rank and the op, frees their KV
+// blocks and the job serves on; non-finite logits fail only their request; a fault on one rank
+// alone (its peer is then blocked in the layer's all-reduce) ends the job with one error line
+// and a non-zero exit, and the coordinator goes NOT_SERVING. Every process started here is
+// killed when its test ends, whatever happens.
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "formats/random_weights.h"
+#include "health.grpc.pb.h"
+#include "shardlm/v1/generation.grpc.pb.h"
+#include "tests/e2e/child_process.h"
+
+namespace shardlm {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+using Health = grpc::health::v1::HealthCheckResponse;
+
+const std::string kBin = std::string(SHARDLM_BINARY_DIR) + "/bin/";
+const std::string kWork = std::string(SHARDLM_BINARY_DIR) + "/tests/e2e/fault_work";
+
+// The lines of `path` that spdlog wrote at level error.
+std::vector<std::string> ErrorLines(const std::string& path) {
+  std::vector<std::string> lines;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    if (absl::StrContains(line, "[error]")) lines.push_back(line);
+  }
+  return lines;
+}
+
+class FaultTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    fs::remove_all(kWork);
+    fs::create_directories(kWork);
+    model_ = kWork + "/llama-tiny";
+    TinyModelSpec spec;
+    spec.heads = 4;
+    spec.seed = 3;
+    ASSERT_TRUE(WriteTinyModel(spec, model_).ok());
+    coordinator_ = std::make_unique<e2e::Child>(
+        std::vector<std::string>{kBin + "shardlm-coordinator", "--listen", "127.0.0.1:0",
+                                 "--model", model_, "--tp", "2", "--max-batch-tokens", "64",
+                                 "--kv-cache-memory", "1MiB", "--kv-block-size", "4",
+                                 "--threads", "1"},
+        kWork + "/coordinator.log", true);
+    const std::string line = coordinator_->ReadLine();
+    const size_t at = line.find("listening on ");
+    ASSERT_NE(at, std::string::npos) << "coordinator said: " << line << "; see " << kWork
+                                     << "/coordinator.log";
+    addr_ = std::string(absl::StripAsciiWhitespace(line.substr(at + 13)));
+    auto channel = grpc::CreateChannel(addr_, grpc::InsecureChannelCredentials());
+    stub_ = v1::Generation::NewStub(channel);
+    health_ = grpc::health::v1::Health::NewStub(channel);
+  }
+  static void TearDownTestSuite() {
+    if (coordinator_) coordinator_->Kill(SIGTERM);
+    coordinator_.reset();
+  }
+  void TearDown() override {
+    workers_.reset();  // kills the job if it still runs
+    EXPECT_TRUE(WaitHealth(Health::NOT_SERVING, 10s));
+  }
+
+  // Starts `mpirun -np 2 shardlm-worker` with `flags`, its stderr into `log`, and waits until
+  // the coordinator serves.
+  void StartWorkers(const std::vector<std::string>& flags, const std::string& log) {
+    log_ = kWork + "/" + log;
+    std::vector<std::string> argv = {SHARDLM_MPIEXEC, "--oversubscribe", "--bind-to", "none",
+                                     "-np", "2", kBin + "shardlm-worker", "--coordinator", addr_};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    workers_ = std::make_unique<e2e::Child>(argv, log_, false);
+    ASSERT_TRUE(WaitHealth(Health::SERVING, 120s)) << "workers did not attach; see " << log_;
+  }
+
+  static Health::ServingStatus HealthStatus() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 2s);
+    grpc::health::v1::HealthCheckRequest req;
+    Health resp;
+    if (!health_->Check(&ctx, req, &resp).ok()) return Health::UNKNOWN;
+    return resp.status();
+  }
+  static bool WaitHealth(Health::ServingStatus want, std::chrono::seconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      if (HealthStatus() == want) return true;
+      std::this_thread::sleep_for(100ms);
+    }
+    return false;
+  }
+  static v1::ModelInfo Info() {
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    EXPECT_TRUE(stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+    return info;
+  }
+  // Polls until every KV block is free again.
+  static bool AllBlocksFree() {
+    for (int i = 0; i < 50; ++i) {
+      const v1::ModelInfo info = Info();
+      if (info.kv_blocks_free() == info.kv_blocks_total()) return true;
+      std::this_thread::sleep_for(100ms);
+    }
+    return false;
+  }
+
+  struct Outcome {
+    grpc::Status status;
+    std::vector<int32_t> ids;
+    v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+    std::string error;
+  };
+  static Outcome Generate(std::vector<int32_t> prompt, int max_new) {
+    v1::GenerateRequest req;
+    for (int32_t id : prompt) req.mutable_token_ids()->add_ids(id);
+    req.set_max_new_tokens(max_new);
+    req.set_ignore_eos(true);
+    req.mutable_sampling()->set_temperature(0.0f);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 120s);
+    auto reader = stub_->Generate(&ctx, req);
+    Outcome out;
+    v1::GenerateResponse resp;
+    while (reader->Read(&resp)) {
+      out.ids.insert(out.ids.end(), resp.token_ids().begin(), resp.token_ids().end());
+      if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) out.finish = resp.finish_reason();
+      if (!resp.error().empty()) out.error = resp.error();
+    }
+    out.status = reader->Finish();
+    return out;
+  }
+
+  static inline std::string model_, addr_;
+  static inline std::unique_ptr<e2e::Child> coordinator_;
+  static inline std::unique_ptr<v1::Generation::Stub> stub_;
+  static inline std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  std::unique_ptr<e2e::Child> workers_;
+  std::string log_;
+};
+
+TEST_F(FaultTest, OutOfMemoryOnEveryRankFailsThatStepAndServingGoesOn) {
+  // The 5th Linear of each rank: layer 0's gate projection in the first step, on both TP ranks.
+  StartWorkers({"--inject-fault", "Linear:5"}, "oom_every_rank.log");
+  const Outcome failed = Generate({1, 2, 3, 4, 5}, 6);
+  EXPECT_EQ(failed.finish, v1::FINISH_REASON_ERROR) << failed.status.error_message();
+  EXPECT_THAT(failed.error, HasSubstr("failed on the workers: rank 0 failed in Linear: "
+                                     "cudaMallocAsync"));
+  EXPECT_THAT(failed.error, HasSubstr("cudaErrorMemoryAllocation (out of memory) [CUDA, rank 0"));
+  EXPECT_THAT(failed.error, HasSubstr("(2 ranks failed)"));
+  EXPECT_TRUE(AllBlocksFree()) << "the failed request's KV blocks were not freed";
+
+  // The job serves on, and in step: the same prompt twice gives the whole answer, twice alike.
+  const Outcome first = Generate({1, 2, 3, 4, 5}, 6);
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  EXPECT_EQ(first.finish, v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(first.ids.size(), 6u);
+  const Outcome second = Generate({1, 2, 3, 4, 5}, 6);
+  ASSERT_TRUE(second.status.ok()) << second.status.error_message();
+  EXPECT_EQ(second.ids, first.ids);
+  EXPECT_EQ(HealthStatus(), Health::SERVING);
+  // One error line in the workers' log, from rank 0, for the failed step.
+  const std::vector<std::string> errors = ErrorLines(log_);
+  ASSERT_EQ(errors.size(), 1u) << "see " << log_;
+  EXPECT_THAT(errors[0], HasSubstr("failed: rank 0 failed in Linear"));
+  EXPECT_THAT(errors[0], HasSubstr("serving goes on"));
+}
+
+TEST_F(FaultTest, NonFiniteLogitsFailOnlyTheirRequest) {
+  // Rank 0's first Embedding writes NaN into the first token's row: the first request's logits.
+  StartWorkers({"--inject-fault", "Embedding:1:0:nan"}, "nan.log");
+  const Outcome failed = Generate({7, 8, 9}, 4);
+  EXPECT_EQ(failed.finish, v1::FINISH_REASON_ERROR) << failed.status.error_message();
+  EXPECT_THAT(failed.error, HasSubstr("logits are not finite (NaN or Inf)"));
+  EXPECT_TRUE(AllBlocksFree());
+  const Outcome next = Generate({7, 8, 9}, 4);
+  ASSERT_TRUE(next.status.ok()) << next.status.error_message();
+  EXPECT_EQ(next.finish, v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(next.ids.size(), 4u);
+  EXPECT_EQ(HealthStatus(), Health::SERVING);
+}
+
+TEST_F(FaultTest, FaultOnOneRankEndsTheJobWithOneLine) {
+  // Rank 1 alone fails in layer 0's gate projection; rank 0 goes on into the layer's all-reduce
+  // and waits there for rank 1, which gives up on the agreement after 2 s and aborts the job.
+  StartWorkers({"--inject-fault", "Linear:5:1", "--step-agreement-timeout", "2"}, "one_rank.log");
+  const auto t0 = std::chrono::steady_clock::now();
+  const Outcome lost = Generate({1, 2, 3, 4, 5}, 6);
+  EXPECT_EQ(lost.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << lost.status.error_message();
+  const std::optional<int> code = workers_->Wait(30s);
+  ASSERT_TRUE(code.has_value()) << "the worker job did not end; see " << log_;
+  EXPECT_NE(*code, 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 30s);
+  EXPECT_TRUE(WaitHealth(Health::NOT_SERVING, 5s));
+  const std::vector<std::string> errors = ErrorLines(log_);
+  ASSERT_EQ(errors.size(), 1u) << "see " << log_;
+  EXPECT_THAT(errors[0], HasSubstr("rank 1: step "));
+  EXPECT_THAT(errors[0], HasSubstr("failed: rank 1 failed in Linear: cudaMallocAsync"));
+  EXPECT_THAT(errors[0], HasSubstr("not every rank reached the step agreement within 2s"));
+  EXPECT_THAT(errors[0], HasSubstr("aborting the job"));
+}
+
+}  // namespace
+}  // namespace shardlm
