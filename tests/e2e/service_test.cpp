@@ -29,8 +29,8 @@
 #include "absl/strings/str_split.h"
 #include "health.grpc.pb.h"
 #include "shardlm/v1/generation.grpc.pb.h"
+#include "tests/e2e/child_process.h"
 
-extern char** environ;
 
 namespace shardlm {
 namespace {
@@ -40,96 +40,7 @@ using namespace std::chrono_literals;
 const std::string kBin = std::string(SHARDLM_BINARY_DIR) + "/bin/";
 const std::string kWork = std::string(SHARDLM_BINARY_DIR) + "/tests/e2e/work";
 
-// Every process below `root`, from /proc/*/stat's parent ids.
-std::vector<pid_t> Descendants(pid_t root) {
-  std::map<pid_t, std::vector<pid_t>> children;
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream stat(entry.path() / "stat");
-    std::string line;
-    if (!std::getline(stat, line)) continue;
-    const size_t close = line.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(line.substr(close + 2));
-    char state;
-    pid_t ppid;
-    if (rest >> state >> ppid) children[ppid].push_back(std::stoi(name));
-  }
-  std::vector<pid_t> out, todo = {root};
-  while (!todo.empty()) {
-    const pid_t p = todo.back();
-    todo.pop_back();
-    for (pid_t c : children[p]) {
-      out.push_back(c);
-      todo.push_back(c);
-    }
-  }
-  return out;
-}
-
-// A child process in its own process group, stdout to a pipe (or a file), stderr to a log file.
-class Child {
- public:
-  Child(const std::vector<std::string>& argv, const std::string& log, bool pipe_stdout) {
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    int fds[2] = {-1, -1};
-    if (pipe_stdout) {
-      if (pipe(fds) != 0) throw std::runtime_error("pipe");
-      posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
-      posix_spawn_file_actions_addclose(&actions, fds[0]);
-    } else {
-      posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    }
-    posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
-    posix_spawnattr_setpgroup(&attr, 0);
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    if (posix_spawn(&pid_, args[0], &actions, &attr, args.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&actions);
-    posix_spawnattr_destroy(&attr);
-    if (pipe_stdout) {
-      close(fds[1]);
-      out_ = fdopen(fds[0], "r");
-    }
-  }
-  ~Child() { Kill(SIGKILL); }
-
-  bool ok() const { return pid_ > 0; }
-  // The next stdout line ("" at EOF).
-  std::string ReadLine() {
-    char buf[4096];
-    if (out_ == nullptr || fgets(buf, sizeof(buf), out_) == nullptr) return "";
-    return buf;
-  }
-  // Signals every descendant first (mpirun puts its ranks in process groups of their own), then
-  // the child's process group.
-  void Kill(int sig) {
-    if (pid_ <= 0) return;
-    for (pid_t d : Descendants(pid_)) kill(d, sig);
-    kill(-pid_, sig);
-    if (sig == SIGKILL || sig == SIGTERM) {
-      for (int i = 0; i < 100; ++i) {
-        if (waitpid(pid_, nullptr, WNOHANG) == pid_) break;
-        std::this_thread::sleep_for(50ms);
-        if (i == 60) kill(-pid_, SIGKILL);
-      }
-      kill(-pid_, SIGKILL);  // anything left in the group
-      pid_ = -1;
-      if (out_ != nullptr) fclose(out_);
-      out_ = nullptr;
-    }
-  }
-
- private:
-  pid_t pid_ = -1;
-  FILE* out_ = nullptr;
-};
+using e2e::Child;
 
 std::string Shell(const std::string& cmd) {
   std::string out;
