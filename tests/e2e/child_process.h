@@ -140,4 +140,18 @@ class Child {
   std::optional<int> exit_code_;
 };
 
+// The address a server started as `child` prints first ("listening on HOST:PORT"); "" when its
+// first stdout line says something else (the line is then in `said`).
+inline std::string ListeningAddress(Child& child, std::string* said = nullptr) {
+  std::string line = child.ReadLine();
+  const size_t at = line.find("listening on ");
+  if (said != nullptr) *said = line;
+  if (at == std::string::npos) return "";
+  std::string addr = line.substr(at + 13);
+  while (!addr.empty() && (addr.back() == '\n' || addr.back() == '\r' || addr.back() == ' ')) {
+    addr.pop_back();
+  }
+  return addr;
+}
+
 }  // namespace shardlm::e2e

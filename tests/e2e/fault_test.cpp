@@ -62,11 +62,10 @@ class FaultTest : public ::testing::Test {
                                  "--kv-cache-memory", "1MiB", "--kv-block-size", "4",
                                  "--threads", "1"},
         kWork + "/coordinator.log", true);
-    const std::string line = coordinator_->ReadLine();
-    const size_t at = line.find("listening on ");
-    ASSERT_NE(at, std::string::npos) << "coordinator said: " << line << "; see " << kWork
-                                     << "/coordinator.log";
-    addr_ = std::string(absl::StripAsciiWhitespace(line.substr(at + 13)));
+    std::string said;
+    addr_ = e2e::ListeningAddress(*coordinator_, &said);
+    ASSERT_FALSE(addr_.empty()) << "coordinator said: " << said << "; see " << kWork
+                                << "/coordinator.log";
     auto channel = grpc::CreateChannel(addr_, grpc::InsecureChannelCredentials());
     stub_ = v1::Generation::NewStub(channel);
     health_ = grpc::health::v1::Health::NewStub(channel);
