@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/quant/codec.h"
+#include "kernels/cuda/cuda_attention.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_quant.h"
 #include "kernels/cuda/cuda_sampling.h"
@@ -499,6 +500,15 @@ class CudaBackend final : public Backend {
     a.table_begin = layout.table_begin.data<int32_t>();
     a.block_tables = layout.block_tables.data<int32_t>();
     a.block_size = bs;
+    a.num_seqs = std::max<int64_t>(layout.table_begin.numel() - 1, 0);
+    // Partial results of the key chunks (and the query tiles): stream-ordered, so that a
+    // captured step records the allocation as a graph node, of a size fixed by the shapes.
+    Tensor workspace;
+    if (const size_t bytes = cuda::AttentionWorkspaceBytes(a); bytes > 0) {
+      workspace = AllocateUninitialized({static_cast<int64_t>((bytes + 3) / 4)}, DType::kF32);
+      a.workspace = workspace.raw();
+      a.workspace_bytes = workspace.nbytes();
+    }
     cuda::LaunchAttention(a, stream_);
   }
 

@@ -1,6 +1,5 @@
 // The CUDA kernels of the CUDA backend: one thread per element for the elementwise ops, one
-// block per row for the reductions, one block per (token, head) for attention (an online
-// softmax over the keys, flash-decoding style, so any context length fits). Numerics follow the
+// block per row for the reductions (attention is in cuda_attention.cu). Numerics follow the
 // CPU backend (kernels/cpu): f32 arithmetic, the same order of operations where it matters
 // (RmsNorm, Rope). KV caches may be f32, bf16 or f16. Every launcher takes the stream to enqueue
 // on and never synchronizes, so that a step can be captured as a CUDA graph.
@@ -179,9 +178,6 @@ __global__ void ArgmaxKernel(const float* logits, int64_t vocab, int32_t* out, f
   }
 }
 
-__device__ __forceinline__ float Load(const float* p) { return *p; }
-__device__ __forceinline__ float Load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ float Load(const __half* p) { return __half2float(*p); }
 __device__ __forceinline__ void Store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void Store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ void Store(__half* p, float v) { *p = __float2half_rn(v); }
@@ -196,91 +192,6 @@ __global__ void WriteKvKernel(const float* k, const float* v, const int32_t* row
     Store(v_cache + dst, v[t]);
   }
 }
-
-// Cache row of key position j of query token i.
-__device__ int64_t KeyRow(const AttentionArgs& a, int64_t i, int64_t j) {
-  const int32_t* table = a.block_tables + a.table_begin[a.seq_index[i]];
-  return static_cast<int64_t>(table[j / a.block_size]) * a.block_size + j % a.block_size;
-}
-
-constexpr int kAttnWarps = 4;
-constexpr int kMaxPerLane = 8;  // head_dim <= 256
-
-// One block of kAttnWarps warps per (token i, query head h). The warps take the keys in turn;
-// in a warp, lane l holds features l, l + 32, ... of q and of its running output. Each warp keeps
-// an online softmax (running max m, sum l, output acc); the warps merge at the end. No shared
-// memory per key: any number of keys fits, and the launch does not depend on the positions.
-template <typename CacheT, int kPerLane>
-__global__ void __launch_bounds__(kAttnWarps * 32) AttentionKernel(AttentionArgs a) {
-  __shared__ float warp_m[kAttnWarps], warp_l[kAttnWarps];
-  __shared__ float warp_acc[kAttnWarps][kPerLane * 32];
-  const int64_t i = blockIdx.x / a.heads;
-  const int64_t h = blockIdx.x % a.heads;
-  const int64_t group = a.heads / a.kv_heads;
-  const int64_t kv_width = a.kv_heads * a.head_dim;
-  const int64_t kv_offset = (h / group) * a.head_dim;
-  const int64_t p = a.positions[i];
-  const int64_t first = a.window > 0 ? (p - a.window + 1 > 0 ? p - a.window + 1 : 0) : 0;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const auto* kc = static_cast<const CacheT*>(a.k_cache);
-  const auto* vc = static_cast<const CacheT*>(a.v_cache);
-
-  float q[kPerLane], acc[kPerLane];
-  const float* qg = a.q + (i * a.heads + h) * a.head_dim;
-#pragma unroll
-  for (int e = 0; e < kPerLane; ++e) {
-    const int64_t d = lane + 32 * e;
-    q[e] = d < a.head_dim ? qg[d] * a.scale : 0.0f;
-    acc[e] = 0.0f;
-  }
-  float m = -INFINITY, l = 0.0f;
-  for (int64_t j = first + warp; j <= p; j += kAttnWarps) {
-    const int64_t base = KeyRow(a, i, j) * kv_width + kv_offset;
-    float dot = 0.0f;
-#pragma unroll
-    for (int e = 0; e < kPerLane; ++e) {
-      const int64_t d = lane + 32 * e;
-      if (d < a.head_dim) dot += q[e] * Load(kc + base + d);
-    }
-    const float score = WarpSum(dot);
-    const float m_new = fmaxf(m, score);
-    const float old_scale = expf(m - m_new);  // 0 at the first key (m = -inf)
-    const float w = expf(score - m_new);
-    l = l * old_scale + w;
-#pragma unroll
-    for (int e = 0; e < kPerLane; ++e) {
-      const int64_t d = lane + 32 * e;
-      const float v = d < a.head_dim ? Load(vc + base + d) : 0.0f;
-      acc[e] = acc[e] * old_scale + w * v;
-    }
-    m = m_new;
-  }
-  if (lane == 0) {
-    warp_m[warp] = m;
-    warp_l[warp] = l;
-  }
-#pragma unroll
-  for (int e = 0; e < kPerLane; ++e) warp_acc[warp][lane + 32 * e] = acc[e];
-  __syncthreads();
-
-  float m_all = -INFINITY;
-  for (int w = 0; w < kAttnWarps; ++w) m_all = fmaxf(m_all, warp_m[w]);
-  float scale[kAttnWarps];
-  float l_all = 0.0f;
-  for (int w = 0; w < kAttnWarps; ++w) {
-    // A warp that saw no key has m = -inf and l = 0: its scale is 0.
-    scale[w] = warp_m[w] == -INFINITY ? 0.0f : expf(warp_m[w] - m_all);
-    l_all += warp_l[w] * scale[w];
-  }
-  const float inv_l = 1.0f / l_all;
-  float* out = a.out + (i * a.heads + h) * a.head_dim;
-  for (int64_t d = threadIdx.x; d < a.head_dim; d += blockDim.x) {
-    float o = 0.0f;
-    for (int w = 0; w < kAttnWarps; ++w) o += warp_acc[w][d] * scale[w];
-    out[d] = o * inv_l;
-  }
-}
-
 
 // 16-bit weight GEMV for decode (n <= kGemvMaxBatch rows of x): y[r, o] = x[r] . w[o] (+ bias[o]).
 // One warp per output row o; each lane reads 8 weights (16 bytes) at a time, so a warp streams
@@ -351,21 +262,6 @@ void LaunchHalfGemvFor(const void* w, int64_t out, int64_t in, const float* x, i
     case 2: HalfGemvKernel<T, 2><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, bias, y); break;
     case 3: HalfGemvKernel<T, 3><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, bias, y); break;
     default: HalfGemvKernel<T, 4><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, bias, y); break;
-  }
-}
-
-template <typename CacheT>
-void LaunchAttentionFor(const AttentionArgs& a, cudaStream_t stream) {
-  const unsigned blocks = static_cast<unsigned>(a.n * a.heads);
-  const int per_lane = static_cast<int>((a.head_dim + 31) / 32);
-  constexpr unsigned kBlock = kAttnWarps * 32;
-  switch (per_lane) {
-    case 1: AttentionKernel<CacheT, 1><<<blocks, kBlock, 0, stream>>>(a); break;
-    case 2: AttentionKernel<CacheT, 2><<<blocks, kBlock, 0, stream>>>(a); break;
-    case 3: AttentionKernel<CacheT, 3><<<blocks, kBlock, 0, stream>>>(a); break;
-    case 4: AttentionKernel<CacheT, 4><<<blocks, kBlock, 0, stream>>>(a); break;
-    case 5: case 6: AttentionKernel<CacheT, 6><<<blocks, kBlock, 0, stream>>>(a); break;
-    default: AttentionKernel<CacheT, kMaxPerLane><<<blocks, kBlock, 0, stream>>>(a); break;
   }
 }
 
@@ -482,25 +378,6 @@ void LaunchHalfGemv(const void* w, HalfKind kind, int64_t out, int64_t in, const
     LaunchHalfGemvFor<__half>(w, out, in, x, n, bias, y, stream);
   }
   SHARDLM_CUDA_LAUNCH_CHECK("HalfGemvKernel<<<>>>");
-}
-
-void LaunchAttention(const AttentionArgs& args, cudaStream_t stream) {
-  if (args.n * args.heads == 0) return;
-  if (args.block_size <= 0) {
-    throw std::invalid_argument("PagedAttention: block_size " + std::to_string(args.block_size) +
-                                " is not positive");
-  }
-  if (args.head_dim > 32 * kMaxPerLane) {
-    throw std::invalid_argument("PagedAttention: head_dim " + std::to_string(args.head_dim) +
-                                " is over the CUDA kernel's limit of " +
-                                std::to_string(32 * kMaxPerLane));
-  }
-  switch (args.cache_kind) {
-    case HalfKind::kBF16: LaunchAttentionFor<__nv_bfloat16>(args, stream); break;
-    case HalfKind::kF16: LaunchAttentionFor<__half>(args, stream); break;
-    default: LaunchAttentionFor<float>(args, stream); break;
-  }
-  SHARDLM_CUDA_LAUNCH_CHECK("AttentionKernel<<<>>>");
 }
 
 }  // namespace shardlm::cuda

@@ -50,26 +50,4 @@ bool HalfGemvApplies(int64_t n, int64_t in, const void* w, const float* x);
 void LaunchHalfGemv(const void* w, HalfKind kind, int64_t out, int64_t in, const float* x,
                     int64_t n, const float* bias, float* y, cudaStream_t stream);
 
-// Attention of q [n, heads, head_dim] over the paged cache, through seq_index / table_begin /
-// block_tables (device pointers); out [n, heads * head_dim]. block_size > 0, head_dim <= 256.
-struct AttentionArgs {
-  const float* q = nullptr;
-  const void* k_cache = nullptr;
-  const void* v_cache = nullptr;
-  HalfKind cache_kind = HalfKind::kF32;
-  float* out = nullptr;
-  const int32_t* positions = nullptr;
-  const int32_t* seq_index = nullptr;
-  const int32_t* table_begin = nullptr;
-  const int32_t* block_tables = nullptr;
-  int64_t block_size = 0;
-  int64_t n = 0;
-  int64_t heads = 0;
-  int64_t kv_heads = 0;
-  int64_t head_dim = 0;
-  float scale = 1.0f;
-  int64_t window = 0;
-};
-void LaunchAttention(const AttentionArgs& args, cudaStream_t stream);
-
 }  // namespace shardlm::cuda

@@ -273,7 +273,7 @@ TEST_F(CudaBackendTest, WriteKvAndPagedAttentionInOrder) {
   }
 }
 
-// Many keys per query (the online-softmax kernel keeps no per-key state in shared memory).
+// Many keys per query (the online softmax has no limit on the keys).
 TEST_F(CudaBackendTest, PagedAttentionLongContextInOrder) {
   const int64_t max_seq = 16000;
   AttentionParams p{2, 1, 64, 0.125f, 0};
