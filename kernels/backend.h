@@ -157,6 +157,11 @@ class Backend {
   virtual bool supports_graphs() const { return false; }
   virtual bool BeginCapture() { return false; }
   virtual std::unique_ptr<BackendGraph> EndCapture() { return nullptr; }
+  // Ends a recording that BeginCapture started, whatever state an op or a failed step left it
+  // in, and drops what was recorded: afterwards ops run eagerly again and a new capture may
+  // begin. For the failure path (an op threw while recording); also ends a capture that an
+  // EndCapture which threw may have left open. A no-op when nothing is being recorded.
+  virtual void AbortCapture() noexcept {}
   // Waits for the queued work (a no-op on the CPU).
   virtual void Synchronize() {}
 

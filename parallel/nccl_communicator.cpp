@@ -1,13 +1,16 @@
 #include "parallel/nccl_communicator.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "base/check.h"
+#include "base/env.h"
 #include "base/status_macros.h"
 #include "spdlog/spdlog.h"
 
@@ -18,9 +21,91 @@ namespace shardlm {
 // the error with NCCL's own description of the last failure on this communicator, the world rank,
 // the device and file:line.
 
-absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(Communicator& bootstrap,
-                                                                       int device,
-                                                                       cudaStream_t stream) {
+// A non-blocking communicator may answer ncclInProgress: the call was accepted and completes in
+// the background (Wait polls for it).
+#define SHARDLM_NCCL_ACCEPT_ON(statement, comm, context)                              \
+  SHARDLM_CHECK_RETURN(                                                               \
+      "NCCL", statement, shardlm_rc_ == ncclSuccess || shardlm_rc_ == ncclInProgress, \
+      SHARDLM_NCCL_ERROR_TEXT(shardlm_rc_, comm), context, SHARDLM_NCCL_STATUS_CODE(shardlm_rc_))
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Spins (yielding) for the first millisecond of a wait, which covers a healthy collective, then
+// sleeps 50 µs, doubling up to 1 ms, so that a long wait costs little CPU.
+class Backoff {
+ public:
+  void Pause() {
+    if (Clock::now() - start_ < std::chrono::milliseconds(1)) {
+      std::this_thread::yield();
+      return;
+    }
+    std::this_thread::sleep_for(sleep_);
+    sleep_ = std::min(sleep_ * 2, std::chrono::microseconds(1000));
+  }
+
+ private:
+  Clock::time_point start_ = Clock::now();
+  std::chrono::microseconds sleep_{50};
+};
+
+absl::StatusCode AsyncErrorCode(ncclResult_t rc) {
+  // A remote error is a peer that failed or went away.
+  return rc == ncclRemoteError ? absl::StatusCode::kUnavailable : SHARDLM_NCCL_STATUS_CODE(rc);
+}
+
+std::string Peers(int size) { return absl::StrCat(size - 1, " other rank(s)"); }
+
+// Polls until `comm` has no operation in progress (ncclCommGetAsyncError gives ncclSuccess) and,
+// when `stream` is given, until the stream's work is done (cudaStreamQuery). The first failure:
+// an asynchronous NCCL error, a CUDA error, or Unavailable after `timeout`. `op` and `where`
+// name what is waited for; `size` is the group's size. Never aborts (the caller does).
+absl::Status Poll(ncclComm_t comm, const cudaStream_t* stream, std::chrono::milliseconds timeout,
+                  const char* op, const std::string& where, int size) {
+  const Clock::time_point deadline = Clock::now() + timeout;
+  Backoff backoff;
+  while (true) {
+    ncclResult_t state = ncclSuccess;
+    SHARDLM_NCCL_RETURN_ON(ncclCommGetAsyncError(comm, &state), comm,
+                           absl::StrCat(where, " (waiting for ", op, ")"));
+    if (state != ncclSuccess && state != ncclInProgress) {
+      return CheckFailureStatus(
+          "NCCL", op, absl::StrCat(where, " (asynchronous error; ", Peers(size), ")"),
+          SHARDLM_NCCL_ERROR_TEXT(state, comm), __FILE__, __LINE__, AsyncErrorCode(state));
+    }
+    if (state == ncclSuccess) {
+      if (stream == nullptr) return absl::OkStatus();
+      const cudaError_t done = cudaStreamQuery(*stream);
+      if (done == cudaSuccess) return absl::OkStatus();
+      // Not ready is an answer, not an error: reset it, or the next launch check would report it.
+      static_cast<void>(cudaGetLastError());
+      if (done != cudaErrorNotReady) {
+        return CheckFailureStatus("CUDA", "cudaStreamQuery(stream_)",
+                                  absl::StrCat(where, " (after ", op, ")"),
+                                  SHARDLM_CUDA_ERROR_TEXT(done), __FILE__, __LINE__);
+      }
+    }
+    if (Clock::now() >= deadline) {
+      return absl::UnavailableError(absl::StrCat(
+          op, where, ": not complete after ",
+          std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count() / 1000.0,
+          " s (SHARDLM_NCCL_TIMEOUT_S): one of the ", Peers(size),
+          " stopped calling collectives or died"));
+    }
+    backoff.Pause();
+  }
+}
+
+}  // namespace
+
+std::chrono::milliseconds NcclCommunicator::DefaultTimeout() {
+  const int seconds = EnvInt("SHARDLM_NCCL_TIMEOUT_S", 0);
+  return std::chrono::seconds(seconds > 0 ? seconds : 300);
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(
+    Communicator& bootstrap, int device, cudaStream_t stream, std::chrono::milliseconds timeout) {
   // "mpi world" -> "nccl world", "mpi tp(color 1)" -> "nccl tp(color 1)".
   std::string name = bootstrap.name();
   name = name.rfind("mpi ", 0) == 0 ? absl::StrCat("nccl ", name.substr(4))
@@ -28,8 +113,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(Communica
   const std::string where =
       absl::StrCat(" on ", name, " (rank ", bootstrap.rank(), " of ", bootstrap.size(), ")");
 
-  // Every rank must reach ncclCommInitRank, or the others wait there forever: agree first that
-  // all of them could select their device.
+  // Every rank must reach ncclCommInitRankConfig, or the others wait there until the timeout:
+  // agree first that all of them could select their device.
   const cudaError_t set_device = cudaSetDevice(device);
   float failed = set_device == cudaSuccess ? 0.0f : 1.0f;
   SHARDLM_RETURN_IF_ERROR(bootstrap.AllReduceSum(&failed, 1));
@@ -59,14 +144,26 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(Communica
   }
 
   ncclComm_t comm = nullptr;
-  SHARDLM_NCCL_RETURN_ON(ncclCommInitRank(&comm, bootstrap.size(), unique.id, bootstrap.rank()),
-                         nullptr, where);
-  return Adopt(comm, device, stream, std::move(name));
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  const absl::Status init = [&]() -> absl::Status {
+    SHARDLM_NCCL_ACCEPT_ON(
+        ncclCommInitRankConfig(&comm, bootstrap.size(), unique.id, bootstrap.rank(), &config),
+        nullptr, where);
+    return Poll(comm, nullptr, timeout, "ncclCommInitRankConfig", where, bootstrap.size());
+  }();
+  if (!init.ok()) {
+    // A creation that failed or hangs (a peer that never joined) is aborted; its error is the
+    // one to report.
+    if (comm != nullptr) static_cast<void>(ncclCommAbort(comm));
+    return init;
+  }
+  return Adopt(comm, device, stream, std::move(name), timeout);
 }
 
-absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Adopt(ncclComm_t comm, int device,
-                                                                      cudaStream_t stream,
-                                                                      std::string name) {
+absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Adopt(
+    ncclComm_t comm, int device, cudaStream_t stream, std::string name,
+    std::chrono::milliseconds timeout) {
   int rank = 0;
   int size = 0;
   float* scratch = nullptr;
@@ -79,22 +176,24 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Adopt(ncclComm_t
   }();
   if (!status.ok()) {
     // The error being returned is the one to report; a failed clean-up would only hide it.
-    static_cast<void>(ncclCommDestroy(comm));
+    static_cast<void>(ncclCommAbort(comm));
     return status;
   }
   return std::unique_ptr<Communicator>(
-      new NcclCommunicator(comm, device, stream, std::move(name), rank, size, scratch));
+      new NcclCommunicator(comm, device, stream, std::move(name), rank, size, scratch, timeout));
 }
 
 NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device, cudaStream_t stream,
-                                   std::string name, int rank, int size, float* scratch)
+                                   std::string name, int rank, int size, float* scratch,
+                                   std::chrono::milliseconds timeout)
     : comm_(comm),
       device_(device),
       stream_(stream),
       name_(std::move(name)),
       rank_(rank),
       size_(size),
-      scratch_(scratch) {}
+      scratch_(scratch),
+      timeout_(timeout) {}
 
 NcclCommunicator::~NcclCommunicator() {
   // Destructors cannot return a Status: log and go on.
@@ -103,6 +202,19 @@ NcclCommunicator::~NcclCommunicator() {
   }
   if (scratch_ != nullptr && cudaFree(scratch_) != cudaSuccess) {
     spdlog::warn("~NcclCommunicator{}: cudaFree of the barrier scratch failed", Where());
+  }
+  if (comm_ == nullptr) return;  // aborted
+  // ncclCommDestroy would wait for queued work, forever when a peer is gone: finalize (flush)
+  // with the timeout first, and abort when that fails.
+  const ncclResult_t finalize = ncclCommFinalize(comm_);
+  absl::Status flushed =
+      finalize == ncclSuccess || finalize == ncclInProgress
+          ? Poll(comm_, nullptr, timeout_, "ncclCommFinalize", Where(), size_)
+          : absl::InternalError(absl::StrCat("ncclCommFinalize: ", ncclGetErrorString(finalize)));
+  if (!flushed.ok()) {
+    spdlog::warn("~NcclCommunicator{}: {}; aborting the communicator", Where(), flushed.ToString());
+    static_cast<void>(ncclCommAbort(comm_));
+    return;
   }
   const ncclResult_t result = ncclCommDestroy(comm_);
   if (result != ncclSuccess) {
@@ -114,30 +226,39 @@ std::string NcclCommunicator::Where() const {
   return absl::StrCat(" on ", name_, " (rank ", rank_, " of ", size_, ")");
 }
 
-absl::Status NcclCommunicator::SetDevice() const {
+absl::Status NcclCommunicator::Ready() const {
+  if (comm_ == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the NCCL communicator", Where(),
+                     " was aborted after an earlier failure: ", aborted_.message()));
+  }
   SetCheckDevice(device_);
   SHARDLM_CUDA_RETURN_ON(cudaSetDevice(device_), Where());
   return absl::OkStatus();
 }
 
-absl::Status NcclCommunicator::Sync(const char* op) const {
-  // The `where` arguments are only built on failure. While the stream is captured into a CUDA
-  // graph nothing may wait on it; in stream-ordered mode nothing needs to.
+absl::Status NcclCommunicator::Abort(absl::Status why) {
+  if (comm_ != nullptr) {
+    // ncclCommAbort ends the communicator's kernels still waiting for peers and frees it.
+    const ncclResult_t result = ncclCommAbort(comm_);
+    if (result != ncclSuccess) {
+      spdlog::warn("ncclCommAbort{}: {}", Where(), ncclGetErrorString(result));
+    }
+    comm_ = nullptr;
+  }
+  aborted_ = absl::Status(why.code(), absl::StrCat(why.message(), " (communicator aborted)"));
+  return aborted_;
+}
+
+absl::Status NcclCommunicator::Wait(const char* op, bool wait_stream) {
+  // While the stream is captured into a CUDA graph nothing may wait on it; in stream-ordered
+  // mode nothing needs to. The enqueue itself is always waited for (a non-blocking
+  // communicator may still be enqueueing when the call returns).
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   SHARDLM_CUDA_RETURN_ON(cudaStreamIsCapturing(stream_, &capture), Where());
-  if (synchronous_ && capture == cudaStreamCaptureStatusNone) {
-    SHARDLM_CUDA_RETURN_ON(cudaStreamSynchronize(stream_),
-                           absl::StrCat(Where(), " (after ", op, ")"));
-  }
-  ncclResult_t async = ncclSuccess;
-  SHARDLM_NCCL_RETURN_ON(ncclCommGetAsyncError(comm_, &async), comm_,
-                         absl::StrCat(Where(), " (after ", op, ")"));
-  // The asynchronous error is the result of `op`, which ran on the stream after its call returned.
-  if (async != ncclSuccess) {
-    return CheckFailureStatus("NCCL", op, absl::StrCat(Where(), " (asynchronous error)"),
-                              SHARDLM_NCCL_ERROR_TEXT(async, comm_), __FILE__, __LINE__,
-                              SHARDLM_NCCL_STATUS_CODE(async));
-  }
+  const bool stream = wait_stream && capture == cudaStreamCaptureStatusNone;
+  absl::Status status = Poll(comm_, stream ? &stream_ : nullptr, timeout_, op, Where(), size_);
+  if (!status.ok()) return Abort(std::move(status));
   return absl::OkStatus();
 }
 
@@ -151,63 +272,83 @@ absl::Status NcclCommunicator::CheckPeer(const char* op, int peer) const {
 
 absl::Status NcclCommunicator::AllReduceSum(float* data, size_t count) {
   if (count == 0) return absl::OkStatus();
-  SHARDLM_RETURN_IF_ERROR(SetDevice());
-  SHARDLM_NCCL_RETURN_ON(ncclAllReduce(data, data, count, ncclFloat, ncclSum, comm_, stream_),
+  SHARDLM_RETURN_IF_ERROR(Ready());
+  SHARDLM_NCCL_ACCEPT_ON(ncclAllReduce(data, data, count, ncclFloat, ncclSum, comm_, stream_),
                          comm_, Where());
-  return Sync("ncclAllReduce");
+  return Wait("ncclAllReduce", synchronous_);
 }
 
 absl::Status NcclCommunicator::AllGather(const void* in, void* out, size_t bytes) {
   if (bytes == 0) return absl::OkStatus();
-  SHARDLM_RETURN_IF_ERROR(SetDevice());
-  SHARDLM_NCCL_RETURN_ON(ncclAllGather(in, out, bytes, ncclChar, comm_, stream_), comm_, Where());
-  return Sync("ncclAllGather");
+  SHARDLM_RETURN_IF_ERROR(Ready());
+  SHARDLM_NCCL_ACCEPT_ON(ncclAllGather(in, out, bytes, ncclChar, comm_, stream_), comm_, Where());
+  return Wait("ncclAllGather", synchronous_);
 }
 
 absl::Status NcclCommunicator::Broadcast(void* data, size_t bytes, int root) {
   SHARDLM_RETURN_IF_ERROR(CheckPeer("ncclBroadcast", root));
   if (bytes == 0) return absl::OkStatus();
-  SHARDLM_RETURN_IF_ERROR(SetDevice());
-  SHARDLM_NCCL_RETURN_ON(ncclBroadcast(data, data, bytes, ncclChar, root, comm_, stream_), comm_,
+  SHARDLM_RETURN_IF_ERROR(Ready());
+  SHARDLM_NCCL_ACCEPT_ON(ncclBroadcast(data, data, bytes, ncclChar, root, comm_, stream_), comm_,
                          Where());
-  return Sync("ncclBroadcast");
+  return Wait("ncclBroadcast", synchronous_);
 }
 
 absl::Status NcclCommunicator::Send(const void* data, size_t bytes, int peer, int tag) {
   SHARDLM_RETURN_IF_ERROR(CheckPeer("ncclSend", peer));
-  SHARDLM_RETURN_IF_ERROR(SetDevice());
-  SHARDLM_NCCL_RETURN_ON(ncclSend(data, bytes, ncclChar, peer, comm_, stream_), comm_,
+  SHARDLM_RETURN_IF_ERROR(Ready());
+  SHARDLM_NCCL_ACCEPT_ON(ncclSend(data, bytes, ncclChar, peer, comm_, stream_), comm_,
                          absl::StrCat(Where(), " to rank ", peer));
-  return Sync("ncclSend");
+  return Wait("ncclSend", synchronous_);
 }
 
 absl::Status NcclCommunicator::Recv(void* data, size_t bytes, int peer, int tag) {
   SHARDLM_RETURN_IF_ERROR(CheckPeer("ncclRecv", peer));
-  SHARDLM_RETURN_IF_ERROR(SetDevice());
-  SHARDLM_NCCL_RETURN_ON(ncclRecv(data, bytes, ncclChar, peer, comm_, stream_), comm_,
+  SHARDLM_RETURN_IF_ERROR(Ready());
+  SHARDLM_NCCL_ACCEPT_ON(ncclRecv(data, bytes, ncclChar, peer, comm_, stream_), comm_,
                          absl::StrCat(Where(), " from rank ", peer));
-  return Sync("ncclRecv");
+  return Wait("ncclRecv", synchronous_);
 }
 
 absl::Status NcclCommunicator::Barrier() {
-  SHARDLM_RETURN_IF_ERROR(SetDevice());
-  SHARDLM_NCCL_RETURN_ON(ncclAllReduce(scratch_, scratch_, 1, ncclFloat, ncclSum, comm_, stream_),
+  SHARDLM_RETURN_IF_ERROR(Ready());
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  SHARDLM_CUDA_RETURN_ON(cudaStreamIsCapturing(stream_, &capture), Where());
+  if (capture != cudaStreamCaptureStatusNone) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("Barrier", Where(), ": the stream is being captured into a CUDA graph"));
+  }
+  SHARDLM_NCCL_ACCEPT_ON(ncclAllReduce(scratch_, scratch_, 1, ncclFloat, ncclSum, comm_, stream_),
                          comm_, absl::StrCat(Where(), " (barrier)"));
-  return Sync("barrier");
+  // A barrier returns once every rank has reached it: wait for the all-reduce in either mode.
+  return Wait("barrier", /*wait_stream=*/true);
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Split(int color, int key,
                                                                       const std::string& label) {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
-  SHARDLM_RETURN_IF_ERROR(SetDevice());
+  SHARDLM_RETURN_IF_ERROR(Ready());
   ncclComm_t comm = nullptr;
-  // config nullptr: the new communicator inherits this one's configuration.
-  SHARDLM_NCCL_RETURN_ON(ncclCommSplit(comm_, color, key, &comm, nullptr), comm_, Where());
+  const std::string name = absl::StrCat("nccl ", label, "(color ", color, ")");
+  // config nullptr: the new communicator inherits this one's configuration (non-blocking).
+  SHARDLM_NCCL_ACCEPT_ON(ncclCommSplit(comm_, color, key, &comm, nullptr), comm_, Where());
+  // A collective over this group: wait for it here, then for the new group's creation.
+  absl::Status status = Poll(comm_, nullptr, timeout_, "ncclCommSplit", Where(), size_);
+  if (!status.ok()) {
+    if (comm != nullptr) static_cast<void>(ncclCommAbort(comm));
+    return Abort(std::move(status));
+  }
   if (comm == nullptr) {  // color == NCCL_SPLIT_NOCOLOR
     return absl::InvalidArgumentError(
         absl::StrCat("ncclCommSplit", Where(), ": color ", color, " gives no group"));
   }
-  return Adopt(comm, device_, stream_, absl::StrCat("nccl ", label, "(color ", color, ")"));
+  // (Its size is not known before its creation completes: the message counts this group's.)
+  status = Poll(comm, nullptr, timeout_, "ncclCommSplit", absl::StrCat(" on ", name), size_);
+  if (!status.ok()) {
+    static_cast<void>(ncclCommAbort(comm));
+    return status;
+  }
+  return Adopt(comm, device_, stream_, name, timeout_);
 #else
   return absl::UnimplementedError(absl::StrCat(
       "Split", Where(), ": ncclCommSplit needs NCCL >= 2.18, built with ", NCCL_VERSION_CODE));

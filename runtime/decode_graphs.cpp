@@ -7,6 +7,30 @@
 #include "spdlog/spdlog.h"
 
 namespace shardlm {
+namespace {
+
+// Aborts the backend's capture when it goes out of scope before End made the graph.
+class CaptureGuard {
+ public:
+  explicit CaptureGuard(Backend& backend) : backend_(backend) {}
+  CaptureGuard(const CaptureGuard&) = delete;
+  CaptureGuard& operator=(const CaptureGuard&) = delete;
+  ~CaptureGuard() {
+    if (open_) backend_.AbortCapture();
+  }
+  // EndCapture; when it throws, the destructor still aborts whatever it left open.
+  std::unique_ptr<BackendGraph> End() {
+    std::unique_ptr<BackendGraph> graph = backend_.EndCapture();
+    open_ = false;
+    return graph;
+  }
+
+ private:
+  Backend& backend_;
+  bool open_ = true;
+};
+
+}  // namespace
 
 DecodeGraphs::DecodeGraphs(LlamaModel& model, PagedKvCache& cache, std::vector<int> batch_sizes,
                            int max_blocks, int32_t pad_block)
@@ -102,26 +126,22 @@ absl::StatusOr<Tensor> DecodeGraphs::Run(const BatchInput& batch) {
       enabled_ = false;
       return g.logits.defined() && g.logits.rank() == 2 ? g.logits.Rows(0, seqs) : Tensor();
     }
+    // Until EndCapture has made the graph, any way out of here (an op that throws, a step that
+    // returns an error, an EndCapture that throws) aborts the capture: a stream left capturing
+    // would fail every later op of every step. This size records again at its next step.
+    CaptureGuard capture(b);
     absl::Status recorded_status;
-    // The step's own tensors are freed at the end of the try block, inside the graph.
-    try {
+    {
+      // The step's own tensors are freed at the end of this block, inside the graph (and, on
+      // the failure path, before the guard aborts the capture).
       absl::StatusOr<Tensor> recorded = model_.ForwardStep(views, cache_.k, cache_.v);
       recorded_status = recorded.status();
       if (recorded.ok() && recorded->defined() && recorded->rank() == 2) {
         b.Copy(*recorded, g.logits);
       }
-    } catch (...) {
-      // An op that failed while recording leaves the stream capturing: end the capture (its
-      // graph is dropped, and this size records again at its next step) so that the next step
-      // runs on a usable stream, and report the first failure, not the capture's.
-      try {
-        b.EndCapture();
-      } catch (...) {
-      }
-      throw;
     }
-    g.graph = b.EndCapture();
     SHARDLM_RETURN_IF_ERROR(recorded_status);
+    g.graph = capture.End();
     if (g.graph == nullptr) return absl::InternalError("DecodeGraphs: the capture gave no graph");
     spdlog::info("recorded a CUDA graph for decode steps of {} sequences", size);
     Tensor out = g.logits.defined() && g.logits.rank() == 2 ? g.logits.Rows(0, seqs) : Tensor();

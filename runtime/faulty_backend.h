@@ -81,6 +81,8 @@ class FaultyBackend final : public Backend {
   bool supports_graphs() const override { return inner_.supports_graphs(); }
   bool BeginCapture() override;
   std::unique_ptr<BackendGraph> EndCapture() override;
+  // Never fails (not an op a fault may name): the way back from a failed recording.
+  void AbortCapture() noexcept override { inner_.AbortCapture(); }
   void Synchronize() override;
 
   // The host-span conveniences of Backend, hidden by the overrides above otherwise.

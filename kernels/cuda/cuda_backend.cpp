@@ -110,6 +110,92 @@ class Scratch {
   size_t size_ = 0;
 };
 
+// Host-to-device copies of index arrays staged through pinned host memory, so that
+// cudaMemcpyAsync is a real asynchronous DMA (from pageable memory the driver first copies into a
+// bounce buffer of its own while the host waits). A few pinned slots, each with an event
+// recorded after the copy that reads it: a slot is refilled only once its event has completed,
+// so no copy still queued on the stream (the WriteIndices before one graph replay while the
+// previous replay still runs) has its bytes overwritten. Slots grow by doubling and are kept.
+class PinnedStaging {
+ public:
+  PinnedStaging() { slots_.reserve(kMaxSlots); }
+  PinnedStaging(const PinnedStaging&) = delete;
+  PinnedStaging& operator=(const PinnedStaging&) = delete;
+  ~PinnedStaging() {
+    // The backend synchronized its stream first; failures are dropped (a destructor).
+    for (Slot& slot : slots_) {
+      if (slot.done != nullptr) static_cast<void>(cudaEventSynchronize(slot.done));
+      if (slot.host != nullptr) static_cast<void>(cudaFreeHost(slot.host));
+      if (slot.done != nullptr) static_cast<void>(cudaEventDestroy(slot.done));
+    }
+  }
+
+  // dst (device) = bytes at src (host), enqueued on `stream`; src may be reused on return.
+  void CopyToDevice(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+    Slot& slot = FreeSlot(bytes);
+    if (slot.capacity < bytes) {
+      // Its last copy has completed (FreeSlot): the old buffer can go.
+      if (slot.host != nullptr) SHARDLM_CUDA_CHECK(cudaFreeHost(slot.host));
+      slot.host = nullptr;
+      slot.capacity = 0;
+      size_t capacity = kMinBytes;
+      while (capacity < bytes) capacity *= 2;
+      SHARDLM_CUDA_CHECK(cudaHostAlloc(&slot.host, capacity, cudaHostAllocDefault));
+      slot.capacity = capacity;
+    }
+    std::memcpy(slot.host, src, bytes);
+    SHARDLM_CUDA_CHECK(cudaMemcpyAsync(dst, slot.host, bytes, cudaMemcpyHostToDevice, stream));
+    SHARDLM_CUDA_CHECK(cudaEventRecord(slot.done, stream));
+    slot.last_use = ++uses_;
+  }
+
+ private:
+  static constexpr size_t kMaxSlots = 4;
+  static constexpr size_t kMinBytes = 4096;
+  struct Slot {
+    void* host = nullptr;
+    size_t capacity = 0;
+    cudaEvent_t done = nullptr;  // recorded after the last copy from `host`
+    uint64_t last_use = 0;
+  };
+
+  // Whether the slot's last copy has completed (cudaEventQuery; an event never recorded has).
+  static bool Idle(const Slot& slot) {
+    const cudaError_t rc = cudaEventQuery(slot.done);
+    if (rc == cudaSuccess) return true;
+    // Not ready is an answer: reset it, or the next launch check would report it.
+    static_cast<void>(cudaGetLastError());
+    if (rc != cudaErrorNotReady) SHARDLM_CUDA_CHECK(cudaEventQuery(slot.done));  // names it
+    return false;
+  }
+
+  // An idle slot, preferring one that holds `bytes`; a new one while there are fewer than
+  // kMaxSlots; else the least recently used one, once its copy has completed.
+  Slot& FreeSlot(size_t bytes) {
+    Slot* idle = nullptr;
+    for (Slot& slot : slots_) {
+      if (!Idle(slot)) continue;
+      if (slot.capacity >= bytes) return slot;
+      if (idle == nullptr) idle = &slot;
+    }
+    if (idle != nullptr) return *idle;
+    if (slots_.size() < kMaxSlots) {
+      Slot slot;
+      SHARDLM_CUDA_CHECK(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming));
+      slots_.push_back(slot);
+      return slots_.back();
+    }
+    Slot* oldest =
+        &*std::min_element(slots_.begin(), slots_.end(),
+                           [](const Slot& a, const Slot& b) { return a.last_use < b.last_use; });
+    SHARDLM_CUDA_CHECK(cudaEventSynchronize(oldest->done));
+    return *oldest;
+  }
+
+  std::vector<Slot> slots_;
+  uint64_t uses_ = 0;
+};
+
 class CudaGraph final : public BackendGraph {
  public:
   CudaGraph(int device, cudaStream_t stream, cudaGraph_t graph, cudaGraphExec_t exec)
@@ -193,7 +279,11 @@ class CudaBackend final : public Backend {
       // the device has reported it).
       if (p != nullptr) {
         static_cast<void>(cudaSetDevice(streams->device));
-        static_cast<void>(cudaFreeAsync(const_cast<void*>(p), streams->stream));
+        if (cudaFreeAsync(const_cast<void*>(p), streams->stream) != cudaSuccess) {
+          // Reset the (non-sticky) error, or the next launch check would report it: e.g. a
+          // tensor allocated inside an aborted capture, whose memory the graph never allocated.
+          static_cast<void>(cudaGetLastError());
+        }
       }
     });
     return Tensor::View(ptr, std::move(shape), dtype, std::move(holder), Device::kCuda);
@@ -231,18 +321,23 @@ class CudaBackend final : public Backend {
   }
 
   Tensor UploadIndices(std::span<const int32_t> host) override {
+    RequireNotCapturing("UploadIndices");
     Tensor t = AllocateUninitialized({static_cast<int64_t>(host.size())}, DType::kI32);
     WriteIndices(host, t);
     return t;
   }
 
+  // Through pinned staging (asynchronous; `host` may be reused on return).
   void WriteIndices(std::span<const int32_t> host, Tensor& dst) override {
     Activate();
+    RequireNotCapturing("WriteIndices");
     Require(dst.dtype() == DType::kI32 && dst.device() == Device::kCuda &&
                 dst.numel() >= static_cast<int64_t>(host.size()),
             "WriteIndices", "expects a device I32 tensor of at least host.size() elements",
             {{"dst", &dst}});
-    if (!host.empty()) CopyToDevice(dst.raw(), host.data(), host.size() * sizeof(int32_t));
+    if (!host.empty()) {
+      index_staging_.CopyToDevice(dst.raw(), host.data(), host.size() * sizeof(int32_t), stream_);
+    }
   }
 
   void Copy(const Tensor& src, Tensor& dst) override {
@@ -380,13 +475,22 @@ class CudaBackend final : public Backend {
     Activate();
     RequireDeviceF32("Embedding", {{"y", &y}});
     RequireIndices("Embedding", {{"ids", &ids}});
+    // A GGUF token_embd stays quantized (the tied LM head's Linear reads the same blocks).
+    const bool quantized = IsQuantized(table.dtype()) && QuantKindOf(table.dtype()) >= 0;
     Require(table.device() == Device::kCuda && table.defined() && table.rank() == 2 &&
-                (table.dtype() == DType::kF32 || IsHalf(table.dtype())) && y.rank() >= 1 &&
-                y.dim(-1) == table.dim(1) && y.numel() == ids.numel() * table.dim(1),
+                (table.dtype() == DType::kF32 || IsHalf(table.dtype()) || quantized) &&
+                y.rank() >= 1 && y.dim(-1) == table.dim(1) &&
+                y.numel() == ids.numel() * table.dim(1),
             "Embedding",
-            "expects a prepared device table [vocab, d] of f32, bf16 or f16 and y [n, d] with "
-            "n == ids.size()",
+            "expects a prepared device table [vocab, d] of f32, bf16, f16 or a quantized type "
+            "and y [n, d] with n == ids.size()",
             {{"table", &table}, {"ids", &ids}, {"y", &y}});
+    if (quantized) {
+      cuda::LaunchQuantEmbedding(static_cast<cuda::QuantKind>(QuantKindOf(table.dtype())),
+                                 table.raw(), table.dim(0), table.dim(1), ids.data<int32_t>(),
+                                 ids.numel(), y.data<float>(), stream_);
+      return;
+    }
     cuda::LaunchEmbedding(table.raw(), KindOf(table.dtype()), ids.data<int32_t>(),
                           y.data<float>(), ids.numel(), table.dim(1), stream_);
   }
@@ -516,20 +620,59 @@ class CudaBackend final : public Backend {
 
   bool BeginCapture() override {
     Activate();
+    if (capturing_) {
+      throw std::logic_error("BeginCapture: a capture is already open on this backend's stream "
+                             "(EndCapture or AbortCapture first)");
+    }
     SHARDLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
     return true;
   }
 
   std::unique_ptr<BackendGraph> EndCapture() override {
     Activate();
+    if (!capturing_) throw std::logic_error("EndCapture: no capture is open (BeginCapture first)");
     cudaGraph_t graph = nullptr;
-    SHARDLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    try {
+      // Fails when an op invalidated the capture (a synchronizing call, say): the capture is
+      // over then too, and AbortCapture clears what the failure left.
+      SHARDLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    } catch (...) {
+      if (graph != nullptr) static_cast<void>(cudaGraphDestroy(graph));
+      AbortCapture();
+      throw;
+    }
+    capturing_ = false;
     // The graph is destroyed if its instantiation fails.
     std::unique_ptr<std::remove_pointer_t<cudaGraph_t>, cudaError_t (*)(cudaGraph_t)> owned(
         graph, cudaGraphDestroy);
     cudaGraphExec_t exec = nullptr;
-    SHARDLM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    try {
+      SHARDLM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    } catch (...) {
+      static_cast<void>(cudaGetLastError());  // not sticky: the next launch check starts clean
+      throw;
+    }
     return std::make_unique<CudaGraph>(device_, stream_, owned.release(), exec);
+  }
+
+  // cudaStreamEndCapture ends a capture in any state, active or invalidated by an illegal call;
+  // its graph is dropped. The errors that the failed capture left in the runtime's last-error
+  // slot (cudaErrorStreamCaptureInvalidated, ...) are not sticky and are reset, or the next
+  // kernel's launch check would report them. Tensors allocated and freed inside the capture were
+  // graph nodes only: the dropped graph never allocated them.
+  void AbortCapture() noexcept override {
+    static_cast<void>(cudaSetDevice(device_));
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream_, &status) == cudaSuccess &&
+        status != cudaStreamCaptureStatusNone) {
+      cudaGraph_t graph = nullptr;
+      if (cudaStreamEndCapture(stream_, &graph) == cudaSuccess && graph != nullptr) {
+        static_cast<void>(cudaGraphDestroy(graph));
+      }
+    }
+    capturing_ = false;
+    static_cast<void>(cudaGetLastError());
   }
 
   void Synchronize() override {
@@ -548,6 +691,16 @@ class CudaBackend final : public Backend {
   void Activate() {
     SetCheckDevice(device_);
     SHARDLM_CUDA_CHECK(cudaSetDevice(device_));
+  }
+
+  // A recorded copy would read the staging slot at every replay, long after later copies
+  // refilled it: index arrays are written before a capture or between replays.
+  void RequireNotCapturing(const char* op) const {
+    if (capturing_) {
+      throw std::logic_error(std::string(op) +
+                             ": not allowed while a graph is being captured (write index "
+                             "arrays before BeginCapture or between replays)");
+    }
   }
 
   void CopyToDevice(void* dst, const void* src, size_t bytes) {
@@ -661,7 +814,9 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas_ = nullptr;
   void* cublas_workspace_ = nullptr;
   DType kv_dtype_ = DType::kBF16;
+  bool capturing_ = false;  // between BeginCapture and EndCapture / AbortCapture
   Scratch result_scratch_;
+  PinnedStaging index_staging_;
   std::mutex rope_mu_;
   std::map<RopeKey, Tensor> inv_freq_cache_;
 };

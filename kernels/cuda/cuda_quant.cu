@@ -1,5 +1,6 @@
 // The CUDA kernels over ggml block-quantized weights (cuda_quant.h): a fused dequantize + dot
-// GEMV for decode and a dequantization to f16 / bf16 for the cuBLAS path.
+// GEMV for decode, a dequantization to f16 / bf16 for the cuBLAS path, and the gather of
+// dequantized f32 rows of a quantized embedding table.
 //
 // Both walk a row of W in "pieces": a few words of one block that a thread loads and decodes
 // together (Piece<K> below): 8 elements of a Q8_0 block, 16 of a Q4_0 / Q4_1 block, 32 of a
@@ -20,7 +21,8 @@
 //
 // Dequantize: one thread per piece of a row, grid.y over rows; every element is computed with
 // the same f32 operations as the CPU reference (no FMA contraction: __fmul_rn / __fadd_rn), then
-// rounded to nearest even.
+// rounded to nearest even. The embedding gather is the same walk over the rows that the ids
+// name, with f32 output.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -480,6 +482,47 @@ __global__ void __launch_bounds__(kMaxThreads) DequantizeKernel(const DequantArg
   }
 }
 
+struct GatherArgs {
+  const uint8_t* w;
+  int64_t vocab;
+  int64_t row_bytes;
+  int pieces;
+  int64_t cols;
+  const int32_t* ids;
+  int64_t n;
+  float* y;
+  bool w_aligned;
+  bool y_aligned;  // y 16-byte aligned (then so is every quad: cols is a multiple of 32)
+};
+
+// Piece blockIdx.x * blockDim.x + threadIdx.x of output rows blockIdx.y, + gridDim.y, ...: the
+// piece of table row ids[i], or zeros for an id outside the table (-1: another shard's token).
+template <QuantKind K>
+__global__ void __launch_bounds__(kMaxThreads) GatherRowsKernel(const GatherArgs a) {
+  using P = Piece<K>;
+  const int p = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (p >= a.pieces) return;
+  for (int64_t i = blockIdx.y; i < a.n; i += gridDim.y) {
+    const int32_t id = a.ids[i];
+    float* out_row = a.y + i * a.cols;
+    const bool inside = id >= 0 && id < a.vocab;
+    typename P::Raw raw;
+    if (inside) raw = P::Load(a.w + static_cast<int64_t>(id) * a.row_bytes, p, a.w_aligned);
+#pragma unroll
+    for (int quad = 0; quad < P::kQuads; ++quad) {
+      float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      if (inside) P::template Quad<true>(raw, quad, v);
+      float* o = out_row + P::QuadElem(p, quad);
+      if (a.y_aligned) {
+        *reinterpret_cast<float4*>(o) = make_float4(v[0], v[1], v[2], v[3]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[e] = v[e];
+      }
+    }
+  }
+}
+
 // ---- Host side.
 
 struct Format {
@@ -556,6 +599,11 @@ void LaunchDequantizeFor(bool bf16, dim3 grid, unsigned threads, cudaStream_t st
   }
 }
 
+template <QuantKind K>
+void LaunchGatherFor(dim3 grid, unsigned threads, cudaStream_t stream, const GatherArgs& a) {
+  GatherRowsKernel<K><<<grid, threads, 0, stream>>>(a);
+}
+
 // Threads for a row of `pieces` pieces: whole warps, at most kMaxThreads.
 unsigned ThreadsFor(int pieces) {
   const int warps = std::min(kMaxThreads / 32, std::max(1, (pieces + 31) / 32));
@@ -618,6 +666,31 @@ void LaunchDequantize(QuantKind kind, const void* w, int64_t rows, int64_t cols,
     case Q::kQ6_K: LaunchDequantizeFor<Q::kQ6_K>(bf16, grid, threads, stream, a); break;
   }
   SHARDLM_CUDA_LAUNCH_CHECK("DequantizeKernel<<<>>>");
+}
+
+void LaunchQuantEmbedding(QuantKind kind, const void* table, int64_t vocab, int64_t cols,
+                          const int32_t* ids, int64_t n, float* y, cudaStream_t stream) {
+  const Shape s = CheckMatrix("LaunchQuantEmbedding", kind, table, vocab, cols);
+  if (n < 0) throw std::invalid_argument("LaunchQuantEmbedding: n < 0");
+  if (!Aligned(y, 4)) {
+    throw std::invalid_argument("LaunchQuantEmbedding: y must be 4-byte aligned");
+  }
+  if (n == 0 || cols == 0) return;
+  const unsigned threads = ThreadsFor(s.pieces);
+  const dim3 grid(static_cast<unsigned>((s.pieces + threads - 1) / threads),
+                  static_cast<unsigned>(std::min<int64_t>(n, 65535)));
+  const GatherArgs a{static_cast<const uint8_t*>(table), vocab, s.row_bytes, s.pieces, cols,
+                     ids, n, y, Aligned(table, 16), Aligned(y, 16)};
+  using Q = QuantKind;
+  switch (kind) {
+    case Q::kQ8_0: LaunchGatherFor<Q::kQ8_0>(grid, threads, stream, a); break;
+    case Q::kQ4_0: LaunchGatherFor<Q::kQ4_0>(grid, threads, stream, a); break;
+    case Q::kQ4_1: LaunchGatherFor<Q::kQ4_1>(grid, threads, stream, a); break;
+    case Q::kQ4_K: LaunchGatherFor<Q::kQ4_K>(grid, threads, stream, a); break;
+    case Q::kQ5_K: LaunchGatherFor<Q::kQ5_K>(grid, threads, stream, a); break;
+    case Q::kQ6_K: LaunchGatherFor<Q::kQ6_K>(grid, threads, stream, a); break;
+  }
+  SHARDLM_CUDA_LAUNCH_CHECK("GatherRowsKernel<<<>>>");
 }
 
 // Decode GEMV against dequantize + cuBLAS: the dequantizing path moves about (block bytes per

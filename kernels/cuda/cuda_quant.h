@@ -1,8 +1,9 @@
 // Launchers of the CUDA kernels over ggml block-quantized weight matrices (cuda_quant.cu): a
-// fused dequantize + dot GEMV for decode (small n) and a dequantization to f16 / bf16 for the
-// cuBLAS path (large n). The block layouts are ggml's, exactly as kernels/cpu/quant/quant.h
-// documents them; a quantized matrix W [rows, cols] is its rows back to back, each cols /
-// block-elements blocks (row r starts at byte r * DTypeBytes(t, cols)).
+// fused dequantize + dot GEMV for decode (small n), a dequantization to f16 / bf16 for the
+// cuBLAS path (large n), and the gather of dequantized rows of a quantized embedding table.
+// The block layouts are ggml's, exactly as kernels/cpu/quant/quant.h documents them; a quantized
+// matrix W [rows, cols] is its rows back to back, each cols / block-elements blocks (row r starts
+// at byte r * DTypeBytes(t, cols)).
 //
 // Plain pointers and sizes only (the .cu file sees no C++20 / absl headers); all pointers are
 // device pointers. Every launcher enqueues on `stream` and neither synchronizes nor allocates, so
@@ -37,6 +38,14 @@ void LaunchQuantGemv(QuantKind kind, const void* w, int64_t rows, int64_t cols, 
 // nearest even. out must be 2-byte aligned (8-byte aligned is faster).
 void LaunchDequantize(QuantKind kind, const void* w, int64_t rows, int64_t cols, void* out,
                       HalfKind out_kind, cudaStream_t stream);
+
+// y [n, cols] (row-major f32) = rows ids[0..n) of the quantized table W [vocab, cols] (a
+// quantized embedding lookup, ids a device array), each element computed in f32 exactly as the
+// CPU reference dequantizer does. An id of -1 (a token another vocabulary shard owns) gives a row
+// of zeros, and so does any id outside [0, vocab), which a caller that checked its ids never
+// passes. y needs 4-byte alignment (16-byte aligned is faster).
+void LaunchQuantEmbedding(QuantKind kind, const void* table, int64_t vocab, int64_t cols,
+                          const int32_t* ids, int64_t n, float* y, cudaStream_t stream);
 
 // The largest n for which LaunchQuantGemv is the better path; above it the backend dequantizes
 // to 16 bits and runs a cuBLAS GEMM. A design estimate (see cuda_quant.cu), to be tuned with

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -20,6 +21,8 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/quant/codec.h"
+#include "base/check.h"
 #include "base/dtype.h"
 #include "base/tensor.h"
 
@@ -193,6 +196,189 @@ TEST_F(CudaBackendTest, Embedding) {
     cuda_->Embedding(cuda_->PrepareWeight(table), ids, yd);
     ExpectClose(cuda_->ToHost(yd), want, 0.0f, std::string("Embedding ") + DTypeName(dt));
   }
+}
+
+// A quantized table (GGUF keeps token_embd quantized; a tied LM head reads the same blocks):
+// every block type the CUDA kernels read, rows gathered and dequantized on the device against
+// the CPU backend's dequantization (f32 either way; only FMA contraction of the CPU's SIMD
+// decoder may differ), -1 ids as zero rows, a repeated id, the first and last rows, and a batch
+// of more rows than one launch's grid.y covers in one pass.
+TEST_F(CudaBackendTest, EmbeddingQuantizedTables) {
+  constexpr int64_t kVocab = 37, kDim = 512;
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ4_K, DType::kQ5_K,
+                   DType::kQ6_K}) {
+    SCOPED_TRACE(DTypeName(dt));
+    const Tensor f32 = Random({kVocab, kDim}, rng_);
+    Tensor table = Tensor::Empty({kVocab, kDim}, dt);
+    for (int64_t r = 0; r < kVocab; ++r) {
+      quant::QuantizeRow(dt, f32.data<float>() + r * kDim,
+                         static_cast<char*>(table.raw()) + DTypeBytes(dt, r * kDim), kDim);
+    }
+    const Tensor cpu_table = cpu_->PrepareWeight(table);
+    const Tensor cuda_table = cuda_->PrepareWeight(table);
+    ASSERT_EQ(cuda_table.dtype(), dt);
+    for (const std::vector<int32_t>& ids :
+         {std::vector<int32_t>{3, -1, 36, 0, 3}, std::vector<int32_t>{-1},
+          std::vector<int32_t>{}}) {
+      const int64_t n = static_cast<int64_t>(ids.size());
+      Tensor want = cpu_->Allocate({n, kDim});
+      cpu_->Embedding(cpu_table, ids, want);
+      Tensor yd = cuda_->Allocate({n, kDim});
+      cuda_->Embedding(cuda_table, ids, yd);
+      ExpectClose(cuda_->ToHost(yd), want, 1e-6f,
+                  std::string("Embedding ") + DTypeName(dt) + " n=" + std::to_string(n));
+    }
+    // More rows than grid.y (65535): the kernel's row loop.
+    std::vector<int32_t> many(70000);
+    for (size_t i = 0; i < many.size(); ++i) {
+      many[i] = static_cast<int32_t>(i * 7 % (kVocab + 1)) - 1;  // -1 .. vocab - 1
+    }
+    const int64_t n = static_cast<int64_t>(many.size());
+    Tensor want = cpu_->Allocate({n, kDim});
+    cpu_->Embedding(cpu_table, many, want);
+    Tensor yd = cuda_->Allocate({n, kDim});
+    cuda_->Embedding(cuda_table, many, yd);
+    ExpectClose(cuda_->ToHost(yd), want, 1e-6f, std::string("Embedding ") + DTypeName(dt) +
+                                                    " n=" + std::to_string(n));
+  }
+  // A y of the wrong width is refused, naming the op.
+  Tensor table = Tensor::Empty({4, 32}, DType::kQ8_0);
+  std::memset(table.raw(), 0, table.nbytes());
+  const Tensor td = cuda_->PrepareWeight(table);
+  Tensor bad = cuda_->Allocate({1, 31});
+  try {
+    cuda_->Embedding(td, std::vector<int32_t>{0}, bad);
+    ADD_FAILURE() << "a y of the wrong width was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("Embedding"), std::string::npos) << e.what();
+  }
+}
+
+// An op that throws while a graph is recorded must not leave the stream capturing (every later
+// op, eager or recorded, would fail): a shape error (thrown before anything is enqueued: the
+// capture is still valid) and a synchronize (a call that invalidates the capture). After
+// AbortCapture the recorded ops never ran, eager ops and their launch checks work, a tensor
+// allocated inside the dropped capture can be freed, and a fresh capture records and replays.
+TEST_F(CudaBackendTest, AbortCaptureAfterAnOpThrew) {
+  const Tensor x = Random({1000}, rng_), y = Random({1000}, rng_);
+  Tensor x_plus_y = cpu_->ToDevice(x), x_plus_2y = cpu_->ToDevice(x);
+  cpu_->Add(x_plus_y, y);
+  cpu_->Add(x_plus_2y, y);
+  cpu_->Add(x_plus_2y, y);
+  Tensor xd = cuda_->ToDevice(x);
+  const Tensor yd = cuda_->ToDevice(y);
+  const Tensor bad = cuda_->Allocate({999});
+  for (int how = 0; how < 2; ++how) {
+    SCOPED_TRACE(how == 0 ? "shape error while capturing" : "synchronize while capturing");
+    {
+      ASSERT_TRUE(cuda_->BeginCapture());
+      Tensor inside = cuda_->AllocateUninitialized({64});  // a graph node; freed after the abort
+      cuda_->Add(xd, yd);                                  // recorded, never run
+      if (how == 0) {
+        EXPECT_THROW(cuda_->Add(xd, bad), std::invalid_argument);
+      } else {
+        EXPECT_THROW(cuda_->Synchronize(), CheckFailure);
+      }
+      cuda_->AbortCapture();
+    }
+    cuda_->AbortCapture();  // nothing open: a no-op
+    ExpectClose(cuda_->ToHost(xd), x, 0.0f, "x after the aborted capture");
+    Tensor sum = cuda_->ToDevice(x);
+    cuda_->Add(sum, yd);
+    ExpectClose(cuda_->ToHost(sum), x_plus_y, kF32Tol, "eager Add after the aborted capture");
+
+    Tensor acc = cuda_->ToDevice(x);
+    cuda_->Synchronize();
+    ASSERT_TRUE(cuda_->BeginCapture());
+    cuda_->Add(acc, yd);
+    std::unique_ptr<BackendGraph> graph = cuda_->EndCapture();
+    ASSERT_NE(graph, nullptr);
+    graph->Replay();
+    graph->Replay();
+    ExpectClose(cuda_->ToHost(acc), x_plus_2y, kF32Tol, "a fresh capture replayed twice");
+  }
+  // Capture calls out of order are refused, naming the call.
+  EXPECT_THROW(cuda_->EndCapture(), std::logic_error);
+  ASSERT_TRUE(cuda_->BeginCapture());
+  EXPECT_THROW(cuda_->BeginCapture(), std::logic_error);
+  cuda_->AbortCapture();
+  Tensor after = cuda_->ToDevice(x);
+  cuda_->Add(after, yd);
+  ExpectClose(cuda_->ToHost(after), x_plus_y, kF32Tol, "eager Add at the end");
+}
+
+// Index copies go through pinned staging slots, asynchronously: with the stream kept busy (the
+// copies queue behind GEMMs), more writes than there are slots, of growing sizes, and no
+// synchronization in between, every tensor must receive its own values (a slot refilled while
+// its copy still waits would hand a later tensor's values to an earlier one). Then the graph
+// pattern: WriteIndices before each replay, with no host wait between replays, each replay
+// accumulating the rows its indices name. Values are read back through an f32 Embedding over a
+// table whose row i holds i.
+TEST_F(CudaBackendTest, IndexCopiesThroughPinnedStaging) {
+  constexpr int64_t kVocab = 5000;
+  Tensor table = Tensor::Empty({kVocab, 1}, DType::kF32);
+  for (int64_t i = 0; i < kVocab; ++i) table.data<float>()[i] = static_cast<float>(i);
+  const Tensor td = cuda_->PrepareWeight(table);
+  const Tensor a = cuda_->ToDevice(Random({1024, 1024}, rng_));
+  Tensor busy = cuda_->Allocate({1024, 1024});
+
+  std::vector<std::vector<int32_t>> values;
+  std::vector<Tensor> dst;
+  for (int k = 0; k < 12; ++k) {
+    cuda_->Linear(a, a, nullptr, busy);  // keeps the stream busy: the copies below wait
+    std::vector<int32_t> v(static_cast<size_t>(100 + 400 * k));
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int32_t>((i * 7 + k * 131) % kVocab);
+    values.push_back(v);
+    if (k % 3 == 0) {
+      dst.push_back(cuda_->UploadIndices(v));
+    } else {
+      dst.push_back(cuda_->Allocate({static_cast<int64_t>(v.size())}, DType::kI32));
+      cuda_->WriteIndices(v, dst.back());
+    }
+    std::fill(v.begin(), v.end(), -7);  // the host array may be reused as soon as the call returns
+  }
+  for (size_t k = 0; k < dst.size(); ++k) {
+    Tensor y = cuda_->Allocate({dst[k].numel(), 1});
+    cuda_->Embedding(td, dst[k], y);
+    const Tensor h = cuda_->ToHost(y);
+    for (size_t i = 0; i < values[k].size(); ++i) {
+      ASSERT_EQ(h.data<float>()[i], static_cast<float>(values[k][i]))
+          << "index tensor " << k << " element " << i;
+    }
+  }
+
+  // WriteIndices between replays of a graph that reads the indices.
+  constexpr int64_t kRows = 300;
+  Tensor idx = cuda_->Allocate({kRows}, DType::kI32);
+  Tensor rows = cuda_->Allocate({kRows, 1});
+  Tensor acc = cuda_->Allocate({kRows, 1});
+  cuda_->WriteIndices(std::vector<int32_t>(kRows, 0), idx);
+  cuda_->Synchronize();
+  ASSERT_TRUE(cuda_->BeginCapture());
+  cuda_->Embedding(td, idx, rows);
+  cuda_->Add(acc, rows);
+  std::unique_ptr<BackendGraph> graph = cuda_->EndCapture();
+  ASSERT_NE(graph, nullptr);
+  std::vector<double> want(kRows, 0.0);
+  for (int r = 0; r < 10; ++r) {
+    cuda_->Linear(a, a, nullptr, busy);
+    std::vector<int32_t> v(kRows);
+    for (int64_t i = 0; i < kRows; ++i) {
+      v[i] = static_cast<int32_t>((i * 13 + r * 17) % 1000);
+      want[i] += v[i];
+    }
+    cuda_->WriteIndices(v, idx);
+    graph->Replay();
+  }
+  const Tensor got = cuda_->ToHost(acc);
+  for (int64_t i = 0; i < kRows; ++i) {
+    ASSERT_EQ(got.data<float>()[i], static_cast<float>(want[i])) << "row " << i;
+  }
+  // Index writes are refused while capturing (the copy would read the staging slot at replay).
+  ASSERT_TRUE(cuda_->BeginCapture());
+  EXPECT_THROW(cuda_->WriteIndices(std::vector<int32_t>{1}, idx), std::logic_error);
+  EXPECT_THROW(cuda_->UploadIndices(std::vector<int32_t>{1}), std::logic_error);
+  cuda_->AbortCapture();
 }
 
 TEST_F(CudaBackendTest, SiluMulAndAdd) {

@@ -10,6 +10,8 @@
 //      (a near-tie).
 //  (b) ForwardBatch over a paged cache: 3 sequences of different lengths, chunked prefill mixed
 //      with decode, interleaved scattered block tables; every row's logits vs the CPU, as in (a).
+//  (a') The same for GGUF files with a quantized token_embd and a tied LM head (Q4_K, Q6_K, Q8_0,
+//      Q4_0 matrices) against the CPU on the same file, 2e-2.
 //  (c) DecodeGraphs: the same decode steps run eagerly (ForwardBatch) on one cache and through
 //      CUDA graphs on an identical one give logits within 1e-4 x max |logit|: the recording step,
 //      replays with new tokens, a batch padded up (3 sequences -> size 4), a second size, and a
@@ -33,6 +35,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "formats/checkpoint_loader.h"
+#include "formats/gguf_export.h"
 #include "runtime/decode_graphs.h"
 #include "runtime/generator.h"
 #include "model/llama.h"
@@ -114,15 +117,18 @@ class CudaModelTest : public ::testing::Test {
     return dir;
   }
 
-  Loaded Load(const ModelCase& c, bool cuda) {
+  Loaded Load(const ModelCase& c, bool cuda) { return LoadPath(ModelDir(c), c.name, c.kv, cuda); }
+
+  // The checkpoint at `path` (a directory or a .gguf file) on the CPU or on CUDA.
+  static Loaded LoadPath(const std::string& path, const std::string& name, DType kv, bool cuda) {
     Loaded l;
-    auto checkpoint = OpenCheckpoint(ModelDir(c));
+    auto checkpoint = OpenCheckpoint(path);
     EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
     if (!checkpoint.ok()) return l;
     l.checkpoint = std::make_unique<OpenedCheckpoint>(std::move(*checkpoint));
-    l.backend = cuda ? CreateCudaBackend(0, c.kv) : CreateCpuBackend(2);
+    l.backend = cuda ? CreateCudaBackend(0, kv) : CreateCpuBackend(2);
     auto model = LlamaModel::Load(l.checkpoint->config, *l.checkpoint->weights, *l.backend);
-    EXPECT_TRUE(model.ok()) << c.name << " on " << l.backend->name() << ": " << model.status();
+    EXPECT_TRUE(model.ok()) << name << " on " << l.backend->name() << ": " << model.status();
     if (model.ok()) l.model = std::move(*model);
     return l;
   }
@@ -217,6 +223,48 @@ TEST_F(CudaModelTest, ServedPathMatchesCpu) {
                 "%d of %d confident rows; generation: %zu of %zu ids equal\n",
                 c.name.c_str(), rep.max_diff, rep.max_diff / rep.scale, rep.scale, rep.ids_equal,
                 rep.ids_compared, same, cpu_gen.size());
+  }
+}
+
+// (a) for GGUF files as llama.cpp's quantizations write them: token_embd quantized and the LM
+// head tied to it (no output.weight), every matrix of one block type, on CUDA (the quantized
+// embedding gather, the quantized GEMV / dequantizing GEMM, the tied head's Linear over the same
+// device blocks) against the CPU backend on the same file.
+TEST_F(CudaModelTest, QuantizedGgufTiedEmbeddingMatchesCpu) {
+  constexpr int64_t kPrompt = 24, kSteps = 6;
+  for (DType dt : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0, DType::kQ4_0}) {
+    const std::string name = std::string("llama-tied-") + DTypeName(dt);
+    SCOPED_TRACE(name);
+    TinyModelSpec spec = GpuTestSpec(Arch::kLlama, DType::kF32, 45);
+    spec.tie_embeddings = true;
+    auto config = TinyModelConfig(spec);
+    ASSERT_TRUE(config.ok()) << config.status();
+    RandomWeightSource hf(*config, spec.seed, DType::kF32);
+    const std::string path = tmp_.path() + "/" + name + ".gguf";
+    const absl::Status exported = ExportGguf(*config, hf, path, dt);
+    ASSERT_TRUE(exported.ok()) << exported;
+
+    Loaded cpu = LoadPath(path, name, DType::kBF16, false);
+    Loaded gpu = LoadPath(path, name, DType::kBF16, true);
+    ASSERT_TRUE(cpu.model && gpu.model);
+    ASSERT_TRUE(gpu.checkpoint->config.tie_word_embeddings) << "the GGUF file has an output.weight";
+    auto embd = gpu.checkpoint->weights->Info("model.embed_tokens.weight");
+    ASSERT_TRUE(embd.ok()) << embd.status();
+    ASSERT_EQ(embd->dtype, dt) << "token_embd is not stored quantized";
+
+    const int64_t vocab = cpu.model->config().vocab_size;
+    const std::vector<int32_t> prompt = Prompt(kPrompt, vocab, 3);
+    const Forced cpu_run = TeacherForced(*cpu.model, prompt, kSteps, {});
+    ASSERT_EQ(cpu_run.ids.size(), static_cast<size_t>(kPrompt + kSteps));
+    const Forced gpu_run = TeacherForced(*gpu.model, prompt, kSteps, cpu_run.fed);
+    ASSERT_EQ(gpu_run.ids.size(), static_cast<size_t>(kPrompt + kSteps));
+    const LogitReport rep = CompareLogits(gpu_run.logits, cpu_run.logits, gpu_run.ids, vocab,
+                                          kHalfTol, kMinMargin, name);
+    EXPECT_GE(rep.ids_compared, kPrompt / 2) << "too few confident rows to compare greedy ids";
+    std::printf("%-18s max |logit diff| %.3g = %.3g x max|logit| (%.3g); greedy ids equal on "
+                "%d of %d confident rows\n",
+                name.c_str(), rep.max_diff, rep.max_diff / rep.scale, rep.scale, rep.ids_equal,
+                rep.ids_compared);
   }
 }
 

@@ -1,11 +1,16 @@
 // NcclCommunicator on device buffers, bootstrapped over MPI. Registered under mpirun with one
 // rank (one GPU: NCCL refuses two ranks on one device); written for any number of ranks, one GPU
-// each (device = local rank % device count). Without a CUDA device every test is skipped.
+// each (device = local rank % device count). Without a CUDA device every test is skipped, except
+// NcclCommunicatorErrorTest.*; NcclCommunicatorFailureTest.* (a peer that stops calling
+// collectives) needs exactly two ranks on two devices.
 #include <cuda_runtime_api.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -223,6 +228,75 @@ TEST(NcclCommunicatorErrorTest, MissingDeviceIsAStatus) {
         << comm.status();
     EXPECT_NE(comm.status().message().find("nccl_communicator.cpp:"), std::string::npos)
         << comm.status();
+  }
+}
+
+// The timeout of every wait: SHARDLM_NCCL_TIMEOUT_S seconds when it is a positive integer, else
+// 300 s. Runs without a GPU.
+TEST(NcclCommunicatorErrorTest, TimeoutFromTheEnvironment) {
+  const char* old = std::getenv("SHARDLM_NCCL_TIMEOUT_S");
+  const std::optional<std::string> saved = old != nullptr ? std::optional<std::string>(old)
+                                                          : std::nullopt;
+  ::unsetenv("SHARDLM_NCCL_TIMEOUT_S");
+  EXPECT_EQ(NcclCommunicator::DefaultTimeout(), std::chrono::seconds(300));
+  ::setenv("SHARDLM_NCCL_TIMEOUT_S", "7", 1);
+  EXPECT_EQ(NcclCommunicator::DefaultTimeout(), std::chrono::seconds(7));
+  for (const char* bad : {"0", "-3", "ten", ""}) {
+    ::setenv("SHARDLM_NCCL_TIMEOUT_S", bad, 1);
+    EXPECT_EQ(NcclCommunicator::DefaultTimeout(), std::chrono::seconds(300)) << "'" << bad << "'";
+  }
+  if (saved) {
+    ::setenv("SHARDLM_NCCL_TIMEOUT_S", saved->c_str(), 1);
+  } else {
+    ::unsetenv("SHARDLM_NCCL_TIMEOUT_S");
+  }
+}
+
+// A peer that stops calling collectives (a rank that hangs, or died) must end in an error on the
+// ranks waiting for it, not in a hang: rank 1 skips a collective that rank 0 waits in. Once on a
+// synchronous communicator (an all-reduce), once on a stream-ordered one (set_synchronous(false))
+// through Barrier, which must wait in both modes. Rank 0 gets Unavailable after its timeout,
+// naming the operation and the peers, and the aborted communicator refuses later calls. Needs
+// exactly two ranks on two devices.
+TEST(NcclCommunicatorFailureTest, StoppedPeerEndsInAnErrorNotAHang) {
+  if (mpitest::World().size() != 2) GTEST_SKIP() << "needs exactly 2 ranks";
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count < 2) {
+    static_cast<void>(cudaGetLastError());
+    GTEST_SKIP() << count << " CUDA device(s): a dead NCCL peer needs two";
+  }
+  constexpr auto kTimeout = std::chrono::seconds(3);
+  const int me = mpitest::World().rank();
+  for (const bool synchronous : {true, false}) {
+    SCOPED_TRACE(synchronous ? "synchronous all-reduce" : "stream-ordered barrier");
+    absl::StatusOr<std::unique_ptr<Communicator>> comm =
+        NcclCommunicator::Create(mpitest::World(), NodeLocalRank() % count, nullptr, kTimeout);
+    ASSERT_TRUE(comm.ok()) << comm.status();
+    static_cast<NcclCommunicator&>(**comm).set_synchronous(synchronous);
+    DeviceBuffer<float> x(1024);
+    ASSERT_NE(x.get(), nullptr);
+    ASSERT_CUDA(x.Upload(std::vector<float>(1024, 1.0f)));
+    // Both ranks first: the connections are up, so only the peer's absence can fail below.
+    ASSERT_OK((*comm)->AllReduceSum(x.get(), 1024));
+    ASSERT_OK((*comm)->Barrier());
+    if (me == 0) {
+      const auto start = std::chrono::steady_clock::now();
+      const absl::Status s =
+          synchronous ? (*comm)->AllReduceSum(x.get(), 1024) : (*comm)->Barrier();
+      const double waited =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+      const std::string op = synchronous ? "ncclAllReduce" : "barrier";
+      EXPECT_NE(s.message().find(op), std::string::npos) << s;
+      EXPECT_NE(s.message().find("1 other rank(s)"), std::string::npos) << s;
+      EXPECT_NE(s.message().find("SHARDLM_NCCL_TIMEOUT_S"), std::string::npos) << s;
+      EXPECT_GE(waited, 2.9) << "returned before its timeout: not a wait for the peer";
+      EXPECT_LT(waited, 30.0) << "the timeout was not kept";
+      const absl::Status later = (*comm)->AllReduceSum(x.get(), 1024);
+      EXPECT_EQ(later.code(), absl::StatusCode::kFailedPrecondition) << later;
+    }
+    // Rank 1 made no call; both meet again over MPI before the communicators go.
+    ASSERT_OK(mpitest::World().Barrier());
   }
 }
 

@@ -5,7 +5,8 @@
 // CUDA: that a decode step of LlamaModel::ForwardStep makes no host round trip, the padding of a
 // batch to a recorded size (padding rows on a reserved block), the rewrite of the fixed index
 // buffers before each replay, and that replays give the logits of the same steps run eagerly
-// (within 1e-5 x max |logit|: the padded GEMMs may sum in another order). The real graphs are
+// (within 1e-5 x max |logit|: the padded GEMMs may sum in another order), and that an op which
+// throws while recording ends the capture (AbortCapture). The real graphs are
 // tested against eager steps on a GPU in tests/kernels_cuda/cuda_model_test.cpp.
 #include "runtime/decode_graphs.h"
 
@@ -20,8 +21,10 @@
 #include <string>
 #include <vector>
 
+#include "base/check.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/llama.h"
+#include "runtime/faulty_backend.h"
 #include "formats/random_weights.h"
 
 namespace shardlm {
@@ -44,7 +47,12 @@ class RecordingBackend final : public Backend {
     return true;
   }
   std::unique_ptr<BackendGraph> EndCapture() override { return std::move(recording_); }
-  int captures_with_host_access = 0;
+  void AbortCapture() noexcept override {
+    if (recording_) ++aborted;
+    recording_.reset();
+  }
+  bool recording() const { return recording_ != nullptr; }
+  int aborted = 0;  // captures AbortCapture ended
 
   Tensor Allocate(std::vector<int64_t> shape, DType dtype) override {
     Tensor t = cpu_->Allocate(std::move(shape), dtype);
@@ -255,6 +263,77 @@ TEST(DecodeGraphsTest, ReplaysEqualEagerStepsWithoutHostAccess) {
   std::vector<Seq> longs = {long_seq};
   BatchInput too_long = MakeBatch(longs, {{3}}, kBlock, nb, kPad);
   EXPECT_FALSE(graphs.Accepts(too_long));
+}
+
+// An op that throws while a graph is recorded (the first PagedAttention of the capture, through
+// a FaultyBackend) must not leave the backend recording: DecodeGraphs aborts the capture, the
+// exception reaches the caller, and the next steps of that size run, record and replay as usual
+// (their logits equal eager steps on a cache that saw the same writes).
+TEST(DecodeGraphsTest, OpFailingWhileRecordingAbortsTheCapture) {
+  TinyModelSpec spec;
+  spec.layers = 3;
+  spec.hidden = 64;
+  spec.intermediate = 96;
+  spec.vocab = 131;
+  spec.seed = 78;
+  const ModelConfig config = *TinyModelConfig(spec);
+  RandomWeightSource weights(config, spec.seed, DType::kF32);
+  RecordingBackend recording;
+  FaultyBackend backend(recording, /*rank=*/0);
+  auto loaded = LlamaModel::Load(config, weights, backend);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  LlamaModel& model = **loaded;
+
+  constexpr int kBlock = 4;
+  constexpr int32_t kPad = 0;
+  PagedKvCache eager_cache = model.NewPagedCache(kBlock, 16);
+  PagedKvCache graph_cache = model.NewPagedCache(kBlock, 16);
+  std::vector<Seq> seqs(2);
+  int32_t next_block = 0;
+  const BatchInput prefill = MakeBatch(seqs, {{5, 6, 7}, {8, 9}}, kBlock, next_block, kPad);
+  ASSERT_TRUE(model.ForwardBatch(prefill, eager_cache).ok());
+  ASSERT_TRUE(model.ForwardBatch(prefill, graph_cache).ok());
+  DecodeGraphs graphs(model, graph_cache, {2}, /*max_blocks=*/4, kPad);
+  ASSERT_TRUE(graphs.enabled());
+
+  for (int i = 0; i < 4; ++i) {
+    SCOPED_TRACE("decode step " + std::to_string(i));
+    const BatchInput batch = MakeBatch(
+        seqs, {{static_cast<int32_t>(11 + i)}, {static_cast<int32_t>(40 + 3 * i)}}, kBlock,
+        next_block, kPad);
+    auto eager = model.ForwardBatch(batch, eager_cache);
+    ASSERT_TRUE(eager.ok()) << eager.status();
+    const std::vector<float> want = Host(backend, *eager);
+    if (i == 0) {
+      // The first Run of a size makes one PagedAttention call per layer eagerly, then records:
+      // call layers + 1 is the first one inside the capture.
+      FaultSpec fault;
+      fault.op = "PagedAttention";
+      fault.call = spec.layers + 1;
+      backend.Arm(fault);
+      // The eager half of the Run wrote this step's K/V into graph_cache as the eager step did.
+      EXPECT_THROW(static_cast<void>(graphs.Run(batch)), CheckFailure);
+      EXPECT_EQ(backend.failed_op(), "PagedAttention");
+      EXPECT_FALSE(recording.recording()) << "the failed capture was left open";
+      EXPECT_EQ(recording.aborted, 1);
+      EXPECT_EQ(graphs.graphs(), 0);
+      continue;
+    }
+    absl::StatusOr<Tensor> replayed;
+    ASSERT_NO_THROW(replayed = graphs.Run(batch));
+    ASSERT_TRUE(replayed.ok()) << replayed.status();
+    EXPECT_EQ(graphs.graphs(), 1);
+    EXPECT_FALSE(recording.recording());
+    const std::vector<float> got = Host(backend, *replayed);
+    ASSERT_EQ(got.size(), want.size());
+    float scale = 1.0f, diff = 0.0f;
+    for (size_t k = 0; k < want.size(); ++k) {
+      scale = std::max(scale, std::abs(want[k]));
+      diff = std::max(diff, std::abs(got[k] - want[k]));
+    }
+    EXPECT_LE(diff, 1e-5f * scale) << "logits after the aborted capture differ from eager ones";
+  }
+  EXPECT_EQ(recording.aborted, 1);
 }
 
 }  // namespace
