@@ -401,35 +401,43 @@ class CudaBackend final : public Backend {
             {{"x", &x}, {"w", &w}, {"y", &y}});
     if (n == 0 || out == 0) return;
     const float* b = bias != nullptr ? bias->data<float>() : nullptr;
-    if (IsHalf(w.dtype()) && cuda::HalfGemvApplies(n, in, w.raw(), x.data<float>())) {
-      // Decode: a GEMV that reads the weights once at full bandwidth (bias fused).
-      cuda::LaunchHalfGemv(w.raw(), KindOf(w.dtype()), out, in, x.data<float>(), n, b,
-                           y.data<float>(), stream_);
-      return;
-    }
+    const float* xp = x.data<float>();
+    float* yp = y.data<float>();
+    // Activations stay f32 on every path, as on the CPU: no rounding of x to 16 bits (which made
+    // the results of one row depend on the batch size, and overflowed f16).
     if (quantized) {
       const auto kind = static_cast<cuda::QuantKind>(QuantKindOf(w.dtype()));
       if (n <= cuda::QuantGemvMaxBatch(kind)) {
-        cuda::LaunchQuantGemv(kind, w.raw(), out, in, x.data<float>(), n, y.data<float>(),
-                              stream_);
+        // Decode: one read of the blocks for all n rows, dequantized in registers.
+        cuda::LaunchQuantGemv(kind, w.raw(), out, in, xp, n, yp, stream_);
+      } else if (n <= cuda::kTiledMatmulMaxBatch) {
+        // Small batches: each weight dequantized once per tile of 32 rows of x (bias fused).
+        cuda::LaunchQuantMatmul(kind, w.raw(), out, in, xp, n, b, yp, stream_);
+        return;
       } else {
-        // Prefill: dequantize to bf16 once for this call, then a tensor-core GEMM.
-        Tensor w16 = AllocateUninitialized({out, in}, DType::kBF16);
-        cuda::LaunchDequantize(kind, w.raw(), out, in, w16.raw(), cuda::HalfKind::kBF16, stream_);
-        HalfGemm(x, w16, n, y);
+        F32ChunkedGemm(x, w, n, y);
       }
+    } else if (IsHalf(w.dtype()) && cuda::HalfRowsAligned(in, w.raw()) &&
+               n <= cuda::kTiledMatmulMaxBatch) {
+      // Decode and small batches: the weights read once per call (per 32 rows of x), f32 FMAs
+      // (bias fused).
+      if (n <= cuda::kGemvMaxBatch) {
+        cuda::LaunchHalfGemv(w.raw(), KindOf(w.dtype()), out, in, xp, n, b, yp, stream_);
+      } else {
+        cuda::LaunchHalfMatmul(KindOf(w.dtype()), w.raw(), out, in, xp, n, b, yp, stream_);
+      }
+      return;
     } else if (w.dtype() == DType::kF32) {
       const float alpha = 1.0f, beta = 0.0f;
       const int m_ = static_cast<int>(out), n_ = static_cast<int>(n), k_ = static_cast<int>(in);
       // cuBLAS is column-major: y^T [out, n] = op(A) * B with A = w seen as [in, out] (ld in),
       // transposed, and B = x seen as [in, n] (ld in); C = y seen as [out, n] (ld out).
       SHARDLM_CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m_, n_, k_, &alpha,
-                                       w.data<float>(), k_, x.data<float>(), k_, &beta,
-                                       y.data<float>(), m_));
+                                       w.data<float>(), k_, xp, k_, &beta, yp, m_));
     } else {
-      HalfGemm(x, w, n, y);
+      F32ChunkedGemm(x, w, n, y);
     }
-    if (b != nullptr) cuda::LaunchAddBias(y.data<float>(), b, n, out, stream_);
+    if (b != nullptr) cuda::LaunchAddBias(yp, b, n, out, stream_);
   }
 
   void RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override {
@@ -716,18 +724,36 @@ class CudaBackend final : public Backend {
     return out;
   }
 
-  // y [n, out] = x [n, in] w^T with w 16-bit [out, in]: activations rounded to the weight's type,
-  // a tensor-core GEMM with f32 accumulation and f32 output.
-  void HalfGemm(const Tensor& x, const Tensor& w, int64_t n, Tensor& y) {
+  // y [n, out] = x [n, in] w^T for a quantized or 16-bit w [out, in] and a large batch (or
+  // unaligned 16-bit rows): blocks of weight rows converted to f32 (exactly as the CPU does) into
+  // one temporary of at most kWeightChunkBytes, each followed by an f32 SGEMM that writes those
+  // columns of y. x stays f32, as in the CPU's blocked sgemm; the temporary stays small whatever
+  // the size of w (a 152k-row LM head would need 1.1 GB as a whole bf16 copy).
+  static constexpr int64_t kWeightChunkBytes = int64_t{16} << 20;
+  void F32ChunkedGemm(const Tensor& x, const Tensor& w, int64_t n, Tensor& y) {
     const int64_t out = w.dim(0), in = w.dim(1);
+    const int64_t chunk =
+        std::clamp<int64_t>(kWeightChunkBytes / (in * static_cast<int64_t>(sizeof(float))), 1, out);
+    Tensor buf = AllocateUninitialized({chunk, in}, DType::kF32);
+    const auto* wbytes = static_cast<const uint8_t*>(w.raw());
+    const int64_t row_bytes = static_cast<int64_t>(DTypeBytes(w.dtype(), in));
+    const int quant_kind = QuantKindOf(w.dtype());
     const float alpha = 1.0f, beta = 0.0f;
-    const int m_ = static_cast<int>(out), n_ = static_cast<int>(n), k_ = static_cast<int>(in);
-    const cudaDataType_t type = w.dtype() == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
-    Tensor xh = AllocateUninitialized({n, in}, w.dtype());
-    cuda::LaunchConvertF32ToHalf(x.data<float>(), xh.raw(), n * in, KindOf(w.dtype()), stream_);
-    SHARDLM_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m_, n_, k_, &alpha,
-                                      w.raw(), type, k_, xh.raw(), type, k_, &beta, y.raw(),
-                                      CUDA_R_32F, m_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    for (int64_t r0 = 0; r0 < out; r0 += chunk) {
+      const int64_t m = std::min(chunk, out - r0);
+      const uint8_t* rows = wbytes + r0 * row_bytes;
+      if (quant_kind >= 0) {
+        cuda::LaunchDequantize(static_cast<cuda::QuantKind>(quant_kind), rows, m, in, buf.raw(),
+                               cuda::HalfKind::kF32, stream_);
+      } else {
+        cuda::LaunchConvertHalfToF32(rows, KindOf(w.dtype()), buf.data<float>(), m * in, stream_);
+      }
+      // Column-major as in Linear: C = rows r0 .. r0 + m of y^T [out, n] (ld out).
+      SHARDLM_CUBLAS_CHECK(cublasSgemm(
+          cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m), static_cast<int>(n),
+          static_cast<int>(in), &alpha, buf.data<float>(), static_cast<int>(in), x.data<float>(),
+          static_cast<int>(in), &beta, y.data<float>() + r0, static_cast<int>(out)));
+    }
   }
 
   // The cuda::QuantKind of a quantized dtype, -1 when the kernels have none.

@@ -53,13 +53,6 @@ __device__ float BlockReduce(float v, float* red) {
   return r;
 }
 
-__global__ void ConvertF32ToBf16Kernel(const float* src, __nv_bfloat16* dst, int64_t n) {
-  SHARDLM_GRID_LOOP(i, n) dst[i] = __float2bfloat16_rn(src[i]);
-}
-__global__ void ConvertF32ToF16Kernel(const float* src, __half* dst, int64_t n) {
-  SHARDLM_GRID_LOOP(i, n) dst[i] = __float2half_rn(src[i]);
-}
-
 __global__ void AddBiasKernel(float* y, const float* bias, int64_t rows, int64_t cols) {
   SHARDLM_GRID_LOOP(i, rows * cols) y[i] += bias[i % cols];
 }
@@ -178,9 +171,16 @@ __global__ void ArgmaxKernel(const float* logits, int64_t vocab, int32_t* out, f
   }
 }
 
+__device__ __forceinline__ float Load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float Load(const __half* p) { return __half2float(*p); }
 __device__ __forceinline__ void Store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void Store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ void Store(__half* p, float v) { *p = __float2half_rn(v); }
+
+template <typename T>
+__global__ void ConvertHalfToF32Kernel(const T* src, float* dst, int64_t n) {
+  SHARDLM_GRID_LOOP(i, n) dst[i] = Load(src + i);
+}
 
 template <typename CacheT>
 __global__ void WriteKvKernel(const float* k, const float* v, const int32_t* rows,
@@ -194,10 +194,21 @@ __global__ void WriteKvKernel(const float* k, const float* v, const int32_t* row
 }
 
 // 16-bit weight GEMV for decode (n <= kGemvMaxBatch rows of x): y[r, o] = x[r] . w[o] (+ bias[o]).
-// One warp per output row o; each lane reads 8 weights (16 bytes) at a time, so a warp streams
-// 512 contiguous bytes of the row per step, and keeps n f32 partial sums. Memory-bound: the
-// point is to read every weight byte once at full bandwidth. Needs in % 8 == 0.
+// A block of kGemvWarps warps computes kGemvWarps * kGemvRowsPerWarp output rows. Per step of
+// kGemvCols columns the block stages x (all n rows, f32) in shared memory; then each warp walks
+// its kGemvRowsPerWarp rows 16 bytes (8 weights) per lane at a time, lanes side by side, so that a
+// warp reads 512 contiguous bytes of each of its rows per step (the loads of all its rows in
+// flight together) and every x value it reads from shared memory feeds one FMA per row. The
+// weights are read once at full bandwidth; x is read from L2 once per block instead of once per
+// row through L1. f32 accumulation, a warp sum per output. Needs HalfRowsAligned.
 constexpr int kGemvWarps = 8;
+constexpr int kGemvRowsPerWarp = 4;
+constexpr int kGemvCols = 1024;  // x staged per step: kGemvMaxBatch * 4 KiB at most
+
+// Where column c of a staged x row lives: lane i reads the quads 2i and 2i + 1 (floats 8i ..
+// 8i + 7); flipping bit 0 of the quad index in every other group of 8 quads puts the quads that 8
+// neighbouring lanes read at once in 8 different groups of 4 banks.
+__device__ __forceinline__ int GemvSwizzle(int c) { return c ^ (((c >> 5) & 1) << 2); }
 
 __device__ __forceinline__ void Unpack8(const uint4& raw, const __nv_bfloat16*, float* f) {
   const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
@@ -220,64 +231,104 @@ __device__ __forceinline__ void Unpack8(const uint4& raw, const __half*, float* 
 
 template <typename T, int kN>
 __global__ void __launch_bounds__(kGemvWarps * 32)
-    HalfGemvKernel(const T* w, int64_t out, int64_t in, const float* x, const float* bias,
-                   float* y) {
+    HalfGemvKernel(const T* w, int64_t out, int64_t in, const float* x, bool x_aligned,
+                   const float* bias, float* y) {
+  constexpr int kR = kGemvRowsPerWarp;
+  __shared__ __align__(16) float xs[kN][kGemvCols];
   const int lane = threadIdx.x & 31;
-  const int64_t o = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
-  if (o >= out) return;
-  const uint4* row = reinterpret_cast<const uint4*>(w + o * in);
-  const int64_t chunks = in / 8;
-  float acc[kN];
+  const int64_t o0 =
+      (static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5)) * kGemvRowsPerWarp;
+  // Rows past the end repeat the last one; their sums are not stored.
+  const uint4* rows[kR];
 #pragma unroll
-  for (int r = 0; r < kN; ++r) acc[r] = 0.0f;
-  // Unrolled so that each lane keeps several 16-byte loads in flight.
+  for (int r = 0; r < kR; ++r) {
+    const int64_t o = o0 + r < out ? o0 + r : out - 1;
+    rows[r] = reinterpret_cast<const uint4*>(w + o * in);
+  }
+  float acc[kR][kN];
+#pragma unroll
+  for (int r = 0; r < kR; ++r) {
+#pragma unroll
+    for (int j = 0; j < kN; ++j) acc[r][j] = 0.0f;
+  }
+
+  for (int64_t k0 = 0; k0 < in; k0 += kGemvCols) {
+    const int step = static_cast<int>(in - k0 < kGemvCols ? in - k0 : kGemvCols);  // % 8 == 0
+    const int quads = step / 4;
+    __syncthreads();  // every warp is done with the previous step's x
+    for (int t = threadIdx.x; t < kN * quads; t += blockDim.x) {
+      const int j = t / quads, q = t - j * quads;
+      const float* src = x + j * in + k0 + 4 * q;
+      const float4 v = x_aligned ? *reinterpret_cast<const float4*>(src)
+                                 : make_float4(src[0], src[1], src[2], src[3]);
+      *reinterpret_cast<float4*>(&xs[j][GemvSwizzle(4 * q)]) = v;
+    }
+    __syncthreads();
+    const int64_t c0 = k0 / 8;  // this step's first 16-byte chunk of a row
+    // Unrolled so that each lane keeps several 16-byte loads per row in flight.
 #pragma unroll 4
-  for (int64_t c = lane; c < chunks; c += 32) {
-    const uint4 raw = __ldg(row + c);  // read once: the weights do not stay in cache
-    float wf[8];
-    Unpack8(raw, static_cast<const T*>(nullptr), wf);
+    for (int p = lane; p < step / 8; p += 32) {
+      uint4 raw[kR];
 #pragma unroll
-    for (int r = 0; r < kN; ++r) {
-      const float4* xr = reinterpret_cast<const float4*>(x + r * in + c * 8);
-      const float4 a = xr[0], b = xr[1];
-      acc[r] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x +
-                wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
+      for (int r = 0; r < kR; ++r) raw[r] = __ldg(rows[r] + c0 + p);  // read once: no reuse
+      float xv[kN][8];
+#pragma unroll
+      for (int j = 0; j < kN; ++j) {
+        const float4 a = *reinterpret_cast<const float4*>(&xs[j][GemvSwizzle(8 * p)]);
+        const float4 b = *reinterpret_cast<const float4*>(&xs[j][GemvSwizzle(8 * p + 4)]);
+        xv[j][0] = a.x, xv[j][1] = a.y, xv[j][2] = a.z, xv[j][3] = a.w;
+        xv[j][4] = b.x, xv[j][5] = b.y, xv[j][6] = b.z, xv[j][7] = b.w;
+      }
+#pragma unroll
+      for (int r = 0; r < kR; ++r) {
+        float wf[8];
+        Unpack8(raw[r], static_cast<const T*>(nullptr), wf);
+#pragma unroll
+        for (int j = 0; j < kN; ++j) {
+          float s = acc[r][j];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) s = fmaf(wf[e], xv[j][e], s);
+          acc[r][j] = s;
+        }
+      }
     }
   }
 #pragma unroll
-  for (int r = 0; r < kN; ++r) {
-    const float v = WarpSum(acc[r]);
-    if (lane == 0) y[r * out + o] = v + (bias != nullptr ? bias[o] : 0.0f);
+  for (int r = 0; r < kR; ++r) {
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      const float v = WarpSum(acc[r][j]);
+      if (lane == 0 && o0 + r < out)
+        y[j * out + o0 + r] = v + (bias != nullptr ? bias[o0 + r] : 0.0f);
+    }
   }
 }
 
 template <typename T>
 void LaunchHalfGemvFor(const void* w, int64_t out, int64_t in, const float* x, int64_t n,
                        const float* bias, float* y, cudaStream_t stream) {
-  const unsigned blocks = static_cast<unsigned>((out + kGemvWarps - 1) / kGemvWarps);
+  constexpr int64_t kBlockRows = kGemvWarps * kGemvRowsPerWarp;
+  const unsigned blocks = static_cast<unsigned>((out + kBlockRows - 1) / kBlockRows);
   const auto* wt = static_cast<const T*>(w);
+  const bool xa = reinterpret_cast<uintptr_t>(x) % 16 == 0;
   constexpr unsigned kBlock = kGemvWarps * 32;
   switch (n) {
-    case 1: HalfGemvKernel<T, 1><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, bias, y); break;
-    case 2: HalfGemvKernel<T, 2><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, bias, y); break;
-    case 3: HalfGemvKernel<T, 3><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, bias, y); break;
-    default: HalfGemvKernel<T, 4><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, bias, y); break;
+    case 1:
+      HalfGemvKernel<T, 1><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, xa, bias, y);
+      break;
+    case 2:
+      HalfGemvKernel<T, 2><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, xa, bias, y);
+      break;
+    case 3:
+      HalfGemvKernel<T, 3><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, xa, bias, y);
+      break;
+    default:
+      HalfGemvKernel<T, 4><<<blocks, kBlock, 0, stream>>>(wt, out, in, x, xa, bias, y);
+      break;
   }
 }
 
 }  // namespace
-
-void LaunchConvertF32ToHalf(const float* src, void* dst, int64_t n, HalfKind kind,
-                            cudaStream_t stream) {
-  if (n == 0) return;
-  if (kind == HalfKind::kBF16) {
-    ConvertF32ToBf16Kernel<<<Blocks(n), kThreads, 0, stream>>>(
-        src, static_cast<__nv_bfloat16*>(dst), n);
-  } else {
-    ConvertF32ToF16Kernel<<<Blocks(n), kThreads, 0, stream>>>(src, static_cast<__half*>(dst), n);
-  }
-  SHARDLM_CUDA_LAUNCH_CHECK("ConvertF32ToHalfKernel<<<>>>");
-}
 
 void LaunchAddBias(float* y, const float* bias, int64_t rows, int64_t cols, cudaStream_t stream) {
   if (rows * cols == 0) return;
@@ -359,25 +410,41 @@ void LaunchWriteKv(const float* k, const float* v, const int32_t* rows, void* k_
   SHARDLM_CUDA_LAUNCH_CHECK("WriteKvKernel<<<>>>");
 }
 
-bool HalfGemvApplies(int64_t n, int64_t in, const void* w, const float* x) {
-  return n >= 1 && n <= kGemvMaxBatch && in % 8 == 0 &&
-         reinterpret_cast<uintptr_t>(w) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+bool HalfRowsAligned(int64_t in, const void* w) {
+  return in % 8 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
 }
 
 void LaunchHalfGemv(const void* w, HalfKind kind, int64_t out, int64_t in, const float* x,
                     int64_t n, const float* bias, float* y, cudaStream_t stream) {
-  if (out == 0 || n == 0) return;
-  if (!HalfGemvApplies(n, in, w, x)) {
-    throw std::invalid_argument("LaunchHalfGemv: needs 1 <= n <= " +
-                                std::to_string(kGemvMaxBatch) +
-                                ", in % 8 == 0 and 16-byte aligned w and x");
+  if (n < 0 || n > kGemvMaxBatch || !HalfRowsAligned(in, w) ||
+      (kind != HalfKind::kBF16 && kind != HalfKind::kF16)) {
+    throw std::invalid_argument("LaunchHalfGemv: needs 0 <= n <= " + std::to_string(kGemvMaxBatch) +
+                                ", a bf16 / f16 w, in % 8 == 0 and a 16-byte aligned w (n = " +
+                                std::to_string(n) + ", in = " + std::to_string(in) + ")");
   }
+  if (out == 0 || n == 0) return;
   if (kind == HalfKind::kBF16) {
     LaunchHalfGemvFor<__nv_bfloat16>(w, out, in, x, n, bias, y, stream);
   } else {
     LaunchHalfGemvFor<__half>(w, out, in, x, n, bias, y, stream);
   }
   SHARDLM_CUDA_LAUNCH_CHECK("HalfGemvKernel<<<>>>");
+}
+
+void LaunchConvertHalfToF32(const void* src, HalfKind kind, float* dst, int64_t n,
+                            cudaStream_t stream) {
+  if (kind != HalfKind::kBF16 && kind != HalfKind::kF16) {
+    throw std::invalid_argument("LaunchConvertHalfToF32: kind must be kBF16 or kF16");
+  }
+  if (n == 0) return;
+  if (kind == HalfKind::kBF16) {
+    ConvertHalfToF32Kernel<<<Blocks(n), kThreads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(src), dst, n);
+  } else {
+    ConvertHalfToF32Kernel<<<Blocks(n), kThreads, 0, stream>>>(static_cast<const __half*>(src), dst,
+                                                               n);
+  }
+  SHARDLM_CUDA_LAUNCH_CHECK("ConvertHalfToF32Kernel<<<>>>");
 }
 
 }  // namespace shardlm::cuda

@@ -13,9 +13,6 @@ namespace shardlm::cuda {
 // Element types a launcher reads from a table or writes in a conversion.
 enum class HalfKind : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 
-// dst[i] = src[i] rounded to nearest even in f16 or bf16 (kind != kF32).
-void LaunchConvertF32ToHalf(const float* src, void* dst, int64_t n, HalfKind kind,
-                            cudaStream_t stream);
 // y[r, c] += bias[c] for y [rows, cols].
 void LaunchAddBias(float* y, const float* bias, int64_t rows, int64_t cols, cudaStream_t stream);
 // y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, rows of d; y may alias x.
@@ -42,12 +39,20 @@ void LaunchWriteKv(const float* k, const float* v, const int32_t* rows, void* k_
                    void* v_cache, HalfKind cache_kind, int64_t n, int64_t row,
                    cudaStream_t stream);
 
+// The 16-bit weight kernels (LaunchHalfGemv here, LaunchHalfMatmul in cuda_quant.h) read each
+// row of w [out, in] 16 bytes at a time: they need in % 8 == 0 and a 16-byte aligned w. The
+// backend converts blocks of rows to f32 for cuBLAS SGEMM otherwise.
+bool HalfRowsAligned(int64_t in, const void* w);
+
 // Decode GEMV over 16-bit weights w [out, in] of `kind` (bf16 / f16): y[r] = w x[r] (+ bias) for
-// n <= kGemvMaxBatch rows, f32 accumulation. Applies when HalfGemvApplies (in % 8 == 0, 16-byte
-// aligned pointers); the backend uses cuBLAS otherwise.
+// 1 <= n <= kGemvMaxBatch rows, x staged in shared memory as f32 (never rounded), f32
+// accumulation. Needs HalfRowsAligned(in, w); any alignment of x (16-byte is faster).
 constexpr int64_t kGemvMaxBatch = 4;
-bool HalfGemvApplies(int64_t n, int64_t in, const void* w, const float* x);
 void LaunchHalfGemv(const void* w, HalfKind kind, int64_t out, int64_t in, const float* x,
                     int64_t n, const float* bias, float* y, cudaStream_t stream);
+
+// dst[i] = src[i] (bf16 / f16 by kind) as f32, exactly; for the large-batch path of Linear.
+void LaunchConvertHalfToF32(const void* src, HalfKind kind, float* dst, int64_t n,
+                            cudaStream_t stream);
 
 }  // namespace shardlm::cuda

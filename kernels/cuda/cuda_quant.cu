@@ -1,11 +1,11 @@
 // The CUDA kernels over ggml block-quantized weights (cuda_quant.h): a fused dequantize + dot
-// GEMV for decode, a dequantization to f16 / bf16 for the cuBLAS path, and the gather of
-// dequantized f32 rows of a quantized embedding table.
+// GEMV for decode, a tiled matmul for batches (quantized and 16-bit weights), a dequantization
+// to f32 / f16 / bf16, and the gather of dequantized f32 rows of a quantized embedding table.
 //
-// Both walk a row of W in "pieces": a few words of one block that a thread loads and decodes
+// All walk a row of W in "pieces": a few words of one block that a thread loads and decodes
 // together (Piece<K> below): 8 elements of a Q8_0 block, 16 of a Q4_0 / Q4_1 block, 32 of a
-// K super-block. A piece is decoded four elements ("a quad", contiguous in the row) at a time,
-// so that each quad meets one float4 of x.
+// K super-block (and 8 of a 16-bit row for the tiled matmul: HalfPiece). A piece is decoded four
+// elements ("a quad", contiguous in the row) at a time, so that each quad meets one float4 of x.
 //
 // GEMV: a block of up to 128 threads computes kRows = 4 output rows for all N <= 8 activation
 // rows. Its threads stride over the pieces of the row; each thread loads the piece of all kRows
@@ -19,10 +19,13 @@
 // mantissa of 2^23, a subtraction removes it), exact and cheaper than I2F. n > 8 runs in chunks
 // of 8.
 //
+// Tiled matmul: see TiledMatmulKernel (32 weight rows x up to 32 activation rows per block, x in
+// shared memory as f32, each weight dequantized once per block into registers).
+//
 // Dequantize: one thread per piece of a row, grid.y over rows; every element is computed with
 // the same f32 operations as the CPU reference (no FMA contraction: __fmul_rn / __fadd_rn), then
-// rounded to nearest even. The embedding gather is the same walk over the rows that the ids
-// name, with f32 output.
+// stored as f32 or rounded to nearest even. The embedding gather is the same walk over the rows
+// that the ids name, with f32 output.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -438,46 +441,249 @@ __global__ void __launch_bounds__(kMaxThreads) QuantGemvKernel(const GemvArgs a)
   }
 }
 
+// ---- Tiled matmul (batches: n > 8 quantized, n > 4 16-bit).
+//
+// A block of kTileThreads = 128 threads (4 warps) computes y for kTileRows = 32 weight rows
+// (blockIdx.x) and BN activation rows (blockIdx.y; nb <= BN of them real). Lane l of warp w works
+// on the weight rows 8w + l / 8 and 8w + l / 8 + 4 and on every 8th piece (from l % 8) of each
+// step of kTileCols = 256 columns (one K super-block; 8 lanes cover the step of a row in 16-byte
+// loads side by side). Per step: each lane issues the loads of its pieces of both rows, the block
+// stages x[j0 .. j0+nb, step] in shared memory as f32 (so the weight loads are in flight while x
+// arrives), then each lane dequantizes its pieces a quad at a time into registers and applies each
+// quad to the float4 of x of every activation row: a float4 read from shared memory feeds 8 FMAs,
+// each dequantized weight BN FMAs, and each weight is read and dequantized once per block. The 8
+// lanes of a row then sum their 2 x BN partial sums by shuffles. f32 throughout; the weights never
+// exist in any other form than their blocks and a few registers.
+constexpr int kTileThreads = 128;
+constexpr int kTileLanesPerRow = 8;
+constexpr int kTileRowsPerLane = 2;
+constexpr int kTileRows = kTileThreads / kTileLanesPerRow * kTileRowsPerLane;  // 32
+constexpr int kTileCols = 256;
+constexpr int kTileBatch = 32;  // BN for n > 16; 16 below (fewer registers, less padding)
+constexpr int kTileGroup = 4;   // activation rows are skipped (when j >= nb) in groups of 4
+
+// Where column c (a multiple of 4) of a step lives in a staged x row: quads permuted within each
+// 32 columns by an XOR with kSwizzle[(c / 32) % 8]. The 8 lanes of a weight row read 8 quads of
+// one x row at once; for every layout here (Q8_0, Q4_0 / Q4_1, Q4_K / Q5_K, Q6_K, 16-bit) and
+// each of their quads, this table puts those 8 quads in 8 different groups of 4 banks (one
+// shared-memory wavefront instead of 2 to 4; found and checked by enumerating the layouts'
+// QuadElem). Being an XOR inside 32 columns, it is a permutation: no padding.
+__device__ __forceinline__ int TileSwizzle(int c) {
+  constexpr uint32_t kSwizzle = 0u | 1u << 3 | 5u << 6 | 4u << 9 | 3u << 12 | 2u << 15 | 6u << 18 |
+                                7u << 21;  // {0, 1, 5, 4, 3, 2, 6, 7}
+  return c ^ static_cast<int>(((kSwizzle >> (3 * ((c >> 5) & 7))) & 7u) << 2);
+}
+
+// bf16 / f16 rows as pieces of 8 elements (one 16-byte load; rows 16-byte aligned), so that the
+// tiled matmul serves 16-bit weights too; the values become f32 exactly.
+template <bool kBf16>
+struct HalfPiece {
+  static constexpr int kBlockElems = 8, kPieceElems = 8, kQuads = 2;
+  struct Raw {
+    uint4 v;
+  };
+  __device__ static Raw Load(const uint8_t* row, int p, bool /*aligned16*/) {
+    return {__ldg(reinterpret_cast<const uint4*>(row) + p)};
+  }
+  __device__ static int QuadElem(int p, int quad) { return 8 * p + 4 * quad; }
+  __device__ static float Value(uint32_t bits) {  // the 16 bits in the low half of `bits`
+    return kBf16 ? __uint_as_float(bits << 16) : HalfBits(bits);
+  }
+  template <bool /*kExact: always exact*/>
+  __device__ static void Quad(const Raw& r, int quad, float (&v)[4]) {
+    const uint32_t lo = quad == 0 ? r.v.x : r.v.z, hi = quad == 0 ? r.v.y : r.v.w;
+    v[0] = Value(lo & 0xffffu);
+    v[1] = Value(lo >> 16);
+    v[2] = Value(hi & 0xffffu);
+    v[3] = Value(hi >> 16);
+  }
+};
+
+struct TileArgs {
+  const uint8_t* w;
+  int64_t rows;
+  int64_t row_bytes;
+  const float* x;
+  int64_t cols;
+  int64_t n;
+  const float* bias;  // nullptr: none
+  float* y;
+  bool w_aligned;  // w 16-byte aligned
+  bool x_aligned;  // x 16-byte aligned (then so is every quad)
+};
+
+template <class P, int BN>
+__global__ void __launch_bounds__(kTileThreads) TiledMatmulKernel(const TileArgs a) {
+  constexpr int kR = kTileRowsPerLane;
+  constexpr int kStepPieces = kTileCols / P::kPieceElems;
+  constexpr int kPerLane = kStepPieces / kTileLanesPerRow;
+  constexpr int kStepQuads = kTileCols / 4;
+  static_assert(kStepPieces % kTileLanesPerRow == 0 && kTileCols % P::kBlockElems == 0,
+                "a step must hold whole blocks, 8 lanes' worth of pieces");
+  static_assert(BN % kTileGroup == 0, "BN must be a multiple of kTileGroup");
+  __shared__ __align__(16) float xs[BN][kTileCols];
+
+  const int lane = threadIdx.x & 31, g = lane % kTileLanesPerRow;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows + (threadIdx.x >> 5) * 8 +
+                       lane / kTileLanesPerRow;
+  // Rows past the end repeat the last one; their sums are not stored.
+  const uint8_t* wr[kR];
+#pragma unroll
+  for (int r = 0; r < kR; ++r) {
+    const int64_t row = row0 + 4 * r < a.rows ? row0 + 4 * r : a.rows - 1;
+    wr[r] = a.w + row * a.row_bytes;
+  }
+  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * BN;
+  const int nb = static_cast<int>(a.n - j0 < BN ? a.n - j0 : BN);
+  // x rows nb .. nb4 are staged as zeros, so that groups of kTileGroup rows need no test inside.
+  const int nb4 = (nb + kTileGroup - 1) / kTileGroup * kTileGroup;
+
+  float acc[kR][BN];
+#pragma unroll
+  for (int r = 0; r < kR; ++r) {
+#pragma unroll
+    for (int j = 0; j < BN; ++j) acc[r][j] = 0.0f;
+  }
+
+  for (int64_t k0 = 0; k0 < a.cols; k0 += kTileCols) {
+    // The last step of a Q8_0 / Q4_0 / Q4_1 / 16-bit row may be short (a multiple of its block).
+    const int step = static_cast<int>(a.cols - k0 < kTileCols ? a.cols - k0 : kTileCols);
+    const int step_pieces = step / P::kPieceElems;
+    const int p0 = static_cast<int>(k0 / P::kPieceElems);
+    typename P::Raw raw[kR][kPerLane];
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      if (g + kTileLanesPerRow * i < step_pieces) {
+#pragma unroll
+        for (int r = 0; r < kR; ++r) {
+          raw[r][i] = P::Load(wr[r], p0 + g + kTileLanesPerRow * i, a.w_aligned);
+        }
+      }
+    }
+
+    __syncthreads();  // every warp is done with the previous step's x
+    const int step_quads = step / 4;
+    for (int t = threadIdx.x; t < nb4 * kStepQuads; t += kTileThreads) {
+      const int j = t / kStepQuads, q = t % kStepQuads;
+      if (q < step_quads) {
+        const float4 v = j < nb ? LoadX4(a.x + (j0 + j) * a.cols + k0 + 4 * q, a.x_aligned)
+                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        *reinterpret_cast<float4*>(&xs[j][TileSwizzle(4 * q)]) = v;
+      }
+    }
+    __syncthreads();
+
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int p = p0 + g + kTileLanesPerRow * i;
+      if (g + kTileLanesPerRow * i >= step_pieces) continue;
+#pragma unroll
+      for (int quad = 0; quad < P::kQuads; ++quad) {
+        const int s = TileSwizzle(P::QuadElem(p, quad) - static_cast<int>(k0));
+        float v[kR][4];
+#pragma unroll
+        for (int r = 0; r < kR; ++r) P::template Quad<false>(raw[r][i], quad, v[r]);
+#pragma unroll
+        for (int jg = 0; jg < BN; jg += kTileGroup) {
+          if (jg >= nb4) break;  // uniform over the block
+#pragma unroll
+          for (int j = jg; j < jg + kTileGroup; ++j) {
+            const float4 xv = *reinterpret_cast<const float4*>(&xs[j][s]);
+#pragma unroll
+            for (int r = 0; r < kR; ++r) {
+              float sum = acc[r][j];
+              sum = fmaf(v[r][0], xv.x, sum);
+              sum = fmaf(v[r][1], xv.y, sum);
+              sum = fmaf(v[r][2], xv.z, sum);
+              sum = fmaf(v[r][3], xv.w, sum);
+              acc[r][j] = sum;
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // The 8 lanes of a row hold partial sums over their pieces: a butterfly gives each the total.
+#pragma unroll
+  for (int r = 0; r < kR; ++r) {
+#pragma unroll
+    for (int j = 0; j < BN; ++j) {
+      if (j >= nb) break;  // uniform over the block
+      float sum = acc[r][j];
+#pragma unroll
+      for (int o = 1; o < kTileLanesPerRow; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      acc[r][j] = sum;
+    }
+  }
+  // Lane g stores the activation rows j = g (mod 8).
+#pragma unroll
+  for (int r = 0; r < kR; ++r) {
+    const int64_t row = row0 + 4 * r;
+    if (row >= a.rows) continue;
+    const float b = a.bias != nullptr ? a.bias[row] : 0.0f;
+#pragma unroll
+    for (int j = 0; j < BN; ++j) {
+      if (j % kTileLanesPerRow == g && j < nb) a.y[(j0 + j) * a.rows + row] = acc[r][j] + b;
+    }
+  }
+}
+
+// ---- Dequantization (the large-batch path: blocks of rows to f32 for cuBLAS SGEMM).
+
 struct DequantArgs {
   const uint8_t* w;
   int64_t rows;
   int64_t row_bytes;
   int pieces;
   int64_t cols;
-  uint16_t* out;
+  void* out;
   bool w_aligned;
-  bool out_aligned;  // out 8-byte aligned (then so is every quad)
+  bool out_aligned;  // out 16-byte (f32) / 8-byte (16-bit) aligned (then so is every quad)
 };
 
-template <bool kBf16>
-__device__ __forceinline__ uint32_t To16(float v) {
-  return kBf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))
-               : __half_as_ushort(__float2half_rn(v));
+// Stores the quad v at `o` (element index) of out in kOut's format, each value rounded to nearest
+// even for 16 bits.
+template <HalfKind kOut>
+__device__ __forceinline__ void StoreQuad(void* out, int64_t o, const float (&v)[4], bool aligned) {
+  if constexpr (kOut == HalfKind::kF32) {
+    float* f = static_cast<float*>(out) + o;
+    if (aligned) {
+      *reinterpret_cast<float4*>(f) = make_float4(v[0], v[1], v[2], v[3]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) f[i] = v[i];
+    }
+  } else {
+    uint32_t h[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      h[i] = kOut == HalfKind::kBF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v[i]))
+                                     : __half_as_ushort(__float2half_rn(v[i]));
+    }
+    uint16_t* p = static_cast<uint16_t*>(out) + o;
+    if (aligned) {
+      *reinterpret_cast<uint2*>(p) = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) p[i] = static_cast<uint16_t>(h[i]);
+    }
+  }
 }
 
 // Piece blockIdx.x * blockDim.x + threadIdx.x of rows blockIdx.y, + gridDim.y, ...
-template <QuantKind K, bool kBf16>
+template <QuantKind K, HalfKind kOut>
 __global__ void __launch_bounds__(kMaxThreads) DequantizeKernel(const DequantArgs a) {
   using P = Piece<K>;
   const int p = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   if (p >= a.pieces) return;
   for (int64_t r = blockIdx.y; r < a.rows; r += gridDim.y) {
     const typename P::Raw raw = P::Load(a.w + r * a.row_bytes, p, a.w_aligned);
-    uint16_t* out_row = a.out + r * a.cols;
 #pragma unroll
     for (int quad = 0; quad < P::kQuads; ++quad) {
       float v[4];
       P::template Quad<true>(raw, quad, v);
-      uint32_t h[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) h[i] = To16<kBf16>(v[i]);
-      uint16_t* o = out_row + P::QuadElem(p, quad);
-      if (a.out_aligned) {
-        *reinterpret_cast<uint2*>(o) = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
-      } else {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) o[i] = static_cast<uint16_t>(h[i]);
-      }
+      StoreQuad<kOut>(a.out, r * a.cols + P::QuadElem(p, quad), v, a.out_aligned);
     }
   }
 }
@@ -590,12 +796,40 @@ void LaunchGemvFor(int n, unsigned blocks, unsigned threads, cudaStream_t stream
 }
 
 template <QuantKind K>
-void LaunchDequantizeFor(bool bf16, dim3 grid, unsigned threads, cudaStream_t stream,
+void LaunchDequantizeFor(HalfKind out_kind, dim3 grid, unsigned threads, cudaStream_t stream,
                          const DequantArgs& a) {
-  if (bf16) {
-    DequantizeKernel<K, true><<<grid, threads, 0, stream>>>(a);
+  switch (out_kind) {
+    case HalfKind::kF32:
+      DequantizeKernel<K, HalfKind::kF32><<<grid, threads, 0, stream>>>(a);
+      break;
+    case HalfKind::kF16:
+      DequantizeKernel<K, HalfKind::kF16><<<grid, threads, 0, stream>>>(a);
+      break;
+    case HalfKind::kBF16:
+      DequantizeKernel<K, HalfKind::kBF16><<<grid, threads, 0, stream>>>(a);
+      break;
+  }
+}
+
+// The tiled matmul over the format P: 16 activation rows per block for n <= 16, else tiles of
+// kTileBatch (the last one partial).
+template <class P>
+void LaunchTiledFor(const TileArgs& a, cudaStream_t stream) {
+  const unsigned row_blocks = static_cast<unsigned>((a.rows + kTileRows - 1) / kTileRows);
+  if (a.n <= 16) {
+    TiledMatmulKernel<P, 16><<<dim3(row_blocks, 1), kTileThreads, 0, stream>>>(a);
   } else {
-    DequantizeKernel<K, false><<<grid, threads, 0, stream>>>(a);
+    const auto tiles = static_cast<unsigned>((a.n + kTileBatch - 1) / kTileBatch);
+    TiledMatmulKernel<P, kTileBatch><<<dim3(row_blocks, tiles), kTileThreads, 0, stream>>>(a);
+  }
+}
+
+// n for the tiled matmul: grid.y holds one tile of kTileBatch activation rows each.
+void CheckTiledBatch(const char* fn, int64_t n) {
+  if (n < 0 || n > int64_t{65535} * kTileBatch) {
+    throw std::invalid_argument(std::string(fn) + ": n = " + std::to_string(n) +
+                                " is out of range [0, " +
+                                std::to_string(int64_t{65535} * kTileBatch) + "]");
   }
 }
 
@@ -643,27 +877,41 @@ void LaunchQuantGemv(QuantKind kind, const void* w, int64_t rows, int64_t cols, 
 void LaunchDequantize(QuantKind kind, const void* w, int64_t rows, int64_t cols, void* out,
                       HalfKind out_kind, cudaStream_t stream) {
   const Shape s = CheckMatrix("LaunchDequantize", kind, w, rows, cols);
-  if (out_kind != HalfKind::kF16 && out_kind != HalfKind::kBF16) {
-    throw std::invalid_argument("LaunchDequantize: out_kind must be kF16 or kBF16");
+  if (out_kind != HalfKind::kF32 && out_kind != HalfKind::kF16 && out_kind != HalfKind::kBF16) {
+    throw std::invalid_argument("LaunchDequantize: out_kind must be kF32, kF16 or kBF16");
   }
-  if (!Aligned(out, 2)) {
-    throw std::invalid_argument("LaunchDequantize: out must be 2-byte aligned");
+  const bool f32 = out_kind == HalfKind::kF32;
+  if (!Aligned(out, f32 ? 4 : 2)) {
+    throw std::invalid_argument(std::string("LaunchDequantize: out must be ") + (f32 ? "4" : "2") +
+                                "-byte aligned");
   }
   if (rows == 0 || cols == 0) return;
   const unsigned threads = ThreadsFor(s.pieces);
   const dim3 grid(static_cast<unsigned>((s.pieces + threads - 1) / threads),
                   static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
-  const DequantArgs a{static_cast<const uint8_t*>(w), rows, s.row_bytes, s.pieces, cols,
-                      static_cast<uint16_t*>(out), Aligned(w, 16), Aligned(out, 8)};
-  const bool bf16 = out_kind == HalfKind::kBF16;
+  const DequantArgs a{
+      static_cast<const uint8_t*>(w), rows, s.row_bytes, s.pieces, cols, out, Aligned(w, 16),
+      Aligned(out, f32 ? 16 : 8)};
   using Q = QuantKind;
   switch (kind) {
-    case Q::kQ8_0: LaunchDequantizeFor<Q::kQ8_0>(bf16, grid, threads, stream, a); break;
-    case Q::kQ4_0: LaunchDequantizeFor<Q::kQ4_0>(bf16, grid, threads, stream, a); break;
-    case Q::kQ4_1: LaunchDequantizeFor<Q::kQ4_1>(bf16, grid, threads, stream, a); break;
-    case Q::kQ4_K: LaunchDequantizeFor<Q::kQ4_K>(bf16, grid, threads, stream, a); break;
-    case Q::kQ5_K: LaunchDequantizeFor<Q::kQ5_K>(bf16, grid, threads, stream, a); break;
-    case Q::kQ6_K: LaunchDequantizeFor<Q::kQ6_K>(bf16, grid, threads, stream, a); break;
+    case Q::kQ8_0:
+      LaunchDequantizeFor<Q::kQ8_0>(out_kind, grid, threads, stream, a);
+      break;
+    case Q::kQ4_0:
+      LaunchDequantizeFor<Q::kQ4_0>(out_kind, grid, threads, stream, a);
+      break;
+    case Q::kQ4_1:
+      LaunchDequantizeFor<Q::kQ4_1>(out_kind, grid, threads, stream, a);
+      break;
+    case Q::kQ4_K:
+      LaunchDequantizeFor<Q::kQ4_K>(out_kind, grid, threads, stream, a);
+      break;
+    case Q::kQ5_K:
+      LaunchDequantizeFor<Q::kQ5_K>(out_kind, grid, threads, stream, a);
+      break;
+    case Q::kQ6_K:
+      LaunchDequantizeFor<Q::kQ6_K>(out_kind, grid, threads, stream, a);
+      break;
   }
   SHARDLM_CUDA_LAUNCH_CHECK("DequantizeKernel<<<>>>");
 }
@@ -698,6 +946,72 @@ void LaunchQuantEmbedding(QuantKind kind, const void* table, int64_t vocab, int6
 // GEMV its block bytes once per chunk of 8 rows but spends about n + 3 f32 operations per weight
 // and launch; up to n = 8 (one chunk, f32 FMA throughput still at or above HBM rate on A100 /
 // H100) it should win for every type. Past 8 each chunk re-reads the weights: left to cuBLAS.
+void LaunchQuantMatmul(QuantKind kind, const void* w, int64_t rows, int64_t cols, const float* x,
+                       int64_t n, const float* bias, float* y, cudaStream_t stream) {
+  const Shape s = CheckMatrix("LaunchQuantMatmul", kind, w, rows, cols);
+  CheckTiledBatch("LaunchQuantMatmul", n);
+  if (rows == 0 || n == 0) return;
+  const TileArgs a{static_cast<const uint8_t*>(w),
+                   rows,
+                   s.row_bytes,
+                   x,
+                   cols,
+                   n,
+                   bias,
+                   y,
+                   Aligned(w, 16),
+                   Aligned(x, 16)};
+  using Q = QuantKind;
+  switch (kind) {
+    case Q::kQ8_0:
+      LaunchTiledFor<Piece<Q::kQ8_0>>(a, stream);
+      break;
+    case Q::kQ4_0:
+      LaunchTiledFor<Piece<Q::kQ4_0>>(a, stream);
+      break;
+    case Q::kQ4_1:
+      LaunchTiledFor<Piece<Q::kQ4_1>>(a, stream);
+      break;
+    case Q::kQ4_K:
+      LaunchTiledFor<Piece<Q::kQ4_K>>(a, stream);
+      break;
+    case Q::kQ5_K:
+      LaunchTiledFor<Piece<Q::kQ5_K>>(a, stream);
+      break;
+    case Q::kQ6_K:
+      LaunchTiledFor<Piece<Q::kQ6_K>>(a, stream);
+      break;
+  }
+  SHARDLM_CUDA_LAUNCH_CHECK("TiledMatmulKernel<<<>>>");
+}
+
+void LaunchHalfMatmul(HalfKind kind, const void* w, int64_t rows, int64_t cols, const float* x,
+                      int64_t n, const float* bias, float* y, cudaStream_t stream) {
+  if ((kind != HalfKind::kBF16 && kind != HalfKind::kF16) || rows < 0 || rows > INT32_MAX ||
+      cols < 0 || cols > INT32_MAX || !HalfRowsAligned(cols, w)) {
+    throw std::invalid_argument("LaunchHalfMatmul: W [" + std::to_string(rows) + ", " +
+                                std::to_string(cols) +
+                                "] must be bf16 / f16 with cols % 8 == 0, 16-byte aligned, and "
+                                "fit int32");
+  }
+  CheckTiledBatch("LaunchHalfMatmul", n);
+  if (rows == 0 || n == 0) return;
+  const TileArgs a{
+      static_cast<const uint8_t*>(w), rows, cols * 2, x, cols, n, bias, y, true, Aligned(x, 16)};
+  if (kind == HalfKind::kBF16) {
+    LaunchTiledFor<HalfPiece<true>>(a, stream);
+  } else {
+    LaunchTiledFor<HalfPiece<false>>(a, stream);
+  }
+  SHARDLM_CUDA_LAUNCH_CHECK("TiledMatmulKernel<<<>>>");
+}
+
+// Decode GEMV against the tiled matmul: the GEMV keeps every weight of 4 rows in registers for
+// all n <= 8 activation rows (n + 3 f32 operations per weight, x re-read through L1 per block of
+// 4 rows), the tiled matmul stages x in shared memory for 32 rows and pays a shuffle reduction
+// per output; up to n = 8 (one chunk, f32 FMA throughput still at or above HBM rate on A100 /
+// H100) the GEMV's shorter path should win for every type; past 8 it would re-read the weights per
+// chunk of 8, the tiled matmul per 32.
 int64_t QuantGemvMaxBatch(QuantKind kind) {
   FormatOf(kind, "QuantGemvMaxBatch");
   return kMaxBatch;

@@ -1,7 +1,9 @@
 // The CUDA backend, op by op, against the CPU backend on random inputs. Tolerances: f32 ops
 // agree to 1e-5 relative to the largest magnitude of the reference output (the summation
-// orders differ); Linear with bf16 / f16 weights to 2e-2, on the GEMV path (n <= 4) and the
-// cuBLAS one (the latter also rounds the activations to 16 bits); attention over bf16 / f16 KV
+// orders differ); Linear with bf16 / f16 / quantized weights to 1e-4 on every path (both
+// backends see the same weight values and keep x in f32; only the summation orders differ, over
+// up to 1024 terms), and its results for one row at different batch sizes to 1e-5 of each other
+// (a rounding of x to 16 bits would differ by about 1e-3); attention over bf16 / f16 KV
 // caches to 2e-2 against the CPU over f32 caches, and to 1e-4 against the CPU over f32 caches
 // holding the same 16-bit-rounded values (only the rounding in WriteKv differs then). Every
 // test skips without a CUDA device.
@@ -31,6 +33,10 @@ namespace {
 
 constexpr float kF32Tol = 1e-5f;
 constexpr float kHalfTol = 2e-2f;
+// Linear with 16-bit or quantized weights against the CPU on the same weights.
+constexpr float kLinearTol = 1e-4f;
+// One row of Linear computed at two batch sizes (different kernels, f32 both).
+constexpr float kBatchAgreementTol = 1e-5f;
 // CUDA over 16-bit caches vs the CPU over f32 caches holding the same rounded values.
 constexpr float kRoundedCacheTol = 1e-4f;
 
@@ -155,7 +161,7 @@ TEST_F(CudaBackendTest, LinearHalfWeights) {
     EXPECT_EQ(bd.dtype(), DType::kF32);
     Tensor yd = cuda_->Allocate({9, 40});
     cuda_->Linear(cuda_->ToDevice(x), wd, &bd, yd);
-    ExpectClose(cuda_->ToHost(yd), want, kHalfTol, std::string("Linear ") + DTypeName(dt));
+    ExpectClose(cuda_->ToHost(yd), want, kLinearTol, std::string("Linear ") + DTypeName(dt));
   }
 }
 
@@ -537,8 +543,8 @@ TEST_F(CudaBackendTest, KvCacheDtypes) {
   EXPECT_EQ(cpu_->kv_cache_dtype(), DType::kF32);
 }
 
-// The 16-bit GEMV (n = 1..4, in % 8 == 0) and cuBLAS (n = 5, 64, or in % 8 != 0) against the CPU,
-// with and without bias.
+// The 16-bit GEMV (n = 1..4, in % 8 == 0), the tiled matmul (n = 5, 64) and the f32-converted
+// SGEMM (in % 8 != 0) against the CPU, with and without bias.
 TEST_F(CudaBackendTest, LinearHalfGemvAndGemm) {
   struct Shape {
     int64_t n, in, out;
@@ -562,10 +568,148 @@ TEST_F(CudaBackendTest, LinearHalfGemvAndGemm) {
       Tensor yd = cuda_->Allocate({sh.n, sh.out});
       cpu_->Linear(x, wc, &bc, want);
       cuda_->Linear(xd, wd, &bd, yd);
-      ExpectClose(cuda_->ToHost(yd), want, kHalfTol, what + " bias");
+      ExpectClose(cuda_->ToHost(yd), want, kLinearTol, what + " bias");
       cpu_->Linear(x, wc, nullptr, want);
       cuda_->Linear(xd, wd, nullptr, yd);
-      ExpectClose(cuda_->ToHost(yd), want, kHalfTol, what);
+      ExpectClose(cuda_->ToHost(yd), want, kLinearTol, what);
+    }
+  }
+}
+
+// A host matrix [rows, cols] of `dtype` (quantized with the CPU codec, or rounded to 16 bits)
+// made from uniform values in [lo, hi); every third row all positive, so that the K types also
+// see zero mins.
+Tensor RandomWeight(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng, float lo = -1.0f,
+                    float hi = 1.0f) {
+  Tensor f = Random({rows, cols}, rng, lo, hi);
+  for (int64_t r = 0; r < rows; r += 3) {
+    for (int64_t c = 0; c < cols; ++c) {
+      float& v = f.data<float>()[r * cols + c];
+      v = 0.3f * v + 0.5f * hi;
+    }
+  }
+  if (dtype == DType::kF32) return f;
+  if (dtype == DType::kBF16 || dtype == DType::kF16) return ToHalf(f, dtype);
+  Tensor q = Tensor::Empty({rows, cols}, dtype);
+  const size_t row_bytes = DTypeBytes(dtype, cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    quant::QuantizeRow(dtype, f.data<float>() + r * cols,
+                       static_cast<uint8_t*>(q.raw()) + r * row_bytes, cols);
+  }
+  return q;
+}
+
+// The first n rows of x [m, d] as a new host tensor [n, d].
+Tensor FirstRows(const Tensor& x, int64_t n) {
+  Tensor out = Tensor::Empty({n, x.dim(1)}, DType::kF32);
+  std::copy_n(x.data<float>(), n * x.dim(1), out.data<float>());
+  return out;
+}
+
+// Linear over w (host, any weight dtype) on the CPU and on CUDA for every n in `ns`, with a bias,
+// each against the CPU to kLinearTol.
+void CheckLinearAgainstCpu(Backend& cpu, Backend& cuda, const Tensor& w,
+                           const std::vector<int64_t>& ns, std::mt19937& rng,
+                           const std::string& name) {
+  const int64_t out = w.dim(0), in = w.dim(1);
+  const int64_t max_n = *std::max_element(ns.begin(), ns.end());
+  Tensor x_all = Random({max_n, in}, rng), b = Random({out}, rng);
+  Tensor wc = cpu.PrepareWeight(w), bc = cpu.PrepareWeight(b);
+  Tensor wd = cuda.PrepareWeight(w), bd = cuda.PrepareWeight(b);
+  ASSERT_EQ(wd.dtype(), w.dtype()) << name;
+  for (int64_t n : ns) {
+    const std::string what = "Linear " + name + " W [" + std::to_string(out) + ", " +
+                             std::to_string(in) + "] n=" + std::to_string(n);
+    Tensor x = FirstRows(x_all, n);
+    Tensor want = cpu.Allocate({n, out});
+    cpu.Linear(x, wc, &bc, want);
+    Tensor yd = cuda.AllocateUninitialized({n, out}, DType::kF32);
+    cuda.Linear(cuda.ToDevice(x), wd, &bd, yd);
+    ExpectClose(cuda.ToHost(yd), want, kLinearTol, what);
+  }
+}
+
+const DType kQuantTypes[] = {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1,
+                             DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+
+// Every weight type on every path of Linear: the decode GEMVs (n <= 4 16-bit, <= 8 quantized),
+// the tiled matmul (up to 64; tiles of 16 or 32 rows of x, partial ones), and the f32-converted
+// SGEMM (65, 200). out = 300 is no multiple of the 32-row tiles; in = 800 ends the Q8_0 / Q4_0 /
+// Q4_1 / 16-bit rows with a short step of the tiled matmul (800 = 3 * 256 + 32).
+TEST_F(CudaBackendTest, LinearEveryWeightTypeAndBatchMatchesCpu) {
+  const std::vector<int64_t> ns = {1, 4, 5, 8, 9, 16, 33, 64, 65, 200};
+  for (DType dt : kQuantTypes) {
+    const int64_t in = DTypeBlockElements(dt) == 256 ? 768 : 800;
+    CheckLinearAgainstCpu(*cpu_, *cuda_, RandomWeight(dt, 300, in, rng_), ns, rng_, DTypeName(dt));
+  }
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    CheckLinearAgainstCpu(*cpu_, *cuda_, RandomWeight(dt, 300, 800, rng_), ns, rng_, DTypeName(dt));
+  }
+}
+
+// An LM head: 32011 output rows (no multiple of any tile), and at n = 65 the f32-converted SGEMM
+// runs in several blocks of rows (16 MiB of f32 each: 8192 rows of 512), the last one partial.
+TEST_F(CudaBackendTest, LinearLmHeadShapeMatchesCpu) {
+  const std::vector<int64_t> ns = {1, 5, 9, 33, 65};
+  for (DType dt : kQuantTypes) {
+    const int64_t in = DTypeBlockElements(dt) == 256 ? 512 : 544;
+    CheckLinearAgainstCpu(*cpu_, *cuda_, RandomWeight(dt, 32011, in, rng_), ns, rng_,
+                          DTypeName(dt));
+  }
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    CheckLinearAgainstCpu(*cpu_, *cuda_, RandomWeight(dt, 32011, 512, rng_), ns, rng_,
+                          DTypeName(dt));
+  }
+}
+
+// The rows of a batch do not depend on the batch size beyond f32 rounding: the same x rows
+// through the GEMVs (n = 1, 4; 5 too for Q4_K), the tiled matmul (5, 9, 64) and the f32 SGEMM
+// (65) give the same results for their common rows. Rounding x to bf16 / f16 on one of the paths
+// (as the cuBLAS path once did from n = 5 on, and from n = 9 for quantized weights) differs by
+// about 1e-3 of the output scale.
+TEST_F(CudaBackendTest, LinearResultsDoNotDependOnBatchSize) {
+  for (DType dt : {DType::kBF16, DType::kF16, DType::kQ4_K}) {
+    const int64_t out = 257, in = 1024;
+    Tensor w = RandomWeight(dt, out, in, rng_);
+    Tensor wd = cuda_->PrepareWeight(w), bd = cuda_->PrepareWeight(Random({out}, rng_));
+    Tensor x_all = Random({65, in}, rng_);
+    Tensor y4 = cuda_->AllocateUninitialized({4, out}, DType::kF32);
+    cuda_->Linear(cuda_->ToDevice(FirstRows(x_all, 4)), wd, &bd, y4);
+    const Tensor ref = cuda_->ToHost(y4);
+    for (int64_t n : {1, 5, 9, 64, 65}) {
+      Tensor y = cuda_->AllocateUninitialized({n, out}, DType::kF32);
+      cuda_->Linear(cuda_->ToDevice(FirstRows(x_all, n)), wd, &bd, y);
+      const Tensor got = cuda_->ToHost(y);
+      const int64_t common = std::min<int64_t>(n, 4);
+      ExpectClose(
+          FirstRows(got, common), FirstRows(ref, common), kBatchAgreementTol,
+          std::string("Linear ") + DTypeName(dt) + " rows of n=" + std::to_string(n) + " vs n=4");
+    }
+  }
+}
+
+// f16 weights with activations past the f16 range (|x| up to 70000; f16 ends at 65504): every
+// path keeps x in f32, so the results are finite and match the CPU.
+TEST_F(CudaBackendTest, LinearF16WeightsWithActivationsBeyondF16Range) {
+  for (int64_t in : {128, 100 /* in % 8 != 0: the f32-converted SGEMM at every n */}) {
+    const int64_t out = 40;
+    Tensor w = RandomWeight(DType::kF16, out, in, rng_);
+    Tensor wc = cpu_->PrepareWeight(w), wd = cuda_->PrepareWeight(w);
+    for (int64_t n : {1, 4, 5, 9, 65}) {
+      const std::string what =
+          "Linear f16 in=" + std::to_string(in) + " n=" + std::to_string(n) + " |x| <= 70000";
+      Tensor x = Random({n, in}, rng_, -70000.0f, 70000.0f);
+      x.data<float>()[0] = 70000.0f;
+      Tensor want = cpu_->Allocate({n, out});
+      cpu_->Linear(x, wc, nullptr, want);
+      Tensor yd = cuda_->AllocateUninitialized({n, out}, DType::kF32);
+      cuda_->Linear(cuda_->ToDevice(x), wd, nullptr, yd);
+      const Tensor got = cuda_->ToHost(yd);
+      for (int64_t i = 0; i < got.numel(); ++i) {
+        ASSERT_TRUE(std::isfinite(got.data<float>()[i]))
+            << what << ": element " << i << " is " << got.data<float>()[i];
+      }
+      ExpectClose(got, want, kLinearTol, what);
     }
   }
 }
