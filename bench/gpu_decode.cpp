@@ -1,31 +1,42 @@
-// Decode speed of the CUDA backend on a Llama-2-7B-shaped model with random bf16 weights,
-// against the memory roofline of the same GPU measured in the same run.
-//   build/bin/gpu_decode [--layers 32] [--prompt 128] [--gen 128] [--batches 1,2,4,...,256]
-//       [--max-batch-tokens 8192] [--json results.json]
-// Batch 1 must stream every weight byte once per token, so its ceiling is the device-to-device
-// copy bandwidth (read + write) divided by the weight bytes (all of them, the embedding table's
-// 250 MiB included, which decode reads one row of: a ~2% lower ceiling than the true one).
-// Exits 77 without a CUDA device; 1 on any error.
+// Decode speed of the CUDA backend on a Llama-2-7B-shaped model with random bf16 weights, per
+// (batch, context): the time of a decode step at that context against the HBM roofline.
+//   build/bin/gpu_decode [--batches 1,8,64] [--contexts 256,4096] [--gen 32] [--layers 32]
+//       [--hbm-gbs GB/s] [--max-batch-tokens 8192] [--copy-gib 1] [--seed 1] [--json FILE]
+//       [--plan]
+// For each context C: sequence 0 is prefilled with C random tokens (timed), its K/V blocks are
+// copied to the other sequences of the batch (each has its own blocks, so a step reads B distinct
+// caches), then --gen decode steps run at positions C, C+1, ... (CUDA graphs; timed, wall clock,
+// every step ends with the greedy ids read back). Bytes a step must read: every weight but the
+// embedding table (decode reads B rows of it), plus each sequence's K/V of positions [0, p]. The
+// roofline is the HBM peak bandwidth (--hbm-gbs, else the device's memory clock x 2 x bus width);
+// the measured device-to-device copy bandwidth is reported beside it. At the first context,
+// batch 1 also runs without graphs (the same greedy tokens expected). A cell whose KV cache does
+// not fit next to the weights is reported as such, not run.
+// --plan: checks the arguments and prints the cells with their bytes per step and KV memory,
+// without a GPU. Exits 77 without a CUDA device (without --plan); 2 on bad arguments; 1 on any
+// other error.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <bit>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <fstream>
 #include <map>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "CLI/CLI.hpp"
-#include "kernels/cuda/cuda_backend.h"
-#include "runtime/decode_graphs.h"
-#include "model/llama.h"
 #include "formats/random_weights.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "model/llama.h"
 #include "nlohmann/json.hpp"
+#include "runtime/decode_graphs.h"
 
 using namespace shardlm;
 
@@ -177,55 +188,100 @@ double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
 
+// The bytes that decide a decode step's time: bf16 weights, a bf16 KV cache.
+struct ModelBytes {
+  uint64_t weights = 0;       // every weight as held on the device
+  uint64_t embedding = 0;     // the input embedding table (untied): a step reads B rows of it
+  uint64_t kv_per_token = 0;  // K and V of one token over all layers
+
+  uint64_t streamed() const { return weights - embedding; }
+  // What `steps` decode steps at positions first, first + 1, ... of `batch` sequences must read
+  // from memory: the weights once per step, and each sequence's keys and values [0, p] at p.
+  double StepsBytes(int batch, int64_t first, int steps) const {
+    const double positions = static_cast<double>(steps) * static_cast<double>(first) +
+                             0.5 * static_cast<double>(steps) * (steps + 1);
+    return static_cast<double>(steps) * static_cast<double>(streamed()) +
+           static_cast<double>(batch) * static_cast<double>(kv_per_token) * positions;
+  }
+};
+
+// From the checkpoint's shapes alone (--plan): what the CUDA backend holds for bf16 weights.
+ModelBytes PlannedBytes(const ModelConfig& c) {
+  ModelBytes b;
+  for (const auto& [name, shape] : CheckpointTensorShapes(c)) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    b.weights += DTypeBytes(DType::kBF16, n);
+  }
+  b.embedding = c.tie_word_embeddings ? 0 : DTypeBytes(DType::kBF16, c.vocab_size * c.hidden_size);
+  b.kv_per_token = DTypeBytes(DType::kBF16, 2 * c.num_layers * c.num_kv_heads * c.head_dim);
+  return b;
+}
+
+int BlocksPerSeq(int64_t context, int gen) {
+  return static_cast<int>((context + gen + kBlockSize - 1) / kBlockSize);
+}
+
+// Device memory a context's cache takes for `batch` sequences (+1: the graphs' padding block),
+// and what the prefill of one sequence needs beside it (activations of its longest step, 1 GiB
+// for cuBLAS workspaces and the graphs' buffers).
+uint64_t CacheBytes(int batch, int64_t context, int gen, uint64_t kv_per_token) {
+  return (static_cast<uint64_t>(batch) * BlocksPerSeq(context, gen) + 1) * kBlockSize *
+         kv_per_token;
+}
+uint64_t ReserveBytes(const ModelConfig& c, int64_t context, int max_batch_tokens) {
+  const auto tokens = static_cast<uint64_t>(std::min<int64_t>(context, max_batch_tokens));
+  return (1ull << 30) +
+         tokens * static_cast<uint64_t>(8 * c.hidden_size + 3 * c.intermediate_size) * 4;
+}
+
+double GiB(double bytes) { return bytes / 1073741824.0; }
+
 struct Sequence {
-  std::vector<int32_t> prompt, blocks;
+  std::vector<int32_t> blocks;
   int32_t next = 0;  // the token to feed at the next decode step
 };
 
-struct RunTimes {
+struct CellTimes {
   double prefill_s = 0, decode_s = 0;
   std::vector<int32_t> first_seq_tokens;  // what sequence 0 generated, for the graphs check
 };
 
-// B sequences in one cache: sequence s owns blocks [s * per_seq, (s + 1) * per_seq).
-class Bench {
+// The cells of one context: B sequences in one cache, sequence s owning blocks
+// [s * per_seq, (s + 1) * per_seq).
+class ContextBench {
  public:
-  Bench(LlamaModel& model, PagedKvCache& cache, DecodeGraphs& graphs, int prompt, int gen,
-        int max_batch_tokens)
+  ContextBench(LlamaModel& model, PagedKvCache& cache, DecodeGraphs& graphs, int64_t context,
+               int gen, int max_batch_tokens)
       : model_(model),
         cache_(cache),
         graphs_(graphs),
-        prompt_(prompt),
+        context_(context),
         gen_(gen),
-        max_batch_tokens_(max_batch_tokens) {}
+        max_batch_tokens_(max_batch_tokens),
+        per_seq_(BlocksPerSeq(context, gen)) {}
 
-  static int BlocksPerSeq(int prompt, int gen) {
-    return (prompt + gen + kBlockSize - 1) / kBlockSize;
-  }
-
-  // Random prompts (the same for the same batch size), one warm-up decode step at position 0
-  // (records this size's graph; prefill overwrites its K/V), then the timed prefill and `gen`
-  // greedy decode steps.
-  absl::StatusOr<RunTimes> Run(int batch, bool use_graphs) {
+  // Two warm-up decode steps at position 0 (the first records this size's graph, the second
+  // replays it; the prefill overwrites their K/V), the timed prefill of sequence 0, its K/V copied
+  // to the others, then `gen` timed greedy decode steps from position `context`.
+  absl::StatusOr<CellTimes> Run(int batch, bool use_graphs) {
     std::vector<Sequence> seqs(static_cast<size_t>(batch));
-    const int per_seq = BlocksPerSeq(prompt_, gen_);
-    uint64_t rng = static_cast<uint64_t>(batch);
     for (int s = 0; s < batch; ++s) {
-      for (int i = 0; i < prompt_; ++i) {
-        rng = Mix(rng);
-        seqs[s].prompt.push_back(static_cast<int32_t>(rng % model_.config().vocab_size));
-      }
-      for (int b = 0; b < per_seq; ++b) seqs[s].blocks.push_back(s * per_seq + b);
+      for (int b = 0; b < per_seq_; ++b) seqs[s].blocks.push_back(s * per_seq_ + b);
     }
-    if (auto warm = DecodeStep(seqs, 0, use_graphs); !warm.ok()) return warm;
-    RunTimes times;
+    for (int i = 0; i < 2; ++i) {
+      if (absl::Status st = DecodeStep(seqs, 0, use_graphs); !st.ok()) return st;
+    }
+    CellTimes times;
     auto t0 = std::chrono::steady_clock::now();
-    if (absl::Status st = Prefill(seqs); !st.ok()) return st;
+    if (absl::Status st = Prefill(seqs[0]); !st.ok()) return st;
     times.prefill_s = Seconds(t0);
+    CopyPrefix(seqs);
     t0 = std::chrono::steady_clock::now();
     for (int step = 0; step < gen_; ++step) {
       times.first_seq_tokens.push_back(seqs[0].next);
-      if (absl::Status st = DecodeStep(seqs, prompt_ + step, use_graphs); !st.ok()) return st;
+      const auto position = static_cast<int32_t>(context_ + step);
+      if (absl::Status st = DecodeStep(seqs, position, use_graphs); !st.ok()) return st;
     }
     times.decode_s = Seconds(t0);
     return times;
@@ -248,7 +304,7 @@ class Bench {
   }
 
   // Every sequence feeds `next` at `position`; `next` becomes its greedy successor.
-  absl::Status DecodeStep(std::vector<Sequence>& seqs, int position, bool use_graphs) {
+  absl::Status DecodeStep(std::vector<Sequence>& seqs, int32_t position, bool use_graphs) {
     BatchInput batch;
     batch.table_begin.push_back(0);
     for (size_t s = 0; s < seqs.size(); ++s) {
@@ -264,44 +320,54 @@ class Bench {
     return absl::OkStatus();
   }
 
-  // The prompts in steps of at most max_batch_tokens tokens (a prompt may span steps); each
-  // sequence's first generated token comes from the step where its prompt ends.
-  absl::Status Prefill(std::vector<Sequence>& seqs) {
-    size_t s = 0;
-    int done = 0;  // tokens of seqs[s] already prefilled
-    while (s < seqs.size()) {
+  // `context` random tokens (the same for every cell of this context) in steps of at most
+  // max_batch_tokens; the last step's greedy id is the sequence's first decode input.
+  absl::Status Prefill(Sequence& seq) {
+    uint64_t rng = static_cast<uint64_t>(context_);
+    for (int64_t begin = 0; begin < context_; begin += max_batch_tokens_) {
+      const int64_t end = std::min<int64_t>(context_, begin + max_batch_tokens_);
       BatchInput batch;
       batch.table_begin.push_back(0);
-      std::vector<size_t> ending;
-      while (s < seqs.size() && static_cast<int>(batch.tokens.size()) < max_batch_tokens_) {
-        const int take =
-            std::min(prompt_ - done, max_batch_tokens_ - static_cast<int>(batch.tokens.size()));
-        const auto index = static_cast<int32_t>(batch.table_begin.size() - 1);
-        for (int i = done; i < done + take; ++i) {
-          batch.tokens.push_back(seqs[s].prompt[i]);
-          batch.positions.push_back(i);
-          batch.seq_index.push_back(index);
-        }
-        AddSequence(batch, seqs[s]);
-        done += take;
-        if (done == prompt_) {
-          batch.logit_rows.push_back(static_cast<int32_t>(batch.tokens.size()) - 1);
-          ending.push_back(s);
-          ++s;
-          done = 0;
-        }
+      for (int64_t i = begin; i < end; ++i) {
+        rng = Mix(rng);
+        batch.tokens.push_back(static_cast<int32_t>(rng % model_.config().vocab_size));
+        batch.positions.push_back(static_cast<int32_t>(i));
+        batch.seq_index.push_back(0);
       }
+      AddSequence(batch, seq);
+      if (end == context_) batch.logit_rows.push_back(static_cast<int32_t>(end - begin - 1));
       auto ids = Step(batch, false);
       if (!ids.ok()) return ids.status();
-      for (size_t i = 0; i < ending.size(); ++i) seqs[ending[i]].next = (*ids)[i];
+      if (end == context_) seq.next = (*ids)[0];
     }
     return absl::OkStatus();
+  }
+
+  // Sequence 0's K/V of positions [0, context) into every other sequence's own blocks: the
+  // blocks of a sequence are consecutive, so one copy per layer, K and V, and sequence.
+  void CopyPrefix(std::vector<Sequence>& seqs) {
+    model_.backend().Synchronize();
+    const int64_t blocks = (context_ + kBlockSize - 1) / kBlockSize;
+    for (std::vector<Tensor>* caches : {&cache_.k, &cache_.v}) {
+      for (Tensor& t : *caches) {
+        const size_t block_bytes = t.nbytes() / static_cast<size_t>(cache_.num_blocks);
+        auto* base = static_cast<char*>(t.raw());
+        for (size_t s = 1; s < seqs.size(); ++s) {
+          CudaCheck(cudaMemcpy(base + s * per_seq_ * block_bytes, base, blocks * block_bytes,
+                               cudaMemcpyDeviceToDevice),
+                    "cudaMemcpy (K/V prefix to another sequence)");
+        }
+      }
+    }
+    CudaCheck(cudaDeviceSynchronize(), "cudaDeviceSynchronize (after the K/V copies)");
+    for (size_t s = 1; s < seqs.size(); ++s) seqs[s].next = seqs[0].next;
   }
 
   LlamaModel& model_;
   PagedKvCache& cache_;
   DecodeGraphs& graphs_;
-  int prompt_, gen_, max_batch_tokens_;
+  int64_t context_;
+  int gen_, max_batch_tokens_, per_seq_;
 };
 
 int Fail(const absl::Status& status) {
@@ -309,34 +375,56 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
+// Sorted, without repeats.
+template <typename T>
+std::vector<T> Unique(std::vector<T> v) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  return v;
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{
-      "gpu_decode: decode tok/s of the CUDA backend vs the memory roofline (Llama-2-7B shape, "
-      "random bf16)"};
-  int layers = 32, prompt = 128, gen = 128, max_batch_tokens = 8192, copy_gib = 1;
+      "gpu_decode: decode speed of the CUDA backend per batch and context vs the HBM roofline "
+      "(Llama-2-7B shape, random bf16)"};
+  int layers = 32, gen = 32, max_batch_tokens = 8192, copy_gib = 1;
   uint64_t seed = 1;
-  std::vector<int> batches = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+  double hbm_gbs = 0;
+  std::vector<int> batches = {1, 8, 64};
+  std::vector<int64_t> contexts = {256, 4096};
   std::string json_path;
-  const CLI::Range kPositive(1, 1 << 30);
-  app.add_option("--layers", layers, "Decoder layers (32 for the real shape)")->check(kPositive);
-  app.add_option("--prompt", prompt, "Prompt tokens per sequence")->check(kPositive);
-  app.add_option("--gen", gen, "Decode steps per run")->check(kPositive);
-  app.add_option("--batches", batches, "Batch sizes of the throughput runs")
+  bool plan_only = false;
+  app.add_option("--layers", layers, "Decoder layers (32 for the real shape)")
+      ->check(CLI::Range(1, 256));
+  app.add_option("--batches", batches, "Batch sizes (sequences decoded together)")
       ->delimiter(',')
-      ->check(kPositive);
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--contexts", contexts,
+                 "Context lengths: tokens in each sequence's cache when the timed steps start")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  app.add_option("--gen", gen, "Timed decode steps per cell")->check(CLI::Range(1, 1 << 16));
+  app.add_option("--hbm-gbs", hbm_gbs,
+                 "HBM peak bandwidth in GB/s for the roofline (default: the device's memory "
+                 "clock x 2 x bus width)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-batch-tokens", max_batch_tokens, "Most tokens in one prefill step")
-      ->check(kPositive);
+      ->check(CLI::Range(1, 1 << 20));
   app.add_option("--copy-gib", copy_gib, "GiB copied per bandwidth measurement")
       ->check(CLI::Range(1, 4));
   app.add_option("--seed", seed, "Seed of the random weights");
   app.add_option("--json", json_path, "Also write every figure to this JSON file");
-  CLI11_PARSE(app, argc, argv);
-
-  if (CudaDeviceCount() == 0) {
-    std::fprintf(stderr,
-                 "gpu_decode: no CUDA device (or no driver): nothing to measure, skipping\n");
-    return 77;
+  app.add_flag("--plan", plan_only,
+               "Print the cells, their bytes per step and KV memory, and exit (no GPU needed)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);  // prints the help or the error
+    return rc == 0 ? 0 : 2;
   }
+  batches = Unique(batches);
+  contexts = Unique(contexts);
+
   TinyModelSpec spec{.layers = layers,
                      .hidden = 4096,
                      .heads = 32,
@@ -347,109 +435,168 @@ int Main(int argc, char** argv) {
                      .dtype = DType::kBF16};
   auto config = TinyModelConfig(spec);
   if (!config.ok()) return Fail(config.status());
-  config->max_position_embeddings = 4096;  // rms eps 1e-5, rope theta 10000, head_dim 128 as given
-  if (prompt + gen > config->max_position_embeddings) {
-    return Fail(
-        absl::InvalidArgumentError("--prompt + --gen exceeds max_position_embeddings 4096"));
-  }
+  // Llama-2 says 4096; nothing in the model depends on it, and longer contexts are asked for.
+  config->max_position_embeddings = std::max<int64_t>(4096, contexts.back() + gen);
   const std::string model_name =
       layers == 32 ? "llama-2-7b shape" : "llama-2-7b shape, " + std::to_string(layers) + " layers";
+  ModelBytes bytes = PlannedBytes(*config);
 
+  if (plan_only) {
+    std::printf(
+        "plan: %s, bf16: %.3f GB of weights, %.3f GB streamed per step, %lu bytes of "
+        "K/V per token; %d timed steps per cell\n",
+        model_name.c_str(), bytes.weights / 1e9, bytes.streamed() / 1e9,
+        static_cast<unsigned long>(bytes.kv_per_token), gen);
+    for (int64_t c : contexts) {
+      for (int b : batches) {
+        std::printf("plan: batch %d context %ld: %.3f GB read per step, KV cache %.2f GiB\n", b,
+                    static_cast<long>(c), bytes.StepsBytes(b, c, gen) / gen / 1e9,
+                    GiB(static_cast<double>(CacheBytes(b, c, gen, bytes.kv_per_token))));
+      }
+    }
+    return 0;
+  }
+
+  if (CudaDeviceCount() == 0) {
+    std::fprintf(stderr,
+                 "gpu_decode: no CUDA device (or no driver): nothing to measure, skipping\n");
+    return 77;
+  }
   cudaDeviceProp prop{};
   CudaCheck(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
-  const double bandwidth = CopyBandwidth(static_cast<size_t>(copy_gib) << 30);
-  std::printf("gpu: %s; device copy bandwidth %.1f GB/s (read + write)\n", prop.name,
-              bandwidth / 1e9);
+  int mem_clock_khz = 0, bus_bits = 0;
+  CudaCheck(cudaDeviceGetAttribute(&mem_clock_khz, cudaDevAttrMemoryClockRate, 0),
+            "cudaDeviceGetAttribute (memory clock)");
+  CudaCheck(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0),
+            "cudaDeviceGetAttribute (memory bus width)");
+  // Double data rate: two transfers per clock over the whole bus.
+  const double clock_gbs = 2.0 * mem_clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;
+  const bool peak_given = hbm_gbs > 0;
+  const double peak_gbs = peak_given ? hbm_gbs : clock_gbs;
+  if (peak_gbs <= 0) {
+    return Fail(absl::FailedPreconditionError(
+        "the device reports no memory clock or bus width: give the HBM bandwidth with --hbm-gbs"));
+  }
+  const double copy_gbs = CopyBandwidth(static_cast<size_t>(copy_gib) << 30) / 1e9;
+  std::printf(
+      "gpu: %s; HBM peak %.0f GB/s (%s; memory clock %d MHz x 2 x %d bits = %.0f GB/s); "
+      "device copy %.0f GB/s (read + write)\n",
+      prop.name, peak_gbs, peak_given ? "--hbm-gbs" : "clock x bus width", mem_clock_khz / 1000,
+      bus_bits, clock_gbs, copy_gbs);
 
   auto backend = CreateCudaBackend(0, DType::kBF16);
   RandomBf16Source weights(*config, seed);
   auto t0 = std::chrono::steady_clock::now();
   auto model = LlamaModel::Load(*config, weights, *backend);
   if (!model.ok()) return Fail(model.status());
-  const uint64_t weight_bytes = (*model)->weight_bytes();
-  const double roofline = bandwidth / static_cast<double>(weight_bytes);
-  std::printf("model: %s, %.2f GiB of weights, generated + loaded in %.1f s\n", model_name.c_str(),
-              weight_bytes / 1073741824.0, Seconds(t0));
-  std::printf("roofline: %.1f tok/s at batch 1\n", roofline);
-
-  // One cache for the largest batch that fits next to the weights and the prefill activations.
-  const int per_seq = Bench::BlocksPerSeq(prompt, gen);
-  const uint64_t block_bytes = (*model)->KvBytesPerBlock(kBlockSize);
-  const CudaMemory mem = CudaMemoryInfo(0);
-  const uint64_t reserve =
-      (1ull << 30) + static_cast<uint64_t>(max_batch_tokens) *
-                         (8 * config->hidden_size + 3 * config->intermediate_size) * 4;
-  auto fits = [&](int b) {
-    return (static_cast<uint64_t>(b) * per_seq + 1) * block_bytes + reserve <= mem.free;
-  };
-  int max_batch = 0;
-  for (int b : batches) {
-    if (fits(b)) max_batch = std::max(max_batch, b);
-  }
-  if (!fits(std::max(max_batch, 1))) {
-    return Fail(absl::ResourceExhaustedError("kv cache does not fit even for one sequence"));
-  }
-  max_batch = std::max(max_batch, 1);
-  const int64_t num_blocks = static_cast<int64_t>(max_batch) * per_seq + 1;
-  PagedKvCache cache = (*model)->NewPagedCache(kBlockSize, num_blocks);
-  std::printf("kv cache: %ld blocks of %d tokens, %.2f GiB (largest batch %d)\n",
-              static_cast<long>(num_blocks), kBlockSize, num_blocks * block_bytes / 1073741824.0,
-              max_batch);
-  std::vector<int> graph_sizes;
-  for (int size = 1; size <= std::max(256, max_batch); size *= 2) graph_sizes.push_back(size);
-  DecodeGraphs graphs(**model, cache, graph_sizes, per_seq, static_cast<int32_t>(num_blocks - 1));
-  Bench bench(**model, cache, graphs, prompt, gen, max_batch_tokens);
-
-  // Batch 1, with and without CUDA graphs.
-  auto with_graphs = bench.Run(1, true);
-  if (!with_graphs.ok()) return Fail(with_graphs.status());
-  auto eager = bench.Run(1, false);
-  if (!eager.ok()) return Fail(eager.status());
-  const double b1 = gen / with_graphs->decode_s, b1_eager = gen / eager->decode_s;
+  bytes.weights = (*model)->weight_bytes();
+  bytes.kv_per_token = (*model)->KvBytesPerBlock(kBlockSize) / kBlockSize;
   std::printf(
-      "batch 1 decode: %.1f tok/s with graphs%s, %.1f tok/s without; %.1f%% of the roofline\n", b1,
-      graphs.enabled() ? "" : " (disabled: eager)", b1_eager, 100.0 * b1 / roofline);
-  const auto& a = with_graphs->first_seq_tokens;
-  const auto same =
-      std::mismatch(a.begin(), a.end(), eager->first_seq_tokens.begin()).first - a.begin();
-  std::printf("graphs vs eager: the same greedy tokens for the first %ld of %d\n",
-              static_cast<long>(same), gen);
+      "model: %s, %.2f GB of weights (%.2f GB streamed per step), generated + loaded in "
+      "%.1f s\n",
+      model_name.c_str(), bytes.weights / 1e9, bytes.streamed() / 1e9, Seconds(t0));
+  std::printf("roofline at batch 1, no context: %.1f tok/s\n", peak_gbs * 1e9 / bytes.streamed());
 
-  nlohmann::json throughput = nlohmann::json::array();
-  for (int b : batches) {
-    if (b > max_batch) {
-      std::printf("batch %d: kv cache does not fit\n", b);
-      throughput.push_back(
-          {{"batch", b}, {"prompt", prompt}, {"gen", gen}, {"error", "kv cache does not fit"}});
-      continue;
+  nlohmann::json cells = nlohmann::json::array();
+  nlohmann::json graphs_check;
+  bool graphs_enabled = false;
+  for (int64_t context : contexts) {
+    const int per_seq = BlocksPerSeq(context, gen);
+    const uint64_t reserve = ReserveBytes(*config, context, max_batch_tokens);
+    const uint64_t free = CudaMemoryInfo(0).free;
+    std::vector<int> fit;
+    for (int b : batches) {
+      const uint64_t need = CacheBytes(b, context, gen, bytes.kv_per_token);
+      if (need + reserve <= free) {
+        fit.push_back(b);
+        continue;
+      }
+      char why[160];
+      std::snprintf(why, sizeof why,
+                    "kv cache does not fit: %.1f GiB + %.1f GiB reserve > %.1f "
+                    "GiB free",
+                    GiB(need), GiB(reserve), GiB(free));
+      std::printf("batch %d context %ld: %s\n", b, static_cast<long>(context), why);
+      cells.push_back({{"batch", b}, {"context", context}, {"error", why}});
     }
-    auto run = bench.Run(b, true);
-    if (!run.ok()) return Fail(run.status());
-    const double total = run->prefill_s + run->decode_s;
-    const double tok_s = static_cast<double>(b) * gen / total, step_ms = 1e3 * run->decode_s / gen;
-    std::printf("batch %d: %.1f output tok/s (prefill %.3f s, decode %.2f ms/step, total %.2f s)\n",
-                b, tok_s, run->prefill_s, step_ms, total);
-    throughput.push_back({{"batch", b},
-                          {"prompt", prompt},
-                          {"gen", gen},
-                          {"output_tok_s", tok_s},
-                          {"total_s", total},
-                          {"prefill_s", run->prefill_s},
-                          {"decode_step_ms", step_ms}});
+    if (fit.empty()) continue;
+    {  // this context's cache and graphs, freed before the next context's
+      const int64_t num_blocks = static_cast<int64_t>(fit.back()) * per_seq + 1;
+      PagedKvCache cache = (*model)->NewPagedCache(kBlockSize, num_blocks);
+      DecodeGraphs graphs(**model, cache, fit, per_seq, static_cast<int32_t>(num_blocks - 1));
+      graphs_enabled = graphs.enabled();
+      ContextBench bench(**model, cache, graphs, context, gen, max_batch_tokens);
+      std::printf("context %ld: kv cache %ld blocks of %d tokens, %.2f GiB (batches up to %d)\n",
+                  static_cast<long>(context), static_cast<long>(num_blocks), kBlockSize,
+                  GiB(static_cast<double>(num_blocks) * kBlockSize * bytes.kv_per_token),
+                  fit.back());
+      for (int b : fit) {
+        auto run = bench.Run(b, true);
+        if (!run.ok()) return Fail(run.status());
+        const double step_bytes = bytes.StepsBytes(b, context, gen) / gen;
+        const double step_s = run->decode_s / gen;
+        const double achieved_gbs = step_bytes / step_s / 1e9;
+        const double tok_s = b / step_s;
+        std::printf(
+            "batch %d context %ld: %.1f tok/s, %.3f ms/step, %.2f GB/step, %.0f GB/s = "
+            "%.1f%% of HBM peak (%.1f%% of copy); prefill %ld tokens %.2f s\n",
+            b, static_cast<long>(context), tok_s, 1e3 * step_s, step_bytes / 1e9, achieved_gbs,
+            100 * achieved_gbs / peak_gbs, 100 * achieved_gbs / copy_gbs,
+            static_cast<long>(context), run->prefill_s);
+        cells.push_back({{"batch", b},
+                         {"context", context},
+                         {"gen", gen},
+                         {"decode_tok_s", tok_s},
+                         {"decode_step_ms", 1e3 * step_s},
+                         {"bytes_per_step", step_bytes},
+                         {"achieved_gbs", achieved_gbs},
+                         {"roofline_fraction", achieved_gbs / peak_gbs},
+                         {"copy_fraction", achieved_gbs / copy_gbs},
+                         {"prefill_s", run->prefill_s},
+                         {"prefill_tok_s", static_cast<double>(context) / run->prefill_s}});
+        if (b == 1 && graphs_check.is_null()) {
+          // The same cell without graphs: the same greedy tokens, and what the graphs gain.
+          auto eager = bench.Run(1, false);
+          if (!eager.ok()) return Fail(eager.status());
+          const auto& a = run->first_seq_tokens;
+          const auto same =
+              std::mismatch(a.begin(), a.end(), eager->first_seq_tokens.begin()).first - a.begin();
+          std::printf(
+              "batch 1 context %ld without graphs: %.1f tok/s; the same greedy tokens for "
+              "the first %ld of %d\n",
+              static_cast<long>(context), gen / eager->decode_s, static_cast<long>(same), gen);
+          graphs_check = {{"context", context},
+                          {"graphs_tok_s", tok_s},
+                          {"eager_tok_s", gen / eager->decode_s},
+                          {"same_tokens", same},
+                          {"of", gen}};
+        }
+      }
+    }
+    // The backend frees through the device's memory pool, which keeps what it frees: hand it back
+    // so that the next context's cache sees the whole of the free memory.
+    backend->Synchronize();
+    cudaMemPool_t pool = nullptr;
+    CudaCheck(cudaDeviceGetDefaultMemPool(&pool, 0), "cudaDeviceGetDefaultMemPool");
+    CudaCheck(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
   }
 
   if (!json_path.empty()) {
     const nlohmann::json out = {{"gpu", prop.name},
                                 {"model", model_name},
                                 {"dtype", "bf16"},
-                                {"weight_bytes", weight_bytes},
-                                {"copy_bandwidth_gbs", bandwidth / 1e9},
-                                {"roofline_tok_s", roofline},
-                                {"batch1_decode_tok_s", b1},
-                                {"batch1_decode_tok_s_no_graphs", b1_eager},
-                                {"batch1_roofline_fraction", b1 / roofline},
-                                {"cuda_graphs", graphs.enabled()},
-                                {"throughput", throughput}};
+                                {"weight_bytes", bytes.weights},
+                                {"streamed_weight_bytes", bytes.streamed()},
+                                {"kv_bytes_per_token", bytes.kv_per_token},
+                                {"hbm_peak_gbs", peak_gbs},
+                                {"hbm_peak_source", peak_given ? "--hbm-gbs" : "clock x bus width"},
+                                {"hbm_clock_gbs", clock_gbs},
+                                {"memory_clock_mhz", mem_clock_khz / 1000},
+                                {"memory_bus_bits", bus_bits},
+                                {"copy_bandwidth_gbs", copy_gbs},
+                                {"cuda_graphs", graphs_enabled},
+                                {"graphs_vs_eager", graphs_check},
+                                {"cells", cells}};
     std::ofstream file(json_path);
     file << out.dump(2) << "\n";
     if (!file) return Fail(absl::UnavailableError("cannot write " + json_path));
