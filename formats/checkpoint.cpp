@@ -80,6 +80,19 @@ class ShardedCheckpoint : public WeightSource {
     if (!shard.ok()) return shard.status();
     return (*shard)->LoadColumns(name, begin, end);
   }
+  // Each shard acts only on a view of its own mapping.
+  absl::Status Populate(const Tensor& t) const override {
+    for (const auto& shard : shards_) {
+      if (absl::Status s = shard->Populate(t); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  void Release(const Tensor& t) const override {
+    for (const auto& shard : shards_) shard->Release(t);
+  }
+  void Trim(std::span<const Tensor> kept) const override {
+    for (const auto& shard : shards_) shard->Trim(kept);
+  }
 
  private:
   absl::StatusOr<const SafetensorsFile*> Shard(std::string_view name) const {

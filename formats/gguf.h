@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -78,6 +79,9 @@ class GgufFile : public WeightSource {
                                   int64_t end) const override;
   absl::StatusOr<Tensor> LoadColumns(std::string_view name, int64_t begin,
                                      int64_t end) const override;
+  absl::Status Populate(const Tensor& t) const override;
+  void Release(const Tensor& t) const override;
+  void Trim(std::span<const Tensor> kept) const override;
 
  private:
   GgufFile() = default;

@@ -37,6 +37,9 @@ class GgufHfView : public WeightSource {
                                   int64_t end) const override;
   absl::StatusOr<Tensor> LoadColumns(std::string_view name, int64_t begin,
                                      int64_t end) const override;
+  absl::Status Populate(const Tensor& t) const override { return gguf_.Populate(t); }
+  void Release(const Tensor& t) const override { gguf_.Release(t); }
+  void Trim(std::span<const Tensor> kept) const override { gguf_.Trim(kept); }
 
  private:
   absl::StatusOr<std::string> Map(std::string_view hf_name) const;

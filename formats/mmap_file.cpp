@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -71,11 +72,83 @@ absl::StatusOr<MappedFile> MapFile(const std::string& path) {
         err, absl::StrCat(path, ": cannot mmap ", file.size, " bytes: ", ErrnoMessage(err)));
   }
   // PROT_READ: a write through a tensor view faults instead of silently diverging from the file.
+  // No huge-page (PMD) mappings of the page cache's 2 MiB folios: dropping part of one (the other
+  // ranks' rows next to this rank's, ReleaseMapped) unmaps all of it, this rank's bytes included.
+  // Pages stay 4 KiB, as the anonymous copies the weights used to be were.
+  static_cast<void>(::madvise(addr, file.size, MADV_NOHUGEPAGE));
   const size_t size = file.size;
   file.mapping = std::shared_ptr<const void>(
       addr, [size](const void* p) { ::munmap(const_cast<void*>(p), size); });
   file.data = static_cast<const char*>(addr);
   return file;
+}
+
+namespace {
+
+size_t PageSize() {
+  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  return page;
+}
+
+}  // namespace
+
+absl::Status PopulateMapped(const void* data, size_t bytes, std::string_view what) {
+  if (bytes == 0) return absl::OkStatus();
+  const size_t page = PageSize();
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes + page - 1) / page * page;
+#ifdef MADV_POPULATE_READ
+  // One call maps the whole range (Linux 5.14+), and reports a failed read instead of SIGBUS.
+  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ) == 0) {
+    return absl::OkStatus();
+  }
+  const int err = errno;
+  if (err != EINVAL) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Sv(what), ": cannot read ", bytes, " mapped bytes: ", ErrnoMessage(err)));
+  }
+#endif
+  // Older kernels: one read per page faults it in.
+  unsigned char sink = 0;
+  for (uintptr_t p = reinterpret_cast<uintptr_t>(data); p < end; p += page) {
+    sink ^= *reinterpret_cast<const volatile unsigned char*>(
+        std::min<uintptr_t>(p, reinterpret_cast<uintptr_t>(data) + bytes - 1));
+  }
+  static_cast<void>(sink);
+  return absl::OkStatus();
+}
+
+void ReleaseMapped(const void* data, size_t bytes) {
+  const size_t page = PageSize();
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
+  // Best effort: a failure only leaves the pages resident.
+  if (end > begin)
+    static_cast<void>(::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED));
+}
+
+bool IsViewOf(const Tensor& t, const std::shared_ptr<const void>& mapping, const char* base,
+              size_t size) {
+  if (mapping == nullptr || t.holder() != mapping || t.device() != Device::kCpu) return false;
+  const auto* p = static_cast<const char*>(t.raw());
+  return p != nullptr && p >= base && t.nbytes() <= static_cast<size_t>(base + size - p);
+}
+
+void ReleaseMappedExcept(const std::shared_ptr<const void>& mapping, const char* base, size_t size,
+                         std::span<const Tensor> keep) {
+  std::vector<std::pair<const char*, const char*>> ranges;
+  for (const Tensor& t : keep) {
+    if (!IsViewOf(t, mapping, base, size)) continue;
+    const auto* p = static_cast<const char*>(t.raw());
+    ranges.emplace_back(p, p + t.nbytes());
+  }
+  std::sort(ranges.begin(), ranges.end());
+  const char* cursor = base;
+  for (const auto& [begin, end] : ranges) {
+    if (begin > cursor) ReleaseMapped(cursor, static_cast<size_t>(begin - cursor));
+    cursor = std::max(cursor, end);
+  }
+  if (base + size > cursor) ReleaseMapped(cursor, static_cast<size_t>(base + size - cursor));
 }
 
 absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(

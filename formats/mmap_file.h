@@ -4,12 +4,14 @@
 
 #include <cstddef>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "base/tensor.h"
 
 namespace shardlm {
 
@@ -25,6 +27,26 @@ struct MappedFile {
 // Errors: NotFound (missing file), PermissionDenied, InvalidArgument (not a regular file, mmap
 // failure); each message starts with `path`.
 absl::StatusOr<MappedFile> MapFile(const std::string& path);
+
+// Page residency of [data, data + bytes), a range inside a mapping made by MapFile (never other
+// memory: dropping pages of anonymous memory would zero it).
+// Maps every page of the range into this process now, so that no later read waits on a page
+// fault. Error (InvalidArgument, naming `what`): a page could not be read (an I/O error, or the
+// file was truncated under the mapping).
+absl::Status PopulateMapped(const void* data, size_t bytes, std::string_view what);
+// Drops the pages that lie wholly inside the range from this process's memory. The mapping is
+// read-only, so nothing is lost: the pages stay in the page cache (another process, or a later
+// read here, maps them again without disk I/O). For file bytes read only to copy them.
+void ReleaseMapped(const void* data, size_t bytes);
+// Whether `t` is a host view into the file mapped at [base, base + size) that `mapping` holds:
+// the tensors that PopulateMapped / ReleaseMapped may be given.
+bool IsViewOf(const Tensor& t, const std::shared_ptr<const void>& mapping, const char* base,
+              size_t size);
+// Drops every whole page of that mapping that holds no byte of a view in `keep` (other tensors
+// are ignored). Reading a page maps more than that page: the kernel maps whole page-cache
+// folios and the pages around a fault, which may belong to other ranks' rows.
+void ReleaseMappedExcept(const std::shared_ptr<const void>& mapping, const char* base, size_t size,
+                         std::span<const Tensor> keep);
 
 // Writes `path` atomically: bytes go to "<path>.tmp.<pid>.<n>" (created with the umask's
 // permissions), Commit() fsyncs, closes and renames it over `path`. A reader never sees a

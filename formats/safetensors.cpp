@@ -236,10 +236,24 @@ Tensor ViewOrCopy(const char* data, std::vector<int64_t> shape, DType dtype,
   }
   Tensor copy = Tensor::Empty(std::move(shape), dtype);
   std::memcpy(copy.raw(), data, copy.nbytes());
+  ReleaseMapped(data, copy.nbytes());  // the copy is what the rank holds
   return copy;
 }
 
 }  // namespace
+
+absl::Status SafetensorsFile::Populate(const Tensor& t) const {
+  if (!IsViewOf(t, mapping_, base_, file_size_)) return absl::OkStatus();
+  return PopulateMapped(t.raw(), t.nbytes(), path_);
+}
+
+void SafetensorsFile::Release(const Tensor& t) const {
+  if (IsViewOf(t, mapping_, base_, file_size_)) ReleaseMapped(t.raw(), t.nbytes());
+}
+
+void SafetensorsFile::Trim(std::span<const Tensor> kept) const {
+  ReleaseMappedExcept(mapping_, base_, file_size_, kept);
+}
 
 absl::StatusOr<Tensor> SafetensorsFile::Load(std::string_view name) const {
   absl::StatusOr<TensorInfo> info = Info(name);
@@ -292,11 +306,15 @@ absl::StatusOr<Tensor> SafetensorsFile::LoadColumns(std::string_view name, int64
   Tensor out = Tensor::Empty({rows, end - begin}, info->dtype);
   const char* src = base_ + info->offset + static_cast<size_t>(begin) * elem;
   char* dst = static_cast<char*>(out.raw());
-  // Only these bytes of each row are read, so only the pages holding them are faulted in.
+  // One call maps the tensor's pages rather than a page fault for each (the rows' other columns
+  // share their pages; all is dropped again below). A failed read shows in the copy instead.
+  static_cast<void>(PopulateMapped(base_ + info->offset, info->size, path_));
   for (int64_t r = 0; r < rows; ++r) {
     std::memcpy(dst + static_cast<size_t>(r) * out_row_bytes,
                 src + static_cast<size_t>(r) * row_bytes, out_row_bytes);
   }
+  // The rows' other columns share those pages (other ranks' slices): none is needed here again.
+  ReleaseMapped(base_ + info->offset, info->size);
   return out;
 }
 

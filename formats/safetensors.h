@@ -5,6 +5,7 @@
 
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -33,6 +34,9 @@ class SafetensorsFile : public WeightSource {
                                   int64_t end) const override;
   absl::StatusOr<Tensor> LoadColumns(std::string_view name, int64_t begin,
                                      int64_t end) const override;
+  absl::Status Populate(const Tensor& t) const override;
+  void Release(const Tensor& t) const override;
+  void Trim(std::span<const Tensor> kept) const override;
 
  private:
   SafetensorsFile() = default;

@@ -105,7 +105,9 @@ absl::StatusOr<LlamaWeights> LoadLlamaShard(const ModelConfig& config, const Ran
     SHARDLM_ASSIGN_OR_RETURN(lw.up.bias, rows(config.mlp_bias, p + "mlp.up_proj.bias", {inter}, mlp));
     SHARDLM_ASSIGN_OR_RETURN(lw.down.bias, full(config.mlp_bias && row_bias, p + "mlp.down_proj.bias", {h}));
     out.layers.push_back(std::move(lw));
+    w.ReleaseUnused();
   }
+  w.ReleaseUnused();
   return out;
 }
 

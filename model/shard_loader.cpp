@@ -23,10 +23,22 @@ absl::StatusOr<TensorInfo> ShardLoader::Check(const std::string& name,
   return info;
 }
 
-Tensor ShardLoader::Prepare(const Tensor& host) {
+absl::StatusOr<Tensor> ShardLoader::Prepare(const Tensor& host) {
   Tensor prepared = backend_->PrepareWeight(host);
   bytes_ += prepared.nbytes();
+  // One copy of each weight in this process: a view the backend kept is mapped in whole now
+  // (its pages are the weight), and the file pages of one it copied or uploaded are dropped.
+  if (prepared.raw() == host.raw() && prepared.device() == host.device()) {
+    SHARDLM_RETURN_IF_ERROR(weights_.Populate(host));
+    kept_.push_back(host);
+  } else {
+    weights_.Release(host);
+  }
   return prepared;
+}
+
+void ShardLoader::ReleaseUnused() {
+  if (backend_ != nullptr) weights_.Trim(kept_);
 }
 
 void ShardLoader::Count(const TensorInfo& info, int64_t numel, bool as_f32) {
@@ -70,6 +82,11 @@ absl::StatusOr<Tensor> ShardLoader::Columns(const std::string& name,
   if (backend_ == nullptr) {
     Count(info, shape[0] * cols.size(), straddles);
     return Tensor();
+  }
+  if (cols.begin == 0 && cols.end == shape[1]) {
+    // Every column (one rank per stage): the whole tensor, which the backend may use in place.
+    SHARDLM_ASSIGN_OR_RETURN(Tensor host, weights_.Load(name));
+    return Prepare(host);
   }
   if (!straddles) {
     SHARDLM_ASSIGN_OR_RETURN(Tensor host, weights_.LoadColumns(name, cols.begin, cols.end));

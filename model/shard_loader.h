@@ -23,13 +23,20 @@ class ShardLoader {
       : config_(config), weights_(weights), backend_(backend) {}
 
   absl::StatusOr<Tensor> Full(const std::string& name, const std::vector<int64_t>& shape);
-  // Rows [rows.begin, rows.end) of dimension 0: a view of the file, no copy.
+  // Rows [rows.begin, rows.end) of dimension 0: a view of the file, no copy (when the backend
+  // takes the view as it is, as the CPU backend does for aligned data).
   absl::StatusOr<Tensor> Rows(const std::string& name, const std::vector<int64_t>& shape,
                               Range rows);
-  // Columns of a matrix: only those bytes are copied. A quantized matrix whose range cuts
-  // through blocks is dequantized to f32 for just this slice (and the log says so).
+  // Columns of a matrix: only those bytes are copied (all of them: the whole tensor, as Full). A
+  // quantized matrix whose range cuts through blocks is dequantized to f32 for just this slice
+  // (and the log says so).
   absl::StatusOr<Tensor> Columns(const std::string& name, const std::vector<int64_t>& shape,
                                  Range cols);
+
+  // Drops the checkpoint's pages that no weight loaded so far uses from this process (those read
+  // along with a view: the kernel maps whole page-cache folios). Between tensors, and once at
+  // the end, so that the rank holds its shard and little more at any time.
+  void ReleaseUnused();
 
   uint64_t bytes() const { return bytes_; }
   // Tensors whose slice had to be dequantized.
@@ -37,7 +44,9 @@ class ShardLoader {
 
  private:
   absl::StatusOr<TensorInfo> Check(const std::string& name, const std::vector<int64_t>& shape);
-  Tensor Prepare(const Tensor& host);
+  // The backend's form of `host`; then the source maps the pages of a view the backend uses in
+  // place, or drops those of one it copied.
+  absl::StatusOr<Tensor> Prepare(const Tensor& host);
   // The bytes a slice of `numel` elements of `info` takes once prepared (CPU backend forms).
   void Count(const TensorInfo& info, int64_t numel, bool as_f32);
 
@@ -46,6 +55,7 @@ class ShardLoader {
   Backend* backend_;
   uint64_t bytes_ = 0;
   std::vector<std::string> dequantized_;
+  std::vector<Tensor> kept_;  // the views of the checkpoint the backend uses in place
 };
 
 }  // namespace shardlm

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -39,21 +40,24 @@ class CpuBackend final : public Backend {
   Tensor ToDevice(const Tensor& host) override { return CopyAsF32("ToDevice", host); }
   Tensor ToHost(const Tensor& t) override { return CopyAsF32("ToHost", t); }
   // Matrices (Linear weights, embedding tables) stay in their checkpoint dtype: decode streams
-  // every one of them per token, and 16 bits halve those bytes. The copy is owned rather than
-  // a view of the mmap, so that weights never wait on the page cache. Everything else (norm
-  // weights, biases) is small and becomes f32, so that only Linear and Embedding see 16 bits.
+  // every one of them per token, and 16 bits halve those bytes. f32 tensors and matrices of
+  // bf16 / f16 / quantized blocks are used in place, views of the checkpoint's mapping when they
+  // come from a file (the shard loader maps their pages at load), so that a rank holds each
+  // weight once. The kernels read them with unaligned vector loads (quantized blocks byte-wise),
+  // so only element alignment counts; a misaligned one is copied. Everything else (16-bit norm
+  // weights and biases) is small and becomes f32, so that only Linear and Embedding see 16 bits.
   Tensor PrepareWeight(const Tensor& host) override {
-    const bool half = host.dtype() == DType::kBF16 || host.dtype() == DType::kF16;
-    if (IsQuantized(host.dtype()) && host.rank() == 2) {
-      // Quantized matrices stay as their blocks, read straight from the checkpoint's mapping.
-      return host;
-    }
-    if (!half || host.rank() != 2) return CopyAsF32("PrepareWeight", host);
     cpu::Require(host.device() == Device::kCpu && host.defined(), "PrepareWeight",
                  "expects a defined host tensor", {{"t", &host}});
-    Tensor out = Tensor::Empty(host.shape(), host.dtype());
-    CopyParallel(host.raw(), out.raw(), host.nbytes());
-    return out;
+    const bool half = host.dtype() == DType::kBF16 || host.dtype() == DType::kF16;
+    if (IsQuantized(host.dtype()) && host.rank() == 2) return host;
+    if ((half && host.rank() == 2) || host.dtype() == DType::kF32) {
+      if (reinterpret_cast<uintptr_t>(host.raw()) % DTypeSize(host.dtype()) == 0) return host;
+      Tensor out = Tensor::Empty(host.shape(), host.dtype());
+      CopyParallel(host.raw(), out.raw(), host.nbytes());
+      return out;
+    }
+    return CopyAsF32("PrepareWeight", host);
   }
 
   Tensor PrepareWeightColumns(const Tensor& host, int64_t begin, int64_t end) override {

@@ -352,7 +352,9 @@ class CudaBackend final : public Backend {
   }
 
   // f32 stays f32; bf16 / f16 matrices stay 16-bit; quantized matrices stay as their blocks
-  // (dequantized by the kernels); anything else (1-D, other ranks) -> f32.
+  // (dequantized by the kernels); anything else (1-D, other ranks) -> f32. Returns once the host
+  // bytes are read and keeps nothing of them: the shard loader then drops the file pages of
+  // `host` (a view of the checkpoint's mapping) from the process.
   Tensor PrepareWeight(const Tensor& host) override {
     Activate();
     Require(host.device() == Device::kCpu && host.defined(), "PrepareWeight",
@@ -363,7 +365,10 @@ class CudaBackend final : public Backend {
       return CopyRaw(host);
     }
     if (IsHalf(host.dtype()) && host.rank() == 2) return CopyRaw(host);
-    return ToDevice(host);
+    Tensor out = ToDevice(host);
+    // Like CopyRaw: the copy from `host` has finished before its pages may go.
+    SHARDLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return out;
   }
 
   // A tensor-parallel column slice through quantization blocks: dequantized on the host, kept

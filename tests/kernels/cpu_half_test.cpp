@@ -290,8 +290,9 @@ TEST(HalfEmbeddingTest, GathersAndConvertsRows) {
   EXPECT_THROW(backend->Embedding(table, bad, y1), std::out_of_range);
 }
 
-// 2-D bf16 / f16 weights stay 16-bit: an owned, 64-byte aligned, bit-identical copy (not a view
-// of the source, which may be an mmap). 1-D ones (norm weights, biases) become f32.
+// 2-D bf16 / f16 weights stay 16-bit and are used in place (a view of the checkpoint's mapping
+// stays one); data that is not 2-byte aligned becomes an owned, 64-byte aligned, bit-identical
+// copy. 1-D ones (norm weights, biases) become f32.
 TEST(HalfPrepareWeightTest, KeepsMatricesConvertsVectors) {
   auto backend = CreateCpuBackend(2);
   for (DType dtype : kHalfTypes) {
@@ -300,11 +301,20 @@ TEST(HalfPrepareWeightTest, KeepsMatricesConvertsVectors) {
       const Tensor w = backend->PrepareWeight(src);
       EXPECT_EQ(w.dtype(), dtype);
       EXPECT_EQ(w.shape(), shape);
-      EXPECT_NE(w.raw(), src.raw());
-      EXPECT_NE(w.holder(), src.holder());
-      EXPECT_EQ(reinterpret_cast<uintptr_t>(w.raw()) % 64, 0u);
-      ASSERT_EQ(w.nbytes(), src.nbytes());
-      EXPECT_EQ(std::memcmp(w.raw(), src.raw(), src.nbytes()), 0) << DTypeName(dtype);
+      EXPECT_EQ(w.raw(), src.raw());
+      EXPECT_EQ(w.holder(), src.holder());
+      // The same bytes one byte off their alignment.
+      Tensor buffer = Tensor::Empty({src.numel() + 1}, dtype);
+      Tensor odd =
+          Tensor::View(static_cast<char*>(buffer.raw()) + 1, shape, dtype, buffer.holder());
+      std::memcpy(odd.raw(), src.raw(), src.nbytes());
+      const Tensor copy = backend->PrepareWeight(odd);
+      EXPECT_EQ(copy.dtype(), dtype);
+      EXPECT_EQ(copy.shape(), shape);
+      EXPECT_NE(copy.holder(), odd.holder());
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(copy.raw()) % 64, 0u);
+      ASSERT_EQ(copy.nbytes(), src.nbytes());
+      EXPECT_EQ(std::memcmp(copy.raw(), src.raw(), src.nbytes()), 0) << DTypeName(dtype);
     }
     const Tensor src1 = RandomHalf(dtype, {72}, 42);
     const Tensor v = backend->PrepareWeight(src1);
