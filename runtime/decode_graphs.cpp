@@ -91,25 +91,22 @@ absl::StatusOr<Tensor> DecodeGraphs::Run(const BatchInput& batch) {
     Graph g;
     g.layout = padded;
     g.indices = b.UploadIndices(packed);
+    // The activations outlive the graph, so that it holds no allocation of its own for them;
+    // the eager step and the graph write the same buffers, logits included.
+    if (workspace_.tokens == 0) workspace_ = model_.NewWorkspace(sizes_.back(), sizes_.back());
+    g.workspace = workspace_.Prefix(size, size);
     const StepIndices views = StepIndices::Views(g.layout, g.indices);
-    SHARDLM_ASSIGN_OR_RETURN(Tensor eager, model_.ForwardStep(views, cache_.k, cache_.v));
-    if (eager.defined() && eager.rank() == 2) {
-      g.logits = b.Allocate({size, eager.dim(1)});
-      b.Copy(eager, g.logits);
-    }
+    SHARDLM_ASSIGN_OR_RETURN(g.logits, model_.ForwardStep(views, cache_.k, cache_.v, &g.workspace));
     b.Synchronize();
     if (!b.BeginCapture()) {
       enabled_ = false;
       return g.logits.defined() && g.logits.rank() == 2 ? g.logits.Rows(0, seqs) : Tensor();
     }
     absl::Status recorded_status;
-    // The step's own tensors are freed at the end of the try block, inside the graph.
+    // What the step still allocates itself (backend temporaries) is freed at the end of the try
+    // block, inside the graph.
     try {
-      absl::StatusOr<Tensor> recorded = model_.ForwardStep(views, cache_.k, cache_.v);
-      recorded_status = recorded.status();
-      if (recorded.ok() && recorded->defined() && recorded->rank() == 2) {
-        b.Copy(*recorded, g.logits);
-      }
+      recorded_status = model_.ForwardStep(views, cache_.k, cache_.v, &g.workspace).status();
     } catch (...) {
       // An op that failed while recording leaves the stream capturing: end the capture (its
       // graph is dropped, and this size records again at its next step) so that the next step
