@@ -1,7 +1,6 @@
 // The host-span conveniences of Backend: check on the host, upload, call the index-tensor op.
 #include <stdexcept>
 #include <string>
-#include <string>
 
 #include "kernels/backend.h"
 
@@ -31,6 +30,17 @@ bool KvWriteShapesAgree(const Tensor& k, const Tensor& v, int64_t n, const Tenso
          k.numel() == n * row;
 }
 
+bool RopeWriteKvShapesAgree(const Tensor& qkv, int64_t n, const Tensor& k_cache,
+                            const Tensor& v_cache, const Tensor& q) {
+  if (q.rank() != 3 || k_cache.rank() < 1 || qkv.rank() < 1) return false;
+  const int64_t heads = q.dim(1), head_dim = q.dim(2);
+  const int64_t rows = k_cache.dim(0);
+  const int64_t kv_width = rows > 0 ? k_cache.numel() / rows : 0;
+  return q.dim(0) == n && qkv.dim(0) == n && heads > 0 && head_dim > 0 && kv_width > 0 &&
+         kv_width % head_dim == 0 && k_cache.shape() == v_cache.shape() &&
+         qkv.numel() == n * (heads * head_dim + 2 * kv_width);
+}
+
 bool AttentionShapesAgree(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                           const Tensor& out, int64_t n, const AttentionParams& params) {
   const int64_t heads = params.num_heads, kv_heads = params.num_kv_heads;
@@ -57,6 +67,14 @@ void Backend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t>
                       Tensor& k_cache, Tensor& v_cache) {
   if (k_cache.rank() >= 1) CheckRange("WriteKv", "cache row", rows, 0, k_cache.dim(0));
   WriteKv(k, v, UploadIndices(rows), k_cache, v_cache);
+}
+
+void Backend::RopeWriteKv(const Tensor& qkv, std::span<const int32_t> positions,
+                          const RopeConfig& rope, std::span<const int32_t> rows, Tensor& k_cache,
+                          Tensor& v_cache, Tensor& q) {
+  CheckRange("RopeWriteKv", "position", positions, 0, INT32_MAX);
+  if (k_cache.rank() >= 1) CheckRange("RopeWriteKv", "cache row", rows, 0, k_cache.dim(0));
+  RopeWriteKv(qkv, UploadIndices(positions), rope, UploadIndices(rows), k_cache, v_cache, q);
 }
 
 void Backend::PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,

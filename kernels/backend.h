@@ -61,6 +61,13 @@ inline constexpr const char* kKvWriteShapes =
     "[max_seq, kv_heads, head_dim]";
 bool AttentionShapesAgree(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                           const Tensor& out, int64_t n, const AttentionParams& params);
+// The shape rule of RopeWriteKv: qkv [n, (heads + 2 * kv_heads) * head_dim], q [n, heads,
+// head_dim] and caches [rows, kv_heads, head_dim] of one head_dim.
+bool RopeWriteKvShapesAgree(const Tensor& qkv, int64_t n, const Tensor& k_cache,
+                            const Tensor& v_cache, const Tensor& q);
+inline constexpr const char* kRopeWriteKvShapes =
+    "expects qkv [n, (heads + 2 * kv_heads) * head_dim] with n == the number of positions and "
+    "of cache rows given, q [n, heads, head_dim] and caches [rows, kv_heads, head_dim]";
 inline constexpr const char* kAttentionShapes =
     "expects q [n, num_heads, head_dim] with n == positions.size(), caches "
     "[rows, num_kv_heads, head_dim], out [n, num_heads * head_dim] and num_heads a "
@@ -122,6 +129,9 @@ class Backend {
   virtual void Embedding(const Tensor& table, const Tensor& ids, Tensor& y) = 0;
   // y = silu(gate) * up, elementwise; y may alias gate.
   virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) = 0;
+  // y[n, inter] = silu(gate_up[:, :inter]) * gate_up[:, inter:], from gate_up [n, 2 * inter]
+  // (the output of a fused gate/up projection). y must not alias gate_up.
+  virtual void SiluMulPacked(const Tensor& gate_up, Tensor& y) = 0;
   // x += y, elementwise.
   virtual void Add(Tensor& x, const Tensor& y) = 0;
   // out[i] = argmax_j logits[i, j] (first index on ties), for each of the n rows; when `values`
@@ -142,6 +152,13 @@ class Backend {
   // the rows given by `rows`.
   virtual void WriteKv(const Tensor& k, const Tensor& v, const Tensor& rows, Tensor& k_cache,
                        Tensor& v_cache) = 0;
+  // The attention input of a layer in one pass, from the output of a fused QKV projection:
+  // qkv [n, (heads + 2 * kv_heads) * head_dim] holds each token's Q heads, then its K heads, then
+  // its V heads. q [n, heads, head_dim] receives Q rotated by Rope (row i at positions[i]); K
+  // rotated the same way and V as it is go into the caches [rows, kv_heads, head_dim] at the rows
+  // given by `rows`. The same as Rope on Q and K, then WriteKv.
+  virtual void RopeWriteKv(const Tensor& qkv, const Tensor& positions, const RopeConfig& rope,
+                           const Tensor& rows, Tensor& k_cache, Tensor& v_cache, Tensor& q) = 0;
   // Causal GQA attention over a paged cache, for a batch of tokens from several sequences: query
   // i (q [n, num_heads, head_dim] row i, at layout.positions[i] of sequence layout.seq_index[i])
   // attends its sequence's keys [0, position] (or the sliding window); out
@@ -171,6 +188,8 @@ class Backend {
   void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y);
   void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> rows, Tensor& k_cache,
                Tensor& v_cache);
+  void RopeWriteKv(const Tensor& qkv, std::span<const int32_t> positions, const RopeConfig& rope,
+                   std::span<const int32_t> rows, Tensor& k_cache, Tensor& v_cache, Tensor& q);
   void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                       const PagedKvLayout& layout, const AttentionParams& params, Tensor& out);
   PagedKvIndices UploadLayout(const PagedKvLayout& layout);

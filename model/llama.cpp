@@ -1,7 +1,9 @@
 #include "model/llama.h"
 
 #include <cmath>
+#include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
@@ -65,6 +67,17 @@ absl::StatusOr<LlamaWeights> LoadLlamaShard(const ModelConfig& config, const Ran
     return std::optional<Tensor>(std::move(t));
   };
 
+  // Stacked biases of a fused projection (vectors always stack).
+  auto stacked =
+      [&](bool present,
+          std::vector<ShardLoader::RowSlice> parts) -> absl::StatusOr<std::optional<Tensor>> {
+    if (!present) return std::optional<Tensor>();
+    SHARDLM_ASSIGN_OR_RETURN(std::optional<Tensor> t, w.StackedRows(parts));
+    if (!t)
+      return absl::InternalError(absl::StrCat("biases from '", parts[0].name, "' did not stack"));
+    return t;
+  };
+
   if (shard.first_stage) {
     VocabParallelEmbedding e;
     e.vocab = shard.vocab;
@@ -89,20 +102,47 @@ absl::StatusOr<LlamaWeights> LoadLlamaShard(const ModelConfig& config, const Ran
     LlamaLayerWeights lw;
     const std::string p = absl::StrCat("model.layers.", l, ".");
     SHARDLM_ASSIGN_OR_RETURN(lw.attn_norm, w.Full(p + "input_layernorm.weight", {h}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.q.weight, w.Rows(p + "self_attn.q_proj.weight", {q_dim, h}, q_rows));
-    SHARDLM_ASSIGN_OR_RETURN(lw.k.weight, w.Rows(p + "self_attn.k_proj.weight", {kv_dim, h}, kv_rows));
-    SHARDLM_ASSIGN_OR_RETURN(lw.v.weight, w.Rows(p + "self_attn.v_proj.weight", {kv_dim, h}, kv_rows));
-    SHARDLM_ASSIGN_OR_RETURN(lw.o.weight, w.Columns(p + "self_attn.o_proj.weight", {h, q_dim}, q_rows));
-    SHARDLM_ASSIGN_OR_RETURN(lw.q.bias, rows(config.qkv_bias, p + "self_attn.q_proj.bias", {q_dim}, q_rows));
-    SHARDLM_ASSIGN_OR_RETURN(lw.k.bias, rows(config.qkv_bias, p + "self_attn.k_proj.bias", {kv_dim}, kv_rows));
-    SHARDLM_ASSIGN_OR_RETURN(lw.v.bias, rows(config.qkv_bias, p + "self_attn.v_proj.bias", {kv_dim}, kv_rows));
+    const std::string q = p + "self_attn.q_proj.", k = p + "self_attn.k_proj.",
+                      vp = p + "self_attn.v_proj.";
+    SHARDLM_ASSIGN_OR_RETURN(auto qkv, w.StackedRows({{q + "weight", {q_dim, h}, q_rows},
+                                                      {k + "weight", {kv_dim, h}, kv_rows},
+                                                      {vp + "weight", {kv_dim, h}, kv_rows}}));
+    lw.fused_qkv = qkv.has_value();
+    if (lw.fused_qkv) {
+      lw.qkv.weight = *std::move(qkv);
+      SHARDLM_ASSIGN_OR_RETURN(lw.qkv.bias,
+                               stacked(config.qkv_bias, {{q + "bias", {q_dim}, q_rows},
+                                                         {k + "bias", {kv_dim}, kv_rows},
+                                                         {vp + "bias", {kv_dim}, kv_rows}}));
+    } else {
+      SHARDLM_ASSIGN_OR_RETURN(lw.q.weight, w.Rows(q + "weight", {q_dim, h}, q_rows));
+      SHARDLM_ASSIGN_OR_RETURN(lw.k.weight, w.Rows(k + "weight", {kv_dim, h}, kv_rows));
+      SHARDLM_ASSIGN_OR_RETURN(lw.v.weight, w.Rows(vp + "weight", {kv_dim, h}, kv_rows));
+      SHARDLM_ASSIGN_OR_RETURN(lw.q.bias, rows(config.qkv_bias, q + "bias", {q_dim}, q_rows));
+      SHARDLM_ASSIGN_OR_RETURN(lw.k.bias, rows(config.qkv_bias, k + "bias", {kv_dim}, kv_rows));
+      SHARDLM_ASSIGN_OR_RETURN(lw.v.bias, rows(config.qkv_bias, vp + "bias", {kv_dim}, kv_rows));
+    }
+    SHARDLM_ASSIGN_OR_RETURN(lw.o.weight,
+                             w.Columns(p + "self_attn.o_proj.weight", {h, q_dim}, q_rows));
     SHARDLM_ASSIGN_OR_RETURN(lw.o.bias, full(config.o_bias && row_bias, p + "self_attn.o_proj.bias", {h}));
     SHARDLM_ASSIGN_OR_RETURN(lw.mlp_norm, w.Full(p + "post_attention_layernorm.weight", {h}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.gate.weight, w.Rows(p + "mlp.gate_proj.weight", {inter, h}, mlp));
-    SHARDLM_ASSIGN_OR_RETURN(lw.up.weight, w.Rows(p + "mlp.up_proj.weight", {inter, h}, mlp));
-    SHARDLM_ASSIGN_OR_RETURN(lw.down.weight, w.Columns(p + "mlp.down_proj.weight", {h, inter}, mlp));
-    SHARDLM_ASSIGN_OR_RETURN(lw.gate.bias, rows(config.mlp_bias, p + "mlp.gate_proj.bias", {inter}, mlp));
-    SHARDLM_ASSIGN_OR_RETURN(lw.up.bias, rows(config.mlp_bias, p + "mlp.up_proj.bias", {inter}, mlp));
+    const std::string gate = p + "mlp.gate_proj.", up = p + "mlp.up_proj.";
+    SHARDLM_ASSIGN_OR_RETURN(auto gate_up, w.StackedRows({{gate + "weight", {inter, h}, mlp},
+                                                          {up + "weight", {inter, h}, mlp}}));
+    lw.fused_gate_up = gate_up.has_value();
+    if (lw.fused_gate_up) {
+      lw.gate_up.weight = *std::move(gate_up);
+      SHARDLM_ASSIGN_OR_RETURN(
+          lw.gate_up.bias,
+          stacked(config.mlp_bias, {{gate + "bias", {inter}, mlp}, {up + "bias", {inter}, mlp}}));
+    } else {
+      SHARDLM_ASSIGN_OR_RETURN(lw.gate.weight, w.Rows(gate + "weight", {inter, h}, mlp));
+      SHARDLM_ASSIGN_OR_RETURN(lw.up.weight, w.Rows(up + "weight", {inter, h}, mlp));
+      SHARDLM_ASSIGN_OR_RETURN(lw.gate.bias, rows(config.mlp_bias, gate + "bias", {inter}, mlp));
+      SHARDLM_ASSIGN_OR_RETURN(lw.up.bias, rows(config.mlp_bias, up + "bias", {inter}, mlp));
+    }
+    SHARDLM_ASSIGN_OR_RETURN(lw.down.weight,
+                             w.Columns(p + "mlp.down_proj.weight", {h, inter}, mlp));
     SHARDLM_ASSIGN_OR_RETURN(lw.down.bias, full(config.mlp_bias && row_bias, p + "mlp.down_proj.bias", {h}));
     out.layers.push_back(std::move(lw));
     w.ReleaseUnused();
@@ -165,79 +205,149 @@ StepIndices StepIndices::Views(const HostStepIndices& host, const Tensor& packed
   return s;
 }
 
-absl::Status LlamaModel::Layer(int64_t l, Tensor& x, Tensor& delta, const StepIndices& step,
+// A view into `buf` from element `offset`, shaped `shape` (a part of a workspace buffer).
+static Tensor Part(const Tensor& buf, int64_t offset, std::vector<int64_t> shape) {
+  return Tensor::View(buf.data<float>() + offset, std::move(shape), buf.dtype(), buf.holder(),
+                      buf.device());
+}
+
+absl::Status LlamaModel::Layer(int64_t l, bool first, StepWorkspace& ws, const StepIndices& step,
                                Tensor& k_cache, Tensor& v_cache) {
   const LlamaLayerWeights& lw = w_.layers[l];
-  const int64_t n = x.dim(0), hd = config_.head_dim;
+  const int64_t n = ws.tokens, hd = config_.head_dim;
   const int64_t heads = attn_.num_heads, kv_heads = attn_.num_kv_heads;
   const int64_t inter = parallel_.shard.intermediate.size();
   const float eps = config_.rms_norm_eps;
   Backend& b = backend_;
+  Tensor& x = ws.x;
+  Tensor& h = ws.h;
 
-  Tensor h = b.AllocateUninitialized({n, config_.hidden_size});
-  if (delta.raw() != nullptr) {
-    b.AddRmsNorm(x, delta, lw.attn_norm, eps, h);
-  } else {
+  if (first) {
     b.RmsNorm(x, lw.attn_norm, eps, h);
+  } else {
+    b.AddRmsNorm(x, h, lw.attn_norm, eps, h);  // h: the previous layer's MLP output
   }
-  Tensor q = b.AllocateUninitialized({n, heads * hd});
-  Tensor k = b.AllocateUninitialized({n, kv_heads * hd});
-  Tensor v = b.AllocateUninitialized({n, kv_heads * hd});
-  lw.q.Apply(b, h, q);
-  lw.k.Apply(b, h, k);
-  lw.v.Apply(b, h, v);
-  Tensor q3 = q.Reshape({n, heads, hd});
-  Tensor k3 = k.Reshape({n, kv_heads, hd});
-  b.Rope(q3, step.positions, rope_);
-  b.Rope(k3, step.positions, rope_);
-  b.WriteKv(k3, v.Reshape({n, kv_heads, hd}), step.cache_rows, k_cache, v_cache);
-  Tensor attn = b.AllocateUninitialized({n, heads * hd});
-  b.PagedAttention(q3, k_cache, v_cache, step.layout, attn_, attn);
-  SHARDLM_RETURN_IF_ERROR(lw.o.Apply(b, parallel_, attn, h));
+  if (lw.fused_qkv) {
+    lw.qkv.Apply(b, h, ws.qkv);
+    b.RopeWriteKv(ws.qkv, step.positions, rope_, step.cache_rows, k_cache, v_cache, ws.q);
+  } else {
+    // Q straight into ws.q (rotated in place); K and V in the first two parts of ws.qkv.
+    Tensor q = ws.q.Reshape({n, heads * hd});
+    Tensor k = Part(ws.qkv, 0, {n, kv_heads * hd});
+    Tensor v = Part(ws.qkv, n * kv_heads * hd, {n, kv_heads * hd});
+    lw.q.Apply(b, h, q);
+    lw.k.Apply(b, h, k);
+    lw.v.Apply(b, h, v);
+    Tensor k3 = k.Reshape({n, kv_heads, hd});
+    b.Rope(ws.q, step.positions, rope_);
+    b.Rope(k3, step.positions, rope_);
+    b.WriteKv(k3, v.Reshape({n, kv_heads, hd}), step.cache_rows, k_cache, v_cache);
+  }
+  b.PagedAttention(ws.q, k_cache, v_cache, step.layout, attn_, ws.attn);
+  SHARDLM_RETURN_IF_ERROR(lw.o.Apply(b, parallel_, ws.attn, h));
   // x += attention output; h = norm(x), in one pass.
   b.AddRmsNorm(x, h, lw.mlp_norm, eps, h);
-  Tensor gate = b.AllocateUninitialized({n, inter});
-  Tensor up = b.AllocateUninitialized({n, inter});
-  lw.gate.Apply(b, h, gate);
-  lw.up.Apply(b, h, up);
-  b.SiluMul(gate, up, gate);
-  SHARDLM_RETURN_IF_ERROR(lw.down.Apply(b, parallel_, gate, h));
-  delta = std::move(h);  // added to x with the next layer's first norm (or after the stage)
-  return absl::OkStatus();
+  if (lw.fused_gate_up) {
+    lw.gate_up.Apply(b, h, ws.gate_up);
+    b.SiluMulPacked(ws.gate_up, ws.act);
+  } else {
+    Tensor gate = Part(ws.gate_up, 0, {n, inter});
+    Tensor up = Part(ws.gate_up, n * inter, {n, inter});
+    lw.gate.Apply(b, h, gate);
+    lw.up.Apply(b, h, up);
+    b.SiluMul(gate, up, ws.act);
+  }
+  // h = the MLP output: added to x with the next layer's first norm (or after the stage).
+  return lw.down.Apply(b, parallel_, ws.act, h);
+}
+
+StepWorkspace StepWorkspace::Prefix(int64_t new_tokens, int64_t new_logit_rows) const {
+  if (new_tokens > tokens || new_logit_rows > logit_rows) {
+    throw std::invalid_argument(absl::StrCat("StepWorkspace::Prefix: ", new_tokens, " tokens and ",
+                                             new_logit_rows, " logit rows of a workspace for ",
+                                             tokens, " and ", logit_rows));
+  }
+  auto rows = [](const Tensor& t, int64_t n) { return t.rank() == 0 ? t : t.Rows(0, n); };
+  StepWorkspace p;
+  p.tokens = new_tokens;
+  p.logit_rows = new_logit_rows;
+  for (auto [dst, src] :
+       {std::pair{&p.x, &x}, std::pair{&p.h, &h}, std::pair{&p.qkv, &qkv}, std::pair{&p.q, &q},
+        std::pair{&p.attn, &attn}, std::pair{&p.gate_up, &gate_up}, std::pair{&p.act, &act}}) {
+    *dst = rows(*src, new_tokens);
+  }
+  for (auto [dst, src] :
+       {std::pair{&p.last, &last}, std::pair{&p.normed, &normed}, std::pair{&p.logits, &logits}}) {
+    *dst = rows(*src, new_logit_rows);
+  }
+  return p;
+}
+
+StepWorkspace LlamaModel::NewWorkspace(int64_t tokens, int64_t logit_rows) const {
+  const RankShard& shard = parallel_.shard;
+  const int64_t hidden = config_.hidden_size, hd = config_.head_dim;
+  const int64_t heads = attn_.num_heads, kv_heads = attn_.num_kv_heads;
+  const int64_t inter = shard.intermediate.size();
+  Backend& b = backend_;
+  StepWorkspace ws;
+  ws.tokens = tokens;
+  ws.logit_rows = logit_rows;
+  ws.x = b.AllocateUninitialized({tokens, hidden});
+  if (!w_.layers.empty()) {
+    ws.h = b.AllocateUninitialized({tokens, hidden});
+    ws.qkv = b.AllocateUninitialized({tokens, (heads + 2 * kv_heads) * hd});
+    ws.q = b.AllocateUninitialized({tokens, heads, hd});
+    ws.attn = b.AllocateUninitialized({tokens, heads * hd});
+    ws.gate_up = b.AllocateUninitialized({tokens, 2 * inter});
+    ws.act = b.AllocateUninitialized({tokens, inter});
+  }
+  if (shard.last_stage) {
+    ws.last = b.AllocateUninitialized({logit_rows, hidden});
+    ws.normed = b.AllocateUninitialized({logit_rows, hidden});
+    ws.logits = b.AllocateUninitialized({logit_rows, shard.vocab.size()});
+  }
+  return ws;
 }
 
 absl::StatusOr<Tensor> LlamaModel::ForwardStep(const StepIndices& step,
                                                std::vector<Tensor>& k_caches,
-                                               std::vector<Tensor>& v_caches) {
+                                               std::vector<Tensor>& v_caches,
+                                               StepWorkspace* workspace) {
   const int64_t n = step.tokens;
   const RankShard& shard = parallel_.shard;
+  StepWorkspace own;
+  if (workspace == nullptr) {
+    own = NewWorkspace(n, step.logit_rows.numel());
+    workspace = &own;
+  } else if (workspace->tokens != n || workspace->logit_rows != step.logit_rows.numel()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ForwardStep: a workspace for ", workspace->tokens, " tokens and ", workspace->logit_rows,
+        " logit rows, but the step has ", n, " and ", step.logit_rows.numel()));
+  }
+  StepWorkspace& ws = *workspace;
 
-  Tensor x = backend_.AllocateUninitialized({n, config_.hidden_size});
   if (shard.first_stage) {
-    SHARDLM_RETURN_IF_ERROR(w_.embed->Apply(backend_, parallel_, step.embed_ids, x));
+    SHARDLM_RETURN_IF_ERROR(w_.embed->Apply(backend_, parallel_, step.embed_ids, ws.x));
   } else {
     // The previous stage's hidden states, from the rank with the same TP rank there.
-    SHARDLM_RETURN_IF_ERROR(RecvFromPreviousStage(backend_, parallel_, x));
+    SHARDLM_RETURN_IF_ERROR(RecvFromPreviousStage(backend_, parallel_, ws.x));
   }
-  Tensor delta;
   for (size_t l = 0; l < w_.layers.size(); ++l) {
-    SHARDLM_RETURN_IF_ERROR(Layer(static_cast<int64_t>(l), x, delta, step, k_caches[l], v_caches[l]));
+    SHARDLM_RETURN_IF_ERROR(
+        Layer(static_cast<int64_t>(l), l == 0, ws, step, k_caches[l], v_caches[l]));
   }
-  if (!w_.layers.empty()) backend_.Add(x, delta);
+  if (!w_.layers.empty()) backend_.Add(ws.x, ws.h);
   if (!shard.last_stage) {
-    SHARDLM_RETURN_IF_ERROR(SendToNextStage(backend_, parallel_, x));
+    SHARDLM_RETURN_IF_ERROR(SendToNextStage(backend_, parallel_, ws.x));
     return Tensor();
   }
 
   // Gather the wanted rows (an f32 "embedding" lookup into x).
-  Tensor last = backend_.AllocateUninitialized({step.logit_rows.numel(), config_.hidden_size});
-  if (step.logit_rows.numel() > 0) backend_.Embedding(x, step.logit_rows, last);
-  Tensor normed = backend_.AllocateUninitialized({last.dim(0), config_.hidden_size});
-  Tensor logits = backend_.AllocateUninitialized({last.dim(0), shard.vocab.size()});
-  if (last.dim(0) == 0) return logits;
-  backend_.RmsNorm(last, w_.final_norm, config_.rms_norm_eps, normed);
-  w_.lm_head->Apply(backend_, normed, logits);
-  return logits;
+  if (ws.logit_rows == 0) return ws.logits;
+  backend_.Embedding(ws.x, step.logit_rows, ws.last);
+  backend_.RmsNorm(ws.last, w_.final_norm, config_.rms_norm_eps, ws.normed);
+  w_.lm_head->Apply(backend_, ws.normed, ws.logits);
+  return ws.logits;
 }
 
 absl::StatusOr<Tensor> LlamaModel::RunHost(const HostStepIndices& host,

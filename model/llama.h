@@ -27,6 +27,11 @@ namespace shardlm {
 
 struct LlamaLayerWeights {
   Tensor attn_norm, mlp_norm;
+  // This rank's Q, K and V rows as one column-parallel linear, [q; k; v] (one GEMM), and gate and
+  // up as one, [gate; up]: loaded stacked when the parts have one dtype (fused_*), else apart
+  // (Q4_K_M files keep some of them in Q6_K) in q, k, v / gate, up.
+  bool fused_qkv = false, fused_gate_up = false;
+  ColumnParallelLinear qkv, gate_up;
   ColumnParallelLinear q, k, v, gate, up;
   RowParallelLinear o, down;
 };
@@ -80,6 +85,24 @@ struct StepIndices {
   static StepIndices Views(const HostStepIndices& host, const Tensor& packed);
 };
 
+// The activations of one step, allocated once per step and shared by every layer. DecodeGraphs
+// keeps one per recorded batch size, so that a recorded graph allocates none of them.
+struct StepWorkspace {
+  int64_t tokens = 0, logit_rows = 0;
+  Tensor x;        // [tokens, hidden]: the residual stream
+  Tensor h;        // [tokens, hidden]: a layer's normed input, then its branch outputs
+  Tensor qkv;      // [tokens, (heads + 2 * kv_heads) * head_dim]: the Q/K/V projections
+  Tensor q;        // [tokens, heads, head_dim]: the rotated queries
+  Tensor attn;     // [tokens, heads * head_dim]
+  Tensor gate_up;  // [tokens, 2 * intermediate]: the gate and up projections
+  Tensor act;      // [tokens, intermediate]: silu(gate) * up
+  Tensor last, normed, logits;  // last stage: [logit_rows, hidden] twice, [logit_rows, vocab]
+
+  // Views of the first `tokens` / `logit_rows` rows: a workspace for a smaller step in the same
+  // memory (every buffer's rows are its first dimension).
+  StepWorkspace Prefix(int64_t tokens, int64_t logit_rows) const;
+};
+
 // The inputs of the shard plan for `config` at (tp, pp); the intermediate size is split on the
 // quantization blocks of the down projections when `weights` is given.
 PlanInput PlanInputFor(const ModelConfig& config, int tp, int pp,
@@ -122,8 +145,12 @@ class LlamaModel {
   // CUDA graph).
   absl::StatusOr<HostStepIndices> PrepareBatch(const BatchInput& batch,
                                                const PagedKvCache& cache) const;
+  // `workspace`: the step's activations (NewWorkspace(step.tokens, logit rows)); the logits
+  // returned are then its `logits`. Without one, the step allocates its own.
   absl::StatusOr<Tensor> ForwardStep(const StepIndices& step, std::vector<Tensor>& k_caches,
-                                     std::vector<Tensor>& v_caches);
+                                     std::vector<Tensor>& v_caches,
+                                     StepWorkspace* workspace = nullptr);
+  StepWorkspace NewWorkspace(int64_t tokens, int64_t logit_rows) const;
 
   // Last stage only, collective over its TP ranks: the argmax over the whole vocabulary of each
   // row of `local_logits` / the full rows [rows, vocab] (host), on every TP rank.
@@ -137,11 +164,11 @@ class LlamaModel {
  private:
   LlamaModel(const ModelConfig& config, Backend& backend, ParallelContext parallel)
       : config_(config), backend_(backend), parallel_(std::move(parallel)) {}
-  // One decoder layer. K/V go to rows step.cache_rows of (k_cache, v_cache); attention reads the
-  // paged cache through step.layout. `delta` carries the
-  // previous residual branch's output, added to x fused with this layer's first norm (empty for
-  // the stage's first layer), and leaves with this layer's last one.
-  absl::Status Layer(int64_t l, Tensor& x, Tensor& delta, const StepIndices& step,
+  // One decoder layer on ws.x. K/V go to rows step.cache_rows of (k_cache, v_cache); attention
+  // reads the paged cache through step.layout. ws.h carries the previous residual branch's
+  // output, added to x fused with this layer's first norm (not for the stage's first layer,
+  // `first`), and leaves with this layer's last one.
+  absl::Status Layer(int64_t l, bool first, StepWorkspace& ws, const StepIndices& step,
                      Tensor& k_cache, Tensor& v_cache);
   // Uploads `host` (one copy) and runs ForwardStep.
   absl::StatusOr<Tensor> RunHost(const HostStepIndices& host, std::vector<Tensor>& k_caches,

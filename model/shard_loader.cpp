@@ -1,5 +1,7 @@
 #include "model/shard_loader.h"
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "spdlog/spdlog.h"
@@ -71,6 +73,54 @@ absl::StatusOr<Tensor> ShardLoader::Rows(const std::string& name,
   }
   SHARDLM_ASSIGN_OR_RETURN(Tensor host, weights_.LoadRows(name, rows.begin, rows.end));
   return Prepare(host);
+}
+
+absl::StatusOr<std::optional<Tensor>> ShardLoader::StackedRows(const std::vector<RowSlice>& parts) {
+  if (parts.empty()) return absl::InvalidArgumentError("StackedRows: no parts");
+  std::vector<TensorInfo> infos;
+  int64_t rows = 0;
+  for (const RowSlice& part : parts) {
+    SHARDLM_ASSIGN_OR_RETURN(TensorInfo info, Check(part.name, part.shape));
+    const TensorInfo& first = infos.empty() ? info : infos.front();
+    if (info.shape.size() != first.shape.size() || info.shape.size() > 2) {
+      return absl::InvalidArgumentError(absl::StrCat("StackedRows: '", part.name, "' is ",
+                                                     ShapeString(info.shape), ", '", first.name,
+                                                     "' is ", ShapeString(first.shape)));
+    }
+    if (info.shape.size() == 2 && (info.dtype != first.dtype || info.shape[1] != first.shape[1])) {
+      return std::optional<Tensor>();  // e.g. Q4_K_M files: attn_v in Q6_K beside Q4_K q and k
+    }
+    if (info.shape.size() == 1 && IsQuantized(info.dtype)) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", part.name, "' in ", info.file,
+                                                     ": a quantized vector (",
+                                                     DTypeName(info.dtype), ") is not supported"));
+    }
+    rows += part.rows.size();
+    infos.push_back(std::move(info));
+  }
+  const bool matrix = infos.front().shape.size() == 2;
+  const int64_t cols = matrix ? infos.front().shape[1] : 1;
+  if (backend_ == nullptr) {
+    for (size_t i = 0; i < parts.size(); ++i) Count(infos[i], parts[i].rows.size() * cols, false);
+    return std::optional<Tensor>(Tensor());
+  }
+  const DType dtype = matrix ? infos.front().dtype : DType::kF32;
+  Tensor stacked =
+      Tensor::Empty(matrix ? std::vector<int64_t>{rows, cols} : std::vector<int64_t>{rows}, dtype);
+  char* at = static_cast<char*>(stacked.raw());
+  for (size_t i = 0; i < parts.size(); ++i) {
+    SHARDLM_ASSIGN_OR_RETURN(
+        Tensor part, weights_.LoadRows(parts[i].name, parts[i].rows.begin, parts[i].rows.end));
+    if (matrix) {
+      std::memcpy(at, part.raw(), part.nbytes());
+      at += part.nbytes();
+    } else {
+      ConvertToF32(part.dtype(), part.raw(), reinterpret_cast<float*>(at),
+                   static_cast<size_t>(part.numel()));
+      at += part.numel() * sizeof(float);
+    }
+  }
+  return std::optional<Tensor>(Prepare(stacked));
 }
 
 absl::StatusOr<Tensor> ShardLoader::Columns(const std::string& name,

@@ -37,6 +37,18 @@ class ShardLoader {
   // along with a view: the kernel maps whole page-cache folios). Between tensors, and once at
   // the end, so that the rank holds its shard and little more at any time.
   void ReleaseUnused();
+  // One part of a stacked tensor: rows `rows` of tensor `name` (whose shape must be `shape`).
+  struct RowSlice {
+    std::string name;
+    std::vector<int64_t> shape;
+    Range rows;
+  };
+  // The row slices `parts` stacked into one tensor in order (a fused projection: [q; k; v] or
+  // [gate; up]), copied once: each part is read from the file into the stacked copy and let go.
+  // Matrices stack when every part has one dtype and row width (ggml rows are whole blocks, so
+  // their bytes concatenate); otherwise nullopt, and the caller loads the parts apart. Vectors
+  // (biases) stack as f32.
+  absl::StatusOr<std::optional<Tensor>> StackedRows(const std::vector<RowSlice>& parts);
 
   uint64_t bytes() const { return bytes_; }
   // Tensors whose slice had to be dequantized.

@@ -115,12 +115,12 @@ absl::StatusOr<Tensor> DecodeGraphs::Run(const BatchInput& batch) {
     Graph g;
     g.layout = padded;
     g.indices = b.UploadIndices(packed);
+    // The activations outlive the graph, so that it holds no allocation of its own for them;
+    // the eager step and the graph write the same buffers, logits included.
+    if (workspace_.tokens == 0) workspace_ = model_.NewWorkspace(sizes_.back(), sizes_.back());
+    g.workspace = workspace_.Prefix(size, size);
     const StepIndices views = StepIndices::Views(g.layout, g.indices);
-    SHARDLM_ASSIGN_OR_RETURN(Tensor eager, model_.ForwardStep(views, cache_.k, cache_.v));
-    if (eager.defined() && eager.rank() == 2) {
-      g.logits = b.Allocate({size, eager.dim(1)});
-      b.Copy(eager, g.logits);
-    }
+    SHARDLM_ASSIGN_OR_RETURN(g.logits, model_.ForwardStep(views, cache_.k, cache_.v, &g.workspace));
     b.Synchronize();
     if (!b.BeginCapture()) {
       enabled_ = false;
@@ -132,13 +132,9 @@ absl::StatusOr<Tensor> DecodeGraphs::Run(const BatchInput& batch) {
     CaptureGuard capture(b);
     absl::Status recorded_status;
     {
-      // The step's own tensors are freed at the end of this block, inside the graph (and, on
-      // the failure path, before the guard aborts the capture).
-      absl::StatusOr<Tensor> recorded = model_.ForwardStep(views, cache_.k, cache_.v);
-      recorded_status = recorded.status();
-      if (recorded.ok() && recorded->defined() && recorded->rank() == 2) {
-        b.Copy(*recorded, g.logits);
-      }
+      // What the step still allocates itself (backend temporaries) is freed at the end of this
+      // block, inside the graph (and, on the failure path, before the guard aborts the capture).
+      recorded_status = model_.ForwardStep(views, cache_.k, cache_.v, &g.workspace).status();
     }
     SHARDLM_RETURN_IF_ERROR(recorded_status);
     g.graph = capture.End();

@@ -41,7 +41,8 @@ class DecodeGraphs {
   struct Graph {
     HostStepIndices layout;   // the padded arrays' sizes (values change each step)
     Tensor indices;           // device copy of layout.Packed(), rewritten each step
-    Tensor logits;            // [size, vocab_local] written by the graph
+    StepWorkspace workspace;  // the step's activations: the first rows of workspace_
+    Tensor logits;            // [size, vocab_local] written by the graph: workspace.logits
     std::unique_ptr<BackendGraph> graph;
   };
   // The padded host arrays of `batch` for `size` rows.
@@ -54,6 +55,9 @@ class DecodeGraphs {
   int32_t pad_block_;
   bool enabled_ = false;
   std::map<int, Graph> graphs_;
+  // Activations for the largest size, allocated before the first capture; every graph runs in
+  // its first rows (graphs replay one after another on one stream, never at once).
+  StepWorkspace workspace_;
 };
 
 }  // namespace shardlm

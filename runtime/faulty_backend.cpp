@@ -17,13 +17,15 @@ namespace shardlm {
 namespace {
 
 // Every op a fault may name, and those whose f32 output a nan fault can poison.
-constexpr std::array<absl::string_view, 23> kOps = {
+constexpr std::array<absl::string_view, 25> kOps = {
     "Allocate", "AllocateUninitialized", "ToDevice", "ToHost", "PrepareWeight",
     "PrepareWeightColumns", "Linear", "RmsNorm", "UploadIndices", "WriteIndices", "Copy",
-    "AddRmsNorm", "Rope", "Embedding", "SiluMul", "Add", "Argmax", "Sample", "WriteKv",
-    "PagedAttention", "BeginCapture", "EndCapture", "Synchronize"};
-constexpr std::array<absl::string_view, 8> kNanOps = {
-    "Linear", "RmsNorm", "AddRmsNorm", "Rope", "Embedding", "SiluMul", "Add", "PagedAttention"};
+    "AddRmsNorm", "Rope", "RopeWriteKv", "Embedding", "SiluMul", "SiluMulPacked", "Add",
+    "Argmax", "Sample", "WriteKv", "PagedAttention", "BeginCapture", "EndCapture",
+    "Synchronize"};
+constexpr std::array<absl::string_view, 10> kNanOps = {
+    "Linear", "RmsNorm", "AddRmsNorm", "Rope", "RopeWriteKv", "Embedding", "SiluMul",
+    "SiluMulPacked", "Add", "PagedAttention"};
 
 bool Contains(std::span<const absl::string_view> names, absl::string_view name) {
   return std::find(names.begin(), names.end(), name) != names.end();
@@ -161,11 +163,19 @@ void FaultyBackend::AddRmsNorm(Tensor& x, const Tensor& delta, const Tensor& w, 
 void FaultyBackend::Rope(Tensor& x, const Tensor& positions, const RopeConfig& rope) {
   Run("Rope", &x, [&] { inner_.Rope(x, positions, rope); });
 }
+void FaultyBackend::RopeWriteKv(const Tensor& qkv, const Tensor& positions, const RopeConfig& rope,
+                                const Tensor& rows, Tensor& k_cache, Tensor& v_cache, Tensor& q) {
+  Run("RopeWriteKv", &q,
+      [&] { inner_.RopeWriteKv(qkv, positions, rope, rows, k_cache, v_cache, q); });
+}
 void FaultyBackend::Embedding(const Tensor& table, const Tensor& ids, Tensor& y) {
   Run("Embedding", &y, [&] { inner_.Embedding(table, ids, y); });
 }
 void FaultyBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) {
   Run("SiluMul", &y, [&] { inner_.SiluMul(gate, up, y); });
+}
+void FaultyBackend::SiluMulPacked(const Tensor& gate_up, Tensor& y) {
+  Run("SiluMulPacked", &y, [&] { inner_.SiluMulPacked(gate_up, y); });
 }
 void FaultyBackend::Add(Tensor& x, const Tensor& y) {
   Run("Add", &x, [&] { inner_.Add(x, y); });

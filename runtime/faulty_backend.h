@@ -65,8 +65,11 @@ class FaultyBackend final : public Backend {
   void AddRmsNorm(Tensor& x, const Tensor& delta, const Tensor& w, float eps,
                   Tensor& y) override;
   void Rope(Tensor& x, const Tensor& positions, const RopeConfig& rope) override;
+  void RopeWriteKv(const Tensor& qkv, const Tensor& positions, const RopeConfig& rope,
+                   const Tensor& rows, Tensor& k_cache, Tensor& v_cache, Tensor& q) override;
   void Embedding(const Tensor& table, const Tensor& ids, Tensor& y) override;
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) override;
+  void SiluMulPacked(const Tensor& gate_up, Tensor& y) override;
   void Add(Tensor& x, const Tensor& y) override;
   void Argmax(const Tensor& logits, std::span<int32_t> out,
               std::span<float> values = {}) override;
@@ -89,6 +92,7 @@ class FaultyBackend final : public Backend {
   using Backend::Embedding;
   using Backend::PagedAttention;
   using Backend::Rope;
+  using Backend::RopeWriteKv;
   using Backend::WriteKv;
 
  private:

@@ -27,15 +27,6 @@
 namespace shardlm::cpu {
 namespace {
 
-void CheckPositions(std::string_view op, std::span<const int32_t> positions, int64_t max_seq) {
-  for (int32_t p : positions) {
-    if (p < 0 || p >= max_seq) {
-      throw std::out_of_range(std::string(op) + ": position " + std::to_string(p) +
-                              " outside the cache [0, " + std::to_string(max_seq) + ")");
-    }
-  }
-}
-
 // scores[j] = scale * dot(q, k row j) for j in [begin, end); rows `row_stride` floats apart.
 // Four keys at a time: one dot product is a chain of dependent FMAs ending in a horizontal sum,
 // four independent ones keep the FMA units busy.
@@ -226,6 +217,15 @@ void AttendAll(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
 
 }  // namespace
 
+void CheckCacheRows(std::string_view op, std::span<const int32_t> rows, int64_t max_seq) {
+  for (int32_t p : rows) {
+    if (p < 0 || p >= max_seq) {
+      throw std::out_of_range(std::string(op) + ": position " + std::to_string(p) +
+                              " outside the cache [0, " + std::to_string(max_seq) + ")");
+    }
+  }
+}
+
 void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> positions, Tensor& k_cache,
              Tensor& v_cache) {
   RequireHostF32("WriteKv", {{"k", &k}, {"v", &v}, {"k_cache", &k_cache}, {"v_cache", &v_cache}});
@@ -234,7 +234,7 @@ void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> position
           {{"k", &k}, {"v", &v}, {"k_cache", &k_cache}, {"v_cache", &v_cache}});
   const int64_t max_seq = k_cache.dim(0);
   const int64_t row = max_seq > 0 ? k_cache.numel() / max_seq : 0;
-  CheckPositions("WriteKv", positions, max_seq);
+  CheckCacheRows("WriteKv", positions, max_seq);
   const size_t row_bytes = static_cast<size_t>(row) * sizeof(float);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t p = positions[i];

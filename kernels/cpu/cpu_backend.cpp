@@ -114,11 +114,19 @@ class CpuBackend final : public Backend {
   void Rope(Tensor& x, const Tensor& positions, const RopeConfig& rope) override {
     cpu::Rope(x, Ints("Rope", positions), InverseFrequencies(rope), rope.interleaved, Threads());
   }
+  void RopeWriteKv(const Tensor& qkv, const Tensor& positions, const RopeConfig& rope,
+                   const Tensor& rows, Tensor& k_cache, Tensor& v_cache, Tensor& q) override {
+    cpu::RopeWriteKv(qkv, Ints("RopeWriteKv", positions), InverseFrequencies(rope),
+                     rope.interleaved, Ints("RopeWriteKv", rows), k_cache, v_cache, q, Threads());
+  }
   void Embedding(const Tensor& table, const Tensor& ids, Tensor& y) override {
     cpu::Embedding(table, Ints("Embedding", ids), y, Threads());
   }
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) override {
     cpu::SiluMul(gate, up, y, Threads());
+  }
+  void SiluMulPacked(const Tensor& gate_up, Tensor& y) override {
+    cpu::SiluMulPacked(gate_up, y, Threads());
   }
   void Add(Tensor& x, const Tensor& y) override { cpu::Add(x, y, Threads()); }
   void Argmax(const Tensor& logits, std::span<int32_t> out, std::span<float> values) override {

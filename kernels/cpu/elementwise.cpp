@@ -72,6 +72,12 @@ void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int
   }
 }
 
+namespace {
+
+inline float SiluTimes(float g, float u) { return g / (1.0f + std::exp(-g)) * u; }
+
+}  // namespace
+
 void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y, int threads) {
   RequireHostF32("SiluMul", {{"gate", &gate}, {"up", &up}, {"y", &y}});
   Require(gate.numel() == up.numel() && gate.numel() == y.numel(), "SiluMul",
@@ -81,9 +87,26 @@ void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y, int threads) {
   const float* up_p = up.data<float>();
   float* yp = y.data<float>();
 #pragma omp parallel for num_threads(threads) schedule(static) if (n >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) yp[i] = SiluTimes(gp[i], up_p[i]);
+}
+
+void SiluMulPacked(const Tensor& gate_up, Tensor& y, int threads) {
+  RequireHostF32("SiluMulPacked", {{"gate_up", &gate_up}, {"y", &y}});
+  const int64_t inter = y.rank() >= 1 ? y.dim(-1) : 0;
+  const int64_t n = inter > 0 ? y.numel() / inter : 0;
+  Require(y.rank() >= 1 && gate_up.rank() >= 1 && gate_up.dim(-1) == 2 * inter &&
+              gate_up.numel() == 2 * y.numel() && gate_up.raw() != y.raw(),
+          "SiluMulPacked", "expects gate_up [n, 2 * inter] and y [n, inter], not aliased",
+          {{"gate_up", &gate_up}, {"y", &y}});
+  const float* gp = gate_up.data<float>();
+  float* yp = y.data<float>();
+#pragma omp parallel for num_threads(threads) \
+    schedule(static) if (n > 1 && n * inter >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
-    const float g = gp[i];
-    yp[i] = g / (1.0f + std::exp(-g)) * up_p[i];
+    const float* g = gp + i * 2 * inter;
+    const float* u = g + inter;
+    float* out = yp + i * inter;
+    for (int64_t j = 0; j < inter; ++j) out[j] = SiluTimes(g[j], u[j]);
   }
 }
 

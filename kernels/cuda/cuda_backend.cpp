@@ -516,6 +516,39 @@ class CudaBackend final : public Backend {
     cuda::LaunchSiluMul(gate.data<float>(), up.data<float>(), y.data<float>(), y.numel(), stream_);
   }
 
+  void SiluMulPacked(const Tensor& gate_up, Tensor& y) override {
+    Activate();
+    RequireDeviceF32("SiluMulPacked", {{"gate_up", &gate_up}, {"y", &y}});
+    const int64_t inter = y.rank() >= 1 ? y.dim(-1) : 0;
+    Require(inter > 0 && gate_up.rank() >= 1 && gate_up.dim(-1) == 2 * inter &&
+                gate_up.numel() == 2 * y.numel() && gate_up.raw() != y.raw(),
+            "SiluMulPacked", "expects gate_up [n, 2 * inter] and y [n, inter], not aliased",
+            {{"gate_up", &gate_up}, {"y", &y}});
+    cuda::LaunchSiluMulPacked(gate_up.data<float>(), y.data<float>(), y.numel() / inter, inter,
+                              stream_);
+  }
+
+  void RopeWriteKv(const Tensor& qkv, const Tensor& positions, const RopeConfig& rope,
+                   const Tensor& rows, Tensor& k_cache, Tensor& v_cache, Tensor& q) override {
+    Activate();
+    RequireDeviceF32("RopeWriteKv", {{"qkv", &qkv}, {"q", &q}});
+    RequireIndices("RopeWriteKv", {{"positions", &positions}, {"rows", &rows}});
+    RequireCaches("RopeWriteKv", k_cache, v_cache);
+    const int64_t n = positions.numel();
+    Require(RopeWriteKvShapesAgree(qkv, n, k_cache, v_cache, q) && rows.numel() == n, "RopeWriteKv",
+            kRopeWriteKvShapes,
+            {{"qkv", &qkv}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"q", &q}});
+    const Tensor& inv_freq = InverseFrequencies(rope);
+    const int64_t half = inv_freq.numel(), head_dim = q.dim(2);
+    Require(half > 0 && 2 * half <= head_dim, "RopeWriteKv", "expects 0 < rotary_dim <= head_dim",
+            {{"q", &q}});
+    const int64_t kv_heads = k_cache.numel() / k_cache.dim(0) / head_dim;
+    cuda::LaunchRopeWriteKv(qkv.data<float>(), positions.data<int32_t>(), inv_freq.data<float>(),
+                            rows.data<int32_t>(), q.data<float>(), k_cache.raw(), v_cache.raw(),
+                            KindOf(k_cache.dtype()), n, q.dim(1), kv_heads, head_dim, half,
+                            rope.interleaved, stream_);
+  }
+
   void Add(Tensor& x, const Tensor& y) override {
     Activate();
     RequireDeviceF32("Add", {{"x", &x}, {"y", &y}});

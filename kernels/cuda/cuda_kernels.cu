@@ -447,4 +447,91 @@ void LaunchConvertHalfToF32(const void* src, HalfKind kind, float* dst, int64_t 
   SHARDLM_CUDA_LAUNCH_CHECK("ConvertHalfToF32Kernel<<<>>>");
 }
 
+// The fused ops of a layer whose Q/K/V and gate/up projections are one GEMM each
+// (Backend::RopeWriteKv, Backend::SiluMulPacked).
+namespace {
+
+// One thread per output element: Q heads into q, K heads into k_cache, V into v_cache. A rotated
+// feature reads its pair partner from qkv, which nothing here writes, so threads are independent.
+template <typename CacheT>
+__global__ void RopeWriteKvKernel(const float* qkv, const int32_t* positions,
+                                  const float* inv_freq, const int32_t* rows, float* q,
+                                  CacheT* k_cache, CacheT* v_cache, int64_t n, int64_t heads,
+                                  int64_t kv_heads, int64_t head_dim, int64_t half,
+                                  bool interleaved) {
+  const int64_t q_width = heads * head_dim, kv_width = kv_heads * head_dim;
+  const int64_t rotated = q_width + kv_width, width = rotated + kv_width;
+  SHARDLM_GRID_LOOP(t, n * width) {
+    const int64_t i = t / width, c = t % width;
+    const float* row = qkv + i * width;
+    const int64_t cache_at = static_cast<int64_t>(rows[i]) * kv_width;
+    if (c >= rotated) {
+      Store(v_cache + cache_at + (c - rotated), row[c]);
+      continue;
+    }
+    const int64_t d = c % head_dim;  // feature within its head
+    float out = row[c];
+    if (d < 2 * half) {
+      // Pair k is (2k, 2k + 1) interleaved, else (k, k + half); `first`: this is its first member.
+      const bool first = interleaved ? d % 2 == 0 : d < half;
+      const int64_t k = interleaved ? d / 2 : (first ? d : d - half);
+      const int64_t partner = interleaved ? (d ^ 1) : (first ? d + half : d - half);
+      const float other = row[c - d + partner];
+      const float angle = static_cast<float>(positions[i]) * inv_freq[k];
+      const float cs = cosf(angle), sn = sinf(angle);
+      // As the CPU: first = x0 * cos - x1 * sin, second = x1 * cos + x0 * sin.
+      out = first ? out * cs - other * sn : out * cs + other * sn;
+    }
+    if (c < q_width) {
+      q[i * q_width + c] = out;
+    } else {
+      Store(k_cache + cache_at + (c - q_width), out);
+    }
+  }
+}
+
+__global__ void SiluMulPackedKernel(const float* gate_up, float* y, int64_t n, int64_t inter) {
+  SHARDLM_GRID_LOOP(t, n * inter) {
+    const int64_t i = t / inter, j = t % inter;
+    const float g = gate_up[i * 2 * inter + j];
+    y[t] = g / (1.0f + expf(-g)) * gate_up[i * 2 * inter + inter + j];
+  }
+}
+
+}  // namespace
+
+void LaunchRopeWriteKv(const float* qkv, const int32_t* positions, const float* inv_freq,
+                       const int32_t* rows, float* q, void* k_cache, void* v_cache,
+                       HalfKind cache_kind, int64_t n, int64_t heads, int64_t kv_heads,
+                       int64_t head_dim, int64_t half, bool interleaved, cudaStream_t stream) {
+  const int64_t total = n * (heads + 2 * kv_heads) * head_dim;
+  if (total == 0) return;
+  const unsigned blocks = Blocks(total);
+  switch (cache_kind) {
+    case HalfKind::kBF16:
+      RopeWriteKvKernel<<<blocks, kThreads, 0, stream>>>(
+          qkv, positions, inv_freq, rows, q, static_cast<__nv_bfloat16*>(k_cache),
+          static_cast<__nv_bfloat16*>(v_cache), n, heads, kv_heads, head_dim, half, interleaved);
+      break;
+    case HalfKind::kF16:
+      RopeWriteKvKernel<<<blocks, kThreads, 0, stream>>>(
+          qkv, positions, inv_freq, rows, q, static_cast<__half*>(k_cache),
+          static_cast<__half*>(v_cache), n, heads, kv_heads, head_dim, half, interleaved);
+      break;
+    default:
+      RopeWriteKvKernel<<<blocks, kThreads, 0, stream>>>(
+          qkv, positions, inv_freq, rows, q, static_cast<float*>(k_cache),
+          static_cast<float*>(v_cache), n, heads, kv_heads, head_dim, half, interleaved);
+      break;
+  }
+  SHARDLM_CUDA_LAUNCH_CHECK("RopeWriteKvKernel<<<>>>");
+}
+
+void LaunchSiluMulPacked(const float* gate_up, float* y, int64_t n, int64_t inter,
+                         cudaStream_t stream) {
+  if (n * inter == 0) return;
+  SiluMulPackedKernel<<<Blocks(n * inter), kThreads, 0, stream>>>(gate_up, y, n, inter);
+  SHARDLM_CUDA_LAUNCH_CHECK("SiluMulPackedKernel<<<>>>");
+}
+
 }  // namespace shardlm::cuda

@@ -55,4 +55,15 @@ void LaunchHalfGemv(const void* w, HalfKind kind, int64_t out, int64_t in, const
 void LaunchConvertHalfToF32(const void* src, HalfKind kind, float* dst, int64_t n,
                             cudaStream_t stream);
 
+// Backend::RopeWriteKv in one launch: qkv [n, (heads + 2 * kv_heads) * head_dim] -> q [n, heads,
+// head_dim] rotated (the first 2 * half features of each head), K rotated and V into the caches
+// [rows, kv_heads, head_dim] of `cache_kind` at rows[i].
+void LaunchRopeWriteKv(const float* qkv, const int32_t* positions, const float* inv_freq,
+                       const int32_t* rows, float* q, void* k_cache, void* v_cache,
+                       HalfKind cache_kind, int64_t n, int64_t heads, int64_t kv_heads,
+                       int64_t head_dim, int64_t half, bool interleaved, cudaStream_t stream);
+// y[i, j] = silu(gate_up[i, j]) * gate_up[i, inter + j] for gate_up [n, 2 * inter], y [n, inter].
+void LaunchSiluMulPacked(const float* gate_up, float* y, int64_t n, int64_t inter,
+                         cudaStream_t stream);
+
 }  // namespace shardlm::cuda

@@ -19,6 +19,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -397,6 +398,52 @@ TEST_F(CudaBackendTest, SiluMulAndAdd) {
   cpu_->Add(want, u);
   cuda_->Add(gd, cuda_->ToDevice(u));
   ExpectClose(cuda_->ToHost(gd), want, kF32Tol, "Add");
+}
+
+// The fused layer ops against the CPU's: RopeWriteKv into f32, bf16 and f16 caches (read back
+// through Embedding, which gathers cache rows as f32), partial rotary, both pair layouts, llama3
+// scaling; SiluMulPacked.
+TEST_F(CudaBackendTest, RopeWriteKvAndSiluMulPacked) {
+  const int64_t n = 5, heads = 6, kv_heads = 2, hd = 64, rows = 24;
+  const int64_t kv_width = kv_heads * hd;
+  for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
+    for (bool interleaved : {false, true}) {
+      const std::string what =
+          std::string("RopeWriteKv ") + DTypeName(dt) + (interleaved ? " interleaved" : " half");
+      RopeConfig rope;
+      rope.theta = 10000.0f;
+      rope.rotary_dim = 48;  // partial rotary on a 64-wide head
+      rope.interleaved = interleaved;
+      rope.scaling = RopeConfig::Scaling::kLlama3;
+      rope.factor = 8.0f;
+      Tensor qkv = Random({n, (heads + 2 * kv_heads) * hd}, rng_);
+      const std::vector<int32_t> pos = {0, 7, 300, 4095, 12}, cache_rows = {3, 0, 23, 9, 10};
+      Tensor q = cpu_->Allocate({n, heads, hd});
+      Tensor kc = cpu_->Allocate({rows, kv_heads, hd}), vc = cpu_->Allocate({rows, kv_heads, hd});
+      cpu_->RopeWriteKv(qkv, pos, rope, cache_rows, kc, vc, q);
+
+      Tensor qd = cuda_->Allocate({n, heads, hd});
+      Tensor kcd = cuda_->Allocate({rows, kv_heads, hd}, dt);
+      Tensor vcd = cuda_->Allocate({rows, kv_heads, hd}, dt);
+      cuda_->RopeWriteKv(cuda_->ToDevice(qkv), pos, rope, cache_rows, kcd, vcd, qd);
+      ExpectClose(cuda_->ToHost(qd), q, kF32Tol, what + " q");
+      std::vector<int32_t> every(rows);
+      std::iota(every.begin(), every.end(), 0);
+      const float tol = dt == DType::kF32 ? kF32Tol : kHalfTol;
+      for (auto [cache, want, name] :
+           {std::tuple{&kcd, &kc, " k_cache"}, std::tuple{&vcd, &vc, " v_cache"}}) {
+        Tensor got = cuda_->Allocate({rows, kv_width});
+        cuda_->Embedding(cache->Reshape({rows, kv_width}), every, got);
+        ExpectClose(cuda_->ToHost(got).Reshape({rows, kv_heads, hd}), *want, tol, what + name);
+      }
+    }
+  }
+  Tensor gate_up = Random({3, 2 * 700}, rng_, -6.0f, 6.0f);
+  Tensor want = cpu_->Allocate({3, 700});
+  cpu_->SiluMulPacked(gate_up, want);
+  Tensor yd = cuda_->Allocate({3, 700});
+  cuda_->SiluMulPacked(cuda_->ToDevice(gate_up), yd);
+  ExpectClose(cuda_->ToHost(yd), want, kF32Tol, "SiluMulPacked");
 }
 
 TEST_F(CudaBackendTest, ArgmaxWithTiesAndValues) {

@@ -5,8 +5,9 @@
 // CUDA: that a decode step of LlamaModel::ForwardStep makes no host round trip, the padding of a
 // batch to a recorded size (padding rows on a reserved block), the rewrite of the fixed index
 // buffers before each replay, and that replays give the logits of the same steps run eagerly
-// (within 1e-5 x max |logit|: the padded GEMMs may sum in another order), and that an op which
-// throws while recording ends the capture (AbortCapture). The real graphs are
+// (within 1e-5 x max |logit|: the padded GEMMs may sum in another order), that an op which
+// throws while recording ends the capture (AbortCapture), and that nothing is allocated while
+// recording (a CUDA graph would hold alloc / free nodes). The real graphs are
 // tested against eager steps on a GPU in tests/kernels_cuda/cuda_model_test.cpp.
 #include "runtime/decode_graphs.h"
 
@@ -53,10 +54,16 @@ class RecordingBackend final : public Backend {
   }
   bool recording() const { return recording_ != nullptr; }
   int aborted = 0;  // captures AbortCapture ended
+  int captures_with_host_access = 0;
+  // Allocations while recording: on CUDA, stream-ordered alloc / free nodes in the graph.
+  int allocations_while_recording = 0;
 
   Tensor Allocate(std::vector<int64_t> shape, DType dtype) override {
     Tensor t = cpu_->Allocate(std::move(shape), dtype);
-    if (recording_) Run([t] { std::fill_n(static_cast<char*>(t.raw()), t.nbytes(), 0); });
+    if (recording_) {
+      ++allocations_while_recording;
+      Run([t] { std::fill_n(static_cast<char*>(t.raw()), t.nbytes(), 0); });
+    }
     return t;
   }
   Tensor ToDevice(const Tensor& h) override { return Host("ToDevice", [&] { return cpu_->ToDevice(h); }); }
@@ -98,11 +105,20 @@ class RecordingBackend final : public Backend {
   void Rope(Tensor& x, const Tensor& p, const RopeConfig& r) override {
     Run([=, this, x = x]() mutable { cpu_->Rope(x, p, r); });
   }
+  void RopeWriteKv(const Tensor& qkv, const Tensor& p, const RopeConfig& r, const Tensor& rows,
+                   Tensor& kc, Tensor& vc, Tensor& q) override {
+    Run([=, this, kc = kc, vc = vc, q = q]() mutable {
+      cpu_->RopeWriteKv(qkv, p, r, rows, kc, vc, q);
+    });
+  }
   void Embedding(const Tensor& t, const Tensor& ids, Tensor& y) override {
     Run([=, this, y = y]() mutable { cpu_->Embedding(t, ids, y); });
   }
   void SiluMul(const Tensor& g, const Tensor& u, Tensor& y) override {
     Run([=, this, y = y]() mutable { cpu_->SiluMul(g, u, y); });
+  }
+  void SiluMulPacked(const Tensor& gu, Tensor& y) override {
+    Run([=, this, y = y]() mutable { cpu_->SiluMulPacked(gu, y); });
   }
   void Add(Tensor& x, const Tensor& y) override {
     Run([=, this, x = x]() mutable { cpu_->Add(x, y); });
@@ -248,6 +264,8 @@ TEST(DecodeGraphsTest, ReplaysEqualEagerStepsWithoutHostAccess) {
     }
     EXPECT_LE(diff, 1e-5f * scale) << "replayed logits differ from the eager step's";
   }
+  // The step's activations come from a workspace allocated before the capture.
+  EXPECT_EQ(backend.allocations_while_recording, 0);
 
   // A table longer than max_blocks, a step with two tokens of one sequence, or a sequence whose
   // logits are not wanted is not a graph's step.

@@ -121,7 +121,8 @@ TEST(EngineFaultTest, FailedStepNamesRankAndOpAndTheNextStepWorks) {
     const StepPlan b = Plan(2, {Seq(11, {5, 9, 60}, 0, {2}, 3)}, {10});
     const StepResult want = MustStep(reference, b);
 
-    // Every rank: the third Linear (layer 0's V projection, before the layer's all-reduce).
+    // Every rank: the third Linear (layer 0's fused gate/up projection, between the layer's two
+    // all-reduces).
     for (const auto& [op, call] : std::vector<std::pair<std::string, int>>{{"Linear", 3},
                                                                            {"Argmax", 1}}) {
       SCOPED_TRACE(op);
