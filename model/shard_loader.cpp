@@ -119,8 +119,10 @@ absl::StatusOr<std::optional<Tensor>> ShardLoader::StackedRows(const std::vector
                    static_cast<size_t>(part.numel()));
       at += part.numel() * sizeof(float);
     }
+    weights_.Release(part);  // its file pages: the stacked copy is the one this rank keeps
   }
-  return std::optional<Tensor>(Prepare(stacked));
+  SHARDLM_ASSIGN_OR_RETURN(Tensor prepared, Prepare(stacked));
+  return std::optional<Tensor>(std::move(prepared));
 }
 
 absl::StatusOr<Tensor> ShardLoader::Columns(const std::string& name,

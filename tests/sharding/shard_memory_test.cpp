@@ -129,17 +129,36 @@ class ShardMemoryTest : public ::testing::TestWithParam<std::string> {
     std::vector<std::pair<std::string, const Tensor*>> copies;
     for (size_t l = 0; l < w->layers.size(); ++l) {
       const LlamaLayerWeights& lw = w->layers[l];
-      for (auto [name, t] : {std::pair{"q", &lw.q.weight},
-                             {"k", &lw.k.weight},
-                             {"v", &lw.v.weight},
-                             {"gate", &lw.gate.weight},
-                             {"up", &lw.up.weight}}) {
-        views.emplace_back(absl::StrCat("layer ", l, " ", name), t);
+      // Column-parallel: this rank's rows in place, unless they are stacked into one fused
+      // projection ([q; k; v], [gate; up]): then the stacked copy is the one this rank holds.
+      if (lw.fused_qkv) {
+        copies.emplace_back(absl::StrCat("layer ", l, " qkv"), &lw.qkv.weight);
+      } else {
+        for (auto [name, t] : {std::pair{"q", &lw.q.weight}, {"k", &lw.k.weight},
+                               {"v", &lw.v.weight}}) {
+          views.emplace_back(absl::StrCat("layer ", l, " ", name), t);
+        }
+      }
+      if (lw.fused_gate_up) {
+        copies.emplace_back(absl::StrCat("layer ", l, " gate_up"), &lw.gate_up.weight);
+      } else {
+        for (auto [name, t] : {std::pair{"gate", &lw.gate.weight}, {"up", &lw.up.weight}}) {
+          views.emplace_back(absl::StrCat("layer ", l, " ", name), t);
+        }
       }
       // Row-parallel: the whole tensor at tp 1, columns that cut every row otherwise.
       for (auto [name, t] : {std::pair{"o", &lw.o.weight}, {"down", &lw.down.weight}}) {
         (tp == 1 ? views : copies).emplace_back(absl::StrCat("layer ", l, " ", name), t);
       }
+    }
+    // Norm vectors: f32 ones (GGUF) are used in place; 16-bit ones become f32 copies.
+    std::vector<const Tensor*> norms = {&w->final_norm};
+    for (const LlamaLayerWeights& lw : w->layers) {
+      norms.push_back(&lw.attn_norm);
+      norms.push_back(&lw.mlp_norm);
+    }
+    for (const Tensor* t : norms) {
+      if (inside(*t)) views.emplace_back("norm", t);
     }
     size_t view_pages = 0;
     for (const auto& [name, t] : views) {
@@ -152,7 +171,8 @@ class ShardMemoryTest : public ::testing::TestWithParam<std::string> {
       view_pages += pages + 2;
     }
     for (const auto& [name, t] : copies) {
-      EXPECT_FALSE(inside(*t)) << name << ": a column slice should be an owned copy";
+      EXPECT_FALSE(inside(*t)) << name << ": a column slice or a stacked projection should be "
+                                          "an owned copy";
     }
     // Nothing else of the file stays mapped: not the copied tensors' pages, not the other ranks'
     // rows (a page at each end of a view may be shared with its neighbour; the header is read).
