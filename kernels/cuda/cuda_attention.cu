@@ -34,6 +34,7 @@
 
 #include "base/check.h"
 #include "kernels/cuda/cuda_attention.h"
+#include "kernels/cuda/unpack.cuh"
 
 namespace shardlm::cuda {
 namespace {
@@ -112,32 +113,6 @@ struct FlashParams {
   int n, heads, kv_heads, group, heads_per_block, head_parts, rows_cap, splits, block_size, window;
   float scale_log2;  // scale * log2(e): scores in the log2 domain, exp2f for the softmax
 };
-
-// 16 bytes of K or V -> floats.
-__device__ __forceinline__ void Unpack(const uint4& raw, const float*, float* f) {
-  f[0] = __uint_as_float(raw.x);
-  f[1] = __uint_as_float(raw.y);
-  f[2] = __uint_as_float(raw.z);
-  f[3] = __uint_as_float(raw.w);
-}
-__device__ __forceinline__ void Unpack(const uint4& raw, const __nv_bfloat16*, float* f) {
-  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 v = __bfloat1622float2(h[i]);
-    f[2 * i] = v.x;
-    f[2 * i + 1] = v.y;
-  }
-}
-__device__ __forceinline__ void Unpack(const uint4& raw, const __half*, float* f) {
-  const auto* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 v = __half22float2(h[i]);
-    f[2 * i] = v.x;
-    f[2 * i + 1] = v.y;
-  }
-}
 
 // 16 bytes global -> shared, asynchronous on sm_80+ (zeros when !valid, reading nothing).
 __device__ __forceinline__ void CopyAsync16(uint4* dst, const void* src, bool valid) {
@@ -290,7 +265,7 @@ __global__ void __launch_bounds__(kFlashThreads) FlashAttentionKernel(FlashParam
 #pragma unroll 2
         for (int c = 0; c < kV; ++c) {
           float kf[kE];
-          Unpack(ks[j * kStride + c], static_cast<const T*>(nullptr), kf);
+          Unpack16Bytes(ks[j * kStride + c], static_cast<const T*>(nullptr), kf);
 #pragma unroll
           for (int u = 0; u < kScoreRows; ++u) {
             const int r = r0 + u * kRowStep;
@@ -354,7 +329,7 @@ __global__ void __launch_bounds__(kFlashThreads) FlashAttentionKernel(FlashParam
           for (int j = 0; j < kTk; ++j) {
             const float p = pr[j];
             float vf[kE];
-            Unpack(vs[j * kStride + c], static_cast<const T*>(nullptr), vf);
+            Unpack16Bytes(vs[j * kStride + c], static_cast<const T*>(nullptr), vf);
 #pragma unroll
             for (int e = 0; e < kE; ++e) acc[u][e] += p * vf[e];
           }

@@ -14,6 +14,7 @@
 
 #include "base/check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/unpack.cuh"
 
 namespace shardlm::cuda {
 namespace {
@@ -210,24 +211,6 @@ constexpr int kGemvCols = 1024;  // x staged per step: kGemvMaxBatch * 4 KiB at 
 // neighbouring lanes read at once in 8 different groups of 4 banks.
 __device__ __forceinline__ int GemvSwizzle(int c) { return c ^ (((c >> 5) & 1) << 2); }
 
-__device__ __forceinline__ void Unpack8(const uint4& raw, const __nv_bfloat16*, float* f) {
-  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 v = __bfloat1622float2(h[i]);
-    f[2 * i] = v.x;
-    f[2 * i + 1] = v.y;
-  }
-}
-__device__ __forceinline__ void Unpack8(const uint4& raw, const __half*, float* f) {
-  const auto* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 v = __half22float2(h[i]);
-    f[2 * i] = v.x;
-    f[2 * i + 1] = v.y;
-  }
-}
 
 template <typename T, int kN>
 __global__ void __launch_bounds__(kGemvWarps * 32)
@@ -282,7 +265,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 #pragma unroll
       for (int r = 0; r < kR; ++r) {
         float wf[8];
-        Unpack8(raw[r], static_cast<const T*>(nullptr), wf);
+        Unpack16Bytes(raw[r], static_cast<const T*>(nullptr), wf);
 #pragma unroll
         for (int j = 0; j < kN; ++j) {
           float s = acc[r][j];

@@ -25,6 +25,7 @@
 
 #include "base/dtype.h"
 #include "base/tensor.h"
+#include "tests/kernels_cuda/logit_compare.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
@@ -32,27 +33,12 @@
 namespace shardlm {
 namespace {
 
+using cudatest::ExpectClose;
+
 constexpr float kF32Tol = 1e-5f;
 constexpr float kF32LongTol = 3e-5f;
 constexpr float kRoundedTol = 1e-4f;
 
-// |got - want| <= tol * max(1, max |want|), element by element (the first 10 failures).
-void ExpectClose(const Tensor& got, const Tensor& want, float tol, const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  float scale = 1.0f;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    scale = std::max(scale, std::abs(want.data<float>()[i]));
-  }
-  int bad = 0;
-  for (int64_t i = 0; i < want.numel() && bad < 10; ++i) {
-    const float g = got.data<float>()[i], w = want.data<float>()[i];
-    if (!(std::abs(g - w) <= tol * scale)) {
-      ADD_FAILURE() << what << ": element " << i << " is " << g << ", CPU gives " << w
-                    << " (tolerance " << tol * scale << ")";
-      ++bad;
-    }
-  }
-}
 
 struct Query {
   int32_t seq, pos;

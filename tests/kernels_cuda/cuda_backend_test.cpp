@@ -28,9 +28,12 @@
 #include "base/check.h"
 #include "base/dtype.h"
 #include "base/tensor.h"
+#include "tests/kernels_cuda/logit_compare.h"
 
 namespace shardlm {
 namespace {
+
+using cudatest::ExpectClose;
 
 constexpr float kF32Tol = 1e-5f;
 constexpr float kHalfTol = 2e-2f;
@@ -70,22 +73,6 @@ Tensor RoundedTo(const Tensor& t, DType dtype) {
   return out;
 }
 
-// |got - want| <= tol * max(1, max |want|), element by element.
-void ExpectClose(const Tensor& got, const Tensor& want, float tol, const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  float scale = 1.0f;
-  for (int64_t i = 0; i < want.numel(); ++i)
-    scale = std::max(scale, std::abs(want.data<float>()[i]));
-  int bad = 0;
-  for (int64_t i = 0; i < want.numel() && bad < 10; ++i) {
-    const float g = got.data<float>()[i], w = want.data<float>()[i];
-    if (!(std::abs(g - w) <= tol * scale)) {
-      ADD_FAILURE() << what << ": element " << i << " is " << g << ", CPU gives " << w
-                    << " (tolerance " << tol * scale << ")";
-      ++bad;
-    }
-  }
-}
 
 class CudaBackendTest : public ::testing::Test {
  protected:

@@ -1,5 +1,6 @@
-// Helpers of the CUDA model tests (cuda_model_test.cpp, cuda_tp_test.cpp): comparing logits rows
-// of a device run against a CPU reference, and greedy ids where the reference is not a near-tie.
+// Helpers of the CUDA tests: comparing a device result with the CPU backend's (ExpectClose, for
+// the op tests) and logits rows of a device run against a CPU reference, and greedy ids where the
+// reference is not a near-tie (the model tests).
 #pragma once
 
 #include <algorithm>
@@ -10,9 +11,29 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "base/tensor.h"
 #include "formats/random_weights.h"
 
 namespace shardlm::cudatest {
+
+// Every element of `got` within tol * max(1, max |want|) of `want` (f32 host tensors of one
+// shape); the first 10 misses are reported, naming `what`.
+inline void ExpectClose(const Tensor& got, const Tensor& want, float tol, const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  float scale = 1.0f;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    scale = std::max(scale, std::abs(want.data<float>()[i]));
+  }
+  int bad = 0;
+  for (int64_t i = 0; i < want.numel() && bad < 10; ++i) {
+    const float g = got.data<float>()[i], w = want.data<float>()[i];
+    if (!(std::abs(g - w) <= tol * scale)) {
+      ADD_FAILURE() << what << ": element " << i << " is " << g << ", CPU gives " << w
+                    << " (tolerance " << tol * scale << ")";
+      ++bad;
+    }
+  }
+}
 
 // The tiny model shape of the GPU model tests: hidden 256, 4 layers, 8 heads / 2 KV heads,
 // intermediate 512, vocabulary 1000.
