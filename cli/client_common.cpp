@@ -75,7 +75,7 @@ void AddSamplingOptions(CLI::App& app, SamplingFlags& f) {
   o.push_back(app.add_option("--top-p", f.top_p, "Nucleus sampling mass in (0, 1]"));
   o.push_back(app.add_option("--min-p", f.min_p, "Drop tokens below min_p x the top probability"));
   o.push_back(app.add_option("--repetition-penalty", f.repetition_penalty,
-                             "> 0; 1: off (HF: prompt and generated ids)"));
+                             "In [0.01, 100]; 1: off (HF: prompt and generated ids)"));
   o.push_back(app.add_option("--presence-penalty", f.presence_penalty,
                              "In [-2, 2] (OpenAI: generated ids)"));
   o.push_back(app.add_option("--frequency-penalty", f.frequency_penalty,

@@ -1,5 +1,7 @@
 #include "coordinator/engine.h"
 
+#include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -63,6 +65,19 @@ void Engine::SetServing(bool serving) {
   if (on_serving_) on_serving_(serving);
 }
 
+namespace {
+
+// "req-" and 128 random bits in hex, from std::random_device (libstdc++ on Linux reads the
+// kernel's CSPRNG), so that no client can guess another's assigned id (Abort takes an id).
+std::string RandomRequestId() {
+  std::random_device device;
+  std::string id = "req-";
+  for (int i = 0; i < 4; ++i) absl::StrAppend(&id, absl::Hex(device(), absl::kZeroPad8));
+  return id;
+}
+
+}  // namespace
+
 Engine::Request* Engine::Find(uint64_t key) {
   auto it = requests_.find(key);
   return it == requests_.end() ? nullptr : it->second.get();
@@ -76,7 +91,7 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(PreparedRequest re
   std::string id = request.request_id;
   if (id.empty()) {
     do {
-      id = absl::StrCat("req-", next_key_++);
+      id = RandomRequestId();
     } while (ids_.count(id) > 0);
   } else if (ids_.count(id) > 0) {
     return absl::AlreadyExistsError(

@@ -64,8 +64,12 @@ absl::Status ValidateSamplingParams(const v1::SamplingParams& s) {
                                        s.min_p() >= 0 && s.min_p() <= 1, "a value in [0, 1]"));
   }
   if (s.has_repetition_penalty()) {
-    SHARDLM_RETURN_IF_ERROR(CheckFloat("sampling.repetition_penalty", s.repetition_penalty(),
-                                       s.repetition_penalty() > 0, "> 0"));
+    // Bounded on both sides so that dividing or multiplying a logit by it stays finite.
+    SHARDLM_RETURN_IF_ERROR(CheckFloat(
+        "sampling.repetition_penalty", s.repetition_penalty(),
+        s.repetition_penalty() >= kMinRepetitionPenalty &&
+            s.repetition_penalty() <= kMaxRepetitionPenalty,
+        absl::StrCat("a value in [", kMinRepetitionPenalty, ", ", kMaxRepetitionPenalty, "]")));
   }
   if (s.has_presence_penalty()) {
     SHARDLM_RETURN_IF_ERROR(CheckFloat("sampling.presence_penalty", s.presence_penalty(),

@@ -29,6 +29,9 @@ struct PreparedRequest {
 
 inline constexpr int32_t kMaxLogprobs = 20;
 inline constexpr size_t kMaxRequestIdBytes = 256;
+// sampling.repetition_penalty bounds: a logit divided or multiplied by it stays finite.
+inline constexpr float kMinRepetitionPenalty = 0.01f;
+inline constexpr float kMaxRepetitionPenalty = 100.0f;
 
 // Range checks of the sampling fields that are set ("sampling.top_p: ...").
 absl::Status ValidateSamplingParams(const v1::SamplingParams& sampling);

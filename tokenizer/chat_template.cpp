@@ -1,5 +1,7 @@
 #include "tokenizer/chat_template.h"
 
+#include "base/quote.h"
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -59,8 +61,8 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromName(const std::string& name) {
   for (const Known& k : kKnown) {
     if (name == k.name) return ChatTemplate(k.kind);
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown chat template '", name,
-                                                 "': known templates are ",
+  return absl::InvalidArgumentError(absl::StrCat("unknown chat template ", Quote(name),
+                                                 ": known templates are ",
                                                  absl::StrJoin(KnownNames(), ", ")));
 }
 
@@ -93,7 +95,7 @@ absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>&
     const std::string& r = messages[i].role;
     if (r != "system" && r != "user" && r != "assistant") {
       return absl::InvalidArgumentError(absl::StrCat(
-          "chat message ", i, ": role '", r, "', expected system, user or assistant"));
+          "chat message ", i, ": role ", Quote(r), ", expected system, user or assistant"));
     }
   }
   std::string out;

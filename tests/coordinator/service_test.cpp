@@ -251,10 +251,16 @@ TEST_F(ServiceTest, AttachLoadsAndStreamsTheReferenceTokens) {
   info = Info();
   EXPECT_EQ(info.kv_blocks_free(), 64);
   EXPECT_EQ(info.requests_running(), 0);
-  // An unnamed request gets an id.
+  // An unnamed request gets an unguessable id: "req-" and 128 random bits in hex, different
+  // each time (Abort takes an id, so a counter would let any client abort another's request).
   o = Generate(IdsRequest({1}, 1));
   ASSERT_TRUE(o.status.ok());
-  EXPECT_FALSE(o.messages.at(0).request_id().empty());
+  const std::string first_id = o.messages.at(0).request_id();
+  EXPECT_THAT(first_id, ::testing::MatchesRegex("req-[0-9a-f]{32}"));
+  o = Generate(IdsRequest({1}, 1));
+  ASSERT_TRUE(o.status.ok());
+  EXPECT_THAT(o.messages.at(0).request_id(), ::testing::MatchesRegex("req-[0-9a-f]{32}"));
+  EXPECT_NE(o.messages.at(0).request_id(), first_id);
   ExpectNoWorkerErrors();
 }
 

@@ -66,7 +66,14 @@ TEST(ValidationTest, EachBadFieldIsNamed) {
       {"min_p > 1", [](auto& r) { r.mutable_sampling()->set_min_p(1.1f); }, "sampling.min_p"},
       {"repetition_penalty 0",
        [](auto& r) { r.mutable_sampling()->set_repetition_penalty(0); },
-       "sampling.repetition_penalty: expected > 0"},
+       "sampling.repetition_penalty: expected a value in [0.01, 100]"},
+      // 1e-38 passed a "> 0" check once and divided logits into infinities (NaN logprobs).
+      {"repetition_penalty 1e-38",
+       [](auto& r) { r.mutable_sampling()->set_repetition_penalty(1e-38f); },
+       "sampling.repetition_penalty: expected a value in [0.01, 100], got 1e-38"},
+      {"repetition_penalty 1e6",
+       [](auto& r) { r.mutable_sampling()->set_repetition_penalty(1e6f); },
+       "sampling.repetition_penalty"},
       {"presence_penalty", [](auto& r) { r.mutable_sampling()->set_presence_penalty(2.5f); },
        "sampling.presence_penalty"},
       {"frequency_penalty", [](auto& r) { r.mutable_sampling()->set_frequency_penalty(-3); },
@@ -176,15 +183,30 @@ TEST(ValidationTest, TextAndChatPromptsWithARealTokenizer) {
             model->tokenizer->add_bos() ? 1u : 0u);
 }
 
+// A huge offending value is quoted, not echoed: the error stays small enough for a gRPC status
+// (whose metadata limit would otherwise replace it) and for the log.
+TEST(ValidationTest, ErrorsQuoteAtMostAHundredBytesOfTheValue) {
+  auto model = testing::TinyModel(/*context_length=*/10);
+  v1::GenerateRequest r = IdsRequest();
+  r.set_chat_template(std::string(100 * 1024, 't'));
+  absl::StatusOr<PreparedRequest> p = PrepareGenerateRequest(r, *model);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(p.status().message(), HasSubstr("(102400 bytes)"));
+  EXPECT_LT(p.status().message().size(), 400u) << p.status().message().substr(0, 400);
+}
+
 TEST(ValidationTest, SamplingRangesAtTheirEdges) {
   v1::SamplingParams s;
   s.set_temperature(0);
   s.set_top_k(0);
   s.set_top_p(1e-6f);
   s.set_min_p(1);
-  s.set_repetition_penalty(1e-3f);
+  s.set_repetition_penalty(0.01f);
   s.set_presence_penalty(2);
   s.set_frequency_penalty(-2);
+  EXPECT_TRUE(ValidateSamplingParams(s).ok());
+  s.set_repetition_penalty(100);
   EXPECT_TRUE(ValidateSamplingParams(s).ok());
   EXPECT_TRUE(ValidateSamplingParams(v1::SamplingParams()).ok());  // unset: defaults apply
 }
