@@ -35,7 +35,9 @@ int main(int argc, char** argv) {
   CoordinatorOptions o;
   std::string kv_cache_memory = "auto";
   std::string log_level = "info";
-  app.add_option("--listen", o.listen, "HOST:PORT to serve on (port 0: pick a free one)")
+  app.add_option("--listen", o.listen,
+                 "HOST:PORT to serve on (port 0: pick a free one); loopback by default, "
+                 "0.0.0.0:PORT to serve other hosts (clients, workers on other nodes)")
       ->default_val(o.listen);
   app.add_option("--model", o.model,
                  "HF model directory or .gguf file (the same path must work on the workers)")

@@ -14,7 +14,9 @@ namespace shardlm::coordinator {
 inline constexpr int64_t kDefaultContextLength = 4096;
 
 struct CoordinatorOptions {
-  std::string listen = "0.0.0.0:50051";  // HOST:PORT; port 0 picks a free one
+  // HOST:PORT; port 0 picks a free one. Loopback unless given: serving other hosts (clients, or
+  // workers on other nodes) is a choice the operator makes explicitly.
+  std::string listen = "127.0.0.1:50051";
   std::string model;                     // path, as both the coordinator and the workers see it
   int32_t tp = 1;
   int32_t pp = 1;

@@ -3,7 +3,7 @@
 # ranks, logs to files, until Ctrl-C / SIGTERM (or until either side exits, which stops the other).
 #
 #   launch/one-node.sh --model models/SmolLM2-135M-Instruct.Q4_1.gguf --tp 2 [--pp 1]
-#       [--listen 0.0.0.0:50051] [--logs logs/] [--bin build/bin] [-- COORDINATOR FLAGS...]
+#       [--listen 127.0.0.1:50051] [--logs logs/] [--bin build/bin] [-- COORDINATOR FLAGS...]
 #
 # Everything after `--` goes to shardlm-coordinator (--max-batch-tokens N, --kv-cache-memory 1GiB,
 # --max-queue N, --max-model-len N, ...). MPIRUN_ARGS adds mpirun flags (e.g. "-x CUDA_VISIBLE_DEVICES").
@@ -13,7 +13,7 @@ set -euo pipefail
 
 usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
-MODEL="" TP=1 PP=1 LISTEN=0.0.0.0:50051
+MODEL="" TP=1 PP=1 LISTEN=127.0.0.1:50051
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LOGS=$ROOT/logs/one-node-$(date +%Y%m%d-%H%M%S)
 BIN=$ROOT/build/bin

@@ -21,6 +21,11 @@ TEST(OptionsTest, ParsesByteSizes) {
   EXPECT_FALSE(ParseByteSize("1e30").ok());
 }
 
+// No address defaults to all interfaces: serving other hosts is given explicitly.
+TEST(OptionsTest, ListensOnLoopbackByDefault) {
+  EXPECT_EQ(CoordinatorOptions().listen, "127.0.0.1:50051");
+}
+
 TEST(OptionsTest, ValidatesFlagsByName) {
   CoordinatorOptions o;
   o.model = "m";
