@@ -294,7 +294,7 @@ void Engine::ApplyResult(const worker::v1::StepPlan& plan, const worker::v1::Ste
     message.set_request_id(r->handle->request_id);
     const v1::FinishReason reason = r->output.Add(s.token, s.logprobs, &message);
     if (reason != v1::FINISH_REASON_UNSPECIFIED) {
-      Finish(r, reason, absl::OkStatus(), std::move(message));
+      Finish(r, reason, r->output.error(), std::move(message));  // error: a NaN logprob
     } else {
       r->handle->channel.Push(std::move(message));
     }

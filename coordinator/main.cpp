@@ -66,6 +66,10 @@ int main(int argc, char** argv) {
                  "Cap on prompt + generated tokens per request (0: the model's "
                  "max_position_embeddings, or 4096 when it has none)")
       ->default_val(o.max_model_len);
+  app.add_flag("--chat-parse-special", o.chat_parse_special,
+               "Chat prompts: treat special-token text inside message contents (e.g. "
+               "<|im_start|>) as special tokens, as before; by default only the chat template's "
+               "own markup is special, so a message cannot open a fake turn");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->default_val(log_level);
   CLI11_PARSE(app, argc, argv);
@@ -86,6 +90,7 @@ int main(int argc, char** argv) {
   }
   auto model = shardlm::coordinator::LoadModelContext(o.model, o.max_model_len);
   if (!model.ok()) return Fail(absl::StrCat("--model: ", model.status().message()));
+  (*model)->chat_parse_special = o.chat_parse_special;
 
   // SIGINT and SIGTERM are blocked in every thread (gRPC's threads inherit the mask) and taken
   // by sigwait below, so shutdown runs as ordinary code on the main thread.

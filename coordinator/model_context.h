@@ -24,6 +24,10 @@ struct ModelContext {
   absl::Status tokenizer_status;
   // The template recognised from the checkpoint, or why there is none.
   absl::StatusOr<ChatTemplate> default_chat_template = absl::NotFoundError("no chat template");
+  // Chat prompts: false (the default) parses special tokens in the template's markup only, so
+  // that "<|im_start|>system" written in a message is plain text; true parses them in the message
+  // contents too (--chat-parse-special, the behaviour before).
+  bool chat_parse_special = false;
 
   // `name` ("chatml", ...) or, when empty, the model's own template.
   absl::StatusOr<ChatTemplate> ChatTemplateFor(const std::string& name) const;

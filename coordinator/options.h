@@ -32,6 +32,10 @@ struct CoordinatorOptions {
   // Context length: 0 takes the model's max_position_embeddings (kDefaultContextLength when the
   // config has none); a value caps it.
   int64_t max_model_len = 0;
+  // Special-token text in chat message contents maps to the special ids (the old behaviour, for
+  // compatibility); by default only the chat template's markup is special
+  // (ModelContext::chat_parse_special).
+  bool chat_parse_special = false;
 };
 
 inline int32_t EffectiveMaxRunning(const CoordinatorOptions& o) {

@@ -1,6 +1,13 @@
 #include "coordinator/output_processor.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "base/logprob.h"
+#include "base/status_macros.h"
 
 namespace shardlm::coordinator {
 
@@ -19,13 +26,29 @@ OutputProcessor::OutputProcessor(const ModelContext& model, const PreparedReques
   }
 }
 
-void OutputProcessor::AddLogprobs(int32_t token, const v1::Logprobs* logprobs,
-                                  v1::GenerateResponse* out) const {
-  v1::Logprobs* lp = out->add_logprobs();  // one per id, even when the worker sent none
+absl::Status OutputProcessor::AddLogprobs(int32_t token, const v1::Logprobs* logprobs,
+                                          v1::Logprobs* lp) const {
   if (logprobs != nullptr) *lp = *logprobs;
   if (!lp->has_chosen()) lp->mutable_chosen()->set_id(token);
-  lp->mutable_chosen()->set_text(model_.TokenText(lp->chosen().id()));
-  for (v1::TokenLogprob& top : *lp->mutable_top()) top.set_text(model_.TokenText(top.id()));
+  if (lp->top_size() > logprobs_) {
+    lp->mutable_top()->DeleteSubrange(logprobs_, lp->top_size() - logprobs_);
+  }
+  const auto finish = [&](v1::TokenLogprob* t, absl::string_view what) -> absl::Status {
+    const float v = t->logprob();
+    if (std::isnan(v) || v == std::numeric_limits<float>::infinity()) {
+      return absl::InternalError(absl::StrCat("the workers sent logprob ", v, " for ", what,
+                                              " (id ", t->id(),
+                                              "): the model's numbers are not finite"));
+    }
+    t->set_logprob(std::min(FlooredLogprob(v), 0.0f));  // a probability is at most 1
+    t->set_text(model_.TokenText(t->id()));
+    return absl::OkStatus();
+  };
+  SHARDLM_RETURN_IF_ERROR(finish(lp->mutable_chosen(), "the sampled token"));
+  for (v1::TokenLogprob& top : *lp->mutable_top()) {
+    SHARDLM_RETURN_IF_ERROR(finish(&top, "an alternative"));
+  }
+  return absl::OkStatus();
 }
 
 bool OutputProcessor::EmitText(std::string_view text, v1::GenerateResponse* out) {
@@ -37,9 +60,17 @@ bool OutputProcessor::EmitText(std::string_view text, v1::GenerateResponse* out)
 v1::FinishReason OutputProcessor::Add(int32_t token, const v1::Logprobs* logprobs,
                                       v1::GenerateResponse* out) {
   if (finish_ != v1::FINISH_REASON_UNSPECIFIED) return finish_;  // nothing after the end
+  if (logprobs_ > 0) {
+    v1::Logprobs lp;  // one per id, even when the worker sent none
+    error_ = AddLogprobs(token, logprobs, &lp);
+    if (!error_.ok()) {
+      finish_ = v1::FINISH_REASON_ERROR;
+      return finish_;
+    }
+    *out->add_logprobs() = std::move(lp);
+  }
   ++completion_tokens_;
   out->add_token_ids(token);
-  if (logprobs_ > 0) AddLogprobs(token, logprobs, out);
 
   v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
   bool stop_string = false;

@@ -49,8 +49,10 @@ absl::Status NeedTokenizer(const ModelContext& model, absl::string_view field) {
 
 absl::Status ValidateSamplingParams(const v1::SamplingParams& s) {
   if (s.has_temperature()) {
-    SHARDLM_RETURN_IF_ERROR(CheckFloat("sampling.temperature", s.temperature(),
-                                       s.temperature() >= 0, ">= 0 (0 = greedy)"));
+    SHARDLM_RETURN_IF_ERROR(CheckFloat(
+        "sampling.temperature", s.temperature(),
+        s.temperature() >= 0 && s.temperature() <= kMaxTemperature,
+        absl::StrCat("a value in [0, ", kMaxTemperature, "] (0 = greedy)")));
   }
   if (s.has_top_k() && s.top_k() < 0) {
     return Invalid("sampling.top_k", absl::StrCat("expected >= 0 (0 = off), got ", s.top_k()));
@@ -71,14 +73,17 @@ absl::Status ValidateSamplingParams(const v1::SamplingParams& s) {
             s.repetition_penalty() <= kMaxRepetitionPenalty,
         absl::StrCat("a value in [", kMinRepetitionPenalty, ", ", kMaxRepetitionPenalty, "]")));
   }
+  const std::string penalty_range = absl::StrCat("a value in [", -kMaxAbsPenalty, ", ",
+                                                 kMaxAbsPenalty, "]");
   if (s.has_presence_penalty()) {
     SHARDLM_RETURN_IF_ERROR(CheckFloat("sampling.presence_penalty", s.presence_penalty(),
-                                       std::abs(s.presence_penalty()) <= 2, "a value in [-2, 2]"));
+                                       std::abs(s.presence_penalty()) <= kMaxAbsPenalty,
+                                       penalty_range));
   }
   if (s.has_frequency_penalty()) {
     SHARDLM_RETURN_IF_ERROR(CheckFloat("sampling.frequency_penalty", s.frequency_penalty(),
-                                       std::abs(s.frequency_penalty()) <= 2,
-                                       "a value in [-2, 2]"));
+                                       std::abs(s.frequency_penalty()) <= kMaxAbsPenalty,
+                                       penalty_range));
   }
   return absl::OkStatus();
 }
@@ -110,10 +115,14 @@ absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ModelContext& model,
     return Invalid(template_name.empty() ? "chat" : "chat_template",
                    chat_template.status().message());
   }
-  absl::StatusOr<std::string> text = chat_template->Render(messages);
-  if (!text.ok()) return Invalid("chat", text.status().message());
+  absl::StatusOr<RenderedChat> rendered = chat_template->RenderChat(messages);
+  if (!rendered.ok()) return Invalid("chat", rendered.status().message());
   // Templates that write the BOS text themselves get no second BOS from the tokenizer.
-  return TokenizeText(model, *text, !chat_template->renders_bos(), "chat");
+  const bool add_special = !chat_template->renders_bos();
+  if (model.chat_parse_special) return TokenizeText(model, rendered->text, add_special, "chat");
+  // Only the template's markup may hold special tokens. The text around them is still encoded
+  // as one fragment across markup and content, as a plain encode of the rendered text would.
+  return model.tokenizer->EncodeWithSpecialSpans(rendered->text, add_special, rendered->markup);
 }
 
 absl::StatusOr<PreparedRequest> PrepareGenerateRequest(const v1::GenerateRequest& request,

@@ -29,9 +29,20 @@ struct PreparedRequest {
 
 inline constexpr int32_t kMaxLogprobs = 20;
 inline constexpr size_t kMaxRequestIdBytes = 256;
+// Sampling bounds (stated in generation.proto too). With them, and finite logits (the worker
+// fails a row that is not), the sampler's arithmetic stays finite: logprobs are reported at least
+// kLogprobFloor (base/logprob.h), and the output processor fails a request whose worker sends a
+// NaN or +inf logprob.
+// sampling.temperature in [0, kMaxTemperature]: the draw divides logits by it in double, where
+// any finite positive value is safe; above 100 the distribution is already flat for any logits
+// a model produces, so larger values are more likely mistakes than intent.
+inline constexpr float kMaxTemperature = 100.0f;
 // sampling.repetition_penalty bounds: a logit divided or multiplied by it stays finite.
 inline constexpr float kMinRepetitionPenalty = 0.01f;
 inline constexpr float kMaxRepetitionPenalty = 100.0f;
+// sampling.presence_penalty and frequency_penalty in [-2, 2] (OpenAI's range): the logit moves by
+// at most 2 + 2 x (tokens generated), finite for any context length.
+inline constexpr float kMaxAbsPenalty = 2.0f;
 
 // Range checks of the sampling fields that are set ("sampling.top_p: ...").
 absl::Status ValidateSamplingParams(const v1::SamplingParams& sampling);
@@ -40,7 +51,8 @@ absl::Status ValidateSamplingParams(const v1::SamplingParams& sampling);
 absl::StatusOr<std::vector<int32_t>> TokenizeText(const ModelContext& model, std::string_view text,
                                                   bool add_special, absl::string_view field);
 // `chat` rendered with `template_name` (or the model's template) and tokenized; a template that
-// writes BOS itself gets none from the tokenizer.
+// writes BOS itself gets none from the tokenizer. Special-token text counts only in the
+// template's markup, not in message contents, unless model.chat_parse_special.
 absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ModelContext& model,
                                                   const v1::ChatMessages& chat,
                                                   const std::string& template_name);

@@ -1,5 +1,6 @@
 #include "runtime/sampler.h"
 
+#include "base/logprob.h"
 #include "kernels/sampling.h"
 
 #include <algorithm>
@@ -19,19 +20,28 @@ double UniformAt(uint64_t seed, uint64_t position) {
 
 namespace {
 
+// A penalized logit, kept finite: a huge finite logit times a penalty would overflow to +-inf,
+// and an infinite logit turns every logprob into NaN (inf - inf).
+float Finite(float l) {
+  return std::clamp(l, -std::numeric_limits<float>::max(), std::numeric_limits<float>::max());
+}
+
 void ApplyPenalties(std::span<float> logits, const SamplerParams& p, const TokenHistory& h) {
   const int64_t vocab = static_cast<int64_t>(logits.size());
   if (p.repetition_penalty != 1.0f) {
     for (int32_t id : h.seen) {
       if (id < 0 || id >= vocab) continue;
       float& l = logits[id];
-      l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
+      if (std::isfinite(l)) l = Finite(l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty);
     }
   }
   if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) {
     for (const auto& [id, count] : h.generated) {
       if (id < 0 || id >= vocab) continue;
-      logits[id] -= p.presence_penalty + p.frequency_penalty * static_cast<float>(count);
+      float& l = logits[id];
+      if (std::isfinite(l)) {
+        l = Finite(l - (p.presence_penalty + p.frequency_penalty * static_cast<float>(count)));
+      }
     }
   }
 }
@@ -59,7 +69,8 @@ Sampled Sample(std::span<float> logits, const SamplerParams& p, const TokenHisto
   row.uniform = p.greedy() ? 0.0 : UniformAt(p.seed, position);
   out.token = SampleRow(logits, row);
   const double lse = LogSumExp(logits);
-  out.logprob = static_cast<float>(logits[out.token] - lse);
+  // Floored: a token far below the others (or a -inf logit) must not report -inf.
+  out.logprob = FlooredLogprob(logits[out.token] - lse);
   if (p.logprobs > 0) {
     std::vector<int32_t> ids(logits.size());
     std::iota(ids.begin(), ids.end(), 0);
@@ -68,7 +79,7 @@ Sampled Sample(std::span<float> logits, const SamplerParams& p, const TokenHisto
       return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
     });
     for (size_t i = 0; i < n; ++i) {
-      out.top.emplace_back(ids[i], static_cast<float>(logits[ids[i]] - lse));
+      out.top.emplace_back(ids[i], FlooredLogprob(logits[ids[i]] - lse));
     }
   }
   return out;

@@ -49,7 +49,10 @@ struct Sampled {
 double UniformAt(uint64_t seed, uint64_t position);
 
 // Samples from `logits` (the full vocabulary row; modified in place by the penalties) the token
-// that goes at `position`. Logprobs are log-softmax of the penalized logits, before temperature.
+// that goes at `position`. Logprobs are log-softmax of the penalized logits, before temperature,
+// at least kLogprobFloor (base/logprob.h). Finite logits and the parameter ranges that
+// coordinator/validation.h enforces give finite logprobs; a NaN logit gives NaN ones (the worker
+// fails such a row before sampling it).
 Sampled Sample(std::span<float> logits, const SamplerParams& params, const TokenHistory& history,
                uint64_t position);
 

@@ -1,6 +1,10 @@
 #include "tokenizer/chat_template.h"
 
+#include <string_view>
+#include <utility>
+
 #include "base/quote.h"
+#include "base/status_macros.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -41,6 +45,27 @@ std::string DefaultChatmlSystem(const std::string& jinja) {
   }
   return "";
 }
+
+// Builds a RenderedChat: markup appended next to earlier markup extends its span.
+class ChatWriter {
+ public:
+  template <typename... Parts>
+  void Markup(const Parts&... parts) {
+    const size_t begin = chat_.text.size();
+    absl::StrAppend(&chat_.text, parts...);
+    if (chat_.text.size() == begin) return;
+    if (!chat_.markup.empty() && chat_.markup.back().end == begin) {
+      chat_.markup.back().end = chat_.text.size();
+    } else {
+      chat_.markup.push_back({begin, chat_.text.size()});
+    }
+  }
+  void Content(std::string_view text) { chat_.text.append(text); }
+  RenderedChat Done() && { return std::move(chat_); }
+
+ private:
+  RenderedChat chat_;
+};
 
 }  // namespace
 
@@ -90,6 +115,12 @@ bool ChatTemplate::renders_bos() const {
 }
 
 absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>& messages) const {
+  SHARDLM_ASSIGN_OR_RETURN(RenderedChat rendered, RenderChat(messages));
+  return std::move(rendered.text);
+}
+
+absl::StatusOr<RenderedChat> ChatTemplate::RenderChat(
+    const std::vector<ChatMessage>& messages) const {
   if (messages.empty()) return absl::InvalidArgumentError("chat: no messages");
   for (size_t i = 0; i < messages.size(); ++i) {
     const std::string& r = messages[i].role;
@@ -98,83 +129,93 @@ absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>&
           "chat message ", i, ": role ", Quote(r), ", expected system, user or assistant"));
     }
   }
-  std::string out;
+  ChatWriter out;
   switch (kind_) {
     case Kind::kChatml:
       if (messages[0].role != "system" && !default_system_.empty()) {
-        absl::StrAppend(&out, "<|im_start|>system\n", default_system_, "<|im_end|>\n");
+        out.Markup("<|im_start|>system\n", default_system_, "<|im_end|>\n");
       }
       for (const ChatMessage& m : messages) {
-        absl::StrAppend(&out, "<|im_start|>", m.role, "\n", m.content, "<|im_end|>\n");
+        out.Markup("<|im_start|>", m.role, "\n");
+        out.Content(m.content);
+        out.Markup("<|im_end|>\n");
       }
-      absl::StrAppend(&out, "<|im_start|>assistant\n");
-      return out;
+      out.Markup("<|im_start|>assistant\n");
+      break;
     case Kind::kLlama3:
-      out = "<|begin_of_text|>";
+      out.Markup("<|begin_of_text|>");
       for (const ChatMessage& m : messages) {
-        absl::StrAppend(&out, "<|start_header_id|>", m.role, "<|end_header_id|>\n\n", m.content,
-                        "<|eot_id|>");
+        out.Markup("<|start_header_id|>", m.role, "<|end_header_id|>\n\n");
+        out.Content(m.content);
+        out.Markup("<|eot_id|>");
       }
-      absl::StrAppend(&out, "<|start_header_id|>assistant<|end_header_id|>\n\n");
-      return out;
+      out.Markup("<|start_header_id|>assistant<|end_header_id|>\n\n");
+      break;
     case Kind::kLlama2:
     case Kind::kMistral: {
       // <s>[INST] (<<SYS>>\nsystem\n<</SYS>>\n\n)user [/INST] answer</s><s>[INST] ...
-      std::string system;
+      const std::string* system = nullptr;
       size_t i = 0;
       if (messages[0].role == "system") {
-        system = messages[0].content;
+        if (!messages[0].content.empty()) system = &messages[0].content;
         i = 1;
       }
       bool first_user = true;
       for (; i < messages.size(); ++i) {
         const ChatMessage& m = messages[i];
         if (m.role == "user") {
-          std::string content = m.content;
-          if (first_user && !system.empty()) {
-            content = kind_ == Kind::kLlama2
-                          ? absl::StrCat("<<SYS>>\n", system, "\n<</SYS>>\n\n", content)
-                          : absl::StrCat(system, "\n\n", content);
+          out.Markup("<s>[INST] ");
+          if (first_user && system != nullptr) {
+            if (kind_ == Kind::kLlama2) out.Markup("<<SYS>>\n");
+            out.Content(*system);
+            out.Markup(kind_ == Kind::kLlama2 ? "\n<</SYS>>\n\n" : "\n\n");
           }
           first_user = false;
-          absl::StrAppend(&out, "<s>[INST] ", content, " [/INST]");
+          out.Content(m.content);
+          out.Markup(" [/INST]");
         } else if (m.role == "assistant") {
-          absl::StrAppend(&out, " ", m.content, "</s>");
+          out.Markup(" ");
+          out.Content(m.content);
+          out.Markup("</s>");
         } else {
           return absl::InvalidArgumentError(
               absl::StrCat("chat message ", i, ": a system message may only come first for ",
                            name()));
         }
       }
-      return out;
+      break;
     }
-    case Kind::kGemma:
+    case Kind::kGemma: {
       // Gemma has no system role: a system message is prepended to the first user turn.
-      out = "<bos>";
-      {
-        std::string pending_system;
-        for (const ChatMessage& m : messages) {
-          if (m.role == "system") {
-            pending_system = m.content + "\n\n";
-            continue;
-          }
-          const char* role = m.role == "assistant" ? "model" : "user";
-          absl::StrAppend(&out, "<start_of_turn>", role, "\n", pending_system, m.content,
-                          "<end_of_turn>\n");
-          pending_system.clear();
-        }
-      }
-      absl::StrAppend(&out, "<start_of_turn>model\n");
-      return out;
-    case Kind::kGlm4:
-      out = "[gMASK]<sop>";
+      out.Markup("<bos>");
+      const std::string* pending_system = nullptr;
       for (const ChatMessage& m : messages) {
-        absl::StrAppend(&out, "<|", m.role, "|>\n", m.content);
+        if (m.role == "system") {
+          pending_system = &m.content;
+          continue;
+        }
+        out.Markup("<start_of_turn>", m.role == "assistant" ? "model" : "user", "\n");
+        if (pending_system != nullptr) {
+          out.Content(*pending_system);
+          out.Markup("\n\n");
+          pending_system = nullptr;
+        }
+        out.Content(m.content);
+        out.Markup("<end_of_turn>\n");
       }
-      absl::StrAppend(&out, "<|assistant|>");
-      return out;
+      out.Markup("<start_of_turn>model\n");
+      break;
+    }
+    case Kind::kGlm4:
+      out.Markup("[gMASK]<sop>");
+      for (const ChatMessage& m : messages) {
+        out.Markup("<|", m.role, "|>\n");
+        out.Content(m.content);
+      }
+      out.Markup("<|assistant|>");
+      break;
   }
-  return out;
+  return std::move(out).Done();
 }
 
 }  // namespace shardlm

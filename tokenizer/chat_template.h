@@ -7,12 +7,23 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "tokenizer/tokenizer.h"
 
 namespace shardlm {
 
 struct ChatMessage {
   std::string role;  // "system", "user" or "assistant"
   std::string content;
+};
+
+// A rendered chat: the prompt text and which of its bytes the template wrote itself.
+struct RenderedChat {
+  std::string text;
+  // The template's markup (turn and header tokens, role names, separators, BOS text, a built-in
+  // system prompt) as sorted, disjoint byte ranges of `text`; every other byte is message
+  // content. Tokenize with Tokenizer::EncodeWithSpecialSpans(text, ..., markup) so that special-
+  // token text a user writes in a message stays ordinary text.
+  std::vector<TextSpan> markup;
 };
 
 class ChatTemplate {
@@ -32,6 +43,8 @@ class ChatTemplate {
   // The prompt text for `messages` followed by the opening of the assistant's turn. Includes the
   // BOS text where the family's template writes it (then the caller must not add another BOS).
   absl::StatusOr<std::string> Render(const std::vector<ChatMessage>& messages) const;
+  // As Render, with the template's markup marked (see RenderedChat).
+  absl::StatusOr<RenderedChat> RenderChat(const std::vector<ChatMessage>& messages) const;
   // True when Render writes the BOS token text itself.
   bool renders_bos() const;
 

@@ -226,25 +226,31 @@ int32_t Tokenizer::MergeRank(std::string_view left, std::string_view right) cons
   return it == merge_rank_.end() ? -1 : it->second;
 }
 
-std::vector<Tokenizer::Fragment> Tokenizer::Partition(std::string_view text,
-                                                      bool parse_special) const {
+std::vector<Tokenizer::Fragment> Tokenizer::Partition(
+    std::string_view text, bool parse_special, std::span<const TextSpan> special_spans) const {
   const size_t n = text.size();
   if (n == 0) return {};
   const SpecialMatcher& m = *special_;
-  const auto eligible = [&](int32_t id) {
-    return parse_special || vocab_.types[id] == TokenType::kUserDefined;
-  };
   // Every occurrence of every eligible special text, as (rank, position).
   std::vector<std::pair<int32_t, size_t>> found;
-  if (parse_special ? !m.by_rank.empty() : m.has_user_defined) {
+  if (parse_special || !special_spans.empty() ? !m.by_rank.empty() : m.has_user_defined) {
+    size_t span = 0;  // the first of special_spans that ends after p
     for (size_t p = 0; p < n; ++p) {
+      while (span < special_spans.size() && special_spans[span].end <= p) ++span;
+      // Control and unknown tokens must end by here (0: none may start at p).
+      const size_t special_end = parse_special ? n
+                                 : span < special_spans.size() && special_spans[span].begin <= p
+                                     ? special_spans[span].end
+                                     : 0;
       int32_t node = 0;
       for (size_t q = p; q < n; ++q) {
         auto it = m.edges.find((static_cast<uint64_t>(node) << 8) | static_cast<uint8_t>(text[q]));
         if (it == m.edges.end()) break;
         node = it->second;
         const int32_t id = m.node_token[node];
-        if (id >= 0 && eligible(id)) found.emplace_back(m.rank.at(id), p);
+        if (id >= 0 && (q < special_end || vocab_.types[id] == TokenType::kUserDefined)) {
+          found.emplace_back(m.rank.at(id), p);
+        }
       }
     }
   }
@@ -306,10 +312,36 @@ std::vector<Tokenizer::Fragment> Tokenizer::Partition(std::string_view text,
 
 std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_special,
                                        bool parse_special) const {
+  return EncodeFragments(text, add_special, Partition(text, parse_special));
+}
+
+std::vector<int32_t> Tokenizer::EncodeWithSpecialSpans(
+    std::string_view text, bool add_special, std::span<const TextSpan> special_spans) const {
+  // Sorted, clamped to the text and merged, for Partition's single pass.
+  std::vector<TextSpan> spans;
+  for (TextSpan s : special_spans) {
+    s.end = std::min(s.end, text.size());
+    if (s.begin < s.end) spans.push_back(s);
+  }
+  std::sort(spans.begin(), spans.end(),
+            [](const TextSpan& a, const TextSpan& b) { return a.begin < b.begin; });
+  std::vector<TextSpan> merged;
+  for (const TextSpan& s : spans) {
+    if (!merged.empty() && s.begin <= merged.back().end) {
+      merged.back().end = std::max(merged.back().end, s.end);
+    } else {
+      merged.push_back(s);
+    }
+  }
+  return EncodeFragments(text, add_special, Partition(text, /*parse_special=*/false, merged));
+}
+
+std::vector<int32_t> Tokenizer::EncodeFragments(std::string_view text, bool add_special,
+                                                const std::vector<Fragment>& fragments) const {
   std::vector<int32_t> out;
   if (add_special && vocab_.add_bos && vocab_.bos_id >= 0) out.push_back(vocab_.bos_id);
   bool after_special = true;  // the start of the input counts as following a special token
-  for (const Fragment& f : Partition(text, parse_special)) {
+  for (const Fragment& f : fragments) {
     if (f.id >= 0) {
       out.push_back(f.id);
       after_special = true;

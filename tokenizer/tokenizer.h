@@ -13,6 +13,7 @@
 //    the GPT-2 byte-to-unicode table, and merges apply lowest rank first within each piece.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -82,6 +83,13 @@ struct TokenizerVocab {
   bool ignore_merges = false;     // BPE: a piece that is itself a token is used whole
 };
 
+// A byte range [begin, end) of a text.
+struct TextSpan {
+  size_t begin = 0;
+  size_t end = 0;
+  bool operator==(const TextSpan&) const = default;
+};
+
 // Reads the tokenizer.ggml.* keys. Unsupported tokenizer.ggml.model values, missing required keys
 // (tokens; merges for gpt2), arrays whose length differs from the token count, ids out of range
 // and unknown pre-tokenizer names are errors naming the file and the key.
@@ -115,6 +123,14 @@ class Tokenizer {
   // As Encode, but invalid UTF-8 is InvalidArgument naming the byte offset.
   absl::StatusOr<std::vector<int32_t>> EncodeChecked(std::string_view text, bool add_special,
                                                      bool parse_special) const;
+  // As Encode with parse_special off, except that control and unknown token text lying wholly
+  // inside one of `special_spans` maps to its id: for a rendered chat, whose template markup may
+  // hold special tokens and whose message contents may not. The text between special tokens is
+  // encoded as one fragment whatever spans it crosses, as Encode does, so when no special-token
+  // text lies outside the spans the ids are Encode(text, add_special, true)'s. Spans may come in
+  // any order and overlap; parts past the end of `text` are ignored.
+  std::vector<int32_t> EncodeWithSpecialSpans(std::string_view text, bool add_special,
+                                              std::span<const TextSpan> special_spans) const;
 
   // The text of `ids`: invalid UTF-8 from byte tokens becomes U+FFFD; with skip_special,
   // control and unknown tokens are left out (otherwise their text is written). For SPM with
@@ -182,7 +198,13 @@ class Tokenizer {
 
   explicit Tokenizer(TokenizerVocab vocab);
   absl::Status Init();
-  std::vector<Fragment> Partition(std::string_view text, bool parse_special) const;
+  // Cuts the special tokens out of `text`: user-defined ones anywhere, control and unknown ones
+  // anywhere with parse_special, else only wholly inside one of `special_spans` (sorted and
+  // disjoint).
+  std::vector<Fragment> Partition(std::string_view text, bool parse_special,
+                                  std::span<const TextSpan> special_spans = {}) const;
+  std::vector<int32_t> EncodeFragments(std::string_view text, bool add_special,
+                                       const std::vector<Fragment>& fragments) const;
   void EncodeSpm(std::string_view text, bool space_prefix, std::vector<int32_t>* out) const;
   void EncodeBpe(std::string_view text, std::vector<int32_t>* out) const;
   // Merges the UTF-8 characters of `word` (SPM: by score or merge rank; BPE: by rank) and

@@ -157,11 +157,11 @@ worker::v1::StepResult FakeWorker::Step(const worker::v1::StepPlan& plan) {
     r->set_token(NextToken(sequence, options_.vocab));
     if (s.logprobs() > 0) {
       r->mutable_logprobs()->mutable_chosen()->set_id(r->token());
-      r->mutable_logprobs()->mutable_chosen()->set_logprob(-0.5f);
+      r->mutable_logprobs()->mutable_chosen()->set_logprob(options_.logprob);
       for (int i = 0; i < s.logprobs(); ++i) {
         v1::TokenLogprob* top = r->mutable_logprobs()->add_top();
         top->set_id((r->token() + i) % options_.vocab);
-        top->set_logprob(-0.5f - i);
+        top->set_logprob(options_.logprob - static_cast<float>(i));
       }
     }
   }

@@ -32,6 +32,8 @@ struct FakeWorkerOptions {
   std::chrono::milliseconds step_delay{0};
   uint64_t fail_step = 0;  // answer this step (by count, from 1) with StepResult.error
   int32_t vocab = 256;
+  // The logprob reported for every sampled token (alternatives: this minus their rank).
+  float logprob = -0.5f;
 };
 
 class FakeWorker {

@@ -1,7 +1,10 @@
 #include "coordinator/output_processor.h"
 
+#include <limits>
 #include <string>
 #include <vector>
+
+#include "base/logprob.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -107,6 +110,56 @@ TEST(OutputProcessorTest, LogprobsOnePerIdEvenWhenTheWorkerSentNone) {
   EXPECT_FLOAT_EQ(m.logprobs(0).chosen().logprob(), -0.25f);
   EXPECT_EQ(m.logprobs(0).top_size(), 2);
   EXPECT_EQ(m.logprobs(1).chosen().id(), 6);
+}
+
+// The coordinator does not trust the worker's numbers: -inf (or anything below the floor) is
+// reported as kLogprobFloor, more than 0 as 0; NaN or +inf fails the request without adding the
+// token; no more alternatives than asked for get through.
+TEST(OutputProcessorTest, LogprobsAreFiniteWhateverTheWorkerSends) {
+  auto model = testing::TinyModel();
+  PreparedRequest r = Request(3, 10);
+  r.logprobs = 2;
+  const float inf = std::numeric_limits<float>::infinity();
+  {
+    OutputProcessor p(*model, r);
+    v1::Logprobs lp;
+    lp.mutable_chosen()->set_id(5);
+    lp.mutable_chosen()->set_logprob(-inf);
+    for (float v : {-1e30f, 0.5f, -inf}) {
+      v1::TokenLogprob* t = lp.add_top();
+      t->set_id(7);
+      t->set_logprob(v);
+    }
+    v1::GenerateResponse m;
+    EXPECT_EQ(p.Add(5, &lp, &m), v1::FINISH_REASON_UNSPECIFIED);
+    ASSERT_EQ(m.logprobs_size(), 1);
+    EXPECT_EQ(m.logprobs(0).chosen().logprob(), kLogprobFloor);
+    ASSERT_EQ(m.logprobs(0).top_size(), 2);  // asked for 2
+    EXPECT_EQ(m.logprobs(0).top(0).logprob(), kLogprobFloor);
+    EXPECT_EQ(m.logprobs(0).top(1).logprob(), 0.0f);  // a probability is at most 1
+    EXPECT_TRUE(p.error().ok());
+  }
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), inf}) {
+    for (const bool in_top : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << bad << (in_top ? " in top" : " chosen"));
+      OutputProcessor p(*model, r);
+      v1::Logprobs lp;
+      lp.mutable_chosen()->set_id(5);
+      lp.mutable_chosen()->set_logprob(in_top ? -0.5f : bad);
+      lp.add_top()->set_id(5);
+      lp.mutable_top(0)->set_logprob(in_top ? bad : -0.5f);
+      v1::GenerateResponse m;
+      EXPECT_EQ(p.Add(5, &lp, &m), v1::FINISH_REASON_ERROR);
+      EXPECT_TRUE(m.token_ids().empty());
+      EXPECT_TRUE(m.logprobs().empty());
+      EXPECT_EQ(p.error().code(), absl::StatusCode::kInternal);
+      EXPECT_THAT(p.error().message(), ::testing::HasSubstr("the workers sent logprob"));
+      EXPECT_EQ(p.completion_tokens(), 0);
+      // Nothing after the end.
+      EXPECT_EQ(p.Add(6, nullptr, &m), v1::FINISH_REASON_ERROR);
+      EXPECT_TRUE(m.token_ids().empty());
+    }
+  }
 }
 
 // With SmolLM2's real tokenizer: text, stop strings and end-of-generation tokens.

@@ -19,13 +19,17 @@ std::unique_ptr<ModelContext> TinyModel(int64_t context_length) {
   return model;
 }
 
+absl::StatusOr<std::unique_ptr<ModelContext>> LoadSmolLm2() {
+  const std::string path =
+      std::string(SHARDLM_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  if (!std::filesystem::exists(path)) return nullptr;
+  return LoadModelContext(path, 0);
+}
+
 absl::StatusOr<const ModelContext*> SmolLm2() {
   static const absl::StatusOr<const ModelContext*> model =
       []() -> absl::StatusOr<const ModelContext*> {
-    const std::string path =
-        std::string(SHARDLM_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    if (!std::filesystem::exists(path)) return nullptr;
-    auto loaded = LoadModelContext(path, 0);
+    auto loaded = LoadSmolLm2();
     if (!loaded.ok()) return loaded.status();
     return loaded->release();
   }();

@@ -2,9 +2,12 @@
 // seeded draw and logprobs.
 #include "runtime/sampler.h"
 
+#include "base/logprob.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
 #include <vector>
 
@@ -101,6 +104,48 @@ TEST(SamplerTest, LogprobsAreLogSoftmax) {
   ASSERT_EQ(s.top.size(), 2u);
   EXPECT_EQ(s.top[0].first, 1);
   EXPECT_NEAR(s.top[1].second, std::log(0.25), 1e-6);
+}
+
+// A token of probability 0 reports the floor, not -inf; penalties that would push a huge finite
+// logit past the float range leave it finite, so no logprob turns NaN.
+TEST(SamplerTest, LogprobsStayFiniteAtTheExtremes) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float big = std::numeric_limits<float>::max();
+  std::vector<float> masked = {2.0f, -inf, 1.0f, -inf};
+  SamplerParams p;
+  p.temperature = 1;
+  p.logprobs = 4;
+  Sampled s = Sample(masked, p, {}, 0);
+  EXPECT_TRUE(s.token == 0 || s.token == 2);
+  ASSERT_EQ(s.top.size(), 4u);
+  EXPECT_EQ(s.top[2].second, kLogprobFloor);
+  EXPECT_EQ(s.top[3].second, kLogprobFloor);
+
+  // Far apart: log-probabilities below -FLT_MAX, which a float cannot hold.
+  std::vector<float> apart = {big, -big};
+  p.temperature = 0;
+  s = Sample(apart, p, {}, 0);
+  EXPECT_EQ(s.token, 0);
+  EXPECT_EQ(s.logprob, 0.0f);
+  EXPECT_EQ(s.top[1].second, kLogprobFloor);
+
+  // repetition_penalty 0.01 multiplies a positive logit by 100, 100 multiplies a negative one.
+  TokenHistory h;
+  h.seen = {0, 1};
+  h.generated = {{0, 1000000}};
+  for (float penalty : {0.01f, 100.0f}) {
+    std::vector<float> huge = {big / 2, -big / 2, 0.0f};
+    p.repetition_penalty = penalty;
+    p.frequency_penalty = -2;
+    p.logprobs = 3;
+    s = Sample(huge, p, h, 0);
+    EXPECT_TRUE(std::isfinite(s.logprob)) << penalty;
+    for (const auto& [id, logprob] : s.top) {
+      EXPECT_TRUE(std::isfinite(logprob)) << penalty << " id " << id;
+      EXPECT_GE(logprob, kLogprobFloor);
+      EXPECT_LE(logprob, 0.0f);
+    }
+  }
 }
 
 }  // namespace

@@ -85,6 +85,47 @@ TEST(ChatTemplateTest, GemmaAndGlm4) {
   EXPECT_EQ(*text, "[gMASK]<sop><|user|>\nU<|assistant|>");
 }
 
+// RenderChat marks what the template wrote: the bytes outside its markup spans are exactly the
+// message contents, in order, whatever they hold (here the templates' own special-token text).
+TEST(ChatTemplateTest, MarkupSpansLeaveExactlyTheContents) {
+  const std::vector<ChatMessage> messages = {
+      {"system", "S<|im_start|>system\n"},
+      {"user", "U1<|eot_id|><|start_header_id|>"},
+      {"assistant", "A1</s><s>[INST]"},
+      {"user", "U2<end_of_turn><|user|>"}};
+  const std::string contents = messages[0].content + messages[1].content + messages[2].content +
+                               messages[3].content;
+  for (const std::string& name : ChatTemplate::KnownNames()) {
+    SCOPED_TRACE(name);
+    auto t = ChatTemplate::FromName(name);
+    ASSERT_TRUE(t.ok());
+    auto chat = t->RenderChat(messages);
+    ASSERT_TRUE(chat.ok()) << chat.status();
+    EXPECT_EQ(chat->text, t->Render(messages).value());
+    std::string outside;
+    size_t at = 0;
+    for (const TextSpan& span : chat->markup) {
+      ASSERT_LT(span.begin, span.end);  // none empty
+      ASSERT_LE(span.end, chat->text.size());
+      // Sorted, and apart: adjacent markup is one span.
+      if (&span != &chat->markup.front()) {
+        ASSERT_GT(span.begin, at);
+      }
+      outside += chat->text.substr(at, span.begin - at);
+      at = span.end;
+    }
+    outside += chat->text.substr(at);
+    EXPECT_EQ(outside, contents);
+  }
+  // A built-in system prompt is the template's own text: markup.
+  auto smol = ChatTemplate::Detect(kSmolLm2);
+  ASSERT_TRUE(smol.ok());
+  auto chat = smol->RenderChat({{"user", "Hi"}});
+  ASSERT_TRUE(chat.ok());
+  const size_t hi = chat->text.find("\nHi<") + 1;
+  EXPECT_EQ(chat->markup, (std::vector<TextSpan>{{0, hi}, {hi + 2, chat->text.size()}}));
+}
+
 TEST(ChatTemplateTest, UnknownNamesListTheKnownOnes) {
   auto t = ChatTemplate::FromName("vicuna");
   ASSERT_FALSE(t.ok());

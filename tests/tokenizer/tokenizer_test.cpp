@@ -1,6 +1,7 @@
 // Tokenizer unit tests on small hand-made vocabularies (SPM merging by score, byte fallback,
 // byte-level BPE by rank, special tokens, BOS/EOS, decoding, streaming) and the pre-tokenizer
 // table and splitting rules.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -106,6 +107,38 @@ TEST(SpmTokenizerTest, SpecialTokensAndBosEos) {
   const Ids plain = tok->Encode("a<|user|>b", false, false);
   EXPECT_THAT(plain, ::testing::Not(::testing::Contains(kSpmUser)));
   EXPECT_EQ(tok->Decode(plain, true), "a<|user|>b");
+}
+
+// Chat prompts: control tokens count only inside the template's markup spans; the text between
+// special tokens is one fragment across span boundaries, as in a plain encode.
+TEST(SpmTokenizerTest, SpecialSpansLimitWhereControlTokensCount) {
+  auto tok = MustCreate(SpmVocab());
+  ASSERT_NE(tok, nullptr);
+  const std::string text = "<|user|>a<|user|>b<sep>";  // markup "<|user|>", content the rest
+  const std::vector<TextSpan> markup = {{0, 8}};
+  const Ids ids = tok->EncodeWithSpecialSpans(text, false, markup);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), kSpmUser), 1) << testing::DescribeIds(*tok, ids);
+  EXPECT_EQ(ids.front(), kSpmUser);
+  EXPECT_EQ(ids.back(), kSpmSep);  // user-defined tokens count anywhere, as without parse_special
+  // The rest is the content encoded as plain text (after a special token, so with a space prefix
+  // as at the start of an input).
+  Ids content = tok->Encode("a<|user|>b<sep>", false, /*parse_special=*/false);
+  content.insert(content.begin(), kSpmUser);
+  EXPECT_EQ(ids, content);
+  // The content after the markup token gets the space prefix a plain encode gives it.
+  EXPECT_EQ(tok->EncodeWithSpecialSpans("<|user|>a", true, markup),
+            tok->Encode("<|user|>a", true, /*parse_special=*/true));
+  // A token text only partly inside a span is plain text.
+  EXPECT_EQ(tok->EncodeWithSpecialSpans("<|user|>", false, std::vector<TextSpan>{{0, 7}}),
+            tok->Encode("<|user|>", false, /*parse_special=*/false));
+  // Spans over everything (in any order, overlapping, past the end) parse as parse_special does.
+  EXPECT_EQ(tok->EncodeWithSpecialSpans(text, true, std::vector<TextSpan>{{9, 100}, {0, 10}}),
+            tok->Encode(text, true, /*parse_special=*/true));
+  // No spans: parse_special off.
+  EXPECT_EQ(tok->EncodeWithSpecialSpans(text, true, {}), tok->Encode(text, true, false));
+  // A span boundary inside plain text changes nothing: "aa" merges across it.
+  EXPECT_EQ(tok->EncodeWithSpecialSpans("aa", false, std::vector<TextSpan>{{0, 1}}),
+            (Ids{kSpmSpaceAA}));
 }
 
 TEST(SpmTokenizerTest, StripAttributesEatWhitespace) {
