@@ -56,10 +56,11 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateArgs& args,
   if (!args.prompt.empty()) return tokenizer->EncodeChecked(args.prompt, true, true);
   SHARDLM_ASSIGN_OR_RETURN(ChatTemplate chat_template,
                            LoadChatTemplate(checkpoint, args.chat_template));
-  SHARDLM_ASSIGN_OR_RETURN(std::string text, chat_template.Render({{"user", args.chat}}));
-  spdlog::debug("chat template {}: {}", chat_template.name(), text);
-  // Templates that write the BOS text themselves get no second BOS from the tokenizer.
-  return tokenizer->EncodeChecked(text, !chat_template.renders_bos(), true);
+  SHARDLM_ASSIGN_OR_RETURN(RenderedChat chat, chat_template.RenderChat({{"user", args.chat}}));
+  spdlog::debug("chat template {}: {}", chat_template.name(), chat.text);
+  // As the coordinator does: only the template's markup may hold special tokens, and templates
+  // that write the BOS text themselves get no second BOS from the tokenizer.
+  return tokenizer->EncodeWithSpecialSpans(chat.text, !chat_template.renders_bos(), chat.markup);
 }
 
 // Everything up to and including loading: a failure here may differ between ranks (a missing
