@@ -18,11 +18,13 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import http.client
@@ -53,23 +55,41 @@ def prompts(n, length, seed):
     return [[rng.randrange(100, 1000) for _ in range(length)] for _ in range(n)]
 
 
+def worker_secret_file():
+    """A fresh random worker attach secret (mode 600) in a private temp folder."""
+    folder = tempfile.mkdtemp(prefix="shardlm-bench-secret-")
+    path = os.path.join(folder, "worker.secret")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(os.urandom(24).hex() + "\n")
+    return path
+
+
 def start_shardlm(binary_dir, tp, threads_per_rank):
+    secret = worker_secret_file()
     coord = subprocess.Popen(
-        [os.path.join(binary_dir, "shardlm-coordinator"), "--listen", "127.0.0.1:0", "--model",
+        [os.path.join(binary_dir, "shardlm-coordinator"), "--listen", "127.0.0.1:0",
+         "--worker-listen", "127.0.0.1:0", "--worker-secret-file", secret, "--model",
          MODEL, "--tp", str(tp), "--max-batch-tokens", "512", "--kv-cache-memory", "512MiB",
          "--threads", str(threads_per_rank)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     line = coord.stdout.readline()
+    worker_line = coord.stdout.readline()
     m = re.search(r"listening on (\S+)", line)
-    if not m:
+    w = re.search(r"worker attach on (\S+)", worker_line)
+    if not m or not w:
         coord.kill()
-        raise RuntimeError(f"coordinator did not start: {line!r}")
+        raise RuntimeError(f"coordinator did not start: {line!r} {worker_line!r}")
     addr = m.group(1)
     workers = subprocess.Popen(
         ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(tp),
-         os.path.join(binary_dir, "shardlm-worker"), "--coordinator", addr],
+         os.path.join(binary_dir, "shardlm-worker"), "--coordinator", w.group(1),
+         "--worker-secret-file", secret],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **MPI_ENV},
         start_new_session=True)
+    # Both have read the file (the worker's rank 0 once it dials): it need not stay on disk
+    # beyond this run; removed when the job is stopped.
+    workers.secret_dir = os.path.dirname(secret)
     return coord, workers, addr
 
 
@@ -86,6 +106,9 @@ def stop(*procs):
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+            secret_dir = getattr(p, "secret_dir", None)
+            if secret_dir:
+                shutil.rmtree(secret_dir, ignore_errors=True)
 
 
 def wait_serving(binary_dir, addr, timeout=180):

@@ -11,13 +11,11 @@ KvBlockManager::KvBlockManager(int32_t block_size) : block_size_(std::max(1, blo
 
 void KvBlockManager::Reset(int64_t num_blocks) {
   // Block ids travel as int32 in the worker protocol.
-  num_blocks = std::clamp<int64_t>(num_blocks, 0, std::numeric_limits<int32_t>::max());
-  in_use_.assign(static_cast<size_t>(num_blocks), false);
-  free_list_.resize(static_cast<size_t>(num_blocks));
-  // Popped from the back: block 0 first.
-  for (int64_t i = 0; i < num_blocks; ++i) {
-    free_list_[static_cast<size_t>(i)] = static_cast<int32_t>(num_blocks - 1 - i);
-  }
+  total_ = std::clamp<int64_t>(num_blocks, 0, std::numeric_limits<int32_t>::max());
+  fresh_ = 0;
+  // Swapped with empty ones, which gives the memory back (clear() would keep the capacity).
+  std::vector<int32_t>().swap(free_list_);
+  std::vector<bool>().swap(in_use_);
 }
 
 bool KvBlockManager::EnsureCapacity(int64_t tokens, std::vector<int32_t>* table) {
@@ -26,8 +24,14 @@ bool KvBlockManager::EnsureCapacity(int64_t tokens, std::vector<int32_t>* table)
   if (need <= 0) return true;
   if (need > free()) return false;
   for (int64_t i = 0; i < need; ++i) {
-    const int32_t block = free_list_.back();
-    free_list_.pop_back();
+    int32_t block;
+    if (!free_list_.empty()) {
+      block = free_list_.back();
+      free_list_.pop_back();
+    } else {  // block 0 first, then upwards
+      block = static_cast<int32_t>(fresh_++);
+      in_use_.push_back(false);
+    }
     in_use_[static_cast<size_t>(block)] = true;
     table->push_back(block);
   }
@@ -36,7 +40,7 @@ bool KvBlockManager::EnsureCapacity(int64_t tokens, std::vector<int32_t>* table)
 
 void KvBlockManager::Free(std::vector<int32_t>* table) {
   for (int32_t block : *table) {
-    if (block < 0 || block >= total() || !in_use_[static_cast<size_t>(block)]) {
+    if (block < 0 || block >= fresh_ || !in_use_[static_cast<size_t>(block)]) {
       spdlog::error("KV block {} freed but not allocated (of {}): ignored", block, total());
       continue;
     }

@@ -1,6 +1,8 @@
 // The KV cache's block accounting: fixed-size blocks of kv_block_size token positions, as many
 // as the workers reported room for. The coordinator owns the block tables; the workers hold the
-// memory and write whatever blocks a step's tables name. Not thread-safe (the engine's lock).
+// memory and write whatever blocks a step's tables name. The bookkeeping grows with the blocks
+// handed out, never with the total a job reports: blocks never used cost nothing here. Not
+// thread-safe (the engine's lock).
 #pragma once
 
 #include <cstdint>
@@ -12,13 +14,13 @@ class KvBlockManager {
  public:
   explicit KvBlockManager(int32_t block_size);
 
-  // Forgets every allocation and makes `num_blocks` blocks free (0 while no workers are
-  // attached). Tables handed out before must not be freed afterwards.
+  // Forgets every allocation (releasing its memory) and makes `num_blocks` blocks free (0 while
+  // no workers are attached). Tables handed out before must not be freed afterwards.
   void Reset(int64_t num_blocks);
 
   int32_t block_size() const { return block_size_; }
-  int64_t total() const { return static_cast<int64_t>(in_use_.size()); }
-  int64_t free() const { return static_cast<int64_t>(free_list_.size()); }
+  int64_t total() const { return total_; }
+  int64_t free() const { return static_cast<int64_t>(free_list_.size()) + (total_ - fresh_); }
   // Blocks that hold `tokens` positions.
   int64_t BlocksFor(int64_t tokens) const { return (tokens + block_size_ - 1) / block_size_; }
 
@@ -31,8 +33,10 @@ class KvBlockManager {
 
  private:
   int32_t block_size_;
-  std::vector<int32_t> free_list_;  // a stack: recently freed blocks are reused first
-  std::vector<bool> in_use_;
+  int64_t total_ = 0;
+  int64_t fresh_ = 0;               // blocks [fresh_, total_) were never handed out since Reset
+  std::vector<int32_t> free_list_;  // freed blocks, a stack: reused first, most recent first
+  std::vector<bool> in_use_;        // of blocks [0, fresh_)
 };
 
 }  // namespace shardlm::coordinator

@@ -1,7 +1,9 @@
 // shardlm-coordinator: the gRPC front of shardlm. Serves the Generation API on --listen, waits
-// for a worker job (mpirun shardlm-worker --coordinator ADDR) to attach there, and schedules
-// requests onto it. Prints "listening on HOST:PORT" as the first stdout line once serving;
-// logs go to stderr. SIGINT / SIGTERM: ends streams, tells the workers to shut down, exits 0.
+// for a worker job (mpirun shardlm-worker --coordinator WORKER_ADDR --worker-secret-file F) to
+// attach on --worker-listen, and schedules requests onto it. Once serving, prints
+// "listening on HOST:PORT" (the public address) as the first stdout line and
+// "worker attach on HOST:PORT" as the second; logs go to stderr. SIGINT / SIGTERM: ends streams,
+// tells the workers to shut down, exits 0.
 #include <pthread.h>
 #include <signal.h>
 
@@ -11,6 +13,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "base/secret.h"
 #include "coordinator/model_context.h"
 #include "coordinator/options.h"
 #include "coordinator/server.h"
@@ -35,10 +38,20 @@ int main(int argc, char** argv) {
   CoordinatorOptions o;
   std::string kv_cache_memory = "auto";
   std::string log_level = "info";
+  std::string worker_secret_file;
   app.add_option("--listen", o.listen,
-                 "HOST:PORT to serve on (port 0: pick a free one); loopback by default, "
-                 "0.0.0.0:PORT to serve other hosts (clients, workers on other nodes)")
+                 "HOST:PORT of the public API (port 0: pick a free one); loopback by default, "
+                 "0.0.0.0:PORT to serve clients on other hosts")
       ->default_val(o.listen);
+  app.add_option("--worker-listen", o.worker_listen,
+                 "HOST:PORT where the worker job attaches (port 0: pick a free one); loopback by "
+                 "default; for workers on other nodes, an address on a private network (the "
+                 "attach is not encrypted)")
+      ->default_val(o.worker_listen);
+  app.add_option("--worker-secret-file", worker_secret_file,
+                 "File holding the shared secret (>= 16 bytes; one trailing newline is ignored) "
+                 "that the worker job must present: shardlm-worker --worker-secret-file the same "
+                 "(required)");
   app.add_option("--model", o.model,
                  "HF model directory or .gguf file (the same path must work on the workers)")
       ->required();
@@ -85,6 +98,12 @@ int main(int argc, char** argv) {
     if (*kv_bytes == 0) return Fail("--kv-cache-memory: expected > 0 bytes or auto, got 0");
     o.kv_cache_bytes = *kv_bytes;
   }
+  std::string secret_warning;
+  absl::StatusOr<std::string> secret =
+      shardlm::ReadSecretFile("--worker-secret-file", worker_secret_file, &secret_warning);
+  if (!secret.ok()) return Fail(std::string(secret.status().message()));
+  if (!secret_warning.empty()) spdlog::warn("{}", secret_warning);
+  o.worker_secret = std::move(*secret);
   if (absl::Status valid = shardlm::coordinator::ValidateOptions(o); !valid.ok()) {
     return Fail(std::string(valid.message()));
   }
@@ -102,7 +121,8 @@ int main(int argc, char** argv) {
 
   auto server = shardlm::coordinator::CoordinatorServer::Start(o, std::move(*model));
   if (!server.ok()) return Fail(std::string(server.status().message()));
-  std::printf("listening on %s\n", (*server)->address().c_str());
+  std::printf("listening on %s\nworker attach on %s\n", (*server)->address().c_str(),
+              (*server)->worker_address().c_str());
   std::fflush(stdout);
 
   int signal_number = 0;

@@ -6,9 +6,11 @@
 #include <string>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "base/secret.h"
 
 namespace shardlm::coordinator {
 
@@ -18,6 +20,28 @@ absl::Status ValidateOptions(const CoordinatorOptions& o) {
   };
   if (o.listen.empty() || o.listen.rfind(':') == std::string::npos) {
     return bad("--listen", "HOST:PORT", absl::StrCat("'", o.listen, "'"));
+  }
+  if (o.worker_listen.empty() || o.worker_listen.rfind(':') == std::string::npos) {
+    return bad("--worker-listen", "HOST:PORT", absl::StrCat("'", o.worker_listen, "'"));
+  }
+  if (o.worker_listen == o.listen && !absl::EndsWith(o.listen, ":0")) {
+    return bad("--worker-listen",
+               "an address other than --listen's (the public port never "
+               "offers the worker service)",
+               absl::StrCat("'", o.worker_listen, "'"));
+  }
+  if (o.worker_secret.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--worker-secret-file is required: a file holding a shared secret of at least ",
+        kMinSecretBytes, " bytes, given to both shardlm-coordinator and shardlm-worker"));
+  }
+  if (o.worker_secret.size() < kMinSecretBytes) {
+    return bad("--worker-secret-file",
+               absl::StrCat("a secret of at least ", kMinSecretBytes, " bytes"),
+               absl::StrCat(o.worker_secret.size(), " bytes"));
+  }
+  if (o.worker_hello_timeout.count() <= 0) {
+    return bad("worker_hello_timeout", "> 0 ms", o.worker_hello_timeout.count());
   }
   if (o.model.empty()) return bad("--model", "a model path", "''");
   if (o.tp < 1) return bad("--tp", ">= 1", o.tp);

@@ -1,6 +1,7 @@
 // The coordinator's settings (the shardlm-coordinator command line) and their checks.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -17,6 +18,16 @@ struct CoordinatorOptions {
   // HOST:PORT; port 0 picks a free one. Loopback unless given: serving other hosts (clients, or
   // workers on other nodes) is a choice the operator makes explicitly.
   std::string listen = "127.0.0.1:50051";
+  // HOST:PORT where worker jobs attach (WorkerControl), a server of its own so that the public
+  // port never offers it; port 0 picks a free one. Loopback unless given: workers on other
+  // nodes need an address of a private network here.
+  std::string worker_listen = "127.0.0.1:50052";
+  // The shared secret of --worker-secret-file (its bytes, not the path): a worker's hello must
+  // carry it. At least kMinSecretBytes (base/secret.h).
+  std::string worker_secret;
+  // How long a new attach stream may take to say hello before it is cut off: a silent
+  // connection never holds the worker slot or a handler thread for long.
+  std::chrono::milliseconds worker_hello_timeout{5000};
   std::string model;                     // path, as both the coordinator and the workers see it
   int32_t tp = 1;
   int32_t pp = 1;

@@ -30,7 +30,7 @@ CoordinatorServer::CoordinatorServer(const CoordinatorOptions& options,
   engine_ = std::make_unique<Engine>(*model_, engine_options,
                                      [this](bool serving) { SetHealth(serving); });
   generation_ = std::make_unique<GenerationService>(*model_, options_, *engine_);
-  workers_ = std::make_unique<WorkerService>(options_, *engine_);
+  workers_ = std::make_unique<WorkerService>(options_, *engine_, model_->config.vocab_size);
 }
 
 CoordinatorServer::~CoordinatorServer() { Shutdown(); }
@@ -45,43 +45,72 @@ void CoordinatorServer::SetHealth(bool serving) {
 
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     const CoordinatorOptions& options, std::unique_ptr<ModelContext> model) {
-  // Both must precede the ServerBuilder.
-  grpc::EnableDefaultHealthCheckService(true);
+  // Must precede the ServerBuilders (reflection goes on both; it describes, it serves nothing).
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-
   std::unique_ptr<CoordinatorServer> self(new CoordinatorServer(options, std::move(model)));
+  auto host_of = [](const std::string& address) { return address.substr(0, address.rfind(':')); };
+
+  // The workers' server: WorkerControl alone, and no health service (its SERVING would say
+  // nothing about the model being served).
+  grpc::EnableDefaultHealthCheckService(false);
+  grpc::ServerBuilder worker_builder;
+  int worker_port = 0;
+  worker_builder.AddListeningPort(options.worker_listen, grpc::InsecureServerCredentials(),
+                                  &worker_port);
+  worker_builder.RegisterService(self->workers_.get());
+  // Results of a step are small (ids and logprobs); this bounds what a stranger's first message
+  // may make the server buffer before the hello is checked.
+  worker_builder.SetMaxReceiveMessageSize(16 << 20);
+  // A worker host that vanishes without closing its connection is noticed within ~4 s by
+  // keepalive pings (a killed process closes its connection and is noticed at once).
+  worker_builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
+  worker_builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
+  worker_builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  worker_builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // Workers that send keepalive pings of their own are not told off.
+  worker_builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  worker_builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  self->worker_server_ = worker_builder.BuildAndStart();
+  if (self->worker_server_ == nullptr || worker_port == 0) {
+    return absl::UnavailableError(absl::StrCat("--worker-listen ", options.worker_listen,
+                                               ": cannot listen there (in use or invalid)"));
+  }
+  self->worker_address_ = absl::StrCat(host_of(options.worker_listen), ":", worker_port);
+
+  // The public server.
+  grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(self->generation_.get());
-  builder.RegisterService(self->workers_.get());
   // Long prompts as ids are large messages.
   builder.SetMaxReceiveMessageSize(64 << 20);
-  // A worker host that vanishes without closing its connection is noticed within ~4 s by
-  // keepalive pings (a killed process closes its connection and is noticed at once).
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  // Clients (workers) that send keepalive pings of their own are not told off.
+  // A client host that vanishes mid-stream is noticed (its request cancelled, its KV blocks
+  // freed) within ~30 s; clients' own keepalive pings (the CLI's, every 60 s) are allowed.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   self->server_ = builder.BuildAndStart();
   if (self->server_ == nullptr || port == 0) {
+    self->worker_server_->Shutdown();
+    self->worker_server_->Wait();
+    self->worker_server_.reset();
     return absl::UnavailableError(
         absl::StrCat("--listen ", options.listen, ": cannot listen there (in use or invalid)"));
   }
   self->port_ = port;
-  self->address_ = absl::StrCat(options.listen.substr(0, options.listen.rfind(':')), ":", port);
+  self->address_ = absl::StrCat(host_of(options.listen), ":", port);
   self->SetHealth(false);  // until a worker job has loaded
   if (EffectiveMaxRunning(options) < options.max_running) {
     spdlog::info("--max-running {} capped at --max-batch-tokens {}: each running sequence takes a "
                  "token of every step", options.max_running, options.max_batch_tokens);
   }
   self->engine_->Start();
-  spdlog::info("serving {} ({}, context {}) on {} for a worker job of tp {} x pp {}",
+  spdlog::info("serving {} ({}, context {}) on {}; a worker job of tp {} x pp {} attaches on {}",
                self->model_->path, std::string(ArchName(self->model_->config.arch)),
-               self->model_->context_length, self->address_, options.tp, options.pp);
+               self->model_->context_length, self->address_, options.tp, options.pp,
+               self->worker_address_);
   return self;
 }
 
@@ -94,12 +123,15 @@ void CoordinatorServer::Shutdown() {
     if (!engine_->WaitAttachEnded(kWorkerGrace)) {
       spdlog::warn("the worker job's attach stream did not end within {} s", kWorkerGrace.count());
     }
-    server_->Shutdown(std::chrono::system_clock::now() + kServerDeadline);
+    const auto deadline = std::chrono::system_clock::now() + kServerDeadline;
+    worker_server_->Shutdown(deadline);
+    server_->Shutdown(deadline);
   });
 }
 
 void CoordinatorServer::Wait() {
   if (server_ != nullptr) server_->Wait();
+  if (worker_server_ != nullptr) worker_server_->Wait();
 }
 
 }  // namespace shardlm::coordinator

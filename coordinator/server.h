@@ -1,6 +1,8 @@
-// The coordinator's gRPC server: one port serving shardlm.v1.Generation,
-// shardlm.worker.v1.WorkerControl, grpc.health.v1.Health and server reflection. Health ("" and
-// "shardlm.v1.Generation") is SERVING only while a loaded worker job is attached.
+// The coordinator's gRPC servers. The public one (--listen) serves shardlm.v1.Generation,
+// grpc.health.v1.Health and server reflection; health ("" and "shardlm.v1.Generation") is
+// SERVING only while a loaded worker job is attached. The worker one (--worker-listen) serves
+// only shardlm.worker.v1.WorkerControl, where a job attaches with the shared secret; it never
+// shares a port with the public API, so that the two can face different networks.
 #pragma once
 
 #include <memory>
@@ -20,8 +22,8 @@ namespace shardlm::coordinator {
 
 class CoordinatorServer {
  public:
-  // Binds options.listen (port 0: a free port) and starts serving. `options` must be valid
-  // (ValidateOptions).
+  // Binds options.listen and options.worker_listen (port 0: a free port) and starts serving.
+  // `options` must be valid (ValidateOptions).
   static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Start(
       const CoordinatorOptions& options, std::unique_ptr<ModelContext> model);
   ~CoordinatorServer();
@@ -29,9 +31,11 @@ class CoordinatorServer {
   // HOST:PORT as bound: the host of --listen and the actual port.
   const std::string& address() const { return address_; }
   int port() const { return port_; }
+  // HOST:PORT where worker jobs attach: the host of --worker-listen and the actual port.
+  const std::string& worker_address() const { return worker_address_; }
 
   // Ends every live request (UNAVAILABLE), sends Shutdown to the attached workers and stops the
-  // server (handlers get a few seconds to finish). Idempotent; Wait() returns afterwards.
+  // servers (handlers get a few seconds to finish). Idempotent; Wait() returns afterwards.
   void Shutdown();
   void Wait();
 
@@ -48,7 +52,9 @@ class CoordinatorServer {
   std::unique_ptr<GenerationService> generation_;
   std::unique_ptr<WorkerService> workers_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> worker_server_;
   std::string address_;
+  std::string worker_address_;
   int port_ = 0;
   std::once_flag shutdown_once_;
 };

@@ -2,13 +2,19 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "base/quote.h"
+#include "base/secret.h"
 #include "coordinator/grpc_status.h"
+#include "coordinator/worker_checks.h"
 #include "coordinator/worker_link.h"
 #include "spdlog/spdlog.h"
 
@@ -22,15 +28,59 @@ grpc::Status Error(grpc::StatusCode code, const std::string& message) {
   spdlog::error("worker attach: {}", message);
   return grpc::Status(code, message);
 }
+
+// Cuts the stream off (TryCancel, which ends a blocked Read) unless disarmed within `timeout`.
+class HelloWatchdog {
+ public:
+  HelloWatchdog(grpc::ServerContext* context, std::chrono::milliseconds timeout) {
+    thread_ = std::thread([this, context, timeout] {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!cv_.wait_for(lock, timeout, [&] { return disarmed_; })) {
+        fired_ = true;
+        context->TryCancel();
+      }
+    });
+  }
+  ~HelloWatchdog() { Disarm(); }
+  // True when it had fired already.
+  bool Disarm() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      disarmed_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    return fired_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool disarmed_ = false;
+  bool fired_ = false;
+  std::thread thread_;
+};
 }  // namespace
 
 grpc::Status WorkerService::Attach(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<worker::v1::CoordinatorMessage, worker::v1::WorkerMessage>* stream) {
+  const std::string from = context->peer();  // "unknown" once cancelled
   worker::v1::WorkerMessage message;
-  if (!stream->Read(&message)) {
+  // A silent connection must not hold this handler thread: the hello comes in time or never.
+  HelloWatchdog watchdog(context, options_.worker_hello_timeout);
+  const bool got_hello = stream->Read(&message);
+  if (watchdog.Disarm()) {
+    spdlog::warn("worker attach from {}: no hello within {} ms: cut off", from,
+                 options_.worker_hello_timeout.count());
+    return grpc::Status(
+        grpc::StatusCode::DEADLINE_EXCEEDED,
+        absl::StrCat("no WorkerHello within ", options_.worker_hello_timeout.count(),
+                     " ms of opening the stream"));
+  }
+  if (!got_hello) {
     return Error(grpc::StatusCode::CANCELLED,
-                 absl::StrCat("the worker job (", context->peer(), ") closed before its hello"));
+                 absl::StrCat("the worker job (", from, ") closed before its hello"));
   }
   if (!message.has_hello()) {
     return Error(grpc::StatusCode::INVALID_ARGUMENT,
@@ -38,8 +88,16 @@ grpc::Status WorkerService::Attach(
                               static_cast<int>(message.kind_case())));
   }
   const worker::v1::WorkerHello hello = message.hello();
-  const std::string peer = absl::StrCat(hello.hostname(), " pid ", hello.pid(), " (",
-                                        hello.world_size(), " ranks, ", context->peer(), ")");
+  // First, before anything of the coordinator's (the slot, the world size) is told. The reply
+  // says nothing that helps guessing; the log names the peer.
+  if (!SecretsEqual(hello.secret(), options_.worker_secret)) {
+    spdlog::warn("worker attach from {} refused: its secret does not match --worker-secret-file",
+                 from);
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        "worker attach refused: wrong secret (see --worker-secret-file)");
+  }
+  const std::string peer = absl::StrCat(Quote(hello.hostname(), 64), " pid ", hello.pid(), " (",
+                                        hello.world_size(), " ranks, ", from, ")");
   if (hello.world_size() != options_.tp * options_.pp) {
     return Error(grpc::StatusCode::INVALID_ARGUMENT,
                  absl::StrCat("world size ", hello.world_size(), " != tp x pp = ", options_.tp,
@@ -84,12 +142,12 @@ grpc::Status WorkerService::Attach(
   if (!loaded.ok()) {
     return Error(grpc::StatusCode::ABORTED,
                  absl::StrCat("worker job ", peer, " failed to load ", options_.model, ": ",
-                              loaded.error()));
+                              WorkerText(loaded.error())));
   }
-  if (loaded.kv_blocks() <= 0) {
-    return Error(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                 absl::StrCat("worker job ", peer, " has room for no KV block (kv_blocks = ",
-                              loaded.kv_blocks(), "): raise --kv-cache-memory"));
+  // Before the block manager is sized from it.
+  if (absl::Status checked = CheckLoaded(loaded); !checked.ok()) {
+    return Error(static_cast<grpc::StatusCode>(checked.code()),
+                 absl::StrCat("worker job ", peer, " refused: ", checked.message()));
   }
   auto link = std::make_shared<WorkerLink>(peer);
   absl::Status activated = engine_.Activate(*attach, link, loaded.kv_blocks());
@@ -103,14 +161,26 @@ grpc::Status WorkerService::Attach(
                "serving", peer, loaded.kv_blocks(), options_.kv_block_size,
                loaded.weight_bytes_rank0() / 1048576.0);
 
+  // Every result is checked against its plan before the link (and the engine) sees it.
+  StepResultGuard guard(vocab_size_);
+  std::optional<absl::Status> violation;  // written by the reader before reader_done
   std::atomic<bool> reader_done{false};
   std::thread reader([&] {
     worker::v1::WorkerMessage in;
-    while (stream->Read(&in)) link->OnMessage(in);
+    while (stream->Read(&in)) {
+      if (absl::Status checked = guard.Received(&in); !checked.ok()) {
+        violation =
+            absl::InvalidArgumentError(absl::StrCat("protocol violation: ", checked.message()));
+        spdlog::error("worker job {}: {}", peer, std::string(violation->message()));
+        break;
+      }
+      link->OnMessage(in);
+    }
     reader_done = true;  // before MarkDown: whoever sees the link down may rely on it
-    link->MarkDown(absl::UnavailableError("the worker job's stream ended"));
+    link->MarkDown(violation.value_or(absl::UnavailableError("the worker job's stream ended")));
   });
   while (std::optional<worker::v1::CoordinatorMessage> out = link->NextOutgoing()) {
+    if (out->has_step()) guard.Sent(out->step());
     if (!stream->Write(*out)) {
       link->MarkDown(absl::UnavailableError("writing to the worker job's stream failed"));
       break;
@@ -130,6 +200,8 @@ grpc::Status WorkerService::Attach(
   }
   if (!reader_done) context->TryCancel();  // unblocks the reader's Read
   reader.join();
+  // The job hears why it was dropped (a real worker logs it and exits).
+  if (violation) return ToGrpcStatus(*violation);
   return grpc::Status::OK;
 }
 

@@ -3,17 +3,20 @@
 # ranks, logs to files, until Ctrl-C / SIGTERM (or until either side exits, which stops the other).
 #
 #   launch/one-node.sh --model models/SmolLM2-135M-Instruct.Q4_1.gguf --tp 2 [--pp 1]
-#       [--listen 127.0.0.1:50051] [--logs logs/] [--bin build/bin] [-- COORDINATOR FLAGS...]
+#       [--listen 127.0.0.1:50051] [--worker-listen 127.0.0.1:0] [--worker-secret-file FILE]
+#       [--logs logs/] [--bin build/bin] [-- COORDINATOR FLAGS...]
 #
 # Everything after `--` goes to shardlm-coordinator (--max-batch-tokens N, --kv-cache-memory 1GiB,
 # --max-queue N, --max-model-len N, ...). MPIRUN_ARGS adds mpirun flags (e.g. "-x CUDA_VISIBLE_DEVICES").
 # Prints the address clients use once every rank is attached and loaded (READY_TIMEOUT, 300 s).
-# Logs: coordinator.out / coordinator.err / workers.log in the --logs folder.
+# Logs: coordinator.out / coordinator.err / workers.log in the --logs folder. The workers attach
+# on --worker-listen (loopback, a free port) with the secret of --worker-secret-file; without
+# one, a fresh random secret is made for this run (mode 600, removed on exit).
 set -euo pipefail
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
-MODEL="" TP=1 PP=1 LISTEN=127.0.0.1:50051
+MODEL="" TP=1 PP=1 LISTEN=127.0.0.1:50051 WORKER_LISTEN=127.0.0.1:0 SECRET_FILE=""
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LOGS=$ROOT/logs/one-node-$(date +%Y%m%d-%H%M%S)
 BIN=$ROOT/build/bin
@@ -24,6 +27,8 @@ while [ $# -gt 0 ]; do
     --tp) TP=$2; shift 2 ;;
     --pp) PP=$2; shift 2 ;;
     --listen) LISTEN=$2; shift 2 ;;
+    --worker-listen) WORKER_LISTEN=$2; shift 2 ;;
+    --worker-secret-file) SECRET_FILE=$2; shift 2 ;;
     --logs) LOGS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     -h|--help) usage 0 ;;
@@ -70,30 +75,45 @@ cleanup() {
     for _ in $(seq 1 50); do kill -0 "$MPI_PID" 2>/dev/null || break; sleep 0.2; done
   fi
   stop_group "$MPI_PID" mpirun
+  if [ -n "${SECRET_DIR:-}" ]; then rm -rf "$SECRET_DIR"; fi
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-setsid "$BIN/shardlm-coordinator" --listen "$LISTEN" --model "$MODEL" --tp "$TP" --pp "$PP" \
+# The worker attach secret: the one given, else a fresh random one for this run, in a private
+# temp folder that cleanup removes.
+SECRET_DIR=""
+if [ -z "$SECRET_FILE" ]; then
+  SECRET_DIR=$(mktemp -d "${TMPDIR:-/tmp}/shardlm-secret.XXXXXX")
+  SECRET_FILE=$SECRET_DIR/worker.secret
+  (umask 077 && head -c 32 /dev/urandom | base64 >"$SECRET_FILE")
+fi
+
+setsid "$BIN/shardlm-coordinator" --listen "$LISTEN" --worker-listen "$WORKER_LISTEN" \
+  --worker-secret-file "$SECRET_FILE" --model "$MODEL" --tp "$TP" --pp "$PP" \
   "${COORD_ARGS[@]}" >"$LOGS/coordinator.out" 2>"$LOGS/coordinator.err" &
 COORD_PID=$!
-BOUND=""
+BOUND="" WORKER_BOUND=""
 for _ in $(seq 1 600); do
   BOUND=$(sed -n '1s/^listening on //p' "$LOGS/coordinator.out" 2>/dev/null || true)
-  [ -n "$BOUND" ] && break
+  WORKER_BOUND=$(sed -n '2s/^worker attach on //p' "$LOGS/coordinator.out" 2>/dev/null || true)
+  [ -n "$BOUND" ] && [ -n "$WORKER_BOUND" ] && break
   kill -0 "$COORD_PID" 2>/dev/null || { log "coordinator exited:"; tail -n 20 "$LOGS/coordinator.err" >&2; exit 1; }
   sleep 0.1
 done
-[ -n "$BOUND" ] || { log "coordinator printed no 'listening on' line in 60 s"; exit 1; }
-# Workers on this node reach a wildcard listener through loopback.
-PORT=${BOUND##*:}
-HOST=${BOUND%:*}
-case $HOST in 0.0.0.0|"[::]"|"::"|"") DIAL=127.0.0.1:$PORT ;; *) DIAL=$BOUND ;; esac
-log "coordinator pid $COORD_PID listening on $BOUND"
+[ -n "$WORKER_BOUND" ] || { log "coordinator printed no 'listening on' / 'worker attach on' lines in 60 s"; exit 1; }
+# Clients and workers on this node reach a wildcard listener through loopback.
+dial() {
+  case ${1%:*} in 0.0.0.0|"[::]"|"::"|"") echo "127.0.0.1:${1##*:}" ;; *) echo "$1" ;; esac
+}
+DIAL=$(dial "$BOUND")
+WORKER_DIAL=$(dial "$WORKER_BOUND")
+log "coordinator pid $COORD_PID listening on $BOUND; workers attach on $WORKER_BOUND"
 
-setsid mpirun -np "$NP" "${MPI_FLAGS[@]}" "${EXTRA_MPI[@]}" "$BIN/shardlm-worker" --coordinator "$DIAL" \
+setsid mpirun -np "$NP" "${MPI_FLAGS[@]}" "${EXTRA_MPI[@]}" "$BIN/shardlm-worker" \
+  --coordinator "$WORKER_DIAL" --worker-secret-file "$SECRET_FILE" \
   >"$LOGS/workers.log" 2>&1 &
 MPI_PID=$!
 log "mpirun pid $MPI_PID: $NP worker ranks (tp $TP x pp $PP)"

@@ -76,6 +76,7 @@ cleanup() {
     done
   fi
   stop_group "$MPI_PID" mpirun
+  rm -f "$LOGDIR/worker.secret"  # the logs may be kept; the secret never is
   if [ "$rc" -ne 0 ]; then
     log "failed (exit $rc); logs:"
     for f in "$LOGDIR"/*; do
@@ -93,28 +94,35 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# 3. The coordinator, on a free port: its first stdout line is "listening on HOST:PORT".
-setsid "$BIN/shardlm-coordinator" --listen 127.0.0.1:0 --model "$MODEL" --tp "$TP" --pp 1 \
+# 3. The coordinator, on free ports: its first stdout line is "listening on HOST:PORT" (clients),
+# its second "worker attach on HOST:PORT" (the workers, who must show the shared secret).
+SECRET=$LOGDIR/worker.secret
+(umask 077 && head -c 32 /dev/urandom | base64 >"$SECRET")
+setsid "$BIN/shardlm-coordinator" --listen 127.0.0.1:0 --worker-listen 127.0.0.1:0 \
+  --worker-secret-file "$SECRET" --model "$MODEL" --tp "$TP" --pp 1 \
   >"$LOGDIR/coordinator.out" 2>"$LOGDIR/coordinator.err" &
 COORD_PID=$!
 ADDR=""
+WORKER_ADDR=""
 for _ in $(seq 1 300); do
   ADDR=$(sed -n '1s/^listening on //p' "$LOGDIR/coordinator.out" 2>/dev/null || true)
-  [ -n "$ADDR" ] && break
+  WORKER_ADDR=$(sed -n '2s/^worker attach on //p' "$LOGDIR/coordinator.out" 2>/dev/null || true)
+  [ -n "$ADDR" ] && [ -n "$WORKER_ADDR" ] && break
   if ! kill -0 "$COORD_PID" 2>/dev/null; then
     log "the coordinator exited before listening"
     exit 1
   fi
   sleep 0.1
 done
-if [ -z "$ADDR" ]; then
-  log "the coordinator printed no 'listening on' line in 30 s"
+if [ -z "$ADDR" ] || [ -z "$WORKER_ADDR" ]; then
+  log "the coordinator printed no 'listening on' / 'worker attach on' lines in 30 s"
   exit 1
 fi
 log "coordinator (pid $COORD_PID) listening on $ADDR"
 
 # 4. The workers: one mpirun job of tp x pp ranks; rank 0 dials the coordinator.
-setsid mpirun -np "$TP" "${MPI_FLAGS[@]}" "$BIN/shardlm-worker" --coordinator "$ADDR" \
+setsid mpirun -np "$TP" "${MPI_FLAGS[@]}" "$BIN/shardlm-worker" --coordinator "$WORKER_ADDR" \
+  --worker-secret-file "$SECRET" \
   >"$LOGDIR/workers.log" 2>&1 &
 MPI_PID=$!
 log "mpirun (pid $MPI_PID): $TP worker ranks"

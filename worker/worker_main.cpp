@@ -1,5 +1,5 @@
 // shardlm-worker: one rank of a worker job. Launch the whole job with mpirun:
-//   mpirun -np T*P shardlm-worker --coordinator HOST:PORT
+//   mpirun -np T*P shardlm-worker --coordinator HOST:PORT --worker-secret-file FILE
 // Rank 0 dials the coordinator (WorkerControl.Attach), relays each command to every rank over
 // MPI and sends back the results; every rank loads its shard and runs each step. The job ends
 // when the coordinator says Shutdown or its stream ends (relaunch it to re-attach).
@@ -17,6 +17,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
+#include "base/secret.h"
 #include "base/status_macros.h"
 #include "formats/checkpoint_loader.h"
 #include "model/llama.h"
@@ -162,8 +163,8 @@ absl::Status StartEngine(const worker::v1::LoadCommand& cmd, const BackendOption
   return absl::OkStatus();
 }
 
-int Run(const std::string& coordinator, int attach_timeout_s, const BackendOptions& backend_options,
-        double agreement_timeout_s) {
+int Run(const std::string& coordinator, const std::string& secret_file, int attach_timeout_s,
+        const BackendOptions& backend_options, double agreement_timeout_s) {
   auto session = MpiSession::Init(nullptr, nullptr);
   if (!session.ok()) {
     std::fprintf(stderr, "shardlm-worker: %s\n", std::string(session.status().message()).c_str());
@@ -183,7 +184,15 @@ int Run(const std::string& coordinator, int attach_timeout_s, const BackendOptio
   std::unique_ptr<worker::v1::WorkerControl::Stub> stub;
   grpc::ClientContext context;
   std::unique_ptr<Stream> stream;
+  // Only rank 0 needs the secret (the file may exist only where it runs).
+  std::string secret_warning;
+  absl::StatusOr<std::string> secret = absl::UnavailableError("");
   if (rank == 0) {
+    secret = ReadSecretFile("--worker-secret-file", secret_file, &secret_warning);
+    if (!secret.ok()) spdlog::error("{}", std::string(secret.status().message()));
+    if (!secret_warning.empty()) spdlog::warn("{}", secret_warning);
+  }
+  if (rank == 0 && secret.ok()) {
     auto channel = grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials());
     if (!channel->WaitForConnected(std::chrono::system_clock::now() +
                                    std::chrono::seconds(attach_timeout_s))) {
@@ -197,6 +206,7 @@ int Run(const std::string& coordinator, int attach_timeout_s, const BackendOptio
       gethostname(host, sizeof(host) - 1);
       hello.mutable_hello()->set_hostname(host);
       hello.mutable_hello()->set_pid(static_cast<int>(getpid()));
+      hello.mutable_hello()->set_secret(*secret);
       if (!stream->Write(hello)) stream.reset();
     }
   }
@@ -338,6 +348,10 @@ int main(int argc, char** argv) {
   app.add_option("--coordinator", coordinator, "The coordinator's address, HOST:PORT")->required();
   app.add_option("--attach-timeout", attach_timeout_s, "Seconds to wait for the coordinator")
       ->default_val(60);
+  std::string secret_file;
+  app.add_option("--worker-secret-file", secret_file,
+                 "File holding the secret shared with the coordinator's --worker-secret-file "
+                 "(required; read by rank 0)");
   double agreement_timeout_s = 30.0;
   app.add_option("--step-agreement-timeout", agreement_timeout_s,
                  "Seconds a rank whose step failed waits for the others to agree on it before it "
@@ -347,5 +361,11 @@ int main(int argc, char** argv) {
   shardlm::BackendOptions backend;
   shardlm::AddBackendOptions(app, backend);
   CLI11_PARSE(app, argc, argv);
-  return shardlm::Run(coordinator, attach_timeout_s, backend, agreement_timeout_s);
+  if (secret_file.empty()) {
+    std::fprintf(stderr,
+                 "shardlm-worker: error: --worker-secret-file is required (the file the "
+                 "coordinator's --worker-secret-file names)\n");
+    return 1;
+  }
+  return shardlm::Run(coordinator, secret_file, attach_timeout_s, backend, agreement_timeout_s);
 }

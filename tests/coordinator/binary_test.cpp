@@ -1,17 +1,18 @@
 // shardlm-coordinator as a process: started on port 0, it prints "listening on HOST:PORT" first
-// on stdout; without workers it is NOT_SERVING and refuses Generate with UNAVAILABLE, while
-// GetModelInfo, validation and server reflection work; SIGTERM ends it with exit code 0.
+// on stdout and "worker attach on HOST:PORT" second; without workers it is NOT_SERVING and
+// refuses Generate with UNAVAILABLE, while GetModelInfo, validation and server reflection work;
+// the public port does not offer WorkerControl; SIGTERM ends it with exit code 0. Bad flags (the
+// worker secret file included) exit 1 with a message.
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <grpcpp/grpcpp.h>
-
 #include <chrono>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -20,11 +21,13 @@
 #include <thread>
 #include <vector>
 
+#include <grpcpp/grpcpp.h>
+
 #include "absl/strings/ascii.h"
+#include "formats/random_weights.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "health.grpc.pb.h"
-#include "formats/random_weights.h"
 #include "reflection.grpc.pb.h"
 #include "shardlm/v1/generation.grpc.pb.h"
 
@@ -107,23 +110,36 @@ class BinaryTest : public ::testing::Test {
     model_ = dir_ + "/tiny";
     ASSERT_TRUE(WriteTinyModel(TinyModelSpec(), model_).ok());
     log_ = dir_ + "/coordinator.log";
+    secret_ = WriteSecret("secret", "binary-test-secret-0123456789\n", 0600);
+  }
+  std::string WriteSecret(const std::string& name, const std::string& bytes, mode_t mode) {
+    const std::string path = dir_ + "/" + name;
+    std::ofstream(path) << bytes;
+    chmod(path.c_str(), mode);
+    return path;
   }
   void TearDown() override {
     if (std::getenv("SHARDLM_KEEP_TEST_DIR") != nullptr) return;
     std::error_code ignored;
     fs::remove_all(dir_, ignored);
   }
-  std::string dir_, model_, log_;
+  std::string dir_, model_, log_, secret_;
 };
 
 TEST_F(BinaryTest, ServesWithoutWorkersAndStopsOnSigterm) {
-  Process p({kCoordinator, "--listen", "127.0.0.1:0", "--model", model_, "--tp", "2",
-             "--kv-block-size", "8", "--max-model-len", "300"},
+  Process p({kCoordinator, "--listen", "127.0.0.1:0", "--worker-listen", "127.0.0.1:0",
+             "--worker-secret-file", secret_, "--model", model_, "--tp", "2", "--kv-block-size",
+             "8", "--max-model-len", "300"},
             log_);
   ASSERT_TRUE(p.started());
   const std::string line = p.ReadLine();
   ASSERT_EQ(line.rfind("listening on 127.0.0.1:", 0), 0u) << line << ReadFile(log_);
   const std::string address(absl::StripAsciiWhitespace(line.substr(13)));
+  const std::string worker_line = p.ReadLine();
+  ASSERT_EQ(worker_line.rfind("worker attach on 127.0.0.1:", 0), 0u)
+      << worker_line << ReadFile(log_);
+  const std::string worker_address(absl::StripAsciiWhitespace(worker_line.substr(17)));
+  EXPECT_NE(worker_address, address);
   auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   auto stub = v1::Generation::NewStub(channel);
 
@@ -173,23 +189,33 @@ TEST_F(BinaryTest, ServesWithoutWorkersAndStopsOnSigterm) {
     EXPECT_EQ(info.kv_block_size(), 8);
     EXPECT_EQ(info.vocab_size(), 256);
   }
-  {
-    auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(channel);
+  // The services each port lists (server reflection): the worker service only on its own.
+  auto list_services = [](const std::shared_ptr<grpc::Channel>& ch) {
+    auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(ch);
     grpc::ClientContext ctx;
     auto stream = reflection->ServerReflectionInfo(&ctx);
     grpc::reflection::v1alpha::ServerReflectionRequest list;
     list.set_list_services("*");
-    ASSERT_TRUE(stream->Write(list));
+    std::set<std::string> services;
+    EXPECT_TRUE(stream->Write(list));
     stream->WritesDone();
     grpc::reflection::v1alpha::ServerReflectionResponse resp;
-    ASSERT_TRUE(stream->Read(&resp));
-    std::set<std::string> services;
+    EXPECT_TRUE(stream->Read(&resp));
     for (const auto& s : resp.list_services_response().service()) services.insert(s.name());
     EXPECT_TRUE(stream->Finish().ok());
-    for (const char* want : {"shardlm.v1.Generation", "shardlm.worker.v1.WorkerControl",
-                             "grpc.health.v1.Health"}) {
+    return services;
+  };
+  {
+    const std::set<std::string> services = list_services(channel);
+    for (const char* want : {"shardlm.v1.Generation", "grpc.health.v1.Health"}) {
       EXPECT_EQ(services.count(want), 1u) << want;
     }
+    EXPECT_EQ(services.count("shardlm.worker.v1.WorkerControl"), 0u);
+    const std::set<std::string> on_worker_port =
+        list_services(grpc::CreateChannel(worker_address, grpc::InsecureChannelCredentials()));
+    EXPECT_EQ(on_worker_port.count("shardlm.worker.v1.WorkerControl"), 1u);
+    EXPECT_EQ(on_worker_port.count("shardlm.v1.Generation"), 0u);
+    EXPECT_EQ(on_worker_port.count("grpc.health.v1.Health"), 0u);
   }
   p.Signal(SIGTERM);
   EXPECT_EQ(p.Wait(10s), 0) << ReadFile(log_);
@@ -198,19 +224,69 @@ TEST_F(BinaryTest, ServesWithoutWorkersAndStopsOnSigterm) {
 
 TEST_F(BinaryTest, BadFlagsAndModelsExitWithAMessage) {
   {
-    Process p({kCoordinator, "--listen", "127.0.0.1:0", "--model", dir_ + "/missing"}, log_);
+    Process p({kCoordinator, "--listen", "127.0.0.1:0", "--worker-secret-file", secret_, "--model",
+               dir_ + "/missing"},
+              log_);
     EXPECT_EQ(p.Wait(10s), 1);
     EXPECT_THAT(ReadFile(log_), HasSubstr("--model"));
   }
   {
-    Process p({kCoordinator, "--model", model_, "--kv-cache-memory", "lots"}, log_);
+    Process p({kCoordinator, "--model", model_, "--worker-secret-file", secret_,
+               "--kv-cache-memory", "lots"},
+              log_);
     EXPECT_EQ(p.Wait(10s), 1);
     EXPECT_THAT(ReadFile(log_), HasSubstr("--kv-cache-memory"));
   }
   {
-    Process p({kCoordinator, "--model", model_, "--max-running", "0"}, log_);
+    Process p(
+        {kCoordinator, "--model", model_, "--worker-secret-file", secret_, "--max-running", "0"},
+        log_);
     EXPECT_EQ(p.Wait(10s), 1);
     EXPECT_THAT(ReadFile(log_), HasSubstr("--max-running"));
+  }
+}
+
+TEST_F(BinaryTest, TheWorkerSecretFileIsRequiredAndChecked) {
+  {
+    Process p({kCoordinator, "--model", model_}, log_);
+    EXPECT_EQ(p.Wait(10s), 1);
+    EXPECT_THAT(ReadFile(log_), HasSubstr("--worker-secret-file is required"));
+  }
+  {
+    Process p({kCoordinator, "--model", model_, "--worker-secret-file", dir_ + "/none"}, log_);
+    EXPECT_EQ(p.Wait(10s), 1);
+    EXPECT_THAT(ReadFile(log_), HasSubstr("--worker-secret-file " + dir_ + "/none: cannot read"));
+  }
+  {
+    Process p(
+        {kCoordinator, "--model", model_, "--worker-secret-file", WriteSecret("empty", "\n", 0600)},
+        log_);
+    EXPECT_EQ(p.Wait(10s), 1);
+    EXPECT_THAT(ReadFile(log_), HasSubstr("the file is empty"));
+  }
+  {
+    Process p({kCoordinator, "--model", model_, "--worker-secret-file",
+               WriteSecret("short", "hunter2\n", 0600)},
+              log_);
+    EXPECT_EQ(p.Wait(10s), 1);
+    EXPECT_THAT(ReadFile(log_), HasSubstr("the secret is 7 bytes, expected at least 16"));
+  }
+  {
+    // Readable by others: a warning, then on to the next check (here the model).
+    Process p({kCoordinator, "--model", dir_ + "/missing", "--worker-secret-file",
+               WriteSecret("open", "0123456789abcdefgh\n", 0644)},
+              log_);
+    EXPECT_EQ(p.Wait(10s), 1);
+    const std::string log = ReadFile(log_);
+    EXPECT_THAT(log, HasSubstr("may be read by every user (mode 644): chmod 600 it"));
+    EXPECT_THAT(log, HasSubstr("--model"));
+  }
+  {
+    Process p({kCoordinator, "--model", model_, "--worker-secret-file", secret_, "--listen",
+               "127.0.0.1:50999", "--worker-listen", "127.0.0.1:50999"},
+              log_);
+    EXPECT_EQ(p.Wait(10s), 1);
+    EXPECT_THAT(ReadFile(log_), HasSubstr("--worker-listen: expected an address other than"));
   }
 }
 

@@ -69,7 +69,9 @@ void FakeWorker::Run() {
   hello.mutable_hello()->set_world_size(options_.world_size);
   hello.mutable_hello()->set_hostname("fake");
   hello.mutable_hello()->set_pid(1234);
-  stream->Write(hello);
+  hello.mutable_hello()->set_secret(options_.secret);
+  // Silent: the reads below wait until the coordinator ends the stream.
+  if (options_.send_hello) stream->Write(hello);
   worker::v1::CoordinatorMessage in;
   while (stream->Read(&in)) {
     if (in.has_load()) {
@@ -81,7 +83,10 @@ void FakeWorker::Run() {
       worker::v1::WorkerMessage reply;
       reply.mutable_loaded()->set_ok(options_.load_error.empty());
       reply.mutable_loaded()->set_error(options_.load_error);
-      reply.mutable_loaded()->set_kv_blocks(options_.load_error.empty() ? options_.kv_blocks : 0);
+      reply.mutable_loaded()->set_kv_blocks(!options_.load_error.empty() ? 0
+                                            : options_.reported_kv_blocks >= 0
+                                                ? options_.reported_kv_blocks
+                                                : options_.kv_blocks);
       stream->Write(reply);
       if (!options_.load_error.empty()) break;
       loaded_ = true;
@@ -89,6 +94,7 @@ void FakeWorker::Run() {
       if (options_.step_delay.count() > 0) std::this_thread::sleep_for(options_.step_delay);
       worker::v1::WorkerMessage reply;
       *reply.mutable_result() = Step(in.step());
+      if (options_.spoil) options_.spoil(in.step(), *reply.mutable_result());
       if (!stream->Write(reply)) break;
     } else if (in.has_shutdown()) {
       got_shutdown_ = true;

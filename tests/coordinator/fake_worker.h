@@ -8,11 +8,10 @@
 // errors().
 #pragma once
 
-#include <grpcpp/grpcpp.h>
-
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -21,13 +20,25 @@
 #include <unordered_map>
 #include <vector>
 
+#include <grpcpp/grpcpp.h>
+
 #include "shardlm/v1/worker.grpc.pb.h"
 
 namespace shardlm::coordinator::testing {
 
+// The secret the service tests give the coordinator (CoordinatorOptions::worker_secret) and
+// fake workers present by default.
+inline constexpr char kFakeWorkerSecret[] = "fake-worker-secret-0123456789";
+
 struct FakeWorkerOptions {
   int32_t world_size = 1;
+  std::string secret = kFakeWorkerSecret;  // WorkerHello.secret
+  bool send_hello = true;                  // false: open the stream and stay silent
   int64_t kv_blocks = 64;
+  // >= 0: Loaded.kv_blocks says this instead of kv_blocks (the toy store keeps kv_blocks).
+  int64_t reported_kv_blocks = -1;
+  // Called on every StepResult before it is sent: a broken (or hostile) job.
+  std::function<void(const worker::v1::StepPlan&, worker::v1::StepResult&)> spoil;
   std::string load_error;  // non-empty: answer Loaded{ok = false, error}
   std::chrono::milliseconds step_delay{0};
   uint64_t fail_step = 0;  // answer this step (by count, from 1) with StepResult.error

@@ -1,6 +1,9 @@
 #include "coordinator/kv_block_manager.h"
 
+#include <fstream>
+#include <limits>
 #include <set>
+#include <string>
 
 #include "gtest/gtest.h"
 
@@ -81,6 +84,46 @@ TEST(KvBlockManagerTest, ResetToZeroMeansNothingToAllocate) {
   EXPECT_TRUE(m.EnsureCapacity(0, &a));
   m.Reset(10);
   EXPECT_TRUE(m.EnsureCapacity(160, &a));
+  m.Reset(0);
+  EXPECT_EQ(m.total(), 0);
+  EXPECT_EQ(m.free(), 0);
+}
+
+// This process's resident memory in KiB (/proc/self/status VmRSS); 0 when unknown.
+int64_t RssKib() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return 0;
+}
+
+// A worker job reporting an absurd number of blocks must not make the coordinator allocate in
+// proportion (issue 12: 2^31-1 blocks once grew it to 8.4 GB). The attach refuses such numbers
+// (worker_checks.h); the manager itself also costs only what is handed out.
+TEST(KvBlockManagerTest, BookkeepingGrowsWithBlocksInUseNotWithTheTotal) {
+  const int64_t before = RssKib();
+  KvBlockManager m(16);
+  m.Reset(std::numeric_limits<int32_t>::max());
+  EXPECT_EQ(m.total(), std::numeric_limits<int32_t>::max());
+  EXPECT_EQ(m.free(), m.total());
+  std::vector<int32_t> a, b;
+  ASSERT_TRUE(m.EnsureCapacity(3 * 16, &a));
+  EXPECT_EQ(a, (std::vector<int32_t>{0, 1, 2}));
+  EXPECT_EQ(m.free(), m.total() - 3);
+  m.Free(&a);
+  ASSERT_TRUE(m.EnsureCapacity(4 * 16, &b));  // freed ones first, most recent first
+  EXPECT_EQ(b, (std::vector<int32_t>{2, 1, 0, 3}));
+  if (before > 0) EXPECT_LT(RssKib() - before, 64 * 1024) << "KiB grown";
+  m.Free(&b);
+  EXPECT_EQ(m.free(), m.total());
+  // Reset gives the memory of a large pool back.
+  m.Reset(1 << 20);
+  std::vector<int32_t> big;
+  ASSERT_TRUE(m.EnsureCapacity(int64_t{1 << 20} * 16, &big));
+  EXPECT_EQ(m.free(), 0);
+  m.Free(&big);
+  EXPECT_EQ(m.free(), 1 << 20);
   m.Reset(0);
   EXPECT_EQ(m.total(), 0);
   EXPECT_EQ(m.free(), 0);

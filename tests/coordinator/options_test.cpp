@@ -24,11 +24,41 @@ TEST(OptionsTest, ParsesByteSizes) {
 // No address defaults to all interfaces: serving other hosts is given explicitly.
 TEST(OptionsTest, ListensOnLoopbackByDefault) {
   EXPECT_EQ(CoordinatorOptions().listen, "127.0.0.1:50051");
+  EXPECT_EQ(CoordinatorOptions().worker_listen, "127.0.0.1:50052");
+  EXPECT_EQ(CoordinatorOptions().worker_hello_timeout, std::chrono::seconds(5));
+}
+
+TEST(OptionsTest, TheWorkerAttachNeedsItsOwnAddressAndASecret) {
+  CoordinatorOptions o;
+  o.model = "m";
+  o.worker_secret = "0123456789abcdef";
+  EXPECT_TRUE(ValidateOptions(o).ok());
+  auto error = [&](auto spoil) {
+    CoordinatorOptions bad = o;
+    spoil(bad);
+    return std::string(ValidateOptions(bad).message());
+  };
+  EXPECT_THAT(error([](auto& b) { b.worker_secret = ""; }),
+              HasSubstr("--worker-secret-file is required"));
+  EXPECT_THAT(
+      error([](auto& b) { b.worker_secret = "short"; }),
+      HasSubstr("--worker-secret-file: expected a secret of at least 16 bytes, got 5 bytes"));
+  EXPECT_THAT(error([](auto& b) { b.worker_listen = "nocolon"; }),
+              HasSubstr("--worker-listen: expected HOST:PORT, got 'nocolon'"));
+  EXPECT_THAT(error([](auto& b) { b.worker_listen = b.listen; }),
+              HasSubstr("--worker-listen: expected an address other than --listen's"));
+  EXPECT_THAT(error([](auto& b) { b.worker_hello_timeout = std::chrono::milliseconds(0); }),
+              HasSubstr("worker_hello_timeout"));
+  // Both on free ports is fine (tests).
+  CoordinatorOptions free_ports = o;
+  free_ports.listen = free_ports.worker_listen = "127.0.0.1:0";
+  EXPECT_TRUE(ValidateOptions(free_ports).ok());
 }
 
 TEST(OptionsTest, ValidatesFlagsByName) {
   CoordinatorOptions o;
   o.model = "m";
+  o.worker_secret = "0123456789abcdef";
   EXPECT_TRUE(ValidateOptions(o).ok());
   auto error = [&](auto spoil) {
     CoordinatorOptions bad = o;

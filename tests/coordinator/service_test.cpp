@@ -1,25 +1,30 @@
 // The coordinator's gRPC server in-process, with fake worker jobs (fake_worker.h) attached over
 // real gRPC streams: health, refusals, streaming and batching, preemption, cancellation, abort,
-// worker death and re-attach, load failures and shutdown.
-#include <grpcpp/grpcpp.h>
-
+// worker death and re-attach, load failures and shutdown, and the guarded attach (the worker
+// port apart from the public one, the secret, the hello deadline, range checks of what a job
+// reports).
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <grpcpp/grpcpp.h>
+
 #include "coordinator/server.h"
+#include "coordinator/worker_checks.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "health.grpc.pb.h"
-#include "tokenizer/unicode.h"
 #include "shardlm/v1/generation.grpc.pb.h"
 #include "tests/coordinator/fake_worker.h"
 #include "tests/coordinator/test_models.h"
+#include "tokenizer/unicode.h"
 
 namespace shardlm::coordinator {
 namespace {
@@ -58,6 +63,8 @@ class ServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
     options_.listen = "127.0.0.1:0";
+    options_.worker_listen = "127.0.0.1:0";
+    options_.worker_secret = testing::kFakeWorkerSecret;
     options_.model = "tiny";
     options_.kv_block_size = 4;
     options_.max_batch_tokens = 32;
@@ -82,7 +89,7 @@ class ServiceTest : public ::testing::Test {
 
   // Starts a fake job; with `wait`, until the coordinator serves on it.
   FakeWorker& Attach(FakeWorkerOptions o = {}, bool wait = true) {
-    workers_.push_back(std::make_unique<FakeWorker>(server_->address(), o));
+    workers_.push_back(std::make_unique<FakeWorker>(server_->worker_address(), o));
     if (wait) {
       EXPECT_TRUE(WaitHealth(kServing, 10s)) << "the fake worker did not attach";
     }
@@ -611,6 +618,176 @@ TEST_F(ServiceTest, TextChatAndTokenizeWithARealTokenizer) {
   for (const v1::GenerateResponse& r : o.messages) {
     EXPECT_EQ(unicode::FindInvalidUtf8(r.text()), unicode::kValid);
   }
+}
+
+// --- The guarded attach.
+
+TEST_F(ServiceTest, WorkerControlIsOnlyOnTheWorkerPort) {
+  StartServer();
+  EXPECT_NE(server_->address(), server_->worker_address());
+  FakeWorker on_public(server_->address(), FakeWorkerOptions());
+  EXPECT_EQ(on_public.Join().error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  Attach();  // on the worker port
+  EXPECT_TRUE(Generate(IdsRequest({4, 5}, 3)).status.ok());
+  // And the worker port serves nothing else.
+  auto worker_channel =
+      grpc::CreateChannel(server_->worker_address(), grpc::InsecureChannelCredentials());
+  grpc::ClientContext ctx;
+  v1::ModelInfo info;
+  EXPECT_EQ(v1::Generation::NewStub(worker_channel)
+                ->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info)
+                .error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
+}
+
+TEST_F(ServiceTest, AWrongSecretIsPermissionDeniedAndTheSlotStaysFree) {
+  StartServer();
+  for (const std::string& secret : {std::string("fake-worker-secret-012345678X"),
+                                    std::string("fake-worker-secret-0"), std::string()}) {
+    FakeWorkerOptions intruder;
+    intruder.secret = secret;
+    FakeWorker& w = Attach(intruder, /*wait=*/false);
+    const grpc::Status st = w.Join();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << secret;
+    // Nothing that helps guessing (no length, no part of the secret), nothing of the model.
+    EXPECT_EQ(st.error_message(), "worker attach refused: wrong secret (see --worker-secret-file)");
+    EXPECT_FALSE(w.loaded());
+    EXPECT_TRUE(w.load().model().empty());
+  }
+  EXPECT_EQ(Health(), kNotServing);
+  // The slot is free: the real job attaches.
+  Attach();
+  EXPECT_TRUE(Generate(IdsRequest({4, 5}, 3)).status.ok());
+}
+
+TEST_F(ServiceTest, ASilentStreamIsCutOffAtTheHelloDeadlineAndHoldsNoSlot) {
+  options_.worker_hello_timeout = 1500ms;
+  StartServer();
+  FakeWorkerOptions silent;
+  silent.send_hello = false;
+  const auto opened = std::chrono::steady_clock::now();
+  FakeWorker& quiet = Attach(silent, /*wait=*/false);
+  // While it sits there, the real job attaches and serves: the slot is claimed only by a hello
+  // with the right secret.
+  Attach();
+  EXPECT_TRUE(Generate(IdsRequest({4, 5}, 3)).status.ok());
+  const grpc::Status st = quiet.Join();
+  const auto waited = std::chrono::steady_clock::now() - opened;
+  EXPECT_FALSE(st.ok());
+  EXPECT_GE(waited, 1400ms);
+  EXPECT_LT(waited, 4s);
+  EXPECT_EQ(Health(), kServing);
+}
+
+TEST_F(ServiceTest, ASilentStreamIsCutOffAfterAShortDeadline) {
+  options_.worker_hello_timeout = 300ms;
+  StartServer();
+  FakeWorkerOptions silent;
+  silent.send_hello = false;
+  const auto opened = std::chrono::steady_clock::now();
+  FakeWorker& quiet = Attach(silent, /*wait=*/false);
+  EXPECT_FALSE(quiet.Join().ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - opened, 2s);
+  Attach();
+  EXPECT_TRUE(Generate(IdsRequest({1}, 1)).status.ok());
+}
+
+// This process's resident memory in KiB; 0 when unknown.
+int64_t RssKib() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return 0;
+}
+
+TEST_F(ServiceTest, AbsurdKvBlocksAreRefusedAndAllocateNothing) {
+  StartServer();
+  const int64_t before = RssKib();
+  FakeWorkerOptions liar;
+  liar.reported_kv_blocks = std::numeric_limits<int32_t>::max();
+  FakeWorker& w = Attach(liar, /*wait=*/false);
+  const grpc::Status st = w.Join();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(),
+              HasSubstr("Loaded.kv_blocks = 2147483647, expected at most 16777216"));
+  EXPECT_EQ(Health(), kNotServing);
+  const v1::ModelInfo info = Info();
+  EXPECT_EQ(info.kv_blocks_total(), 0);  // the block manager was never sized from it
+  EXPECT_EQ(info.workers_attached(), 0);
+  if (before > 0) EXPECT_LT(RssKib() - before, 256 * 1024) << "KiB grown";
+
+  // No block at all is RESOURCE_EXHAUSTED; the bound itself is accepted.
+  FakeWorkerOptions none;
+  none.reported_kv_blocks = 0;
+  EXPECT_EQ(Attach(none, /*wait=*/false).Join().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  FakeWorkerOptions most;
+  most.reported_kv_blocks = kMaxKvBlocks;  // the toy store keeps 64: requests use a few
+  Attach(most);
+  EXPECT_EQ(Info().kv_blocks_total(), kMaxKvBlocks);
+  Outcome o = Generate(IdsRequest(Prompt(3), 4));
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  EXPECT_EQ(o.ids, FakeWorker::Reference(Prompt(3), 4));
+  ExpectNoWorkerErrors();
+}
+
+TEST_F(ServiceTest, AMalformedStepResultTakesTheLinkDownWithTheReason) {
+  StartServer();
+  struct Case {
+    std::string name;
+    std::function<void(const worker::v1::StepPlan&, worker::v1::StepResult&)> spoil;
+    std::string reason;
+  };
+  const std::vector<Case> cases = {
+      {"token for an unasked seq",
+       [](const worker::v1::StepPlan&, worker::v1::StepResult& r) {
+         r.add_results()->set_seq_id(987654321);
+       },
+       "(seq 987654321): no such sequence in the step's plan"},
+      {"oversize logprobs",
+       [](const worker::v1::StepPlan&, worker::v1::StepResult& r) {
+         for (worker::v1::SeqResult& s : *r.mutable_results()) {
+           for (int i = 0; i < 5; ++i) s.mutable_logprobs()->add_top()->set_logprob(-1);
+         }
+       },
+       ".logprobs.top has 7 entries, expected at most 2"},
+      {"token outside the vocabulary",
+       [](const worker::v1::StepPlan&, worker::v1::StepResult& r) {
+         if (r.results_size() > 0) r.mutable_results(0)->set_token(256);
+       },
+       ".token is 256, expected an id in [0, 256)"},
+      {"non-finite compute_ms",
+       [](const worker::v1::StepPlan&, worker::v1::StepResult& r) {
+         r.set_compute_ms(std::numeric_limits<double>::quiet_NaN());
+       },
+       "compute_ms is nan, expected a finite value >= 0"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    FakeWorkerOptions broken;
+    broken.spoil = c.spoil;
+    FakeWorker& w = Attach(broken);
+    v1::GenerateRequest req = IdsRequest(Prompt(1), 4);
+    req.set_logprobs(2);
+    // What then happens to the request is the engine's business (it may wait for a relaunch):
+    // this looks at the link only.
+    Outcome o;
+    std::thread client([&] { o = Generate(req, {}, 3s); });
+    const grpc::Status st = w.Join();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(st.error_message(), HasSubstr("protocol violation: step "));
+    EXPECT_THAT(st.error_message(), HasSubstr(c.reason));
+    EXPECT_TRUE(WaitHealth(kNotServing, 5s));
+    EXPECT_EQ(Info().workers_attached(), 0);
+    client.join();
+    EXPECT_FALSE(o.status.ok());
+    EXPECT_TRUE(o.ids.empty());  // the spoiled first result was never applied
+  }
+  // A sound job serves afterwards.
+  Attach();
+  Outcome ok = Generate(IdsRequest(Prompt(2), 4));
+  ASSERT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.ids, FakeWorker::Reference(Prompt(2), 4));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -140,18 +141,39 @@ class Child {
   std::optional<int> exit_code_;
 };
 
-// The address a server started as `child` prints first ("listening on HOST:PORT"); "" when its
-// first stdout line says something else (the line is then in `said`).
-inline std::string ListeningAddress(Child& child, std::string* said = nullptr) {
+// The address after `prefix` on the next stdout line of `child`; "" when that line says
+// something else (the line is then in `said`).
+inline std::string AddressLine(Child& child, const std::string& prefix, std::string* said) {
   std::string line = child.ReadLine();
-  const size_t at = line.find("listening on ");
+  const size_t at = line.find(prefix);
   if (said != nullptr) *said = line;
   if (at == std::string::npos) return "";
-  std::string addr = line.substr(at + 13);
+  std::string addr = line.substr(at + prefix.size());
   while (!addr.empty() && (addr.back() == '\n' || addr.back() == '\r' || addr.back() == ' ')) {
     addr.pop_back();
   }
   return addr;
+}
+
+// The address a server started as `child` prints first ("listening on HOST:PORT"); "" when its
+// first stdout line says something else (the line is then in `said`).
+inline std::string ListeningAddress(Child& child, std::string* said = nullptr) {
+  return AddressLine(child, "listening on ", said);
+}
+
+// shardlm-coordinator's second stdout line, after ListeningAddress: where workers attach
+// ("worker attach on HOST:PORT").
+inline std::string WorkerAttachAddress(Child& child, std::string* said = nullptr) {
+  return AddressLine(child, "worker attach on ", said);
+}
+
+// A fresh worker secret file (mode 600) at `path`, for --worker-secret-file on both sides.
+inline std::string WriteWorkerSecret(const std::string& path) {
+  std::ofstream(path, std::ios::trunc)
+      << "e2e-worker-secret-" << getpid() << "-"
+      << std::chrono::steady_clock::now().time_since_epoch().count() << "\n";
+  chmod(path.c_str(), 0600);
+  return path;
 }
 
 }  // namespace shardlm::e2e

@@ -58,14 +58,18 @@ class FaultTest : public ::testing::Test {
     ASSERT_TRUE(WriteTinyModel(spec, model_).ok());
     coordinator_ = std::make_unique<e2e::Child>(
         std::vector<std::string>{kBin + "shardlm-coordinator", "--listen", "127.0.0.1:0",
+                                 "--worker-listen", "127.0.0.1:0", "--worker-secret-file",
+                                 secret_ = e2e::WriteWorkerSecret(kWork + "/worker.secret"),
                                  "--model", model_, "--tp", "2", "--max-batch-tokens", "64",
-                                 "--kv-cache-memory", "1MiB", "--kv-block-size", "4",
-                                 "--threads", "1"},
+                                 "--kv-cache-memory", "1MiB", "--kv-block-size", "4", "--threads",
+                                 "1"},
         kWork + "/coordinator.log", true);
     std::string said;
     addr_ = e2e::ListeningAddress(*coordinator_, &said);
     ASSERT_FALSE(addr_.empty()) << "coordinator said: " << said << "; see " << kWork
                                 << "/coordinator.log";
+    worker_addr_ = e2e::WorkerAttachAddress(*coordinator_, &said);
+    ASSERT_FALSE(worker_addr_.empty()) << "coordinator said: " << said;
     auto channel = grpc::CreateChannel(addr_, grpc::InsecureChannelCredentials());
     stub_ = v1::Generation::NewStub(channel);
     health_ = grpc::health::v1::Health::NewStub(channel);
@@ -84,7 +88,8 @@ class FaultTest : public ::testing::Test {
   void StartWorkers(const std::vector<std::string>& flags, const std::string& log) {
     log_ = kWork + "/" + log;
     std::vector<std::string> argv = {SHARDLM_MPIEXEC, "--oversubscribe", "--bind-to", "none",
-                                     "-np", "2", kBin + "shardlm-worker", "--coordinator", addr_};
+                                     "-np", "2", kBin + "shardlm-worker"};
+    argv.insert(argv.end(), {"--coordinator", worker_addr_, "--worker-secret-file", secret_});
     argv.insert(argv.end(), flags.begin(), flags.end());
     workers_ = std::make_unique<e2e::Child>(argv, log_, false);
     ASSERT_TRUE(WaitHealth(Health::SERVING, 120s)) << "workers did not attach; see " << log_;
@@ -148,7 +153,7 @@ class FaultTest : public ::testing::Test {
     return out;
   }
 
-  static inline std::string model_, addr_;
+  static inline std::string model_, addr_, worker_addr_, secret_;
   static inline std::unique_ptr<e2e::Child> coordinator_;
   static inline std::unique_ptr<v1::Generation::Stub> stub_;
   static inline std::unique_ptr<grpc::health::v1::Health::Stub> health_;

@@ -63,14 +63,18 @@ class ServiceTest : public ::testing::Test {
         " --intermediate 768 --seed 5 2>&1");
     coordinator_ = std::make_unique<Child>(
         std::vector<std::string>{kBin + "shardlm-coordinator", "--listen", "127.0.0.1:0",
+                                 "--worker-listen", "127.0.0.1:0", "--worker-secret-file",
+                                 secret_ = e2e::WriteWorkerSecret(kWork + "/worker.secret"),
                                  "--model", model_, "--tp", "2", "--max-batch-tokens", "64",
-                                 "--kv-cache-memory", "1MiB", "--kv-block-size", "4",
-                                 "--threads", "1"},
+                                 "--kv-cache-memory", "1MiB", "--kv-block-size", "4", "--threads",
+                                 "1"},
         kWork + "/coordinator.log", true);
     std::string said;
     addr_ = e2e::ListeningAddress(*coordinator_, &said);
     ASSERT_FALSE(addr_.empty()) << "coordinator said: " << said << "; see " << kWork
                                 << "/coordinator.log";
+    worker_addr_ = e2e::WorkerAttachAddress(*coordinator_, &said);
+    ASSERT_FALSE(worker_addr_.empty()) << "coordinator said: " << said;
     auto channel = grpc::CreateChannel(addr_, grpc::InsecureChannelCredentials());
     stub_ = v1::Generation::NewStub(channel);
     health_ = grpc::health::v1::Health::NewStub(channel);
@@ -84,7 +88,8 @@ class ServiceTest : public ::testing::Test {
   static void StartWorkers() {
     workers_ = std::make_unique<Child>(
         std::vector<std::string>{SHARDLM_MPIEXEC, "--oversubscribe", "--bind-to", "none", "-np",
-                                 "2", kBin + "shardlm-worker", "--coordinator", addr_},
+                                 "2", kBin + "shardlm-worker", "--coordinator", worker_addr_,
+                                 "--worker-secret-file", secret_},
         kWork + "/workers.log", false);
   }
   static grpc::health::v1::HealthCheckResponse::ServingStatus Health() {
@@ -160,7 +165,7 @@ class ServiceTest : public ::testing::Test {
     return ids;
   }
 
-  static inline std::string model_, addr_;
+  static inline std::string model_, addr_, worker_addr_, secret_;
   static inline std::unique_ptr<Child> coordinator_, workers_;
   static inline std::unique_ptr<v1::Generation::Stub> stub_;
   static inline std::unique_ptr<grpc::health::v1::Health::Stub> health_;
