@@ -36,9 +36,9 @@ class StepExpectation {
 
   uint64_t step_id() const { return step_id_; }
   // Results only for planned sequences that asked for one, at most one each; a sampled token and
-  // logprob ids in [0, vocab); at most the asked number of top logprobs, finite values; logits
-  // only when asked and exactly rows x vocab; compute_ms finite and >= 0. INVALID_ARGUMENT
-  // naming the field otherwise.
+  // logprob ids in [0, vocab); at most the asked number of top logprobs (their values are the
+  // output processor's to check, per request); logits only when asked and exactly rows x vocab;
+  // compute_ms finite and >= 0. INVALID_ARGUMENT naming the field otherwise.
   absl::Status Check(const worker::v1::StepResult& result) const;
 
  private:
