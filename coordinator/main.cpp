@@ -66,6 +66,15 @@ int main(int argc, char** argv) {
                  "Cap on prompt + generated tokens per request (0: the model's "
                  "max_position_embeddings, or 4096 when it has none)")
       ->default_val(o.max_model_len);
+  app.add_option("--step-timeout", o.step_timeout_s,
+                 "Seconds a step may take before the worker job is declared hung, told to abort "
+                 "and its requests held for the next job (0: 10x the slowest similar step "
+                 "measured, at least 60 s)")
+      ->default_val(o.step_timeout_s);
+  app.add_option("--requeue-timeout", o.requeue_timeout_s,
+                 "Seconds the requests of a lost worker job wait for a relaunched job to attach "
+                 "and load before they end UNAVAILABLE (0: they fail at once)")
+      ->default_val(o.requeue_timeout_s);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->default_val(log_level);
   CLI11_PARSE(app, argc, argv);

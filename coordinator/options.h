@@ -32,6 +32,12 @@ struct CoordinatorOptions {
   // Context length: 0 takes the model's max_position_embeddings (kDefaultContextLength when the
   // config has none); a value caps it.
   int64_t max_model_len = 0;
+  // Seconds a step may take before the worker job is declared hung and aborted; 0: derived from
+  // the job's measured step times (at least 60 s, see step_deadline.h).
+  double step_timeout_s = 0;
+  // Seconds the requests of a lost worker job wait for another job to attach and load before
+  // they end UNAVAILABLE; 0: they fail at once.
+  double requeue_timeout_s = 60;
 };
 
 inline int32_t EffectiveMaxRunning(const CoordinatorOptions& o) {
