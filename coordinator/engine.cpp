@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "spdlog/spdlog.h"
 
 namespace shardlm::coordinator {
@@ -34,7 +35,8 @@ Engine::Engine(const ModelContext& model, EngineOptions options,
       options_(options),
       on_serving_(std::move(on_serving)),
       blocks_(options.kv_block_size),
-      scheduler_(options.scheduler, &blocks_) {}
+      scheduler_(options.scheduler, &blocks_),
+      deadlines_(options.step_deadline) {}
 
 Engine::~Engine() { Stop(); }
 
@@ -176,26 +178,58 @@ absl::Status Engine::Activate(uint64_t attach, std::shared_ptr<WorkerLink> link,
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) return absl::UnavailableError("the coordinator is shutting down");
   if (attach != attach_) return absl::FailedPreconditionError("this attach no longer holds the slot");
-  scheduler_.Reset();
+  // The scheduler keeps what a lost job left (queued, none running, no blocks).
   blocks_.Reset(kv_blocks);
+  deadlines_.Reset();
   link_ = std::move(link);
   attach_cancel_ = nullptr;  // from now on shutdown goes through the link (Shutdown message)
+  if (held_until_) {
+    spdlog::info("worker job {} resumes {} held request(s)", link_->peer(), requests_.size());
+    held_until_.reset();
+  }
   SetServing(true);
   cv_.notify_all();
   return absl::OkStatus();
 }
 
 void Engine::Detach(const absl::Status& reason) {
-  spdlog::error("worker job {} lost: {}; failing {} live requests", link_->peer(),
-                std::string(reason.message()), requests_.size());
-  FailAll(absl::UnavailableError(absl::StrCat("worker job lost: ", reason.message())));
-  scheduler_.Reset();
+  const int32_t running = scheduler_.RequeueAll();
   blocks_.Reset(0);
+  const std::string peer = link_->peer();
   link_.reset();
   attach_ = 0;  // a relaunched job may attach while the old handler winds down
   attach_cancel_ = nullptr;
   SetServing(false);
+  const double hold_s = options_.requeue_timeout.count() / 1000.0;
+  if (requests_.empty()) {
+    spdlog::error("worker job {} lost: {}; no request was live", peer,
+                  std::string(reason.message()));
+  } else if (options_.requeue_timeout.count() <= 0) {
+    spdlog::error("worker job {} lost: {}; failing {} live request(s) (--requeue-timeout 0)", peer,
+                  std::string(reason.message()), requests_.size());
+    FailAll(absl::UnavailableError(absl::StrCat("worker job lost: ", reason.message())));
+  } else {
+    spdlog::error(
+        "worker job {} lost: {}; holding {} request(s) ({} were running: recomputed on "
+        "the next job) for up to {} s until a job attaches and loads",
+        peer, std::string(reason.message()), requests_.size(), running, hold_s);
+    held_until_ = Clock::now() + options_.requeue_timeout;
+    lost_reason_ = std::string(reason.message());
+  }
   cv_.notify_all();
+}
+
+void Engine::FailHeld() {
+  held_until_.reset();
+  if (requests_.empty()) return;
+  const double hold_s = options_.requeue_timeout.count() / 1000.0;
+  spdlog::error(
+      "no worker job re-attached within --requeue-timeout {} s: failing {} held "
+      "request(s)",
+      hold_s, requests_.size());
+  FailAll(absl::UnavailableError(absl::StrCat("the worker job was lost (", lost_reason_,
+                                              ") and none re-attached within --requeue-timeout ",
+                                              hold_s, " s")));
 }
 
 void Engine::EndAttach(uint64_t attach, const absl::Status& reason) {
@@ -230,8 +264,21 @@ EngineStats Engine::Stats() const {
 void Engine::Loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
-    cv_.wait(lock, [&] { return stopping_ || (link_ != nullptr && scheduler_.HasWork()); });
+    auto ready = [&] {
+      return stopping_ || (link_ != nullptr && scheduler_.HasWork()) ||
+             (held_until_ && Clock::now() >= *held_until_);
+    };
+    if (held_until_) {
+      cv_.wait_until(lock, *held_until_, ready);
+    } else {
+      cv_.wait(lock, ready);
+    }
     if (stopping_) return;
+    if (link_ == nullptr) {  // requests held for a job that is not there (yet)
+      if (held_until_ && Clock::now() >= *held_until_) FailHeld();
+      continue;
+    }
+    if (!scheduler_.HasWork()) continue;
     std::shared_ptr<WorkerLink> link = link_;
     Scheduler::Step step = scheduler_.Schedule();
     const Clock::time_point now = Clock::now();
@@ -252,15 +299,31 @@ void Engine::Loop() {
       }
       continue;
     }
+    const StepSize size = StepSize::Of(step.plan);
+    const StepDeadline::Deadline deadline = deadlines_.For(size);
     lock.unlock();
-    absl::StatusOr<worker::v1::StepResult> result = link->RunStep(step.plan);
+    const Clock::time_point sent = Clock::now();
+    absl::StatusOr<worker::v1::StepResult> result = link->RunStep(step.plan, deadline.timeout);
+    const double step_ms = MsBetween(sent, Clock::now());
     lock.lock();
     if (stopping_) return;
-    if (link_ != link) continue;  // detached meanwhile: its requests are already failed
+    // Detached meanwhile: its requests are already held for the next job (the step in flight is
+    // recomputed there).
+    if (link_ != link) continue;
+    if (absl::IsDeadlineExceeded(result.status())) {
+      const std::string hung = absl::StrCat(
+          "step ", step.plan.step_id(), " (", size.ToString(), ") got no result within its ",
+          "deadline of ", absl::StrFormat("%.3g s", deadline.timeout.count() / 1000.0), " (",
+          deadline.derivation, "): the job is declared hung and told to abort");
+      link->Abort(hung);
+      Detach(absl::DeadlineExceededError(hung));
+      continue;
+    }
     if (!result.ok()) {
       Detach(result.status());
       continue;
     }
+    deadlines_.Observe(size, step_ms);
     ApplyResult(step.plan, *result);
   }
 }

@@ -10,11 +10,14 @@
 // cancelled while its step is in flight has its blocks freed at once (no other sequence gets
 // them before the next plan, which is made after the result) and its result is dropped.
 //
-// Worker loss. When the link goes down (the stream broke or the job ended it), every live
-// request, running or queued, ends with UNAVAILABLE and the block manager is emptied: the
-// requests cannot finish on this job, and queued ones are not kept because a relaunched job may
-// take long or never come (clients retry). New requests get UNAVAILABLE "no workers attached"
-// until a job attaches and loads again.
+// Worker loss. When the link goes down (the stream broke, the job ended it, or a step missed
+// its deadline and the job was told to abort), no accepted request is lost: every live one,
+// running or queued, goes back to the scheduler's queue (Scheduler::RequeueAll: recomputed from
+// its prompt plus the tokens already streamed, in its order, with its output processor, so the
+// client's stream goes on without a gap or a repeat), health goes NOT_SERVING, and the requests
+// wait for the next job to attach and load, at most `requeue_timeout`; then they end UNAVAILABLE.
+// A step in flight at the loss is simply recomputed. New requests get UNAVAILABLE "no workers
+// attached" while no job serves. Step deadlines come from measured step times (step_deadline.h).
 #pragma once
 
 #include <chrono>
@@ -35,6 +38,7 @@
 #include "coordinator/output_processor.h"
 #include "coordinator/response_channel.h"
 #include "coordinator/scheduler.h"
+#include "coordinator/step_deadline.h"
 #include "coordinator/validation.h"
 #include "coordinator/worker_link.h"
 
@@ -44,6 +48,9 @@ struct EngineOptions {
   SchedulerOptions scheduler;
   int32_t kv_block_size = 16;
   int32_t workers_expected = 1;  // tp x pp
+  StepDeadlineOptions step_deadline;
+  // How long requests of a lost job wait for another to attach and load; 0: they fail at once.
+  std::chrono::milliseconds requeue_timeout{60000};
 };
 
 // What a Generate handler holds: its request's id and channel.
@@ -99,7 +106,7 @@ class Engine {
   // The job loaded with room for `kv_blocks` blocks: requests are accepted from now on.
   absl::Status Activate(uint64_t attach, std::shared_ptr<WorkerLink> link, int64_t kv_blocks);
   // The attach stream ends (any reason; call it before the handler returns). If its link was
-  // serving, every live request fails UNAVAILABLE with `reason`.
+  // serving, every live request is held for the next job (see "Worker loss" above).
   void EndAttach(uint64_t attach, const absl::Status& reason);
   // Waits up to `timeout` for the worker slot to be free (after Stop: for the Attach handler to
   // have said Shutdown and seen the workers go). True when it is.
@@ -118,8 +125,11 @@ class Engine {
   void Finish(Request* r, v1::FinishReason reason, const absl::Status& status,
               v1::GenerateResponse last = {});
   void FailAll(const absl::Status& status);
-  // The serving link is gone: fail everything, empty the KV cache, NOT_SERVING, free the slot.
+  // The serving link is gone: requeue everything for the next job (or fail it when
+  // requeue_timeout is 0), empty the KV cache, NOT_SERVING, free the slot.
   void Detach(const absl::Status& reason);
+  // The requeue timeout passed with no job serving: the held requests end UNAVAILABLE.
+  void FailHeld();
   void SetServing(bool serving);
 
   const ModelContext& model_;
@@ -137,6 +147,10 @@ class Engine {
   uint64_t next_attach_ = 1;
   std::function<void()> attach_cancel_;
   std::shared_ptr<WorkerLink> link_;  // set while a loaded job serves
+  StepDeadline deadlines_;            // step times of the serving job
+  // While requests of a lost job are held: when they give up, and why the job was lost.
+  std::optional<Clock::time_point> held_until_;
+  std::string lost_reason_;
   bool stopping_ = false;
   std::thread thread_;
 };

@@ -83,6 +83,15 @@ int main(int argc, char** argv) {
                "Chat prompts: treat special-token text inside message contents (e.g. "
                "<|im_start|>) as special tokens, as before; by default only the chat template's "
                "own markup is special, so a message cannot open a fake turn");
+  app.add_option("--step-timeout", o.step_timeout_s,
+                 "Seconds a step may take before the worker job is declared hung, told to abort "
+                 "and its requests held for the next job (0: 10x the slowest similar step "
+                 "measured, at least 60 s)")
+      ->default_val(o.step_timeout_s);
+  app.add_option("--requeue-timeout", o.requeue_timeout_s,
+                 "Seconds the requests of a lost worker job wait for a relaunched job to attach "
+                 "and load before they end UNAVAILABLE (0: they fail at once)")
+      ->default_val(o.requeue_timeout_s);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->default_val(log_level);
   CLI11_PARSE(app, argc, argv);

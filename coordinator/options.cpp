@@ -73,6 +73,13 @@ absl::Status ValidateOptions(const CoordinatorOptions& o) {
   if (o.max_running < 1) return bad("--max-running", ">= 1", o.max_running);
   if (o.threads < 0) return bad("--threads", ">= 0", o.threads);
   if (o.max_model_len < 0) return bad("--max-model-len", ">= 0", o.max_model_len);
+  // A day bounds both: beyond it a wait is a mistake, and the millisecond counts stay small.
+  if (!(o.step_timeout_s >= 0 && o.step_timeout_s <= 86400)) {
+    return bad("--step-timeout", "seconds in [0, 86400] (0: automatic)", o.step_timeout_s);
+  }
+  if (!(o.requeue_timeout_s >= 0 && o.requeue_timeout_s <= 86400)) {
+    return bad("--requeue-timeout", "seconds in [0, 86400]", o.requeue_timeout_s);
+  }
   return absl::OkStatus();
 }
 

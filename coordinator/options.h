@@ -47,6 +47,12 @@ struct CoordinatorOptions {
   // compatibility); by default only the chat template's markup is special
   // (ModelContext::chat_parse_special).
   bool chat_parse_special = false;
+  // Seconds a step may take before the worker job is declared hung and aborted; 0: derived from
+  // the job's measured step times (at least 60 s, see step_deadline.h).
+  double step_timeout_s = 0;
+  // Seconds the requests of a lost worker job wait for another job to attach and load before
+  // they end UNAVAILABLE; 0: they fail at once.
+  double requeue_timeout_s = 60;
 };
 
 inline int32_t EffectiveMaxRunning(const CoordinatorOptions& o) {

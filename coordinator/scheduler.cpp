@@ -84,6 +84,22 @@ void Scheduler::Reset() {
   seqs_.clear();
 }
 
+int32_t Scheduler::RequeueAll() {
+  const int32_t running = static_cast<int32_t>(running_.size());
+  // Oldest admission ends up first: push the newest to the front first.
+  for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+    Sequence* s = *it;
+    s->blocks.clear();
+    s->seq_id = 0;
+    s->computed = 0;
+    waiting_.push_front(s);
+  }
+  running_.clear();
+  by_seq_id_.clear();
+  released_.clear();
+  return running;
+}
+
 bool Scheduler::IsDecode(const Sequence& s) const {
   return s.computed > 0 && static_cast<int64_t>(s.tokens.size()) - s.computed == 1;
 }

@@ -58,6 +58,14 @@ class Scheduler {
   // Drops every request and pending release (the workers are gone). The block manager is reset
   // separately.
   void Reset();
+  // The worker job is gone but its requests are kept for the next one: every running sequence
+  // goes back to the queue as a preempted one does (recomputed from position 0 with the prompt
+  // plus what it generated so far, prompt_len unchanged, a fresh seq_id when admitted again),
+  // running ones first in admission order, then the queued ones in their order. Their block
+  // tables are dropped without freeing (the block manager is reset separately, for the next
+  // job); no seq_id is released, since the job that knew them is gone. Returns how many were
+  // running.
+  int32_t RequeueAll();
 
   struct Step {
     worker::v1::StepPlan plan;

@@ -1,6 +1,7 @@
 #include "coordinator/server.h"
 
 #include <chrono>
+#include <cmath>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -27,6 +28,10 @@ CoordinatorServer::CoordinatorServer(const CoordinatorOptions& options,
   engine_options.scheduler.max_queue = options_.max_queue;
   engine_options.kv_block_size = options_.kv_block_size;
   engine_options.workers_expected = options_.tp * options_.pp;
+  engine_options.step_deadline.fixed =
+      std::chrono::milliseconds(static_cast<int64_t>(std::ceil(options_.step_timeout_s * 1000)));
+  engine_options.requeue_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(std::ceil(options_.requeue_timeout_s * 1000)));
   engine_ = std::make_unique<Engine>(*model_, engine_options,
                                      [this](bool serving) { SetHealth(serving); });
   generation_ = std::make_unique<GenerationService>(*model_, options_, *engine_);

@@ -2,32 +2,58 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 
 namespace shardlm::coordinator {
 
-absl::StatusOr<worker::v1::StepResult> WorkerLink::RunStep(const worker::v1::StepPlan& plan) {
+absl::StatusOr<worker::v1::StepResult> WorkerLink::RunStep(const worker::v1::StepPlan& plan,
+                                                           std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   auto gone = [&]() -> absl::Status {
     if (down_) return absl::UnavailableError(down_->message());
+    if (abort_) return absl::UnavailableError(*abort_);
     return absl::UnavailableError("the coordinator is shutting down");
   };
-  if (down_ || closed_) return gone();
+  if (down_ || closed_ || abort_) return gone();
   outgoing_.emplace();
   *outgoing_->mutable_step() = plan;
   awaited_step_ = plan.step_id();
   result_.reset();
   cv_.notify_all();
-  cv_.wait(lock, [&] { return result_.has_value() || down_.has_value() || closed_; });
+  const bool ended = cv_.wait_for(lock, timeout, [&] {
+    return result_.has_value() || down_.has_value() || closed_ || abort_.has_value();
+  });
   awaited_step_ = 0;
   if (result_) return *std::exchange(result_, std::nullopt);
+  if (!ended) {
+    outgoing_.reset();  // not written yet (a stuck handler): never send it late
+    return absl::DeadlineExceededError(
+        absl::StrCat("no result for step ", plan.step_id(), " within ", timeout.count(), " ms"));
+  }
   return gone();
+}
+
+void WorkerLink::Abort(std::string reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!abort_) abort_ = std::move(reason);
+  cv_.notify_all();
 }
 
 std::optional<worker::v1::CoordinatorMessage> WorkerLink::NextOutgoing() {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return outgoing_.has_value() || down_.has_value() || closed_; });
-  if (down_ || closed_) return std::nullopt;
+  cv_.wait(lock, [&] {
+    return outgoing_.has_value() || down_.has_value() || closed_ || abort_.has_value();
+  });
+  if (down_) return std::nullopt;
+  if (abort_) {
+    if (abort_sent_) return std::nullopt;
+    abort_sent_ = true;
+    worker::v1::CoordinatorMessage message;
+    message.mutable_abort()->set_reason(*abort_);
+    return message;
+  }
+  if (closed_) return std::nullopt;
   return std::exchange(outgoing_, std::nullopt);
 }
 
@@ -67,6 +93,11 @@ bool WorkerLink::WaitDown(std::chrono::milliseconds timeout) {
 bool WorkerLink::down() const {
   std::lock_guard<std::mutex> lock(mu_);
   return down_.has_value();
+}
+
+bool WorkerLink::aborted() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return abort_.has_value();
 }
 
 bool WorkerLink::closed() const {

@@ -3,7 +3,9 @@
 // condition variable for its result, for the link to go down (the stream broke) or for it to
 // close (shutdown), so a dead worker cannot block the scheduler. The handler thread writes what
 // NextOutgoing gives; a reader thread it starts feeds OnMessage and calls MarkDown when the
-// stream ends. Thread-safe.
+// stream ends. A step that misses its deadline makes the engine Abort the link: the handler
+// writes the job an Abort message (rank 0 ends the whole job with MPI_Abort) and then cuts the
+// stream. Thread-safe.
 #pragma once
 
 #include <chrono>
@@ -26,11 +28,17 @@ class WorkerLink {
 
   const std::string& peer() const { return peer_; }
 
-  // Engine side: sends `plan` and waits for the StepResult with its step_id. UNAVAILABLE when
-  // the link goes down or is closed first. One step at a time.
-  absl::StatusOr<worker::v1::StepResult> RunStep(const worker::v1::StepPlan& plan);
+  // Engine side: sends `plan` and waits up to `timeout` for the StepResult with its step_id.
+  // UNAVAILABLE when the link goes down, is closed or aborted first; DEADLINE_EXCEEDED when the
+  // time runs out (the link stays up: the caller decides, see Abort). One step at a time.
+  absl::StatusOr<worker::v1::StepResult> RunStep(const worker::v1::StepPlan& plan,
+                                                 std::chrono::milliseconds timeout);
+  // Engine side: the job is declared hung. Waits return; the handler's next NextOutgoing is an
+  // Abort carrying `reason`, after which it cuts the stream. Only the first call counts.
+  void Abort(std::string reason);
 
-  // Handler side: the next message to write; nullopt once the link is down or closed.
+  // Handler side: the next message to write; nullopt once the link is down or closed, and once
+  // the Abort message was given out.
   std::optional<worker::v1::CoordinatorMessage> NextOutgoing();
   // Reader side: a message from the workers.
   void OnMessage(const worker::v1::WorkerMessage& message);
@@ -44,6 +52,7 @@ class WorkerLink {
 
   bool down() const;
   bool closed() const;
+  bool aborted() const;
   absl::Status down_reason() const;
 
  private:
@@ -55,6 +64,8 @@ class WorkerLink {
   std::optional<worker::v1::StepResult> result_;
   std::optional<absl::Status> down_;
   bool closed_ = false;
+  std::optional<std::string> abort_;  // set by Abort
+  bool abort_sent_ = false;           // NextOutgoing gave out the Abort message
 };
 
 }  // namespace shardlm::coordinator

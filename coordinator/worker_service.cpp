@@ -23,6 +23,8 @@ namespace shardlm::coordinator {
 namespace {
 // How long the workers get to end their stream after Shutdown before it is cut.
 constexpr std::chrono::seconds kShutdownGrace(3);
+// How long a job told to Abort gets to end its stream before it is cut.
+constexpr std::chrono::seconds kAbortGrace(2);
 
 grpc::Status Error(grpc::StatusCode code, const std::string& message) {
   spdlog::error("worker attach: {}", message);
@@ -186,7 +188,15 @@ grpc::Status WorkerService::Attach(
       break;
     }
   }
-  if (!link->down()) {  // closed: the coordinator is shutting down
+  if (link->aborted()) {
+    // Declared hung; the Abort is written (or the stream broke). Rank 0 ends the job, which
+    // breaks the stream; a job too wedged for that is cut off after a grace period.
+    if (!link->WaitDown(kAbortGrace)) {
+      spdlog::warn("worker job {} did not end within {} s of Abort: cutting its stream", peer,
+                   kAbortGrace.count());
+    }
+    end_reason = absl::UnavailableError("the worker job was aborted (hung)");
+  } else if (!link->down()) {  // closed: the coordinator is shutting down
     worker::v1::CoordinatorMessage bye;
     bye.mutable_shutdown();
     stream->Write(bye);

@@ -2,8 +2,9 @@
 // coordinator's --worker-listen server). The handler thread owns the stream for the whole
 // attachment: hello -> LoadCommand -> Loaded, then it writes the engine's step plans
 // (WorkerLink::NextOutgoing) while a reader thread it starts hands the results to the link.
-// Either side seeing the stream break marks the link down, which fails the live requests at
-// once (Engine::EndAttach / the engine thread).
+// Either side seeing the stream break marks the link down, which the engine notices at once and
+// holds the live requests for the next job (Engine::EndAttach / the engine thread). A link
+// aborted for a missed step deadline gets Abort written, then its stream is cut.
 //
 // The attach is guarded: the hello must come within options.worker_hello_timeout and carry the
 // --worker-secret-file secret (compared in constant time; PERMISSION_DENIED otherwise) before

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Serves a model on this node: shardlm-coordinator plus one mpirun job of tp x pp shardlm-worker
-# ranks, logs to files, until Ctrl-C / SIGTERM (or until either side exits, which stops the other).
+# ranks, logs to files, until Ctrl-C / SIGTERM or until the coordinator exits. A worker job that
+# exits once serving (a rank died, it was aborted as hung) is relaunched, and the coordinator's
+# held requests resume on it.
 #
 #   launch/one-node.sh --model models/SmolLM2-135M-Instruct.Q4_1.gguf --tp 2 [--pp 1]
 #       [--listen 127.0.0.1:50051] [--worker-listen 127.0.0.1:0] [--worker-secret-file FILE]
@@ -9,12 +11,13 @@
 # Everything after `--` goes to shardlm-coordinator (--max-batch-tokens N, --kv-cache-memory 1GiB,
 # --max-queue N, --max-model-len N, ...). MPIRUN_ARGS adds mpirun flags (e.g. "-x CUDA_VISIBLE_DEVICES").
 # Prints the address clients use once every rank is attached and loaded (READY_TIMEOUT, 300 s).
-# Logs: coordinator.out / coordinator.err / workers.log in the --logs folder. The workers attach
-# on --worker-listen (loopback, a free port) with the secret of --worker-secret-file; without
-# one, a fresh random secret is made for this run (mode 600, removed on exit).
+# Logs: coordinator.out / coordinator.err / workers.log (every job, appended) in the --logs folder.
+# The workers attach on --worker-listen (loopback, a free port) with the secret of
+# --worker-secret-file; without one, a fresh random secret is made for this run (mode 600,
+# removed on exit). WORKER_ARGS adds shardlm-worker flags (e.g. "--backend cuda").
 set -euo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 MODEL="" TP=1 PP=1 LISTEN=127.0.0.1:50051 WORKER_LISTEN=127.0.0.1:0 SECRET_FILE=""
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,8 +56,9 @@ if [ "$NP" -gt "$(nproc)" ]; then MPI_FLAGS+=(--oversubscribe); fi
 # Ranks size their thread pools from the node's cores; don't let mpirun pin them to one core each.
 MPI_FLAGS+=(--bind-to none)
 read -r -a EXTRA_MPI <<<"${MPIRUN_ARGS:-}"
+read -r -a WORKER_FLAGS <<<"${WORKER_ARGS:-}"
 
-COORD_PID="" MPI_PID=""
+COORD_PID="" SUP_PID=""
 stop_group() {  # pid name: TERM its process group, KILL after 15 s
   local pid=$1
   [ -n "$pid" ] || return 0
@@ -66,15 +70,52 @@ stop_group() {  # pid name: TERM its process group, KILL after 15 s
   fi
   wait "$pid" 2>/dev/null || true
 }
+
+# supervise_workers COORD_PID DIAL: keeps one worker job attached to the coordinator. A job that
+# exits is relaunched after a back-off (1 s, doubling up to 30 s while jobs keep ending within a
+# minute of their start). Ends, stopping its job, on SIGTERM/SIGINT, when the coordinator is gone
+# or once $LOGS/supervise.stop exists. Appends each job's exit code to $LOGS/worker-exits and
+# keeps the running job's pid (its process group) in $LOGS/mpirun.pid. Run it in the background.
+supervise_workers() {
+  local coord=$1 dial=$2 job="" pause="" backoff=1 started rc
+  trap 'stop_group "$job" mpirun; [ -z "$pause" ] || kill "$pause" 2>/dev/null; exit 0' TERM INT
+  while kill -0 "$coord" 2>/dev/null && [ ! -e "$LOGS/supervise.stop" ]; do
+    started=$SECONDS
+    setsid mpirun -np "$NP" "${MPI_FLAGS[@]}" "${EXTRA_MPI[@]}" "$BIN/shardlm-worker" \
+      --coordinator "$dial" --worker-secret-file "$SECRET_FILE" "${WORKER_FLAGS[@]}" \
+      >>"$LOGS/workers.log" 2>&1 &
+    job=$!
+    echo "$job" >"$LOGS/mpirun.pid"
+    log "mpirun pid $job: $NP worker ranks (tp $TP x pp $PP)"
+    rc=0
+    wait "$job" || rc=$?
+    job=""
+    echo "$rc" >>"$LOGS/worker-exits"
+    if ! kill -0 "$coord" 2>/dev/null || [ -e "$LOGS/supervise.stop" ]; then break; fi
+    [ $((SECONDS - started)) -lt 60 ] || backoff=1
+    log "the worker job exited ($rc): relaunching it in $backoff s"
+    sleep "$backoff" &
+    pause=$!
+    wait "$pause" || true
+    pause=""
+    backoff=$((backoff * 2 > 30 ? 30 : backoff * 2))
+  done
+}
+
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   log "stopping (logs in $LOGS)"
+  touch "$LOGS/supervise.stop"          # no relaunch while the job is told to shut down
   stop_group "$COORD_PID" coordinator   # it sends Shutdown to the workers
-  if [ -n "$MPI_PID" ]; then
-    for _ in $(seq 1 50); do kill -0 "$MPI_PID" 2>/dev/null || break; sleep 0.2; done
+  if [ -n "$SUP_PID" ]; then
+    for _ in $(seq 1 50); do kill -0 "$SUP_PID" 2>/dev/null || break; sleep 0.2; done
   fi
-  stop_group "$MPI_PID" mpirun
+  stop_group "$SUP_PID" "worker supervisor"   # TERM: it stops its job
+  if [ -s "$LOGS/mpirun.pid" ]; then    # in case the supervisor had to be killed
+    kill -KILL -- "-$(cat "$LOGS/mpirun.pid")" 2>/dev/null || true
+  fi
+  rm -f "$LOGS/supervise.stop" "$LOGS/mpirun.pid"
   if [ -n "${SECRET_DIR:-}" ]; then rm -rf "$SECRET_DIR"; fi
   exit "$rc"
 }
@@ -112,26 +153,25 @@ DIAL=$(dial "$BOUND")
 WORKER_DIAL=$(dial "$WORKER_BOUND")
 log "coordinator pid $COORD_PID listening on $BOUND; workers attach on $WORKER_BOUND"
 
-setsid mpirun -np "$NP" "${MPI_FLAGS[@]}" "${EXTRA_MPI[@]}" "$BIN/shardlm-worker" \
-  --coordinator "$WORKER_DIAL" --worker-secret-file "$SECRET_FILE" \
-  >"$LOGS/workers.log" 2>&1 &
-MPI_PID=$!
-log "mpirun pid $MPI_PID: $NP worker ranks (tp $TP x pp $PP)"
+rm -f "$LOGS/supervise.stop" "$LOGS/worker-exits"
+supervise_workers "$COORD_PID" "$WORKER_DIAL" &
+SUP_PID=$!
 
 deadline=$((SECONDS + READY_TIMEOUT))
 until "$BIN/shardlm" info --server "$DIAL" --wait-ready 1 >"$LOGS/info.json" 2>"$LOGS/info.err"; do
   kill -0 "$COORD_PID" 2>/dev/null || { log "coordinator exited while starting"; exit 1; }
-  kill -0 "$MPI_PID" 2>/dev/null || { log "workers exited while starting:"; tail -n 20 "$LOGS/workers.log" >&2; exit 1; }
+  # A job that fails before serving is a set-up error (model, flags): no relaunching then.
+  [ ! -s "$LOGS/worker-exits" ] || { log "workers exited while starting:"; tail -n 20 "$LOGS/workers.log" >&2; exit 1; }
   [ "$SECONDS" -lt "$deadline" ] || { log "not ready after $READY_TIMEOUT s: $(cat "$LOGS/info.err")"; exit 1; }
   sleep 1
 done
 log "ready: $(cat "$LOGS/info.json")"
 echo "serving on $DIAL"
 
-# Until either side exits (or a signal).
+# Until the coordinator exits (or a signal); worker jobs that exit are relaunched meanwhile.
 set +e
-wait -n "$COORD_PID" "$MPI_PID"
+wait -n "$COORD_PID" "$SUP_PID"
 rc=$?
 set -e
-kill -0 "$COORD_PID" 2>/dev/null && log "the workers exited ($rc)" || log "the coordinator exited ($rc)"
+kill -0 "$COORD_PID" 2>/dev/null && log "the worker supervisor exited ($rc)" || log "the coordinator exited ($rc)"
 exit $((rc == 0 ? 1 : rc))

@@ -46,6 +46,11 @@ worker::v1::LoadCommand FakeWorker::load() const {
   return load_;
 }
 
+std::string FakeWorker::abort_reason() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return abort_reason_;
+}
+
 int FakeWorker::seqs_seen() const {
   std::lock_guard<std::mutex> lock(mu_);
   return static_cast<int>(seen_.size());
@@ -91,11 +96,20 @@ void FakeWorker::Run() {
       if (!options_.load_error.empty()) break;
       loaded_ = true;
     } else if (in.has_step()) {
+      if (options_.hang_step != 0 && static_cast<uint64_t>(steps_ + 1) >= options_.hang_step) {
+        continue;  // hung: never answers
+      }
       if (options_.step_delay.count() > 0) std::this_thread::sleep_for(options_.step_delay);
       worker::v1::WorkerMessage reply;
       *reply.mutable_result() = Step(in.step());
       if (options_.spoil) options_.spoil(in.step(), *reply.mutable_result());
       if (!stream->Write(reply)) break;
+    } else if (in.has_abort()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        abort_reason_ = in.abort().reason();
+      }
+      got_abort_ = true;
     } else if (in.has_shutdown()) {
       got_shutdown_ = true;
       break;

@@ -3,7 +3,8 @@
 // paged KV store: each step's tokens are written into the blocks its tables name, and a sampled
 // token is a hash of the whole sequence read back through the table. A wrong block table, a
 // block shared by two live sequences or a bad recomputation therefore changes the output, which
-// the tests compare with Reference(). Protocol invariants (positions continue, tables cover
+// the tests compare with Reference(). It can also fail a step, or hang (stay connected and never
+// answer, recording the Abort it is sent). Protocol invariants (positions continue, tables cover
 // exactly [0, start_pos + n), released ids never come back) are checked and collected in
 // errors().
 #pragma once
@@ -42,6 +43,10 @@ struct FakeWorkerOptions {
   std::string load_error;  // non-empty: answer Loaded{ok = false, error}
   std::chrono::milliseconds step_delay{0};
   uint64_t fail_step = 0;  // answer this step (by count, from 1) with StepResult.error
+  // Never answer this step (by count, from 1) nor any later one, but stay connected and keep
+  // reading: a hung job. An Abort is recorded and otherwise ignored (as a job too wedged to act
+  // on it), so that the coordinator has to cut the stream.
+  uint64_t hang_step = 0;
   int32_t vocab = 256;
   // The logprob reported for every sampled token (alternatives: this minus their rank).
   float logprob = -0.5f;
@@ -64,6 +69,8 @@ class FakeWorker {
 
   bool loaded() const { return loaded_; }
   bool got_shutdown() const { return got_shutdown_; }
+  bool got_abort() const { return got_abort_; }
+  std::string abort_reason() const;
   int steps() const { return steps_; }
   worker::v1::LoadCommand load() const;
   std::vector<std::string> errors() const;
@@ -82,11 +89,12 @@ class FakeWorker {
   grpc::ClientContext context_;
   std::thread thread_;
   grpc::Status status_;
-  std::atomic<bool> loaded_{false}, got_shutdown_{false};
+  std::atomic<bool> loaded_{false}, got_shutdown_{false}, got_abort_{false};
   std::atomic<int> steps_{0}, max_batch_{0};
 
   mutable std::mutex mu_;
   worker::v1::LoadCommand load_;
+  std::string abort_reason_;
   std::vector<std::string> errors_;
   // Toy KV store: token ids by cache row (block * block_size + offset).
   std::vector<int32_t> kv_;

@@ -80,10 +80,19 @@ TEST(OptionsTest, ValidatesFlagsByName) {
                 b.pp_layers = "5,4";
               }),
               HasSubstr("element 1"));
+  EXPECT_THAT(error([](auto& b) { b.step_timeout_s = -1; }), HasSubstr("--step-timeout"));
+  EXPECT_THAT(error([](auto& b) { b.requeue_timeout_s = -0.5; }), HasSubstr("--requeue-timeout"));
+  EXPECT_THAT(error([](auto& b) { b.requeue_timeout_s = 1e9; }), HasSubstr("[0, 86400]"));
   CoordinatorOptions pp = o;
   pp.pp = 3;
   pp.pp_layers = "4, 9";
   EXPECT_TRUE(ValidateOptions(pp).ok());
+}
+
+// Steps get an automatic deadline and lost jobs' requests wait a minute unless told otherwise.
+TEST(OptionsTest, StepAndRequeueTimeoutDefaults) {
+  EXPECT_EQ(CoordinatorOptions().step_timeout_s, 0);
+  EXPECT_EQ(CoordinatorOptions().requeue_timeout_s, 60);
 }
 
 TEST(OptionsTest, ContextLength) {

@@ -323,6 +323,71 @@ TEST_F(SchedulerTest, ResetForgetsEverything) {
   EXPECT_EQ(s.plan.seqs(0).start_pos(), 0);
 }
 
+// The worker job is lost with a step in flight: every request goes back to the queue in its
+// order (running ones first), keeps the tokens it generated, and the next job (another cache
+// size) recomputes them under fresh seq ids from position 0; the old ids are never released
+// (the job that knew them is gone), and the in-flight step's token never counts.
+TEST_F(SchedulerTest, RequeueAllHoldsEveryRequestForTheNextJob) {
+  Init(4, 100, /*budget=*/16, /*max_running=*/2);
+  ASSERT_TRUE(Add(1, 5).ok());
+  ASSERT_TRUE(Add(2, 3).ok());
+  ASSERT_TRUE(Add(3, 4).ok());
+  Scheduler::Step s1 = scheduler_->Schedule();
+  ASSERT_THAT(Keys(s1), ElementsAre(1u, 2u));
+  Complete(s1, 7);
+  Scheduler::Step s2 = scheduler_->Schedule();  // the decodes of 7: lost in flight
+  ASSERT_THAT(Keys(s2), ElementsAre(1u, 2u));
+  std::set<uint64_t> old_ids;
+  for (const auto& s : {s1, s2}) {
+    for (const worker::v1::SeqStep& seq : s.plan.seqs()) old_ids.insert(seq.seq_id());
+  }
+
+  EXPECT_EQ(scheduler_->RequeueAll(), 2);
+  EXPECT_EQ(scheduler_->running(), 0);
+  EXPECT_EQ(scheduler_->waiting(), 3);
+  EXPECT_TRUE(scheduler_->HasWork());
+  EXPECT_EQ(scheduler_->ComputedOf(1), 0);
+  std::vector<int32_t> expected1 = Prompt(1, 5);
+  expected1.push_back(7);
+  EXPECT_EQ(*scheduler_->TokensOf(1), expected1);
+  // The result of the lost step is for a sequence that is gone: it is dropped.
+  EXPECT_TRUE(Complete(s2, 8).sampled.empty());
+
+  blocks_->Reset(6);  // the next job, with a smaller cache
+  Scheduler::Step s3 = scheduler_->Schedule();
+  ASSERT_THAT(Keys(s3), ElementsAre(1u, 2u));  // in order; 3 still waits (max_running)
+  EXPECT_TRUE(s3.plan.released().empty());
+  EXPECT_EQ(scheduler_->waiting(), 1);
+  for (int i = 0; i < 2; ++i) {
+    const worker::v1::SeqStep& seq = s3.plan.seqs(i);
+    EXPECT_EQ(old_ids.count(seq.seq_id()), 0u) << "seq_id " << seq.seq_id() << " reused";
+    EXPECT_EQ(seq.start_pos(), 0);
+    EXPECT_TRUE(seq.sample());
+    for (int32_t b : seq.block_table()) EXPECT_LT(b, 6);
+  }
+  EXPECT_EQ(Tokens(s3.plan.seqs(0)), expected1);
+  EXPECT_EQ(s3.plan.seqs(0).prompt_len(), 5);
+  std::vector<int32_t> expected2 = Prompt(2, 3);
+  expected2.push_back(7);
+  EXPECT_EQ(Tokens(s3.plan.seqs(1)), expected2);
+  EXPECT_EQ(s3.plan.seqs(1).prompt_len(), 3);
+  EXPECT_EQ(blocks_->free(), 6 - 2 - 1);
+  Scheduler::Outcome o3 = Complete(s3, 9);
+  ASSERT_EQ(o3.sampled.size(), 2u);
+  expected1.push_back(9);
+  EXPECT_EQ(*scheduler_->TokensOf(1), expected1);
+
+  // Lost again, before 3 ever ran: a held request that leaves is released nowhere.
+  scheduler_->RequeueAll();
+  EXPECT_TRUE(scheduler_->Remove(2));
+  blocks_->Reset(6);
+  Scheduler::Step s4 = scheduler_->Schedule();
+  EXPECT_THAT(Keys(s4), ElementsAre(1u, 3u));
+  EXPECT_TRUE(s4.plan.released().empty());
+  EXPECT_EQ(Tokens(s4.plan.seqs(0)), expected1);
+  EXPECT_EQ(Tokens(s4.plan.seqs(1)), Prompt(3, 4));
+}
+
 // Many requests of random lengths through a small cache: every step stays within the budget,
 // no block is in two tables, and every request ends with all its tokens.
 TEST_F(SchedulerTest, StressKeepsInvariants) {

@@ -1,8 +1,9 @@
 // The coordinator's gRPC server in-process, with fake worker jobs (fake_worker.h) attached over
 // real gRPC streams: health, refusals, streaming and batching, preemption, cancellation, abort,
-// worker death and re-attach, load failures and shutdown, and the guarded attach (the worker
-// port apart from the public one, the secret, the hello deadline, range checks of what a job
-// reports).
+// worker death and re-attach (requests held and resumed), hung jobs (step deadlines), load
+// failures and shutdown, and the guarded attach (the worker port apart from the public one, the
+// secret, the hello deadline, range checks of what a job reports).
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -465,46 +466,170 @@ TEST_F(ServiceTest, AStepErrorFailsItsRequestsWithInternal) {
   EXPECT_EQ(Info().kv_blocks_free(), Info().kv_blocks_total());
 }
 
-TEST_F(ServiceTest, WorkerDeathFailsEveryRequestThenReattachServesAgain) {
+// No accepted request is lost with its worker job: running and queued requests are held, new
+// ones are refused, and the relaunched job finishes them all with exactly the tokens of an
+// undisturbed run (the client sees one stream: no token repeated or missing), and the output
+// processing goes on where it was (a stop token after the loss still ends its request).
+TEST_F(ServiceTest, WorkerDeathHoldsEveryRequestAndTheNextJobFinishesThem) {
   options_.max_running = 2;
   StartServer();
   FakeWorkerOptions fo;
   fo.step_delay = 5ms;
+  fo.kv_blocks = 400;  // room for all four at full length: no preemption
   FakeWorker& first = Attach(fo);
   constexpr int kRequests = 4;  // 2 running, 2 queued
+  constexpr int kTokens = 300;
+  // Request 3 stops at the first occurrence of a token that its reference run first emits late.
+  const std::vector<int32_t> ref3 = FakeWorker::Reference(Prompt(3), kTokens);
+  size_t stop_at = 0;
+  for (size_t k = 200; k < ref3.size() && stop_at == 0; ++k) {
+    if (std::find(ref3.begin(), ref3.begin() + k, ref3[k]) == ref3.begin() + k) stop_at = k;
+  }
+  ASSERT_GT(stop_at, 0u) << "no token of the reference appears first after 200";
   std::vector<Outcome> outs(kRequests);
-  std::atomic<int> tokens{0};
+  std::atomic<int> tokens{0}, finished{0};
   std::vector<std::thread> threads;
   for (int i = 0; i < kRequests; ++i) {
     threads.emplace_back([&, i] {
-      outs[i] = Generate(IdsRequest(Prompt(i), 300), [&](const Outcome&) {
+      v1::GenerateRequest req = IdsRequest(Prompt(i), kTokens);
+      if (i == 3) req.add_stop_token_ids(ref3[stop_at]);
+      outs[i] = Generate(req, [&](const Outcome&) {
+        ++tokens;
+        return true;
+      });
+      ++finished;
+    });
+  }
+  ASSERT_TRUE(WaitInfo([](const v1::ModelInfo& i) { return i.requests_waiting() == 2; }));
+  while (tokens < 5) std::this_thread::sleep_for(1ms);
+  first.Kill();
+  EXPECT_TRUE(WaitHealth(kNotServing, 5s));
+  // Held: nothing ended, all four wait for the next job, which is not there yet.
+  EXPECT_TRUE(WaitInfo([](const v1::ModelInfo& i) {
+    return i.requests_waiting() == 4 && i.requests_running() == 0 && i.kv_blocks_total() == 0;
+  })) << Info().DebugString();
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(finished, 0);
+  Outcome refused = Generate(IdsRequest({1}, 1));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(refused.status.error_message(), HasSubstr("no workers attached"));
+  const int before = tokens;
+
+  FakeWorker& second = Attach(fo);  // the relaunched job
+  for (auto& t : threads) t.join();
+  EXPECT_GT(tokens, before);
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(outs[i].status.ok()) << i << ": " << outs[i].status.error_message();
+    if (i == 3) {
+      EXPECT_EQ(outs[i].finish, v1::FINISH_REASON_STOP);
+      EXPECT_EQ(outs[i].ids, std::vector<int32_t>(ref3.begin(), ref3.begin() + stop_at + 1));
+    } else {
+      EXPECT_EQ(outs[i].finish, v1::FINISH_REASON_LENGTH);
+      EXPECT_EQ(outs[i].ids, FakeWorker::Reference(Prompt(i), kTokens)) << "request " << i;
+    }
+    EXPECT_EQ(outs[i].usage.completion_tokens(), static_cast<int>(outs[i].ids.size()));
+    EXPECT_EQ(outs[i].usage.prompt_tokens(), 5);
+  }
+  // The second job recomputed the two that were running (and ran the two that were queued).
+  EXPECT_GE(second.seqs_seen(), kRequests);
+  EXPECT_EQ(Info().kv_blocks_free(), Info().kv_blocks_total());
+  Outcome after = Generate(IdsRequest(Prompt(9), 6));
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.ids, FakeWorker::Reference(Prompt(9), 6));
+  ExpectNoWorkerErrors();
+}
+
+// With no job back within --requeue-timeout, the held requests end UNAVAILABLE saying why; while
+// held they can still be aborted.
+TEST_F(ServiceTest, HeldRequestsEndUnavailableAfterTheRequeueTimeout) {
+  options_.requeue_timeout_s = 0.5;
+  StartServer();
+  FakeWorkerOptions fo;
+  fo.step_delay = 5ms;
+  FakeWorker& worker = Attach(fo);
+  std::vector<Outcome> outs(2);
+  std::atomic<int> tokens{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      v1::GenerateRequest req = IdsRequest(Prompt(i), 300);
+      req.set_request_id(i == 0 ? "held-a" : "held-b");
+      outs[i] = Generate(req, [&](const Outcome&) {
         ++tokens;
         return true;
       });
     });
   }
-  ASSERT_TRUE(WaitInfo([](const v1::ModelInfo& i) { return i.requests_waiting() == 2; }));
-  while (tokens < 5) std::this_thread::sleep_for(1ms);
-  const auto killed = std::chrono::steady_clock::now();
-  first.Kill();
+  while (tokens < 4) std::this_thread::sleep_for(1ms);
+  worker.Kill();
+  ASSERT_TRUE(WaitHealth(kNotServing, 5s));
+  const auto lost = std::chrono::steady_clock::now();
+  grpc::ClientContext actx;
+  v1::AbortRequest areq;
+  areq.set_request_id("held-a");
+  v1::AbortResponse aresp;
+  ASSERT_TRUE(stub_->Abort(&actx, areq, &aresp).ok());
+  EXPECT_TRUE(aresp.found());
   for (auto& t : threads) t.join();
-  EXPECT_LT(std::chrono::steady_clock::now() - killed, 5s);
-  for (int i = 0; i < kRequests; ++i) {
-    EXPECT_EQ(outs[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
-        << i << ": " << outs[i].status.error_message();
-  }
-  EXPECT_TRUE(WaitHealth(kNotServing, 5s));
-  v1::ModelInfo info = Info();
-  EXPECT_EQ(info.workers_attached(), 0);
-  EXPECT_EQ(info.kv_blocks_total(), 0);
+  const auto ended = std::chrono::steady_clock::now();
+  EXPECT_TRUE(outs[0].status.ok()) << outs[0].status.error_message();
+  EXPECT_EQ(outs[0].finish, v1::FINISH_REASON_CANCELLED);
+  EXPECT_EQ(outs[1].status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(outs[1].status.error_message(),
+              HasSubstr("none re-attached within --requeue-timeout 0.5 s"));
+  EXPECT_EQ(outs[1].finish, v1::FINISH_REASON_ERROR);
+  EXPECT_LT(ended - lost, 3s);
+  const v1::ModelInfo info = Info();
   EXPECT_EQ(info.requests_running() + info.requests_waiting(), 0);
-  Outcome refused = Generate(IdsRequest({1}, 1));
-  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+}
 
-  Attach(fo);  // the relaunched job
-  Outcome after = Generate(IdsRequest(Prompt(9), 6));
-  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
-  EXPECT_EQ(after.ids, FakeWorker::Reference(Prompt(9), 6));
+// A job that stays connected but never answers a step: the step's deadline (--step-timeout 1)
+// passes, the job is declared hung (NOT_SERVING), told to Abort and its stream cut when it does
+// not end by itself; its request is held and the next job finishes it exactly.
+TEST_F(ServiceTest, AHungJobIsAbortedAndTheNextJobFinishesItsRequest) {
+  options_.step_timeout_s = 1;
+  StartServer();
+  FakeWorkerOptions hung_options;
+  hung_options.hang_step = 3;  // a prefill and a decode are answered, then nothing
+  FakeWorker& hung = Attach(hung_options);
+  std::atomic<int> tokens{0};
+  std::atomic<int64_t> second_token_ns{0};
+  Outcome o;
+  std::thread t([&] {
+    o = Generate(IdsRequest(Prompt(1), 8), [&](const Outcome& so_far) {
+      tokens = static_cast<int>(so_far.ids.size());
+      if (tokens == 2) {
+        second_token_ns = std::chrono::steady_clock::now().time_since_epoch().count();
+      }
+      return true;
+    });
+  });
+  ASSERT_TRUE(WaitHealth(kNotServing, 5s)) << "the hung job was not noticed";
+  const auto noticed = std::chrono::steady_clock::now();
+  ASSERT_NE(second_token_ns.load(), 0);
+  const auto hung_since = std::chrono::steady_clock::time_point(
+      std::chrono::steady_clock::duration(second_token_ns.load()));
+  EXPECT_LT(noticed - hung_since, 2500ms);
+  EXPECT_GT(noticed - hung_since, 900ms);
+  EXPECT_EQ(tokens, 2);
+  const auto abort_wait = std::chrono::steady_clock::now() + 2s;
+  while (!hung.got_abort() && std::chrono::steady_clock::now() < abort_wait) {
+    std::this_thread::sleep_for(5ms);
+  }
+  ASSERT_TRUE(hung.got_abort());
+  EXPECT_THAT(hung.abort_reason(), HasSubstr("step 3 (1 seqs, 1 tokens, 7 attended positions)"));
+  EXPECT_THAT(hung.abort_reason(), HasSubstr("deadline of 1 s (fixed by --step-timeout 1 s)"));
+  // It ignores the Abort: the coordinator cuts its stream.
+  const grpc::Status cut = hung.Join();
+  EXPECT_FALSE(cut.ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - noticed, 5s);
+  EXPECT_EQ(Info().requests_waiting(), 1);
+
+  Attach();  // the relaunched job
+  t.join();
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  EXPECT_EQ(o.ids, FakeWorker::Reference(Prompt(1), 8));
+  EXPECT_EQ(o.finish, v1::FINISH_REASON_LENGTH);
   ExpectNoWorkerErrors();
 }
 

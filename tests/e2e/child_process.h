@@ -91,6 +91,7 @@ class Child {
   Child& operator=(const Child&) = delete;
 
   bool ok() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
   // The next stdout line ("" at EOF).
   std::string ReadLine() {
     char buf[4096];

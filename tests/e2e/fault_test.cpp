@@ -4,7 +4,8 @@
 // requests of that step with FINISH_REASON_ERROR naming the rank and the op, frees their KV
 // blocks and the job serves on; non-finite logits fail only their request; a fault on one rank
 // alone (its peer is then blocked in the layer's all-reduce) ends the job with one error line
-// and a non-zero exit, and the coordinator goes NOT_SERVING. Every process started here is
+// and a non-zero exit, and the coordinator goes NOT_SERVING (and holds the request for a
+// relaunched job for --requeue-timeout). Every process started here is
 // killed when its test ends, whatever happens.
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
@@ -61,8 +62,8 @@ class FaultTest : public ::testing::Test {
                                  "--worker-listen", "127.0.0.1:0", "--worker-secret-file",
                                  secret_ = e2e::WriteWorkerSecret(kWork + "/worker.secret"),
                                  "--model", model_, "--tp", "2", "--max-batch-tokens", "64",
-                                 "--kv-cache-memory", "1MiB", "--kv-block-size", "4", "--threads",
-                                 "1"},
+                                 "--kv-cache-memory", "1MiB", "--kv-block-size", "4",
+                                 "--threads", "1", "--requeue-timeout", "2"},
         kWork + "/coordinator.log", true);
     std::string said;
     addr_ = e2e::ListeningAddress(*coordinator_, &said);
@@ -207,9 +208,11 @@ TEST_F(FaultTest, FaultOnOneRankEndsTheJobWithOneLine) {
   // and waits there for rank 1, which gives up on the agreement after 2 s and aborts the job.
   StartWorkers({"--inject-fault", "Linear:5:1", "--step-agreement-timeout", "2"}, "one_rank.log");
   const auto t0 = std::chrono::steady_clock::now();
+  // The request is held for a relaunched job (none comes here) for --requeue-timeout 2 s.
   const Outcome lost = Generate({1, 2, 3, 4, 5}, 6);
   EXPECT_EQ(lost.status.error_code(), grpc::StatusCode::UNAVAILABLE)
       << lost.status.error_message();
+  EXPECT_THAT(lost.status.error_message(), HasSubstr("none re-attached within --requeue-timeout"));
   const std::optional<int> code = workers_->Wait(30s);
   ASSERT_TRUE(code.has_value()) << "the worker job did not end; see " << log_;
   EXPECT_NE(*code, 0);
