@@ -23,6 +23,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "coordinator/options.h"
 #include "shardlm/v1/worker.grpc.pb.h"
 
 namespace shardlm::coordinator::testing {
@@ -30,6 +31,19 @@ namespace shardlm::coordinator::testing {
 // The secret the service tests give the coordinator (CoordinatorOptions::worker_secret) and
 // fake workers present by default.
 inline constexpr char kFakeWorkerSecret[] = "fake-worker-secret-0123456789";
+
+// Coordinator options for an in-process server that fake jobs attach to: both servers on free
+// loopback ports, the fake jobs' secret, the "tiny" model with 4-token KV blocks.
+inline CoordinatorOptions FakeJobCoordinatorOptions() {
+  CoordinatorOptions o;
+  o.listen = "127.0.0.1:0";
+  o.worker_listen = "127.0.0.1:0";
+  o.worker_secret = kFakeWorkerSecret;
+  o.model = "tiny";
+  o.kv_block_size = 4;
+  o.kv_cache_bytes = 1 << 20;
+  return o;
+}
 
 struct FakeWorkerOptions {
   int32_t world_size = 1;

@@ -12,6 +12,7 @@
 #include "coordinator/server.h"
 #include "gtest/gtest.h"
 #include "shardlm/v1/generation.grpc.pb.h"
+#include "tests/coordinator/fake_worker.h"
 #include "tests/coordinator/test_models.h"
 
 namespace shardlm::coordinator {
@@ -66,9 +67,7 @@ std::string WithBytes(const Message& message, const std::string& placeholder,
 }
 
 TEST(RawBytesTest, UnparsableRequestsGetInternalAndTheServerStaysUp) {
-  CoordinatorOptions options;
-  options.listen = "127.0.0.1:0";
-  options.model = "tiny";
+  const CoordinatorOptions options = testing::FakeJobCoordinatorOptions();
   auto server = CoordinatorServer::Start(options, testing::TinyModel());
   ASSERT_TRUE(server.ok()) << server.status();
   auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());

@@ -63,15 +63,10 @@ std::vector<int32_t> Prompt(int i, int len = 5) {
 class ServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    options_.listen = "127.0.0.1:0";
-    options_.worker_listen = "127.0.0.1:0";
-    options_.worker_secret = testing::kFakeWorkerSecret;
-    options_.model = "tiny";
-    options_.kv_block_size = 4;
+    options_ = testing::FakeJobCoordinatorOptions();
     options_.max_batch_tokens = 32;
     options_.max_running = 16;
     options_.max_queue = 64;
-    options_.kv_cache_bytes = 1 << 20;
   }
   void TearDown() override {
     if (server_) server_->Shutdown();
@@ -857,6 +852,8 @@ TEST_F(ServiceTest, AbsurdKvBlocksAreRefusedAndAllocateNothing) {
 }
 
 TEST_F(ServiceTest, AMalformedStepResultTakesTheLinkDownWithTheReason) {
+  // Each broken job's request fails at once instead of being held for the next (broken) job.
+  options_.requeue_timeout_s = 0;
   StartServer();
   struct Case {
     std::string name;

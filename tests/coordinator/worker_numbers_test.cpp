@@ -44,16 +44,12 @@ Outcome Generate(v1::Generation::Stub& stub, int32_t logprobs) {
 // Starts a coordinator on the tiny model with a fake job that reports `logprob`; runs `check`.
 template <typename Check>
 void WithWorker(float logprob, Check check) {
-  CoordinatorOptions options;
-  options.listen = "127.0.0.1:0";
-  options.model = "tiny";
-  options.kv_block_size = 4;
-  options.kv_cache_bytes = 1 << 20;
+  const CoordinatorOptions options = testing::FakeJobCoordinatorOptions();
   auto server = CoordinatorServer::Start(options, testing::TinyModel());
   ASSERT_TRUE(server.ok()) << server.status();
   testing::FakeWorkerOptions worker_options;
   worker_options.logprob = logprob;
-  testing::FakeWorker worker((*server)->address(), worker_options);
+  testing::FakeWorker worker((*server)->worker_address(), worker_options);
   auto stub = v1::Generation::NewStub(
       grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
   for (int i = 0; i < 500; ++i) {  // until the fake job is attached (at most 10 s)
