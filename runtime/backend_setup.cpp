@@ -56,9 +56,11 @@ void AddBackendOptions(CLI::App& app, BackendOptions& o) {
   app.add_option("--cuda-graphs", o.cuda_graphs, "CUDA: record decode steps as CUDA graphs")
       ->default_val(o.cuda_graphs);
   app.add_option("--inject-fault", o.inject_fault,
-                 "For tests and failure drills: OP:N[:RANK][:oom|nan] makes the Nth call of backend "
-                 "op OP (Linear, Embedding, ...) on world rank RANK (every rank when left out) "
-                 "throw a device out-of-memory error (oom) or write NaN into its output (nan)");
+                 "For tests and failure drills: OP:N[:RANK][:oom|nan|sleep=S] makes the Nth call "
+                 "of backend op OP (Linear, Embedding, ...) on world rank RANK (every rank when "
+                 "left out) throw a device out-of-memory error (oom), write NaN into its output "
+                 "(nan), or sleep S seconds before it runs normally (sleep=S: a long, healthy "
+                 "step)");
 }
 
 bool CudaBuilt() {
@@ -95,8 +97,11 @@ absl::StatusOr<BackendSetup> SetUpBackend(const BackendOptions& o, ParallelConte
     } else {
       fault = *parsed;
       if (fault->rank < 0 || fault->rank == ctx.shard.rank) {
-        spdlog::warn("rank {}: --inject-fault {}: call {} of {} will fail", ctx.shard.rank,
-                     fault->ToString(), fault->call, fault->op);
+        spdlog::warn("rank {}: --inject-fault {}: call {} of {} will {}", ctx.shard.rank,
+                     fault->ToString(), fault->call, fault->op,
+                     fault->kind == FaultSpec::Kind::kSleep
+                         ? absl::StrCat("sleep ", fault->sleep_s, " s")
+                         : std::string("fail"));
       }
     }
   }

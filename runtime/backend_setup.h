@@ -26,8 +26,9 @@ struct BackendOptions {
   std::string kv_dtype = "bf16";  // CUDA KV cache: bf16 | f16 | f32
   double gpu_memory_fraction = 0.9;  // CUDA: share of the device the rank may fill (KV blocks)
   bool cuda_graphs = true;      // CUDA: record decode steps as graphs
-  // "OP:N[:RANK][:oom|nan]": the Nth call of backend op OP fails on RANK (every rank when left
-  // out), for tests and failure drills (runtime/faulty_backend.h). Empty: none.
+  // "OP:N[:RANK][:oom|nan|sleep=S]": the Nth call of backend op OP fails (or sleeps S seconds)
+  // on RANK (every rank when left out), for tests and failure drills (runtime/faulty_backend.h).
+  // Empty: none.
   std::string inject_fault;
 };
 

@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <limits>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -34,15 +37,26 @@ bool Contains(std::span<const absl::string_view> names, absl::string_view name) 
 }  // namespace
 
 std::string FaultSpec::ToString() const {
-  return absl::StrCat(op, ":", call, ":", rank < 0 ? "*" : absl::StrCat(rank), ":",
-                      kind == Kind::kNan ? "nan" : "oom");
+  std::string kind_text;
+  switch (kind) {
+    case Kind::kOutOfMemory:
+      kind_text = "oom";
+      break;
+    case Kind::kNan:
+      kind_text = "nan";
+      break;
+    case Kind::kSleep:
+      kind_text = absl::StrCat("sleep=", sleep_s);
+      break;
+  }
+  return absl::StrCat(op, ":", call, ":", rank < 0 ? "*" : absl::StrCat(rank), ":", kind_text);
 }
 
 absl::StatusOr<FaultSpec> ParseFaultSpec(absl::string_view text) {
   const std::vector<absl::string_view> parts = absl::StrSplit(text, ':');
   auto bad = [&](const std::string& why) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--inject-fault '", text, "': ", why, " (expected OP:N[:RANK][:oom|nan])"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--inject-fault '", text, "': ", why, " (expected OP:N[:RANK][:oom|nan|sleep=SECONDS])"));
   };
   if (parts.size() < 2 || parts.size() > 4) return bad("wrong number of ':'-separated parts");
   FaultSpec spec;
@@ -53,16 +67,29 @@ absl::StatusOr<FaultSpec> ParseFaultSpec(absl::string_view text) {
   if (!absl::SimpleAtoi(parts[1], &spec.call) || spec.call < 1) {
     return bad(absl::StrCat("N must be a call number >= 1, got '", parts[1], "'"));
   }
+  // Bounded, so that a typo (sleep=30000) cannot stall a drill for hours.
+  constexpr double kMaxSleepS = 3600;
   for (size_t i = 2; i < parts.size(); ++i) {
     const absl::string_view p = parts[i];
-    if (p == "oom" || p == "nan") {
-      if (i + 1 != parts.size()) return bad("the kind (oom or nan) comes last");
-      spec.kind = p == "nan" ? FaultSpec::Kind::kNan : FaultSpec::Kind::kOutOfMemory;
+    const bool is_sleep = absl::StartsWith(p, "sleep=");
+    if (p == "oom" || p == "nan" || is_sleep) {
+      if (i + 1 != parts.size()) return bad("the kind (oom, nan or sleep=S) comes last");
+      if (is_sleep) {
+        const absl::string_view seconds = p.substr(6);
+        if (!absl::SimpleAtod(seconds, &spec.sleep_s) || !(spec.sleep_s > 0) ||
+            spec.sleep_s > kMaxSleepS) {
+          return bad(
+              absl::StrCat("sleep needs seconds > 0 and <= ", kMaxSleepS, ", got '", seconds, "'"));
+        }
+        spec.kind = FaultSpec::Kind::kSleep;
+      } else {
+        spec.kind = p == "nan" ? FaultSpec::Kind::kNan : FaultSpec::Kind::kOutOfMemory;
+      }
     } else if (i == 2 && p == "*") {
       spec.rank = -1;
     } else if (i == 2 && absl::SimpleAtoi(p, &spec.rank) && spec.rank >= 0) {
     } else {
-      return bad(absl::StrCat("'", p, "' is neither a rank >= 0, '*', 'oom' nor 'nan'"));
+      return bad(absl::StrCat("'", p, "' is neither a rank >= 0, '*', 'oom', 'nan' nor 'sleep=S'"));
     }
   }
   if (spec.kind == FaultSpec::Kind::kNan && !Contains(kNanOps, spec.op)) {
@@ -109,9 +136,12 @@ decltype(auto) FaultyBackend::Run(const char* op, Tensor* output, Body&& body) {
                         absl::StrCat(" (injected by --inject-fault ", fault_->ToString(), ")"),
                         "cudaErrorMemoryAllocation (out of memory)", __FILE__, __LINE__);
     }
+    if (due && fault_->kind == FaultSpec::Kind::kSleep) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(fault_->sleep_s));
+    }
     if constexpr (std::is_void_v<decltype(body())>) {
       body();
-      if (due && output != nullptr) WriteNanRow(*output);
+      if (due && fault_->kind == FaultSpec::Kind::kNan && output != nullptr) WriteNanRow(*output);
     } else {
       return body();
     }

@@ -5,7 +5,9 @@
 //   - for tests and failure drills (`--inject-fault OP:N[:RANK][:KIND]`), the Nth call of a named
 //     op fails the way the real backend would: it throws shardlm::CheckFailure with the message
 //     of a device out of memory, or (KIND nan) it runs and then writes NaN into the first row of
-//     its output, so that the step engine's guard on non-finite logits sees it.
+//     its output, so that the step engine's guard on non-finite logits sees it; or (KIND sleep=S)
+//     it sleeps S seconds and then runs normally: a step that takes long but is healthy, to
+//     drill liveness and step deadlines.
 // Without a fault it costs one virtual call per op.
 #pragma once
 
@@ -22,18 +24,20 @@
 namespace shardlm {
 
 struct FaultSpec {
-  enum class Kind { kOutOfMemory, kNan };
+  enum class Kind { kOutOfMemory, kNan, kSleep };
   std::string op;      // a Backend op: "Linear", "Embedding", ...
   int64_t call = 1;    // the call of `op` that fails, counting from 1 once the fault is armed
   int rank = -1;       // the world rank that fails; -1: every rank
   Kind kind = Kind::kOutOfMemory;
+  double sleep_s = 0;  // kSleep: how long the op sleeps before it runs
 
-  std::string ToString() const;  // "Linear:5:1:oom"
+  std::string ToString() const;  // "Linear:5:1:oom", "Linear:5:*:sleep=30"
 };
 
-// "OP:N[:RANK][:KIND]" with KIND oom (the default) or nan; RANK may be left out or "*" (every
-// rank). InvalidArgument naming the part that is wrong: an unknown op (the message lists them),
-// N < 1, a bad rank, an unknown kind, or nan on an op without an f32 output.
+// "OP:N[:RANK][:KIND]" with KIND oom (the default), nan or sleep=S (0 < S <= 3600 seconds,
+// fractions allowed); RANK may be left out or "*" (every rank). InvalidArgument naming the part
+// that is wrong: an unknown op (the message lists them), N < 1, a bad rank, an unknown kind, a
+// bad sleep time, or nan on an op without an f32 output.
 absl::StatusOr<FaultSpec> ParseFaultSpec(absl::string_view text);
 
 class FaultyBackend final : public Backend {

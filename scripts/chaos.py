@@ -80,14 +80,19 @@ class Deployment:
     """launch/one-node.sh in its own process group; `addr` once it says "serving on"."""
 
     def __init__(self, args, logs, coordinator_flags=(), worker_flags=()):
+        os.makedirs(logs, exist_ok=True)
+        self.secret_file = os.path.join(logs, "worker.secret")
+        fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(24).hex() + "\n")
         cmd = [os.path.join(ROOT, "launch", "one-node.sh"), "--model", args.model, "--tp",
-               str(args.tp), "--listen", "127.0.0.1:0", "--logs", logs, "--bin", args.bin,
+               str(args.tp), "--listen", "127.0.0.1:0", "--worker-listen", "127.0.0.1:0",
+               "--worker-secret-file", self.secret_file, "--logs", logs, "--bin", args.bin,
                "--", *coordinator_flags]
         env = dict(os.environ)
         if worker_flags:
             env["WORKER_ARGS"] = " ".join(worker_flags)
         self.logs = logs
-        os.makedirs(logs, exist_ok=True)
         with open(os.path.join(logs, "one-node.err"), "w") as err:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
                                          start_new_session=True, env=env)
@@ -104,6 +109,9 @@ class Deployment:
             self.stop()
             raise RuntimeError(f"one-node.sh did not start; see {logs}")
         self.client = Client(self.addr)
+        with open(os.path.join(logs, "coordinator.out")) as f:
+            m = re.search(r"^worker attach on (\S+)", f.read(), re.M)
+        self.worker_addr = m.group(1) if m else None
 
     def serving(self):
         try:
@@ -302,7 +310,7 @@ def main():
             dep.stop()
     if "slow-step" in cases:
         # The fault sleeps in one call of Linear on every rank, after the load is done.
-        dep = deploy("slow-step", worker_flags=["--inject-fault", "Linear:400:*:sleep30"])
+        dep = deploy("slow-step", worker_flags=["--inject-fault", "Linear:400:*:sleep=30"])
         try:
             t0 = time.monotonic()
             s = run_streams(dep, requests(dep.vocab, 16)[:1])[0]

@@ -2,13 +2,16 @@
 //   mpirun -np T*P shardlm-worker --coordinator HOST:PORT --worker-secret-file FILE
 // Rank 0 dials the coordinator (WorkerControl.Attach), relays each command to every rank over
 // MPI and sends back the results; every rank loads its shard and runs each step. The job ends
-// when the coordinator says Shutdown or its stream ends (relaunch it to re-attach).
+// when the coordinator says Shutdown or its stream ends (relaunch it to re-attach). Rank 0
+// services the stream on a thread of its own (worker/coordinator_stream.h): keepalives are
+// answered however long a step runs, and Abort ends the job at once, even mid-step.
 #include <grpcpp/grpcpp.h>
 #include <mpi.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
@@ -29,13 +32,13 @@
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #include "runtime/engine.h"
+#include "worker/coordinator_stream.h"
 
 namespace shardlm {
 namespace {
 
 using worker::v1::CoordinatorMessage;
 using worker::v1::WorkerMessage;
-using Stream = grpc::ClientReaderWriter<WorkerMessage, CoordinatorMessage>;
 
 // Broadcast of one serialized message from rank 0. The other ranks wait with a sleeping poll
 // (MPI_Ibcast + MPI_Test) rather than a busy MPI_Bcast: between steps the job may sit idle for a
@@ -163,8 +166,21 @@ absl::Status StartEngine(const worker::v1::LoadCommand& cmd, const BackendOption
   return absl::OkStatus();
 }
 
+// Called on rank 0's stream thread (an Abort from the coordinator, or the coordinator lost while
+// a step runs): ends every rank of the job now, wherever the main threads are (in a step, in a
+// collective). MPI is initialised FUNNELED and this is not the main thread, which FUNNELED does
+// not cover; Open MPI 4.1's MPI_Abort reports to the local daemon over PMIx (which has a progress
+// thread of its own) and the runtime kills every rank: it needs nothing from the main thread,
+// and tests/e2e/worker_abort_test.cpp checks that every rank ends. Should it ever return,
+// exiting without MPI_Finalize makes mpirun end the job just the same.
+[[noreturn]] void AbortJob(const std::string& why) {
+  static_cast<void>(why);  // the stream has logged it
+  static_cast<void>(MPI_Abort(MPI_COMM_WORLD, 1));
+  std::_Exit(1);
+}
+
 int Run(const std::string& coordinator, const std::string& secret_file, int attach_timeout_s,
-        const BackendOptions& backend_options, double agreement_timeout_s) {
+        const BackendOptions& backend_options, double agreement_timeout_s, double lost_grace_s) {
   auto session = MpiSession::Init(nullptr, nullptr);
   if (!session.ok()) {
     std::fprintf(stderr, "shardlm-worker: %s\n", std::string(session.status().message()).c_str());
@@ -181,25 +197,16 @@ int Run(const std::string& coordinator, const std::string& secret_file, int atta
   SetCheckWorldRank(rank);
 
   // Rank 0: the stream to the coordinator.
-  std::unique_ptr<worker::v1::WorkerControl::Stub> stub;
-  grpc::ClientContext context;
-  std::unique_ptr<Stream> stream;
+  std::unique_ptr<CoordinatorStream> stream;
   // Only rank 0 needs the secret (the file may exist only where it runs).
-  std::string secret_warning;
-  absl::StatusOr<std::string> secret = absl::UnavailableError("");
   if (rank == 0) {
-    secret = ReadSecretFile("--worker-secret-file", secret_file, &secret_warning);
-    if (!secret.ok()) spdlog::error("{}", std::string(secret.status().message()));
+    std::string secret_warning;
+    absl::StatusOr<std::string> secret =
+        ReadSecretFile("--worker-secret-file", secret_file, &secret_warning);
     if (!secret_warning.empty()) spdlog::warn("{}", secret_warning);
-  }
-  if (rank == 0 && secret.ok()) {
-    auto channel = grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials());
-    if (!channel->WaitForConnected(std::chrono::system_clock::now() +
-                                   std::chrono::seconds(attach_timeout_s))) {
-      spdlog::error("cannot reach the coordinator at {} within {} s", coordinator, attach_timeout_s);
+    if (!secret.ok()) {
+      spdlog::error("{}", std::string(secret.status().message()));
     } else {
-      stub = worker::v1::WorkerControl::NewStub(channel);
-      stream = stub->Attach(&context);
       WorkerMessage hello;
       hello.mutable_hello()->set_world_size(world->size());
       char host[256] = {0};
@@ -207,15 +214,24 @@ int Run(const std::string& coordinator, const std::string& secret_file, int atta
       hello.mutable_hello()->set_hostname(host);
       hello.mutable_hello()->set_pid(static_cast<int>(getpid()));
       hello.mutable_hello()->set_secret(*secret);
-      if (!stream->Write(hello)) stream.reset();
+      CoordinatorStream::Options options;
+      options.address = coordinator;
+      options.connect_timeout = std::chrono::seconds(attach_timeout_s);
+      options.lost_grace = std::chrono::milliseconds(static_cast<int64_t>(lost_grace_s * 1000));
+      absl::StatusOr<std::unique_ptr<CoordinatorStream>> opened =
+          CoordinatorStream::Open(options, hello, AbortJob);
+      if (opened.ok()) {
+        stream = std::move(*opened);
+      } else {
+        spdlog::error("{}", std::string(opened.status().message()));
+      }
     }
   }
-  // Rank 0 reads the next command and relays it; an empty message means the stream ended.
+  // Rank 0 takes the next command and relays it; an empty message means the stream ended.
   auto next = [&](CoordinatorMessage& msg) -> bool {
     std::string bytes;
     if (rank == 0 && stream) {
-      CoordinatorMessage m;
-      if (stream->Read(&m)) bytes = m.SerializeAsString();
+      if (std::optional<CoordinatorMessage> m = stream->Next()) bytes = m->SerializeAsString();
     }
     if (!BroadcastBytes(comm, rank, bytes).ok()) return false;
     return !bytes.empty() && msg.ParseFromString(bytes);
@@ -320,8 +336,7 @@ int Run(const std::string& coordinator, const std::string& secret_file, int atta
     }
   }
   if (rank == 0 && stream) {
-    stream->WritesDone();
-    grpc::Status st = stream->Finish();
+    grpc::Status st = stream->Close();
     if (!st.ok()) {
       spdlog::error("coordinator ended the attach stream: {}: {}", static_cast<int>(st.error_code()),
                     st.error_message());
@@ -358,6 +373,12 @@ int main(int argc, char** argv) {
                  "ends the job (they are then blocked in a collective it left)")
       ->default_val(agreement_timeout_s)
       ->check(CLI::PositiveNumber);
+  double lost_grace_s = 10.0;
+  app.add_option("--coordinator-lost-grace", lost_grace_s,
+                 "Seconds a step may go on after the coordinator stream ended before rank 0 ends "
+                 "the job with MPI_Abort (no rank is left behind; an idle job exits normally)")
+      ->default_val(lost_grace_s)
+      ->check(CLI::PositiveNumber);
   shardlm::BackendOptions backend;
   shardlm::AddBackendOptions(app, backend);
   CLI11_PARSE(app, argc, argv);
@@ -367,5 +388,6 @@ int main(int argc, char** argv) {
                  "coordinator's --worker-secret-file names)\n");
     return 1;
   }
-  return shardlm::Run(coordinator, secret_file, attach_timeout_s, backend, agreement_timeout_s);
+  return shardlm::Run(coordinator, secret_file, attach_timeout_s, backend, agreement_timeout_s,
+                      lost_grace_s);
 }

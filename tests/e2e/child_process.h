@@ -91,7 +91,7 @@ class Child {
   Child& operator=(const Child&) = delete;
 
   bool ok() const { return pid_ > 0; }
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return pid_; }  // -1 once reaped
   // The next stdout line ("" at EOF).
   std::string ReadLine() {
     char buf[4096];

@@ -1,11 +1,13 @@
 // FaultyBackend and --inject-fault's spec, on the CPU backend: a fault fires once, at the Nth
 // call of its op on its rank, the way the real backend fails; nan poisons the first row of the
-// op's output only; every failure leaving an op keeps the op's name and its own type.
+// op's output only; sleep=S delays its call and then runs it; every failure leaving an op keeps
+// the op's name and its own type.
 #include "runtime/faulty_backend.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <stdexcept>
 
@@ -35,6 +37,17 @@ TEST(FaultSpecTest, ParsesEveryForm) {
   s = ParseFaultSpec("Add:3:*:nan");
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->ToString(), "Add:3:*:nan");
+  s = ParseFaultSpec("Linear:5:sleep=30");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->rank, -1);
+  EXPECT_EQ(s->kind, FaultSpec::Kind::kSleep);
+  EXPECT_EQ(s->sleep_s, 30.0);
+  EXPECT_EQ(s->ToString(), "Linear:5:*:sleep=30");
+  s = ParseFaultSpec("Argmax:2:1:sleep=0.25");  // any op may sleep, for fractions of a second too
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->rank, 1);
+  EXPECT_EQ(s->sleep_s, 0.25);
+  EXPECT_EQ(s->ToString(), "Argmax:2:1:sleep=0.25");
 }
 
 TEST(FaultSpecTest, RefusesBadSpecsNamingThePart) {
@@ -44,7 +57,15 @@ TEST(FaultSpecTest, RefusesBadSpecsNamingThePart) {
       {"Linear:0", "N must be a call number >= 1, got '0'"},
       {"Linear:x", "got 'x'"},
       {"Linear:1:-2", "'-2' is neither"},
-      {"Linear:1:nan:0", "the kind (oom or nan) comes last"},
+      {"Linear:1:nan:0", "the kind (oom, nan or sleep=S) comes last"},
+      {"Linear:1:sleep=5:0", "the kind (oom, nan or sleep=S) comes last"},
+      {"Linear:1:sleep=0", "sleep needs seconds > 0 and <= 3600, got '0'"},
+      {"Linear:1:*:sleep=", "got ''"},
+      {"Linear:1:sleep=x", "got 'x'"},
+      {"Linear:1:sleep=-1", "got '-1'"},
+      {"Linear:1:sleep=nan", "got 'nan'"},
+      {"Linear:1:sleep=3601", "got '3601'"},
+      {"Linear:1:sleep30", "'sleep30' is neither"},
       {"Argmax:1:nan", "nan needs an op with an f32 output"},
       {"Linear:1:2:3:4", "wrong number"},
   };
@@ -111,6 +132,25 @@ TEST_F(FaultyBackendTest, NanPoisonsTheFirstRowOfTheOutputOnly) {
   EXPECT_EQ(y.data<float>()[2], 3.0f);
   EXPECT_EQ(y.data<float>()[3], 3.0f);
   EXPECT_EQ(b.failed_op(), "");
+}
+
+TEST_F(FaultyBackendTest, SleepDelaysTheNthCallOnceThenItRunsNormally) {
+  FaultSpec sleep{"Linear", 2};
+  sleep.kind = FaultSpec::Kind::kSleep;
+  sleep.sleep_s = 0.3;
+  FaultyBackend b(*cpu_, 0, sleep);
+  Tensor y;
+  auto timed = [&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    Linear(b, y);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  EXPECT_LT(timed(), 0.25) << "the first call is not due";
+  EXPECT_GE(timed(), 0.3) << "the second call sleeps";
+  EXPECT_EQ(y.data<float>()[0], 3.0f) << "and then runs";
+  EXPECT_EQ(y.data<float>()[3], 3.0f);
+  EXPECT_EQ(b.failed_op(), "");
+  EXPECT_LT(timed(), 0.25) << "a fault fires once";
 }
 
 TEST_F(FaultyBackendTest, RealFailuresKeepTheirTypeAndNameTheOp) {

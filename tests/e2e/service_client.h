@@ -1,0 +1,70 @@
+// Client calls the end-to-end tests share: the coordinator's health, and one greedy Generate by
+// token ids collected whole. (fault_test.cpp and service_test.cpp still carry their own copies
+// inside their fixtures.)
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "health.grpc.pb.h"
+#include "shardlm/v1/generation.grpc.pb.h"
+
+namespace shardlm::e2e {
+
+using Health = grpc::health::v1::HealthCheckResponse;
+
+// The overall health status; UNKNOWN when the call fails.
+inline Health::ServingStatus HealthStatus(grpc::health::v1::Health::Stub& health) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  grpc::health::v1::HealthCheckRequest req;
+  Health resp;
+  if (!health.Check(&ctx, req, &resp).ok()) return Health::UNKNOWN;
+  return resp.status();
+}
+
+// Polls every 100 ms until the health is `want`; false after `timeout`.
+inline bool WaitHealth(grpc::health::v1::Health::Stub& health, Health::ServingStatus want,
+                       std::chrono::seconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    if (HealthStatus(health) == want) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+struct Outcome {
+  grpc::Status status;
+  std::vector<int32_t> ids;
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  std::string error;
+};
+
+// A greedy request for `max_new` tokens after `prompt` (EOS ignored), read to its end.
+inline Outcome GenerateIds(v1::Generation::Stub& stub, const std::vector<int32_t>& prompt,
+                           int max_new, std::chrono::seconds deadline) {
+  v1::GenerateRequest req;
+  for (int32_t id : prompt) req.mutable_token_ids()->add_ids(id);
+  req.set_max_new_tokens(max_new);
+  req.set_ignore_eos(true);
+  req.mutable_sampling()->set_temperature(0.0f);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+  auto reader = stub.Generate(&ctx, req);
+  Outcome out;
+  v1::GenerateResponse resp;
+  while (reader->Read(&resp)) {
+    out.ids.insert(out.ids.end(), resp.token_ids().begin(), resp.token_ids().end());
+    if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) out.finish = resp.finish_reason();
+    if (!resp.error().empty()) out.error = resp.error();
+  }
+  out.status = reader->Finish();
+  return out;
+}
+
+}  // namespace shardlm::e2e
