@@ -25,6 +25,7 @@
 #include "health.grpc.pb.h"
 #include "shardlm/v1/generation.grpc.pb.h"
 #include "tests/e2e/child_process.h"
+#include "tests/e2e/service_client.h"
 
 namespace shardlm {
 namespace {
@@ -32,7 +33,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
-using Health = grpc::health::v1::HealthCheckResponse;
+using e2e::Health;
 
 const std::string kBin = std::string(SHARDLM_BINARY_DIR) + "/bin/";
 const std::string kWork = std::string(SHARDLM_BINARY_DIR) + "/tests/e2e/fault_work";
@@ -96,21 +97,9 @@ class FaultTest : public ::testing::Test {
     ASSERT_TRUE(WaitHealth(Health::SERVING, 120s)) << "workers did not attach; see " << log_;
   }
 
-  static Health::ServingStatus HealthStatus() {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + 2s);
-    grpc::health::v1::HealthCheckRequest req;
-    Health resp;
-    if (!health_->Check(&ctx, req, &resp).ok()) return Health::UNKNOWN;
-    return resp.status();
-  }
+  static Health::ServingStatus HealthStatus() { return e2e::HealthStatus(*health_); }
   static bool WaitHealth(Health::ServingStatus want, std::chrono::seconds timeout) {
-    const auto end = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < end) {
-      if (HealthStatus() == want) return true;
-      std::this_thread::sleep_for(100ms);
-    }
-    return false;
+    return e2e::WaitHealth(*health_, want, timeout);
   }
   static v1::ModelInfo Info() {
     grpc::ClientContext ctx;
@@ -128,30 +117,9 @@ class FaultTest : public ::testing::Test {
     return false;
   }
 
-  struct Outcome {
-    grpc::Status status;
-    std::vector<int32_t> ids;
-    v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
-    std::string error;
-  };
-  static Outcome Generate(std::vector<int32_t> prompt, int max_new) {
-    v1::GenerateRequest req;
-    for (int32_t id : prompt) req.mutable_token_ids()->add_ids(id);
-    req.set_max_new_tokens(max_new);
-    req.set_ignore_eos(true);
-    req.mutable_sampling()->set_temperature(0.0f);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + 120s);
-    auto reader = stub_->Generate(&ctx, req);
-    Outcome out;
-    v1::GenerateResponse resp;
-    while (reader->Read(&resp)) {
-      out.ids.insert(out.ids.end(), resp.token_ids().begin(), resp.token_ids().end());
-      if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) out.finish = resp.finish_reason();
-      if (!resp.error().empty()) out.error = resp.error();
-    }
-    out.status = reader->Finish();
-    return out;
+  using Outcome = e2e::Outcome;
+  static Outcome Generate(const std::vector<int32_t>& prompt, int max_new) {
+    return e2e::GenerateIds(*stub_, prompt, max_new, 120s);
   }
 
   static inline std::string model_, addr_, worker_addr_, secret_;

@@ -1,6 +1,5 @@
 // Client calls the end-to-end tests share: the coordinator's health, and one greedy Generate by
-// token ids collected whole. (fault_test.cpp and service_test.cpp still carry their own copies
-// inside their fixtures.)
+// token ids collected whole.
 #pragma once
 
 #include <grpcpp/grpcpp.h>

@@ -32,6 +32,7 @@
 #include "health.grpc.pb.h"
 #include "shardlm/v1/generation.grpc.pb.h"
 #include "tests/e2e/child_process.h"
+#include "tests/e2e/service_client.h"
 
 
 namespace shardlm {
@@ -94,22 +95,9 @@ class ServiceTest : public ::testing::Test {
                                  "--worker-secret-file", secret_},
         kWork + "/workers.log", false);
   }
-  static grpc::health::v1::HealthCheckResponse::ServingStatus Health() {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + 2s);
-    grpc::health::v1::HealthCheckRequest req;
-    grpc::health::v1::HealthCheckResponse resp;
-    if (!health_->Check(&ctx, req, &resp).ok()) return grpc::health::v1::HealthCheckResponse::UNKNOWN;
-    return resp.status();
-  }
-  static bool WaitHealth(grpc::health::v1::HealthCheckResponse::ServingStatus want,
-                         std::chrono::seconds timeout) {
-    const auto end = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < end) {
-      if (Health() == want) return true;
-      std::this_thread::sleep_for(100ms);
-    }
-    return false;
+  static e2e::Health::ServingStatus Health() { return e2e::HealthStatus(*health_); }
+  static bool WaitHealth(e2e::Health::ServingStatus want, std::chrono::seconds timeout) {
+    return e2e::WaitHealth(*health_, want, timeout);
   }
   static v1::ModelInfo Info() {
     grpc::ClientContext ctx;
