@@ -55,6 +55,17 @@ inline std::vector<pid_t> Descendants(pid_t root) {
   return out;
 }
 
+// The shardlm-worker processes below `root` (the ranks of the job mpirun `root` runs), by pid.
+inline std::vector<pid_t> WorkerRanks(pid_t root) {
+  std::vector<pid_t> ranks;
+  for (pid_t p : Descendants(root)) {
+    std::ifstream comm("/proc/" + std::to_string(p) + "/comm");
+    std::string name;
+    if (std::getline(comm, name) && name == "shardlm-worker") ranks.push_back(p);
+  }
+  return ranks;
+}
+
 class Child {
  public:
   Child(const std::vector<std::string>& argv, const std::string& log, bool pipe_stdout) {

@@ -335,17 +335,6 @@ TEST_F(ServiceTest, PythonClientStreams) {
   EXPECT_EQ(code, 0) << log << ":\n" << output;
 }
 
-// The worker ranks of the running job (shardlm-worker processes under mpirun), by pid.
-std::vector<pid_t> WorkerRanks(pid_t mpirun) {
-  std::vector<pid_t> ranks;
-  for (pid_t p : e2e::Descendants(mpirun)) {
-    std::ifstream comm("/proc/" + std::to_string(p) + "/comm");
-    std::string name;
-    if (std::getline(comm, name) && name == "shardlm-worker") ranks.push_back(p);
-  }
-  return ranks;
-}
-
 // Last: kill -9 of one rank mid-stream, then the job is relaunched. No accepted request is lost:
 // a greedy and a seeded stream, both cut mid-way, complete with exactly the ids of an
 // undisturbed run (no token repeated or missing), recomputed on the new job from their prompt
@@ -406,7 +395,7 @@ TEST_F(ServiceTest, RankKilledMidStreamThenRelaunchedResumesExactly) {
   while (greedy_seen < 8 && Clock::now() - started < 60s) {
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
-  const std::vector<pid_t> ranks = WorkerRanks(workers_->pid());
+  const std::vector<pid_t> ranks = e2e::WorkerRanks(workers_->pid());
   ASSERT_EQ(ranks.size(), 2u) << "expected the 2 ranks of the job under mpirun";
   ASSERT_EQ(kill(ranks.back(), SIGKILL), 0);
   const Clock::time_point t_kill = Clock::now();

@@ -56,17 +56,6 @@ bool Gone(pid_t pid) {
   return close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'Z';
 }
 
-// The shardlm-worker processes below `root`.
-std::vector<pid_t> Ranks(pid_t root) {
-  std::vector<pid_t> ranks;
-  for (pid_t p : e2e::Descendants(root)) {
-    std::ifstream comm("/proc/" + std::to_string(p) + "/comm");
-    std::string name;
-    if (std::getline(comm, name) && name == "shardlm-worker") ranks.push_back(p);
-  }
-  return ranks;
-}
-
 class WorkerAbortTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -144,7 +133,7 @@ class WorkerAbortTest : public ::testing::Test {
     std::future<bool> loaded = loaded_.get_future();
     EXPECT_EQ(loaded.wait_for(120s), std::future_status::ready) << "no load; see " << log;
     EXPECT_TRUE(loaded.get()) << "see " << log;
-    const std::vector<pid_t> ranks = Ranks(job.pid());
+    const std::vector<pid_t> ranks = e2e::WorkerRanks(job.pid());
     EXPECT_EQ(ranks.size(), 2u);
     // The script's last move comes 1.5 s into the step (0.5 s after the load when idle).
     std::optional<int> code = job.Wait(within + 2s);
