@@ -146,6 +146,11 @@ absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>&
                            name()));
         }
       }
+      // The system prompt goes inside the first user turn: without one it would vanish.
+      if (first_user && !system.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "chat message 0: a system message needs a user message after it for ", name()));
+      }
       return out;
     }
     case Kind::kGemma:
@@ -155,13 +160,20 @@ absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>&
         std::string pending_system;
         for (const ChatMessage& m : messages) {
           if (m.role == "system") {
-            pending_system = m.content + "\n\n";
+            // Several in a row all go to the next turn (each used to replace the one before).
+            pending_system += m.content + "\n\n";
             continue;
           }
           const char* role = m.role == "assistant" ? "model" : "user";
           absl::StrAppend(&out, "<start_of_turn>", role, "\n", pending_system, m.content,
                           "<end_of_turn>\n");
           pending_system.clear();
+        }
+        // A trailing system prompt has no turn to go into: it would vanish.
+        if (pending_system.find_first_not_of('\n') != std::string::npos) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "chat message ", messages.size() - 1,
+              ": a system message needs a user or assistant message after it for ", name()));
         }
       }
       absl::StrAppend(&out, "<start_of_turn>model\n");
