@@ -129,8 +129,10 @@ class ConfigReader {
     if (value == nullptr) return required ? Missing(field) : absl::OkStatus();
     if (!value->is_number()) return Error(field, "a positive number", *value);
     double v = value->get<double>();
-    if (!(v > 0.0) || v > std::numeric_limits<float>::max()) {
-      return Error(field, "a positive number", *value);
+    // In float range both ways: a value below FLT_MIN (1e-50) would become 0 or a denormal as a
+    // float, and an rms_norm_eps of 0 divides by zero on an all-zero row.
+    if (!(v >= std::numeric_limits<float>::min()) || v > std::numeric_limits<float>::max()) {
+      return Error(field, "a positive number in float range [1.2e-38, 3.4e38]", *value);
     }
     *out = static_cast<float>(v);
     return absl::OkStatus();

@@ -64,6 +64,27 @@ std::string GgufTensorName(std::string_view hf_name) {
   return "";
 }
 
+std::string HfTensorName(std::string_view gguf_name) {
+  for (const auto& [hf, gguf] : kGlobalNames) {
+    if (gguf_name == gguf) return hf;
+  }
+  // "blk.<layer>.<suffix>", with the layer written as GgufTensorName writes it ("blk.01.x" has
+  // no HF name: GgufTensorName of its candidate would give "blk.1.x").
+  constexpr std::string_view kPrefix = "blk.";
+  if (!gguf_name.starts_with(kPrefix)) return "";
+  const std::string rest(gguf_name.substr(kPrefix.size()));
+  const size_t dot = rest.find('.');
+  int layer;
+  if (dot == std::string::npos || !absl::SimpleAtoi(rest.substr(0, dot), &layer)) return "";
+  const std::string suffix = rest.substr(dot + 1);
+  for (const auto& [hf, gguf] : kLayerNames) {
+    if (suffix != gguf) continue;
+    std::string hf_name = absl::StrCat("model.layers.", layer, ".", hf);
+    return GgufTensorName(hf_name) == gguf_name ? hf_name : "";
+  }
+  return "";
+}
+
 absl::StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& g) {
   SHARDLM_ASSIGN_OR_RETURN(std::string arch, g.GetString("general.architecture"));
   ModelConfig c;
@@ -151,7 +172,17 @@ absl::StatusOr<std::string> GgufHfView::Map(std::string_view hf_name) const {
   return name;
 }
 
-std::vector<std::string> GgufHfView::Names() const { return gguf_.Names(); }
+std::vector<std::string> GgufHfView::Names() const {
+  // The HF names whose GGUF counterpart the file holds: what Info and Load accept (GGUF tensors
+  // without an HF name, such as rope_freqs.weight, are left out).
+  std::vector<std::string> names;
+  for (const std::string& gguf_name : gguf_.Names()) {
+    std::string hf_name = HfTensorName(gguf_name);
+    if (!hf_name.empty()) names.push_back(std::move(hf_name));
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
 
 absl::StatusOr<TensorInfo> GgufHfView::Info(std::string_view name) const {
   SHARDLM_ASSIGN_OR_RETURN(std::string gguf_name, Map(name));

@@ -24,8 +24,11 @@ absl::StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& gguf);
 // The GGUF name of an HF tensor name ("model.layers.3.mlp.up_proj.weight" -> "blk.3.ffn_up.weight"),
 // or "" when there is none.
 std::string GgufTensorName(std::string_view hf_name);
+// The inverse: the HF name of a GGUF tensor name ("blk.3.ffn_up.weight" ->
+// "model.layers.3.mlp.up_proj.weight"), or "" when there is none.
+std::string HfTensorName(std::string_view gguf_name);
 
-// Presents a GGUF file's tensors under HF names. Does not own the file.
+// Presents a GGUF file's tensors under HF names (Names() too). Does not own the file.
 class GgufHfView : public WeightSource {
  public:
   explicit GgufHfView(const GgufFile& gguf) : gguf_(gguf) {}

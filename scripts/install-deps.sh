@@ -14,6 +14,9 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev nlohmann-json3-dev libpcre2-dev libcli11-dev
   libspdlog-dev libfmt-dev
+  # The sanitizer and fuzzing build (scripts/sanitize-and-fuzz.sh): clang with its ASan, UBSan
+  # and libFuzzer runtimes, and its OpenMP runtime (clang does not use gcc's libgomp headers).
+  clang-16 libclang-rt-16-dev libomp-16-dev
 )
 
 missing=()

@@ -183,25 +183,39 @@ absl::StatusOr<RenderedChat> ChatTemplate::RenderChat(
                            name()));
         }
       }
+      // The system prompt goes inside the first user turn: without one it would vanish.
+      if (first_user && system != nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "chat message 0: a system message needs a user message after it for ", name()));
+      }
       break;
     }
     case Kind::kGemma: {
       // Gemma has no system role: a system message is prepended to the first user turn.
       out.Markup("<bos>");
-      const std::string* pending_system = nullptr;
+      // Several system messages in a row all go to the next turn.
+      std::vector<const std::string*> pending_system;
       for (const ChatMessage& m : messages) {
         if (m.role == "system") {
-          pending_system = &m.content;
+          pending_system.push_back(&m.content);
           continue;
         }
         out.Markup("<start_of_turn>", m.role == "assistant" ? "model" : "user", "\n");
-        if (pending_system != nullptr) {
-          out.Content(*pending_system);
+        for (const std::string* system : pending_system) {
+          out.Content(*system);
           out.Markup("\n\n");
-          pending_system = nullptr;
         }
+        pending_system.clear();
         out.Content(m.content);
         out.Markup("<end_of_turn>\n");
+      }
+      // A trailing system prompt has no turn to go into: it would vanish.
+      for (const std::string* system : pending_system) {
+        if (!system->empty()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "chat message ", messages.size() - 1,
+              ": a system message needs a user or assistant message after it for ", name()));
+        }
       }
       out.Markup("<start_of_turn>model\n");
       break;

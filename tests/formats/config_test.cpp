@@ -339,6 +339,11 @@ INSTANTIATE_TEST_SUITE_P(
                       WrongValue{"rms_norm_eps", "1e-5", "a positive number"},
                       WrongValue{"rms_norm_eps", 0, "a positive number"},
                       WrongValue{"rope_theta", -1.0, "a positive number"},
+                      // Positive as a double, 0 (or a denormal) as a float: rms_norm_eps 0
+                      // divides by zero (found by tests/fuzz/config_fuzz.cpp).
+                      WrongValue{"rms_norm_eps", 1e-46, "a positive number in float range"},
+                      WrongValue{"rope_theta", 1e-39, "a positive number in float range"},
+                      WrongValue{"rope_theta", 1e39, "a positive number in float range"},
                       WrongValue{"tie_word_embeddings", 1, "true or false"},
                       WrongValue{"attention_bias", "no", "true or false"},
                       WrongValue{"torch_dtype", "float64", "\"bfloat16\""},

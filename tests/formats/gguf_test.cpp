@@ -16,11 +16,12 @@
 #include <utility>
 #include <vector>
 
+#include "formats/gguf_model.h"
+#include "formats/gguf_writer.h"
 #include "gguf_test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "io_test_util.h"
-#include "formats/gguf_writer.h"
 
 namespace shardlm {
 namespace {
@@ -280,6 +281,41 @@ INSTANTIATE_TEST_SUITE_P(VersionsAndAlignments, GgufRoundTripTest,
                            return "v" + std::to_string(std::get<0>(info.param)) + "_align" +
                                   std::to_string(std::get<1>(info.param));
                          });
+
+// GgufHfView lists the HF names that its Info and Load accept (it listed the GGUF names, which
+// every look-up refused: found by tests/fuzz/gguf_fuzz.cpp). GGUF tensors without an HF name
+// (rope_freqs.weight, a layer number not written as GgufTensorName writes it) are left out.
+TEST(GgufHfViewTest, NamesAreTheHfNamesItLoads) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string path = dir.File("hf.gguf");
+  Tensor w = Tensor::Empty({2, 4}, DType::kF32);
+  ASSERT_TRUE(WriteGguf(path, {},
+                        {{"token_embd.weight", w},
+                         {"output.weight", w},
+                         {"blk.0.attn_q.weight", w},
+                         {"blk.12.ffn_down.weight", w},
+                         {"blk.01.attn_k.weight", w},
+                         {"blk.0.unknown.weight", w},
+                         {"rope_freqs.weight", w}})
+                  .ok());
+  auto file = GgufFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  const GgufHfView view(**file);
+  EXPECT_THAT(view.Names(), ::testing::ElementsAre("lm_head.weight", "model.embed_tokens.weight",
+                                                   "model.layers.0.self_attn.q_proj.weight",
+                                                   "model.layers.12.mlp.down_proj.weight"));
+  for (const std::string& name : view.Names()) {
+    absl::StatusOr<TensorInfo> info = view.Info(name);
+    ASSERT_TRUE(info.ok()) << name << ": " << info.status();
+    EXPECT_EQ(info->shape, (std::vector<int64_t>{2, 4})) << name;
+    EXPECT_TRUE(view.Load(name).ok()) << name;
+  }
+  EXPECT_EQ(HfTensorName("blk.3.ffn_up.weight"), "model.layers.3.mlp.up_proj.weight");
+  EXPECT_EQ(HfTensorName("output_norm.weight"), "model.norm.weight");
+  EXPECT_EQ(HfTensorName("blk.x.ffn_up.weight"), "");
+  EXPECT_EQ(HfTensorName("blk.3"), "");
+}
 
 // A 1-D quantized tensor's "rows" are single elements: they can only be cut on block boundaries.
 TEST(GgufRowsTest, OneDimensionalQuantized) {

@@ -72,6 +72,45 @@ TEST(ChatTemplateTest, Llama2AndMistral) {
   EXPECT_EQ(*text, "<s>[INST] U [/INST]");
 }
 
+// Llama 2 and Mistral carry the system prompt inside the first user turn; with no user turn it
+// was dropped without a word (found by tests/fuzz/chat_template_fuzz.cpp).
+TEST(ChatTemplateTest, Llama2AndMistralRefuseASystemPromptWithoutAUserTurn) {
+  for (const char* name : {"llama2", "mistral"}) {
+    auto t = ChatTemplate::FromName(name);
+    ASSERT_TRUE(t.ok());
+    for (const std::vector<ChatMessage>& messages :
+         {std::vector<ChatMessage>{{"system", "S"}},
+          std::vector<ChatMessage>{{"system", "S"}, {"assistant", "A"}}}) {
+      auto text = t->Render(messages);
+      ASSERT_FALSE(text.ok()) << name << " rendered " << *text;
+      EXPECT_THAT(
+          text.status().message(),
+          HasSubstr(std::string("a system message needs a user message after it for ") + name));
+    }
+    // An empty system prompt has nothing to lose.
+    EXPECT_TRUE(t->Render({{"system", ""}, {"assistant", "A"}}).ok()) << name;
+  }
+}
+
+// Gemma prepends system prompts to the next turn: consecutive ones are all kept (the last used to
+// replace the others) and a trailing one is refused (it was dropped; found by
+// tests/fuzz/chat_template_fuzz.cpp).
+TEST(ChatTemplateTest, GemmaKeepsEverySystemPrompt) {
+  auto t = ChatTemplate::FromName("gemma");
+  ASSERT_TRUE(t.ok());
+  auto text = t->Render({{"system", "S1"}, {"system", "S2"}, {"user", "U"}});
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(*text, "<bos><start_of_turn>user\nS1\n\nS2\n\nU<end_of_turn>\n<start_of_turn>model\n");
+  for (const std::vector<ChatMessage>& messages :
+       {std::vector<ChatMessage>{{"system", "S"}},
+        std::vector<ChatMessage>{{"user", "U"}, {"system", "S"}}}) {
+    text = t->Render(messages);
+    ASSERT_FALSE(text.ok()) << *text;
+    EXPECT_THAT(text.status().message(),
+                HasSubstr("a system message needs a user or assistant message after it for gemma"));
+  }
+}
+
 TEST(ChatTemplateTest, GemmaAndGlm4) {
   auto gemma = ChatTemplate::FromName("gemma");
   ASSERT_TRUE(gemma.ok());
