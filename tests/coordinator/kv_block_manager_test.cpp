@@ -114,7 +114,9 @@ TEST(KvBlockManagerTest, BookkeepingGrowsWithBlocksInUseNotWithTheTotal) {
   m.Free(&a);
   ASSERT_TRUE(m.EnsureCapacity(4 * 16, &b));  // freed ones first, most recent first
   EXPECT_EQ(b, (std::vector<int32_t>{2, 1, 0, 3}));
-  if (before > 0) EXPECT_LT(RssKib() - before, 64 * 1024) << "KiB grown";
+  if (before > 0) {
+    EXPECT_LT(RssKib() - before, 64 * 1024) << "KiB grown";
+  }
   m.Free(&b);
   EXPECT_EQ(m.free(), m.total());
   // Reset gives the memory of a large pool back.

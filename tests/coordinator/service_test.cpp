@@ -835,7 +835,9 @@ TEST_F(ServiceTest, AbsurdKvBlocksAreRefusedAndAllocateNothing) {
   const v1::ModelInfo info = Info();
   EXPECT_EQ(info.kv_blocks_total(), 0);  // the block manager was never sized from it
   EXPECT_EQ(info.workers_attached(), 0);
-  if (before > 0) EXPECT_LT(RssKib() - before, 256 * 1024) << "KiB grown";
+  if (before > 0) {
+    EXPECT_LT(RssKib() - before, 256 * 1024) << "KiB grown";
+  }
 
   // No block at all is RESOURCE_EXHAUSTED; the bound itself is accepted.
   FakeWorkerOptions none;
