@@ -1,14 +1,16 @@
 #include "coordinator/kv_block_manager.h"
 
-#include <fstream>
 #include <limits>
 #include <set>
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/coordinator/proc_memory.h"
 
 namespace shardlm::coordinator {
 namespace {
+
+using testing::RssKib;
 
 TEST(KvBlockManagerTest, AllocatesBlocksForPositionsAndFreesThem) {
   KvBlockManager m(4);
@@ -87,15 +89,6 @@ TEST(KvBlockManagerTest, ResetToZeroMeansNothingToAllocate) {
   m.Reset(0);
   EXPECT_EQ(m.total(), 0);
   EXPECT_EQ(m.free(), 0);
-}
-
-// This process's resident memory in KiB (/proc/self/status VmRSS); 0 when unknown.
-int64_t RssKib() {
-  std::ifstream status("/proc/self/status");
-  for (std::string line; std::getline(status, line);) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
-  }
-  return 0;
 }
 
 // A worker job reporting an absurd number of blocks must not make the coordinator allocate in

@@ -1,5 +1,8 @@
 #include "coordinator/options.h"
 
+#include <chrono>
+#include <string>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -7,6 +10,22 @@ namespace shardlm::coordinator {
 namespace {
 
 using ::testing::HasSubstr;
+
+// Options that pass ValidateOptions: the defaults plus a model and a worker secret.
+CoordinatorOptions ValidOptions() {
+  CoordinatorOptions o;
+  o.model = "m";
+  o.worker_secret = "0123456789abcdef";
+  return o;
+}
+
+// ValidateOptions' message for ValidOptions() changed by `spoil`.
+template <typename Spoil>
+std::string ErrorAfter(Spoil spoil) {
+  CoordinatorOptions bad = ValidOptions();
+  spoil(bad);
+  return std::string(ValidateOptions(bad).message());
+}
 
 TEST(OptionsTest, ParsesByteSizes) {
   EXPECT_EQ(ParseByteSize("256MiB").value(), 256ull << 20);
@@ -29,25 +48,18 @@ TEST(OptionsTest, ListensOnLoopbackByDefault) {
 }
 
 TEST(OptionsTest, TheWorkerAttachNeedsItsOwnAddressAndASecret) {
-  CoordinatorOptions o;
-  o.model = "m";
-  o.worker_secret = "0123456789abcdef";
+  const CoordinatorOptions o = ValidOptions();
   EXPECT_TRUE(ValidateOptions(o).ok());
-  auto error = [&](auto spoil) {
-    CoordinatorOptions bad = o;
-    spoil(bad);
-    return std::string(ValidateOptions(bad).message());
-  };
-  EXPECT_THAT(error([](auto& b) { b.worker_secret = ""; }),
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.worker_secret = ""; }),
               HasSubstr("--worker-secret-file is required"));
   EXPECT_THAT(
-      error([](auto& b) { b.worker_secret = "short"; }),
+      ErrorAfter([](auto& b) { b.worker_secret = "short"; }),
       HasSubstr("--worker-secret-file: expected a secret of at least 16 bytes, got 5 bytes"));
-  EXPECT_THAT(error([](auto& b) { b.worker_listen = "nocolon"; }),
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.worker_listen = "nocolon"; }),
               HasSubstr("--worker-listen: expected HOST:PORT, got 'nocolon'"));
-  EXPECT_THAT(error([](auto& b) { b.worker_listen = b.listen; }),
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.worker_listen = b.listen; }),
               HasSubstr("--worker-listen: expected an address other than --listen's"));
-  EXPECT_THAT(error([](auto& b) { b.worker_hello_timeout = std::chrono::milliseconds(0); }),
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.worker_hello_timeout = std::chrono::milliseconds(0); }),
               HasSubstr("worker_hello_timeout"));
   // Both on free ports is fine (tests).
   CoordinatorOptions free_ports = o;
@@ -56,33 +68,26 @@ TEST(OptionsTest, TheWorkerAttachNeedsItsOwnAddressAndASecret) {
 }
 
 TEST(OptionsTest, ValidatesFlagsByName) {
-  CoordinatorOptions o;
-  o.model = "m";
-  o.worker_secret = "0123456789abcdef";
+  const CoordinatorOptions o = ValidOptions();
   EXPECT_TRUE(ValidateOptions(o).ok());
-  auto error = [&](auto spoil) {
-    CoordinatorOptions bad = o;
-    spoil(bad);
-    return std::string(ValidateOptions(bad).message());
-  };
-  EXPECT_THAT(error([](auto& b) { b.tp = 0; }), HasSubstr("--tp"));
-  EXPECT_THAT(error([](auto& b) { b.listen = "nocolon"; }), HasSubstr("--listen"));
-  EXPECT_THAT(error([](auto& b) { b.model = ""; }), HasSubstr("--model"));
-  EXPECT_THAT(error([](auto& b) { b.kv_block_size = 0; }), HasSubstr("--kv-block-size"));
-  EXPECT_THAT(error([](auto& b) { b.max_running = 0; }), HasSubstr("--max-running"));
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.tp = 0; }), HasSubstr("--tp"));
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.listen = "nocolon"; }), HasSubstr("--listen"));
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.model = ""; }), HasSubstr("--model"));
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.kv_block_size = 0; }), HasSubstr("--kv-block-size"));
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.max_running = 0; }), HasSubstr("--max-running"));
   CoordinatorOptions many = o;
   many.max_running = 600;
   EXPECT_TRUE(ValidateOptions(many).ok());
   EXPECT_EQ(EffectiveMaxRunning(many), 512);
-  EXPECT_THAT(error([](auto& b) { b.pp_layers = "3"; }), HasSubstr("pp - 1 = 0"));
-  EXPECT_THAT(error([](auto& b) {
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.pp_layers = "3"; }), HasSubstr("pp - 1 = 0"));
+  EXPECT_THAT(ErrorAfter([](auto& b) {
                 b.pp = 3;
                 b.pp_layers = "5,4";
               }),
               HasSubstr("element 1"));
-  EXPECT_THAT(error([](auto& b) { b.step_timeout_s = -1; }), HasSubstr("--step-timeout"));
-  EXPECT_THAT(error([](auto& b) { b.requeue_timeout_s = -0.5; }), HasSubstr("--requeue-timeout"));
-  EXPECT_THAT(error([](auto& b) { b.requeue_timeout_s = 1e9; }), HasSubstr("[0, 86400]"));
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.step_timeout_s = -1; }), HasSubstr("--step-timeout"));
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.requeue_timeout_s = -0.5; }), HasSubstr("--requeue-timeout"));
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.requeue_timeout_s = 1e9; }), HasSubstr("[0, 86400]"));
   CoordinatorOptions pp = o;
   pp.pp = 3;
   pp.pp_layers = "4, 9";

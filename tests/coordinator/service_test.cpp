@@ -1,8 +1,8 @@
 // The coordinator's gRPC server in-process, with fake worker jobs (fake_worker.h) attached over
 // real gRPC streams: health, refusals, streaming and batching, preemption, cancellation, abort,
 // worker death and re-attach (requests held and resumed), hung jobs (step deadlines), load
-// failures and shutdown, and the guarded attach (the worker port apart from the public one, the
-// secret, the hello deadline, range checks of what a job reports).
+// failures and shutdown. The guarded attach is in
+// attach_test.cpp.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -18,7 +18,6 @@
 #include <grpcpp/grpcpp.h>
 
 #include "coordinator/server.h"
-#include "coordinator/worker_checks.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "health.grpc.pb.h"
@@ -26,6 +25,7 @@
 #include "tests/coordinator/fake_worker.h"
 #include "tests/coordinator/test_models.h"
 #include "tokenizer/unicode.h"
+#include "tests/coordinator/service_fixture.h"
 
 namespace shardlm::coordinator {
 namespace {
@@ -34,133 +34,12 @@ using namespace std::chrono_literals;
 using ::testing::HasSubstr;
 using testing::FakeWorker;
 using testing::FakeWorkerOptions;
-using HealthStatus = grpc::health::v1::HealthCheckResponse::ServingStatus;
-constexpr HealthStatus kServing = grpc::health::v1::HealthCheckResponse::SERVING;
-constexpr HealthStatus kNotServing = grpc::health::v1::HealthCheckResponse::NOT_SERVING;
-
-struct Outcome {
-  grpc::Status status;
-  std::vector<int32_t> ids;
-  std::string text;
-  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
-  std::vector<v1::GenerateResponse> messages;
-  v1::Usage usage;
-};
-
-v1::GenerateRequest IdsRequest(const std::vector<int32_t>& prompt, int max_new) {
-  v1::GenerateRequest r;
-  for (int32_t id : prompt) r.mutable_token_ids()->add_ids(id);
-  r.set_max_new_tokens(max_new);
-  return r;
-}
-
-std::vector<int32_t> Prompt(int i, int len = 5) {
-  std::vector<int32_t> p;
-  for (int j = 0; j < len; ++j) p.push_back((31 * i + 7 * j + 3) % 256);
-  return p;
-}
-
-class ServiceTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    options_ = testing::FakeJobCoordinatorOptions();
-    options_.max_batch_tokens = 32;
-    options_.max_running = 16;
-    options_.max_queue = 64;
-  }
-  void TearDown() override {
-    if (server_) server_->Shutdown();
-    workers_.clear();
-  }
-
-  void StartServer(std::unique_ptr<ModelContext> model = testing::TinyModel()) {
-    ASSERT_TRUE(ValidateOptions(options_).ok());
-    auto server = CoordinatorServer::Start(options_, std::move(model));
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = std::move(*server);
-    auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
-    stub_ = v1::Generation::NewStub(channel);
-    health_ = grpc::health::v1::Health::NewStub(channel);
-  }
-
-  // Starts a fake job; with `wait`, until the coordinator serves on it.
-  FakeWorker& Attach(FakeWorkerOptions o = {}, bool wait = true) {
-    workers_.push_back(std::make_unique<FakeWorker>(server_->worker_address(), o));
-    if (wait) {
-      EXPECT_TRUE(WaitHealth(kServing, 10s)) << "the fake worker did not attach";
-    }
-    return *workers_.back();
-  }
-
-  HealthStatus Health(const std::string& service = "") {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + 2s);
-    grpc::health::v1::HealthCheckRequest req;
-    req.set_service(service);
-    grpc::health::v1::HealthCheckResponse resp;
-    if (!health_->Check(&ctx, req, &resp).ok()) return grpc::health::v1::HealthCheckResponse::UNKNOWN;
-    return resp.status();
-  }
-  bool WaitHealth(HealthStatus want, std::chrono::milliseconds timeout) {
-    const auto end = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < end) {
-      if (Health() == want && Health("shardlm.v1.Generation") == want) return true;
-      std::this_thread::sleep_for(20ms);
-    }
-    return false;
-  }
-  v1::ModelInfo Info() {
-    grpc::ClientContext ctx;
-    v1::ModelInfo info;
-    EXPECT_TRUE(stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
-    return info;
-  }
-  // Waits until `pred(Info())` holds.
-  bool WaitInfo(const std::function<bool(const v1::ModelInfo&)>& pred,
-                std::chrono::milliseconds timeout = 3s) {
-    const auto end = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < end) {
-      if (pred(Info())) return true;
-      std::this_thread::sleep_for(10ms);
-    }
-    return false;
-  }
-
-  // Runs a Generate call; `keep_going` (after each message) returning false cancels it.
-  Outcome Generate(const v1::GenerateRequest& req,
-                   const std::function<bool(const Outcome&)>& keep_going = {},
-                   std::chrono::milliseconds deadline = 30s) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + deadline);
-    auto reader = stub_->Generate(&ctx, req);
-    Outcome out;
-    v1::GenerateResponse resp;
-    while (reader->Read(&resp)) {
-      out.ids.insert(out.ids.end(), resp.token_ids().begin(), resp.token_ids().end());
-      out.text += resp.text();
-      if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
-        out.finish = resp.finish_reason();
-        out.usage = resp.usage();
-      }
-      out.messages.push_back(resp);
-      if (keep_going && !keep_going(out)) ctx.TryCancel();
-    }
-    out.status = reader->Finish();
-    return out;
-  }
-
-  void ExpectNoWorkerErrors() {
-    for (const auto& w : workers_) {
-      for (const std::string& e : w->errors()) ADD_FAILURE() << "fake worker: " << e;
-    }
-  }
-
-  CoordinatorOptions options_;
-  std::unique_ptr<CoordinatorServer> server_;
-  std::vector<std::unique_ptr<FakeWorker>> workers_;
-  std::unique_ptr<v1::Generation::Stub> stub_;
-  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
-};
+using testing::IdsRequest;
+using testing::kNotServing;
+using testing::kServing;
+using testing::Outcome;
+using testing::Prompt;
+using ServiceTest = testing::ServiceTest;
 
 TEST_F(ServiceTest, WithoutWorkersNotServingUnavailableButInfoAndValidationWork) {
   StartServer();
@@ -628,28 +507,6 @@ TEST_F(ServiceTest, AHungJobIsAbortedAndTheNextJobFinishesItsRequest) {
   ExpectNoWorkerErrors();
 }
 
-TEST_F(ServiceTest, OneJobAtATimeWithTheRightWorldSize) {
-  options_.tp = 2;
-  StartServer();
-  FakeWorkerOptions wrong;
-  wrong.world_size = 3;
-  FakeWorker& w = Attach(wrong, /*wait=*/false);
-  grpc::Status st = w.Join();
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(st.error_message(), "world size 3 != tp x pp = 2 x 1");
-  EXPECT_EQ(Health(), kNotServing);
-
-  FakeWorkerOptions right;
-  right.world_size = 2;
-  Attach(right);
-  FakeWorker& second = Attach(right, /*wait=*/false);
-  st = second.Join();
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_THAT(st.error_message(), HasSubstr("already attached"));
-  EXPECT_EQ(Health(), kServing);
-  EXPECT_TRUE(Generate(IdsRequest({4, 5}, 3)).status.ok());
-}
-
 TEST_F(ServiceTest, LoadFailureKeepsNotServingUntilAGoodJobAttaches) {
   StartServer();
   FakeWorkerOptions broken;
@@ -741,178 +598,6 @@ TEST_F(ServiceTest, TextChatAndTokenizeWithARealTokenizer) {
 }
 
 // --- The guarded attach.
-
-TEST_F(ServiceTest, WorkerControlIsOnlyOnTheWorkerPort) {
-  StartServer();
-  EXPECT_NE(server_->address(), server_->worker_address());
-  FakeWorker on_public(server_->address(), FakeWorkerOptions());
-  EXPECT_EQ(on_public.Join().error_code(), grpc::StatusCode::UNIMPLEMENTED);
-  Attach();  // on the worker port
-  EXPECT_TRUE(Generate(IdsRequest({4, 5}, 3)).status.ok());
-  // And the worker port serves nothing else.
-  auto worker_channel =
-      grpc::CreateChannel(server_->worker_address(), grpc::InsecureChannelCredentials());
-  grpc::ClientContext ctx;
-  v1::ModelInfo info;
-  EXPECT_EQ(v1::Generation::NewStub(worker_channel)
-                ->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info)
-                .error_code(),
-            grpc::StatusCode::UNIMPLEMENTED);
-}
-
-TEST_F(ServiceTest, AWrongSecretIsPermissionDeniedAndTheSlotStaysFree) {
-  StartServer();
-  for (const std::string& secret : {std::string("fake-worker-secret-012345678X"),
-                                    std::string("fake-worker-secret-0"), std::string()}) {
-    FakeWorkerOptions intruder;
-    intruder.secret = secret;
-    FakeWorker& w = Attach(intruder, /*wait=*/false);
-    const grpc::Status st = w.Join();
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << secret;
-    // Nothing that helps guessing (no length, no part of the secret), nothing of the model.
-    EXPECT_EQ(st.error_message(), "worker attach refused: wrong secret (see --worker-secret-file)");
-    EXPECT_FALSE(w.loaded());
-    EXPECT_TRUE(w.load().model().empty());
-  }
-  EXPECT_EQ(Health(), kNotServing);
-  // The slot is free: the real job attaches.
-  Attach();
-  EXPECT_TRUE(Generate(IdsRequest({4, 5}, 3)).status.ok());
-}
-
-TEST_F(ServiceTest, ASilentStreamIsCutOffAtTheHelloDeadlineAndHoldsNoSlot) {
-  options_.worker_hello_timeout = 1500ms;
-  StartServer();
-  FakeWorkerOptions silent;
-  silent.send_hello = false;
-  const auto opened = std::chrono::steady_clock::now();
-  FakeWorker& quiet = Attach(silent, /*wait=*/false);
-  // While it sits there, the real job attaches and serves: the slot is claimed only by a hello
-  // with the right secret.
-  Attach();
-  EXPECT_TRUE(Generate(IdsRequest({4, 5}, 3)).status.ok());
-  const grpc::Status st = quiet.Join();
-  const auto waited = std::chrono::steady_clock::now() - opened;
-  EXPECT_FALSE(st.ok());
-  EXPECT_GE(waited, 1400ms);
-  EXPECT_LT(waited, 4s);
-  EXPECT_EQ(Health(), kServing);
-}
-
-TEST_F(ServiceTest, ASilentStreamIsCutOffAfterAShortDeadline) {
-  options_.worker_hello_timeout = 300ms;
-  StartServer();
-  FakeWorkerOptions silent;
-  silent.send_hello = false;
-  const auto opened = std::chrono::steady_clock::now();
-  FakeWorker& quiet = Attach(silent, /*wait=*/false);
-  EXPECT_FALSE(quiet.Join().ok());
-  EXPECT_LT(std::chrono::steady_clock::now() - opened, 2s);
-  Attach();
-  EXPECT_TRUE(Generate(IdsRequest({1}, 1)).status.ok());
-}
-
-// This process's resident memory in KiB; 0 when unknown.
-int64_t RssKib() {
-  std::ifstream status("/proc/self/status");
-  for (std::string line; std::getline(status, line);) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
-  }
-  return 0;
-}
-
-TEST_F(ServiceTest, AbsurdKvBlocksAreRefusedAndAllocateNothing) {
-  StartServer();
-  const int64_t before = RssKib();
-  FakeWorkerOptions liar;
-  liar.reported_kv_blocks = std::numeric_limits<int32_t>::max();
-  FakeWorker& w = Attach(liar, /*wait=*/false);
-  const grpc::Status st = w.Join();
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(st.error_message(),
-              HasSubstr("Loaded.kv_blocks = 2147483647, expected at most 16777216"));
-  EXPECT_EQ(Health(), kNotServing);
-  const v1::ModelInfo info = Info();
-  EXPECT_EQ(info.kv_blocks_total(), 0);  // the block manager was never sized from it
-  EXPECT_EQ(info.workers_attached(), 0);
-  if (before > 0) {
-    EXPECT_LT(RssKib() - before, 256 * 1024) << "KiB grown";
-  }
-
-  // No block at all is RESOURCE_EXHAUSTED; the bound itself is accepted.
-  FakeWorkerOptions none;
-  none.reported_kv_blocks = 0;
-  EXPECT_EQ(Attach(none, /*wait=*/false).Join().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  FakeWorkerOptions most;
-  most.reported_kv_blocks = kMaxKvBlocks;  // the toy store keeps 64: requests use a few
-  Attach(most);
-  EXPECT_EQ(Info().kv_blocks_total(), kMaxKvBlocks);
-  Outcome o = Generate(IdsRequest(Prompt(3), 4));
-  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
-  EXPECT_EQ(o.ids, FakeWorker::Reference(Prompt(3), 4));
-  ExpectNoWorkerErrors();
-}
-
-TEST_F(ServiceTest, AMalformedStepResultTakesTheLinkDownWithTheReason) {
-  // Each broken job's request fails at once instead of being held for the next (broken) job.
-  options_.requeue_timeout_s = 0;
-  StartServer();
-  struct Case {
-    std::string name;
-    std::function<void(const worker::v1::StepPlan&, worker::v1::StepResult&)> spoil;
-    std::string reason;
-  };
-  const std::vector<Case> cases = {
-      {"token for an unasked seq",
-       [](const worker::v1::StepPlan&, worker::v1::StepResult& r) {
-         r.add_results()->set_seq_id(987654321);
-       },
-       "(seq 987654321): no such sequence in the step's plan"},
-      {"oversize logprobs",
-       [](const worker::v1::StepPlan&, worker::v1::StepResult& r) {
-         for (worker::v1::SeqResult& s : *r.mutable_results()) {
-           for (int i = 0; i < 5; ++i) s.mutable_logprobs()->add_top()->set_logprob(-1);
-         }
-       },
-       ".logprobs.top has 7 entries, expected at most 2"},
-      {"token outside the vocabulary",
-       [](const worker::v1::StepPlan&, worker::v1::StepResult& r) {
-         if (r.results_size() > 0) r.mutable_results(0)->set_token(256);
-       },
-       ".token is 256, expected an id in [0, 256)"},
-      {"non-finite compute_ms",
-       [](const worker::v1::StepPlan&, worker::v1::StepResult& r) {
-         r.set_compute_ms(std::numeric_limits<double>::quiet_NaN());
-       },
-       "compute_ms is nan, expected a finite value >= 0"},
-  };
-  for (const Case& c : cases) {
-    SCOPED_TRACE(c.name);
-    FakeWorkerOptions broken;
-    broken.spoil = c.spoil;
-    FakeWorker& w = Attach(broken);
-    v1::GenerateRequest req = IdsRequest(Prompt(1), 4);
-    req.set_logprobs(2);
-    // What then happens to the request is the engine's business (it may wait for a relaunch):
-    // this looks at the link only.
-    Outcome o;
-    std::thread client([&] { o = Generate(req, {}, 3s); });
-    const grpc::Status st = w.Join();
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(st.error_message(), HasSubstr("protocol violation: step "));
-    EXPECT_THAT(st.error_message(), HasSubstr(c.reason));
-    EXPECT_TRUE(WaitHealth(kNotServing, 5s));
-    EXPECT_EQ(Info().workers_attached(), 0);
-    client.join();
-    EXPECT_FALSE(o.status.ok());
-    EXPECT_TRUE(o.ids.empty());  // the spoiled first result was never applied
-  }
-  // A sound job serves afterwards.
-  Attach();
-  Outcome ok = Generate(IdsRequest(Prompt(2), 4));
-  ASSERT_TRUE(ok.status.ok()) << ok.status.error_message();
-  EXPECT_EQ(ok.ids, FakeWorker::Reference(Prompt(2), 4));
-}
 
 }  // namespace
 }  // namespace shardlm::coordinator
