@@ -92,6 +92,28 @@ int main(int argc, char** argv) {
                  "Seconds the requests of a lost worker job wait for a relaunched job to attach "
                  "and load before they end UNAVAILABLE (0: they fail at once)")
       ->default_val(o.requeue_timeout_s);
+  app.add_option("--http-listen", o.http_listen,
+                 "HOST:PORT of the OpenAI-compatible HTTP API, /health and /metrics (port 0: pick "
+                 "a free one; unset: no HTTP)");
+  app.add_option("--http-threads", o.http_threads,
+                 "HTTP server threads; each serves one request at a time (a stream for its whole "
+                 "length), more requests wait in its queue")
+      ->default_val(o.http_threads);
+  app.add_option("--tls-cert", o.tls_cert,
+                 "PEM certificate chain: serve the public gRPC API and HTTP over TLS (with "
+                 "--tls-key)");
+  app.add_option("--tls-key", o.tls_key, "PEM private key of --tls-cert");
+  app.add_option("--tls-client-ca", o.tls_client_ca,
+                 "PEM CA certificates: require client certificates signed by them (mTLS)");
+  std::string auth_token_file;
+  app.add_option("--auth-token-file", auth_token_file,
+                 "File holding a bearer token (>= 16 bytes; one trailing newline is ignored) that "
+                 "every public call must carry as 'authorization: Bearer TOKEN' (health checks "
+                 "and /metrics excepted)");
+  app.add_option("--drain-timeout", o.drain_timeout_s,
+                 "On SIGTERM: seconds running requests get to finish while new ones are refused, "
+                 "before the worker job is told to exit")
+      ->default_val(o.drain_timeout_s);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->default_val(log_level);
   CLI11_PARSE(app, argc, argv);
@@ -113,6 +135,14 @@ int main(int argc, char** argv) {
   if (!secret.ok()) return Fail(std::string(secret.status().message()));
   if (!secret_warning.empty()) spdlog::warn("{}", secret_warning);
   o.worker_secret = std::move(*secret);
+  if (!auth_token_file.empty()) {
+    std::string token_warning;
+    absl::StatusOr<std::string> token =
+        shardlm::ReadSecretFile("--auth-token-file", auth_token_file, &token_warning);
+    if (!token.ok()) return Fail(std::string(token.status().message()));
+    if (!token_warning.empty()) spdlog::warn("{}", token_warning);
+    o.auth_token = std::move(*token);
+  }
   if (absl::Status valid = shardlm::coordinator::ValidateOptions(o); !valid.ok()) {
     return Fail(std::string(valid.message()));
   }

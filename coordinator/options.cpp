@@ -80,6 +80,36 @@ absl::Status ValidateOptions(const CoordinatorOptions& o) {
   if (!(o.requeue_timeout_s >= 0 && o.requeue_timeout_s <= 86400)) {
     return bad("--requeue-timeout", "seconds in [0, 86400]", o.requeue_timeout_s);
   }
+  if (!o.http_listen.empty()) {
+    if (o.http_listen.rfind(':') == std::string::npos) {
+      return bad("--http-listen", "HOST:PORT", absl::StrCat("'", o.http_listen, "'"));
+    }
+    if ((o.http_listen == o.listen || o.http_listen == o.worker_listen) &&
+        !absl::EndsWith(o.http_listen, ":0")) {
+      return bad("--http-listen", "an address of its own (not --listen's or --worker-listen's)",
+                 absl::StrCat("'", o.http_listen, "'"));
+    }
+  }
+  if (o.http_threads < 1 || o.http_threads > 4096) {
+    return bad("--http-threads", "a value in [1, 4096]", o.http_threads);
+  }
+  if (o.tls_cert.empty() != o.tls_key.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-cert and --tls-key: expected both (a certificate chain and its private key) or "
+        "neither");
+  }
+  if (!o.tls_client_ca.empty() && o.tls_cert.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-client-ca: needs --tls-cert and --tls-key (client certificates are checked "
+        "only over TLS)");
+  }
+  if (!o.auth_token.empty() && o.auth_token.size() < kMinSecretBytes) {
+    return bad("--auth-token-file", absl::StrCat("a token of at least ", kMinSecretBytes, " bytes"),
+               absl::StrCat(o.auth_token.size(), " bytes"));
+  }
+  if (!(o.drain_timeout_s >= 0 && o.drain_timeout_s <= 86400)) {
+    return bad("--drain-timeout", "seconds in [0, 86400]", o.drain_timeout_s);
+  }
   return absl::OkStatus();
 }
 

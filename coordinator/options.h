@@ -53,6 +53,27 @@ struct CoordinatorOptions {
   // Seconds the requests of a lost worker job wait for another job to attach and load before
   // they end UNAVAILABLE; 0: they fail at once.
   double requeue_timeout_s = 60;
+
+  // --- The HTTP front door (http_server.h): the OpenAI-compatible API, /health, /metrics.
+  // HOST:PORT (port 0: a free one); "" serves no HTTP.
+  std::string http_listen;
+  // Threads of the HTTP server: each serves one request at a time (a streaming one for its
+  // whole length); requests beyond them wait in its queue rather than fail.
+  int32_t http_threads = 64;
+
+  // --- Security of the public API (gRPC --listen and HTTP --http-listen; the workers' attach is
+  // guarded by worker_secret). Paths of PEM files; "" for none.
+  std::string tls_cert;       // with tls_key: TLS on both servers
+  std::string tls_key;
+  std::string tls_client_ca;  // mTLS: clients must present a certificate this CA signed
+  // The bearer token of --auth-token-file (its bytes): every call but health checks (gRPC
+  // health, HTTP /health) and /metrics must carry it ("authorization: Bearer TOKEN"); "" for
+  // none. At least kMinSecretBytes.
+  std::string auth_token;
+
+  // --- Graceful drain (SIGTERM): seconds running requests get to finish once new ones are
+  // refused, before the workers are told to exit.
+  double drain_timeout_s = 30;
 };
 
 inline int32_t EffectiveMaxRunning(const CoordinatorOptions& o) {

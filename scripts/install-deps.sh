@@ -14,6 +14,9 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev nlohmann-json3-dev libpcre2-dev libcli11-dev
   libspdlog-dev libfmt-dev
+  # The coordinator's OpenAI-compatible HTTP server (built with OpenSSL), its Prometheus metrics,
+  # and openssl to make the TLS tests' certificates.
+  libcpp-httplib-dev prometheus-cpp-dev libssl-dev openssl curl
   # The sanitizer and fuzzing build (scripts/sanitize-and-fuzz.sh): clang with its ASan, UBSan
   # and libFuzzer runtimes, and its OpenMP runtime (clang does not use gcc's libgomp headers).
   clang-16 libclang-rt-16-dev libomp-16-dev
@@ -45,5 +48,12 @@ if ! "$PY" -c "import grpc, grpc_tools, google.protobuf" >/dev/null 2>&1; then
   "$PY" -m pip install -q grpcio grpcio-tools protobuf ||
     "$PY" -m pip install -q --break-system-packages grpcio grpcio-tools protobuf ||
     echo "install-deps: warning: pip install grpcio grpcio-tools protobuf failed" >&2
+fi
+# The OpenAI-compatible HTTP API's tests use the official `openai` client; the metrics test parses
+# /metrics with prometheus_client's own text parser.
+if ! "$PY" -c "import openai, prometheus_client" >/dev/null 2>&1; then
+  "$PY" -m pip install -q openai prometheus_client ||
+    "$PY" -m pip install -q --break-system-packages openai prometheus_client ||
+    echo "install-deps: warning: pip install openai prometheus_client failed" >&2
 fi
 echo "install-deps: done"
