@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "coordinator/metrics.h"
 #include "spdlog/spdlog.h"
 
 namespace shardlm::coordinator {
@@ -27,6 +28,7 @@ struct Engine::Request {
   Clock::time_point arrival;
   std::optional<Clock::time_point> first_scheduled;
   std::optional<Clock::time_point> first_token;
+  std::optional<Clock::time_point> last_token;
 };
 
 Engine::Engine(const ModelContext& model, EngineOptions options,
@@ -127,6 +129,10 @@ void Engine::Finish(Request* r, v1::FinishReason reason, const absl::Status& sta
   usage->set_ttft_ms(r->first_token ? MsBetween(r->arrival, *r->first_token) : 0.0);
   usage->set_total_ms(MsBetween(r->arrival, now));
   if (reason == v1::FINISH_REASON_ERROR) last.set_error(std::string(status.message()));
+  if (options_.metrics != nullptr) {
+    options_.metrics->Finished(reason, r->prompt_tokens, usage->completion_tokens(), r->arrival,
+                               now);
+  }
   r->handle->channel.Push(std::move(last));
   r->handle->channel.Close(status);
   const uint64_t key = r->handle->key;
@@ -286,7 +292,10 @@ void Engine::Loop() {
       if (Request* r = Find(key)) Finish(r, v1::FINISH_REASON_ERROR, status);
     }
     for (uint64_t key : step.admitted) {
-      if (Request* r = Find(key); r != nullptr && !r->first_scheduled) r->first_scheduled = now;
+      if (Request* r = Find(key); r != nullptr && !r->first_scheduled) {
+        r->first_scheduled = now;
+        if (options_.metrics != nullptr) options_.metrics->Scheduled(r->arrival, now);
+      }
     }
     if (!step.preempted.empty()) {
       spdlog::info("step {}: KV blocks ran out: {} sequence(s) preempted for recomputation",
@@ -324,6 +333,9 @@ void Engine::Loop() {
       continue;
     }
     deadlines_.Observe(size, step_ms);
+    if (options_.metrics != nullptr) {
+      options_.metrics->Step(size.seqs, size.tokens, step_ms / 1000.0);
+    }
     ApplyResult(step.plan, *result);
   }
 }
@@ -356,6 +368,11 @@ void Engine::ApplyResult(const worker::v1::StepPlan& plan, const worker::v1::Ste
     v1::GenerateResponse message;
     message.set_request_id(r->handle->request_id);
     const v1::FinishReason reason = r->output.Add(s.token, s.logprobs, &message);
+    // Add appends the token unless it fails the request (a NaN logprob).
+    if (options_.metrics != nullptr && reason != v1::FINISH_REASON_ERROR) {
+      options_.metrics->Token(r->prompt_tokens, r->arrival, r->last_token, now);
+    }
+    r->last_token = now;
     if (reason != v1::FINISH_REASON_UNSPECIFIED) {
       Finish(r, reason, r->output.error(), std::move(message));  // error: a NaN logprob
     } else {

@@ -44,6 +44,8 @@
 
 namespace shardlm::coordinator {
 
+class Metrics;
+
 struct EngineOptions {
   SchedulerOptions scheduler;
   int32_t kv_block_size = 16;
@@ -51,6 +53,7 @@ struct EngineOptions {
   StepDeadlineOptions step_deadline;
   // How long requests of a lost job wait for another to attach and load; 0: they fail at once.
   std::chrono::milliseconds requeue_timeout{60000};
+  Metrics* metrics = nullptr;  // not owned, must outlive the engine; null: no metrics
 };
 
 // What a Generate handler holds: its request's id and channel.

@@ -32,6 +32,9 @@ CoordinatorServer::CoordinatorServer(const CoordinatorOptions& options,
       std::chrono::milliseconds(static_cast<int64_t>(std::ceil(options_.step_timeout_s * 1000)));
   engine_options.requeue_timeout =
       std::chrono::milliseconds(static_cast<int64_t>(std::ceil(options_.requeue_timeout_s * 1000)));
+  metrics_ = std::make_unique<Metrics>(Metrics::ModelName(model_->path), model_->context_length,
+                                       options_.tp * options_.pp);
+  engine_options.metrics = metrics_.get();
   engine_ = std::make_unique<Engine>(*model_, engine_options,
                                      [this](bool serving) { SetHealth(serving); });
   generation_ = std::make_unique<GenerationService>(*model_, options_, *engine_);
@@ -39,6 +42,11 @@ CoordinatorServer::CoordinatorServer(const CoordinatorOptions& options,
 }
 
 CoordinatorServer::~CoordinatorServer() { Shutdown(); }
+
+std::string CoordinatorServer::MetricsText() {
+  metrics_->Refresh(engine_->Stats());
+  return metrics_->Render();
+}
 
 void CoordinatorServer::SetHealth(bool serving) {
   if (server_ == nullptr) return;

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "coordinator/engine.h"
 #include "coordinator/generation_service.h"
+#include "coordinator/metrics.h"
 #include "coordinator/model_context.h"
 #include "coordinator/options.h"
 #include "coordinator/worker_service.h"
@@ -40,6 +41,9 @@ class CoordinatorServer {
   void Wait();
 
   Engine& engine() { return *engine_; }
+  // The Prometheus text exposition of every metric (GET /metrics), gauges refreshed from the
+  // engine's state now. Thread-safe.
+  std::string MetricsText();
   const ModelContext& model() const { return *model_; }
 
  private:
@@ -48,6 +52,7 @@ class CoordinatorServer {
 
   const CoordinatorOptions options_;
   const std::unique_ptr<ModelContext> model_;
+  std::unique_ptr<Metrics> metrics_;  // before engine_, which reports to it
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<GenerationService> generation_;
   std::unique_ptr<WorkerService> workers_;
