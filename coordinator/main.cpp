@@ -2,7 +2,8 @@
 // for a worker job (mpirun shardlm-worker --coordinator WORKER_ADDR --worker-secret-file F) to
 // attach on --worker-listen, and schedules requests onto it. Once serving, prints
 // "listening on HOST:PORT" (the public address) as the first stdout line and
-// "worker attach on HOST:PORT" as the second; logs go to stderr. SIGINT / SIGTERM: ends streams,
+// "worker attach on HOST:PORT" as the second and, with --http-listen, "http on HOST:PORT" as the
+// third; logs go to stderr. SIGINT / SIGTERM: ends streams,
 // tells the workers to shut down, exits 0.
 #include <pthread.h>
 #include <signal.h>
@@ -162,6 +163,9 @@ int main(int argc, char** argv) {
   if (!server.ok()) return Fail(std::string(server.status().message()));
   std::printf("listening on %s\nworker attach on %s\n", (*server)->address().c_str(),
               (*server)->worker_address().c_str());
+  if (!(*server)->http_address().empty()) {
+    std::printf("http on %s\n", (*server)->http_address().c_str());
+  }
   std::fflush(stdout);
 
   int signal_number = 0;

@@ -49,6 +49,7 @@ std::string CoordinatorServer::MetricsText() {
 }
 
 void CoordinatorServer::SetHealth(bool serving) {
+  serving_ = serving;
   if (server_ == nullptr) return;
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   if (health == nullptr) return;
@@ -115,6 +116,15 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   self->port_ = port;
   self->address_ = absl::StrCat(host_of(options.listen), ":", port);
   self->SetHealth(false);  // until a worker job has loaded
+  if (!options.http_listen.empty()) {
+    CoordinatorServer* server = self.get();
+    absl::StatusOr<std::unique_ptr<HttpServer>> http = HttpServer::Start(
+        options, *self->model_, *self->engine_,
+        HttpHooks{.serving = [server] { return server->serving_.load(); },
+                  .metrics_text = [server] { return server->MetricsText(); }});
+    if (!http.ok()) return http.status();  // the destructor stops the gRPC servers
+    self->http_ = std::move(*http);
+  }
   if (EffectiveMaxRunning(options) < options.max_running) {
     spdlog::info("--max-running {} capped at --max-batch-tokens {}: each running sequence takes a "
                  "token of every step", options.max_running, options.max_batch_tokens);
@@ -139,6 +149,7 @@ void CoordinatorServer::Shutdown() {
     const auto deadline = std::chrono::system_clock::now() + kServerDeadline;
     worker_server_->Shutdown(deadline);
     server_->Shutdown(deadline);
+    if (http_ != nullptr) http_->Stop();  // its streams ended with the engine's requests
   });
 }
 

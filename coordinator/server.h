@@ -5,6 +5,7 @@
 // shares a port with the public API, so that the two can face different networks.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -15,6 +16,7 @@
 #include "coordinator/engine.h"
 #include "coordinator/generation_service.h"
 #include "coordinator/metrics.h"
+#include "coordinator/http_server.h"
 #include "coordinator/model_context.h"
 #include "coordinator/options.h"
 #include "coordinator/worker_service.h"
@@ -34,6 +36,8 @@ class CoordinatorServer {
   int port() const { return port_; }
   // HOST:PORT where worker jobs attach: the host of --worker-listen and the actual port.
   const std::string& worker_address() const { return worker_address_; }
+  // HOST:PORT of the HTTP API (--http-listen, actual port); "" when it is off.
+  std::string http_address() const { return http_ ? http_->address() : ""; }
 
   // Ends every live request (UNAVAILABLE), sends Shutdown to the attached workers and stops the
   // servers (handlers get a few seconds to finish). Idempotent; Wait() returns afterwards.
@@ -58,6 +62,8 @@ class CoordinatorServer {
   std::unique_ptr<WorkerService> workers_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> worker_server_;
+  std::unique_ptr<HttpServer> http_;
+  std::atomic<bool> serving_{false};  // as health says; HTTP /health reads it
   std::string address_;
   std::string worker_address_;
   int port_ = 0;
