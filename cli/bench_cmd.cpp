@@ -32,6 +32,7 @@ struct BenchArgs {
   int output_len = 128;
   uint64_t seed = 1234;
   int64_t timeout_ms = 0;
+  ClientSecurityFlags security;
 };
 
 struct RequestStats {
@@ -115,7 +116,9 @@ int RunBench(const BenchArgs& args) {
   if (args.concurrency < 1 || args.requests < 1 || args.input_len < 1 || args.output_len < 1) {
     return Fail("bench", "--concurrency, --requests, --input-len and --output-len must be >= 1");
   }
-  auto stub = shardlm::v1::Generation::NewStub(MakeChannel(args.server));
+  auto channel = MakeChannel(args.server, args.security);
+  if (!channel.ok()) return Fail("bench", std::string(channel.status().message()));
+  auto stub = shardlm::v1::Generation::NewStub(*channel);
   shardlm::v1::ModelInfo info;
   {
     grpc::ClientContext context;
@@ -232,6 +235,7 @@ RunFn AddBenchCommand(CLI::App& app) {
   app.add_option("--seed", args->seed, "Seed of the random prompts")->default_val(1234);
   app.add_option("--timeout-ms", args->timeout_ms, "Deadline of each request (0: none)")
       ->default_val(0);
+  AddClientSecurityOptions(app, args->security);
   return [args]() -> int { return RunBench(*args); };
 }
 

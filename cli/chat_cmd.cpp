@@ -22,10 +22,13 @@ struct ChatArgs {
   int32_t max_new_tokens = 512;
   bool usage = false;
   SamplingFlags sampling;
+  ClientSecurityFlags security;
 };
 
 int RunChat(ChatArgs& args) {
-  auto stub = shardlm::v1::Generation::NewStub(MakeChannel(args.server));
+  auto channel = MakeChannel(args.server, args.security);
+  if (!channel.ok()) return Fail("chat", std::string(channel.status().message()));
+  auto stub = shardlm::v1::Generation::NewStub(*channel);
   shardlm::v1::ChatMessages history;
   auto reset = [&] {
     history.Clear();
@@ -106,6 +109,7 @@ RunFn AddChatCommand(CLI::App& app) {
                  "glm4");
   app.add_flag("--usage", args->usage, "Print token counts and latencies of each answer to stderr");
   AddSamplingOptions(app, args->sampling);
+  AddClientSecurityOptions(app, args->security);
   return [args]() -> int { return RunChat(*args); };
 }
 

@@ -8,10 +8,27 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "coordinator/auth.h"
 
 namespace shardlm::cli {
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& server) {
+void AddClientSecurityOptions(CLI::App& app, ClientSecurityFlags& f) {
+  app.add_option("--tls-ca", f.tls_ca,
+                 "PEM CA certificates: connect over TLS, trusting the server certificates they "
+                 "signed");
+  app.add_option("--tls-cert", f.tls_cert,
+                 "PEM client certificate for a server that requires one (mTLS; with --tls-key)");
+  app.add_option("--tls-key", f.tls_key, "PEM private key of --tls-cert");
+  app.add_option("--auth-token-file", f.auth_token_file,
+                 "File holding the server's bearer token (one trailing newline ignored), sent "
+                 "as 'authorization: Bearer TOKEN' on every call");
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& server,
+                                                           const ClientSecurityFlags& security) {
+  absl::StatusOr<coordinator::ClientSecurity> loaded = coordinator::LoadClientSecurity(
+      security.tls_ca, security.tls_cert, security.tls_key, security.auth_token_file);
+  if (!loaded.ok()) return loaded.status();
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   // Long generations may stream nothing for a while (queued behind others): keep the
@@ -20,7 +37,7 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& server) {
   // Scripts poll a server that is still starting: retry the connection often, not after minutes.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 250);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  return grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args);
+  return coordinator::CreateClientChannel(server, *loaded, args);
 }
 
 std::string StatusCodeName(grpc::StatusCode code) {

@@ -13,14 +13,28 @@
 #include <grpcpp/grpcpp.h>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
 #include "shardlm/v1/generation.grpc.pb.h"
 
 namespace shardlm::cli {
 
 using Clock = std::chrono::steady_clock;
 
-// An insecure channel to `server` ("host:port", "dns:///host:port", "unix:/path").
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& server);
+// How a command reaches a secured coordinator (README "Security"): paths, "" for unset.
+struct ClientSecurityFlags {
+  std::string tls_ca;           // TLS, trusting this CA
+  std::string tls_cert;         // with tls_key: a client certificate (mTLS)
+  std::string tls_key;
+  std::string auth_token_file;  // "authorization: Bearer TOKEN" on every call
+};
+// Registers --tls-ca --tls-cert --tls-key --auth-token-file.
+void AddClientSecurityOptions(CLI::App& app, ClientSecurityFlags& flags);
+
+// A channel to `server` ("host:port", "dns:///host:port", "unix:/path"): TLS when --tls-ca or
+// --tls-cert is given, plaintext otherwise, the token on every call. An unreadable or invalid
+// file is an error naming its flag.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& server,
+                                                           const ClientSecurityFlags& security);
 
 // "UNAVAILABLE", "INVALID_ARGUMENT", ... for a status code.
 std::string StatusCodeName(grpc::StatusCode code);
@@ -91,8 +105,8 @@ namespace shardlm::cli {
 
 // `shardlm generate --server`: one request (exactly one of prompt_ids / prompt / chat non-empty),
 // text streamed to stdout; with prompt_ids the last stdout line is the generated ids.
-int RunRemoteGenerate(const std::string& server, const std::string& prompt_ids,
-                      const std::string& prompt, const std::string& chat, int64_t max_new_tokens,
-                      const SamplingFlags& flags);
+int RunRemoteGenerate(const std::string& server, const ClientSecurityFlags& security,
+                      const std::string& prompt_ids, const std::string& prompt,
+                      const std::string& chat, int64_t max_new_tokens, const SamplingFlags& flags);
 
 }  // namespace shardlm::cli

@@ -27,6 +27,7 @@ struct GenerateArgs {
   std::string model;
   std::string server;        // --server: run on a coordinator instead of in this process
   SamplingFlags sampling;    // offline too, but for --stop, --logprobs, --timeout-ms
+  ClientSecurityFlags security;  // --server only
   std::string prompt_ids;
   std::string prompt;
   std::string chat;
@@ -202,6 +203,7 @@ RunFn AddGenerateCommand(CLI::App& app) {
   AddParallelOptions(app, args->parallel);
   AddBackendOptions(app, args->backend);
   AddSamplingOptions(app, args->sampling);
+  AddClientSecurityOptions(app, args->security);
   return [args, &app]() -> int {
     if (args->model.empty() == args->server.empty()) {
       return Fail("generate", "expected exactly one of --model, --server");
@@ -217,8 +219,13 @@ RunFn AddGenerateCommand(CLI::App& app) {
       SamplingFlags& flags = args->sampling;
       flags.ignore_eos = args->ignore_eos;
       flags.chat_template = args->chat_template;
-      return RunRemoteGenerate(args->server, args->prompt_ids, args->prompt, args->chat,
-                               args->max_new_tokens, flags);
+      return RunRemoteGenerate(args->server, args->security, args->prompt_ids, args->prompt,
+                               args->chat, args->max_new_tokens, flags);
+    }
+    for (const char* server_only : {"--tls-ca", "--tls-cert", "--tls-key", "--auth-token-file"}) {
+      if (app.count(server_only) > 0) {
+        return Fail("generate", std::string(server_only) + " needs --server");
+      }
     }
     for (CLI::Option* option : args->sampling.options) {
       for (const char* server_only : {"--stop", "--logprobs", "--timeout-ms"}) {

@@ -10,9 +10,9 @@
 
 namespace shardlm::cli {
 
-int RunRemoteGenerate(const std::string& server, const std::string& prompt_ids,
-                      const std::string& prompt, const std::string& chat, int64_t max_new_tokens,
-                      const SamplingFlags& flags) {
+int RunRemoteGenerate(const std::string& server, const ClientSecurityFlags& security,
+                      const std::string& prompt_ids, const std::string& prompt,
+                      const std::string& chat, int64_t max_new_tokens, const SamplingFlags& flags) {
   const int given = !prompt_ids.empty() + !prompt.empty() + !chat.empty();
   if (given != 1) {
     return Fail("generate",
@@ -40,7 +40,9 @@ int RunRemoteGenerate(const std::string& server, const std::string& prompt_ids,
   // server's own default temperature is 1).
   if (!request.sampling().has_temperature()) request.mutable_sampling()->set_temperature(0);
 
-  auto stub = shardlm::v1::Generation::NewStub(MakeChannel(server));
+  auto channel = MakeChannel(server, security);
+  if (!channel.ok()) return Fail("generate", std::string(channel.status().message()));
+  auto stub = shardlm::v1::Generation::NewStub(*channel);
   StreamOutcome outcome = StreamGenerate(
       *stub, request, flags.timeout_ms, [&](const shardlm::v1::GenerateResponse& message) {
         if (!message.text().empty()) {

@@ -20,10 +20,13 @@ namespace {
 struct InfoArgs {
   std::string server;
   double wait_ready_s = 0;
+  ClientSecurityFlags security;
 };
 
 int RunInfo(const InfoArgs& args) {
-  auto stub = shardlm::v1::Generation::NewStub(MakeChannel(args.server));
+  auto channel = MakeChannel(args.server, args.security);
+  if (!channel.ok()) return Fail("info", std::string(channel.status().message()));
+  auto stub = shardlm::v1::Generation::NewStub(*channel);
   const auto give_up = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                           std::chrono::duration<double>(args.wait_ready_s));
   shardlm::v1::ModelInfo info;
@@ -66,6 +69,7 @@ RunFn AddInfoCommand(CLI::App& app) {
   app.add_option("--wait-ready", args->wait_ready_s,
                  "Wait up to SECONDS until every worker rank is attached and loaded")
       ->default_val(0);
+  AddClientSecurityOptions(app, args->security);
   return [args]() -> int { return RunInfo(*args); };
 }
 

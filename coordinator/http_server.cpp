@@ -22,7 +22,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "base/secret.h"
+#include "coordinator/auth.h"
 #include "coordinator/openai_api.h"
 #include "coordinator/validation.h"
 #include "spdlog/spdlog.h"
@@ -211,12 +211,7 @@ struct HttpServer::Impl {
 
 bool HttpServer::Impl::Authorized(const httplib::Request& req) const {
   if (options.auth_token.empty()) return true;
-  const std::string header = req.get_header_value("Authorization");
-  constexpr std::string_view kBearer = "Bearer ";
-  if (header.size() < kBearer.size() || header.compare(0, kBearer.size(), kBearer) != 0) {
-    return false;
-  }
-  return SecretsEqual(std::string_view(header).substr(kBearer.size()), options.auth_token);
+  return BearerMatches(req.get_header_value("Authorization"), options.auth_token);
 }
 
 bool HttpServer::Impl::ParseBody(const httplib::Request& req, httplib::Response& res,

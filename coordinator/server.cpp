@@ -7,6 +7,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/auth.h"
 #include "spdlog/spdlog.h"
 
 namespace shardlm::coordinator {
@@ -61,8 +62,13 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     const CoordinatorOptions& options, std::unique_ptr<ModelContext> model) {
   // Must precede the ServerBuilders (reflection goes on both; it describes, it serves nothing).
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  std::unique_ptr<CoordinatorServer> self(new CoordinatorServer(options, std::move(model)));
   auto host_of = [](const std::string& address) { return address.substr(0, address.rfind(':')); };
+  // The public API's TLS and token (auth.h); bad PEM files fail here, naming the flag.
+  std::string security;
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> public_credentials =
+      PublicServerCredentials(options, &security);
+  if (!public_credentials.ok()) return public_credentials.status();
+  std::unique_ptr<CoordinatorServer> self(new CoordinatorServer(options, std::move(model)));
 
   // The workers' server: WorkerControl alone, and no health service (its SERVING would say
   // nothing about the model being served).
@@ -95,7 +101,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options.listen, *public_credentials, &port);
   builder.RegisterService(self->generation_.get());
   // Long prompts as ids are large messages.
   builder.SetMaxReceiveMessageSize(64 << 20);
@@ -116,6 +122,12 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   self->port_ = port;
   self->address_ = absl::StrCat(host_of(options.listen), ":", port);
   self->SetHealth(false);  // until a worker job has loaded
+  spdlog::info("public API on {}: {}", self->address_, security);
+  if (!options.auth_token.empty() && options.tls_cert.empty() &&
+      !IsLoopbackAddress(options.listen)) {
+    spdlog::warn("--auth-token-file without --tls-cert on --listen {}: the token crosses the "
+                 "network in clear text; add --tls-cert and --tls-key", options.listen);
+  }
   if (!options.http_listen.empty()) {
     CoordinatorServer* server = self.get();
     absl::StatusOr<std::unique_ptr<HttpServer>> http = HttpServer::Start(

@@ -4,6 +4,8 @@
     python3 clients/python/example.py --server 127.0.0.1:50051 "What is the capital of France?"
     python3 clients/python/example.py --server ADDR --prompt "Once upon a time" --temperature 0.8 --seed 1
     python3 clients/python/example.py --server ADDR --info
+    python3 clients/python/example.py --server localhost:50051 --tls-ca ca.pem \
+        --auth-token-file token --info          # a server with TLS and a bearer token
 """
 import argparse
 import json
@@ -27,9 +29,19 @@ def main():
     ap.add_argument("--stop", action="append", default=[])
     ap.add_argument("--info", action="store_true", help="print the model info and exit")
     ap.add_argument("--wait", type=float, default=0, help="wait up to S seconds for the workers")
+    ap.add_argument("--tls-ca", help="PEM CA certificates: connect over TLS, trusting them")
+    ap.add_argument("--tls-cert", help="PEM client certificate (mTLS; with --tls-key)")
+    ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    ap.add_argument("--auth-token-file", help="file holding the server's bearer token")
     args = ap.parse_args()
 
-    with Client(args.server) as client:
+    try:
+        client = Client(args.server, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                        tls_key=args.tls_key, auth_token_file=args.auth_token_file)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    with client:
         try:
             if args.wait > 0:
                 client.wait_ready(args.wait)

@@ -3,6 +3,10 @@
 
     SHARDLM_SERVER=127.0.0.1:50051 python3 clients/python/test_client.py
 
+A secured server: SHARDLM_TLS_CA (PEM file: TLS trusting it), SHARDLM_TLS_CERT and
+SHARDLM_TLS_KEY (a client certificate), SHARDLM_AUTH_TOKEN_FILE (the bearer token); then it also
+checks that a client without the token, with a wrong one, or without TLS is refused.
+
 Exit codes: 0 passed, 1 failed, 77 skipped (ctest SKIP_RETURN_CODE; tests/e2e/service_test.cpp
 reports it as a skip): without SHARDLM_SERVER, or when a Python package the client needs (grpcio,
 grpcio-tools for the stubs, protobuf) is not installed. It waits up to
@@ -37,13 +41,21 @@ except (ImportError, RuntimeError) as e:  # pragma: no cover
     raise
 
 
+def _env(name):
+    return os.environ.get(name) or None
+
+
+SECURITY = dict(tls_ca=_env("SHARDLM_TLS_CA"), tls_cert=_env("SHARDLM_TLS_CERT"),
+                tls_key=_env("SHARDLM_TLS_KEY"), auth_token_file=_env("SHARDLM_AUTH_TOKEN_FILE"))
+
+
 class ClientTest(unittest.TestCase):
     client: Client
     info: dict
 
     @classmethod
     def setUpClass(cls):
-        cls.client = Client(SERVER, timeout=300)
+        cls.client = Client(SERVER, timeout=300, **SECURITY)
         cls.info = cls.client.wait_ready(float(os.environ.get("SHARDLM_READY_TIMEOUT", "120")))
         # A model without a tokenizer (tiny test models) takes token ids only.
         try:
@@ -186,6 +198,26 @@ class ClientTest(unittest.TestCase):
             self.assertEqual(e.code, grpc.StatusCode.DEADLINE_EXCEEDED, e)
         else:  # the server saw the deadline first and ended the stream itself
             self.assertEqual(r.finish_reason, "cancelled")
+
+    def test_wrong_credentials_are_refused(self):
+        tls = {k: v for k, v in SECURITY.items() if k != "auth_token_file"}
+        if SECURITY["auth_token_file"]:
+            for token in (None, "not-the-token-0123456789"):
+                with Client(SERVER, timeout=10, auth_token=token, **tls) as c:
+                    with self.assertRaises(ShardlmError) as e:
+                        c.model_info()
+                    self.assertEqual(e.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+                    with self.assertRaises(ShardlmError) as e:
+                        c.generate_all(token_ids=self.prompt, max_new_tokens=2)
+                    self.assertEqual(e.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+        if SECURITY["tls_ca"]:
+            with Client(SERVER, timeout=10, auth_token_file=SECURITY["auth_token_file"]) as c:
+                with self.assertRaises(ShardlmError) as e:
+                    c.model_info()
+                self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE)
+        if not SECURITY["auth_token_file"] and not SECURITY["tls_ca"]:
+            self.skipTest("a plaintext server without a token refuses nobody")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -102,23 +102,69 @@ _SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalt
 _ids = itertools.count()
 
 
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot read it ({e.strerror})") from None
+
+
+def read_token_file(path: str) -> str:
+    """The bearer token in `path`, less one trailing newline (as shardlm-coordinator reads its
+    --auth-token-file)."""
+    token = _read(path, "auth_token_file").decode("utf-8")
+    if token.endswith("\n"):
+        token = token[:-1]
+        if token.endswith("\r"):
+            token = token[:-1]
+    if not token:
+        raise ValueError(f"auth_token_file {path}: the file is empty")
+    return token
+
+
 class Client:
     """Client("127.0.0.1:50051"). Methods raise ShardlmError on a failed RPC.
 
         with Client(addr) as c:
             for chunk in c.generate("Hello", max_new_tokens=16, temperature=0):
                 print(chunk.text, end="", flush=True)
+
+    A secured server (README "Security"): `tls_ca` (a PEM file of the CA that signed the server's
+    certificate) turns TLS on; `tls_cert` and `tls_key` (PEM files) present a client certificate
+    (mTLS; TLS with the system's roots when `tls_ca` is not given); `auth_token` (the token) or
+    `auth_token_file` (a file holding it) sends "authorization: Bearer TOKEN" with every call.
     """
 
     def __init__(self, target: str, timeout: Optional[float] = None,
-                 options: Sequence = ()):
+                 options: Sequence = (), *, tls_ca: Optional[str] = None,
+                 tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
+                 auth_token: Optional[str] = None, auth_token_file: Optional[str] = None):
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=[
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key: expected both (a client certificate and its "
+                             "private key) or neither")
+        if auth_token is not None and auth_token_file is not None:
+            raise ValueError("expected at most one of auth_token, auth_token_file")
+        if auth_token_file is not None:
+            auth_token = read_token_file(auth_token_file)
+        # Metadata rather than call credentials, which gRPC sends over TLS only: a plaintext
+        # loopback server with a token is reachable too.
+        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else None
+        channel_options = [
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.max_reconnect_backoff_ms", 2000),
             *options,
-        ])
+        ]
+        if tls_ca is not None or tls_cert is not None:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(tls_ca, "tls_ca") if tls_ca is not None else None,
+                private_key=_read(tls_key, "tls_key") if tls_key is not None else None,
+                certificate_chain=_read(tls_cert, "tls_cert") if tls_cert is not None else None)
+            self._channel = grpc.secure_channel(target, creds, options=channel_options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=channel_options)
         self._stub = pb2_grpc.GenerationStub(self._channel)
         self._prefix = f"py-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -136,7 +182,8 @@ class Client:
 
     def _call(self, method, request, timeout):
         try:
-            return method(request, timeout=timeout if timeout is not None else self.timeout)
+            return method(request, timeout=timeout if timeout is not None else self.timeout,
+                          metadata=self._metadata)
         except grpc.RpcError as e:
             raise ShardlmError(e.code(), e.details()) from None
 
@@ -172,7 +219,8 @@ class Client:
         return self._stream(req, timeout)
 
     def _stream(self, req, timeout) -> Iterator[Chunk]:
-        call = self._stub.Generate(req, timeout=timeout if timeout is not None else self.timeout)
+        call = self._stub.Generate(req, timeout=timeout if timeout is not None else self.timeout,
+                                   metadata=self._metadata)
         try:
             for m in call:
                 yield _chunk(m)
