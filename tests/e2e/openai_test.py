@@ -188,6 +188,38 @@ class ServeTest(unittest.TestCase):
         status, _ = raw("GET", "/health")
         self.assertEqual(status, 200)
 
+    def test_metrics_count_the_tokens_served(self):
+        try:
+            from prometheus_client.parser import text_string_to_metric_families
+        except ImportError:
+            self.skipTest("prometheus_client is not installed (scripts/install-deps.sh)")
+
+        def scrape():
+            req = urllib.request.Request(BASE + "/metrics")
+            with urllib.request.urlopen(req, timeout=60) as r:
+                self.assertEqual(r.status, 200)
+                self.assertTrue(r.headers["Content-Type"].startswith("text/plain"))
+                text = r.read().decode()
+            samples = {}
+            for family in text_string_to_metric_families(text):
+                for s in family.samples:
+                    samples[(s.name, s.labels.get("finished_reason", ""))] = s.value
+            return samples
+
+        before = scrape()
+        r = self.complete(max_tokens=5)
+        after = scrape()
+
+        def moved(name, reason=""):
+            return after[(name, reason)] - before.get((name, reason), 0)
+
+        self.assertEqual(moved("shardlm:prompt_tokens_total"), r.usage.prompt_tokens)
+        self.assertEqual(moved("shardlm:generation_tokens_total"), 5)
+        self.assertEqual(moved("shardlm:request_success_total", "length"), 1)
+        self.assertEqual(moved("shardlm:e2e_request_latency_seconds_count"), 1)
+        self.assertEqual(after[("shardlm:workers_attached", "")], 1)
+        self.assertEqual(after[("shardlm:num_requests_running", "")], 0)
+
     def test_tokenize_detokenize_round_trip(self):
         text = "Hello world, shardlm!"
         status, body = raw("POST", "/tokenize", {"prompt": text, "add_special_tokens": False})
