@@ -5,6 +5,7 @@
 // shares a port with the public API, so that the two can face different networks.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -33,6 +34,12 @@ class CoordinatorServer {
   int port() const { return port_; }
   // HOST:PORT where worker jobs attach: the host of --worker-listen and the actual port.
   const std::string& worker_address() const { return worker_address_; }
+
+  // Graceful drain (SIGTERM): health turns NOT_SERVING at once, new Generate calls get
+  // UNAVAILABLE "draining" (Engine::Submit), and live requests, running or queued, finish for up
+  // to `timeout` or until CutDrain. True when every one finished. Shutdown ends what is left.
+  bool Drain(std::chrono::milliseconds timeout);
+  void CutDrain();
 
   // Ends every live request (UNAVAILABLE), sends Shutdown to the attached workers and stops the
   // servers (handlers get a few seconds to finish). Idempotent; Wait() returns afterwards.
