@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/time.h"
 #include "coordinator/metrics.h"
 #include "spdlog/spdlog.h"
 
@@ -43,13 +44,13 @@ Engine::Engine(const ModelContext& model, EngineOptions options,
 Engine::~Engine() { Stop(); }
 
 void Engine::Start() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (!thread_.joinable() && !stopping_) thread_ = std::thread([this] { Loop(); });
 }
 
 void Engine::Stop() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (!stopping_) {
       stopping_ = true;
       FailAll(absl::UnavailableError("the coordinator is shutting down"));
@@ -59,14 +60,38 @@ void Engine::Stop() {
         attach_cancel_();  // a job still loading
       }
       SetServing(false);
-      cv_.notify_all();
+      cv_.SignalAll();
     }
   }
   if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
 
 void Engine::SetServing(bool serving) {
-  if (on_serving_) on_serving_(serving);
+  if (on_serving_) on_serving_(serving && !draining_);
+}
+
+void Engine::BeginDrain() {
+  absl::MutexLock lock(&mu_);
+  if (draining_ || stopping_) return;
+  draining_ = true;
+  spdlog::info("draining: new requests are refused; {} live request(s) may finish",
+               requests_.size());
+  SetServing(false);
+}
+
+bool Engine::WaitDrained(Clock::time_point deadline) {
+  const absl::Time until = absl::Now() + absl::FromChrono(deadline - Clock::now());
+  absl::MutexLock lock(&mu_);
+  while (!requests_.empty() && !drain_cut_ && !stopping_) {
+    if (cv_.WaitWithDeadline(&mu_, until)) break;  // timed out
+  }
+  return requests_.empty();
+}
+
+void Engine::CutDrain() {
+  absl::MutexLock lock(&mu_);
+  drain_cut_ = true;
+  cv_.SignalAll();
 }
 
 namespace {
@@ -89,8 +114,11 @@ Engine::Request* Engine::Find(uint64_t key) {
 
 absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(PreparedRequest request,
                                                               Clock::time_point arrival) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the coordinator is shutting down");
+  if (draining_) {
+    return absl::UnavailableError("the coordinator is draining (shutting down): retry elsewhere");
+  }
   if (link_ == nullptr) return absl::UnavailableError("no workers attached");
   std::string id = request.request_id;
   if (id.empty()) {
@@ -113,7 +141,7 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(PreparedRequest re
   std::shared_ptr<RequestHandle> handle = r->handle;
   ids_[id] = key;
   requests_[key] = std::move(r);
-  cv_.notify_all();
+  cv_.SignalAll();
   return handle;
 }
 
@@ -139,6 +167,7 @@ void Engine::Finish(Request* r, v1::FinishReason reason, const absl::Status& sta
   scheduler_.Remove(key);  // frees its blocks; the workers hear of it in the next plan
   ids_.erase(r->handle->request_id);
   requests_.erase(key);  // deletes *r
+  if (draining_ && requests_.empty()) cv_.SignalAll();  // WaitDrained
 }
 
 void Engine::FailAll(const absl::Status& status) {
@@ -149,7 +178,7 @@ void Engine::FailAll(const absl::Status& status) {
 }
 
 void Engine::Cancel(uint64_t key) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (Request* r = Find(key)) {
     spdlog::info("request {}: cancelled (client gone or deadline)", r->handle->request_id);
     Finish(r, v1::FINISH_REASON_CANCELLED,
@@ -158,7 +187,7 @@ void Engine::Cancel(uint64_t key) {
 }
 
 bool Engine::Abort(const std::string& request_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = ids_.find(request_id);
   if (it == ids_.end()) return false;
   spdlog::info("request {}: aborted", request_id);
@@ -168,7 +197,7 @@ bool Engine::Abort(const std::string& request_id) {
 
 absl::StatusOr<uint64_t> Engine::BeginAttach(const std::string& peer,
                                              std::function<void()> cancel) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the coordinator is shutting down");
   if (attach_ != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -181,7 +210,7 @@ absl::StatusOr<uint64_t> Engine::BeginAttach(const std::string& peer,
 
 absl::Status Engine::Activate(uint64_t attach, std::shared_ptr<WorkerLink> link,
                               int64_t kv_blocks) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the coordinator is shutting down");
   if (attach != attach_) return absl::FailedPreconditionError("this attach no longer holds the slot");
   // The scheduler keeps what a lost job left (queued, none running, no blocks).
@@ -194,7 +223,7 @@ absl::Status Engine::Activate(uint64_t attach, std::shared_ptr<WorkerLink> link,
     held_until_.reset();
   }
   SetServing(true);
-  cv_.notify_all();
+  cv_.SignalAll();
   return absl::OkStatus();
 }
 
@@ -222,7 +251,7 @@ void Engine::Detach(const absl::Status& reason) {
     held_until_ = Clock::now() + options_.requeue_timeout;
     lost_reason_ = std::string(reason.message());
   }
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 void Engine::FailHeld() {
@@ -239,7 +268,7 @@ void Engine::FailHeld() {
 }
 
 void Engine::EndAttach(uint64_t attach, const absl::Status& reason) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (attach != attach_) return;  // already detached (and maybe superseded)
   if (link_ != nullptr && !stopping_) {
     Detach(reason.ok() ? absl::UnavailableError("the attach stream ended") : reason);
@@ -248,16 +277,20 @@ void Engine::EndAttach(uint64_t attach, const absl::Status& reason) {
     attach_ = 0;
     attach_cancel_ = nullptr;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 bool Engine::WaitAttachEnded(std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  return cv_.wait_for(lock, timeout, [&] { return attach_ == 0; });
+  const absl::Time until = absl::Now() + absl::FromChrono(timeout);
+  absl::MutexLock lock(&mu_);
+  while (attach_ != 0) {
+    if (cv_.WaitWithDeadline(&mu_, until)) break;  // timed out
+  }
+  return attach_ == 0;
 }
 
 EngineStats Engine::Stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   EngineStats stats;
   stats.kv_blocks_total = blocks_.total();
   stats.kv_blocks_free = blocks_.free();
@@ -267,17 +300,24 @@ EngineStats Engine::Stats() const {
   return stats;
 }
 
+bool Engine::Ready() const {
+  return stopping_ || (link_ != nullptr && scheduler_.HasWork()) ||
+         (held_until_ && Clock::now() >= *held_until_);
+}
+
 void Engine::Loop() {
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
+  LoopLocked();
+}
+
+void Engine::LoopLocked() {
   while (true) {
-    auto ready = [&] {
-      return stopping_ || (link_ != nullptr && scheduler_.HasWork()) ||
-             (held_until_ && Clock::now() >= *held_until_);
-    };
-    if (held_until_) {
-      cv_.wait_until(lock, *held_until_, ready);
-    } else {
-      cv_.wait(lock, ready);
+    while (!Ready()) {
+      if (held_until_) {
+        cv_.WaitWithDeadline(&mu_, absl::Now() + absl::FromChrono(*held_until_ - Clock::now()));
+      } else {
+        cv_.Wait(&mu_);
+      }
     }
     if (stopping_) return;
     if (link_ == nullptr) {  // requests held for a job that is not there (yet)
@@ -304,17 +344,17 @@ void Engine::Loop() {
     if (step.plan.seqs_size() == 0) {
       if (scheduler_.HasWork()) {  // not expected: back off rather than spin
         spdlog::error("scheduler produced an empty step with work pending");
-        cv_.wait_for(lock, std::chrono::milliseconds(10));
+        cv_.WaitWithTimeout(&mu_, absl::Milliseconds(10));
       }
       continue;
     }
     const StepSize size = StepSize::Of(step.plan);
     const StepDeadline::Deadline deadline = deadlines_.For(size);
-    lock.unlock();
+    mu_.Unlock();
     const Clock::time_point sent = Clock::now();
     absl::StatusOr<worker::v1::StepResult> result = link->RunStep(step.plan, deadline.timeout);
     const double step_ms = MsBetween(sent, Clock::now());
-    lock.lock();
+    mu_.Lock();
     if (stopping_) return;
     // Detached meanwhile: its requests are already held for the next job (the step in flight is
     // recomputed there).

@@ -2,8 +2,9 @@
 // thread, routes sampled tokens to each request's output processor and response channel, and
 // tracks the single attached worker job.
 //
-// Threads and locking. One mutex guards all of the engine's state. Generate handlers call
-// Submit/Cancel, Abort and the worker Attach handler call in briefly under it. The engine thread
+// Threads and locking. One absl::Mutex guards all of the engine's state (ABSL_GUARDED_BY; clang's
+// -Wthread-safety checks it). Generate streams call Submit/Cancel, Abort and the worker Attach
+// handler call in briefly under it. The engine thread
 // plans a step under the lock, releases it while the workers compute (WorkerLink::RunStep waits
 // on the link's condition variable, never on the stream), and applies the result under the lock:
 // detokenizing, stop checks and pushing messages into the requests' channels. A request that is
@@ -21,18 +22,18 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "coordinator/kv_block_manager.h"
 #include "coordinator/model_context.h"
 #include "coordinator/output_processor.h"
@@ -89,9 +90,19 @@ class Engine {
   // Idempotent.
   void Stop();
 
-  // Queues a validated request. UNAVAILABLE without workers or while stopping, ALREADY_EXISTS
-  // for a live request_id, RESOURCE_EXHAUSTED when the queue is full or the prompt can never
-  // fit in the KV cache. An empty request_id gets one assigned ("req-<n>").
+  // Graceful drain (SIGTERM): from now on Submit refuses with UNAVAILABLE "draining" and health
+  // stays NOT_SERVING (on_serving(false) now, and a job that attaches later does not turn it
+  // back); live requests, running or queued, go on. Idempotent.
+  void BeginDrain();
+  // After BeginDrain: waits until no request is live (true), `deadline` passes or CutDrain is
+  // called (false). Stop then ends whatever is left.
+  bool WaitDrained(Clock::time_point deadline);
+  // Ends a WaitDrained now (a second signal).
+  void CutDrain();
+
+  // Queues a validated request. UNAVAILABLE without workers, while draining or stopping,
+  // ALREADY_EXISTS for a live request_id, RESOURCE_EXHAUSTED when the queue is full or the prompt
+  // can never fit in the KV cache. An empty request_id gets one assigned ("req-<n>").
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(PreparedRequest request,
                                                         Clock::time_point arrival);
   // The client went away or its deadline passed: the request finishes CANCELLED (the channel
@@ -121,40 +132,48 @@ class Engine {
   struct Request;
 
   void Loop();
-  void ApplyResult(const worker::v1::StepPlan& plan, const worker::v1::StepResult& result);
-  Request* Find(uint64_t key);
+  void LoopLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The engine thread has something to do.
+  bool Ready() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ApplyResult(const worker::v1::StepPlan& plan, const worker::v1::StepResult& result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Request* Find(uint64_t key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends a request: a last message (`last` plus finish reason, usage and, for errors, the error
   // text), the channel's final status, and its removal from the scheduler and the maps.
   void Finish(Request* r, v1::FinishReason reason, const absl::Status& status,
-              v1::GenerateResponse last = {});
-  void FailAll(const absl::Status& status);
+              v1::GenerateResponse last = {}) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FailAll(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The serving link is gone: requeue everything for the next job (or fail it when
   // requeue_timeout is 0), empty the KV cache, NOT_SERVING, free the slot.
-  void Detach(const absl::Status& reason);
+  void Detach(const absl::Status& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The requeue timeout passed with no job serving: the held requests end UNAVAILABLE.
-  void FailHeld();
-  void SetServing(bool serving);
+  void FailHeld() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Calls on_serving (never true while draining).
+  void SetServing(bool serving) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ModelContext& model_;
   const EngineOptions options_;
   const std::function<void(bool)> on_serving_;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;  // work arrived, workers attached or gone, stop
-  KvBlockManager blocks_;
-  Scheduler scheduler_;
-  std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
-  std::unordered_map<std::string, uint64_t> ids_;  // live request_id -> key
-  uint64_t next_key_ = 1;
-  uint64_t attach_ = 0;  // token of the job holding the worker slot; 0: free
-  uint64_t next_attach_ = 1;
-  std::function<void()> attach_cancel_;
-  std::shared_ptr<WorkerLink> link_;  // set while a loaded job serves
-  StepDeadline deadlines_;            // step times of the serving job
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;  // work arrived, workers attached or gone, stop
+  KvBlockManager blocks_ ABSL_GUARDED_BY(mu_);
+  Scheduler scheduler_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<std::string, uint64_t> ids_ ABSL_GUARDED_BY(mu_);  // live request_id -> key
+  uint64_t next_key_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t attach_ ABSL_GUARDED_BY(mu_) = 0;  // token of the job holding the worker slot; 0: free
+  uint64_t next_attach_ ABSL_GUARDED_BY(mu_) = 1;
+  std::function<void()> attach_cancel_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<WorkerLink> link_ ABSL_GUARDED_BY(mu_);  // set while a loaded job serves
+  StepDeadline deadlines_ ABSL_GUARDED_BY(mu_);            // step times of the serving job
   // While requests of a lost job are held: when they give up, and why the job was lost.
-  std::optional<Clock::time_point> held_until_;
-  std::string lost_reason_;
-  bool stopping_ = false;
+  std::optional<Clock::time_point> held_until_ ABSL_GUARDED_BY(mu_);
+  std::string lost_reason_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool drain_cut_ ABSL_GUARDED_BY(mu_) = false;
+  // Started by Start and joined by Stop (the owner's calls), never touched by the engine thread.
   std::thread thread_;
 };
 

@@ -1,10 +1,12 @@
 #include "coordinator/generation_service.h"
 
-#include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "coordinator/grpc_status.h"
 #include "coordinator/validation.h"
 #include "spdlog/spdlog.h"
@@ -12,42 +14,145 @@
 namespace shardlm::coordinator {
 
 namespace {
-// How often a waiting Generate handler checks whether its client is still there.
-constexpr std::chrono::milliseconds kCancelPoll(50);
+
+// A Generate call refused before it reached the engine (validation, a full queue, draining ...).
+class RefusedStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  explicit RefusedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+// One accepted Generate call, from Submit to its final status. It runs only when something
+// happens: the channel's listener (engine thread: tokens or the end arrived), OnWriteDone or
+// OnCancel (gRPC's callback threads); Pump does the next thing under mu_.
+//
+// Lifetime: gRPC deletes nothing; OnDone deletes this, and it comes only after Finish, once no
+// write is in flight. The channel may outlive the stream (the engine holds it while the request
+// is live) and its listener may be called at any time, so the listener holds a Waker, not this:
+// OnDone clears the Waker's pointer under its lock, and a wake-up under way finishes first.
+// gRPC runs OnDone, OnCancel and OnWriteDone of a user reactor on its executor, never inline in
+// StartWrite or Finish, so holding these locks around those calls cannot deadlock.
+class GenerateStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  GenerateStream(Engine& engine, std::shared_ptr<RequestHandle> handle)
+      : engine_(engine), handle_(std::move(handle)), waker_(std::make_shared<Waker>()) {
+    {
+      absl::MutexLock lock(&waker_->mu);
+      waker_->stream = this;
+    }
+    handle_->channel.SetListener([waker = waker_] { waker->Wake(); });
+    Pump();  // what arrived before the listener was there
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) engine_.Cancel(handle_->key);  // the client went away (never under mu_)
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) client_gone_ = true;
+    }
+    Pump();
+  }
+
+  // The client cancelled, went away or its deadline passed.
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&mu_);
+      client_gone_ = true;
+    }
+    engine_.Cancel(handle_->key);  // closes the channel (CANCELLED) unless it ended already
+    Pump();
+  }
+
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&waker_->mu);
+      waker_->stream = nullptr;
+    }
+    handle_->channel.SetListener(nullptr);
+    delete this;
+  }
+
+ private:
+  struct Waker {
+    absl::Mutex mu;
+    GenerateStream* stream ABSL_GUARDED_BY(mu) = nullptr;
+
+    void Wake() {
+      absl::MutexLock lock(&mu);
+      if (stream != nullptr) stream->Pump();
+    }
+  };
+
+  // One write in flight at a time: when it completes, everything queued meanwhile goes out as
+  // one merged message; after the last message, the channel's final status.
+  void Pump() {
+    absl::MutexLock lock(&mu_);
+    if (finished_ || writing_) return;
+    if (!client_gone_ && !final_) {
+      std::vector<v1::GenerateResponse> messages;
+      handle_->channel.Take(&messages, &final_);
+      if (!messages.empty()) {
+        bool own = false;
+        out_.Clear();  // the previous write is done with it
+        const grpc::Status serialized = grpc::SerializationTraits<v1::GenerateResponse>::Serialize(
+            MergeResponses(std::move(messages)), &out_, &own);
+        if (!serialized.ok()) {  // not expected (over 2 GiB); the request runs out unread
+          finished_ = true;
+          Finish(serialized);
+          return;
+        }
+        writing_ = true;
+        StartWrite(&out_);
+        return;
+      }
+    }
+    if (client_gone_) {
+      finished_ = true;
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED,
+                          "cancelled by the client or its deadline passed"));
+    } else if (final_) {
+      finished_ = true;
+      Finish(ToGrpcStatus(*final_));
+    }
+  }
+
+  Engine& engine_;
+  const std::shared_ptr<RequestHandle> handle_;
+  const std::shared_ptr<Waker> waker_;
+  absl::Mutex mu_;
+  grpc::ByteBuffer out_ ABSL_GUARDED_BY(mu_);  // the write in flight
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool client_gone_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // Taken from the channel along with its last messages; sent once they are written.
+  std::optional<absl::Status> final_ ABSL_GUARDED_BY(mu_);
+};
+
 }  // namespace
 
-grpc::Status GenerationService::Generate(grpc::ServerContext* context,
-                                         const v1::GenerateRequest* request,
-                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
+    grpc::CallbackServerContext*, const grpc::ByteBuffer* raw) {
   const Engine::Clock::time_point arrival = Engine::Clock::now();
-  absl::StatusOr<PreparedRequest> prepared = PrepareGenerateRequest(*request, model_);
+  v1::GenerateRequest request;
+  grpc::ByteBuffer bytes(*raw);  // shares the slices; Deserialize consumes its argument
+  if (grpc::Status parsed =
+          grpc::SerializationTraits<v1::GenerateRequest>::Deserialize(&bytes, &request);
+      !parsed.ok()) {
+    return new RefusedStream(parsed);
+  }
+  absl::StatusOr<PreparedRequest> prepared = PrepareGenerateRequest(request, model_);
   if (!prepared.ok()) {
     spdlog::info("Generate refused: {}", prepared.status().ToString());
-    return ToGrpcStatus(prepared.status());
+    return new RefusedStream(ToGrpcStatus(prepared.status()));
   }
   absl::StatusOr<std::shared_ptr<RequestHandle>> handle =
       engine_.Submit(std::move(*prepared), arrival);
   if (!handle.ok()) {
     spdlog::info("Generate refused: {}", handle.status().ToString());
-    return ToGrpcStatus(handle.status());
+    return new RefusedStream(ToGrpcStatus(handle.status()));
   }
-  RequestHandle& h = **handle;
-  std::vector<v1::GenerateResponse> messages;
-  std::optional<absl::Status> final;
-  while (true) {
-    messages.clear();
-    h.channel.Wait(Engine::Clock::now() + kCancelPoll, &messages, &final);
-    if (!messages.empty() && !writer->Write(MergeResponses(std::move(messages)))) {
-      engine_.Cancel(h.key);
-      return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
-    }
-    if (final) return ToGrpcStatus(*final);
-    if (context->IsCancelled()) {
-      engine_.Cancel(h.key);
-      return grpc::Status(grpc::StatusCode::CANCELLED,
-                          "cancelled by the client or its deadline passed");
-    }
-  }
+  return new GenerateStream(engine_, std::move(*handle));
 }
 
 grpc::Status GenerationService::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,

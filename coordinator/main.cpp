@@ -3,14 +3,21 @@
 // attach on --worker-listen, and schedules requests onto it. Once serving, prints
 // "listening on HOST:PORT" (the public address) as the first stdout line and
 // "worker attach on HOST:PORT" as the second and, with --http-listen, "http on HOST:PORT" as the
-// third; logs go to stderr. SIGINT / SIGTERM: ends streams,
-// tells the workers to shut down, exits 0.
+// third; logs go to stderr.
+// SIGTERM (what Kubernetes, Slurm and systemd send) drains: health NOT_SERVING at once, new
+// requests UNAVAILABLE, live ones finish for up to --drain-timeout; then what is left ends
+// UNAVAILABLE, the workers are told to shut down and the coordinator exits 0. SIGINT (Ctrl-C), or
+// a second SIGTERM during the drain, skips or ends the drain: streams end now, exit 0.
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
@@ -152,11 +159,13 @@ int main(int argc, char** argv) {
   (*model)->chat_parse_special = o.chat_parse_special;
 
   // SIGINT and SIGTERM are blocked in every thread (gRPC's threads inherit the mask) and taken
-  // by sigwait below, so shutdown runs as ordinary code on the main thread.
+  // by sigwait below, so shutdown runs as ordinary code on the main thread. SIGUSR1 is how the
+  // drain thread wakes that sigwait when it is done.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   auto server = shardlm::coordinator::CoordinatorServer::Start(o, std::move(*model));
@@ -169,8 +178,31 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  do {
+    sigwait(&signals, &signal_number);
+  } while (signal_number == SIGUSR1);
   spdlog::info("{}: shutting down", strsignal(signal_number));
+  if (signal_number == SIGTERM && o.drain_timeout_s > 0) {
+    spdlog::info("draining for up to {} s (SIGTERM or SIGINT again: stop at once)",
+                 o.drain_timeout_s);
+    std::atomic<bool> drained{false};
+    const pthread_t main_thread = pthread_self();
+    std::thread drainer([&] {
+      (*server)->Drain(
+          std::chrono::milliseconds(static_cast<int64_t>(std::ceil(o.drain_timeout_s * 1000))));
+      drained = true;
+      pthread_kill(main_thread, SIGUSR1);
+    });
+    while (!drained) {
+      sigwait(&signals, &signal_number);
+      if (signal_number != SIGUSR1) {
+        spdlog::warn("{} during the drain: stopping now", strsignal(signal_number));
+        (*server)->CutDrain();
+        break;
+      }
+    }
+    drainer.join();
+  }
   (*server)->Shutdown();
   (*server)->Wait();
   spdlog::info("bye");

@@ -149,6 +149,24 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   return self;
 }
 
+bool CoordinatorServer::Drain(std::chrono::milliseconds timeout) {
+  engine_->BeginDrain();  // health NOT_SERVING through SetHealth, refuses new requests
+  const EngineStats stats = engine_->Stats();
+  spdlog::info("draining: {} running and {} queued request(s) get up to {} s to finish",
+               stats.requests_running, stats.requests_waiting, timeout.count() / 1000.0);
+  const bool drained = engine_->WaitDrained(Engine::Clock::now() + timeout);
+  if (drained) {
+    spdlog::info("drained: every request finished");
+  } else {
+    const EngineStats left = engine_->Stats();
+    spdlog::warn("drain ended with {} running and {} queued request(s) left: they end UNAVAILABLE",
+                 left.requests_running, left.requests_waiting);
+  }
+  return drained;
+}
+
+void CoordinatorServer::CutDrain() { engine_->CutDrain(); }
+
 void CoordinatorServer::Shutdown() {
   std::call_once(shutdown_once_, [this] {
     if (server_ == nullptr) return;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -38,6 +39,12 @@ class CoordinatorServer {
   const std::string& worker_address() const { return worker_address_; }
   // HOST:PORT of the HTTP API (--http-listen, actual port); "" when it is off.
   std::string http_address() const { return http_ ? http_->address() : ""; }
+
+  // Graceful drain (SIGTERM): health turns NOT_SERVING at once, new Generate calls get
+  // UNAVAILABLE "draining" (Engine::Submit), and live requests, running or queued, finish for up
+  // to `timeout` or until CutDrain. True when every one finished. Shutdown ends what is left.
+  bool Drain(std::chrono::milliseconds timeout);
+  void CutDrain();
 
   // Ends every live request (UNAVAILABLE), sends Shutdown to the attached workers and stops the
   // servers (handlers get a few seconds to finish). Idempotent; Wait() returns afterwards.

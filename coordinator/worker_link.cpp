@@ -3,14 +3,16 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "spdlog/spdlog.h"
 
 namespace shardlm::coordinator {
 
 absl::StatusOr<worker::v1::StepResult> WorkerLink::RunStep(const worker::v1::StepPlan& plan,
                                                            std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  auto gone = [&]() -> absl::Status {
+  const absl::Time until = absl::Now() + absl::FromChrono(timeout);
+  absl::MutexLock lock(&mu_);
+  auto gone = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
     if (down_) return absl::UnavailableError(down_->message());
     if (abort_) return absl::UnavailableError(*abort_);
     return absl::UnavailableError("the coordinator is shutting down");
@@ -20,10 +22,11 @@ absl::StatusOr<worker::v1::StepResult> WorkerLink::RunStep(const worker::v1::Ste
   *outgoing_->mutable_step() = plan;
   awaited_step_ = plan.step_id();
   result_.reset();
-  cv_.notify_all();
-  const bool ended = cv_.wait_for(lock, timeout, [&] {
-    return result_.has_value() || down_.has_value() || closed_ || abort_.has_value();
-  });
+  cv_.SignalAll();
+  while (!StepOver()) {
+    if (cv_.WaitWithDeadline(&mu_, until)) break;  // timed out
+  }
+  const bool ended = StepOver();
   awaited_step_ = 0;
   if (result_) return *std::exchange(result_, std::nullopt);
   if (!ended) {
@@ -35,16 +38,16 @@ absl::StatusOr<worker::v1::StepResult> WorkerLink::RunStep(const worker::v1::Ste
 }
 
 void WorkerLink::Abort(std::string reason) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (!abort_) abort_ = std::move(reason);
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 std::optional<worker::v1::CoordinatorMessage> WorkerLink::NextOutgoing() {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] {
-    return outgoing_.has_value() || down_.has_value() || closed_ || abort_.has_value();
-  });
+  absl::MutexLock lock(&mu_);
+  while (!outgoing_.has_value() && !down_.has_value() && !closed_ && !abort_.has_value()) {
+    cv_.Wait(&mu_);
+  }
   if (down_) return std::nullopt;
   if (abort_) {
     if (abort_sent_) return std::nullopt;
@@ -58,7 +61,7 @@ std::optional<worker::v1::CoordinatorMessage> WorkerLink::NextOutgoing() {
 }
 
 void WorkerLink::OnMessage(const worker::v1::WorkerMessage& message) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (!message.has_result()) {
     spdlog::warn("worker job {}: unexpected message (kind {}) after loading: ignored", peer_,
                  static_cast<int>(message.kind_case()));
@@ -70,43 +73,47 @@ void WorkerLink::OnMessage(const worker::v1::WorkerMessage& message) {
     return;
   }
   result_ = message.result();
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 void WorkerLink::MarkDown(absl::Status reason) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (!down_) down_ = std::move(reason);
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 void WorkerLink::Close() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   closed_ = true;
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 bool WorkerLink::WaitDown(std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  return cv_.wait_for(lock, timeout, [&] { return down_.has_value(); });
+  const absl::Time until = absl::Now() + absl::FromChrono(timeout);
+  absl::MutexLock lock(&mu_);
+  while (!down_.has_value()) {
+    if (cv_.WaitWithDeadline(&mu_, until)) break;  // timed out
+  }
+  return down_.has_value();
 }
 
 bool WorkerLink::down() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return down_.has_value();
 }
 
 bool WorkerLink::aborted() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return abort_.has_value();
 }
 
 bool WorkerLink::closed() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return closed_;
 }
 
 absl::Status WorkerLink::down_reason() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return down_.value_or(absl::OkStatus());
 }
 

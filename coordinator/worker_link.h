@@ -9,14 +9,14 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <mutex>
 #include <optional>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "shardlm/v1/worker.pb.h"
 
 namespace shardlm::coordinator {
@@ -57,15 +57,20 @@ class WorkerLink {
 
  private:
   const std::string peer_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::optional<worker::v1::CoordinatorMessage> outgoing_;
-  uint64_t awaited_step_ = 0;  // step_id RunStep waits for; 0: none
-  std::optional<worker::v1::StepResult> result_;
-  std::optional<absl::Status> down_;
-  bool closed_ = false;
-  std::optional<std::string> abort_;  // set by Abort
-  bool abort_sent_ = false;           // NextOutgoing gave out the Abort message
+  // True when a waiting RunStep has its answer (a result, or the link is gone).
+  bool StepOver() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return result_.has_value() || down_.has_value() || closed_ || abort_.has_value();
+  }
+
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::optional<worker::v1::CoordinatorMessage> outgoing_ ABSL_GUARDED_BY(mu_);
+  uint64_t awaited_step_ ABSL_GUARDED_BY(mu_) = 0;  // step_id RunStep waits for; 0: none
+  std::optional<worker::v1::StepResult> result_ ABSL_GUARDED_BY(mu_);
+  std::optional<absl::Status> down_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<std::string> abort_ ABSL_GUARDED_BY(mu_);  // set by Abort
+  bool abort_sent_ ABSL_GUARDED_BY(mu_) = false;  // NextOutgoing gave out the Abort message
 };
 
 }  // namespace shardlm::coordinator

@@ -15,9 +15,12 @@
 # The workers attach on --worker-listen (loopback, a free port) with the secret of
 # --worker-secret-file; without one, a fresh random secret is made for this run (mode 600,
 # removed on exit). WORKER_ARGS adds shardlm-worker flags (e.g. "--backend cuda").
+# SIGTERM drains: the coordinator gets SIGTERM, refuses new requests and lets running ones finish
+# (its --drain-timeout, 30 s by default; DRAIN_WAIT, 45 s, is how long this script waits for it).
+# Ctrl-C (SIGINT) stops at once: the coordinator gets SIGINT and ends its streams now.
 set -euo pipefail
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 MODEL="" TP=1 PP=1 LISTEN=127.0.0.1:50051 WORKER_LISTEN=127.0.0.1:0 SECRET_FILE=""
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,6 +44,8 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$MODEL" ] || { echo "one-node: --model is required" >&2; usage 2; }
 READY_TIMEOUT=${READY_TIMEOUT:-300}
+DRAIN_WAIT=${DRAIN_WAIT:-45}
+STOP_SIGNAL=TERM  # what the coordinator gets at the end: INT after Ctrl-C
 NP=$((TP * PP))
 for b in shardlm shardlm-coordinator shardlm-worker; do
   [ -x "$BIN/$b" ] || { echo "one-node: $BIN/$b not found (build first, or --bin DIR)" >&2; exit 1; }
@@ -59,13 +64,13 @@ read -r -a EXTRA_MPI <<<"${MPIRUN_ARGS:-}"
 read -r -a WORKER_FLAGS <<<"${WORKER_ARGS:-}"
 
 COORD_PID="" SUP_PID=""
-stop_group() {  # pid name: TERM its process group, KILL after 15 s
-  local pid=$1
+stop_group() {  # pid name [signal [seconds]]: signal (TERM) its process group, KILL after 15 s
+  local pid=$1 sig=${3:-TERM} wait_s=${4:-15}
   [ -n "$pid" ] || return 0
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 75); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill "-$sig" -- "-$pid" 2>/dev/null || kill "-$sig" "$pid" 2>/dev/null || true
+  for _ in $(seq 1 $((wait_s * 5))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
   if kill -0 "$pid" 2>/dev/null; then
-    log "$2 did not stop in 15 s: killing it"
+    log "$2 did not stop in $wait_s s: killing it"
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
   fi
   wait "$pid" 2>/dev/null || true
@@ -107,7 +112,8 @@ cleanup() {
   trap - EXIT INT TERM
   log "stopping (logs in $LOGS)"
   touch "$LOGS/supervise.stop"          # no relaunch while the job is told to shut down
-  stop_group "$COORD_PID" coordinator   # it sends Shutdown to the workers
+  # TERM: it drains first; either way it then sends Shutdown to the workers.
+  stop_group "$COORD_PID" coordinator "$STOP_SIGNAL" "$DRAIN_WAIT"
   if [ -n "$SUP_PID" ]; then
     for _ in $(seq 1 50); do kill -0 "$SUP_PID" 2>/dev/null || break; sleep 0.2; done
   fi
@@ -120,7 +126,7 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
+trap 'STOP_SIGNAL=INT; exit 130' INT
 trap 'exit 143' TERM
 
 # The worker attach secret: the one given, else a fresh random one for this run, in a private

@@ -3,7 +3,8 @@
 #  1. Configures a second build tree with clang-16, ASan + UBSan (any report stops the program:
 #     -fno-sanitize-recover) and libFuzzer instrumentation, CUDA off, -O1.
 #  2. Builds the CPU unit tests listed below and the fuzzers (tests/fuzz), nothing else: no
-#     service binaries, no MPI tests.
+#     service binaries, no MPI tests. shardlm_coordinator compiles with clang's -Wthread-safety
+#     as an error there (coordinator/CMakeLists.txt): its ABSL_GUARDED_BY annotations are checked.
 #  3. Runs those unit tests under the sanitizers, and each fuzzer's seed corpus once.
 #  4. Runs each fuzzer for FUZZ_SECONDS from its seed corpus (new inputs go to a scratch copy,
 #     never into tests/fuzz/corpus) and prints its executions, exec/s and coverage. A crash, a
@@ -27,9 +28,9 @@ export SHARDLM_ASSETS=${SHARDLM_ASSETS:-$(cd .. && pwd)/shared/assets}
 # e2e tests (they start the release binaries), the goldens (minutes at -O1 with ASan), CUDA.
 UNIT_TARGETS=(check_test env_test quote_test model_io_test gguf_test tokenizer_test
   chat_template_test kernels_test quant_test sampler_test faulty_backend_test shard_plan_test
-  coordinator_unit_test)
+  coordinator_unit_test coordinator_service_test)
 # ctest entries of those binaries (SEPARATE entries included) and the corpus replays.
-UNIT_REGEX='^(check_test|env_test|quote_test|model_io_test|gguf_test|gguf_assets_test|gguf_smollm2_test|tokenizer_test|tokenizer_vectors_test|tokenizer_smollm2_test|chat_template_test|kernels_test|quant_test|sampler_test|faulty_backend_test|shard_plan_test|coordinator_unit_test|coordinator_smollm2_test|fuzz_.*_corpus)$'
+UNIT_REGEX='^(check_test|env_test|quote_test|model_io_test|gguf_test|gguf_assets_test|gguf_smollm2_test|tokenizer_test|tokenizer_vectors_test|tokenizer_smollm2_test|chat_template_test|kernels_test|quant_test|sampler_test|faulty_backend_test|shard_plan_test|coordinator_unit_test|coordinator_smollm2_test|coordinator_service_test|coordinator_service_smollm2_test|fuzz_.*_corpus)$'
 
 CC_BIN=${SAN_CC:-clang-16}
 CXX_BIN=${SAN_CXX:-clang++-16}
