@@ -22,6 +22,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "coordinator/auth.h"
 #include "coordinator/openai_api.h"
 #include "coordinator/validation.h"
@@ -36,8 +38,6 @@ namespace {
 
 // How long a waiting handler goes without checking that its client is still connected.
 constexpr std::chrono::milliseconds kPeerCheck(500);
-// With several samples, the slice of waiting on one channel before looking at the others.
-constexpr std::chrono::milliseconds kSampleSlice(10);
 // Long prompts as token ids are large bodies; the gRPC API takes as much.
 constexpr size_t kMaxBody = 64 << 20;
 
@@ -118,13 +118,35 @@ bool PeerGone(int fd) {
   return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
+// Set by the response channels' listeners when something arrived on any of them; the handler
+// thread waits on it. Shared with the listeners, so a listener call that is under way when the
+// call ends never touches freed memory.
+struct Arrivals {
+  void Notify() {
+    absl::MutexLock lock(&mu);
+    ready = true;
+    cv.Signal();
+  }
+  absl::Mutex mu;
+  absl::CondVar cv;
+  bool ready ABSL_GUARDED_BY(mu) = false;
+};
+
 // The engine requests of one HTTP call (n samples) and their ends. Whatever way the call ends,
 // the requests still live are cancelled, so their KV blocks are freed. Used by one thread at a
 // time: the connection's (its handler, then its content provider and releaser).
 struct Generation {
   Generation(Engine& e, int socket_fd) : engine(e), socket(socket_fd) {}
-  ~Generation() { CancelUnfinished(); }
+  ~Generation() {
+    for (auto& h : handles) h->channel.SetListener(nullptr);
+    CancelUnfinished();
+  }
 
+  void Add(std::shared_ptr<RequestHandle> handle) {
+    handle->channel.SetListener([a = arrivals] { a->Notify(); });
+    handles.push_back(std::move(handle));
+    finals.emplace_back();
+  }
   void CancelUnfinished() {
     for (size_t i = 0; i < handles.size(); ++i) {
       if (!finals[i]) {
@@ -140,36 +162,34 @@ struct Generation {
     return true;
   }
 
-  // What arrived since the last call, by sample index; waits up to `max_wait` when nothing has.
-  // ResponseChannel waits on one channel at a time, so with several samples the wait goes round
-  // them in short slices.
+  // What arrived since the last call, by sample index; waits up to `max_wait` (woken by the
+  // channels' listeners) when nothing has.
   std::vector<std::pair<int, v1::GenerateResponse>> Next(std::chrono::milliseconds max_wait) {
     std::vector<std::pair<int, v1::GenerateResponse>> out;
-    const auto end = Engine::Clock::now() + max_wait;
-    auto take = [&](size_t i, Engine::Clock::time_point deadline) {
-      std::vector<v1::GenerateResponse> messages;
-      std::optional<absl::Status> final;
-      handles[i]->channel.Wait(deadline, &messages, &final);
-      for (auto& m : messages) out.emplace_back(static_cast<int>(i), std::move(m));
-      if (final) finals[i] = std::move(final);
-    };
+    const absl::Time end = absl::Now() + absl::FromChrono(max_wait);
     while (true) {
-      int unfinished = 0;
-      size_t first = 0;
+      {
+        // Cleared before taking: whatever arrives after the take sets it again.
+        absl::MutexLock lock(&arrivals->mu);
+        arrivals->ready = false;
+      }
       for (size_t i = 0; i < handles.size(); ++i) {
         if (finals[i]) continue;
-        if (unfinished++ == 0) first = i;
-        take(i, Engine::Clock::now());
+        std::vector<v1::GenerateResponse> messages;
+        handles[i]->channel.Take(&messages, &finals[i]);
+        for (auto& m : messages) out.emplace_back(static_cast<int>(i), std::move(m));
       }
-      const auto now = Engine::Clock::now();
-      if (!out.empty() || done() || now >= end) return out;
-      take(first, unfinished == 1 ? end : std::min(end, now + kSampleSlice));
       if (!out.empty() || done()) return out;
+      absl::MutexLock lock(&arrivals->mu);
+      while (!arrivals->ready) {
+        if (arrivals->cv.WaitWithDeadline(&arrivals->mu, end)) return out;  // timed out
+      }
     }
   }
 
   Engine& engine;
   const int socket;
+  const std::shared_ptr<Arrivals> arrivals = std::make_shared<Arrivals>();
   std::vector<std::shared_ptr<RequestHandle>> handles;
   std::vector<std::optional<absl::Status>> finals;
 };
@@ -267,8 +287,7 @@ void HttpServer::Impl::Completion(openai::Api api, const httplib::Request& req,
       spdlog::info("HTTP {} refused: {}", req.path, handle.status().ToString());
       return ReplyError(res, openai::SubmitError(handle.status(), *parsed));
     }
-    gen->handles.push_back(std::move(*handle));
-    gen->finals.emplace_back();
+    gen->Add(std::move(*handle));
   }
   auto builder = std::make_shared<openai::ResponseBuilder>(
       *parsed, ResponseId(api == openai::Api::kChat ? "chatcmpl-" : "cmpl-"),
