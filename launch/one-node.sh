@@ -5,11 +5,13 @@
 # held requests resume on it.
 #
 #   launch/one-node.sh --model models/SmolLM2-135M-Instruct.Q4_1.gguf --tp 2 [--pp 1]
-#       [--listen 127.0.0.1:50051] [--worker-listen 127.0.0.1:0] [--worker-secret-file FILE]
+#       [--listen 127.0.0.1:50051] [--http-listen 127.0.0.1:8000] [--worker-listen 127.0.0.1:0]
+#       [--worker-secret-file FILE]
 #       [--logs logs/] [--bin build/bin] [-- COORDINATOR FLAGS...]
 #
 # Everything after `--` goes to shardlm-coordinator (--max-batch-tokens N, --kv-cache-memory 1GiB,
 # --max-queue N, --max-model-len N, ...). MPIRUN_ARGS adds mpirun flags (e.g. "-x CUDA_VISIBLE_DEVICES").
+# --http-listen is the OpenAI-compatible HTTP API, /health and /metrics ("" for none).
 # Prints the address clients use once every rank is attached and loaded (READY_TIMEOUT, 300 s).
 # Logs: coordinator.out / coordinator.err / workers.log (every job, appended) in the --logs folder.
 # The workers attach on --worker-listen (loopback, a free port) with the secret of
@@ -20,9 +22,9 @@
 # Ctrl-C (SIGINT) stops at once: the coordinator gets SIGINT and ends its streams now.
 set -euo pipefail
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
-MODEL="" TP=1 PP=1 LISTEN=127.0.0.1:50051 WORKER_LISTEN=127.0.0.1:0 SECRET_FILE=""
+MODEL="" TP=1 PP=1 LISTEN=127.0.0.1:50051 HTTP_LISTEN=127.0.0.1:8000 WORKER_LISTEN=127.0.0.1:0 SECRET_FILE=""
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LOGS=$ROOT/logs/one-node-$(date +%Y%m%d-%H%M%S)
 BIN=$ROOT/build/bin
@@ -33,6 +35,7 @@ while [ $# -gt 0 ]; do
     --tp) TP=$2; shift 2 ;;
     --pp) PP=$2; shift 2 ;;
     --listen) LISTEN=$2; shift 2 ;;
+    --http-listen) HTTP_LISTEN=$2; shift 2 ;;
     --worker-listen) WORKER_LISTEN=$2; shift 2 ;;
     --worker-secret-file) SECRET_FILE=$2; shift 2 ;;
     --logs) LOGS=$2; shift 2 ;;
@@ -138,9 +141,11 @@ if [ -z "$SECRET_FILE" ]; then
   (umask 077 && head -c 32 /dev/urandom | base64 >"$SECRET_FILE")
 fi
 
+HTTP_ARGS=()
+if [ -n "$HTTP_LISTEN" ]; then HTTP_ARGS=(--http-listen "$HTTP_LISTEN"); fi
 setsid "$BIN/shardlm-coordinator" --listen "$LISTEN" --worker-listen "$WORKER_LISTEN" \
   --worker-secret-file "$SECRET_FILE" --model "$MODEL" --tp "$TP" --pp "$PP" \
-  "${COORD_ARGS[@]}" >"$LOGS/coordinator.out" 2>"$LOGS/coordinator.err" &
+  "${HTTP_ARGS[@]}" "${COORD_ARGS[@]}" >"$LOGS/coordinator.out" 2>"$LOGS/coordinator.err" &
 COORD_PID=$!
 BOUND="" WORKER_BOUND=""
 for _ in $(seq 1 600); do
@@ -173,6 +178,8 @@ until "$BIN/shardlm" info --server "$DIAL" --wait-ready 1 >"$LOGS/info.json" 2>"
 done
 log "ready: $(cat "$LOGS/info.json")"
 echo "serving on $DIAL"
+HTTP_BOUND=$(sed -n '3s/^http on //p' "$LOGS/coordinator.out" 2>/dev/null || true)
+if [ -n "$HTTP_BOUND" ]; then echo "OpenAI-compatible HTTP on http://$(dial "$HTTP_BOUND")/v1"; fi
 
 # Until the coordinator exits (or a signal); worker jobs that exit are relaunched meanwhile.
 set +e

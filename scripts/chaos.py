@@ -86,7 +86,8 @@ class Deployment:
         with os.fdopen(fd, "w") as f:
             f.write(os.urandom(24).hex() + "\n")
         cmd = [os.path.join(ROOT, "launch", "one-node.sh"), "--model", args.model, "--tp",
-               str(args.tp), "--listen", "127.0.0.1:0", "--worker-listen", "127.0.0.1:0",
+               str(args.tp), "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+               "--worker-listen", "127.0.0.1:0",
                "--worker-secret-file", self.secret_file, "--logs", logs, "--bin", args.bin,
                "--", *coordinator_flags]
         env = dict(os.environ)

@@ -95,11 +95,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # 3. The coordinator, on free ports: its first stdout line is "listening on HOST:PORT" (clients),
-# its second "worker attach on HOST:PORT" (the workers, who must show the shared secret).
+# its second "worker attach on HOST:PORT" (the workers, who must show the shared secret), its
+# third "http on HOST:PORT" (the OpenAI-compatible HTTP API).
 SECRET=$LOGDIR/worker.secret
 (umask 077 && head -c 32 /dev/urandom | base64 >"$SECRET")
 setsid "$BIN/shardlm-coordinator" --listen 127.0.0.1:0 --worker-listen 127.0.0.1:0 \
-  --worker-secret-file "$SECRET" --model "$MODEL" --tp "$TP" --pp 1 \
+  --http-listen 127.0.0.1:0 --worker-secret-file "$SECRET" --model "$MODEL" --tp "$TP" --pp 1 \
   >"$LOGDIR/coordinator.out" 2>"$LOGDIR/coordinator.err" &
 COORD_PID=$!
 ADDR=""
@@ -118,7 +119,8 @@ if [ -z "$ADDR" ] || [ -z "$WORKER_ADDR" ]; then
   log "the coordinator printed no 'listening on' / 'worker attach on' lines in 30 s"
   exit 1
 fi
-log "coordinator (pid $COORD_PID) listening on $ADDR"
+HTTP_ADDR=$(sed -n '3s/^http on //p' "$LOGDIR/coordinator.out" 2>/dev/null || true)
+log "coordinator (pid $COORD_PID) listening on $ADDR (gRPC), http://$HTTP_ADDR/v1 (OpenAI-compatible HTTP)"
 
 # 4. The workers: one mpirun job of tp x pp ranks; rank 0 dials the coordinator.
 setsid mpirun -np "$TP" "${MPI_FLAGS[@]}" "$BIN/shardlm-worker" --coordinator "$WORKER_ADDR" \
@@ -152,4 +154,16 @@ echo "> $QUESTION"
 CLIENT_PID=$!
 wait "$CLIENT_PID"
 CLIENT_PID=""
+
+# 7. The same server through its OpenAI-compatible HTTP API (what curl, the openai package or any
+# OpenAI client sends), when curl is installed.
+if command -v curl >/dev/null 2>&1; then
+  log "POST http://$HTTP_ADDR/v1/chat/completions"
+  BODY=$(python3 -c 'import json, sys; print(json.dumps({"messages": [{"role": "user", "content": sys.argv[1]}], "max_tokens": int(sys.argv[2]), "temperature": 0}))' "$QUESTION" "$MAX_NEW_TOKENS")
+  curl -sS "http://$HTTP_ADDR/v1/chat/completions" -H 'Content-Type: application/json' -d "$BODY" &
+  CLIENT_PID=$!
+  wait "$CLIENT_PID"
+  CLIENT_PID=""
+  echo
+fi
 log "done; shutting down"
