@@ -414,10 +414,10 @@ TEST(OpenAiResponseTest, CompletionChunksKeepTextOffsetsAcrossChunks) {
   EXPECT_EQ(a["choices"][0]["index"], 1);
   EXPECT_EQ(a["choices"][0]["text"], "t1");
   EXPECT_FALSE(a.contains("usage"));  // only with include_usage
-  EXPECT_EQ(a["choices"][0]["logprobs"]["text_offset"], json({0}));
+  EXPECT_EQ(a["choices"][0]["logprobs"]["text_offset"], json::array({0}));
   EXPECT_TRUE(a["choices"][0]["logprobs"]["top_logprobs"][0].empty());  // logprobs: 0
   const json c = b.Chunk(1, Message({22}, "t22", v1::FINISH_REASON_STOP, 1, 2));
-  EXPECT_EQ(c["choices"][0]["logprobs"]["text_offset"], json({2}));
+  EXPECT_EQ(c["choices"][0]["logprobs"]["text_offset"], json::array({2}));
   EXPECT_EQ(c["choices"][0]["finish_reason"], "stop");
   // An end without text still tells the finish reason.
   v1::GenerateResponse end;

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -25,6 +26,12 @@
 extern char** environ;
 
 namespace shardlm::e2e {
+
+// The whole of a (log) file; "" when it cannot be read.
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 // Every process below `root`, from /proc/*/stat's parent ids.
 inline std::vector<pid_t> Descendants(pid_t root) {

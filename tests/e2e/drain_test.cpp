@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,7 +21,11 @@
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <httplib.h>
 
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
 #include "formats/random_weights.h"
 #include "tests/e2e/child_process.h"
 #include "tests/e2e/service_client.h"
@@ -36,10 +41,7 @@ using ::testing::HasSubstr;
 const std::string kBin = std::string(SHARDLM_BINARY_DIR) + "/bin/";
 const std::string kWork = std::string(SHARDLM_BINARY_DIR) + "/tests/e2e/drain_work";
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using e2e::ReadFile;
 
 // One stream read on its own thread; `tokens` counts what has arrived so far.
 struct Stream {
@@ -92,6 +94,10 @@ class DrainTest : public ::testing::Test {
                                << ".coordinator.log";
     const std::string worker_addr = e2e::WorkerAttachAddress(*coordinator_, &said);
     ASSERT_FALSE(worker_addr.empty()) << "coordinator said: " << said;
+    if (std::find(flags.begin(), flags.end(), "--http-listen") != flags.end()) {
+      http_ = e2e::AddressLine(*coordinator_, "http on ", &said);
+      ASSERT_FALSE(http_.empty()) << "coordinator said: " << said;
+    }
     auto channel = grpc::CreateChannel(addr, grpc::InsecureChannelCredentials());
     stub_ = v1::Generation::NewStub(channel);
     health_ = grpc::health::v1::Health::NewStub(channel);
@@ -107,6 +113,7 @@ class DrainTest : public ::testing::Test {
     for (auto& s : streams_) {
       if (s->thread.joinable()) s->thread.join();
     }
+    if (http_thread_.joinable()) http_thread_.join();
     workers_.reset();
     coordinator_.reset();
   }
@@ -165,8 +172,17 @@ class DrainTest : public ::testing::Test {
     EXPECT_THAT(ReadFile(log_ + ".workers.log"), Not(HasSubstr("shardlm-worker: error")));
   }
 
+  // An HTTP client of the coordinator's --http-listen address.
+  httplib::Client Http() const {
+    httplib::Client client("http://" + http_);
+    client.set_read_timeout(180, 0);
+    return client;
+  }
+
   static inline std::string model_, secret_;
   std::string log_;
+  std::string http_;  // HOST:PORT of --http-listen, when given
+  std::thread http_thread_;
   std::unique_ptr<e2e::Child> coordinator_, workers_;
   std::unique_ptr<v1::Generation::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
@@ -174,9 +190,30 @@ class DrainTest : public ::testing::Test {
 };
 
 TEST_F(DrainTest, SigtermLetsStreamsInFlightFinishAndExitsZero) {
-  ASSERT_NO_FATAL_FAILURE(Start({}));  // --drain-timeout: its default, 30 s
+  // --drain-timeout: its default, 30 s.
+  ASSERT_NO_FATAL_FAILURE(Start({"--http-listen", "127.0.0.1:0"}));
   const int max_new = 150;
+  // An HTTP completion in flight too: it must be answered whole.
+  // (Shared with the thread: an early ASSERT return leaves it to TearDown's join.)
+  auto http_in_flight = std::make_shared<std::optional<httplib::Result>>();
+  http_thread_ = std::thread([this, http_in_flight, max_new] {
+    http_in_flight->emplace(Http().Post(
+        "/v1/completions",
+        absl::StrCat(R"({"prompt": [9, 8, 7], "temperature": 0, "ignore_eos": true, )",
+                     R"("max_tokens": )", max_new, "}"),
+        "application/json"));
+  });
   ASSERT_NO_FATAL_FAILURE(OpenStreams(4, max_new));
+  // ... admitted before the signal: 4 gRPC streams + 1 HTTP completion live.
+  bool all_live = false;
+  for (int i = 0; i < 500 && !all_live; ++i) {
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    ASSERT_TRUE(stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+    all_live = info.requests_running() + info.requests_waiting() == 5;
+    if (!all_live) std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_TRUE(all_live) << "the HTTP completion did not arrive";
   const auto signalled = std::chrono::steady_clock::now();
   ASSERT_NO_FATAL_FAILURE(Signal(SIGTERM));
   std::vector<int> at_signal;
@@ -198,8 +235,27 @@ TEST_F(DrainTest, SigtermLetsStreamsInFlightFinishAndExitsZero) {
       << refused.status.error_message();
   EXPECT_THAT(refused.status.error_message(), HasSubstr("draining"));
   EXPECT_TRUE(refused.ids.empty());
+  // The same over HTTP: /health and new completions say 503.
+  httplib::Result health = Http().Get("/health");
+  ASSERT_TRUE(health) << httplib::to_string(health.error());
+  EXPECT_EQ(health->status, 503);
+  httplib::Result refused_http =
+      Http().Post("/v1/completions", R"({"prompt": [5, 6, 7], "max_tokens": 4})",
+                  "application/json");
+  ASSERT_TRUE(refused_http) << httplib::to_string(refused_http.error());
+  EXPECT_EQ(refused_http->status, 503) << refused_http->body;
+  EXPECT_THAT(refused_http->body, HasSubstr("draining"));
 
   JoinStreams();
+  http_thread_.join();
+  ASSERT_TRUE(http_in_flight->has_value());
+  const httplib::Result& http = **http_in_flight;
+  ASSERT_TRUE(http) << httplib::to_string(http.error());
+  EXPECT_EQ(http->status, 200) << http->body;
+  const auto completion = nlohmann::json::parse(http->body, nullptr, false);
+  ASSERT_FALSE(completion.is_discarded()) << http->body;
+  EXPECT_EQ(completion["usage"]["completion_tokens"], max_new);
+  EXPECT_EQ(completion["choices"][0]["finish_reason"], "length");
   bool any_in_flight = false;
   for (size_t i = 0; i < streams_.size(); ++i) {
     const e2e::Outcome& o = streams_[i]->out;

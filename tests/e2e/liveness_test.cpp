@@ -34,10 +34,7 @@ using e2e::Health;
 const std::string kBin = std::string(SHARDLM_BINARY_DIR) + "/bin/";
 const std::string kWork = std::string(SHARDLM_BINARY_DIR) + "/tests/e2e/liveness_work";
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using e2e::ReadFile;
 
 TEST(LivenessTest, AThirtySecondStepKeepsTheJobAttachedAndItsRequestCompletes) {
   fs::remove_all(kWork);

@@ -48,10 +48,7 @@ const std::string kSmolLm2 =
     std::string(SHARDLM_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const std::string kScript = std::string(SHARDLM_SOURCE_DIR) + "/tests/e2e/openai_test.py";
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+using e2e::ReadFile;
 
 // A coordinator process and its three addresses.
 struct Coordinator {

@@ -42,10 +42,7 @@ using worker::v1::WorkerMessage;
 const std::string kBin = std::string(SHARDLM_BINARY_DIR) + "/bin/";
 const std::string kWork = std::string(SHARDLM_BINARY_DIR) + "/tests/e2e/worker_abort_work";
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using e2e::ReadFile;
 
 // Whether `pid` is gone (or a zombie nobody reaped yet).
 bool Gone(pid_t pid) {
