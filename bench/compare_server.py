@@ -65,13 +65,13 @@ def worker_secret_file():
     return path
 
 
-def start_shardlm(binary_dir, tp, threads_per_rank):
+def start_shardlm(binary_dir, tp, threads_per_rank, extra_args=()):
     secret = worker_secret_file()
     coord = subprocess.Popen(
         [os.path.join(binary_dir, "shardlm-coordinator"), "--listen", "127.0.0.1:0",
          "--worker-listen", "127.0.0.1:0", "--worker-secret-file", secret, "--model",
          MODEL, "--tp", str(tp), "--max-batch-tokens", "512", "--kv-cache-memory", "512MiB",
-         "--threads", str(threads_per_rank)],
+         "--threads", str(threads_per_rank), *extra_args],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     line = coord.stdout.readline()
     worker_line = coord.stdout.readline()

@@ -37,7 +37,7 @@ Engine::Engine(const ModelContext& model, EngineOptions options,
     : model_(model),
       options_(options),
       on_serving_(std::move(on_serving)),
-      blocks_(options.kv_block_size),
+      blocks_(options.kv_block_size, options.prefix_caching),
       scheduler_(options.scheduler, &blocks_),
       deadlines_(options.step_deadline) {}
 
@@ -294,6 +294,9 @@ EngineStats Engine::Stats() const {
   EngineStats stats;
   stats.kv_blocks_total = blocks_.total();
   stats.kv_blocks_free = blocks_.free();
+  stats.kv_blocks_cached = blocks_.cached();
+  stats.prefix_cache_queries = prefix_cache_queries_;
+  stats.prefix_cache_hits = prefix_cache_hits_;
   stats.workers_attached = link_ != nullptr ? options_.workers_expected : 0;
   stats.requests_running = scheduler_.running();
   stats.requests_waiting = scheduler_.waiting();
@@ -330,6 +333,11 @@ void Engine::LoopLocked() {
     const Clock::time_point now = Clock::now();
     for (auto& [key, status] : step.failed) {
       if (Request* r = Find(key)) Finish(r, v1::FINISH_REASON_ERROR, status);
+    }
+    prefix_cache_queries_ += step.prefix_query_tokens;
+    prefix_cache_hits_ += step.prefix_hit_tokens;
+    if (options_.metrics != nullptr && step.prefix_query_tokens > 0) {
+      options_.metrics->PrefixCache(step.prefix_query_tokens, step.prefix_hit_tokens);
     }
     for (uint64_t key : step.admitted) {
       if (Request* r = Find(key); r != nullptr && !r->first_scheduled) {

@@ -50,6 +50,7 @@ class Metrics;
 struct EngineOptions {
   SchedulerOptions scheduler;
   int32_t kv_block_size = 16;
+  bool prefix_caching = true;    // automatic prefix caching (KvBlockManager)
   int32_t workers_expected = 1;  // tp x pp
   StepDeadlineOptions step_deadline;
   // How long requests of a lost job wait for another to attach and load; 0: they fail at once.
@@ -66,7 +67,11 @@ struct RequestHandle {
 
 struct EngineStats {
   int64_t kv_blocks_total = 0;
-  int64_t kv_blocks_free = 0;
+  int64_t kv_blocks_free = 0;    // free blocks and cached ones no request holds (evictable)
+  int64_t kv_blocks_cached = 0;  // in the prefix cache, held or evictable
+  // Since the engine started, in tokens: looked up in the prefix cache at admission, and found.
+  int64_t prefix_cache_queries = 0;
+  int64_t prefix_cache_hits = 0;
   int32_t workers_attached = 0;
   int32_t requests_running = 0;
   int32_t requests_waiting = 0;
@@ -162,6 +167,8 @@ class Engine {
   std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<std::string, uint64_t> ids_ ABSL_GUARDED_BY(mu_);  // live request_id -> key
   uint64_t next_key_ ABSL_GUARDED_BY(mu_) = 1;
+  int64_t prefix_cache_queries_ ABSL_GUARDED_BY(mu_) = 0;  // tokens (EngineStats)
+  int64_t prefix_cache_hits_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t attach_ ABSL_GUARDED_BY(mu_) = 0;  // token of the job holding the worker slot; 0: free
   uint64_t next_attach_ ABSL_GUARDED_BY(mu_) = 1;
   std::function<void()> attach_cancel_ ABSL_GUARDED_BY(mu_);

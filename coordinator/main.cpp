@@ -76,6 +76,9 @@ int main(int argc, char** argv) {
       ->default_val(kv_cache_memory);
   app.add_option("--kv-block-size", o.kv_block_size, "Tokens per KV block")
       ->default_val(o.kv_block_size);
+  app.add_flag("--prefix-caching,!--no-prefix-caching", o.prefix_caching,
+               "Automatic prefix caching (on by default): a prompt that starts with the full KV "
+               "blocks of an earlier one reuses them instead of recomputing them");
   app.add_option("--max-queue", o.max_queue, "Waiting requests at most (more: RESOURCE_EXHAUSTED)")
       ->default_val(o.max_queue);
   app.add_option("--max-running", o.max_running, "Sequences in the running batch at most")

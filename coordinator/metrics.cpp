@@ -119,6 +119,11 @@ Metrics::Metrics(const std::string& model_name, int64_t context_length, int32_t 
                            "Prompt tokens prefilled, counted once per request at its first token.");
   generation_tokens_ = counter("shardlm:generation_tokens_total",
                                "Generated tokens streamed to requests (their completion tokens).");
+  prefix_queries_ =
+      counter("shardlm:prefix_cache_queries_total",
+              "Tokens looked up in the prefix cache (each admitted sequence's whole length).");
+  prefix_hits_ = counter("shardlm:prefix_cache_hits_total",
+                         "Tokens found in the prefix cache (their prefill skipped).");
   success_ = &prometheus::BuildCounter()
                   .Name("shardlm:request_success_total")
                   .Help("Requests finished, by finished_reason (stop, length, abort, error).")
@@ -178,6 +183,11 @@ void Metrics::Step(int64_t seqs, int64_t tokens, double seconds) {
   step_seqs_->Observe(static_cast<double>(seqs));
   step_tokens_->Observe(static_cast<double>(tokens));
   step_time_->Observe(seconds);
+}
+
+void Metrics::PrefixCache(int64_t queried_tokens, int64_t hit_tokens) {
+  prefix_queries_->Increment(static_cast<double>(queried_tokens));
+  prefix_hits_->Increment(static_cast<double>(hit_tokens));
 }
 
 void Metrics::Refresh(const EngineStats& stats) {

@@ -11,8 +11,10 @@
 // time (CoordinatorServer::MetricsText). prometheus-cpp's metrics are thread-safe, so a scrape
 // needs no lock of the engine's beyond Stats().
 //
-// Not exported yet: vLLM's prefix_cache_queries / prefix_cache_hits, as shardlm has no prefix
-// cache; they belong here once it has one.
+// The prefix cache's prefix_cache_queries_total / prefix_cache_hits_total count tokens as vLLM's
+// do: a sequence admitted (first time, after preemption or a lost worker job) queries its whole
+// length and hits its cached leading blocks. kv_cache_usage_perc counts evictable cached blocks
+// as free. With --no-prefix-caching both counters stay 0.
 #pragma once
 
 #include <prometheus/counter.h>
@@ -62,6 +64,8 @@ class Metrics {
   // finished_reason is every request that ended.
   void Finished(v1::FinishReason reason, int32_t prompt_tokens, int32_t completion_tokens,
                 Clock::time_point arrival, Clock::time_point now);
+  // A step admitted sequences: prefix_cache_queries_total and prefix_cache_hits_total.
+  void PrefixCache(int64_t queried_tokens, int64_t hit_tokens);
   // A step returned its result: its sequences, tokens and wall time (plan sent to result back).
   void Step(int64_t seqs, int64_t tokens, double seconds);
   // The gauges, from the engine's state now.
@@ -81,6 +85,8 @@ class Metrics {
   prometheus::Gauge* workers_expected_ = nullptr;
   prometheus::Counter* prompt_tokens_ = nullptr;
   prometheus::Counter* generation_tokens_ = nullptr;
+  prometheus::Counter* prefix_queries_ = nullptr;
+  prometheus::Counter* prefix_hits_ = nullptr;
   prometheus::Family<prometheus::Counter>* success_ = nullptr;
   prometheus::Histogram* ttft_ = nullptr;
   prometheus::Histogram* itl_ = nullptr;

@@ -35,6 +35,10 @@ struct CoordinatorOptions {
   int32_t max_batch_tokens = 512;        // tokens per step (decode tokens + prefill chunks)
   uint64_t kv_cache_bytes = 0;  // per rank, for the workers' KV blocks; 0: the workers decide
   int32_t kv_block_size = 16;            // tokens per KV block
+  // Automatic prefix caching: full KV blocks are kept, by the hash of their token chain, after
+  // their request ends, and a later prompt that starts with the same blocks skips their
+  // prefill (kv_block_manager.h). --no-prefix-caching turns it off.
+  bool prefix_caching = true;
   int32_t max_queue = 256;               // waiting requests at most
   // Sequences in the batch at most; capped at max_batch_tokens (EffectiveMaxRunning), since
   // every running sequence in decode takes a token of each step.

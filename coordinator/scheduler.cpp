@@ -13,6 +13,11 @@ struct Scheduler::Sequence {
   int32_t prompt_len = 0;       // the original prompt's length
   int64_t computed = 0;         // positions [0, computed) are in the KV cache (or in flight)
   std::vector<int32_t> blocks;  // covers [0, computed)
+  // Chain hashes of the leading full blocks that are cached (attached from the prefix cache or
+  // registered once computed); the next block to register is hashes.size().
+  std::vector<KvBlockManager::Hash> hashes;
+  // This admission's first SeqStep is not sent yet: it carries the tokens before start_pos.
+  bool first_step = false;
   v1::SamplingParams sampling;
   int32_t logprobs = 0;
 };
@@ -90,6 +95,7 @@ int32_t Scheduler::RequeueAll() {
   for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
     Sequence* s = *it;
     s->blocks.clear();
+    s->hashes.clear();
     s->seq_id = 0;
     s->computed = 0;
     waiting_.push_front(s);
@@ -109,6 +115,11 @@ void Scheduler::AddSeqStep(Sequence* s, int64_t n, Step* step) {
   out->set_seq_id(s->seq_id);
   out->mutable_tokens()->Add(s->tokens.begin() + s->computed, s->tokens.begin() + s->computed + n);
   out->set_start_pos(static_cast<int32_t>(s->computed));
+  if (s->first_step) {
+    // Started past cached blocks: the workers' sampling state (penalties) needs the history.
+    out->mutable_history()->Add(s->tokens.begin(), s->tokens.begin() + s->computed);
+    s->first_step = false;
+  }
   out->mutable_block_table()->Add(s->blocks.begin(), s->blocks.end());
   out->set_sample(s->computed + n == static_cast<int64_t>(s->tokens.size()));
   out->set_prompt_len(s->prompt_len);
@@ -118,7 +129,8 @@ void Scheduler::AddSeqStep(Sequence* s, int64_t n, Step* step) {
 }
 
 void Scheduler::Preempt(Sequence* s, Step* step) {
-  blocks_->Free(&s->blocks);
+  blocks_->Free(&s->blocks);  // its cached blocks stay evictable: readmitted, it may hit them
+  s->hashes.clear();
   released_.push_back(s->seq_id);
   by_seq_id_.erase(s->seq_id);
   s->seq_id = 0;
@@ -193,13 +205,30 @@ void Scheduler::Plan(Step* step) {
       Drop(s);
       continue;
     }
-    if (blocks_->free() - reserved - static_cast<int64_t>(running_.size()) < need) break;
+    // Leading blocks found in the prefix cache are attached, not recomputed; the block of the
+    // last token never is, so that the step that ends the prompt has its logits.
+    KvBlockManager::Match match = blocks_->Lookup(s->tokens, (len - 1) / bs);
+    const int64_t matched = static_cast<int64_t>(match.blocks.size());
+    // Attaching an unreferenced cached block takes it out of free() as well.
+    if (blocks_->free() - match.evictable - reserved - static_cast<int64_t>(running_.size()) <
+        need - matched) {
+      break;
+    }
     waiting_.pop_front();
     s->seq_id = next_seq_id_++;
     by_seq_id_[s->seq_id] = s;
     running_.push_back(s);
-    const int64_t chunk = std::min(len, budget);
-    blocks_->EnsureCapacity(chunk, &s->blocks);  // fits: chunk <= len and need <= free
+    blocks_->Attach(match.blocks, &s->blocks);
+    s->hashes = std::move(match.hashes);
+    s->computed = matched * bs;
+    s->first_step = true;
+    if (blocks_->prefix_caching()) {
+      step->prefix_query_tokens += len;
+      step->prefix_hit_tokens += s->computed;
+    }
+    const int64_t chunk = std::min(len - s->computed, budget);
+    // Fits: the new blocks are need - matched at most, and that many are free.
+    blocks_->EnsureCapacity(s->computed + chunk, &s->blocks);
     AddSeqStep(s, chunk, step);
     budget -= chunk;
     reserved += need - static_cast<int64_t>(s->blocks.size());
@@ -229,6 +258,19 @@ Scheduler::Outcome Scheduler::Complete(const worker::v1::StepPlan& plan,
   std::unordered_map<uint64_t, const worker::v1::SeqResult*> results;
   for (const worker::v1::SeqResult& r : result.results()) results[r.seq_id()] = &r;
   Outcome outcome;
+  // The blocks this step filled now hold their K/V: register them in the prefix cache (not for
+  // a sequence whose result failed, whose K/V may not be finite).
+  for (const worker::v1::SeqStep& planned : plan.seqs()) {
+    auto seq = by_seq_id_.find(planned.seq_id());
+    if (seq == by_seq_id_.end()) continue;
+    if (auto r = results.find(planned.seq_id());
+        r != results.end() && !r->second->error().empty()) {
+      continue;
+    }
+    Sequence* s = seq->second;
+    blocks_->Register(s->tokens, planned.start_pos() + planned.tokens_size(), s->blocks,
+                      &s->hashes);
+  }
   for (const worker::v1::SeqStep& planned : plan.seqs()) {
     if (!planned.sample()) continue;
     auto seq = by_seq_id_.find(planned.seq_id());
@@ -267,6 +309,11 @@ const std::vector<int32_t>* Scheduler::TokensOf(Key key) const {
 int64_t Scheduler::ComputedOf(Key key) const {
   auto it = seqs_.find(key);
   return it == seqs_.end() ? -1 : it->second->computed;
+}
+
+std::vector<int32_t> Scheduler::BlocksOf(Key key) const {
+  auto it = seqs_.find(key);
+  return it == seqs_.end() ? std::vector<int32_t>{} : it->second->blocks;
 }
 
 }  // namespace shardlm::coordinator

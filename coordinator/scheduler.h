@@ -15,8 +15,16 @@
 //     prefills still need, plus one block per running sequence for its decode growth).
 // If nothing at all can run (every running sequence is a prefill stalled on blocks), the most
 // recently admitted one is preempted until something can. A sequence joins with a fresh seq_id
-// each time it is admitted, so the workers see a recomputation as a new sequence from position
-// 0; the old id goes into `released`, as do the ids of sequences that ended.
+// each time it is admitted, so the workers see a recomputation as a new sequence; the old id
+// goes into `released`, as do the ids of sequences that ended.
+//
+// Prefix caching (KvBlockManager): when a sequence is admitted (first time, after preemption,
+// or after RequeueAll), the leading full blocks of its tokens found in the cache are attached
+// to its table and not recomputed: its first SeqStep starts at start_pos = the cached tokens
+// and carries them in `history` (the workers' penalties need the whole history). At most
+// floor((len - 1) / block_size) blocks hit, so the last token is always run and has logits.
+// The blocks a step filled are registered once its result is back (Complete). Released blocks
+// stay cached until evicted, so a preempted sequence usually finds its own prefix again.
 #pragma once
 
 #include <cstdint>
@@ -74,6 +82,10 @@ class Scheduler {
     // Requests dropped because they can never fit (their prompt + generated tokens need more
     // blocks than exist); RESOURCE_EXHAUSTED.
     std::vector<std::pair<Key, absl::Status>> failed;
+    // Prefix cache, over this step's admissions: tokens looked up (each admitted sequence's
+    // whole length) and tokens found cached (skipped). Both 0 with prefix caching off.
+    int64_t prefix_query_tokens = 0;
+    int64_t prefix_hit_tokens = 0;
   };
   // Plans the next step (step_id counts from 1). The plan has no seqs only when no request is
   // running or queued.
@@ -90,9 +102,10 @@ class Scheduler {
     // Failed on the workers alone (SeqResult.error: their logits were not finite): no token.
     std::vector<std::pair<Key, std::string>> failed;
   };
-  // Applies the StepResult of `plan`: each sampled token is appended to its sequence (the next
-  // step runs it); a sequence whose result carries an error gets no token. Sequences removed
-  // since the plan was made are skipped.
+  // Applies the StepResult of `plan`: the blocks it filled are registered in the prefix cache,
+  // each sampled token is appended to its sequence (the next step runs it); a sequence whose
+  // result carries an error gets no token. Sequences removed since the plan was made are
+  // skipped.
   Outcome Complete(const worker::v1::StepPlan& plan, const worker::v1::StepResult& result);
 
   // The requests that have a seq in `plan` (and still exist).
@@ -105,6 +118,8 @@ class Scheduler {
   // Tokens (prompt + generated) and positions in the KV cache of a request, for tests.
   const std::vector<int32_t>* TokensOf(Key key) const;
   int64_t ComputedOf(Key key) const;
+  // The block table of a request (empty while it waits), for tests.
+  std::vector<int32_t> BlocksOf(Key key) const;
 
  private:
   struct Sequence;

@@ -28,6 +28,7 @@ CoordinatorServer::CoordinatorServer(const CoordinatorOptions& options,
   engine_options.scheduler.max_running = EffectiveMaxRunning(options_);
   engine_options.scheduler.max_queue = options_.max_queue;
   engine_options.kv_block_size = options_.kv_block_size;
+  engine_options.prefix_caching = options_.prefix_caching;
   engine_options.workers_expected = options_.tp * options_.pp;
   engine_options.step_deadline.fixed =
       std::chrono::milliseconds(static_cast<int64_t>(std::ceil(options_.step_timeout_s * 1000)));

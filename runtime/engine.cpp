@@ -35,8 +35,12 @@ SamplerParams SamplerParamsFrom(const shardlm::v1::SamplingParams& p, int logpro
 
 namespace {
 
-// "" when the engine can answer `seq`'s logits request; else what is wrong with it.
-std::string LogitsRequestError(const worker::v1::SeqStep& seq) {
+// "" when the engine can take `seq` (its logits request, its history); else what is wrong.
+std::string SeqStepError(const worker::v1::SeqStep& seq) {
+  if (seq.history_size() > 0 && seq.history_size() != seq.start_pos()) {
+    return absl::StrCat("seq ", seq.seq_id(), ": history has ", seq.history_size(),
+                        " tokens, expected start_pos = ", seq.start_pos());
+  }
   if (!worker::v1::LogitsRows_IsValid(seq.logits())) {
     return absl::StrCat("seq ", seq.seq_id(), ": unknown logits request ", seq.logits());
   }
@@ -76,18 +80,21 @@ WorkerEngine::WorkerEngine(LlamaModel& model, PagedKvCache cache, EngineOptions 
 
 void WorkerEngine::Observe(const worker::v1::SeqStep& s) {
   SeqState& st = seqs_[s.seq_id()];
-  if (s.start_pos() == 0) {
-    // A new sequence, or one recomputed after preemption: its history starts again.
+  if (s.start_pos() == 0 || s.history_size() > 0) {
+    // A new sequence, or one recomputed after preemption (from 0, or past KV blocks the
+    // coordinator found in its prefix cache, with the tokens before start_pos in `history`):
+    // its history starts again.
     const uint64_t seed = st.seed != 0 ? st.seed : std::random_device{}() | 1ull << 40;
     st = SeqState{};
     st.seed = seed;
   }
   st.prompt_len = s.prompt_len();
-  for (int i = 0; i < s.tokens_size(); ++i) {
-    const int32_t id = s.tokens(i);
+  auto observe = [&](int32_t id, int64_t position) {
     st.history.seen.insert(id);
-    if (s.start_pos() + i >= s.prompt_len()) ++st.history.generated[id];
-  }
+    if (position >= s.prompt_len()) ++st.history.generated[id];
+  };
+  for (int i = 0; i < s.history_size(); ++i) observe(s.history(i), i);
+  for (int i = 0; i < s.tokens_size(); ++i) observe(s.tokens(i), s.start_pos() + i);
   st.next_pos = s.start_pos() + s.tokens_size();
 }
 
@@ -101,7 +108,7 @@ absl::StatusOr<worker::v1::StepResult> WorkerEngine::RunStep(const worker::v1::S
   for (int s = 0; s < plan.seqs_size(); ++s) {
     const worker::v1::SeqStep& seq = plan.seqs(s);
     // Refused like any bad plan: the same on every rank, before any collective.
-    if (const std::string error = LogitsRequestError(seq); !error.empty()) {
+    if (const std::string error = SeqStepError(seq); !error.empty()) {
       result.set_error(error);
       return result;
     }

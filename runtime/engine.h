@@ -69,7 +69,8 @@ class WorkerEngine {
   };
   // The step itself, which Step guards (exceptions, agreement).
   absl::StatusOr<worker::v1::StepResult> RunStep(const worker::v1::StepPlan& plan);
-  // Records the tokens of this step in the sequence's history (a start at position 0 resets it).
+  // Records the tokens of this step in the sequence's history (a start at position 0, or a
+  // SeqStep.history, resets it; the history tokens count as run).
   void Observe(const worker::v1::SeqStep& s);
   absl::StatusOr<worker::v1::StepResult> Sample(const worker::v1::StepPlan& plan,
                                                 const Tensor& local_logits);

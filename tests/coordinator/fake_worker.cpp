@@ -1,5 +1,6 @@
 #include "tests/coordinator/fake_worker.h"
 
+#include <map>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -134,17 +135,43 @@ worker::v1::StepResult FakeWorker::Step(const worker::v1::StepPlan& plan) {
     live_.erase(id);
     released_.insert(id);
   }
-  std::set<int32_t> blocks_in_step;
+  // Blocks a sequence writes in this step may be in no other table of the step; blocks that are
+  // only read (full blocks shared from the prefix cache) may be in several.
+  std::map<int32_t, uint64_t> written;  // block -> the seq writing it
+  for (const worker::v1::SeqStep& s : plan.seqs()) {
+    for (int i = 0; i < s.tokens_size(); ++i) {
+      const int32_t block_index = (s.start_pos() + i) / bs;
+      if (block_index < s.block_table_size()) written[s.block_table(block_index)] = s.seq_id();
+    }
+  }
   for (const worker::v1::SeqStep& s : plan.seqs()) {
     const std::string where = absl::StrCat("step ", plan.step_id(), " seq ", s.seq_id(), ": ");
     if (released_.count(s.seq_id()) > 0) errors_.push_back(where + "released id used again");
     seen_.insert(s.seq_id());
     if (s.tokens().empty()) errors_.push_back(where + "no tokens");
     auto it = live_.find(s.seq_id());
-    const int32_t expected_start = it == live_.end() ? 0 : it->second;
+    // A new sequence starts at 0, or past the cached blocks whose tokens it sends in history.
+    const int32_t expected_start = it == live_.end() ? s.history_size() : it->second;
     if (s.start_pos() != expected_start) {
       errors_.push_back(absl::StrCat(where, "start_pos ", s.start_pos(), ", expected ",
                                      expected_start));
+    }
+    if (it != live_.end() && s.history_size() > 0) {
+      errors_.push_back(where + "history sent again after the first step");
+    }
+    if (s.history_size() % bs != 0) {
+      errors_.push_back(absl::StrCat(where, "history of ", s.history_size(),
+                                     " tokens is not whole blocks of ", bs));
+    }
+    for (int i = 0; i < s.history_size(); ++i) {
+      // The cached blocks must hold exactly the history the coordinator believes they do.
+      if (i / bs >= s.block_table_size()) break;
+      const int32_t cached = kv_[static_cast<size_t>(s.block_table(i / bs)) * bs + i % bs];
+      if (cached != s.history(i)) {
+        errors_.push_back(absl::StrCat(where, "position ", i, " holds ", cached,
+                                       " in the cache, history says ", s.history(i)));
+        break;
+      }
     }
     const int32_t end = s.start_pos() + s.tokens_size();
     if (s.block_table_size() != (end + bs - 1) / bs) {
@@ -157,8 +184,9 @@ worker::v1::StepResult FakeWorker::Step(const worker::v1::StepPlan& plan) {
         errors_.push_back(absl::StrCat(where, "block ", b, " out of range"));
         return result;
       }
-      if (!blocks_in_step.insert(b).second) {
-        errors_.push_back(absl::StrCat(where, "block ", b, " also used by another sequence"));
+      if (auto w = written.find(b); w != written.end() && w->second != s.seq_id()) {
+        errors_.push_back(absl::StrCat(where, "block ", b, " is written by seq ", w->second,
+                                       " in the same step"));
       }
     }
     if (s.prompt_len() <= 0) errors_.push_back(absl::StrCat(where, "prompt_len ", s.prompt_len()));

@@ -2,11 +2,13 @@
 // rank 0 of shardlm-worker and answers step plans with a toy "model". The toy keeps a simulated
 // paged KV store: each step's tokens are written into the blocks its tables name, and a sampled
 // token is a hash of the whole sequence read back through the table. A wrong block table, a
-// block shared by two live sequences or a bad recomputation therefore changes the output, which
-// the tests compare with Reference(). It can also fail a step, or hang (stay connected and never
-// answer, recording the Abort it is sent). Protocol invariants (positions continue, tables cover
-// exactly [0, start_pos + n), released ids never come back) are checked and collected in
-// errors().
+// block written by one sequence while another holds it, a stale prefix-cache hit or a bad
+// recomputation therefore changes the output, which the tests compare with Reference(). It can
+// also fail a step, or hang (stay connected and never answer, recording the Abort it is sent).
+// Protocol invariants (positions continue; a new sequence starts at 0 or at the end of its
+// history, whose tokens its cached blocks must hold; tables cover exactly [0, start_pos + n); no
+// block written by one sequence of a step is in another's table; released ids never come back)
+// are checked and collected in errors().
 #pragma once
 
 #include <atomic>

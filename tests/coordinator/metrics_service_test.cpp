@@ -286,6 +286,54 @@ Samples SamplesOf(const nlohmann::json& parsed) {
                          << var.diagnostics << "\n--- the text:\n"                   \
                          << (text)
 
+// Prefix caching through the service and a fake job (whose toy KV store checks every hit's
+// blocks against the history sent): a prompt that shares 4 full blocks with an earlier one
+// hits them and gets its reference output; the counters move by the tokens looked up and hit.
+// A relaunched job starts with empty memory: the same prompt then hits nothing.
+TEST_F(MetricsServiceTest, PrefixCacheHitsAreCountedAndChangeNoOutput) {
+  StartServer();
+  FakeWorkerOptions fo;
+  Attach(fo);
+  const std::vector<int32_t> a = Prompt(1, 20);  // 5 blocks of 4
+  std::vector<int32_t> b(a.begin(), a.begin() + 16);
+  b.insert(b.end(), {9, 8, 7});
+  const Samples start = Scrape();
+  EXPECT_EQ(MetricValue(start, "shardlm:prefix_cache_queries_total"), 0);
+  EXPECT_EQ(MetricValue(start, "shardlm:prefix_cache_hits_total"), 0);
+  EXPECT_EQ(Run(IdsRequest(a, 6), v1::FINISH_REASON_LENGTH).ids, FakeWorker::Reference(a, 6));
+  EXPECT_EQ(Run(IdsRequest(b, 6), v1::FINISH_REASON_LENGTH).ids, FakeWorker::Reference(b, 6));
+  const Samples served = Scrape();
+  EXPECT_EQ(Delta(start, served, "shardlm:prefix_cache_queries_total"), 20 + 19);
+  EXPECT_EQ(Delta(start, served, "shardlm:prefix_cache_hits_total"), 16);
+  EXPECT_EQ(MetricValue(served, "shardlm:kv_cache_usage_perc"), 0);  // cached blocks are free
+  const EngineStats stats = server_->engine().Stats();
+  EXPECT_EQ(stats.prefix_cache_queries, 39);
+  EXPECT_EQ(stats.prefix_cache_hits, 16);
+  EXPECT_GE(stats.kv_blocks_cached, 5);
+
+  workers_.back()->Kill();
+  ASSERT_TRUE(WaitHealth(kNotServing, 5s));
+  Attach(fo);
+  EXPECT_EQ(Run(IdsRequest(b, 6), v1::FINISH_REASON_LENGTH).ids, FakeWorker::Reference(b, 6));
+  EXPECT_EQ(Delta(served, Scrape(), "shardlm:prefix_cache_hits_total"), 0);
+  ExpectNoWorkerErrors();
+}
+
+// --no-prefix-caching: the same two prompts hit nothing and count nothing.
+TEST_F(MetricsServiceTest, NoPrefixCachingCountsNoHits) {
+  options_.prefix_caching = false;
+  StartServer();
+  Attach();
+  const std::vector<int32_t> a = Prompt(1, 20);
+  Run(IdsRequest(a, 3), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(Run(IdsRequest(a, 3), v1::FINISH_REASON_LENGTH).ids, FakeWorker::Reference(a, 3));
+  const Samples after = Scrape();
+  EXPECT_EQ(MetricValue(after, "shardlm:prefix_cache_queries_total"), 0);
+  EXPECT_EQ(MetricValue(after, "shardlm:prefix_cache_hits_total"), 0);
+  EXPECT_EQ(server_->engine().Stats().kv_blocks_cached, 0);
+  ExpectNoWorkerErrors();
+}
+
 TEST_F(MetricsServiceTest, PrometheusClientParsesTheTextAndCountsTheTokensServed) {
   StartServer();
   FakeWorker& worker = Attach();

@@ -48,7 +48,7 @@ TEST(MetricsTest, EveryFamilyFromTheStartWithTheModelLabel) {
         "request_success_total", "time_to_first_token_seconds", "inter_token_latency_seconds",
         "e2e_request_latency_seconds", "request_queue_time_seconds", "request_prompt_tokens",
         "request_generation_tokens", "step_batch_size", "iteration_tokens_total",
-        "step_time_seconds"}) {
+        "step_time_seconds", "prefix_cache_queries_total", "prefix_cache_hits_total"}) {
     EXPECT_NE(text.find(std::string("# TYPE shardlm:") + family + " "), std::string::npos)
         << family;
   }
@@ -78,8 +78,12 @@ TEST(MetricsTest, EventsMoveTheirSeries) {
   m.Finished(v1::FINISH_REASON_ERROR, 2, 0, t0, t0 + 1s);
   m.Step(3, 17, 0.02);
   m.Step(1, 1, 0.004);
+  m.PrefixCache(40, 32);
+  m.PrefixCache(8, 0);
 
   const auto s = ParseMetricsText(m.Render());
+  EXPECT_EQ(MetricValue(s, "shardlm:prefix_cache_queries_total"), 48);
+  EXPECT_EQ(MetricValue(s, "shardlm:prefix_cache_hits_total"), 32);
   EXPECT_EQ(MetricValue(s, "shardlm:request_queue_time_seconds_count"), 1);
   EXPECT_DOUBLE_EQ(MetricValue(s, "shardlm:request_queue_time_seconds_sum"), 0.1);
   EXPECT_EQ(MetricValue(s, "shardlm:prompt_tokens_total"), 7);  // once per request

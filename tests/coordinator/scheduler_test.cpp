@@ -1,5 +1,6 @@
 #include "coordinator/scheduler.h"
 
+#include <map>
 #include <memory>
 #include <set>
 #include <unordered_map>
@@ -19,8 +20,8 @@ using Key = Scheduler::Key;
 class SchedulerTest : public ::testing::Test {
  protected:
   void Init(int32_t block_size, int64_t blocks, int32_t budget, int32_t max_running = 64,
-            int32_t max_queue = 64) {
-    blocks_ = std::make_unique<KvBlockManager>(block_size);
+            int32_t max_queue = 64, bool prefix_caching = true) {
+    blocks_ = std::make_unique<KvBlockManager>(block_size, prefix_caching);
     blocks_->Reset(blocks);
     scheduler_ = std::make_unique<Scheduler>(
         SchedulerOptions{budget, max_running, max_queue}, blocks_.get());
@@ -35,6 +36,16 @@ class SchedulerTest : public ::testing::Test {
     v1::SamplingParams sampling;
     sampling.set_temperature(0.5f);
     return scheduler_->Add(key, Prompt(key, n), sampling, 0);
+  }
+  absl::Status AddTokens(Key key, std::vector<int32_t> tokens) {
+    return scheduler_->Add(key, std::move(tokens), v1::SamplingParams(), 0);
+  }
+  static std::vector<int32_t> Concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  }
+  static std::vector<int32_t> History(const worker::v1::SeqStep& s) {
+    return {s.history().begin(), s.history().end()};
   }
   // The workers' answer: every sampling sequence gets `token`.
   Scheduler::Outcome Complete(const Scheduler::Step& step, int32_t token = 7) {
@@ -426,6 +437,188 @@ TEST_F(SchedulerTest, StressKeepsInvariants) {
   EXPECT_TRUE(remaining.empty());
   EXPECT_EQ(blocks_->free(), 24);
   EXPECT_GT(preemptions, 0);  // the cache is small enough to force some
+}
+
+// A later prompt that starts with the full blocks of an earlier one attaches them: its first
+// step starts past them, carries their tokens as history, and queries / hits count tokens.
+TEST_F(SchedulerTest, PrefixHitSkipsTheCachedBlocks) {
+  Init(4, 20, 64);
+  const std::vector<int32_t> shared = Prompt(1, 8);  // 2 blocks of 4
+  ASSERT_TRUE(AddTokens(1, Concat(shared, {50, 51})).ok());
+  Scheduler::Step s1 = scheduler_->Schedule();
+  EXPECT_EQ(s1.prefix_query_tokens, 10);
+  EXPECT_EQ(s1.prefix_hit_tokens, 0);
+  EXPECT_TRUE(s1.plan.seqs(0).history().empty());
+  Complete(s1);
+  const std::vector<int32_t> first_blocks = scheduler_->BlocksOf(1);
+  EXPECT_EQ(blocks_->cached(), 2);  // the third block is partial
+  // A second request hits while the first still runs: the two full blocks are shared.
+  ASSERT_TRUE(AddTokens(2, Concat(shared, {60, 61, 62, 63, 64})).ok());
+  Scheduler::Step s2 = scheduler_->Schedule();
+  ASSERT_THAT(Keys(s2), ElementsAre(1u, 2u));
+  const worker::v1::SeqStep& hit = s2.plan.seqs(1);
+  EXPECT_EQ(hit.start_pos(), 8);
+  EXPECT_THAT(Tokens(hit), ElementsAre(60, 61, 62, 63, 64));
+  EXPECT_EQ(History(hit), shared);
+  EXPECT_EQ(hit.prompt_len(), 13);
+  ASSERT_EQ(hit.block_table_size(), 4);
+  EXPECT_EQ(hit.block_table(0), first_blocks[0]);
+  EXPECT_EQ(hit.block_table(1), first_blocks[1]);
+  EXPECT_NE(hit.block_table(2), first_blocks[2]);  // the partial block is never shared
+  EXPECT_EQ(blocks_->RefCount(first_blocks[0]), 2);
+  EXPECT_EQ(s2.prefix_query_tokens, 13);
+  EXPECT_EQ(s2.prefix_hit_tokens, 8);
+  Complete(s2);
+  // History goes with the first step only.
+  Scheduler::Step s3 = scheduler_->Schedule();
+  for (const worker::v1::SeqStep& seq : s3.plan.seqs()) EXPECT_TRUE(seq.history().empty());
+  Complete(s3);
+  // Both end: the shared blocks are released by both, then evictable; nothing leaks.
+  scheduler_->Remove(1);
+  EXPECT_EQ(blocks_->RefCount(first_blocks[0]), 1);
+  scheduler_->Remove(2);
+  EXPECT_EQ(blocks_->RefCount(first_blocks[0]), 0);
+  EXPECT_EQ(blocks_->free(), 20);
+  EXPECT_GE(blocks_->evictable(), 3);  // 2 shared + 2's full third block (60..63)
+  // A prompt of exactly the cached blocks recomputes its last one, so that it has logits.
+  ASSERT_TRUE(AddTokens(3, shared).ok());
+  Scheduler::Step s4 = scheduler_->Schedule();
+  EXPECT_EQ(s4.plan.seqs(0).start_pos(), 4);
+  EXPECT_THAT(Tokens(s4.plan.seqs(0)), ElementsAreArray(shared.begin() + 4, shared.end()));
+  EXPECT_TRUE(s4.plan.seqs(0).sample());
+  EXPECT_EQ(s4.prefix_hit_tokens, 4);
+}
+
+// A preempted sequence's blocks stay cached (evictable); readmitted, it finds them, generated
+// tokens included (their history tells the workers which positions were generated).
+TEST_F(SchedulerTest, APreemptedSequenceFindsItsOwnBlocksAgain) {
+  Init(2, 6, 64);
+  ASSERT_TRUE(Add(1, 4).ok());
+  ASSERT_TRUE(Add(2, 3).ok());
+  Complete(scheduler_->Schedule(), 11);  // 1: 2 blocks, 2: 2 blocks (4 of 6)
+  Complete(scheduler_->Schedule(), 12);  // 1 at position 4: a third block; 2 at 3
+  Complete(scheduler_->Schedule(), 13);  // 1 at 5; 2 at 4: its third block (6 of 6)
+  EXPECT_EQ(blocks_->free(), 0);
+  // 1 at position 6 needs a fourth block: 2 (the newest) is preempted.
+  Scheduler::Step s4 = scheduler_->Schedule();
+  EXPECT_THAT(s4.preempted, ElementsAre(2u));
+  // 2 held positions 0-4 (200 201 202 11 12), its two full blocks cached; one of its three
+  // blocks went to 1, taken from the end of its chain (the partial one, freed).
+  EXPECT_EQ(blocks_->evictable(), 2);
+  Complete(s4, 14);
+  scheduler_->Remove(1);
+  Scheduler::Step s5 = scheduler_->Schedule();
+  ASSERT_THAT(Keys(s5), ElementsAre(2u));
+  const worker::v1::SeqStep& again = s5.plan.seqs(0);
+  EXPECT_EQ(again.start_pos(), 4);
+  EXPECT_THAT(History(again), ElementsAre(200, 201, 202, 11));
+  EXPECT_THAT(Tokens(again), ElementsAre(12, 13));
+  EXPECT_EQ(again.prompt_len(), 3);
+  EXPECT_EQ(s5.prefix_hit_tokens, 4);
+  EXPECT_EQ(s5.prefix_query_tokens, 6);
+  for (int32_t b : again.block_table()) EXPECT_EQ(blocks_->RefCount(b), 1);
+  Complete(s5, 15);
+  EXPECT_THAT(*scheduler_->TokensOf(2), ElementsAre(200, 201, 202, 11, 12, 13, 15));
+  scheduler_->Remove(2);
+  EXPECT_EQ(blocks_->free(), 6);
+}
+
+// The worker job is lost: its memory is gone, so nothing cached may be hit on the next one.
+TEST_F(SchedulerTest, NoHitAfterTheJobIsLost) {
+  Init(4, 20, 64);
+  ASSERT_TRUE(Add(1, 9).ok());
+  Complete(scheduler_->Schedule());
+  EXPECT_EQ(blocks_->cached(), 2);
+  ASSERT_TRUE(Add(2, 9).ok());  // other tokens
+  scheduler_->RequeueAll();
+  blocks_->Reset(20);  // as the engine does (Detach, then the next job's Activate)
+  Scheduler::Step s = scheduler_->Schedule();
+  ASSERT_THAT(Keys(s), ElementsAre(1u, 2u));
+  EXPECT_EQ(s.plan.seqs(0).start_pos(), 0);
+  EXPECT_TRUE(s.plan.seqs(0).history().empty());
+  EXPECT_EQ(s.prefix_hit_tokens, 0);
+  EXPECT_EQ(s.prefix_query_tokens, 10 + 9);
+}
+
+// Cached blocks nobody holds count as free for admission: a new prompt evicts them.
+TEST_F(SchedulerTest, EvictableBlocksAreFreeForAdmission) {
+  Init(4, 4, 64);
+  ASSERT_TRUE(Add(1, 12).ok());
+  Complete(scheduler_->Schedule());
+  scheduler_->Remove(1);
+  EXPECT_EQ(blocks_->evictable(), 3);
+  EXPECT_EQ(blocks_->free(), 4);
+  ASSERT_TRUE(Add(2, 12).ok());
+  Scheduler::Step s = scheduler_->Schedule();
+  ASSERT_THAT(Keys(s), ElementsAre(2u));
+  EXPECT_EQ(s.plan.seqs(0).start_pos(), 0);
+  EXPECT_EQ(blocks_->free(), 1);
+}
+
+TEST_F(SchedulerTest, NoPrefixCachingNoHits) {
+  Init(4, 20, 64, 64, 64, /*prefix_caching=*/false);
+  ASSERT_TRUE(AddTokens(1, Prompt(1, 10)).ok());
+  Complete(scheduler_->Schedule());
+  scheduler_->Remove(1);
+  ASSERT_TRUE(AddTokens(2, Prompt(1, 10)).ok());
+  Scheduler::Step s = scheduler_->Schedule();
+  EXPECT_EQ(s.plan.seqs(0).start_pos(), 0);
+  EXPECT_TRUE(s.plan.seqs(0).history().empty());
+  EXPECT_EQ(s.prefix_query_tokens, 0);
+  EXPECT_EQ(s.prefix_hit_tokens, 0);
+  EXPECT_EQ(blocks_->cached(), 0);
+}
+
+// Requests sharing prefixes through a small cache, with preemptions: no block is written by
+// one sequence while another holds it, every table is whole, and everything is freed at the end.
+TEST_F(SchedulerTest, StressWithSharedPrefixesKeepsInvariants) {
+  Init(2, 24, 16, 8, 1000);
+  uint32_t rng = 777;
+  auto next = [&] { return rng = rng * 1664525u + 1013904223u; };
+  std::unordered_map<Key, int> remaining;
+  int64_t hits = 0;
+  for (Key k = 1; k <= 40; ++k) {
+    std::vector<int32_t> prompt = Prompt(next() % 3, static_cast<int>(next() % 8));
+    const int tail = 1 + static_cast<int>(next() % 6);
+    for (int i = 0; i < tail; ++i) prompt.push_back(static_cast<int32_t>(1000 + next() % 3));
+    ASSERT_TRUE(AddTokens(k, prompt).ok());
+    remaining[k] = 1 + static_cast<int>(next() % 8);
+  }
+  int steps = 0, preemptions = 0;
+  while (scheduler_->HasWork() && steps < 5000) {
+    Scheduler::Step s = scheduler_->Schedule();
+    ++steps;
+    hits += s.prefix_hit_tokens;
+    preemptions += static_cast<int>(s.preempted.size());
+    for (auto& [key, status] : s.failed) remaining.erase(key);
+    std::map<int32_t, uint64_t> written;
+    for (const worker::v1::SeqStep& seq : s.plan.seqs()) {
+      EXPECT_EQ(seq.block_table_size(), (seq.start_pos() + seq.tokens_size() + 1) / 2);
+      EXPECT_TRUE(seq.history().empty() || seq.history_size() == seq.start_pos());
+      for (int p = seq.start_pos(); p < seq.start_pos() + seq.tokens_size(); ++p) {
+        EXPECT_TRUE(written.emplace(seq.block_table(p / 2), seq.seq_id()).second ||
+                    written[seq.block_table(p / 2)] == seq.seq_id());
+      }
+    }
+    for (const worker::v1::SeqStep& seq : s.plan.seqs()) {
+      for (int32_t b : seq.block_table()) {
+        auto w = written.find(b);
+        EXPECT_TRUE(w == written.end() || w->second == seq.seq_id()) << "block " << b;
+      }
+    }
+    Scheduler::Outcome o = Complete(s);
+    for (const Scheduler::Sampled& sampled : o.sampled) {
+      if (--remaining[sampled.key] == 0) {
+        remaining.erase(sampled.key);
+        scheduler_->Remove(sampled.key);
+      }
+    }
+  }
+  EXPECT_FALSE(scheduler_->HasWork());
+  EXPECT_TRUE(remaining.empty());
+  EXPECT_EQ(blocks_->free(), 24);
+  EXPECT_GT(hits, 0);
+  EXPECT_GT(preemptions, 0);
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 // prefill, sequences joining and leaving, scattered KV blocks). Run under mpirun at np 1 and 2
 // (tp=2 and pp=2 there): greedy tokens equal the offline generation of each sequence alone (one
 // rank, one sequence per step), a seeded sampled sequence gives the same tokens alone and in a
-// batch, and the logits rows a SeqStep asks for come back next to the sampled tokens.
+// batch, and the logits rows a SeqStep asks for come back next to the sampled tokens. Prefix
+// caching (PrefixCacheEngineTest): the coordinator's scheduler plans the steps, and a cache hit
+// (its SeqStep.history) gives the same ids as no hit, greedy and seeded with penalties.
 // Seq literals leave the progress fields at their defaults.
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 #include <gmock/gmock.h>
@@ -15,6 +17,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/kv_block_manager.h"
+#include "coordinator/scheduler.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "runtime/generator.h"
 #include "model/llama.h"
@@ -323,6 +327,152 @@ TEST(WorkerEngineTest, BadPlanIsRefusedNotFatal) {
   result = engine.Step(plan);
   ASSERT_TRUE(result.ok());
   EXPECT_THAT(result->error(), testing::HasSubstr("LOGITS_SAMPLED asks for the sampled row"));
+  // A history that is not the tokens before start_pos.
+  s->set_logits(worker::v1::LOGITS_NONE);
+  s->set_start_pos(4);
+  s->clear_tokens();
+  s->add_tokens(1);
+  s->add_history(1);
+  result = engine.Step(plan);
+  ASSERT_TRUE(result.ok());
+  EXPECT_THAT(result->error(), testing::HasSubstr("history has 1 tokens, expected start_pos = 4"));
+}
+
+// --- Prefix caching through the real worker path: the coordinator's scheduler and block
+// manager plan the steps, this engine runs them (every rank plans the same steps from the same
+// results, as rank 0's result is shared).
+
+struct Request {
+  coordinator::Scheduler::Key key;
+  std::vector<int32_t> prompt;
+  shardlm::v1::SamplingParams sampling;
+  int max_new = 6;
+};
+
+struct Served {
+  std::map<coordinator::Scheduler::Key, std::vector<int32_t>> generated;
+  int64_t hit_tokens = 0;
+  int preemptions = 0;
+};
+
+// Serves `waves` of requests in order (a wave is queued once the previous one has ended) with
+// `blocks` KV blocks of kBlock tokens.
+Served Serve(LlamaModel& model, const std::vector<std::vector<Request>>& waves, int64_t blocks,
+             bool prefix_caching, int32_t max_batch_tokens = 64) {
+  WorkerEngine engine(model, model.NewPagedCache(kBlock, blocks));
+  coordinator::KvBlockManager manager(kBlock, prefix_caching);
+  manager.Reset(blocks);
+  coordinator::Scheduler scheduler({max_batch_tokens, 64, 64}, &manager);
+  Served served;
+  for (const std::vector<Request>& wave : waves) {
+    std::map<coordinator::Scheduler::Key, int> left;
+    for (const Request& r : wave) {
+      EXPECT_TRUE(scheduler.Add(r.key, r.prompt, r.sampling, 0).ok());
+      left[r.key] = r.max_new;
+    }
+    for (int step = 0; scheduler.HasWork() && step < 500; ++step) {
+      coordinator::Scheduler::Step planned = scheduler.Schedule();
+      EXPECT_TRUE(planned.failed.empty());
+      served.hit_tokens += planned.prefix_hit_tokens;
+      served.preemptions += static_cast<int>(planned.preempted.size());
+      auto result = engine.Step(planned.plan);
+      EXPECT_TRUE(result.ok()) << result.status();
+      if (!result.ok()) return served;
+      std::string bytes = result->SerializeAsString();
+      uint64_t size = bytes.size();
+      EXPECT_TRUE(mpitest::World().Broadcast(&size, sizeof(size), 0).ok());
+      bytes.resize(size);
+      EXPECT_TRUE(mpitest::World().Broadcast(bytes.data(), size, 0).ok());
+      worker::v1::StepResult shared;
+      EXPECT_TRUE(shared.ParseFromString(bytes));
+      EXPECT_EQ(shared.error(), "");
+      for (const auto& sampled : scheduler.Complete(planned.plan, shared).sampled) {
+        served.generated[sampled.key].push_back(sampled.token);
+        if (--left[sampled.key] == 0) scheduler.Remove(sampled.key);
+      }
+    }
+  }
+  return served;
+}
+
+shardlm::v1::SamplingParams PenalizedSeeded(uint64_t seed) {
+  shardlm::v1::SamplingParams p;
+  p.set_temperature(0.9f);
+  p.set_top_k(40);
+  p.set_repetition_penalty(1.5f);
+  p.set_presence_penalty(0.8f);
+  p.set_frequency_penalty(0.6f);
+  p.set_seed(seed);
+  return p;
+}
+
+// Prompts that share 14 tokens (3 full blocks of 4), served one after another: the later ones
+// hit the cached blocks and give the same ids as without the cache, greedy and seeded with
+// penalties (whose state must see the cached prompt tokens: SeqStep.history).
+TEST(PrefixCacheEngineTest, AHitGivesTheSameIdsAsNoHit) {
+  Fixture f = TinyModel();
+  std::vector<int32_t> prefix;
+  for (int i = 0; i < 14; ++i) prefix.push_back(static_cast<int32_t>((i * 37 + 5) % 250));
+  auto with = [&](std::vector<int32_t> tail) {
+    std::vector<int32_t> p = prefix;
+    p.insert(p.end(), tail.begin(), tail.end());
+    return p;
+  };
+  shardlm::v1::SamplingParams greedy;
+  greedy.set_temperature(0.0f);
+  shardlm::v1::SamplingParams greedy_penalized;
+  greedy_penalized.set_temperature(0.0f);
+  greedy_penalized.set_repetition_penalty(1.8f);
+  greedy_penalized.set_presence_penalty(1.0f);
+  const std::vector<std::vector<Request>> waves = {
+      {{1, with({1, 2}), greedy}},
+      {{2, with({3, 4, 5}), greedy},
+       {3, with({6}), PenalizedSeeded(7)},
+       {4, with({9, 9, 8}), greedy_penalized},
+       {5, prefix, PenalizedSeeded(8), 10}},  // exactly the prefix: its last block recomputed
+  };
+  for (auto [tp, pp] : Layouts()) {
+    SCOPED_TRACE(absl::StrCat("tp=", tp, " pp=", pp));
+    auto backend = CreateCpuBackend(1);
+    auto model = LoadModel(f, *backend, tp, pp);
+    const Served on = Serve(*model, waves, 64, true);
+    const Served off = Serve(*model, waves, 64, false);
+    EXPECT_EQ(on.hit_tokens, 4 * 12);  // wave 2: the 3 full blocks of the prefix, each
+    EXPECT_EQ(off.hit_tokens, 0);
+    ASSERT_EQ(on.generated.size(), 5u);
+    EXPECT_EQ(on.generated, off.generated);
+    // Sampling did something: the seeded request differs from its greedy run.
+    std::vector<std::vector<Request>> plain = waves;
+    plain[1][1].sampling = greedy;
+    EXPECT_NE(Serve(*model, plain, 64, false).generated.at(3), on.generated.at(3));
+  }
+}
+
+// Preemptions under a small cache: a preempted sequence finds its own blocks (generated
+// tokens included) when it comes back, and every request still gets the ids it gets with a
+// cache large enough for no preemption and no prefix cache.
+TEST(PrefixCacheEngineTest, PreemptionWithHitsGivesTheSameIds) {
+  Fixture f = TinyModel();
+  shardlm::v1::SamplingParams greedy;
+  greedy.set_temperature(0.0f);
+  std::vector<Request> wave;
+  for (int i = 0; i < 5; ++i) {
+    std::vector<int32_t> prompt = {11, 22, 33, 44, 55};  // shared by all
+    for (int j = 0; j <= i; ++j) prompt.push_back(static_cast<int32_t>(100 + 17 * i + j));
+    wave.push_back({static_cast<uint64_t>(i + 1), prompt,
+                    i % 2 == 0 ? PenalizedSeeded(100 + i) : greedy, 12});
+  }
+  for (auto [tp, pp] : Layouts()) {
+    SCOPED_TRACE(absl::StrCat("tp=", tp, " pp=", pp));
+    auto backend = CreateCpuBackend(1);
+    auto model = LoadModel(f, *backend, tp, pp);
+    const Served tight = Serve(*model, {wave}, 14, true, 16);
+    const Served roomy = Serve(*model, {wave}, 64, false, 16);
+    EXPECT_GT(tight.preemptions, 0);
+    EXPECT_GT(tight.hit_tokens, 0);
+    EXPECT_EQ(roomy.preemptions, 0);
+    EXPECT_EQ(tight.generated, roomy.generated);
+  }
 }
 
 }  // namespace
