@@ -190,6 +190,9 @@ grpc::Status GenerationService::GetModelInfo(grpc::ServerContext*, const v1::Get
   info->set_workers_expected(options_.tp * options_.pp);
   info->set_requests_running(stats.requests_running);
   info->set_requests_waiting(stats.requests_waiting);
+  info->set_prefix_cache_queries(stats.prefix_cache_queries);
+  info->set_prefix_cache_hits(stats.prefix_cache_hits);
+  info->set_kv_blocks_cached(stats.kv_blocks_cached);
   return grpc::Status::OK;
 }
 

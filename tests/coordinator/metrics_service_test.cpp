@@ -310,6 +310,10 @@ TEST_F(MetricsServiceTest, PrefixCacheHitsAreCountedAndChangeNoOutput) {
   EXPECT_EQ(stats.prefix_cache_queries, 39);
   EXPECT_EQ(stats.prefix_cache_hits, 16);
   EXPECT_GE(stats.kv_blocks_cached, 5);
+  const v1::ModelInfo info = Info();  // the same over GetModelInfo
+  EXPECT_EQ(info.prefix_cache_queries(), 39);
+  EXPECT_EQ(info.prefix_cache_hits(), 16);
+  EXPECT_EQ(info.kv_blocks_cached(), stats.kv_blocks_cached);
 
   workers_.back()->Kill();
   ASSERT_TRUE(WaitHealth(kNotServing, 5s));
