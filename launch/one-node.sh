@@ -16,13 +16,15 @@
 # Logs: coordinator.out / coordinator.err / workers.log (every job, appended) in the --logs folder.
 # The workers attach on --worker-listen (loopback, a free port) with the secret of
 # --worker-secret-file; without one, a fresh random secret is made for this run (mode 600,
-# removed on exit). WORKER_ARGS adds shardlm-worker flags (e.g. "--backend cuda").
+# removed on exit). WORKER_ARGS adds shardlm-worker flags (e.g. "--backend cuda"). CLIENT_ARGS
+# adds flags to this script's own readiness check (`shardlm info`) when the coordinator serves
+# with TLS or a token (e.g. "--tls-ca ca.pem --auth-token-file token").
 # SIGTERM drains: the coordinator gets SIGTERM, refuses new requests and lets running ones finish
 # (its --drain-timeout, 30 s by default; DRAIN_WAIT, 45 s, is how long this script waits for it).
 # Ctrl-C (SIGINT) stops at once: the coordinator gets SIGINT and ends its streams now.
 set -euo pipefail
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 MODEL="" TP=1 PP=1 LISTEN=127.0.0.1:50051 HTTP_LISTEN=127.0.0.1:8000 WORKER_LISTEN=127.0.0.1:0 SECRET_FILE=""
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -169,7 +171,8 @@ supervise_workers "$COORD_PID" "$WORKER_DIAL" &
 SUP_PID=$!
 
 deadline=$((SECONDS + READY_TIMEOUT))
-until "$BIN/shardlm" info --server "$DIAL" --wait-ready 1 >"$LOGS/info.json" 2>"$LOGS/info.err"; do
+read -r -a CLIENT_FLAGS <<<"${CLIENT_ARGS:-}"
+until "$BIN/shardlm" info --server "$DIAL" "${CLIENT_FLAGS[@]}" --wait-ready 1 >"$LOGS/info.json" 2>"$LOGS/info.err"; do
   kill -0 "$COORD_PID" 2>/dev/null || { log "coordinator exited while starting"; exit 1; }
   # A job that fails before serving is a set-up error (model, flags): no relaunching then.
   [ ! -s "$LOGS/worker-exits" ] || { log "workers exited while starting:"; tail -n 20 "$LOGS/workers.log" >&2; exit 1; }
@@ -179,7 +182,9 @@ done
 log "ready: $(cat "$LOGS/info.json")"
 echo "serving on $DIAL"
 HTTP_BOUND=$(sed -n '3s/^http on //p' "$LOGS/coordinator.out" 2>/dev/null || true)
-if [ -n "$HTTP_BOUND" ]; then echo "OpenAI-compatible HTTP on http://$(dial "$HTTP_BOUND")/v1"; fi
+SCHEME=http
+for a in "${COORD_ARGS[@]}"; do case $a in --tls-cert|--tls-cert=*) SCHEME=https ;; esac; done
+if [ -n "$HTTP_BOUND" ]; then echo "OpenAI-compatible HTTP on $SCHEME://$(dial "$HTTP_BOUND")/v1"; fi
 
 # Until the coordinator exits (or a signal); worker jobs that exit are relaunched meanwhile.
 set +e

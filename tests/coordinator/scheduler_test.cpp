@@ -60,6 +60,16 @@ class SchedulerTest : public ::testing::Test {
     return scheduler_->Complete(step.plan, result);
   }
   std::vector<Key> Keys(const Scheduler::Step& step) { return scheduler_->RequestsIn(step.plan); }
+  // Completes `step` and removes the requests whose last token (by *remaining, the tokens each
+  // still has to generate) it sampled.
+  void CompleteAndRetire(const Scheduler::Step& step, std::unordered_map<Key, int>* remaining) {
+    for (const Scheduler::Sampled& sampled : Complete(step).sampled) {
+      if (--(*remaining)[sampled.key] == 0) {
+        remaining->erase(sampled.key);
+        scheduler_->Remove(sampled.key);
+      }
+    }
+  }
   static std::vector<int32_t> Tokens(const worker::v1::SeqStep& s) {
     return {s.tokens().begin(), s.tokens().end()};
   }
@@ -425,13 +435,7 @@ TEST_F(SchedulerTest, StressKeepsInvariants) {
       for (int32_t b : seq.block_table()) EXPECT_TRUE(used.insert(b).second) << "block " << b;
     }
     EXPECT_LE(tokens, 16);
-    Scheduler::Outcome o = Complete(s);
-    for (const Scheduler::Sampled& sampled : o.sampled) {
-      if (--remaining[sampled.key] == 0) {
-        remaining.erase(sampled.key);
-        scheduler_->Remove(sampled.key);
-      }
-    }
+    CompleteAndRetire(s, &remaining);
   }
   EXPECT_FALSE(scheduler_->HasWork());
   EXPECT_TRUE(remaining.empty());
@@ -606,13 +610,7 @@ TEST_F(SchedulerTest, StressWithSharedPrefixesKeepsInvariants) {
         EXPECT_TRUE(w == written.end() || w->second == seq.seq_id()) << "block " << b;
       }
     }
-    Scheduler::Outcome o = Complete(s);
-    for (const Scheduler::Sampled& sampled : o.sampled) {
-      if (--remaining[sampled.key] == 0) {
-        remaining.erase(sampled.key);
-        scheduler_->Remove(sampled.key);
-      }
-    }
+    CompleteAndRetire(s, &remaining);
   }
   EXPECT_FALSE(scheduler_->HasWork());
   EXPECT_TRUE(remaining.empty());
