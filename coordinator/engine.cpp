@@ -1,5 +1,7 @@
 #include "coordinator/engine.h"
 
+#include <algorithm>
+#include <deque>
 #include <random>
 #include <string>
 #include <utility>
@@ -136,7 +138,8 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(PreparedRequest re
   r->handle->key = key;
   r->handle->request_id = id;
   absl::Status added =
-      scheduler_.Add(key, std::move(request.prompt), request.sampling, request.logprobs);
+      scheduler_.Add(key, std::move(request.prompt), request.sampling, request.logprobs,
+                     request.max_new_tokens);
   if (!added.ok()) return added;
   std::shared_ptr<RequestHandle> handle = r->handle;
   ids_[id] = key;
@@ -314,62 +317,93 @@ void Engine::Loop() {
 }
 
 void Engine::LoopLocked() {
+  // Steps sent to the job and not yet answered, oldest first (results come in this order).
+  struct InFlight {
+    worker::v1::StepPlan plan;
+    StepSize size;
+  };
+  std::deque<InFlight> in_flight;
+  std::shared_ptr<WorkerLink> link;  // the link the steps in flight went to
+  const size_t depth = static_cast<size_t>(std::max(options_.steps_in_flight, 1));
+  Clock::time_point last_result = Clock::now();
   while (true) {
-    while (!Ready()) {
-      if (held_until_) {
-        cv_.WaitWithDeadline(&mu_, absl::Now() + absl::FromChrono(*held_until_ - Clock::now()));
-      } else {
-        cv_.Wait(&mu_);
+    if (in_flight.empty()) {
+      while (!Ready()) {
+        if (held_until_) {
+          cv_.WaitWithDeadline(&mu_, absl::Now() + absl::FromChrono(*held_until_ - Clock::now()));
+        } else {
+          cv_.Wait(&mu_);
+        }
       }
     }
     if (stopping_) return;
-    if (link_ == nullptr) {  // requests held for a job that is not there (yet)
+    if (link_ == nullptr || link_ != link) {
+      // Detached (the steps in flight are recomputed on the next job), or a new job.
+      in_flight.clear();
+      link = link_;
+    }
+    if (link == nullptr) {  // requests held for a job that is not there (yet)
       if (held_until_ && Clock::now() >= *held_until_) FailHeld();
       continue;
     }
-    if (!scheduler_.HasWork()) continue;
-    std::shared_ptr<WorkerLink> link = link_;
-    Scheduler::Step step = scheduler_.Schedule();
-    const Clock::time_point now = Clock::now();
-    for (auto& [key, status] : step.failed) {
-      if (Request* r = Find(key)) Finish(r, v1::FINISH_REASON_ERROR, status);
-    }
-    prefix_cache_queries_ += step.prefix_query_tokens;
-    prefix_cache_hits_ += step.prefix_hit_tokens;
-    if (options_.metrics != nullptr && step.prefix_query_tokens > 0) {
-      options_.metrics->PrefixCache(step.prefix_query_tokens, step.prefix_hit_tokens);
-    }
-    for (uint64_t key : step.admitted) {
-      if (Request* r = Find(key); r != nullptr && !r->first_scheduled) {
-        r->first_scheduled = now;
-        if (options_.metrics != nullptr) options_.metrics->Scheduled(r->arrival, now);
+    // Keep up to `depth` steps in flight: the next is planned while the job runs the ones sent.
+    while (in_flight.size() < depth && scheduler_.HasWork()) {
+      Scheduler::Step step = scheduler_.Schedule();
+      const Clock::time_point now = Clock::now();
+      for (auto& [key, status] : step.failed) {
+        if (Request* r = Find(key)) Finish(r, v1::FINISH_REASON_ERROR, status);
       }
+      prefix_cache_queries_ += step.prefix_query_tokens;
+      prefix_cache_hits_ += step.prefix_hit_tokens;
+      if (options_.metrics != nullptr && step.prefix_query_tokens > 0) {
+        options_.metrics->PrefixCache(step.prefix_query_tokens, step.prefix_hit_tokens);
+      }
+      for (uint64_t key : step.admitted) {
+        if (Request* r = Find(key); r != nullptr && !r->first_scheduled) {
+          r->first_scheduled = now;
+          if (options_.metrics != nullptr) options_.metrics->Scheduled(r->arrival, now);
+        }
+      }
+      if (!step.preempted.empty()) {
+        spdlog::info("step {}: KV blocks ran out: {} sequence(s) preempted for recomputation",
+                     step.plan.step_id(), step.preempted.size());
+      }
+      if (step.plan.seqs_size() == 0) break;  // everything runnable waits for the steps in flight
+      if (in_flight.empty()) last_result = now;  // the job was idle: this step's time starts now
+      if (absl::Status sent = link->Send(step.plan); !sent.ok()) {
+        scheduler_.Dropped(step.plan);
+        break;  // the link is going down: the Attach handler detaches it
+      }
+      in_flight.push_back({std::move(step.plan), StepSize{}});
+      in_flight.back().size = StepSize::Of(in_flight.back().plan);
     }
-    if (!step.preempted.empty()) {
-      spdlog::info("step {}: KV blocks ran out: {} sequence(s) preempted for recomputation",
-                   step.plan.step_id(), step.preempted.size());
-    }
-    if (step.plan.seqs_size() == 0) {
-      if (scheduler_.HasWork()) {  // not expected: back off rather than spin
-        spdlog::error("scheduler produced an empty step with work pending");
+    if (in_flight.empty()) {
+      if (scheduler_.HasWork() && !link->down()) {  // not expected: back off rather than spin
+        spdlog::error("scheduler produced an empty step with work pending and none in flight");
         cv_.WaitWithTimeout(&mu_, absl::Milliseconds(10));
+      } else if (scheduler_.HasWork()) {
+        cv_.WaitWithTimeout(&mu_, absl::Milliseconds(10));  // until the handler detaches it
       }
       continue;
     }
-    const StepSize size = StepSize::Of(step.plan);
-    const StepDeadline::Deadline deadline = deadlines_.For(size);
+    const InFlight& front = in_flight.front();
+    const StepDeadline::Deadline deadline = deadlines_.For(front.size);
+    const uint64_t step_id = front.plan.step_id();
     mu_.Unlock();
-    const Clock::time_point sent = Clock::now();
-    absl::StatusOr<worker::v1::StepResult> result = link->RunStep(step.plan, deadline.timeout);
-    const double step_ms = MsBetween(sent, Clock::now());
+    absl::StatusOr<worker::v1::StepResult> result = link->Await(step_id, deadline.timeout);
+    const Clock::time_point done = Clock::now();
     mu_.Lock();
+    // The step's own time: from the previous result (the job ran the steps before it until then)
+    // or from when it was sent to an idle job.
+    const double step_ms = MsBetween(last_result, done);
+    last_result = done;
     if (stopping_) return;
-    // Detached meanwhile: its requests are already held for the next job (the step in flight is
-    // recomputed there).
+    // Detached meanwhile: its requests are already held for the next job (the steps in flight
+    // are recomputed there).
     if (link_ != link) continue;
     if (absl::IsDeadlineExceeded(result.status())) {
       const std::string hung = absl::StrCat(
-          "step ", step.plan.step_id(), " (", size.ToString(), ") got no result within its ",
+          "step ", step_id, " (", front.size.ToString(), ") got no result within its ",
           "deadline of ", absl::StrFormat("%.3g s", deadline.timeout.count() / 1000.0), " (",
           deadline.derivation, "): the job is declared hung and told to abort");
       link->Abort(hung);
@@ -380,11 +414,13 @@ void Engine::LoopLocked() {
       Detach(result.status());
       continue;
     }
-    deadlines_.Observe(size, step_ms);
+    deadlines_.Observe(front.size, step_ms);
     if (options_.metrics != nullptr) {
-      options_.metrics->Step(size.seqs, size.tokens, step_ms / 1000.0);
+      options_.metrics->Step(front.size.seqs, front.size.tokens, step_ms / 1000.0);
     }
-    ApplyResult(step.plan, *result);
+    const worker::v1::StepPlan plan = std::move(in_flight.front().plan);
+    in_flight.pop_front();
+    ApplyResult(plan, *result);
   }
 }
 
@@ -393,6 +429,7 @@ void Engine::ApplyResult(const worker::v1::StepPlan& plan, const worker::v1::Ste
     spdlog::error("step {} failed on the workers: {}", plan.step_id(), result.error());
     const absl::Status failed = absl::InternalError(
         absl::StrCat("step ", plan.step_id(), " failed on the workers: ", result.error()));
+    scheduler_.Dropped(plan);
     for (uint64_t key : scheduler_.RequestsIn(plan)) {
       if (Request* r = Find(key)) Finish(r, v1::FINISH_REASON_ERROR, failed);
     }

@@ -4,12 +4,16 @@
 //
 // Threads and locking. One absl::Mutex guards all of the engine's state (ABSL_GUARDED_BY; clang's
 // -Wthread-safety checks it). Generate streams call Submit/Cancel, Abort and the worker Attach
-// handler call in briefly under it. The engine thread
-// plans a step under the lock, releases it while the workers compute (WorkerLink::RunStep waits
-// on the link's condition variable, never on the stream), and applies the result under the lock:
-// detokenizing, stop checks and pushing messages into the requests' channels. A request that is
-// cancelled while its step is in flight has its blocks freed at once (no other sequence gets
-// them before the next plan, which is made after the result) and its result is dropped.
+// handler call in briefly under it. The engine thread plans steps under the lock and sends up to
+// `steps_in_flight` of them (WorkerLink::Send), releases the lock while the workers compute
+// (WorkerLink::Await waits on the link's condition variable for the oldest one's result, never on
+// the stream), and applies each result under the lock: detokenizing, stop checks and pushing
+// messages into the requests' channels; then it tops the steps in flight up again. So the next
+// step is planned while the job runs the previous one, and a decode planned before its input
+// came back runs the workers' own sample (Scheduler::Schedule). A request that is cancelled or
+// finishes while a step of it is in flight has its blocks freed at once: a later step may hand
+// them to another sequence, which is safe because every pipeline stage runs the steps in order
+// (the earlier step's writes come first); the results of its steps in flight are dropped.
 //
 // Worker loss. When the link goes down (the stream broke, the job ended it, or a step missed
 // its deadline and the job was told to abort), no accepted request is lost: every live one,
@@ -52,6 +56,10 @@ struct EngineOptions {
   int32_t kv_block_size = 16;
   bool prefix_caching = true;    // automatic prefix caching (KvBlockManager)
   int32_t workers_expected = 1;  // tp x pp
+  // Steps sent to the job at once (pp + 1 by default, coordinator/options.cpp): the engine plans
+  // the next step while the job runs the ones before it; with pipeline stages each stage works
+  // on a different micro-batch (SchedulerOptions::micro_batches). 1: one step at a time.
+  int32_t steps_in_flight = 2;
   StepDeadlineOptions step_deadline;
   // How long requests of a lost job wait for another to attach and load; 0: they fail at once.
   std::chrono::milliseconds requeue_timeout{60000};

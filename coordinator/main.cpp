@@ -70,6 +70,12 @@ int main(int argc, char** argv) {
   app.add_option("--max-batch-tokens", o.max_batch_tokens,
                  "Tokens per step: decode tokens plus prefill chunks")
       ->default_val(o.max_batch_tokens);
+  app.add_option("--steps-in-flight", o.steps_in_flight,
+                 "Steps sent to the worker job at once: the coordinator plans the next step "
+                 "while the workers run the ones before it, and with --pp each pipeline stage "
+                 "works on a different micro-batch of the running sequences. 0: pp + 1; 1: one "
+                 "step at a time")
+      ->default_val(o.steps_in_flight);
   app.add_option("--kv-cache-memory", kv_cache_memory,
                  "Memory per worker rank for KV blocks (e.g. 256MiB, 4GiB); auto: the workers "
                  "decide (CPU: 256MiB; GPU: what --gpu-memory-fraction leaves)")

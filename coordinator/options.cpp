@@ -66,6 +66,9 @@ absl::Status ValidateOptions(const CoordinatorOptions& o) {
     }
   }
   if (o.max_batch_tokens < 1) return bad("--max-batch-tokens", ">= 1", o.max_batch_tokens);
+  if (o.steps_in_flight < 0 || o.steps_in_flight > 64) {
+    return bad("--steps-in-flight", "a value in [0, 64]", o.steps_in_flight);
+  }
   if (o.kv_block_size < 1 || o.kv_block_size > 65536) {
     return bad("--kv-block-size", "a value in [1, 65536]", o.kv_block_size);
   }

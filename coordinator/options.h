@@ -33,6 +33,8 @@ struct CoordinatorOptions {
   int32_t pp = 1;
   std::string pp_layers;                 // "" or "10,20": where stages 1.. start
   int32_t max_batch_tokens = 512;        // tokens per step (decode tokens + prefill chunks)
+  // Steps sent to the worker job at once (overlapped steps, pipeline micro-batches); 0: pp + 1.
+  int32_t steps_in_flight = 0;
   uint64_t kv_cache_bytes = 0;  // per rank, for the workers' KV blocks; 0: the workers decide
   int32_t kv_block_size = 16;            // tokens per KV block
   // Automatic prefix caching: full KV blocks are kept, by the hash of their token chain, after

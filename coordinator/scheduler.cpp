@@ -16,10 +16,21 @@ struct Scheduler::Sequence {
   // Chain hashes of the leading full blocks that are cached (attached from the prefix cache or
   // registered once computed); the next block to register is hashes.size().
   std::vector<KvBlockManager::Hash> hashes;
-  // This admission's first SeqStep is not sent yet: it carries the tokens before start_pos.
+  // This admission's first SeqStep is not sent yet: it carries the whole state (and the tokens
+  // before start_pos); later ones carry deltas.
   bool first_step = false;
+  size_t blocks_sent = 0;  // leading entries of `blocks` the workers know (this admission)
+  // Steps planned that sample this sequence and whose result is not back: their tokens are not
+  // in `tokens` yet, and a decode planned meanwhile runs the workers' last sample (sampled_input).
+  int32_t in_flight = 0;
+  int64_t max_len = 0;  // tokens at most (prompt + max_new_tokens): nothing is run past it
+  int32_t group = 0;    // the micro-batch it runs in
   v1::SamplingParams sampling;
   int32_t logprobs = 0;
+
+  // Tokens known or being sampled, and of those the ones not yet run.
+  int64_t expected() const { return static_cast<int64_t>(tokens.size()) + in_flight; }
+  int64_t ahead() const { return expected() - computed; }
 };
 
 Scheduler::Scheduler(SchedulerOptions options, KvBlockManager* blocks)
@@ -28,7 +39,8 @@ Scheduler::Scheduler(SchedulerOptions options, KvBlockManager* blocks)
 Scheduler::~Scheduler() = default;
 
 absl::Status Scheduler::Add(Key key, std::vector<int32_t> prompt,
-                            const v1::SamplingParams& sampling, int32_t logprobs) {
+                            const v1::SamplingParams& sampling, int32_t logprobs,
+                            int32_t max_new_tokens) {
   if (seqs_.count(key) > 0) {
     return absl::AlreadyExistsError(absl::StrCat("scheduler: request key ", key, " in use"));
   }
@@ -51,6 +63,7 @@ absl::Status Scheduler::Add(Key key, std::vector<int32_t> prompt,
   auto seq = std::make_unique<Sequence>();
   seq->key = key;
   seq->prompt_len = static_cast<int32_t>(prompt.size());
+  seq->max_len = seq->prompt_len + std::max<int64_t>(max_new_tokens, 1);
   seq->tokens = std::move(prompt);
   seq->sampling = sampling;
   seq->logprobs = logprobs;
@@ -87,6 +100,7 @@ void Scheduler::Reset() {
   by_seq_id_.clear();
   released_.clear();
   seqs_.clear();
+  steps_in_flight_ = 0;
 }
 
 int32_t Scheduler::RequeueAll() {
@@ -98,33 +112,50 @@ int32_t Scheduler::RequeueAll() {
     s->hashes.clear();
     s->seq_id = 0;
     s->computed = 0;
+    s->in_flight = 0;  // the job that was computing them is gone
     waiting_.push_front(s);
   }
   running_.clear();
   by_seq_id_.clear();
   released_.clear();
+  steps_in_flight_ = 0;
   return running;
 }
 
 bool Scheduler::IsDecode(const Sequence& s) const {
-  return s.computed > 0 && static_cast<int64_t>(s.tokens.size()) - s.computed == 1;
+  // One position left to run: its token is known, or sampled by a step in flight. At most one
+  // decode of a sequence is planned ahead of its results, and none past max_len.
+  return s.computed > 0 && s.ahead() == 1 && s.in_flight <= 1 && s.expected() < s.max_len;
 }
 
 void Scheduler::AddSeqStep(Sequence* s, int64_t n, Step* step) {
   worker::v1::SeqStep* out = step->plan.add_seqs();
   out->set_seq_id(s->seq_id);
-  out->mutable_tokens()->Add(s->tokens.begin() + s->computed, s->tokens.begin() + s->computed + n);
   out->set_start_pos(static_cast<int32_t>(s->computed));
-  if (s->first_step) {
-    // Started past cached blocks: the workers' sampling state (penalties) needs the history.
-    out->mutable_history()->Add(s->tokens.begin(), s->tokens.begin() + s->computed);
-    s->first_step = false;
+  const int64_t known = static_cast<int64_t>(s->tokens.size());
+  if (s->computed >= known) {
+    out->set_sampled_input(true);  // n == 1: the token a step in flight samples
+  } else {
+    out->mutable_tokens()->Add(s->tokens.begin() + s->computed,
+                               s->tokens.begin() + s->computed + n);
   }
-  out->mutable_block_table()->Add(s->blocks.begin(), s->blocks.end());
-  out->set_sample(s->computed + n == static_cast<int64_t>(s->tokens.size()));
-  out->set_prompt_len(s->prompt_len);
-  *out->mutable_sampling() = s->sampling;
-  out->set_logprobs(s->logprobs);
+  if (s->first_step) {
+    // The whole state, once per admission. Started past cached blocks: the workers' sampling
+    // state (penalties) needs the history.
+    out->mutable_history()->Add(s->tokens.begin(), s->tokens.begin() + s->computed);
+    out->set_prompt_len(s->prompt_len);
+    *out->mutable_sampling() = s->sampling;
+    out->set_logprobs(s->logprobs);
+    s->first_step = false;
+  } else {
+    out->set_continues(true);
+  }
+  out->mutable_block_table()->Add(s->blocks.begin() + static_cast<std::ptrdiff_t>(s->blocks_sent),
+                                  s->blocks.end());
+  s->blocks_sent = s->blocks.size();
+  const bool sample = s->computed + n == s->expected();
+  out->set_sample(sample);
+  if (sample) ++s->in_flight;
   s->computed += n;
 }
 
@@ -135,19 +166,20 @@ void Scheduler::Preempt(Sequence* s, Step* step) {
   by_seq_id_.erase(s->seq_id);
   s->seq_id = 0;
   s->computed = 0;  // recomputed from position 0: the prompt plus what it generated so far
+  s->in_flight = 0;  // results of its steps in flight are dropped (their seq_id is gone)
   running_.erase(std::find(running_.begin(), running_.end(), s));
   waiting_.push_front(s);
   step->preempted.push_back(s->key);
 }
 
-void Scheduler::Plan(Step* step) {
+void Scheduler::Plan(Step* step, int32_t group) {
   const int64_t bs = blocks_->block_size();
   int64_t budget = options_.max_batch_tokens;
 
   // 1. Decodes, oldest first; out of blocks: preempt the newest running sequence.
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Sequence* s = running_[i];
-    if (!IsDecode(*s)) {
+    if (s->group != group || !IsDecode(*s)) {
       ++i;
       continue;
     }
@@ -169,8 +201,10 @@ void Scheduler::Plan(Step* step) {
   // 2. Prefill chunks of running sequences, as far as budget and free blocks go.
   for (Sequence* s : running_) {
     if (budget <= 0) break;
-    const int64_t pending = static_cast<int64_t>(s->tokens.size()) - s->computed;
-    if (pending <= 0) continue;  // planned in phase 1
+    // Not a decode (planned in phase 1, or waiting for a sample in flight).
+    if (s->group != group || s->in_flight > 0) continue;
+    const int64_t pending = s->ahead();
+    if (pending <= 0) continue;
     const int64_t room =
         (static_cast<int64_t>(s->blocks.size()) + blocks_->free()) * bs - s->computed;
     const int64_t chunk = std::min({pending, budget, room});
@@ -188,7 +222,14 @@ void Scheduler::Plan(Step* step) {
         0, blocks_->BlocksFor(static_cast<int64_t>(s->tokens.size())) -
                static_cast<int64_t>(s->blocks.size()));
   }
-  while (!waiting_.empty() && budget > 0 &&
+  // With micro-batches, a group takes new sequences up to its share of all the live ones, so
+  // that the groups stay about equal.
+  const int32_t groups = std::max(options_.micro_batches, 1);
+  const int64_t share =
+      (static_cast<int64_t>(running_.size() + waiting_.size()) + groups - 1) / groups;
+  int64_t in_group = 0;
+  for (const Sequence* s : running_) in_group += s->group == group ? 1 : 0;
+  while (!waiting_.empty() && budget > 0 && in_group < share &&
          static_cast<int32_t>(running_.size()) < options_.max_running) {
     Sequence* s = waiting_.front();
     const int64_t len = static_cast<int64_t>(s->tokens.size());
@@ -222,6 +263,10 @@ void Scheduler::Plan(Step* step) {
     s->hashes = std::move(match.hashes);
     s->computed = matched * bs;
     s->first_step = true;
+    s->blocks_sent = 0;
+    s->in_flight = 0;
+    s->group = group;
+    ++in_group;
     if (blocks_->prefix_caching()) {
       step->prefix_query_tokens += len;
       step->prefix_hit_tokens += s->computed;
@@ -238,13 +283,21 @@ void Scheduler::Plan(Step* step) {
 
 Scheduler::Step Scheduler::Schedule() {
   Step step;
+  const int32_t groups = std::max(options_.micro_batches, 1);
   while (true) {
-    Plan(&step);
-    if (step.plan.seqs_size() > 0 || running_.empty()) break;
-    // Every running sequence is a prefill stalled on blocks: make room by recomputing the newest.
+    // The next micro-batch in turn that has something to run.
+    for (int32_t i = 0; i < groups && step.plan.seqs_size() == 0; ++i) {
+      const int32_t group = (next_group_ + i) % groups;
+      Plan(&step, group);
+      if (step.plan.seqs_size() > 0) next_group_ = (group + 1) % groups;
+    }
+    if (step.plan.seqs_size() > 0 || running_.empty() || steps_in_flight_ > 0) break;
+    // Nothing in flight and every running sequence is a prefill stalled on blocks: make room by
+    // recomputing the newest.
     Preempt(running_.back(), &step);
   }
   if (step.plan.seqs_size() > 0) {
+    ++steps_in_flight_;
     step.plan.set_step_id(next_step_id_++);
     // Releases ride on the next plan that is sent; an empty plan is not.
     step.plan.mutable_released()->Add(released_.begin(), released_.end());
@@ -253,8 +306,26 @@ Scheduler::Step Scheduler::Schedule() {
   return step;
 }
 
+namespace {
+// Positions a SeqStep runs: its tokens, or the one sampled token it was planned before.
+int64_t RunLength(const worker::v1::SeqStep& s) {
+  return s.sampled_input() ? 1 : s.tokens_size();
+}
+}  // namespace
+
+void Scheduler::Dropped(const worker::v1::StepPlan& plan) {
+  if (steps_in_flight_ > 0) --steps_in_flight_;
+  for (const worker::v1::SeqStep& planned : plan.seqs()) {
+    auto seq = by_seq_id_.find(planned.seq_id());
+    if (planned.sample() && seq != by_seq_id_.end() && seq->second->in_flight > 0) {
+      --seq->second->in_flight;
+    }
+  }
+}
+
 Scheduler::Outcome Scheduler::Complete(const worker::v1::StepPlan& plan,
                                        const worker::v1::StepResult& result) {
+  if (steps_in_flight_ > 0) --steps_in_flight_;
   std::unordered_map<uint64_t, const worker::v1::SeqResult*> results;
   for (const worker::v1::SeqResult& r : result.results()) results[r.seq_id()] = &r;
   Outcome outcome;
@@ -268,14 +339,15 @@ Scheduler::Outcome Scheduler::Complete(const worker::v1::StepPlan& plan,
       continue;
     }
     Sequence* s = seq->second;
-    blocks_->Register(s->tokens, planned.start_pos() + planned.tokens_size(), s->blocks,
-                      &s->hashes);
+    // A sampled_input position's token is known now: the step that sampled it came back first.
+    blocks_->Register(s->tokens, planned.start_pos() + RunLength(planned), s->blocks, &s->hashes);
   }
   for (const worker::v1::SeqStep& planned : plan.seqs()) {
     if (!planned.sample()) continue;
     auto seq = by_seq_id_.find(planned.seq_id());
     if (seq == by_seq_id_.end()) continue;  // removed (or preempted) since the plan was made
     Sequence* s = seq->second;
+    if (s->in_flight > 0) --s->in_flight;
     auto r = results.find(planned.seq_id());
     if (r == results.end()) {
       outcome.missing.push_back(s->key);

@@ -45,6 +45,10 @@ struct SchedulerOptions {
   int32_t max_batch_tokens = 512;
   int32_t max_running = 64;
   int32_t max_queue = 256;
+  // Micro-batches (pipeline stages): running sequences are split into this many groups of about
+  // equal size, and each step runs one group, in turn, so that with several steps in flight
+  // each pipeline stage works on a different group.
+  int32_t micro_batches = 1;
 };
 
 class Scheduler {
@@ -58,8 +62,9 @@ class Scheduler {
   // Queues a request. RESOURCE_EXHAUSTED when the queue is full or when the prompt alone needs
   // more KV blocks than exist (the message names the numbers); FAILED_PRECONDITION when there
   // are no blocks at all (no workers); ALREADY_EXISTS for a key in use.
+  // At most `max_new_tokens` tokens are sampled for it: no step is planned past them.
   absl::Status Add(Key key, std::vector<int32_t> prompt, const v1::SamplingParams& sampling,
-                   int32_t logprobs);
+                   int32_t logprobs, int32_t max_new_tokens = 1 << 30);
   // Drops a request wherever it is (finished, cancelled, failed) and frees its blocks; the
   // workers are told in the next plan's `released`. False when the key is unknown.
   bool Remove(Key key);
@@ -87,8 +92,15 @@ class Scheduler {
     int64_t prefix_query_tokens = 0;
     int64_t prefix_hit_tokens = 0;
   };
-  // Plans the next step (step_id counts from 1). The plan has no seqs only when no request is
-  // running or queued.
+  // Plans the next step (step_id counts from 1), of the next micro-batch in turn with something
+  // to run. It may be planned while earlier steps are in flight (their results not Complete-d):
+  // a decode whose input token is still being sampled by one of them then has sampled_input
+  // set (at most one such step per sequence), and the workers run their own sample. The plan
+  // has no seqs when no request is running or queued, or when everything runnable waits for
+  // steps in flight.
+  //
+  // Plans are deltas (worker.proto): a sequence's first SeqStep of an admission carries its
+  // whole state, later ones `continues` with only the blocks appended since.
   Step Schedule();
 
   struct Sampled {
@@ -106,7 +118,13 @@ class Scheduler {
   // each sampled token is appended to its sequence (the next step runs it); a sequence whose
   // result carries an error gets no token. Sequences removed since the plan was made are
   // skipped.
+  // Results must come in the order the plans were made.
   Outcome Complete(const worker::v1::StepPlan& plan, const worker::v1::StepResult& result);
+  // A planned step that failed as a whole (StepResult.error): no result for any of its
+  // sequences (the engine ends their requests).
+  void Dropped(const worker::v1::StepPlan& plan);
+  // Steps planned whose result has not been Complete-d or Dropped.
+  int32_t steps_in_flight() const { return steps_in_flight_; }
 
   // The requests that have a seq in `plan` (and still exist).
   std::vector<Key> RequestsIn(const worker::v1::StepPlan& plan) const;
@@ -127,8 +145,8 @@ class Scheduler {
   bool IsDecode(const Sequence& s) const;
   void AddSeqStep(Sequence* s, int64_t n, Step* step);
   void Preempt(Sequence* s, Step* step);
-  // One pass of phases 1-3 into *step; budget left.
-  void Plan(Step* step);
+  // One pass of phases 1-3 for the sequences of micro-batch `group` into *step.
+  void Plan(Step* step, int32_t group);
   void Drop(Sequence* s);  // frees blocks, queues the release, forgets the sequence
 
   SchedulerOptions options_;
@@ -140,6 +158,8 @@ class Scheduler {
   std::vector<uint64_t> released_;
   uint64_t next_seq_id_ = 1;
   uint64_t next_step_id_ = 1;
+  int32_t next_group_ = 0;
+  int32_t steps_in_flight_ = 0;
 };
 
 }  // namespace shardlm::coordinator

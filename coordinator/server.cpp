@@ -1,5 +1,6 @@
 #include "coordinator/server.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -30,6 +31,11 @@ CoordinatorServer::CoordinatorServer(const CoordinatorOptions& options,
   engine_options.kv_block_size = options_.kv_block_size;
   engine_options.prefix_caching = options_.prefix_caching;
   engine_options.workers_expected = options_.tp * options_.pp;
+  engine_options.steps_in_flight =
+      options_.steps_in_flight > 0 ? options_.steps_in_flight : options_.pp + 1;
+  // One micro-batch per pipeline stage, when there are steps in flight to fill them.
+  engine_options.scheduler.micro_batches =
+      std::min(options_.pp, std::max(engine_options.steps_in_flight, 1));
   engine_options.step_deadline.fixed =
       std::chrono::milliseconds(static_cast<int64_t>(std::ceil(options_.step_timeout_s * 1000)));
   engine_options.requeue_timeout =

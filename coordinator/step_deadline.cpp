@@ -11,7 +11,7 @@ namespace shardlm::coordinator {
 StepSize StepSize::Of(const worker::v1::StepPlan& plan) {
   StepSize size;
   for (const worker::v1::SeqStep& s : plan.seqs()) {
-    const int64_t n = s.tokens_size();
+    const int64_t n = s.sampled_input() ? 1 : s.tokens_size();  // the workers' own sample
     const int64_t start = s.start_pos();
     ++size.seqs;
     size.tokens += n;

@@ -35,13 +35,19 @@ absl::Status CheckLoaded(const worker::v1::Loaded& loaded) {
   return absl::OkStatus();
 }
 
-StepExpectation::StepExpectation(const worker::v1::StepPlan& plan, int64_t vocab_size)
+StepExpectation::StepExpectation(const worker::v1::StepPlan& plan, int64_t vocab_size,
+                                 const std::unordered_map<uint64_t, int32_t>& logprobs_of)
     : step_id_(plan.step_id()), vocab_size_(vocab_size) {
   seqs_.reserve(static_cast<size_t>(plan.seqs_size()));
   for (const worker::v1::SeqStep& s : plan.seqs()) {
     Seq& seq = seqs_[s.seq_id()];
     seq.sample = s.sample();
-    seq.logprobs = s.sample() ? s.logprobs() : 0;
+    int32_t logprobs = s.logprobs();
+    if (s.continues()) {
+      auto it = logprobs_of.find(s.seq_id());
+      logprobs = it == logprobs_of.end() ? 0 : it->second;
+    }
+    seq.logprobs = s.sample() ? logprobs : 0;
     seq.logits_rows = s.logits() == worker::v1::LOGITS_SAMPLED ? 1
                       : s.logits() == worker::v1::LOGITS_ALL   ? s.tokens_size()
                                                                : 0;
@@ -113,9 +119,12 @@ absl::Status StepExpectation::Check(const worker::v1::StepResult& result) const 
 }
 
 void StepResultGuard::Sent(const worker::v1::StepPlan& plan) {
-  StepExpectation expectation(plan, vocab_size_);
   std::lock_guard<std::mutex> lock(mu_);
-  awaited_ = std::move(expectation);
+  for (uint64_t id : plan.released()) logprobs_of_.erase(id);
+  for (const worker::v1::SeqStep& s : plan.seqs()) {
+    if (!s.continues()) logprobs_of_[s.seq_id()] = s.logprobs();
+  }
+  awaited_.emplace_back(plan, vocab_size_, logprobs_of_);
 }
 
 absl::Status StepResultGuard::Received(worker::v1::WorkerMessage* message) {
@@ -127,13 +136,13 @@ absl::Status StepResultGuard::Received(worker::v1::WorkerMessage* message) {
   worker::v1::StepResult* result = message->mutable_result();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!awaited_) {
+    if (awaited_.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("a StepResult for step ", result->step_id(),
                                                      " while no step was in flight"));
     }
-    const absl::Status checked = awaited_->Check(*result);
+    const absl::Status checked = awaited_.front().Check(*result);
     if (!checked.ok()) return checked;
-    awaited_.reset();  // answered: a second result for it is a violation
+    awaited_.pop_front();  // answered: a second result for it is a violation
   }
   if (result->error().size() > kMaxWorkerTextBytes) result->set_error(WorkerText(result->error()));
   for (worker::v1::SeqResult& r : *result->mutable_results()) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <mutex>
+#include <deque>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -32,7 +33,10 @@ absl::Status CheckLoaded(const worker::v1::Loaded& loaded);
 // What one StepPlan allows its StepResult to hold.
 class StepExpectation {
  public:
-  StepExpectation(const worker::v1::StepPlan& plan, int64_t vocab_size);
+  // `logprobs_of`: the logprobs each live sequence asked for on its first SeqStep (continuing
+  // SeqSteps of a delta plan do not repeat them).
+  StepExpectation(const worker::v1::StepPlan& plan, int64_t vocab_size,
+                  const std::unordered_map<uint64_t, int32_t>& logprobs_of = {});
 
   uint64_t step_id() const { return step_id_; }
   // Results only for planned sequences that asked for one, at most one each; a sampled token and
@@ -53,23 +57,25 @@ class StepExpectation {
 };
 
 // The Attach handler's guard between its writer (plans going out) and its reader (results
-// coming in): one step in flight, each answered once, every answer checked. Thread-safe.
+// coming in): the steps in flight are answered once each, in the order they were sent, and every
+// answer is checked. Thread-safe.
 class StepResultGuard {
  public:
   explicit StepResultGuard(int64_t vocab_size) : vocab_size_(vocab_size) {}
 
   // Writer: `plan` is about to be sent.
   void Sent(const worker::v1::StepPlan& plan);
-  // Reader: a message after loading. OK for the awaited step's valid result (its error strings
-  // are cut to kMaxWorkerTextBytes in place); INVALID_ARGUMENT otherwise: another kind of
-  // message, a result for no step in flight or for another step, or a result that fails
-  // StepExpectation::Check.
+  // Reader: a message after loading. OK for a valid result of the oldest step in flight (its
+  // error strings are cut to kMaxWorkerTextBytes in place); INVALID_ARGUMENT otherwise: another
+  // kind of message, a result when no step is in flight or for another step, or a result that
+  // fails StepExpectation::Check.
   absl::Status Received(worker::v1::WorkerMessage* message);
 
  private:
   const int64_t vocab_size_;
   std::mutex mu_;
-  std::optional<StepExpectation> awaited_;
+  std::deque<StepExpectation> awaited_;  // oldest first
+  std::unordered_map<uint64_t, int32_t> logprobs_of_;  // live seq_id -> logprobs (first SeqStep)
 };
 
 }  // namespace shardlm::coordinator

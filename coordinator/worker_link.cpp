@@ -8,33 +8,47 @@
 
 namespace shardlm::coordinator {
 
-absl::StatusOr<worker::v1::StepResult> WorkerLink::RunStep(const worker::v1::StepPlan& plan,
-                                                           std::chrono::milliseconds timeout) {
+absl::Status WorkerLink::Send(const worker::v1::StepPlan& plan) {
+  absl::MutexLock lock(&mu_);
+  if (down_) return absl::UnavailableError(down_->message());
+  if (abort_) return absl::UnavailableError(*abort_);
+  if (closed_) return absl::UnavailableError("the coordinator is shutting down");
+  outgoing_.emplace_back();
+  *outgoing_.back().mutable_step() = plan;
+  pending_[plan.step_id()];
+  cv_.SignalAll();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<worker::v1::StepResult> WorkerLink::Await(uint64_t step_id,
+                                                         std::chrono::milliseconds timeout) {
   const absl::Time until = absl::Now() + absl::FromChrono(timeout);
   absl::MutexLock lock(&mu_);
-  auto gone = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
-    if (down_) return absl::UnavailableError(down_->message());
-    if (abort_) return absl::UnavailableError(*abort_);
-    return absl::UnavailableError("the coordinator is shutting down");
-  };
-  if (down_ || closed_ || abort_) return gone();
-  outgoing_.emplace();
-  *outgoing_->mutable_step() = plan;
-  awaited_step_ = plan.step_id();
-  result_.reset();
-  cv_.SignalAll();
-  while (!StepOver()) {
+  auto it = pending_.find(step_id);
+  if (it == pending_.end()) {
+    return absl::FailedPreconditionError(absl::StrCat("step ", step_id, " was not sent"));
+  }
+  while (!it->second.has_value() && !Gone()) {
     if (cv_.WaitWithDeadline(&mu_, until)) break;  // timed out
   }
-  const bool ended = StepOver();
-  awaited_step_ = 0;
-  if (result_) return *std::exchange(result_, std::nullopt);
-  if (!ended) {
-    outgoing_.reset();  // not written yet (a stuck handler): never send it late
-    return absl::DeadlineExceededError(
-        absl::StrCat("no result for step ", plan.step_id(), " within ", timeout.count(), " ms"));
+  if (it->second.has_value()) {
+    worker::v1::StepResult result = std::move(*it->second);
+    pending_.erase(it);
+    return result;
   }
-  return gone();
+  if (down_) return absl::UnavailableError(down_->message());
+  if (abort_) return absl::UnavailableError(*abort_);
+  if (closed_) return absl::UnavailableError("the coordinator is shutting down");
+  // Plans not written yet (a stuck handler) are never sent late.
+  outgoing_.clear();
+  return absl::DeadlineExceededError(
+      absl::StrCat("no result for step ", step_id, " within ", timeout.count(), " ms"));
+}
+
+absl::StatusOr<worker::v1::StepResult> WorkerLink::RunStep(const worker::v1::StepPlan& plan,
+                                                           std::chrono::milliseconds timeout) {
+  if (absl::Status sent = Send(plan); !sent.ok()) return sent;
+  return Await(plan.step_id(), timeout);
 }
 
 void WorkerLink::Abort(std::string reason) {
@@ -45,9 +59,7 @@ void WorkerLink::Abort(std::string reason) {
 
 std::optional<worker::v1::CoordinatorMessage> WorkerLink::NextOutgoing() {
   absl::MutexLock lock(&mu_);
-  while (!outgoing_.has_value() && !down_.has_value() && !closed_ && !abort_.has_value()) {
-    cv_.Wait(&mu_);
-  }
+  while (outgoing_.empty() && !Gone()) cv_.Wait(&mu_);
   if (down_) return std::nullopt;
   if (abort_) {
     if (abort_sent_) return std::nullopt;
@@ -57,7 +69,9 @@ std::optional<worker::v1::CoordinatorMessage> WorkerLink::NextOutgoing() {
     return message;
   }
   if (closed_) return std::nullopt;
-  return std::exchange(outgoing_, std::nullopt);
+  worker::v1::CoordinatorMessage message = std::move(outgoing_.front());
+  outgoing_.pop_front();
+  return message;
 }
 
 void WorkerLink::OnMessage(const worker::v1::WorkerMessage& message) {
@@ -67,12 +81,13 @@ void WorkerLink::OnMessage(const worker::v1::WorkerMessage& message) {
                  static_cast<int>(message.kind_case()));
     return;
   }
-  if (awaited_step_ == 0 || message.result().step_id() != awaited_step_) {
-    spdlog::warn("worker job {}: result for step {} while waiting for step {}: ignored", peer_,
-                 message.result().step_id(), awaited_step_);
+  auto it = pending_.find(message.result().step_id());
+  if (it == pending_.end() || it->second.has_value()) {
+    spdlog::warn("worker job {}: result for step {}, which is not awaited: ignored", peer_,
+                 message.result().step_id());
     return;
   }
-  result_ = message.result();
+  it->second = message.result();
   cv_.SignalAll();
 }
 

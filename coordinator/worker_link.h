@@ -1,6 +1,6 @@
 // The hand-off between the engine thread and the Attach handler that owns an attached worker
-// job's stream. The engine never touches the stream: RunStep queues a plan and waits on a
-// condition variable for its result, for the link to go down (the stream broke) or for it to
+// job's stream. The engine never touches the stream: Send queues a plan (several may be in
+// flight: the job runs them in order) and Await waits on a condition variable for a result, for the link to go down (the stream broke) or for it to
 // close (shutdown), so a dead worker cannot block the scheduler. The handler thread writes what
 // NextOutgoing gives; a reader thread it starts feeds OnMessage and calls MarkDown when the
 // stream ends. A step that misses its deadline makes the engine Abort the link: the handler
@@ -10,6 +10,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -28,9 +30,15 @@ class WorkerLink {
 
   const std::string& peer() const { return peer_; }
 
-  // Engine side: sends `plan` and waits up to `timeout` for the StepResult with its step_id.
+  // Engine side: queues `plan` for the job (in order after the plans queued before it).
+  // UNAVAILABLE when the link is down, closed or aborted.
+  absl::Status Send(const worker::v1::StepPlan& plan);
+  // Engine side: waits up to `timeout` for the StepResult of the sent step `step_id`.
   // UNAVAILABLE when the link goes down, is closed or aborted first; DEADLINE_EXCEEDED when the
-  // time runs out (the link stays up: the caller decides, see Abort). One step at a time.
+  // time runs out (the link stays up: the caller decides, see Abort).
+  absl::StatusOr<worker::v1::StepResult> Await(uint64_t step_id,
+                                               std::chrono::milliseconds timeout);
+  // Send, then Await.
   absl::StatusOr<worker::v1::StepResult> RunStep(const worker::v1::StepPlan& plan,
                                                  std::chrono::milliseconds timeout);
   // Engine side: the job is declared hung. Waits return; the handler's next NextOutgoing is an
@@ -57,16 +65,15 @@ class WorkerLink {
 
  private:
   const std::string peer_;
-  // True when a waiting RunStep has its answer (a result, or the link is gone).
-  bool StepOver() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return result_.has_value() || down_.has_value() || closed_ || abort_.has_value();
+  bool Gone() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return down_.has_value() || closed_ || abort_.has_value();
   }
 
   mutable absl::Mutex mu_;
   absl::CondVar cv_;
-  std::optional<worker::v1::CoordinatorMessage> outgoing_ ABSL_GUARDED_BY(mu_);
-  uint64_t awaited_step_ ABSL_GUARDED_BY(mu_) = 0;  // step_id RunStep waits for; 0: none
-  std::optional<worker::v1::StepResult> result_ ABSL_GUARDED_BY(mu_);
+  std::deque<worker::v1::CoordinatorMessage> outgoing_ ABSL_GUARDED_BY(mu_);
+  // Steps sent whose result has not been taken by Await: step_id -> its result once it came.
+  std::map<uint64_t, std::optional<worker::v1::StepResult>> pending_ ABSL_GUARDED_BY(mu_);
   std::optional<absl::Status> down_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<std::string> abort_ ABSL_GUARDED_BY(mu_);  // set by Abort

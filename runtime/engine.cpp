@@ -98,7 +98,20 @@ void WorkerEngine::Observe(const worker::v1::SeqStep& s) {
   st.next_pos = s.start_pos() + s.tokens_size();
 }
 
-absl::StatusOr<worker::v1::StepResult> WorkerEngine::RunStep(const worker::v1::StepPlan& plan) {
+namespace {
+
+// "rank 1 failed in Linear: <what the backend threw>": the rank, the backend op the exception
+// came out of (when the backend is a FaultyBackend, which keeps it) and the exception's message.
+std::string DescribeFailure(int rank, const std::string& op, const std::exception& e) {
+  const bool host_memory = dynamic_cast<const std::bad_alloc*>(&e) != nullptr;
+  return absl::StrCat("rank ", rank, " failed", op.empty() ? "" : absl::StrCat(" in ", op), ": ",
+                      host_memory ? "host memory exhausted (std::bad_alloc)" : e.what());
+}
+
+}  // namespace
+
+absl::StatusOr<worker::v1::StepResult> WorkerEngine::RunStep(const worker::v1::StepPlan& plan,
+                                                             bool relay) {
   const auto t0 = std::chrono::steady_clock::now();
   for (uint64_t id : plan.released()) seqs_.erase(id);
   worker::v1::StepResult result;
@@ -151,6 +164,15 @@ absl::StatusOr<worker::v1::StepResult> WorkerEngine::RunStep(const worker::v1::S
     SHARDLM_ASSIGN_OR_RETURN(result, Sample(plan, *logits));
     SHARDLM_RETURN_IF_ERROR(FailNonFiniteRows(plan, *logits, result));
   }
+  const auto elapsed_ms = [&] {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+        .count();
+  };
+  if (!relay) {  // pipelined: the caller sends the last stage's answer on
+    if (par.shard.rank != root) return worker::v1::StepResult();
+    result.set_compute_ms(elapsed_ms());
+    return result;
+  }
   // The answers travel from the last stage's root to rank 0, which talks to the coordinator.
   if (root != 0) {
     if (par.shard.rank == root) {
@@ -162,9 +184,22 @@ absl::StatusOr<worker::v1::StepResult> WorkerEngine::RunStep(const worker::v1::S
     }
   }
   if (par.shard.rank != 0) return worker::v1::StepResult();
-  result.set_compute_ms(
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  result.set_compute_ms(elapsed_ms());
   return result;
+}
+
+absl::StatusOr<worker::v1::StepResult> WorkerEngine::StageStep(const worker::v1::StepPlan& plan) {
+  ClearFailedBackendOp(model_.backend());
+  try {
+    return RunStep(plan, /*relay=*/false);
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        DescribeFailure(model_.parallel().shard.rank, FailedBackendOp(model_.backend()), e));
+  } catch (...) {
+    return absl::InternalError(
+        DescribeFailure(model_.parallel().shard.rank, FailedBackendOp(model_.backend()),
+                        std::runtime_error("an exception that is not a std::exception")));
+  }
 }
 
 absl::StatusOr<worker::v1::StepResult> WorkerEngine::Sample(const worker::v1::StepPlan& plan,
@@ -308,17 +343,6 @@ absl::StatusOr<worker::v1::StepResult> WorkerEngine::Sample(const worker::v1::St
   return result;
 }
 
-namespace {
-
-// "rank 1 failed in Linear: <what the backend threw>": the rank, the backend op the exception
-// came out of (when the backend is a FaultyBackend, which keeps it) and the exception's message.
-std::string DescribeFailure(int rank, const std::string& op, const std::exception& e) {
-  const bool host_memory = dynamic_cast<const std::bad_alloc*>(&e) != nullptr;
-  return absl::StrCat("rank ", rank, " failed", op.empty() ? "" : absl::StrCat(" in ", op), ": ",
-                      host_memory ? "host memory exhausted (std::bad_alloc)" : e.what());
-}
-
-}  // namespace
 
 absl::StatusOr<worker::v1::StepResult> WorkerEngine::Step(const worker::v1::StepPlan& plan) {
   if (agreement_ == nullptr) {
@@ -331,7 +355,7 @@ absl::StatusOr<worker::v1::StepResult> WorkerEngine::Step(const worker::v1::Step
   absl::StatusOr<worker::v1::StepResult> result;
   ClearFailedBackendOp(model_.backend());
   try {
-    result = RunStep(plan);
+    result = RunStep(plan, /*relay=*/true);
     if (!result.ok()) {
       // A communication failed: this rank's communicators are no longer in step with its peers.
       verdict = StepAgreement::kFatal;

@@ -55,7 +55,18 @@ class WorkerEngine {
   // SeqResult carries the error instead of a token.
   absl::StatusOr<worker::v1::StepResult> Step(const worker::v1::StepPlan& plan);
 
+  // Pipelined serving (pp > 1, worker/pipeline.h): this rank's part of `plan`, with no step
+  // agreement and no relay to rank 0, so that each stage can go on to the next step while the
+  // later stages run this one. Every rank of the job runs the same plans in the same order. On
+  // the last stage's root the result, else an empty one; a plan that does not fit is refused
+  // (StepResult.error) the same way on every rank, before any communication. Any other failure
+  // (an exception, a failed communication) comes back as an error, and the job cannot go on:
+  // the caller ends it (MPI_Abort), and the coordinator recomputes the steps in flight on the
+  // next job.
+  absl::StatusOr<worker::v1::StepResult> StageStep(const worker::v1::StepPlan& plan);
+
   const PagedKvCache& cache() const { return cache_; }
+  LlamaModel& model() const { return model_; }
   // The agreement after each step (null when it could not be set up); its total wait gives the
   // per-step cost.
   const StepAgreement* agreement() const { return agreement_.get(); }
@@ -68,7 +79,8 @@ class WorkerEngine {
     uint64_t seed = 0;
   };
   // The step itself, which Step guards (exceptions, agreement).
-  absl::StatusOr<worker::v1::StepResult> RunStep(const worker::v1::StepPlan& plan);
+  // `relay`: the last stage's root sends the result to rank 0 (Step); else it keeps it.
+  absl::StatusOr<worker::v1::StepResult> RunStep(const worker::v1::StepPlan& plan, bool relay);
   // Records the tokens of this step in the sequence's history (a start at position 0, or a
   // SeqStep.history, resets it; the history tokens count as run).
   void Observe(const worker::v1::SeqStep& s);

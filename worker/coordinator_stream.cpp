@@ -102,6 +102,22 @@ std::optional<CoordinatorMessage> CoordinatorStream::Next() {
   return message;
 }
 
+std::optional<CoordinatorMessage> CoordinatorStream::NextFor(std::chrono::microseconds wait,
+                                                            bool* ended) {
+  std::unique_lock<std::mutex> lock(mu_);
+  *ended = false;
+  if (!cv_.wait_for(lock, wait, [&] { return !queue_.empty() || ended_; })) return std::nullopt;
+  if (queue_.empty()) {
+    *ended = true;
+    end_taken_ = true;
+    cv_.notify_all();
+    return std::nullopt;
+  }
+  CoordinatorMessage message = std::move(queue_.front());
+  queue_.pop_front();
+  return message;
+}
+
 bool CoordinatorStream::Write(const WorkerMessage& message) { return stream_->Write(message); }
 
 grpc::Status CoordinatorStream::Close(std::chrono::milliseconds wait) {

@@ -64,6 +64,11 @@ class CoordinatorStream {
   // came before the end). The main thread is idle while it waits in here with no command left,
   // and busy otherwise (until Close).
   std::optional<worker::v1::CoordinatorMessage> Next();
+  // Main thread, pipelined serving: like Next, but waits at most `wait`. nullopt with *ended
+  // false: no command yet; with *ended true: the stream has ended (the end is taken, as by
+  // Next). The main thread counts as busy while it polls.
+  std::optional<worker::v1::CoordinatorMessage> NextFor(std::chrono::microseconds wait,
+                                                        bool* ended);
   // Main thread. False when the stream is broken.
   bool Write(const worker::v1::WorkerMessage& message);
   // Main thread, at the end: half-closes the stream, gives the coordinator up to `wait` to end

@@ -32,7 +32,9 @@
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #include "runtime/engine.h"
+#include "runtime/step_deltas.h"
 #include "worker/coordinator_stream.h"
+#include "worker/pipeline.h"
 
 namespace shardlm {
 namespace {
@@ -227,11 +229,31 @@ int Run(const std::string& coordinator, const std::string& secret_file, int atta
       }
     }
   }
+  // The coordinator's plans are deltas: rank 0 expands them (its record of the sequences) before
+  // any rank sees them.
+  StepDeltas deltas;
   // Rank 0 takes the next command and relays it; an empty message means the stream ended.
   auto next = [&](CoordinatorMessage& msg) -> bool {
     std::string bytes;
-    if (rank == 0 && stream) {
-      if (std::optional<CoordinatorMessage> m = stream->Next()) bytes = m->SerializeAsString();
+    while (rank == 0 && stream) {
+      std::optional<CoordinatorMessage> m = stream->Next();
+      if (!m) break;
+      if (m->has_step()) {
+        absl::StatusOr<worker::v1::StepPlan> expanded = deltas.Expand(m->step());
+        if (!expanded.ok()) {
+          // Refused before any rank saw it: answered here, and no rank runs it.
+          spdlog::error("step {} refused: {}", m->step().step_id(),
+                        std::string(expanded.status().message()));
+          WorkerMessage reply;
+          reply.mutable_result()->set_step_id(m->step().step_id());
+          reply.mutable_result()->set_error(std::string(expanded.status().message()));
+          stream->Write(reply);
+          continue;
+        }
+        *m->mutable_step() = std::move(*expanded);
+      }
+      bytes = m->SerializeAsString();
+      break;
     }
     if (!BroadcastBytes(comm, rank, bytes).ok()) return false;
     return !bytes.empty() && msg.ParseFromString(bytes);
@@ -301,6 +323,12 @@ int Run(const std::string& coordinator, const std::string& secret_file, int atta
         code = 1;
         break;
       }
+      if (loaded.model->parallel().plan.pp > 1) {
+        // From the first step on, the stages run steps one after the other (worker/pipeline.h).
+        code = ServePipelined(*engine, comm, stream.get(), rank == 0 ? &deltas : nullptr,
+                              msg.step());
+        break;
+      }
       const uint64_t step_id = msg.step().step_id();
       absl::StatusOr<worker::v1::StepResult> result = engine->Step(msg.step());
       if (!result.ok() && absl::IsAborted(result.status())) {
@@ -328,6 +356,7 @@ int Run(const std::string& coordinator, const std::string& secret_file, int atta
         spdlog::error("step {} failed: {}; its requests end with the error, serving goes on",
                       step_id, result->error());
       }
+      if (rank == 0) deltas.Record(msg.step(), *result);
       WorkerMessage reply;
       *reply.mutable_result() = std::move(*result);
       if (rank == 0 && !stream->Write(reply)) {

@@ -120,16 +120,33 @@ void FakeWorker::Run() {
   status_ = stream->Finish();
 }
 
-worker::v1::StepResult FakeWorker::Step(const worker::v1::StepPlan& plan) {
+worker::v1::StepResult FakeWorker::Step(const worker::v1::StepPlan& delta) {
   const int step = ++steps_;
-  max_batch_ = std::max(max_batch_.load(), plan.seqs_size());
+  max_batch_ = std::max(max_batch_.load(), delta.seqs_size());
   worker::v1::StepResult result;
-  result.set_step_id(plan.step_id());
-  if (options_.fail_step != 0 && static_cast<uint64_t>(step) == options_.fail_step) {
-    result.set_error("fake failure");
+  result.set_step_id(delta.step_id());
+  std::lock_guard<std::mutex> lock(mu_);
+  // The coordinator sends deltas: expanded as rank 0 of a real job does (runtime/step_deltas.h).
+  absl::StatusOr<worker::v1::StepPlan> expanded = deltas_.Expand(delta);
+  if (!expanded.ok()) {
+    errors_.push_back(std::string(expanded.status().message()));
+    result.set_error(std::string(expanded.status().message()));
     return result;
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  const worker::v1::StepPlan& plan = *expanded;
+  if (options_.fail_step != 0 && static_cast<uint64_t>(step) == options_.fail_step) {
+    result.set_error("fake failure");
+    deltas_.Record(plan, result);
+    return result;
+  }
+  result = Check(plan);
+  deltas_.Record(plan, result);
+  return result;
+}
+
+worker::v1::StepResult FakeWorker::Check(const worker::v1::StepPlan& plan) {
+  worker::v1::StepResult result;
+  result.set_step_id(plan.step_id());
   const int32_t bs = load_.kv_block_size();
   for (uint64_t id : plan.released()) {
     live_.erase(id);

@@ -26,6 +26,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "coordinator/options.h"
+#include "runtime/step_deltas.h"
 #include "shardlm/v1/worker.grpc.pb.h"
 
 namespace shardlm::coordinator::testing {
@@ -97,7 +98,9 @@ class FakeWorker {
 
  private:
   void Run();
-  worker::v1::StepResult Step(const worker::v1::StepPlan& plan);
+  // A delta plan from the coordinator: expanded, then checked and answered by Check.
+  worker::v1::StepResult Step(const worker::v1::StepPlan& delta);
+  worker::v1::StepResult Check(const worker::v1::StepPlan& plan);  // mu_ held
   void Error(std::string message);
 
   const std::string address_;
@@ -117,6 +120,7 @@ class FakeWorker {
   std::unordered_map<uint64_t, int32_t> live_;  // seq_id -> positions written so far
   std::set<uint64_t> released_;
   std::set<uint64_t> seen_;
+  StepDeltas deltas_;
 };
 
 }  // namespace shardlm::coordinator::testing

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gmock/gmock.h"
+#include "runtime/step_deltas.h"
 #include "gtest/gtest.h"
 
 namespace shardlm::coordinator {
@@ -47,6 +48,29 @@ class SchedulerTest : public ::testing::Test {
   static std::vector<int32_t> History(const worker::v1::SeqStep& s) {
     return {s.history().begin(), s.history().end()};
   }
+  // The next step, its plan expanded the way rank 0 of a worker job expands the coordinator's
+  // deltas (runtime/step_deltas.h): the tests read whole SeqSteps. An empty plan stays empty.
+  Scheduler::Step Schedule() {
+    Scheduler::Step step = scheduler_->Schedule();
+    if (step.plan.seqs_size() == 0) return step;
+    absl::StatusOr<worker::v1::StepPlan> expanded = deltas_.Expand(step.plan);
+    EXPECT_TRUE(expanded.ok()) << expanded.status();
+    if (!expanded.ok()) return step;
+    sent_[step.plan.step_id()] = std::move(step.plan);
+    step.plan = std::move(*expanded);
+    return step;
+  }
+  // The workers' answer `result` to `step` (from Schedule()).
+  Scheduler::Outcome CompleteWith(const Scheduler::Step& step,
+                                  const worker::v1::StepResult& result) {
+    deltas_.Record(step.plan, result);
+    auto sent = sent_.find(step.plan.step_id());
+    EXPECT_NE(sent, sent_.end()) << "step " << step.plan.step_id() << " was not scheduled";
+    if (sent == sent_.end()) return {};
+    const worker::v1::StepPlan delta = std::move(sent->second);
+    sent_.erase(sent);
+    return scheduler_->Complete(delta, result);
+  }
   // The workers' answer: every sampling sequence gets `token`.
   Scheduler::Outcome Complete(const Scheduler::Step& step, int32_t token = 7) {
     worker::v1::StepResult result;
@@ -57,7 +81,7 @@ class SchedulerTest : public ::testing::Test {
       r->set_seq_id(s.seq_id());
       r->set_token(token);
     }
-    return scheduler_->Complete(step.plan, result);
+    return CompleteWith(step, result);
   }
   std::vector<Key> Keys(const Scheduler::Step& step) { return scheduler_->RequestsIn(step.plan); }
   // Completes `step` and removes the requests whose last token (by *remaining, the tokens each
@@ -76,13 +100,15 @@ class SchedulerTest : public ::testing::Test {
 
   std::unique_ptr<KvBlockManager> blocks_;
   std::unique_ptr<Scheduler> scheduler_;
+  StepDeltas deltas_;                                 // the workers' record
+  std::map<uint64_t, worker::v1::StepPlan> sent_;  // step_id -> the plan as scheduled (deltas)
 };
 
 TEST_F(SchedulerTest, ChunkedPrefillUnderTheTokenBudgetThenDecode) {
   Init(/*block_size=*/4, /*blocks=*/100, /*budget=*/8);
   ASSERT_TRUE(Add(1, 20).ok());
   const std::vector<int32_t> prompt = Prompt(1, 20);
-  Scheduler::Step s1 = scheduler_->Schedule();
+  Scheduler::Step s1 = Schedule();
   ASSERT_EQ(s1.plan.seqs_size(), 1);
   EXPECT_EQ(s1.plan.step_id(), 1u);
   EXPECT_THAT(s1.admitted, ElementsAre(1u));
@@ -95,7 +121,7 @@ TEST_F(SchedulerTest, ChunkedPrefillUnderTheTokenBudgetThenDecode) {
   EXPECT_FLOAT_EQ(c1.sampling().temperature(), 0.5f);
   EXPECT_TRUE(Complete(s1).sampled.empty());
 
-  Scheduler::Step s2 = scheduler_->Schedule();
+  Scheduler::Step s2 = Schedule();
   ASSERT_EQ(s2.plan.seqs_size(), 1);
   EXPECT_EQ(s2.plan.seqs(0).seq_id(), c1.seq_id());
   EXPECT_EQ(s2.plan.seqs(0).start_pos(), 8);
@@ -107,7 +133,7 @@ TEST_F(SchedulerTest, ChunkedPrefillUnderTheTokenBudgetThenDecode) {
   EXPECT_EQ(s2.plan.seqs(0).block_table(1), c1.block_table(1));
   Complete(s2);
 
-  Scheduler::Step s3 = scheduler_->Schedule();
+  Scheduler::Step s3 = Schedule();
   ASSERT_EQ(s3.plan.seqs_size(), 1);
   EXPECT_EQ(s3.plan.seqs(0).start_pos(), 16);
   EXPECT_EQ(s3.plan.seqs(0).tokens_size(), 4);
@@ -118,7 +144,7 @@ TEST_F(SchedulerTest, ChunkedPrefillUnderTheTokenBudgetThenDecode) {
   EXPECT_EQ(o3.sampled[0].key, 1u);
   EXPECT_EQ(o3.sampled[0].token, 42);
 
-  Scheduler::Step s4 = scheduler_->Schedule();
+  Scheduler::Step s4 = Schedule();
   ASSERT_EQ(s4.plan.seqs_size(), 1);
   EXPECT_THAT(Tokens(s4.plan.seqs(0)), ElementsAre(42));
   EXPECT_EQ(s4.plan.seqs(0).start_pos(), 20);
@@ -130,13 +156,13 @@ TEST_F(SchedulerTest, ChunkedPrefillUnderTheTokenBudgetThenDecode) {
 TEST_F(SchedulerTest, DecodesFirstThenPrefillChunksThenNewcomers) {
   Init(4, 100, /*budget=*/6);
   ASSERT_TRUE(Add(1, 2).ok());
-  Scheduler::Step s1 = scheduler_->Schedule();
+  Scheduler::Step s1 = Schedule();
   EXPECT_THAT(Keys(s1), ElementsAre(1u));
   Complete(s1);
   ASSERT_TRUE(Add(2, 10).ok());
   ASSERT_TRUE(Add(3, 3).ok());
 
-  Scheduler::Step s2 = scheduler_->Schedule();
+  Scheduler::Step s2 = Schedule();
   EXPECT_THAT(Keys(s2), ElementsAre(1u, 2u));  // 1 decode + 5 of B's prompt; C waits
   EXPECT_EQ(s2.plan.seqs(0).tokens_size(), 1);
   EXPECT_EQ(s2.plan.seqs(1).tokens_size(), 5);
@@ -145,14 +171,14 @@ TEST_F(SchedulerTest, DecodesFirstThenPrefillChunksThenNewcomers) {
   EXPECT_EQ(scheduler_->waiting(), 1);
   Complete(s2);
 
-  Scheduler::Step s3 = scheduler_->Schedule();
+  Scheduler::Step s3 = Schedule();
   EXPECT_THAT(Keys(s3), ElementsAre(1u, 2u));
   EXPECT_EQ(s3.plan.seqs(1).start_pos(), 5);
   EXPECT_EQ(s3.plan.seqs(1).tokens_size(), 5);
   EXPECT_TRUE(s3.plan.seqs(1).sample());
   EXPECT_EQ(Complete(s3).sampled.size(), 2u);
 
-  Scheduler::Step s4 = scheduler_->Schedule();
+  Scheduler::Step s4 = Schedule();
   EXPECT_THAT(Keys(s4), ElementsAre(1u, 2u, 3u));  // two decodes, then C joins whole
   EXPECT_EQ(s4.plan.seqs(2).tokens_size(), 3);
   EXPECT_TRUE(s4.plan.seqs(2).sample());
@@ -167,7 +193,7 @@ TEST_F(SchedulerTest, DecodesFirstThenPrefillChunksThenNewcomers) {
 TEST_F(SchedulerTest, MaxRunningHoldsTheQueueAndLeaversFreeTheirPlaces) {
   Init(4, 100, 64, /*max_running=*/2);
   for (Key k = 1; k <= 3; ++k) ASSERT_TRUE(Add(k, 3).ok());
-  Scheduler::Step s1 = scheduler_->Schedule();
+  Scheduler::Step s1 = Schedule();
   EXPECT_THAT(Keys(s1), ElementsAre(1u, 2u));
   EXPECT_EQ(scheduler_->waiting(), 1);
   const uint64_t seq1 = s1.plan.seqs(0).seq_id();
@@ -176,14 +202,14 @@ TEST_F(SchedulerTest, MaxRunningHoldsTheQueueAndLeaversFreeTheirPlaces) {
   ASSERT_TRUE(scheduler_->Remove(1));  // finished or cancelled: leaves at once
   EXPECT_EQ(blocks_->free(), free_before + 1);
   EXPECT_FALSE(scheduler_->Remove(1));
-  Scheduler::Step s2 = scheduler_->Schedule();
+  Scheduler::Step s2 = Schedule();
   EXPECT_THAT(Keys(s2), ElementsAre(2u, 3u));
   EXPECT_THAT(s2.plan.released(), ElementsAre(seq1));
   Complete(s2);
   // A queued request can be removed too (never seen by the workers: no release).
   ASSERT_TRUE(Add(4, 3).ok());
   ASSERT_TRUE(scheduler_->Remove(4));
-  Scheduler::Step s3 = scheduler_->Schedule();
+  Scheduler::Step s3 = Schedule();
   EXPECT_TRUE(s3.plan.released().empty());
 }
 
@@ -191,7 +217,7 @@ TEST_F(SchedulerTest, RemovedWhileInFlightIsSkippedAndMissingTokensReported) {
   Init(4, 100, 64);
   ASSERT_TRUE(Add(1, 3).ok());
   ASSERT_TRUE(Add(2, 3).ok());
-  Scheduler::Step s1 = scheduler_->Schedule();
+  Scheduler::Step s1 = Schedule();
   ASSERT_EQ(s1.plan.seqs_size(), 2);
   scheduler_->Remove(1);  // cancelled while the step runs
   worker::v1::StepResult result;
@@ -200,7 +226,7 @@ TEST_F(SchedulerTest, RemovedWhileInFlightIsSkippedAndMissingTokensReported) {
   r->set_seq_id(s1.plan.seqs(0).seq_id());
   r->set_token(5);
   // Nothing for request 2.
-  Scheduler::Outcome outcome = scheduler_->Complete(s1.plan, result);
+  Scheduler::Outcome outcome = CompleteWith(s1, result);
   EXPECT_TRUE(outcome.sampled.empty());
   EXPECT_THAT(outcome.missing, ElementsAre(2u));
 }
@@ -209,7 +235,7 @@ TEST_F(SchedulerTest, ASequenceThatFailedOnTheWorkersGetsNoToken) {
   Init(4, 100, 64);
   ASSERT_TRUE(Add(1, 3).ok());
   ASSERT_TRUE(Add(2, 3).ok());
-  Scheduler::Step s1 = scheduler_->Schedule();
+  Scheduler::Step s1 = Schedule();
   ASSERT_EQ(s1.plan.seqs_size(), 2);
   worker::v1::StepResult result;
   result.set_step_id(s1.plan.step_id());
@@ -219,7 +245,7 @@ TEST_F(SchedulerTest, ASequenceThatFailedOnTheWorkersGetsNoToken) {
   worker::v1::SeqResult* good = result.add_results();
   good->set_seq_id(s1.plan.seqs(1).seq_id());
   good->set_token(5);
-  Scheduler::Outcome outcome = scheduler_->Complete(s1.plan, result);
+  Scheduler::Outcome outcome = CompleteWith(s1, result);
   ASSERT_EQ(outcome.failed.size(), 1u);
   EXPECT_EQ(outcome.failed[0].first, 1u);
   EXPECT_THAT(outcome.failed[0].second, HasSubstr("not finite"));
@@ -234,20 +260,20 @@ TEST_F(SchedulerTest, OutOfBlocksPreemptsTheNewestAndRecomputesItFirst) {
   // Blocks of 2 tokens, 6 in all. A, B, C (prompts of 2) join; D must wait (no headroom).
   Init(2, 6, 64);
   for (Key k = 1; k <= 4; ++k) ASSERT_TRUE(Add(k, 2).ok());
-  Scheduler::Step s1 = scheduler_->Schedule();
+  Scheduler::Step s1 = Schedule();
   EXPECT_THAT(Keys(s1), ElementsAre(1u, 2u, 3u));
   EXPECT_EQ(scheduler_->waiting(), 1);
   const uint64_t c_seq = s1.plan.seqs(2).seq_id();
   Complete(s1, 11);  // position 2 needs a second block each: 3 left
-  Scheduler::Step s2 = scheduler_->Schedule();
+  Scheduler::Step s2 = Schedule();
   EXPECT_THAT(Keys(s2), ElementsAre(1u, 2u, 3u));
   EXPECT_EQ(blocks_->free(), 0);
   Complete(s2, 12);
-  Scheduler::Step s3 = scheduler_->Schedule();  // position 3 fits the second blocks
+  Scheduler::Step s3 = Schedule();  // position 3 fits the second blocks
   EXPECT_THAT(Keys(s3), ElementsAre(1u, 2u, 3u));
   Complete(s3, 13);
   // Position 4 needs a third block each, none is free: C (the newest) makes room for A and B.
-  Scheduler::Step s4 = scheduler_->Schedule();
+  Scheduler::Step s4 = Schedule();
   EXPECT_THAT(Keys(s4), ElementsAre(1u, 2u));
   EXPECT_THAT(s4.preempted, ElementsAre(3u));
   EXPECT_THAT(s4.plan.released(), ElementsAre(c_seq));
@@ -259,7 +285,7 @@ TEST_F(SchedulerTest, OutOfBlocksPreemptsTheNewestAndRecomputesItFirst) {
   // under a new seq id, with the original prompt_len.
   scheduler_->Remove(1);
   scheduler_->Remove(2);
-  Scheduler::Step s5 = scheduler_->Schedule();
+  Scheduler::Step s5 = Schedule();
   ASSERT_EQ(Keys(s5), (std::vector<Key>{3u, 4u}));
   const worker::v1::SeqStep& c = s5.plan.seqs(0);
   EXPECT_THAT(Tokens(c), ElementsAre(300, 301, 11, 12, 13));
@@ -277,11 +303,11 @@ TEST_F(SchedulerTest, OutOfBlocksPreemptsTheNewestAndRecomputesItFirst) {
 TEST_F(SchedulerTest, ASequenceThatOutgrowsTheWholeCacheFails) {
   Init(2, 2, 64);  // 4 positions in all
   ASSERT_TRUE(Add(1, 3).ok());
-  Complete(scheduler_->Schedule());  // positions 0-2, token 7
-  Scheduler::Step s2 = scheduler_->Schedule();  // position 3: still 2 blocks
+  Complete(Schedule());  // positions 0-2, token 7
+  Scheduler::Step s2 = Schedule();  // position 3: still 2 blocks
   ASSERT_EQ(s2.plan.seqs_size(), 1);
   Complete(s2);
-  Scheduler::Step s3 = scheduler_->Schedule();  // position 4 needs a third block
+  Scheduler::Step s3 = Schedule();  // position 4 needs a third block
   EXPECT_EQ(s3.plan.seqs_size(), 0);
   EXPECT_THAT(s3.preempted, ElementsAre(1u));
   ASSERT_EQ(s3.failed.size(), 1u);
@@ -293,7 +319,7 @@ TEST_F(SchedulerTest, ASequenceThatOutgrowsTheWholeCacheFails) {
   EXPECT_EQ(blocks_->free(), 2);
   // Its old seq id is released with the next plan that is sent.
   ASSERT_TRUE(Add(2, 1).ok());
-  Scheduler::Step s4 = scheduler_->Schedule();
+  Scheduler::Step s4 = Schedule();
   EXPECT_EQ(s4.plan.released_size(), 1);
 }
 
@@ -319,12 +345,12 @@ TEST_F(SchedulerTest, AdmissionWaitsForBlocksAndKeepsFifoOrder) {
   ASSERT_TRUE(Add(1, 12).ok());  // 3 blocks
   ASSERT_TRUE(Add(2, 4).ok());   // 1 block, but one block is A's decode headroom
   ASSERT_TRUE(Add(3, 1).ok());   // would fit, but FIFO: it does not pass B
-  Scheduler::Step s1 = scheduler_->Schedule();
+  Scheduler::Step s1 = Schedule();
   EXPECT_THAT(Keys(s1), ElementsAre(1u));
   EXPECT_EQ(scheduler_->waiting(), 2);
   Complete(s1);
   scheduler_->Remove(1);
-  Scheduler::Step s2 = scheduler_->Schedule();
+  Scheduler::Step s2 = Schedule();
   EXPECT_THAT(Keys(s2), ElementsAre(2u, 3u));
 }
 
@@ -332,14 +358,14 @@ TEST_F(SchedulerTest, ResetForgetsEverything) {
   Init(4, 10, 64);
   ASSERT_TRUE(Add(1, 5).ok());
   ASSERT_TRUE(Add(2, 5).ok());
-  scheduler_->Schedule();
+  Schedule();
   scheduler_->Reset();
   blocks_->Reset(10);
   EXPECT_FALSE(scheduler_->HasWork());
   EXPECT_FALSE(scheduler_->Contains(1));
   EXPECT_EQ(scheduler_->running(), 0);
   ASSERT_TRUE(Add(1, 5).ok());
-  Scheduler::Step s = scheduler_->Schedule();
+  Scheduler::Step s = Schedule();
   EXPECT_TRUE(s.plan.released().empty());
   EXPECT_EQ(s.plan.seqs(0).start_pos(), 0);
 }
@@ -353,10 +379,10 @@ TEST_F(SchedulerTest, RequeueAllHoldsEveryRequestForTheNextJob) {
   ASSERT_TRUE(Add(1, 5).ok());
   ASSERT_TRUE(Add(2, 3).ok());
   ASSERT_TRUE(Add(3, 4).ok());
-  Scheduler::Step s1 = scheduler_->Schedule();
+  Scheduler::Step s1 = Schedule();
   ASSERT_THAT(Keys(s1), ElementsAre(1u, 2u));
   Complete(s1, 7);
-  Scheduler::Step s2 = scheduler_->Schedule();  // the decodes of 7: lost in flight
+  Scheduler::Step s2 = Schedule();  // the decodes of 7: lost in flight
   ASSERT_THAT(Keys(s2), ElementsAre(1u, 2u));
   std::set<uint64_t> old_ids;
   for (const auto& s : {s1, s2}) {
@@ -375,7 +401,7 @@ TEST_F(SchedulerTest, RequeueAllHoldsEveryRequestForTheNextJob) {
   EXPECT_TRUE(Complete(s2, 8).sampled.empty());
 
   blocks_->Reset(6);  // the next job, with a smaller cache
-  Scheduler::Step s3 = scheduler_->Schedule();
+  Scheduler::Step s3 = Schedule();
   ASSERT_THAT(Keys(s3), ElementsAre(1u, 2u));  // in order; 3 still waits (max_running)
   EXPECT_TRUE(s3.plan.released().empty());
   EXPECT_EQ(scheduler_->waiting(), 1);
@@ -402,7 +428,7 @@ TEST_F(SchedulerTest, RequeueAllHoldsEveryRequestForTheNextJob) {
   scheduler_->RequeueAll();
   EXPECT_TRUE(scheduler_->Remove(2));
   blocks_->Reset(6);
-  Scheduler::Step s4 = scheduler_->Schedule();
+  Scheduler::Step s4 = Schedule();
   EXPECT_THAT(Keys(s4), ElementsAre(1u, 3u));
   EXPECT_TRUE(s4.plan.released().empty());
   EXPECT_EQ(Tokens(s4.plan.seqs(0)), expected1);
@@ -423,7 +449,7 @@ TEST_F(SchedulerTest, StressKeepsInvariants) {
   }
   int steps = 0, preemptions = 0;
   while (scheduler_->HasWork() && steps < 5000) {
-    Scheduler::Step s = scheduler_->Schedule();
+    Scheduler::Step s = Schedule();
     ++steps;
     preemptions += static_cast<int>(s.preempted.size());
     for (auto& [key, status] : s.failed) remaining.erase(key);
@@ -449,7 +475,7 @@ TEST_F(SchedulerTest, PrefixHitSkipsTheCachedBlocks) {
   Init(4, 20, 64);
   const std::vector<int32_t> shared = Prompt(1, 8);  // 2 blocks of 4
   ASSERT_TRUE(AddTokens(1, Concat(shared, {50, 51})).ok());
-  Scheduler::Step s1 = scheduler_->Schedule();
+  Scheduler::Step s1 = Schedule();
   EXPECT_EQ(s1.prefix_query_tokens, 10);
   EXPECT_EQ(s1.prefix_hit_tokens, 0);
   EXPECT_TRUE(s1.plan.seqs(0).history().empty());
@@ -458,7 +484,7 @@ TEST_F(SchedulerTest, PrefixHitSkipsTheCachedBlocks) {
   EXPECT_EQ(blocks_->cached(), 2);  // the third block is partial
   // A second request hits while the first still runs: the two full blocks are shared.
   ASSERT_TRUE(AddTokens(2, Concat(shared, {60, 61, 62, 63, 64})).ok());
-  Scheduler::Step s2 = scheduler_->Schedule();
+  Scheduler::Step s2 = Schedule();
   ASSERT_THAT(Keys(s2), ElementsAre(1u, 2u));
   const worker::v1::SeqStep& hit = s2.plan.seqs(1);
   EXPECT_EQ(hit.start_pos(), 8);
@@ -474,7 +500,7 @@ TEST_F(SchedulerTest, PrefixHitSkipsTheCachedBlocks) {
   EXPECT_EQ(s2.prefix_hit_tokens, 8);
   Complete(s2);
   // History goes with the first step only.
-  Scheduler::Step s3 = scheduler_->Schedule();
+  Scheduler::Step s3 = Schedule();
   for (const worker::v1::SeqStep& seq : s3.plan.seqs()) EXPECT_TRUE(seq.history().empty());
   Complete(s3);
   // Both end: the shared blocks are released by both, then evictable; nothing leaks.
@@ -486,7 +512,7 @@ TEST_F(SchedulerTest, PrefixHitSkipsTheCachedBlocks) {
   EXPECT_GE(blocks_->evictable(), 3);  // 2 shared + 2's full third block (60..63)
   // A prompt of exactly the cached blocks recomputes its last one, so that it has logits.
   ASSERT_TRUE(AddTokens(3, shared).ok());
-  Scheduler::Step s4 = scheduler_->Schedule();
+  Scheduler::Step s4 = Schedule();
   EXPECT_EQ(s4.plan.seqs(0).start_pos(), 4);
   EXPECT_THAT(Tokens(s4.plan.seqs(0)), ElementsAreArray(shared.begin() + 4, shared.end()));
   EXPECT_TRUE(s4.plan.seqs(0).sample());
@@ -499,19 +525,19 @@ TEST_F(SchedulerTest, APreemptedSequenceFindsItsOwnBlocksAgain) {
   Init(2, 6, 64);
   ASSERT_TRUE(Add(1, 4).ok());
   ASSERT_TRUE(Add(2, 3).ok());
-  Complete(scheduler_->Schedule(), 11);  // 1: 2 blocks, 2: 2 blocks (4 of 6)
-  Complete(scheduler_->Schedule(), 12);  // 1 at position 4: a third block; 2 at 3
-  Complete(scheduler_->Schedule(), 13);  // 1 at 5; 2 at 4: its third block (6 of 6)
+  Complete(Schedule(), 11);  // 1: 2 blocks, 2: 2 blocks (4 of 6)
+  Complete(Schedule(), 12);  // 1 at position 4: a third block; 2 at 3
+  Complete(Schedule(), 13);  // 1 at 5; 2 at 4: its third block (6 of 6)
   EXPECT_EQ(blocks_->free(), 0);
   // 1 at position 6 needs a fourth block: 2 (the newest) is preempted.
-  Scheduler::Step s4 = scheduler_->Schedule();
+  Scheduler::Step s4 = Schedule();
   EXPECT_THAT(s4.preempted, ElementsAre(2u));
   // 2 held positions 0-4 (200 201 202 11 12), its two full blocks cached; one of its three
   // blocks went to 1, taken from the end of its chain (the partial one, freed).
   EXPECT_EQ(blocks_->evictable(), 2);
   Complete(s4, 14);
   scheduler_->Remove(1);
-  Scheduler::Step s5 = scheduler_->Schedule();
+  Scheduler::Step s5 = Schedule();
   ASSERT_THAT(Keys(s5), ElementsAre(2u));
   const worker::v1::SeqStep& again = s5.plan.seqs(0);
   EXPECT_EQ(again.start_pos(), 4);
@@ -531,12 +557,12 @@ TEST_F(SchedulerTest, APreemptedSequenceFindsItsOwnBlocksAgain) {
 TEST_F(SchedulerTest, NoHitAfterTheJobIsLost) {
   Init(4, 20, 64);
   ASSERT_TRUE(Add(1, 9).ok());
-  Complete(scheduler_->Schedule());
+  Complete(Schedule());
   EXPECT_EQ(blocks_->cached(), 2);
   ASSERT_TRUE(Add(2, 9).ok());  // other tokens
   scheduler_->RequeueAll();
   blocks_->Reset(20);  // as the engine does (Detach, then the next job's Activate)
-  Scheduler::Step s = scheduler_->Schedule();
+  Scheduler::Step s = Schedule();
   ASSERT_THAT(Keys(s), ElementsAre(1u, 2u));
   EXPECT_EQ(s.plan.seqs(0).start_pos(), 0);
   EXPECT_TRUE(s.plan.seqs(0).history().empty());
@@ -548,12 +574,12 @@ TEST_F(SchedulerTest, NoHitAfterTheJobIsLost) {
 TEST_F(SchedulerTest, EvictableBlocksAreFreeForAdmission) {
   Init(4, 4, 64);
   ASSERT_TRUE(Add(1, 12).ok());
-  Complete(scheduler_->Schedule());
+  Complete(Schedule());
   scheduler_->Remove(1);
   EXPECT_EQ(blocks_->evictable(), 3);
   EXPECT_EQ(blocks_->free(), 4);
   ASSERT_TRUE(Add(2, 12).ok());
-  Scheduler::Step s = scheduler_->Schedule();
+  Scheduler::Step s = Schedule();
   ASSERT_THAT(Keys(s), ElementsAre(2u));
   EXPECT_EQ(s.plan.seqs(0).start_pos(), 0);
   EXPECT_EQ(blocks_->free(), 1);
@@ -562,10 +588,10 @@ TEST_F(SchedulerTest, EvictableBlocksAreFreeForAdmission) {
 TEST_F(SchedulerTest, NoPrefixCachingNoHits) {
   Init(4, 20, 64, 64, 64, /*prefix_caching=*/false);
   ASSERT_TRUE(AddTokens(1, Prompt(1, 10)).ok());
-  Complete(scheduler_->Schedule());
+  Complete(Schedule());
   scheduler_->Remove(1);
   ASSERT_TRUE(AddTokens(2, Prompt(1, 10)).ok());
-  Scheduler::Step s = scheduler_->Schedule();
+  Scheduler::Step s = Schedule();
   EXPECT_EQ(s.plan.seqs(0).start_pos(), 0);
   EXPECT_TRUE(s.plan.seqs(0).history().empty());
   EXPECT_EQ(s.prefix_query_tokens, 0);
@@ -590,7 +616,7 @@ TEST_F(SchedulerTest, StressWithSharedPrefixesKeepsInvariants) {
   }
   int steps = 0, preemptions = 0;
   while (scheduler_->HasWork() && steps < 5000) {
-    Scheduler::Step s = scheduler_->Schedule();
+    Scheduler::Step s = Schedule();
     ++steps;
     hits += s.prefix_hit_tokens;
     preemptions += static_cast<int>(s.preempted.size());

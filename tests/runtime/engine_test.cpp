@@ -25,6 +25,7 @@
 #include "formats/random_weights.h"
 #include "tests/parallel/mpi_gtest_main.h"
 #include "runtime/engine.h"
+#include "runtime/step_deltas.h"
 
 namespace shardlm {
 namespace {
@@ -363,6 +364,7 @@ Served Serve(LlamaModel& model, const std::vector<std::vector<Request>>& waves, 
   coordinator::KvBlockManager manager(kBlock, prefix_caching);
   manager.Reset(blocks);
   coordinator::Scheduler scheduler({max_batch_tokens, 64, 64}, &manager);
+  StepDeltas deltas;  // the coordinator's plans are deltas: every rank expands them alike
   Served served;
   for (const std::vector<Request>& wave : waves) {
     std::map<coordinator::Scheduler::Key, int> left;
@@ -375,7 +377,10 @@ Served Serve(LlamaModel& model, const std::vector<std::vector<Request>>& waves, 
       EXPECT_TRUE(planned.failed.empty());
       served.hit_tokens += planned.prefix_hit_tokens;
       served.preemptions += static_cast<int>(planned.preempted.size());
-      auto result = engine.Step(planned.plan);
+      absl::StatusOr<worker::v1::StepPlan> expanded = deltas.Expand(planned.plan);
+      EXPECT_TRUE(expanded.ok()) << expanded.status();
+      if (!expanded.ok()) return served;
+      auto result = engine.Step(*expanded);
       EXPECT_TRUE(result.ok()) << result.status();
       if (!result.ok()) return served;
       std::string bytes = result->SerializeAsString();
@@ -386,6 +391,7 @@ Served Serve(LlamaModel& model, const std::vector<std::vector<Request>>& waves, 
       worker::v1::StepResult shared;
       EXPECT_TRUE(shared.ParseFromString(bytes));
       EXPECT_EQ(shared.error(), "");
+      deltas.Record(*expanded, shared);
       for (const auto& sampled : scheduler.Complete(planned.plan, shared).sampled) {
         served.generated[sampled.key].push_back(sampled.token);
         if (--left[sampled.key] == 0) scheduler.Remove(sampled.key);
