@@ -1,5 +1,6 @@
 #include "coordinator/engine.h"
 
+#include <algorithm>
 #include <random>
 #include <string>
 #include <utility>
@@ -39,7 +40,8 @@ Engine::Engine(const ModelContext& model, EngineOptions options,
       on_serving_(std::move(on_serving)),
       blocks_(options.kv_block_size, options.prefix_caching),
       scheduler_(options.scheduler, &blocks_),
-      deadlines_(options.step_deadline) {}
+      deadlines_(options.step_deadline),
+      step_budget_(options.step_budget) {}
 
 Engine::~Engine() { Stop(); }
 
@@ -216,6 +218,7 @@ absl::Status Engine::Activate(uint64_t attach, std::shared_ptr<WorkerLink> link,
   // The scheduler keeps what a lost job left (queued, none running, no blocks).
   blocks_.Reset(kv_blocks);
   deadlines_.Reset();
+  step_budget_.Reset();
   link_ = std::move(link);
   attach_cancel_ = nullptr;  // from now on shutdown goes through the link (Shutdown message)
   if (held_until_) {
@@ -329,7 +332,12 @@ void Engine::LoopLocked() {
     }
     if (!scheduler_.HasWork()) continue;
     std::shared_ptr<WorkerLink> link = link_;
-    Scheduler::Step step = scheduler_.Schedule();
+    // Decodes first; prefill rides on them only up to a budget that bounds the step's time
+    // against a decode-only step of the whole batch in flight (step_budget.h).
+    const int64_t in_flight = std::min<int64_t>(options_.scheduler.max_running,
+                                                scheduler_.running() + scheduler_.waiting());
+    const int64_t prefill_budget = step_budget_.PrefillBudget(scheduler_.decoding(), in_flight);
+    Scheduler::Step step = scheduler_.Schedule(prefill_budget);
     const Clock::time_point now = Clock::now();
     for (auto& [key, status] : step.failed) {
       if (Request* r = Find(key)) Finish(r, v1::FINISH_REASON_ERROR, status);
@@ -381,6 +389,10 @@ void Engine::LoopLocked() {
       continue;
     }
     deadlines_.Observe(size, step_ms);
+    step_budget_.Observe(size, step_ms);
+    spdlog::debug("step {}: {}, {:.1f} ms; prefill budget {}", step.plan.step_id(), size.ToString(),
+                  step_ms,
+                  prefill_budget == StepBudget::kUnlimited ? "none" : absl::StrCat(prefill_budget));
     if (options_.metrics != nullptr) {
       options_.metrics->Step(size.seqs, size.tokens, step_ms / 1000.0);
     }

@@ -140,9 +140,15 @@ void Scheduler::Preempt(Sequence* s, Step* step) {
   step->preempted.push_back(s->key);
 }
 
-void Scheduler::Plan(Step* step) {
+int32_t Scheduler::decoding() const {
+  return static_cast<int32_t>(std::count_if(running_.begin(), running_.end(),
+                                            [this](const Sequence* s) { return IsDecode(*s); }));
+}
+
+void Scheduler::Plan(Step* step, int64_t prefill_budget) {
   const int64_t bs = blocks_->block_size();
   int64_t budget = options_.max_batch_tokens;
+  int64_t decodes = 0;
 
   // 1. Decodes, oldest first; out of blocks: preempt the newest running sequence.
   for (size_t i = 0; i < running_.size() && budget > 0;) {
@@ -163,8 +169,12 @@ void Scheduler::Plan(Step* step) {
     if (preempted_self) break;  // s was the newest left: nothing after it runs
     AddSeqStep(s, 1, step);
     --budget;
+    ++decodes;
     ++i;
   }
+  // Prefill rides on decodes only up to its budget: that bounds the step's time, hence the
+  // decodes' inter-token latency (step_budget.h).
+  if (decodes > 0) budget = std::min(budget, std::max<int64_t>(prefill_budget, 1));
 
   // 2. Prefill chunks of running sequences, as far as budget and free blocks go.
   for (Sequence* s : running_) {
@@ -236,10 +246,10 @@ void Scheduler::Plan(Step* step) {
   }
 }
 
-Scheduler::Step Scheduler::Schedule() {
+Scheduler::Step Scheduler::Schedule(int64_t prefill_budget) {
   Step step;
   while (true) {
-    Plan(&step);
+    Plan(&step, prefill_budget);
     if (step.plan.seqs_size() > 0 || running_.empty()) break;
     // Every running sequence is a prefill stalled on blocks: make room by recomputing the newest.
     Preempt(running_.back(), &step);

@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -88,8 +89,11 @@ class Scheduler {
     int64_t prefix_hit_tokens = 0;
   };
   // Plans the next step (step_id counts from 1). The plan has no seqs only when no request is
-  // running or queued.
-  Step Schedule();
+  // running or queued. A step that carries decodes takes at most `prefill_budget` tokens of
+  // prefill chunks and admissions (at least 1, so that prefills progress), within
+  // max_batch_tokens; a step with no decode takes up to max_batch_tokens (step_budget.h).
+  static constexpr int64_t kNoPrefillBudget = std::numeric_limits<int64_t>::max();
+  Step Schedule(int64_t prefill_budget = kNoPrefillBudget);
 
   struct Sampled {
     Key key;
@@ -113,6 +117,8 @@ class Scheduler {
 
   bool Contains(Key key) const { return seqs_.count(key) > 0; }
   bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
+  // Running sequences in decode: the decodes of the next step, unless it preempts.
+  int32_t decoding() const;
   int32_t running() const { return static_cast<int32_t>(running_.size()); }
   int32_t waiting() const { return static_cast<int32_t>(waiting_.size()); }
   // Tokens (prompt + generated) and positions in the KV cache of a request, for tests.
@@ -127,8 +133,8 @@ class Scheduler {
   bool IsDecode(const Sequence& s) const;
   void AddSeqStep(Sequence* s, int64_t n, Step* step);
   void Preempt(Sequence* s, Step* step);
-  // One pass of phases 1-3 into *step; budget left.
-  void Plan(Step* step);
+  // One pass of phases 1-3 into *step.
+  void Plan(Step* step, int64_t prefill_budget);
   void Drop(Sequence* s);  // frees blocks, queues the release, forgets the sequence
 
   SchedulerOptions options_;
