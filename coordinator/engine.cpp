@@ -41,7 +41,8 @@ Engine::Engine(const ModelContext& model, EngineOptions options,
       on_serving_(std::move(on_serving)),
       blocks_(options.kv_block_size, options.prefix_caching),
       scheduler_(options.scheduler, &blocks_),
-      deadlines_(options.step_deadline) {}
+      deadlines_(options.step_deadline),
+      step_budget_(options.step_budget) {}
 
 Engine::~Engine() { Stop(); }
 
@@ -219,6 +220,7 @@ absl::Status Engine::Activate(uint64_t attach, std::shared_ptr<WorkerLink> link,
   // The scheduler keeps what a lost job left (queued, none running, no blocks).
   blocks_.Reset(kv_blocks);
   deadlines_.Reset();
+  step_budget_.Reset();
   link_ = std::move(link);
   attach_cancel_ = nullptr;  // from now on shutdown goes through the link (Shutdown message)
   if (held_until_) {
@@ -348,7 +350,15 @@ void Engine::LoopLocked() {
     }
     // Keep up to `depth` steps in flight: the next is planned while the job runs the ones sent.
     while (in_flight.size() < depth && scheduler_.HasWork()) {
-      Scheduler::Step step = scheduler_.Schedule();
+      // Decodes first; prefill rides on them only up to a budget that bounds the step's time
+      // against a decode-only step of the whole batch in flight (step_budget.h); with
+      // micro-batches, a step runs one of them.
+      const int64_t groups = std::max(options_.scheduler.micro_batches, 1);
+      const int64_t batch = std::min<int64_t>(options_.scheduler.max_running,
+                                              scheduler_.running() + scheduler_.waiting());
+      const int64_t prefill_budget = step_budget_.PrefillBudget(
+          (scheduler_.decoding() + groups - 1) / groups, (batch + groups - 1) / groups);
+      Scheduler::Step step = scheduler_.Schedule(prefill_budget);
       const Clock::time_point now = Clock::now();
       for (auto& [key, status] : step.failed) {
         if (Request* r = Find(key)) Finish(r, v1::FINISH_REASON_ERROR, status);
@@ -415,6 +425,8 @@ void Engine::LoopLocked() {
       continue;
     }
     deadlines_.Observe(front.size, step_ms);
+    step_budget_.Observe(front.size, step_ms);
+    spdlog::debug("step {}: {}, {:.1f} ms", step_id, front.size.ToString(), step_ms);
     if (options_.metrics != nullptr) {
       options_.metrics->Step(front.size.seqs, front.size.tokens, step_ms / 1000.0);
     }

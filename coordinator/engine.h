@@ -43,6 +43,7 @@
 #include "coordinator/output_processor.h"
 #include "coordinator/response_channel.h"
 #include "coordinator/scheduler.h"
+#include "coordinator/step_budget.h"
 #include "coordinator/step_deadline.h"
 #include "coordinator/validation.h"
 #include "coordinator/worker_link.h"
@@ -61,6 +62,7 @@ struct EngineOptions {
   // on a different micro-batch (SchedulerOptions::micro_batches). 1: one step at a time.
   int32_t steps_in_flight = 2;
   StepDeadlineOptions step_deadline;
+  StepBudgetOptions step_budget;  // prefill tokens a step with decodes may take
   // How long requests of a lost job wait for another to attach and load; 0: they fail at once.
   std::chrono::milliseconds requeue_timeout{60000};
   Metrics* metrics = nullptr;  // not owned, must outlive the engine; null: no metrics
@@ -182,6 +184,7 @@ class Engine {
   std::function<void()> attach_cancel_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<WorkerLink> link_ ABSL_GUARDED_BY(mu_);  // set while a loaded job serves
   StepDeadline deadlines_ ABSL_GUARDED_BY(mu_);            // step times of the serving job
+  StepBudget step_budget_ ABSL_GUARDED_BY(mu_);            // the same, for prefill budgets
   // While requests of a lost job are held: when they give up, and why the job was lost.
   std::optional<Clock::time_point> held_until_ ABSL_GUARDED_BY(mu_);
   std::string lost_reason_ ABSL_GUARDED_BY(mu_);

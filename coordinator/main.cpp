@@ -76,6 +76,15 @@ int main(int argc, char** argv) {
                  "works on a different micro-batch of the running sequences. 0: pp + 1; 1: one "
                  "step at a time")
       ->default_val(o.steps_in_flight);
+  app.add_option("--step-time-ratio", o.step_time_ratio,
+                 "A step that carries decodes takes only as many prefill tokens as keep it within "
+                 "about this multiple of a decode-only step of the batch in flight, by measured "
+                 "step times; this bounds inter-token latency while prompts are prefilled (0: off)")
+      ->default_val(o.step_time_ratio);
+  app.add_option("--max-step-time-ms", o.max_step_time_ms,
+                 "Also bound such a step to this many milliseconds (0: off; at least 1 prefill "
+                 "token still rides on each step)")
+      ->default_val(o.max_step_time_ms);
   app.add_option("--kv-cache-memory", kv_cache_memory,
                  "Memory per worker rank for KV blocks (e.g. 256MiB, 4GiB); auto: the workers "
                  "decide (CPU: 256MiB; GPU: what --gpu-memory-fraction leaves)")

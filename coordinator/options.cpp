@@ -69,6 +69,12 @@ absl::Status ValidateOptions(const CoordinatorOptions& o) {
   if (o.steps_in_flight < 0 || o.steps_in_flight > 64) {
     return bad("--steps-in-flight", "a value in [0, 64]", o.steps_in_flight);
   }
+  if (!(o.step_time_ratio == 0 || (o.step_time_ratio >= 1 && o.step_time_ratio <= 1000))) {
+    return bad("--step-time-ratio", "0 (off) or a ratio in [1, 1000]", o.step_time_ratio);
+  }
+  if (!(o.max_step_time_ms >= 0 && o.max_step_time_ms <= 86400e3)) {
+    return bad("--max-step-time-ms", "milliseconds in [0, 86400000] (0: off)", o.max_step_time_ms);
+  }
   if (o.kv_block_size < 1 || o.kv_block_size > 65536) {
     return bad("--kv-block-size", "a value in [1, 65536]", o.kv_block_size);
   }

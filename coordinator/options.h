@@ -35,6 +35,12 @@ struct CoordinatorOptions {
   int32_t max_batch_tokens = 512;        // tokens per step (decode tokens + prefill chunks)
   // Steps sent to the worker job at once (overlapped steps, pipeline micro-batches); 0: pp + 1.
   int32_t steps_in_flight = 0;
+  // A step that carries decodes takes only as much prefill as keeps it within about
+  // step_time_ratio x a decode-only step of the batch in flight and within max_step_time_ms, by
+  // a cost model fitted to measured step times (step_budget.h); 0 turns a bound off; both 0:
+  // prefill fills max_batch_tokens whatever decodes.
+  double step_time_ratio = 2.0;
+  double max_step_time_ms = 0;
   uint64_t kv_cache_bytes = 0;  // per rank, for the workers' KV blocks; 0: the workers decide
   int32_t kv_block_size = 16;            // tokens per KV block
   // Automatic prefix caching: full KV blocks are kept, by the hash of their token chain, after

@@ -172,9 +172,15 @@ void Scheduler::Preempt(Sequence* s, Step* step) {
   step->preempted.push_back(s->key);
 }
 
-void Scheduler::Plan(Step* step, int32_t group) {
+int32_t Scheduler::decoding() const {
+  return static_cast<int32_t>(std::count_if(running_.begin(), running_.end(),
+                                            [this](const Sequence* s) { return IsDecode(*s); }));
+}
+
+void Scheduler::Plan(Step* step, int32_t group, int64_t prefill_budget) {
   const int64_t bs = blocks_->block_size();
   int64_t budget = options_.max_batch_tokens;
+  int64_t decodes = 0;
 
   // 1. Decodes, oldest first; out of blocks: preempt the newest running sequence.
   for (size_t i = 0; i < running_.size() && budget > 0;) {
@@ -195,8 +201,12 @@ void Scheduler::Plan(Step* step, int32_t group) {
     if (preempted_self) break;  // s was the newest left: nothing after it runs
     AddSeqStep(s, 1, step);
     --budget;
+    ++decodes;
     ++i;
   }
+  // Prefill rides on decodes only up to its budget: that bounds the step's time, hence the
+  // decodes' inter-token latency (step_budget.h).
+  if (decodes > 0) budget = std::min(budget, std::max<int64_t>(prefill_budget, 1));
 
   // 2. Prefill chunks of running sequences, as far as budget and free blocks go.
   for (Sequence* s : running_) {
@@ -281,14 +291,14 @@ void Scheduler::Plan(Step* step, int32_t group) {
   }
 }
 
-Scheduler::Step Scheduler::Schedule() {
+Scheduler::Step Scheduler::Schedule(int64_t prefill_budget) {
   Step step;
   const int32_t groups = std::max(options_.micro_batches, 1);
   while (true) {
     // The next micro-batch in turn that has something to run.
     for (int32_t i = 0; i < groups && step.plan.seqs_size() == 0; ++i) {
       const int32_t group = (next_group_ + i) % groups;
-      Plan(&step, group);
+      Plan(&step, group, prefill_budget);
       if (step.plan.seqs_size() > 0) next_group_ = (group + 1) % groups;
     }
     if (step.plan.seqs_size() > 0 || running_.empty() || steps_in_flight_ > 0) break;

@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -97,11 +98,14 @@ class Scheduler {
   // a decode whose input token is still being sampled by one of them then has sampled_input
   // set (at most one such step per sequence), and the workers run their own sample. The plan
   // has no seqs when no request is running or queued, or when everything runnable waits for
-  // steps in flight.
+  // steps in flight. A step that carries decodes takes at most `prefill_budget` tokens of
+  // prefill chunks and admissions (at least 1, so that prefills progress), within
+  // max_batch_tokens; a step with no decode takes up to max_batch_tokens (step_budget.h).
   //
   // Plans are deltas (worker.proto): a sequence's first SeqStep of an admission carries its
   // whole state, later ones `continues` with only the blocks appended since.
-  Step Schedule();
+  static constexpr int64_t kNoPrefillBudget = std::numeric_limits<int64_t>::max();
+  Step Schedule(int64_t prefill_budget = kNoPrefillBudget);
 
   struct Sampled {
     Key key;
@@ -131,6 +135,8 @@ class Scheduler {
 
   bool Contains(Key key) const { return seqs_.count(key) > 0; }
   bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
+  // Running sequences in decode: the decodes of the next step, unless it preempts.
+  int32_t decoding() const;
   int32_t running() const { return static_cast<int32_t>(running_.size()); }
   int32_t waiting() const { return static_cast<int32_t>(waiting_.size()); }
   // Tokens (prompt + generated) and positions in the KV cache of a request, for tests.
@@ -146,7 +152,7 @@ class Scheduler {
   void AddSeqStep(Sequence* s, int64_t n, Step* step);
   void Preempt(Sequence* s, Step* step);
   // One pass of phases 1-3 for the sequences of micro-batch `group` into *step.
-  void Plan(Step* step, int32_t group);
+  void Plan(Step* step, int32_t group, int64_t prefill_budget);
   void Drop(Sequence* s);  // frees blocks, queues the release, forgets the sequence
 
   SchedulerOptions options_;

@@ -28,6 +28,8 @@ CoordinatorServer::CoordinatorServer(const CoordinatorOptions& options,
   engine_options.scheduler.max_batch_tokens = options_.max_batch_tokens;
   engine_options.scheduler.max_running = EffectiveMaxRunning(options_);
   engine_options.scheduler.max_queue = options_.max_queue;
+  engine_options.step_budget.ratio = options_.step_time_ratio;
+  engine_options.step_budget.max_step_ms = options_.max_step_time_ms;
   engine_options.kv_block_size = options_.kv_block_size;
   engine_options.prefix_caching = options_.prefix_caching;
   engine_options.workers_expected = options_.tp * options_.pp;

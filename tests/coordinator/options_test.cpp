@@ -88,6 +88,14 @@ TEST(OptionsTest, ValidatesFlagsByName) {
   EXPECT_THAT(ErrorAfter([](auto& b) { b.step_timeout_s = -1; }), HasSubstr("--step-timeout"));
   EXPECT_THAT(ErrorAfter([](auto& b) { b.requeue_timeout_s = -0.5; }), HasSubstr("--requeue-timeout"));
   EXPECT_THAT(ErrorAfter([](auto& b) { b.requeue_timeout_s = 1e9; }), HasSubstr("[0, 86400]"));
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.step_time_ratio = 0.5; }),
+              HasSubstr("--step-time-ratio: expected 0 (off) or a ratio in [1, 1000], got 0.5"));
+  EXPECT_THAT(ErrorAfter([](auto& b) { b.max_step_time_ms = -1; }),
+              HasSubstr("--max-step-time-ms"));
+  CoordinatorOptions off = o;
+  off.step_time_ratio = 0;
+  off.max_step_time_ms = 250;
+  EXPECT_TRUE(ValidateOptions(off).ok());
   CoordinatorOptions pp = o;
   pp.pp = 3;
   pp.pp_layers = "4, 9";

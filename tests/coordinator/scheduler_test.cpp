@@ -50,8 +50,8 @@ class SchedulerTest : public ::testing::Test {
   }
   // The next step, its plan expanded the way rank 0 of a worker job expands the coordinator's
   // deltas (runtime/step_deltas.h): the tests read whole SeqSteps. An empty plan stays empty.
-  Scheduler::Step Schedule() {
-    Scheduler::Step step = scheduler_->Schedule();
+  Scheduler::Step Schedule(int64_t prefill_budget = Scheduler::kNoPrefillBudget) {
+    Scheduler::Step step = scheduler_->Schedule(prefill_budget);
     if (step.plan.seqs_size() == 0) return step;
     absl::StatusOr<worker::v1::StepPlan> expanded = deltas_.Expand(step.plan);
     EXPECT_TRUE(expanded.ok()) << expanded.status();
@@ -188,6 +188,56 @@ TEST_F(SchedulerTest, DecodesFirstThenPrefillChunksThenNewcomers) {
   // Each sequence has its own seq id.
   EXPECT_NE(s4.plan.seqs(0).seq_id(), s4.plan.seqs(1).seq_id());
   EXPECT_NE(s4.plan.seqs(1).seq_id(), s4.plan.seqs(2).seq_id());
+}
+
+// A step that carries decodes takes at most the prefill budget (chunks of running prefills and
+// admissions alike), and at least 1 token of it; a step with no decode fills max_batch_tokens.
+TEST_F(SchedulerTest, PrefillBudgetBoundsStepsWithDecodesOnly) {
+  Init(4, 200, /*budget=*/64);
+  for (Key k : {1, 2, 3}) ASSERT_TRUE(Add(k, 2).ok());
+  Scheduler::Step s1 = Schedule(/*prefill_budget=*/5);  // no decode yet: unbounded
+  EXPECT_THAT(Keys(s1), ElementsAre(1u, 2u, 3u));
+  Complete(s1);
+  EXPECT_EQ(scheduler_->decoding(), 3);
+  ASSERT_TRUE(Add(4, 100).ok());
+  ASSERT_TRUE(Add(5, 100).ok());
+
+  auto tokens = [](const Scheduler::Step& step) {
+    int64_t n = 0;
+    for (const worker::v1::SeqStep& s : step.plan.seqs()) n += s.tokens_size();
+    return n;
+  };
+  Scheduler::Step s2 = Schedule(5);  // 3 decodes + an admission of 5 tokens
+  EXPECT_THAT(Keys(s2), ElementsAre(1u, 2u, 3u, 4u));
+  EXPECT_THAT(s2.admitted, ElementsAre(4u));
+  EXPECT_EQ(s2.plan.seqs(3).tokens_size(), 5);
+  EXPECT_EQ(scheduler_->waiting(), 1);
+  Complete(s2);
+  Scheduler::Step s3 = Schedule(7);  // a running prefill's chunk: 7 tokens
+  EXPECT_THAT(Keys(s3), ElementsAre(1u, 2u, 3u, 4u));
+  EXPECT_EQ(s3.plan.seqs(3).start_pos(), 5);
+  EXPECT_EQ(tokens(s3), 3 + 7);
+  Complete(s3);
+  Scheduler::Step s4 = Schedule(0);  // never less than 1: prefills progress
+  ASSERT_EQ(s4.plan.seqs_size(), 4);
+  EXPECT_EQ(s4.plan.seqs(3).start_pos(), 12);
+  EXPECT_EQ(s4.plan.seqs(3).tokens_size(), 1);
+  EXPECT_FALSE(s4.plan.seqs(3).sample());
+  Complete(s4);
+
+  // The decodes leave: the next steps are all prefill and fill max_batch_tokens, however small
+  // the budget.
+  for (Key k : {1, 2, 3}) scheduler_->Remove(k);
+  EXPECT_EQ(scheduler_->decoding(), 0);
+  Scheduler::Step s5 = Schedule(5);
+  EXPECT_THAT(Keys(s5), ElementsAre(4u));
+  EXPECT_EQ(tokens(s5), 64);
+  Complete(s5);
+  Scheduler::Step s6 = Schedule(5);  // the rest of 4's prompt, 5 joins with 41
+  EXPECT_THAT(Keys(s6), ElementsAre(4u, 5u));
+  EXPECT_EQ(s6.plan.seqs(0).tokens_size(), 23);
+  EXPECT_TRUE(s6.plan.seqs(0).sample());
+  EXPECT_EQ(tokens(s6), 64);
 }
 
 TEST_F(SchedulerTest, MaxRunningHoldsTheQueueAndLeaversFreeTheirPlaces) {
