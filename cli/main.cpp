@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "cli/commands.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -41,6 +42,7 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text, const std
 }  // namespace shardlm::cli
 
 int main(int argc, char** argv) {
+  shardlm::EnsureBlasKernelsMatchCpu(argv);  // may re-execute this process (cpu_backend.h)
   // Logs go to stderr: stdout carries results (generated ids) only.
   spdlog::set_default_logger(spdlog::stderr_color_mt("shardlm"));
   spdlog::set_pattern("[%H:%M:%S.%e] [%^%l%$] %v");

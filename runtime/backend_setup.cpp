@@ -129,7 +129,8 @@ absl::StatusOr<BackendSetup> SetUpBackend(const BackendOptions& o, ParallelConte
     } catch (const std::exception& e) {
       return absl::InvalidArgumentError(e.what());
     }
-    setup.description = absl::StrCat("cpu (", setup.threads, " threads)");
+    setup.description =
+        absl::StrCat("cpu (", setup.threads, " threads, OpenBLAS ", BlasCoreName(), " kernels)");
     guard(setup);
     return setup;
   }

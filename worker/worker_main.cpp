@@ -23,6 +23,7 @@
 #include "base/secret.h"
 #include "base/status_macros.h"
 #include "formats/checkpoint_loader.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "model/llama.h"
 #include "parallel/collectives.h"
 #include "runtime/backend_setup.h"
@@ -384,6 +385,7 @@ int Run(const std::string& coordinator, const std::string& secret_file, int atta
 }  // namespace shardlm
 
 int main(int argc, char** argv) {
+  shardlm::EnsureBlasKernelsMatchCpu(argv);  // may re-execute this process (cpu_backend.h)
   spdlog::set_default_logger(spdlog::stderr_color_mt("shardlm-worker"));
   spdlog::set_pattern("[%H:%M:%S.%e] [worker] [%^%l%$] %v");
   CLI::App app{"shardlm-worker: one rank of a worker job (launch with mpirun -np TP*PP)"};

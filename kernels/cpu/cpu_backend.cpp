@@ -3,7 +3,10 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -208,6 +211,34 @@ class CpuBackend final : public Backend {
 
 std::unique_ptr<Backend> CreateCpuBackend(int num_threads) {
   return std::make_unique<CpuBackend>(num_threads);
+}
+
+}  // namespace shardlm
+
+namespace shardlm {
+
+std::string BlasCoreName() {
+  const char* name = openblas_get_corename();
+  return name != nullptr ? name : "";
+}
+
+void EnsureBlasKernelsMatchCpu(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;
+  std::string core = BlasCoreName();
+  std::transform(core.begin(), core.end(), core.begin(), ::tolower);
+  if (core != "prescott") return;
+  __builtin_cpu_init();
+  const char* better = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+                           ? "SkylakeX"
+                       : __builtin_cpu_supports("avx2") ? "Haswell"
+                                                        : nullptr;
+  if (better == nullptr) return;
+  setenv("OPENBLAS_CORETYPE", better, 1);
+  // Marks the re-executed process, so that it can say why (and never loops).
+  setenv("SHARDLM_BLAS_REEXEC", better, 1);
+  execv("/proc/self/exe", argv);
+  // The exec failed: go on with the slow kernels.
+  unsetenv("OPENBLAS_CORETYPE");
 }
 
 }  // namespace shardlm
