@@ -80,12 +80,12 @@ def worker_secret_file():
     return path
 
 
-def start_shardlm(binary_dir, tp, threads_per_rank, extra_args=(), model=None):
+def start_shardlm(binary_dir, tp, threads_per_rank, extra_args=(), model=None, pp=1):
     secret = worker_secret_file()
     coord = subprocess.Popen(
         [os.path.join(binary_dir, "shardlm-coordinator"), "--listen", "127.0.0.1:0",
          "--worker-listen", "127.0.0.1:0", "--worker-secret-file", secret, "--model",
-         model or MODEL, "--tp", str(tp), "--max-batch-tokens", "512", "--kv-cache-memory",
+         model or MODEL, "--tp", str(tp), "--pp", str(pp), "--max-batch-tokens", "512", "--kv-cache-memory",
          "512MiB", "--threads", str(threads_per_rank), *extra_args],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     line = coord.stdout.readline()
@@ -97,7 +97,7 @@ def start_shardlm(binary_dir, tp, threads_per_rank, extra_args=(), model=None):
         raise RuntimeError(f"coordinator did not start: {line!r} {worker_line!r}")
     addr = m.group(1)
     workers = subprocess.Popen(
-        ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(tp),
+        ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(tp * pp),
          os.path.join(binary_dir, "shardlm-worker"), "--coordinator", w.group(1),
          "--worker-secret-file", secret],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **MPI_ENV},
@@ -376,6 +376,8 @@ def main():
     ap.add_argument("--binary-dir", default=os.path.join(ROOT, "build", "bin"))
     ap.add_argument("--model", default=MODEL)
     ap.add_argument("--tp", type=int, nargs="+", default=[1])
+    ap.add_argument("--pp", type=int, default=1,
+                    help="pipeline stages of each shardlm run (ranks = tp x pp, cores split)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--input-len", type=int, default=128)
@@ -420,14 +422,15 @@ def main():
             if binary:
                 emit(llama_server_bench(a, binary, c, n, seed))
             for tp in ([] if a.skip_shardlm else a.tp):
-                coord, workers, addr = start_shardlm(a.binary_dir, tp, max(1, a.threads // tp),
-                                                     a.shardlm_args.split(), a.model)
+                coord, workers, addr = start_shardlm(a.binary_dir, tp,
+                                                     max(1, a.threads // (tp * a.pp)),
+                                                     a.shardlm_args.split(), a.model, a.pp)
                 try:
                     wait_serving(a.binary_dir, addr)
                     r = shardlm_bench(a.binary_dir, addr, c, n, a.input_len, a.output_len, seed)
                 finally:
                     stop(workers, coord)
-                r.update(system=f"shardlm tp={tp}", seed=seed)
+                r.update(system=f"shardlm tp={tp}" + (f" pp={a.pp}" if a.pp > 1 else ""), seed=seed)
                 emit(r)
             if a.llama_cpp_python:
                 emit(llama_cpp_python_bench(a, c, n, seed))
