@@ -21,6 +21,7 @@ PlanInput PlanInputFor(const ModelConfig& config, int tp, int pp, std::vector<in
   in.head_dim = config.head_dim;
   in.intermediate = config.intermediate_size;
   in.vocab = config.vocab_size;
+  in.hidden = config.hidden_size;
   in.tp = tp;
   in.pp = pp;
   in.pp_layers = std::move(pp_layers);

@@ -1,5 +1,8 @@
 #include "parallel/shard_plan.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -55,12 +58,43 @@ absl::StatusOr<std::vector<std::pair<Range, Range>>> SplitHeads(const PlanInput&
   return out;
 }
 
+// Stages of nearly equal decode cost. Every layer costs its multiply-adds per token (Q/K/V, O,
+// gate/up/down), and the LM head of the last stage vocab x hidden of them (every decoded token
+// is sampled; in prefill only one row per sequence is, so prefill-heavy work may prefer
+// --pp-layers). The last stage gets round(total / pp - head) layers (at least one), the others
+// split the rest evenly. A head worth under half a stage's share leaves the even split.
+std::vector<Range> SplitByDecodeCost(const PlanInput& in) {
+  const int64_t hidden = in.hidden > 0 ? in.hidden : in.heads * in.head_dim;
+  const double layer = static_cast<double>(hidden) *
+                           static_cast<double>((in.heads + 2 * in.kv_heads) * in.head_dim) +
+                       static_cast<double>(in.heads * in.head_dim) * hidden +
+                       3.0 * static_cast<double>(hidden) * static_cast<double>(in.intermediate);
+  if (in.pp == 1 || layer <= 0) return SplitEvenly(in.layers, in.pp);
+  const double head = static_cast<double>(in.vocab) * hidden / layer;  // in layers
+  const double share = (static_cast<double>(in.layers) + head) / in.pp;
+  const int64_t last = std::clamp<int64_t>(std::llround(share - head), 1,
+                                           in.layers - (in.pp - 1));
+  std::vector<Range> out = SplitEvenly(in.layers - last, in.pp - 1);
+  out.push_back({in.layers - last, in.layers});
+  // Keep the even split when it is at least as balanced (small heads: tiny test models).
+  const std::vector<Range> even = SplitEvenly(in.layers, in.pp);
+  auto worst = [&](const std::vector<Range>& stages) {
+    double w = 0;
+    for (size_t s = 0; s < stages.size(); ++s) {
+      const double cost = static_cast<double>(stages[s].size()) + (s + 1 == stages.size() ? head : 0);
+      w = std::max(w, cost);
+    }
+    return w;
+  };
+  return worst(even) <= worst(out) ? even : out;
+}
+
 absl::StatusOr<std::vector<Range>> SplitLayers(const PlanInput& in) {
   if (in.pp > in.layers) {
     return absl::InvalidArgumentError(absl::StrCat("pp=", in.pp, " exceeds the number of layers (",
                                                    in.layers, "): every stage needs a layer"));
   }
-  if (in.pp_layers.empty()) return SplitEvenly(in.layers, in.pp);
+  if (in.pp_layers.empty()) return SplitByDecodeCost(in);
   if (static_cast<int>(in.pp_layers.size()) != in.pp - 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--pp-layers: expected pp - 1 = ", in.pp - 1, " stage boundaries, got ", in.pp_layers.size()));

@@ -43,11 +43,14 @@ struct PlanInput {
   int64_t head_dim = 0;
   int64_t intermediate = 0;
   int64_t vocab = 0;
+  int64_t hidden = 0;  // 0: heads x head_dim (only the default stage split uses it)
   int64_t intermediate_align = 1;
   int tp = 1;
   int pp = 1;
   // Where stages start, pp - 1 increasing layer indices ("--pp-layers 10,20": stages [0,10),
-  // [10,20), [20,L)); empty: nearly equal stages.
+  // [10,20), [20,L)); empty: stages of nearly equal decode cost, where the last stage's LM head
+  // (vocab x hidden multiply-adds per token) counts as that many layers' worth (SmolLM2: about
+  // 8 layers, so pp=2 splits its 30 layers 19 + 11).
   std::vector<int64_t> pp_layers;
 };
 

@@ -92,7 +92,13 @@ std::optional<CoordinatorMessage> CoordinatorStream::Next() {
   cv_.notify_all();
   cv_.wait(lock, [&] { return !queue_.empty() || ended_; });
   waiting_ = false;
-  if (queue_.empty()) {
+  bool ended = false;
+  return TakeLocked(&ended);
+}
+
+std::optional<CoordinatorMessage> CoordinatorStream::TakeLocked(bool* ended) {
+  *ended = queue_.empty();
+  if (*ended) {
     end_taken_ = true;
     cv_.notify_all();
     return std::nullopt;
@@ -107,15 +113,7 @@ std::optional<CoordinatorMessage> CoordinatorStream::NextFor(std::chrono::micros
   std::unique_lock<std::mutex> lock(mu_);
   *ended = false;
   if (!cv_.wait_for(lock, wait, [&] { return !queue_.empty() || ended_; })) return std::nullopt;
-  if (queue_.empty()) {
-    *ended = true;
-    end_taken_ = true;
-    cv_.notify_all();
-    return std::nullopt;
-  }
-  CoordinatorMessage message = std::move(queue_.front());
-  queue_.pop_front();
-  return message;
+  return TakeLocked(ended);
 }
 
 bool CoordinatorStream::Write(const WorkerMessage& message) { return stream_->Write(message); }

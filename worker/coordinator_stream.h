@@ -81,6 +81,9 @@ class CoordinatorStream {
   // After the stream ended: aborts the job when the main thread has not taken the end (in Next)
   // within lost_grace.
   void WatchBusyAfterEnd();
+  // With mu_ held, after a wait that saw a command or the end: the next command, or nullopt
+  // with *ended (the end is taken).
+  std::optional<worker::v1::CoordinatorMessage> TakeLocked(bool* ended);
 
   const Options options_;
   const AbortJob abort_job_;

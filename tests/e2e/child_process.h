@@ -33,6 +33,16 @@ inline std::string ReadFile(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// What `cmd` (run by /bin/sh) writes to stdout; "" when it cannot be started.
+inline std::string Shell(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[4096];
+  while (p != nullptr && fgets(buf, sizeof(buf), p) != nullptr) out += buf;
+  if (p != nullptr) pclose(p);
+  return out;
+}
+
 // Every process below `root`, from /proc/*/stat's parent ids.
 inline std::vector<pid_t> Descendants(pid_t root) {
   namespace fs = std::filesystem;

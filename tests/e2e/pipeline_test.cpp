@@ -34,14 +34,7 @@ using namespace std::chrono_literals;
 const std::string kBin = std::string(SHARDLM_BINARY_DIR) + "/bin/";
 const std::string kWork = std::string(SHARDLM_BINARY_DIR) + "/tests/e2e/pipeline_work";
 
-std::string Shell(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  while (p != nullptr && fgets(buf, sizeof(buf), p) != nullptr) out += buf;
-  if (p != nullptr) pclose(p);
-  return out;
-}
+using e2e::Shell;
 
 struct Request {
   std::vector<int32_t> prompt;
@@ -115,18 +108,7 @@ class PipelineTest : public ::testing::TestWithParam<int> {
     req.set_ignore_eos(true);
     *req.mutable_sampling() = r.sampling;
     if (r.flags.empty()) req.mutable_sampling()->set_temperature(0.0f);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + 120s);
-    auto reader = stub_->Generate(&ctx, req);
-    e2e::Outcome out;
-    v1::GenerateResponse resp;
-    while (reader->Read(&resp)) {
-      out.ids.insert(out.ids.end(), resp.token_ids().begin(), resp.token_ids().end());
-      if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) out.finish = resp.finish_reason();
-      if (!resp.error().empty()) out.error = resp.error();
-    }
-    out.status = reader->Finish();
-    return out;
+    return e2e::Generate(*stub_, req, 120s);
   }
   // `shardlm generate` in one process (no stages).
   std::vector<int32_t> Offline(const Request& r) {

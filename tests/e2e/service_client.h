@@ -44,14 +44,9 @@ struct Outcome {
   std::string error;
 };
 
-// A greedy request for `max_new` tokens after `prompt` (EOS ignored), read to its end.
-inline Outcome GenerateIds(v1::Generation::Stub& stub, const std::vector<int32_t>& prompt,
-                           int max_new, std::chrono::seconds deadline) {
-  v1::GenerateRequest req;
-  for (int32_t id : prompt) req.mutable_token_ids()->add_ids(id);
-  req.set_max_new_tokens(max_new);
-  req.set_ignore_eos(true);
-  req.mutable_sampling()->set_temperature(0.0f);
+// `req` streamed and read to its end.
+inline Outcome Generate(v1::Generation::Stub& stub, const v1::GenerateRequest& req,
+                        std::chrono::seconds deadline) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + deadline);
   auto reader = stub.Generate(&ctx, req);
@@ -64,6 +59,17 @@ inline Outcome GenerateIds(v1::Generation::Stub& stub, const std::vector<int32_t
   }
   out.status = reader->Finish();
   return out;
+}
+
+// A greedy request for `max_new` tokens after `prompt` (EOS ignored), read to its end.
+inline Outcome GenerateIds(v1::Generation::Stub& stub, const std::vector<int32_t>& prompt,
+                           int max_new, std::chrono::seconds deadline) {
+  v1::GenerateRequest req;
+  for (int32_t id : prompt) req.mutable_token_ids()->add_ids(id);
+  req.set_max_new_tokens(max_new);
+  req.set_ignore_eos(true);
+  req.mutable_sampling()->set_temperature(0.0f);
+  return Generate(stub, req, deadline);
 }
 
 }  // namespace shardlm::e2e

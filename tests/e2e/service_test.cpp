@@ -45,14 +45,7 @@ const std::string kWork = std::string(SHARDLM_BINARY_DIR) + "/tests/e2e/work";
 
 using e2e::Child;
 
-std::string Shell(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  while (p != nullptr && fgets(buf, sizeof(buf), p) != nullptr) out += buf;
-  if (p != nullptr) pclose(p);
-  return out;
-}
+using e2e::Shell;
 
 class ServiceTest : public ::testing::Test {
  protected:
