@@ -1,5 +1,6 @@
 // KV cache writes and causal GQA attention over the paged cache.
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -9,8 +10,8 @@
 
 #include "kernels/cpu/cpu_ops.h"
 
-// The build targets baseline x86-64 (SSE2); the attention loops are compute bound in prefill,
-// so they get AVX2 / AVX-512 clones picked at load time.
+// The build targets baseline x86-64 (SSE2); the decode and softmax loops get AVX2 / AVX-512
+// clones picked at load time (prefill's matrix products go to OpenBLAS).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define SHARDLM_SIMD_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -26,6 +27,30 @@
 
 namespace shardlm::cpu {
 namespace {
+
+// Key positions per split of a single-token (decode) query: its keys are cut at multiples of
+// this, each piece is a task of its own and the pieces are merged by their log-sum-exp. One
+// sequence then spreads over every thread (3 KV heads of a 2,048-token context: 24 tasks rather
+// than 3). The cut depends on positions alone, never on the thread count or the batch.
+constexpr int64_t kSegment = 256;
+// Consecutive tokens of one sequence (a prompt chunk) attended together: their query heads of one
+// KV head group form the rows of a matrix product with each block of keys.
+constexpr int64_t kTileTokens = 32;
+constexpr int64_t kKeyBlock = 128;  // keys per block of the tiled (prefill) path
+
+// exp(x) for x <= 0 in f32, vectorizable (std::exp is a scalar libm call): 2^n * e^r with
+// r in [-ln2/2, ln2/2] and a degree-6 Taylor polynomial (relative error < 2e-7). Below -87
+// (where 2^n would be denormal) it is 0, so that masked keys (-inf) weigh exactly nothing.
+SHARDLM_INLINE float ExpNonPositive(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float n = (xc * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (xc - n * 0.693145751953125f) - n * 1.428606765330187e-6f;
+  const float p =
+      1.0f +
+      r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+  const float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  return x < -87.0f ? 0.0f : p * scale;
+}
 
 // scores[j] = scale * dot(q, k row j) for j in [begin, end); rows `row_stride` floats apart.
 // Four keys at a time: one dot product is a chain of dependent FMAs ending in a horizontal sum,
@@ -60,20 +85,6 @@ SHARDLM_INLINE void Scores(const float* q, const float* k, int64_t row_stride, i
   }
 }
 
-// In place: scores[0, span) -> softmax(scores), in f32 with the maximum subtracted first.
-SHARDLM_INLINE void Softmax(float* scores, int64_t span) {
-  float max_score = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : max_score)
-  for (int64_t j = 0; j < span; ++j) max_score = scores[j] > max_score ? scores[j] : max_score;
-  float sum = 0.0f;
-  for (int64_t j = 0; j < span; ++j) {
-    scores[j] = std::exp(scores[j] - max_score);
-    sum += scores[j];
-  }
-  const float inv_sum = 1.0f / sum;
-#pragma omp simd
-  for (int64_t j = 0; j < span; ++j) scores[j] *= inv_sum;
-}
 
 // out += sum over j in [begin, end) of probs[j] * v row j, four rows per pass over `out`.
 SHARDLM_INLINE void AccumulateValues(const float* probs, const float* v, int64_t row_stride,
@@ -99,61 +110,206 @@ SHARDLM_INLINE void AccumulateValues(const float* probs, const float* v, int64_t
 }
 
 // A run of consecutive cache rows holding consecutive key positions: `len` rows from `row`.
+
+// A run of consecutive cache rows holding consecutive key positions: `len` rows from `row`.
 struct KeyRun {
   int64_t row;
   int64_t len;
 };
 
-// `num_q` consecutive query heads of one token (q and out: head_dim floats apart) that share one
-// KV head, against the keys in `runs` (in position order; one per run of consecutive blocks). `k` and `v` point at that KV head in cache row 0 and cache rows are
-// `row_stride` floats apart. `scores` holds num_q * (sum of run lengths) floats.
-// The keys go in chunks, all heads over one chunk before the next, so that a chunk of K or V
-// is read from memory once per group rather than once per head.
-SHARDLM_SIMD_CLONES void AttendHeads(const float* q, int64_t num_q, const float* k, const float* v,
-                                     int64_t row_stride, std::span<const KeyRun> runs,
-                                     int64_t head_dim, float scale, float* scores, float* out) {
-  constexpr int64_t kChunk = 64;  // 64 rows of a 128-dim head: 32 KiB, L1/L2 resident
+// One task: the query heads of KV head `kv_head` for tokens [token, token + tokens) (consecutive
+// positions of one sequence) against its key positions [key_lo, key_hi]. `slot` >= 0: the task
+// is one split of a decode query and leaves (max, sum, unnormalized output) in partials[slot].
+struct Task {
+  int64_t token, tokens, kv_head, key_lo, key_hi, slot;
+};
+
+// The rows of a task: row r = t * group + g is query head (kv_head * group + g) of token t.
+// Shapes shared by the two paths below.
+struct TaskShape {
+  int64_t group, head_dim, width, kv_width;  // width / kv_width: floats per q row / cache row
+  float scale;
+  int window;
+};
+
+// Decode (one token): keys read in place, run by run; at most kSegment keys, so the scores of a
+// task fit in a small buffer and the softmax needs no rescaling. `scores`: group * kSegment.
+SHARDLM_SIMD_CLONES void AttendSplit(const float* q, const float* k, const float* v,
+                                     std::span<const KeyRun> runs, const TaskShape& s,
+                                     float* scores, float* out, float* max_out, float* sum_out) {
+  const int64_t hd = s.head_dim, group = s.group, stride = s.kv_width;
   int64_t span = 0;
   for (const KeyRun& r : runs) span += r.len;
-  int64_t at = 0;  // index of the run's first key among all keys
+  // Every K row is loaded once for all heads of the group.
+  int64_t at = 0;
   for (const KeyRun& r : runs) {
-    const float* kr = k + r.row * row_stride;
-    for (int64_t c = 0; c < r.len; c += kChunk) {
-      const int64_t c_end = std::min(r.len, c + kChunk);
-      for (int64_t g = 0; g < num_q; ++g) {
-        Scores(q + g * head_dim, kr, row_stride, c, c_end, head_dim, scale, scores + g * span + at);
+    for (int64_t j = 0; j < r.len; ++j) {
+      const float* kj = k + (r.row + j) * stride;
+      for (int64_t g = 0; g < group; ++g) {
+        const float* qg = q + g * hd;
+        float a = 0.0f;
+#pragma omp simd reduction(+ : a)
+        for (int64_t d = 0; d < hd; ++d) a += qg[d] * kj[d];
+        scores[g * span + at + j] = a * s.scale;
       }
     }
     at += r.len;
   }
-  for (int64_t g = 0; g < num_q; ++g) Softmax(scores + g * span, span);
-  std::fill(out, out + num_q * head_dim, 0.0f);
+  for (int64_t g = 0; g < group; ++g) {
+    float* sg = scores + g * span;
+    float mx = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < span; ++j) mx = sg[j] > mx ? sg[j] : mx;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < span; ++j) {
+      sg[j] = ExpNonPositive(sg[j] - mx);
+      sum += sg[j];
+    }
+    max_out[g] = mx;
+    sum_out[g] = sum;
+  }
+  std::fill(out, out + group * hd, 0.0f);
   at = 0;
   for (const KeyRun& r : runs) {
-    const float* vr = v + r.row * row_stride;
-    for (int64_t c = 0; c < r.len; c += kChunk) {
-      const int64_t c_end = std::min(r.len, c + kChunk);
-      for (int64_t g = 0; g < num_q; ++g) {
-        AccumulateValues(scores + g * span + at, vr, row_stride, c, c_end, head_dim,
-                         out + g * head_dim);
+    for (int64_t j = 0; j < r.len; ++j) {
+      const float* vj = v + (r.row + j) * stride;
+      for (int64_t g = 0; g < group; ++g) {
+        const float w = scores[g * span + at + j];
+        float* og = out + g * hd;
+#pragma omp simd
+        for (int64_t d = 0; d < hd; ++d) og[d] += w * vj[d];
       }
     }
     at += r.len;
   }
 }
 
-// How many query heads one task takes: whole GQA groups read each K/V row once; when there are
-// fewer (token, KV head) pairs than threads, groups are split (down to single heads).
-int64_t HeadsPerTask(int64_t n, int64_t heads, int64_t group, bool parallel, int threads) {
-  int64_t heads_per_task = group;
-  if (parallel) {
-    while (heads_per_task > 1 && n * heads / heads_per_task < threads) {
-      int64_t smaller = heads_per_task - 1;
-      while (group % smaller != 0) --smaller;
-      heads_per_task = smaller;
+// Scratch of one thread for the tiled path.
+struct TileBuffers {
+  std::vector<float> q, k, v, scores, out, max, sum;
+};
+
+// The online softmax over one block of scores (`rows` rows of `len`, `ld` apart): each row's
+// scores become exp(score - running max), its running sum grows by their sum, and when the max
+// grows the row's earlier sum and output (`out`, hd floats per row) are rescaled.
+SHARDLM_SIMD_CLONES void SoftmaxBlock(float* sc, int64_t rows, int64_t len, int64_t ld,
+                                      float* row_max, float* row_sum, float* out, int64_t hd) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = sc + r * ld;
+    float bmax = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : bmax)
+    for (int64_t j = 0; j < len; ++j) bmax = sr[j] > bmax ? sr[j] : bmax;
+    if (bmax == -std::numeric_limits<float>::infinity()) {  // every key of the block masked
+      std::fill(sr, sr + len, 0.0f);
+      continue;
+    }
+    const float m_new = std::max(row_max[r], bmax);
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < len; ++j) {
+      sr[j] = ExpNonPositive(sr[j] - m_new);
+      sum += sr[j];
+    }
+    if (m_new != row_max[r]) {
+      const float corr = row_max[r] == -std::numeric_limits<float>::infinity()
+                             ? 0.0f
+                             : std::exp(row_max[r] - m_new);
+      row_sum[r] *= corr;
+      float* o = out + r * hd;
+#pragma omp simd
+      for (int64_t d = 0; d < hd; ++d) o[d] *= corr;
+      row_max[r] = m_new;
+    }
+    row_sum[r] += sum;
+  }
+}
+
+// scores[r * kKeyBlock + j] = dot(q row r, k row j) and out row r += sum over j of
+// scores[r * kKeyBlock + j] * v row j, for a gathered block (rows hd floats apart). OpenBLAS
+// would run these as sgemm, but its kernel choice on this VM is PRESCOTT (SSE3).
+SHARDLM_SIMD_CLONES void TileScores(const float* q, int64_t rows, const float* k, int64_t len,
+                                    int64_t hd, float* scores) {
+  for (int64_t r = 0; r < rows; ++r) {
+    Scores(q + r * hd, k, hd, 0, len, hd, 1.0f, scores + r * kKeyBlock);
+  }
+}
+SHARDLM_SIMD_CLONES void TileValues(const float* probs, int64_t rows, const float* v, int64_t len,
+                                    int64_t hd, float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    AccumulateValues(probs + r * kKeyBlock, v, hd, 0, len, hd, out + r * hd);
+  }
+}
+
+// Prefill (several tokens): the task's rows (tokens x group heads) against blocks of kKeyBlock
+// keys gathered from their runs into contiguous buffers, as two matrix products per block
+// (scores = Q K^T, out += P V) around the online softmax. `positions`: of the task's tokens.
+void AttendTile(const float* q, const float* k, const float* v, std::span<const KeyRun> runs,
+                const Task& task, std::span<const int32_t> positions, const TaskShape& s,
+                TileBuffers& b, float* out) {
+  const int64_t hd = s.head_dim, group = s.group, rows = task.tokens * group;
+  b.q.resize(static_cast<size_t>(rows * hd));
+  b.k.resize(static_cast<size_t>(kKeyBlock * hd));
+  b.v.resize(static_cast<size_t>(kKeyBlock * hd));
+  b.scores.resize(static_cast<size_t>(rows * kKeyBlock));
+  b.out.assign(static_cast<size_t>(rows * hd), 0.0f);
+  b.max.assign(static_cast<size_t>(rows), -std::numeric_limits<float>::infinity());
+  b.sum.assign(static_cast<size_t>(rows), 0.0f);
+  // Q rows packed and scaled: the tokens' group heads are group * hd floats apart by token.
+  for (int64_t t = 0; t < task.tokens; ++t) {
+    const float* src = q + (task.token + t) * s.width + task.kv_head * group * hd;
+    float* dst = b.q.data() + t * group * hd;
+    for (int64_t e = 0; e < group * hd; ++e) dst[e] = src[e] * s.scale;
+  }
+  const int64_t span = task.key_hi - task.key_lo + 1;
+  size_t run = 0;
+  int64_t in_run = 0;  // next key within runs[run]
+  for (int64_t begin = 0; begin < span; begin += kKeyBlock) {
+    const int64_t len = std::min(kKeyBlock, span - begin);
+    // Gather the block's K and V rows.
+    for (int64_t j = 0; j < len;) {
+      const int64_t take = std::min(len - j, runs[run].len - in_run);
+      const int64_t row = runs[run].row + in_run;
+      for (int64_t x = 0; x < take; ++x) {
+        std::memcpy(b.k.data() + (j + x) * hd, k + (row + x) * s.kv_width, hd * sizeof(float));
+        std::memcpy(b.v.data() + (j + x) * hd, v + (row + x) * s.kv_width, hd * sizeof(float));
+      }
+      j += take;
+      in_run += take;
+      if (in_run == runs[run].len) {
+        ++run;
+        in_run = 0;
+      }
+    }
+    TileScores(b.q.data(), rows, b.k.data(), len, hd, b.scores.data());
+    // Causal mask and window: token t sees key positions [FirstKey(p_t), p_t].
+    const int64_t first_pos = task.key_lo + begin;
+    for (int64_t t = 0; t < task.tokens; ++t) {
+      const int64_t p = positions[t];
+      const int64_t lo = s.window > 0 ? std::max<int64_t>(0, p - s.window + 1) : 0;
+      const int64_t valid_begin = std::clamp<int64_t>(lo - first_pos, 0, len);
+      const int64_t valid_end = std::clamp<int64_t>(p - first_pos + 1, 0, len);
+      if (valid_begin == 0 && valid_end == len) continue;
+      for (int64_t g = 0; g < group; ++g) {
+        float* sr = b.scores.data() + (t * group + g) * kKeyBlock;
+        for (int64_t j = 0; j < len; ++j) {
+          if (j < valid_begin || j >= valid_end) sr[j] = -std::numeric_limits<float>::infinity();
+        }
+      }
+    }
+    SoftmaxBlock(b.scores.data(), rows, len, kKeyBlock, b.max.data(), b.sum.data(), b.out.data(),
+                 hd);
+    TileValues(b.scores.data(), rows, b.v.data(), len, hd, b.out.data());
+  }
+  for (int64_t t = 0; t < task.tokens; ++t) {
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t r = t * group + g;
+      const float inv = 1.0f / b.sum[r];
+      float* dst = out + (task.token + t) * s.width + (task.kv_head * group + g) * hd;
+      const float* src = b.out.data() + r * hd;
+      for (int64_t d = 0; d < hd; ++d) dst[d] = src[d] * inv;
     }
   }
-  return heads_per_task;
 }
 
 int64_t FirstKey(int64_t window, int64_t p) {
@@ -168,49 +324,111 @@ void CheckAttentionShapes(const char* op, const Tensor& q, const Tensor& k_cache
           {{"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"out", &out}});
 }
 
-// Runs every (token, head group) task; `runs_of(i, lo, hi, runs)` fills the key runs of token i
-// for key positions [lo, hi].
+// Runs every task; `runs_of(i, lo, hi, runs)` fills the key runs of token i for key positions
+// [lo, hi]. Tokens of one sequence at consecutive positions form tiles (prefill); a lone token
+// (decode) is split at multiples of kSegment and its pieces merged. What each output depends on
+// is fixed by the layout alone: the result is the same with any thread count.
 template <typename RunsOf>
 void AttendAll(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-               std::span<const int32_t> positions, const AttentionParams& params, Tensor& out,
+               const PagedKvLayout& layout, const AttentionParams& params, Tensor& out,
                int threads, const RunsOf& runs_of) {
+  const std::span<const int32_t> positions = layout.positions;
   const int64_t heads = params.num_heads, kv_heads = params.num_kv_heads;
-  const int64_t head_dim = params.head_dim;
   const int64_t n = static_cast<int64_t>(positions.size());
-  const int64_t width = heads * head_dim, kv_width = kv_heads * head_dim;
-  const int64_t group = heads / kv_heads;
+  const TaskShape shape{heads / kv_heads, params.head_dim, heads * params.head_dim,
+                        kv_heads * params.head_dim, params.scale, params.sliding_window};
   const int64_t window = params.sliding_window;
-  int64_t max_span = 0, total_keys = 0;
-  for (int32_t p : positions) {
-    const int64_t span = p - FirstKey(window, p) + 1;
-    max_span = std::max(max_span, span);
-    total_keys += span;
+  std::vector<Task> tasks;
+  // Decode queries split in several pieces: (first task, pieces), merged after.
+  struct Merge {
+    int64_t token, kv_head, first_slot, pieces;
+  };
+  std::vector<Merge> merges;
+  int64_t slots = 0, total_keys = 0;
+  for (int64_t i = 0; i < n;) {
+    int64_t end = i + 1;
+    while (end < n && end - i < kTileTokens && layout.seq_index[end] == layout.seq_index[i] &&
+           positions[end] == positions[end - 1] + 1) {
+      ++end;
+    }
+    const int64_t lo = FirstKey(window, positions[i]), hi = positions[end - 1];
+    total_keys += (end - i) * (hi - lo + 1);
+    if (end - i > 1) {
+      for (int64_t h = 0; h < kv_heads; ++h) tasks.push_back({i, end - i, h, lo, hi, -1});
+    } else {
+      const int64_t pieces = hi / kSegment - lo / kSegment + 1;
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        if (pieces > 1) merges.push_back({i, h, slots, pieces});
+        for (int64_t c = 0; c < pieces; ++c) {
+          const int64_t seg = lo / kSegment + c;
+          tasks.push_back({i, 1, h, std::max(lo, seg * kSegment),
+                           std::min(hi, (seg + 1) * kSegment - 1), pieces > 1 ? slots++ : -1});
+        }
+      }
+    }
+    i = end;
   }
-  const bool parallel = n * heads > 1 && total_keys * width >= kMinParallelWork;
-  const int64_t heads_per_task = HeadsPerTask(n, heads, group, parallel, threads);
-  const int64_t tasks_per_row = heads / heads_per_task;
-  const int64_t tasks = n * tasks_per_row;
+  const int64_t hd = shape.head_dim, group = shape.group;
+  const int64_t slot_floats = group * (hd + 2);  // per slot: out rows, then maxes and sums
+  std::vector<float> partials(static_cast<size_t>(slots * slot_floats));
+  const bool parallel = tasks.size() > 1 && total_keys * shape.width >= kMinParallelWork;
   const float* qp = q.data<float>();
   const float* kp = k_cache.data<float>();
   const float* vp = v_cache.data<float>();
   float* op = out.data<float>();
 #pragma omp parallel num_threads(threads) if (parallel)
   {
-    std::vector<float> scores(static_cast<size_t>(heads_per_task * max_span));
+    std::vector<float> scores(static_cast<size_t>(group * kSegment));
+    std::vector<float> stats(static_cast<size_t>(2 * group));  // maxes, then sums
     std::vector<KeyRun> runs;
-    // Round-robin tasks: in a causal prefill later rows see more keys, and a cyclic split
-    // balances that without the cost of dynamic scheduling.
-#pragma omp for schedule(static, 1)
-    for (int64_t t = 0; t < tasks; ++t) {
-      const int64_t i = t / tasks_per_row;
-      const int64_t h = (t % tasks_per_row) * heads_per_task;  // first query head of the task
-      const int64_t p = positions[i];
+    TileBuffers buffers;
+    // Dynamic: tiles late in a causal prefill see more keys than early ones.
+#pragma omp for schedule(dynamic, 1)
+    for (size_t t = 0; t < tasks.size(); ++t) {
+      const Task& task = tasks[t];
       runs.clear();
-      runs_of(i, FirstKey(window, p), p, runs);
-      const int64_t kv_offset = (h / group) * head_dim;
-      const int64_t offset = i * width + h * head_dim;
-      AttendHeads(qp + offset, heads_per_task, kp + kv_offset, vp + kv_offset, kv_width, runs,
-                  head_dim, params.scale, scores.data(), op + offset);
+      runs_of(task.token + task.tokens - 1, task.key_lo, task.key_hi, runs);
+      const int64_t kv_offset = task.kv_head * hd;
+      if (task.tokens > 1) {
+        AttendTile(qp, kp + kv_offset, vp + kv_offset, runs, task,
+                   positions.subspan(task.token, task.tokens), shape, buffers, op);
+        continue;
+      }
+      const int64_t offset = task.token * shape.width + task.kv_head * group * hd;
+      if (task.slot < 0) {
+        AttendSplit(qp + offset, kp + kv_offset, vp + kv_offset, runs, shape, scores.data(),
+                    op + offset, stats.data(), stats.data() + group);
+        for (int64_t g = 0; g < group; ++g) {
+          const float inv = 1.0f / stats[group + g];
+          for (int64_t d = 0; d < hd; ++d) op[offset + g * hd + d] *= inv;
+        }
+      } else {
+        float* slot = partials.data() + task.slot * slot_floats;
+        AttendSplit(qp + offset, kp + kv_offset, vp + kv_offset, runs, shape, scores.data(),
+                    slot, slot + group * hd, slot + group * hd + group);
+      }
+    }
+    // Log-sum-exp merge of the pieces, in their order.
+#pragma omp for schedule(static)
+    for (size_t m = 0; m < merges.size(); ++m) {
+      const Merge& mg = merges[m];
+      for (int64_t g = 0; g < group; ++g) {
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t c = 0; c < mg.pieces; ++c) {
+          mx = std::max(mx, partials[(mg.first_slot + c) * slot_floats + group * hd + g]);
+        }
+        float* dst = op + mg.token * shape.width + (mg.kv_head * group + g) * hd;
+        std::fill(dst, dst + hd, 0.0f);
+        float sum = 0.0f;
+        for (int64_t c = 0; c < mg.pieces; ++c) {
+          const float* slot = partials.data() + (mg.first_slot + c) * slot_floats;
+          const float w = std::exp(slot[group * hd + g] - mx);
+          sum += w * slot[group * hd + group + g];
+          for (int64_t d = 0; d < hd; ++d) dst[d] += w * slot[g * hd + d];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t d = 0; d < hd; ++d) dst[d] *= inv;
+      }
     }
   }
 }
@@ -256,7 +474,7 @@ void PagedAttention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cach
   if (const std::string error = PagedKvLayoutError(layout, rows / bs); !error.empty()) {
     throw std::out_of_range("PagedAttention: " + error);
   }
-  AttendAll(q, k_cache, v_cache, layout.positions, params, out, threads,
+  AttendAll(q, k_cache, v_cache, layout, params, out, threads,
             [&](int64_t i, int64_t lo, int64_t hi, std::vector<KeyRun>& runs) {
               const int32_t* table = layout.block_tables.data() + layout.table_begin[layout.seq_index[i]];
               for (int64_t j = lo; j <= hi;) {

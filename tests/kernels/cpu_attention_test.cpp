@@ -184,7 +184,17 @@ INSTANTIATE_TEST_SUITE_P(
                       AttentionCase{4, 2, 8, 50, Iota(0, 10), 10, 4},       // window > context
                       AttentionCase{4, 2, 32, 0, Iota(0, 6), 6, 2, 40.0f},  // peaked softmax
                       AttentionCase{32, 8, 128, 0, {1999}, 2048, 16},       // long decode
-                      AttentionCase{8, 2, 64, 0, Iota(0, 64), 64, 16}));    // parallel prefill
+                      AttentionCase{8, 2, 64, 0, Iota(0, 64), 64, 16},      // parallel prefill
+                      // Decodes split at multiples of 256 keys and merged: on either side of a
+                      // split edge, over several head groups, and with a window across splits.
+                      AttentionCase{12, 3, 64, 0, {255, 767, 256, 512}, 768, 16},
+                      AttentionCase{8, 2, 16, 300, {700, 257}, 701, 4},
+                      // Prefill tiles of 32 tokens and a partial one (45 = 32 + 13) against
+                      // blocks of 128 keys and a partial one, plain and windowed.
+                      AttentionCase{12, 3, 64, 0, Iota(200, 245), 245, 16},
+                      AttentionCase{12, 3, 64, 100, Iota(150, 300), 300, 8},
+                      // Peaked scores across key blocks: the online softmax rescales.
+                      AttentionCase{4, 2, 32, 0, Iota(130, 170), 170, 16, 40.0f}));
 
 TEST(AttentionTest, LargeScoresStayFinite) {
   // Scores around +-160: exp overflows (or underflows to an all-zero sum) in f32 unless the
@@ -249,14 +259,17 @@ TEST(AttentionTest, PrefillEqualsTokenByTokenDecode) {
 }
 
 TEST(AttentionTest, SameResultWithAnyThreadCount) {
-  // Prefill (many tasks), and GQA / MQA decodes, where the backend splits head groups across
-  // threads: the split must not change a single bit.
+  // Prefill (many tasks), and GQA / MQA decodes, whose keys the backend splits into pieces
+  // that threads share: the thread count must not change a single bit.
   struct Case {
     AttentionParams params;
     std::vector<int32_t> positions;
   };
-  const Case cases[] = {
-      {Params(8, 2, 32), Iota(0, 40)}, {Params(8, 2, 32), {299}}, {Params(8, 1, 32), {299}}};
+  const Case cases[] = {{Params(8, 2, 32), Iota(0, 40)},
+                        {Params(8, 2, 32), {299}},
+                        {Params(8, 1, 32), {299}},
+                        {Params(12, 3, 64), Iota(230, 300)},  // tiles past a key block
+                        {Params(12, 3, 64), {40, 299, 170}}};  // decodes, split and not
   for (const Case& c : cases) {
     const OneSequence seq(4, 300, c.positions, /*scattered=*/true);
     const int64_t n = static_cast<int64_t>(c.positions.size());
@@ -347,6 +360,40 @@ TEST(PagedAttentionTest, SequencesOfABatchReadTheirOwnBlocks) {
   Tensor out = backend->Allocate({1, p.num_heads * p.head_dim});
   const PagedKvLayout bad{bs, positions, seq_index, table_begin, block_tables};
   EXPECT_THROW(backend->PagedAttention(q, k_cache, v_cache, bad, p, out), std::out_of_range);
+}
+
+// A step of a server: one sequence's prompt chunk (tiles of tokens) between the decode tokens
+// of two long sequences (keys split in pieces), blocks shuffled over one cache so that key
+// blocks of the tiles are gathered from many runs.
+TEST(PagedAttentionTest, PrefillChunkAmongLongDecodes) {
+  auto backend = CreateCpuBackend(2);
+  const AttentionParams p = Params(12, 3, 64);
+  const int bs = 16;
+  const std::vector<int32_t> lengths = {700, 300, 1100};  // keys each sequence holds
+  std::vector<int32_t> blocks(140);  // 44 + 19 + 69 used
+  std::iota(blocks.begin(), blocks.end(), 0);
+  std::shuffle(blocks.begin(), blocks.end(), std::mt19937(5));
+  std::vector<int32_t> positions, seq_index, table_begin = {0}, block_tables;
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    const int32_t need = (lengths[s] + bs - 1) / bs;
+    block_tables.insert(block_tables.end(), blocks.begin() + table_begin.back(),
+                        blocks.begin() + table_begin.back() + need);
+    table_begin.push_back(table_begin.back() + need);
+    const int32_t first = s == 1 ? lengths[s] - 45 : lengths[s] - 1;  // sequence 1: a chunk
+    for (int32_t pos = first; pos < lengths[s]; ++pos) {
+      positions.push_back(pos);
+      seq_index.push_back(static_cast<int32_t>(s));
+    }
+  }
+  const int64_t rows = static_cast<int64_t>(blocks.size()) * bs;
+  Tensor k_cache = RandomTensor({rows, p.num_kv_heads, p.head_dim}, 11);
+  Tensor v_cache = RandomTensor({rows, p.num_kv_heads, p.head_dim}, 12);
+  const int64_t n = static_cast<int64_t>(positions.size());
+  Tensor q = RandomTensor({n, p.num_heads, p.head_dim}, 13);
+  Tensor out = backend->Allocate({n, int64_t{p.num_heads} * p.head_dim});
+  const PagedKvLayout layout{bs, positions, seq_index, table_begin, block_tables};
+  backend->PagedAttention(q, k_cache, v_cache, layout, p, out);
+  EXPECT_TRUE(AllClose(out, ReferenceAttention(q, k_cache, v_cache, layout, p), 2e-6));
 }
 
 }  // namespace
