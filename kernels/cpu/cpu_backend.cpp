@@ -236,7 +236,14 @@ void EnsureBlasKernelsMatchCpu(char** argv) {
   setenv("OPENBLAS_CORETYPE", better, 1);
   // Marks the re-executed process, so that it can say why (and never loops).
   setenv("SHARDLM_BLAS_REEXEC", better, 1);
-  execv("/proc/self/exe", argv);
+  // The binary's own path, not /proc/self/exe: the process name (ps, /proc/PID/comm) comes from
+  // the executed file's name.
+  char self[4096];
+  const ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (len > 0) {
+    self[len] = '\0';
+    execv(self, argv);
+  }
   // The exec failed: go on with the slow kernels.
   unsetenv("OPENBLAS_CORETYPE");
 }

@@ -24,7 +24,7 @@ namespace shardlm {
 // 4-wide), and every prefill GEMM runs about 4x below what the CPU can do. OpenBLAS reads its
 // choice from OPENBLAS_CORETYPE once, when the library loads, before main. So, when OpenBLAS
 // chose Prescott, OPENBLAS_CORETYPE is unset and the CPU has AVX-512 (or AVX2), this sets it
-// to SkylakeX (or Haswell) and re-executes the process (/proc/self/exe, same argv and pid);
+// to SkylakeX (or Haswell) and re-executes the process (its own binary, same argv and pid);
 // an explicit OPENBLAS_CORETYPE is always respected. Call it first in main, before threads and
 // MPI. Returns (without re-executing) when nothing needs changing or the exec fails.
 void EnsureBlasKernelsMatchCpu(char** argv);
