@@ -205,8 +205,11 @@ void Scheduler::Plan(Step* step, int32_t group, int64_t prefill_budget) {
     ++i;
   }
   // Prefill rides on decodes only up to its budget: that bounds the step's time, hence the
-  // decodes' inter-token latency (step_budget.h).
-  if (decodes > 0) budget = std::min(budget, std::max<int64_t>(prefill_budget, 1));
+  // decodes' inter-token latency (step_budget.h). With micro-batches, a step of a group with
+  // no decode is bounded too while another group decodes: its stages hold that group's steps
+  // up for as long as it runs.
+  const bool bounded = decodes > 0 || (options_.micro_batches > 1 && decoding() > 0);
+  if (bounded) budget = std::min(budget, std::max<int64_t>(prefill_budget, 1));
 
   // 2. Prefill chunks of running sequences, as far as budget and free blocks go.
   for (Sequence* s : running_) {
