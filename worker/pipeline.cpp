@@ -52,6 +52,54 @@ class Backoff {
   std::chrono::microseconds pause_{20};
 };
 
+// The last stage's root: results go to rank 0 without waiting for it to take them. A blocking
+// send of a result larger than MPI's eager limit (logprobs of many sequences) would wait for
+// rank 0's receive while rank 0 waits in its own send of the next plan or activations down the
+// pipeline: a cycle of blocking sends. Each result stays here until its send completes.
+class ResultSender {
+ public:
+  ResultSender(MPI_Comm comm, int rank) : comm_(comm), rank_(rank) {}
+  ~ResultSender() { Drain(); }
+
+  void Send(std::string bytes) {
+    Reap();
+    Pending& p = pending_.emplace_back();
+    p.size = bytes.size();
+    p.bytes = std::move(bytes);
+    if (MPI_Isend(&p.size, sizeof(p.size), MPI_BYTE, 0, static_cast<int>(MpiTag::kFrameSize),
+                  comm_, &p.requests[0]) != MPI_SUCCESS ||
+        MPI_Isend(p.bytes.data(), static_cast<int>(p.bytes.size()), MPI_BYTE, 0,
+                  static_cast<int>(MpiTag::kFrameBytes), comm_, &p.requests[1]) != MPI_SUCCESS) {
+      Fail(rank_, "MPI_Isend of a step result to rank 0 failed");
+    }
+  }
+  // Waits for every send (rank 0 takes every result before it shuts the pipeline down).
+  void Drain() {
+    for (Pending& p : pending_) MPI_Waitall(2, p.requests, MPI_STATUSES_IGNORE);
+    pending_.clear();
+  }
+
+ private:
+  struct Pending {
+    uint64_t size = 0;
+    std::string bytes;
+    MPI_Request requests[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+  };
+  // Drops the sends that completed, oldest first.
+  void Reap() {
+    while (!pending_.empty()) {
+      int done = 0;
+      MPI_Testall(2, pending_.front().requests, &done, MPI_STATUSES_IGNORE);
+      if (!done) return;
+      pending_.pop_front();
+    }
+  }
+
+  const MPI_Comm comm_;
+  const int rank_;
+  std::deque<Pending> pending_;  // a deque: the buffers of earlier sends never move
+};
+
 // Rank 0: the coordinator's next command, expanded, while it relays the results that come back.
 class Rank0 {
  public:
@@ -217,6 +265,8 @@ int ServePipelined(WorkerEngine& engine, MPI_Comm world_comm, CoordinatorStream*
   const int last_root = engine.model().LastStageRoot();
   std::optional<Rank0> rank0;
   if (rank == 0) rank0.emplace(world, world_comm, last_root, *stream, *deltas);
+  std::optional<ResultSender> results;
+  if (rank == last_root) results.emplace(world_comm, rank);
   MPI_Comm stage_comm = MPI_COMM_NULL;
   if (first_stage && tp > 1) {
     auto* mpi = dynamic_cast<MpiCommunicator*>(par.tp.get());
@@ -250,7 +300,10 @@ int ServePipelined(WorkerEngine& engine, MPI_Comm world_comm, CoordinatorStream*
         Fail(rank, std::string(st.message()));
       }
     }
-    if (item.has_shutdown()) return 0;
+    if (item.has_shutdown()) {
+      if (results) results->Drain();
+      return 0;
+    }
     if (!item.has_step()) Fail(rank, "a work item that is neither a step nor a shutdown");
     if (rank == 0) rank0->Sent(item.step());
     absl::StatusOr<StepResult> result = engine.StageStep(item.step());
@@ -258,11 +311,7 @@ int ServePipelined(WorkerEngine& engine, MPI_Comm world_comm, CoordinatorStream*
       Fail(rank, "step " + std::to_string(item.step().step_id()) + " failed: " +
                      std::string(result.status().message()));
     }
-    if (rank == last_root) {
-      if (absl::Status st = SendFrame(world, result->SerializeAsString(), 0); !st.ok()) {
-        Fail(rank, std::string(st.message()));
-      }
-    }
+    if (results) results->Send(result->SerializeAsString());
   }
 }
 

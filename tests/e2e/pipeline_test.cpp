@@ -41,6 +41,7 @@ struct Request {
   int max_new = 0;
   std::string flags;  // `shardlm generate` sampling flags; "" = greedy
   v1::SamplingParams sampling;
+  int logprobs = 0;
 };
 
 // The flags' sampling parameters, for the service.
@@ -84,8 +85,12 @@ class PipelineTest : public ::testing::TestWithParam<int> {
     ASSERT_FALSE(addr.empty()) << "coordinator said: " << said;
     const std::string worker_addr = e2e::WorkerAttachAddress(*coordinator_, &said);
     ASSERT_FALSE(worker_addr.empty()) << "coordinator said: " << said;
+    // A small eager limit: step results with top-20 logprobs and the plans travel by MPI's
+    // rendezvous protocol, as large results do in production (the last stage sends results
+    // without blocking, worker/pipeline.cpp, so that no cycle of sends can wait on itself).
     workers_ = std::make_unique<e2e::Child>(
-        std::vector<std::string>{SHARDLM_MPIEXEC, "--oversubscribe", "--bind-to", "none", "-np",
+        std::vector<std::string>{SHARDLM_MPIEXEC, "--oversubscribe", "--bind-to", "none",
+                                 "--mca", "btl_vader_eager_limit", "1024", "-np",
                                  std::to_string(pp), kBin + "shardlm-worker", "--coordinator",
                                  worker_addr, "--worker-secret-file", secret},
         work_ + "/workers.log", false);
@@ -106,6 +111,7 @@ class PipelineTest : public ::testing::TestWithParam<int> {
     for (int32_t id : r.prompt) req.mutable_token_ids()->add_ids(id);
     req.set_max_new_tokens(r.max_new);
     req.set_ignore_eos(true);
+    req.set_logprobs(r.logprobs);
     *req.mutable_sampling() = r.sampling;
     if (r.flags.empty()) req.mutable_sampling()->set_temperature(0.0f);
     return e2e::Generate(*stub_, req, 120s);
@@ -137,7 +143,8 @@ TEST_P(PipelineTest, ConcurrentRequestsGiveTheSingleProcessIds) {
     std::vector<int32_t> p;
     // 3 to 48 tokens: the longer ones are prefilled in chunks of the 24-token step budget.
     for (int j = 0; j < 3 + 5 * i; ++j) p.push_back((13 * i + 29 * j + 7) % 384);
-    requests.push_back({p, 4 + 3 * (i % 4), "", {}});
+    // Top-20 logprobs on every other one: results of several KiB per step.
+    requests.push_back({p, 4 + 3 * (i % 4), "", {}, i % 2 == 0 ? 20 : 0});
   }
   requests.push_back(Sampled({5, 6, 7, 8, 9}, 14, 0.8f, 4242, false));
   requests.push_back(Sampled({9, 8, 7, 6, 5, 4}, 12, 0.7f, 99, true));
