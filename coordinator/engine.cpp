@@ -388,11 +388,13 @@ void Engine::LoopLocked() {
       in_flight.back().size = StepSize::Of(in_flight.back().plan);
     }
     if (in_flight.empty()) {
-      if (scheduler_.HasWork() && !link->down()) {  // not expected: back off rather than spin
-        spdlog::error("scheduler produced an empty step with work pending and none in flight");
+      // Work left and nothing sent: the link is going down (the handler detaches it), or, not
+      // expected, the scheduler had nothing to plan. Back off rather than spin.
+      if (scheduler_.HasWork()) {
+        if (!link->down()) {
+          spdlog::error("scheduler produced an empty step with work pending and none in flight");
+        }
         cv_.WaitWithTimeout(&mu_, absl::Milliseconds(10));
-      } else if (scheduler_.HasWork()) {
-        cv_.WaitWithTimeout(&mu_, absl::Milliseconds(10));  // until the handler detaches it
       }
       continue;
     }

@@ -8,6 +8,8 @@
 #include <thread>
 #include <utility>
 
+#include "base/check.h"
+#include "base/status_macros.h"
 #include "parallel/collectives.h"
 #include "parallel/mpi_communicator.h"
 #include "spdlog/spdlog.h"
@@ -228,31 +230,27 @@ CoordinatorMessage FromPreviousStage(Communicator& world, MPI_Comm comm, int pre
   return msg;
 }
 
-// Stage 0's TP ranks take rank 0's work item (a sleeping-poll broadcast over the stage).
-absl::Status BroadcastOverStage(MPI_Comm tp, int tp_rank, std::string& bytes) {
+}  // namespace
+
+absl::Status BroadcastBytes(MPI_Comm comm, int rank, std::string& bytes) {
   uint64_t size = bytes.size();
   auto wait = [&](void* data, int count) -> absl::Status {
     MPI_Request req;
-    if (MPI_Ibcast(data, count, MPI_BYTE, 0, tp, &req) != MPI_SUCCESS) {
-      return absl::InternalError("MPI_Ibcast of a work item over stage 0 failed");
-    }
-    Backoff backoff(std::chrono::microseconds(1000));
+    SHARDLM_MPI_RETURN_ON(MPI_Ibcast(data, count, MPI_BYTE, 0, comm, &req),
+                          " (the command broadcast)");
+    Backoff backoff(std::chrono::microseconds(2000));
     int done = 0;
     while (true) {
-      if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
-        return absl::InternalError("MPI_Test of a work item broadcast failed");
-      }
+      SHARDLM_MPI_RETURN_ON(MPI_Test(&req, &done, MPI_STATUS_IGNORE), " (the command broadcast)");
       if (done) return absl::OkStatus();
       std::this_thread::sleep_for(backoff.Next());
     }
   };
-  if (absl::Status st = wait(&size, sizeof(size)); !st.ok()) return st;
-  if (tp_rank != 0) bytes.resize(size);
-  if (size > 0) return wait(bytes.data(), static_cast<int>(size));
+  SHARDLM_RETURN_IF_ERROR(wait(&size, sizeof(size)));
+  if (rank != 0) bytes.resize(size);
+  if (size > 0) SHARDLM_RETURN_IF_ERROR(wait(bytes.data(), static_cast<int>(size)));
   return absl::OkStatus();
 }
-
-}  // namespace
 
 int ServePipelined(WorkerEngine& engine, MPI_Comm world_comm, CoordinatorStream* stream,
                    StepDeltas* deltas, StepPlan first) {
@@ -283,7 +281,7 @@ int ServePipelined(WorkerEngine& engine, MPI_Comm world_comm, CoordinatorStream*
         std::string bytes;
         if (rank == 0) bytes = rank0->Next().SerializeAsString();
         if (tp > 1) {
-          if (absl::Status st = BroadcastOverStage(stage_comm, par.shard.tp_rank, bytes); !st.ok()) {
+          if (absl::Status st = BroadcastBytes(stage_comm, par.shard.tp_rank, bytes); !st.ok()) {
             Fail(rank, std::string(st.message()));
           }
         }

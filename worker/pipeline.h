@@ -22,12 +22,22 @@
 
 #include <mpi.h>
 
+#include <string>
+
+#include "absl/status/status.h"
+
 #include "runtime/engine.h"
 #include "runtime/step_deltas.h"
 #include "shardlm/v1/worker.pb.h"
 #include "worker/coordinator_stream.h"
 
 namespace shardlm {
+
+// Broadcast of one serialized message from `comm`'s rank 0. The other ranks wait with a
+// sleeping poll (MPI_Ibcast + MPI_Test) rather than a busy MPI_Bcast: between steps the job may
+// sit idle for a long time and must not burn the cores the coordinator and the ranks' compute
+// need. `rank` is this rank in `comm`.
+absl::Status BroadcastBytes(MPI_Comm comm, int rank, std::string& bytes);
 
 // Every rank of a job with pp > 1, once its first step (`first`, already expanded, the same on
 // every rank) has been broadcast. `stream` and `deltas` are rank 0's (null elsewhere). Returns

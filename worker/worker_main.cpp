@@ -43,30 +43,6 @@ namespace {
 using worker::v1::CoordinatorMessage;
 using worker::v1::WorkerMessage;
 
-// Broadcast of one serialized message from rank 0. The other ranks wait with a sleeping poll
-// (MPI_Ibcast + MPI_Test) rather than a busy MPI_Bcast: between steps the job may sit idle for a
-// long time and must not burn the cores the coordinator and the ranks' compute need.
-absl::Status BroadcastBytes(MPI_Comm comm, int rank, std::string& bytes) {
-  uint64_t size = bytes.size();
-  auto wait = [&](void* data, int count) -> absl::Status {
-    MPI_Request req;
-    SHARDLM_MPI_RETURN_ON(MPI_Ibcast(data, count, MPI_BYTE, 0, comm, &req),
-                          " (the command broadcast)");
-    int done = 0;
-    auto sleep = std::chrono::microseconds(20);
-    while (true) {
-      SHARDLM_MPI_RETURN_ON(MPI_Test(&req, &done, MPI_STATUS_IGNORE), " (the command broadcast)");
-      if (done) return absl::OkStatus();
-      std::this_thread::sleep_for(sleep);
-      sleep = std::min(sleep * 2, std::chrono::microseconds(2000));
-    }
-  };
-  SHARDLM_RETURN_IF_ERROR(wait(&size, sizeof(size)));
-  if (rank != 0) bytes.resize(size);
-  if (size > 0) SHARDLM_RETURN_IF_ERROR(wait(bytes.data(), static_cast<int>(size)));
-  return absl::OkStatus();
-}
-
 // The KV cache of a CPU rank when the coordinator leaves the size to the workers.
 constexpr uint64_t kDefaultCpuKvBytes = uint64_t{256} << 20;
 
