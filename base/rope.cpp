@@ -5,6 +5,12 @@
 
 namespace shardlm {
 
+RopeFrequencyKey FrequencyKey(const RopeConfig& rope) {
+  return {rope.theta,           rope.rotary_dim,       rope.scaling,
+          rope.factor,          rope.low_freq_factor,  rope.high_freq_factor,
+          rope.original_max_position, rope.freq_factors};
+}
+
 std::vector<float> RopeInverseFrequencies(const RopeConfig& rope) {
   const int pairs = rope.rotary_dim / 2;
   std::vector<float> inv(pairs);
@@ -16,6 +22,10 @@ std::vector<float> RopeInverseFrequencies(const RopeConfig& rope) {
         break;
       case RopeConfig::Scaling::kLinear:
         f /= rope.factor;
+        break;
+      case RopeConfig::Scaling::kLongRope:
+        // The config reader checked there is one factor per pair.
+        f /= static_cast<double>(rope.freq_factors.at(static_cast<size_t>(i)));
         break;
       case RopeConfig::Scaling::kLlama3: {
         // As in Meta's Llama 3.1 reference: long wavelengths are slowed by `factor`, short ones

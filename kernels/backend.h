@@ -27,6 +27,12 @@
 
 namespace shardlm {
 
+// The activation of a gated MLP, act(gate) * up.
+enum class Activation : uint8_t {
+  kSilu,      // SwiGLU (Llama, Qwen, Phi-3, GLM): silu(g) = g / (1 + exp(-g))
+  kGeluTanh,  // GeGLU (Gemma): 0.5 g (1 + tanh(sqrt(2 / pi) (g + 0.044715 g^3)))
+};
+
 struct AttentionParams {
   int num_heads = 0;       // query heads in q
   int num_kv_heads = 0;    // KV heads in the cache; num_heads % num_kv_heads == 0 (GQA groups)
@@ -127,13 +133,21 @@ class Backend {
   // y[n, d] = table[ids[i], :]; an id of -1 gives a row of zeros (a vocabulary-parallel
   // embedding passes -1 for the ids other ranks own).
   virtual void Embedding(const Tensor& table, const Tensor& ids, Tensor& y) = 0;
-  // y = silu(gate) * up, elementwise; y may alias gate.
-  virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) = 0;
-  // y[n, inter] = silu(gate_up[:, :inter]) * gate_up[:, inter:], from gate_up [n, 2 * inter]
+  // y = act(gate) * up, elementwise; y may alias gate.
+  virtual void GluMul(const Tensor& gate, const Tensor& up, Activation act, Tensor& y) = 0;
+  // y[n, inter] = act(gate_up[:, :inter]) * gate_up[:, inter:], from gate_up [n, 2 * inter]
   // (the output of a fused gate/up projection). y must not alias gate_up.
-  virtual void SiluMulPacked(const Tensor& gate_up, Tensor& y) = 0;
+  virtual void GluMulPacked(const Tensor& gate_up, Activation act, Tensor& y) = 0;
   // x += y, elementwise.
   virtual void Add(Tensor& x, const Tensor& y) = 0;
+  // x *= s, elementwise (Gemma's embedding scale).
+  virtual void Scale(Tensor& x, float s) = 0;
+  // Per-head RMSNorm of Q and K (Qwen3, Gemma 3) in the output of a fused QKV projection, in
+  // place: qkv [n, (heads + 2 * kv_heads) * head_dim] holds each token's Q heads, K heads, V
+  // heads; every Q head is normed over its head_dim features with q_w [head_dim], every K head
+  // with k_w [head_dim] (as RmsNorm); V is left alone.
+  virtual void HeadRmsNorm(Tensor& qkv, int heads, int kv_heads, const Tensor& q_w,
+                           const Tensor& k_w, float eps) = 0;
   // out[i] = argmax_j logits[i, j] (first index on ties), for each of the n rows; when `values`
   // is not empty it receives logits[i, out[i]] (for a distributed argmax across vocab shards).
   virtual void Argmax(const Tensor& logits, std::span<int32_t> out,

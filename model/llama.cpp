@@ -250,13 +250,13 @@ absl::Status LlamaModel::Layer(int64_t l, bool first, StepWorkspace& ws, const S
   b.AddRmsNorm(x, h, lw.mlp_norm, eps, h);
   if (lw.fused_gate_up) {
     lw.gate_up.Apply(b, h, ws.gate_up);
-    b.SiluMulPacked(ws.gate_up, ws.act);
+    b.GluMulPacked(ws.gate_up, Activation::kSilu, ws.act);
   } else {
     Tensor gate = Part(ws.gate_up, 0, {n, inter});
     Tensor up = Part(ws.gate_up, n * inter, {n, inter});
     lw.gate.Apply(b, h, gate);
     lw.up.Apply(b, h, up);
-    b.SiluMul(gate, up, ws.act);
+    b.GluMul(gate, up, Activation::kSilu, ws.act);
   }
   // h = the MLP output: added to x with the next layer's first norm (or after the stage).
   return lw.down.Apply(b, parallel_, ws.act, h);

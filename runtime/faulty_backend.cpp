@@ -20,15 +20,15 @@ namespace shardlm {
 namespace {
 
 // Every op a fault may name, and those whose f32 output a nan fault can poison.
-constexpr std::array<absl::string_view, 25> kOps = {
+constexpr std::array<absl::string_view, 27> kOps = {
     "Allocate", "AllocateUninitialized", "ToDevice", "ToHost", "PrepareWeight",
     "PrepareWeightColumns", "Linear", "RmsNorm", "UploadIndices", "WriteIndices", "Copy",
-    "AddRmsNorm", "Rope", "RopeWriteKv", "Embedding", "SiluMul", "SiluMulPacked", "Add",
-    "Argmax", "Sample", "WriteKv", "PagedAttention", "BeginCapture", "EndCapture",
+    "AddRmsNorm", "Rope", "RopeWriteKv", "Embedding", "GluMul", "GluMulPacked", "Add",
+    "Scale", "HeadRmsNorm", "Argmax", "Sample", "WriteKv", "PagedAttention", "BeginCapture", "EndCapture",
     "Synchronize"};
-constexpr std::array<absl::string_view, 10> kNanOps = {
-    "Linear", "RmsNorm", "AddRmsNorm", "Rope", "RopeWriteKv", "Embedding", "SiluMul",
-    "SiluMulPacked", "Add", "PagedAttention"};
+constexpr std::array<absl::string_view, 12> kNanOps = {
+    "Linear", "RmsNorm", "AddRmsNorm", "Rope", "RopeWriteKv", "Embedding", "GluMul",
+    "GluMulPacked", "Add", "Scale", "HeadRmsNorm", "PagedAttention"};
 
 bool Contains(std::span<const absl::string_view> names, absl::string_view name) {
   return std::find(names.begin(), names.end(), name) != names.end();
@@ -201,14 +201,21 @@ void FaultyBackend::RopeWriteKv(const Tensor& qkv, const Tensor& positions, cons
 void FaultyBackend::Embedding(const Tensor& table, const Tensor& ids, Tensor& y) {
   Run("Embedding", &y, [&] { inner_.Embedding(table, ids, y); });
 }
-void FaultyBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) {
-  Run("SiluMul", &y, [&] { inner_.SiluMul(gate, up, y); });
+void FaultyBackend::GluMul(const Tensor& gate, const Tensor& up, Activation act, Tensor& y) {
+  Run("GluMul", &y, [&] { inner_.GluMul(gate, up, act, y); });
 }
-void FaultyBackend::SiluMulPacked(const Tensor& gate_up, Tensor& y) {
-  Run("SiluMulPacked", &y, [&] { inner_.SiluMulPacked(gate_up, y); });
+void FaultyBackend::GluMulPacked(const Tensor& gate_up, Activation act, Tensor& y) {
+  Run("GluMulPacked", &y, [&] { inner_.GluMulPacked(gate_up, act, y); });
 }
 void FaultyBackend::Add(Tensor& x, const Tensor& y) {
   Run("Add", &x, [&] { inner_.Add(x, y); });
+}
+void FaultyBackend::Scale(Tensor& x, float s) {
+  Run("Scale", &x, [&] { inner_.Scale(x, s); });
+}
+void FaultyBackend::HeadRmsNorm(Tensor& qkv, int heads, int kv_heads, const Tensor& q_w,
+                                const Tensor& k_w, float eps) {
+  Run("HeadRmsNorm", &qkv, [&] { inner_.HeadRmsNorm(qkv, heads, kv_heads, q_w, k_w, eps); });
 }
 void FaultyBackend::Argmax(const Tensor& logits, std::span<int32_t> out,
                            std::span<float> values) {

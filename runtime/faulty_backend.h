@@ -72,9 +72,12 @@ class FaultyBackend final : public Backend {
   void RopeWriteKv(const Tensor& qkv, const Tensor& positions, const RopeConfig& rope,
                    const Tensor& rows, Tensor& k_cache, Tensor& v_cache, Tensor& q) override;
   void Embedding(const Tensor& table, const Tensor& ids, Tensor& y) override;
-  void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) override;
-  void SiluMulPacked(const Tensor& gate_up, Tensor& y) override;
+  void GluMul(const Tensor& gate, const Tensor& up, Activation act, Tensor& y) override;
+  void GluMulPacked(const Tensor& gate_up, Activation act, Tensor& y) override;
   void Add(Tensor& x, const Tensor& y) override;
+  void Scale(Tensor& x, float s) override;
+  void HeadRmsNorm(Tensor& qkv, int heads, int kv_heads, const Tensor& q_w, const Tensor& k_w,
+                   float eps) override;
   void Argmax(const Tensor& logits, std::span<int32_t> out,
               std::span<float> values = {}) override;
   void Sample(const Tensor& logits, std::span<const SampleRowParams> rows,

@@ -115,23 +115,30 @@ class CpuBackend final : public Backend {
     cpu::RmsNorm(x, w, eps, y, Threads());
   }
   void Rope(Tensor& x, const Tensor& positions, const RopeConfig& rope) override {
-    cpu::Rope(x, Ints("Rope", positions), InverseFrequencies(rope), rope.interleaved, Threads());
+    cpu::Rope(x, Ints("Rope", positions), InverseFrequencies(rope), rope.interleaved,
+              rope.attention_factor, Threads());
   }
   void RopeWriteKv(const Tensor& qkv, const Tensor& positions, const RopeConfig& rope,
                    const Tensor& rows, Tensor& k_cache, Tensor& v_cache, Tensor& q) override {
     cpu::RopeWriteKv(qkv, Ints("RopeWriteKv", positions), InverseFrequencies(rope),
-                     rope.interleaved, Ints("RopeWriteKv", rows), k_cache, v_cache, q, Threads());
+                     rope.interleaved, rope.attention_factor, Ints("RopeWriteKv", rows), k_cache,
+                     v_cache, q, Threads());
   }
   void Embedding(const Tensor& table, const Tensor& ids, Tensor& y) override {
     cpu::Embedding(table, Ints("Embedding", ids), y, Threads());
   }
-  void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) override {
-    cpu::SiluMul(gate, up, y, Threads());
+  void GluMul(const Tensor& gate, const Tensor& up, Activation act, Tensor& y) override {
+    cpu::GluMul(gate, up, act, y, Threads());
   }
-  void SiluMulPacked(const Tensor& gate_up, Tensor& y) override {
-    cpu::SiluMulPacked(gate_up, y, Threads());
+  void GluMulPacked(const Tensor& gate_up, Activation act, Tensor& y) override {
+    cpu::GluMulPacked(gate_up, act, y, Threads());
   }
   void Add(Tensor& x, const Tensor& y) override { cpu::Add(x, y, Threads()); }
+  void Scale(Tensor& x, float s) override { cpu::Scale(x, s, Threads()); }
+  void HeadRmsNorm(Tensor& qkv, int heads, int kv_heads, const Tensor& q_w, const Tensor& k_w,
+                   float eps) override {
+    cpu::HeadRmsNorm(qkv, heads, kv_heads, q_w, k_w, eps, Threads());
+  }
   void Argmax(const Tensor& logits, std::span<int32_t> out, std::span<float> values) override {
     cpu::Argmax(logits, out, values, Threads());
   }
@@ -171,9 +178,6 @@ class CpuBackend final : public Backend {
     }
   }
 
-  // Every RopeConfig field that the frequencies depend on (not `interleaved`).
-  using RopeKey = std::tuple<float, int, RopeConfig::Scaling, float, float, float, int>;
-
   int Threads() const { return num_threads_ > 0 ? num_threads_ : omp_get_max_threads(); }
 
   Tensor CopyAsF32(std::string_view op, const Tensor& src) {
@@ -187,13 +191,7 @@ class CpuBackend final : public Backend {
   // Rope runs for every layer of every step with the same one or two configs; the frequencies
   // are computed once. std::map never moves its values, so the span stays valid after unlock.
   std::span<const float> InverseFrequencies(const RopeConfig& rope) {
-    RopeKey key{rope.theta,
-                rope.rotary_dim,
-                rope.scaling,
-                rope.factor,
-                rope.low_freq_factor,
-                rope.high_freq_factor,
-                rope.original_max_position};
+    const RopeFrequencyKey key = FrequencyKey(rope);
     std::lock_guard<std::mutex> lock(rope_mu_);
     auto it = inv_freq_cache_.find(key);
     if (it == inv_freq_cache_.end()) {
@@ -204,7 +202,7 @@ class CpuBackend final : public Backend {
 
   const int num_threads_;
   std::mutex rope_mu_;
-  std::map<RopeKey, std::vector<float>> inv_freq_cache_;
+  std::map<RopeFrequencyKey, std::vector<float>> inv_freq_cache_;
 };
 
 }  // namespace

@@ -61,18 +61,23 @@ void GemvHalf(DType dtype, const uint16_t* w, int64_t out, int64_t in, const flo
 void Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, int threads,
             Simd simd = BestSimd());
 void RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& y, int threads);
-// inv_freq: the rotary_dim / 2 inverse frequencies of the RopeConfig.
+// inv_freq: the rotary_dim / 2 inverse frequencies of the RopeConfig; cos and sin are scaled
+// by `attention_factor` (RopeConfig::attention_factor).
 void Rope(Tensor& x, std::span<const int32_t> positions, std::span<const float> inv_freq,
-          bool interleaved, int threads);
+          bool interleaved, float attention_factor, int threads);
 // q = Q of qkv rotated; K rotated and V into the caches at `rows` (Backend::RopeWriteKv).
 void RopeWriteKv(const Tensor& qkv, std::span<const int32_t> positions,
-                 std::span<const float> inv_freq, bool interleaved, std::span<const int32_t> rows,
+                 std::span<const float> inv_freq, bool interleaved, float attention_factor,
+                 std::span<const int32_t> rows,
                  Tensor& k_cache, Tensor& v_cache, Tensor& q, int threads);
 void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int threads,
                Simd simd = BestSimd());
-void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y, int threads);
-void SiluMulPacked(const Tensor& gate_up, Tensor& y, int threads);
+void GluMul(const Tensor& gate, const Tensor& up, Activation act, Tensor& y, int threads);
+void GluMulPacked(const Tensor& gate_up, Activation act, Tensor& y, int threads);
 void Add(Tensor& x, const Tensor& y, int threads);
+void Scale(Tensor& x, float s, int threads);
+void HeadRmsNorm(Tensor& qkv, int heads, int kv_heads, const Tensor& q_w, const Tensor& k_w,
+                 float eps, int threads);
 void Argmax(const Tensor& logits, std::span<int32_t> out, std::span<float> values, int threads);
 // std::out_of_range naming `op` unless every row is in [0, max_seq).
 void CheckCacheRows(std::string_view op, std::span<const int32_t> rows, int64_t max_seq);

@@ -1,4 +1,5 @@
 // The memory-bound ops: norms, activations, gathers and reductions over rows.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -75,28 +76,53 @@ void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int
 namespace {
 
 inline float SiluTimes(float g, float u) { return g / (1.0f + std::exp(-g)) * u; }
+// HF's gelu_pytorch_tanh, in f32.
+inline float GeluTanhTimes(float g, float u) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  return 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * (g + 0.044715f * g * g * g))) * u;
+}
+
+// y[i] = act(g[i]) * u[i] for i < n: the activation chosen once, outside the loop.
+template <typename F>
+void GluRow(const float* g, const float* u, float* y, int64_t n, F f) {
+  for (int64_t i = 0; i < n; ++i) y[i] = f(g[i], u[i]);
+}
+void GluRow(Activation act, const float* g, const float* u, float* y, int64_t n) {
+  switch (act) {
+    case Activation::kSilu:
+      return GluRow(g, u, y, n, SiluTimes);
+    case Activation::kGeluTanh:
+      return GluRow(g, u, y, n, GeluTanhTimes);
+  }
+}
 
 }  // namespace
 
-void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y, int threads) {
-  RequireHostF32("SiluMul", {{"gate", &gate}, {"up", &up}, {"y", &y}});
-  Require(gate.numel() == up.numel() && gate.numel() == y.numel(), "SiluMul",
+void GluMul(const Tensor& gate, const Tensor& up, Activation act, Tensor& y, int threads) {
+  RequireHostF32("GluMul", {{"gate", &gate}, {"up", &up}, {"y", &y}});
+  Require(gate.numel() == up.numel() && gate.numel() == y.numel(), "GluMul",
           "expects gate, up and y of one size", {{"gate", &gate}, {"up", &up}, {"y", &y}});
   const int64_t n = gate.numel();
   const float* gp = gate.data<float>();
   const float* up_p = up.data<float>();
   float* yp = y.data<float>();
+  // Chunks of whole cache lines, so that threads never share one.
+  constexpr int64_t kChunk = 4096;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for num_threads(threads) schedule(static) if (n >= kMinParallelWork)
-  for (int64_t i = 0; i < n; ++i) yp[i] = SiluTimes(gp[i], up_p[i]);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
+    GluRow(act, gp + begin, up_p + begin, yp + begin, len);
+  }
 }
 
-void SiluMulPacked(const Tensor& gate_up, Tensor& y, int threads) {
-  RequireHostF32("SiluMulPacked", {{"gate_up", &gate_up}, {"y", &y}});
+void GluMulPacked(const Tensor& gate_up, Activation act, Tensor& y, int threads) {
+  RequireHostF32("GluMulPacked", {{"gate_up", &gate_up}, {"y", &y}});
   const int64_t inter = y.rank() >= 1 ? y.dim(-1) : 0;
   const int64_t n = inter > 0 ? y.numel() / inter : 0;
   Require(y.rank() >= 1 && gate_up.rank() >= 1 && gate_up.dim(-1) == 2 * inter &&
               gate_up.numel() == 2 * y.numel() && gate_up.raw() != y.raw(),
-          "SiluMulPacked", "expects gate_up [n, 2 * inter] and y [n, inter], not aliased",
+          "GluMulPacked", "expects gate_up [n, 2 * inter] and y [n, inter], not aliased",
           {{"gate_up", &gate_up}, {"y", &y}});
   const float* gp = gate_up.data<float>();
   float* yp = y.data<float>();
@@ -104,9 +130,45 @@ void SiluMulPacked(const Tensor& gate_up, Tensor& y, int threads) {
     schedule(static) if (n > 1 && n * inter >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const float* g = gp + i * 2 * inter;
-    const float* u = g + inter;
-    float* out = yp + i * inter;
-    for (int64_t j = 0; j < inter; ++j) out[j] = SiluTimes(g[j], u[j]);
+    GluRow(act, g, g + inter, yp + i * inter, inter);
+  }
+}
+
+void Scale(Tensor& x, float s, int threads) {
+  RequireHostF32("Scale", {{"x", &x}});
+  const int64_t n = x.numel();
+  float* xp = x.data<float>();
+#pragma omp parallel for simd num_threads(threads) schedule(static) if (n >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) xp[i] *= s;
+}
+
+void HeadRmsNorm(Tensor& qkv, int heads, int kv_heads, const Tensor& q_w, const Tensor& k_w,
+                 float eps, int threads) {
+  RequireHostF32("HeadRmsNorm", {{"qkv", &qkv}, {"q_w", &q_w}, {"k_w", &k_w}});
+  const int64_t d = q_w.numel();
+  const int64_t width = static_cast<int64_t>(heads + 2 * kv_heads) * d;
+  Require(heads > 0 && kv_heads > 0 && d > 0 && q_w.rank() == 1 && k_w.rank() == 1 &&
+              k_w.numel() == d && qkv.rank() == 2 && qkv.dim(1) == width,
+          "HeadRmsNorm",
+          "expects qkv [n, (heads + 2 * kv_heads) * head_dim], q_w and k_w [head_dim]",
+          {{"qkv", &qkv}, {"q_w", &q_w}, {"k_w", &k_w}});
+  const int64_t n = qkv.dim(0), normed = heads + kv_heads;
+  float* base = qkv.data<float>();
+  const float* qw = q_w.data<float>();
+  const float* kw = k_w.data<float>();
+#pragma omp parallel for num_threads(threads) if (n > 1 && n * width >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t h = 0; h < normed; ++h) {
+      float* x = base + i * width + h * d;
+      const float* w = h < heads ? qw : kw;
+      float sum_sq = 0.0f;
+#pragma omp simd reduction(+ : sum_sq)
+      for (int64_t k = 0; k < d; ++k) sum_sq += x[k] * x[k];
+      // As RmsNorm (and HF): (x * rsqrt(mean + eps)) * w, in f32.
+      const float inv_rms = 1.0f / std::sqrt(sum_sq / static_cast<float>(d) + eps);
+#pragma omp simd
+      for (int64_t k = 0; k < d; ++k) x[k] = (x[k] * inv_rms) * w[k];
+    }
   }
 }
 

@@ -10,14 +10,15 @@
 namespace shardlm::cpu {
 namespace {
 
-// cos / sin of position `position` times each inverse frequency. float position times float
-// frequency, as HF does: its products round the same way.
-void Angles(int32_t position, std::span<const float> inv_freq, float* cos_k, float* sin_k) {
+// cos / sin of position `position` times each inverse frequency, times `scale` (the attention
+// factor). float position times float frequency, as HF does: its products round the same way.
+void Angles(int32_t position, std::span<const float> inv_freq, float scale, float* cos_k,
+            float* sin_k) {
   const float pos = static_cast<float>(position);
   for (size_t k = 0; k < inv_freq.size(); ++k) {
     const float angle = pos * inv_freq[k];
-    cos_k[k] = std::cos(angle);
-    sin_k[k] = std::sin(angle);
+    cos_k[k] = std::cos(angle) * scale;
+    sin_k[k] = std::sin(angle) * scale;
   }
 }
 
@@ -55,7 +56,7 @@ void RotateHeads(const float* src, float* dst, int64_t heads, int64_t head_dim, 
 }  // namespace
 
 void Rope(Tensor& x, std::span<const int32_t> positions, std::span<const float> inv_freq,
-          bool interleaved, int threads) {
+          bool interleaved, float attention_factor, int threads) {
   RequireHostF32("Rope", {{"x", &x}});
   const int64_t half = static_cast<int64_t>(inv_freq.size());
   Require(x.rank() == 3 && x.dim(0) == static_cast<int64_t>(positions.size()) && half > 0 &&
@@ -74,7 +75,7 @@ void Rope(Tensor& x, std::span<const int32_t> positions, std::span<const float> 
     std::vector<float> sin_k(half);
 #pragma omp for
     for (int64_t i = 0; i < n; ++i) {
-      Angles(positions[i], inv_freq, cos_k.data(), sin_k.data());
+      Angles(positions[i], inv_freq, attention_factor, cos_k.data(), sin_k.data());
       float* row = xp + i * heads * head_dim;
       RotateHeads(row, row, heads, head_dim, half, cos_k.data(), sin_k.data(), interleaved);
     }
@@ -82,8 +83,9 @@ void Rope(Tensor& x, std::span<const int32_t> positions, std::span<const float> 
 }
 
 void RopeWriteKv(const Tensor& qkv, std::span<const int32_t> positions,
-                 std::span<const float> inv_freq, bool interleaved, std::span<const int32_t> rows,
-                 Tensor& k_cache, Tensor& v_cache, Tensor& q, int threads) {
+                 std::span<const float> inv_freq, bool interleaved, float attention_factor,
+                 std::span<const int32_t> rows, Tensor& k_cache, Tensor& v_cache, Tensor& q,
+                 int threads) {
   RequireHostF32("RopeWriteKv",
                  {{"qkv", &qkv}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"q", &q}});
   const int64_t n = static_cast<int64_t>(positions.size());
@@ -107,7 +109,7 @@ void RopeWriteKv(const Tensor& qkv, std::span<const int32_t> positions,
     std::vector<float> sin_k(half);
 #pragma omp for
     for (int64_t i = 0; i < n; ++i) {
-      Angles(positions[i], inv_freq, cos_k.data(), sin_k.data());
+      Angles(positions[i], inv_freq, attention_factor, cos_k.data(), sin_k.data());
       const float* row = src + i * width;
       const int64_t at = static_cast<int64_t>(rows[i]) * kv_width;
       RotateHeads(row, qp + i * q_width, heads, head_dim, half, cos_k.data(), sin_k.data(),

@@ -473,6 +473,7 @@ class CudaBackend final : public Backend {
     Activate();
     RequireDeviceF32("Rope", {{"x", &x}});
     RequireIndices("Rope", {{"positions", &positions}});
+    if (rope.attention_factor != 1.0f) throw std::invalid_argument("Rope: attention_factor not on CUDA yet");
     const Tensor& inv_freq = InverseFrequencies(rope);
     const int64_t half = inv_freq.numel();
     Require(x.rank() == 3 && x.dim(0) == positions.numel() && half > 0 && 2 * half <= x.dim(2),
@@ -508,22 +509,31 @@ class CudaBackend final : public Backend {
                           y.data<float>(), ids.numel(), table.dim(1), stream_);
   }
 
-  void SiluMul(const Tensor& gate, const Tensor& up, Tensor& y) override {
+  void GluMul(const Tensor& gate, const Tensor& up, Activation act, Tensor& y) override {
     Activate();
-    RequireDeviceF32("SiluMul", {{"gate", &gate}, {"up", &up}, {"y", &y}});
-    Require(gate.numel() == up.numel() && gate.numel() == y.numel(), "SiluMul",
+    RequireDeviceF32("GluMul", {{"gate", &gate}, {"up", &up}, {"y", &y}});
+    Require(gate.numel() == up.numel() && gate.numel() == y.numel(), "GluMul",
             "expects gate, up and y of one size", {{"gate", &gate}, {"up", &up}, {"y", &y}});
+    if (act != Activation::kSilu) throw std::invalid_argument("GluMul: GeGLU not on CUDA yet");
     cuda::LaunchSiluMul(gate.data<float>(), up.data<float>(), y.data<float>(), y.numel(), stream_);
   }
 
-  void SiluMulPacked(const Tensor& gate_up, Tensor& y) override {
+  void Scale(Tensor&, float) override {
+    throw std::invalid_argument("Scale: not on CUDA yet");
+  }
+  void HeadRmsNorm(Tensor&, int, int, const Tensor&, const Tensor&, float) override {
+    throw std::invalid_argument("HeadRmsNorm: not on CUDA yet");
+  }
+
+  void GluMulPacked(const Tensor& gate_up, Activation act, Tensor& y) override {
     Activate();
-    RequireDeviceF32("SiluMulPacked", {{"gate_up", &gate_up}, {"y", &y}});
+    RequireDeviceF32("GluMulPacked", {{"gate_up", &gate_up}, {"y", &y}});
     const int64_t inter = y.rank() >= 1 ? y.dim(-1) : 0;
     Require(inter > 0 && gate_up.rank() >= 1 && gate_up.dim(-1) == 2 * inter &&
                 gate_up.numel() == 2 * y.numel() && gate_up.raw() != y.raw(),
-            "SiluMulPacked", "expects gate_up [n, 2 * inter] and y [n, inter], not aliased",
+            "GluMulPacked", "expects gate_up [n, 2 * inter] and y [n, inter], not aliased",
             {{"gate_up", &gate_up}, {"y", &y}});
+    if (act != Activation::kSilu) throw std::invalid_argument("GluMulPacked: GeGLU not on CUDA yet");
     cuda::LaunchSiluMulPacked(gate_up.data<float>(), y.data<float>(), y.numel() / inter, inter,
                               stream_);
   }
@@ -538,6 +548,7 @@ class CudaBackend final : public Backend {
     Require(RopeWriteKvShapesAgree(qkv, n, k_cache, v_cache, q) && rows.numel() == n, "RopeWriteKv",
             kRopeWriteKvShapes,
             {{"qkv", &qkv}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"q", &q}});
+    if (rope.attention_factor != 1.0f) throw std::invalid_argument("Rope: attention_factor not on CUDA yet");
     const Tensor& inv_freq = InverseFrequencies(rope);
     const int64_t half = inv_freq.numel(), head_dim = q.dim(2);
     Require(half > 0 && 2 * half <= head_dim, "RopeWriteKv", "expects 0 < rotary_dim <= head_dim",
@@ -853,14 +864,9 @@ class CudaBackend final : public Backend {
     return a;
   }
 
-  // Every RopeConfig field that the frequencies depend on (not `interleaved`).
-  using RopeKey = std::tuple<float, int, RopeConfig::Scaling, float, float, float, int>;
-
   // The frequencies of a config, uploaded once (at the first step, before any graph capture).
   const Tensor& InverseFrequencies(const RopeConfig& rope) {
-    RopeKey key{rope.theta,           rope.rotary_dim,      rope.scaling,
-                rope.factor,          rope.low_freq_factor, rope.high_freq_factor,
-                rope.original_max_position};
+    const RopeFrequencyKey key = FrequencyKey(rope);
     std::lock_guard<std::mutex> lock(rope_mu_);
     auto it = inv_freq_cache_.find(key);
     if (it == inv_freq_cache_.end()) {
@@ -882,7 +888,7 @@ class CudaBackend final : public Backend {
   Scratch result_scratch_;
   PinnedStaging index_staging_;
   std::mutex rope_mu_;
-  std::map<RopeKey, Tensor> inv_freq_cache_;
+  std::map<RopeFrequencyKey, Tensor> inv_freq_cache_;
 };
 
 }  // namespace

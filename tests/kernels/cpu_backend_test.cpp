@@ -319,9 +319,9 @@ TEST(SiluMulTest, MatchesReference) {
       want[i] = g[i] / (1.0 + std::exp(-static_cast<double>(g[i]))) * up.data<float>()[i];
     }
     Tensor y = backend->Allocate({n});
-    backend->SiluMul(gate, up, y);
+    backend->GluMul(gate, up, Activation::kSilu, y);
     EXPECT_TRUE(AllClose(y, want, 1e-7)) << n;
-    backend->SiluMul(gate, up, gate);  // y aliases gate
+    backend->GluMul(gate, up, Activation::kSilu, gate);  // y aliases gate
     EXPECT_TRUE(AllClose(gate, want, 1e-7)) << n << " in place";
   }
 }

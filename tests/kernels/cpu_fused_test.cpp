@@ -150,9 +150,9 @@ TEST(SiluMulPackedTest, EqualsSiluMulOfTheHalves) {
     const Tensor gate_up = RandomTensor({n, 2 * inter}, 5);
     const Tensor gate = Columns(gate_up, 0, inter), up = Columns(gate_up, inter, inter);
     Tensor want = backend->Allocate({n, inter});
-    backend->SiluMul(gate, up, want);
+    backend->GluMul(gate, up, Activation::kSilu, want);
     Tensor got = backend->Allocate({n, inter});
-    backend->SiluMulPacked(gate_up, got);
+    backend->GluMulPacked(gate_up, Activation::kSilu, got);
     EXPECT_EQ(ToVector(got), ToVector(want));
   }
 }
@@ -161,11 +161,11 @@ TEST(SiluMulPackedTest, RejectsBadShapesAndAliasing) {
   auto backend = CreateCpuBackend(1);
   const Tensor gate_up = RandomTensor({2, 10}, 5);
   Tensor y = backend->Allocate({2, 4});  // needs [2, 5]
-  EXPECT_THROW(backend->SiluMulPacked(gate_up, y), std::invalid_argument);
+  EXPECT_THROW(backend->GluMulPacked(gate_up, Activation::kSilu, y), std::invalid_argument);
   Tensor y_rows = backend->Allocate({3, 5});
-  EXPECT_THROW(backend->SiluMulPacked(gate_up, y_rows), std::invalid_argument);
+  EXPECT_THROW(backend->GluMulPacked(gate_up, Activation::kSilu, y_rows), std::invalid_argument);
   Tensor aliased = gate_up.Reshape({4, 5}).Rows(0, 2);
-  EXPECT_THROW(backend->SiluMulPacked(gate_up, aliased), std::invalid_argument);
+  EXPECT_THROW(backend->GluMulPacked(gate_up, Activation::kSilu, aliased), std::invalid_argument);
 }
 
 }  // namespace

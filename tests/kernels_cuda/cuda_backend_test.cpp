@@ -378,10 +378,10 @@ TEST_F(CudaBackendTest, IndexCopiesThroughPinnedStaging) {
 TEST_F(CudaBackendTest, SiluMulAndAdd) {
   Tensor g = Random({1000}, rng_, -6.0f, 6.0f), u = Random({1000}, rng_);
   Tensor want = cpu_->Allocate({1000});
-  cpu_->SiluMul(g, u, want);
+  cpu_->GluMul(g, u, Activation::kSilu, want);
   Tensor gd = cuda_->ToDevice(g);
-  cuda_->SiluMul(gd, cuda_->ToDevice(u), gd);  // y aliases gate
-  ExpectClose(cuda_->ToHost(gd), want, kF32Tol, "SiluMul");
+  cuda_->GluMul(gd, cuda_->ToDevice(u), Activation::kSilu, gd);  // y aliases gate
+  ExpectClose(cuda_->ToHost(gd), want, kF32Tol, "GluMul");
   cpu_->Add(want, u);
   cuda_->Add(gd, cuda_->ToDevice(u));
   ExpectClose(cuda_->ToHost(gd), want, kF32Tol, "Add");
@@ -427,10 +427,10 @@ TEST_F(CudaBackendTest, RopeWriteKvAndSiluMulPacked) {
   }
   Tensor gate_up = Random({3, 2 * 700}, rng_, -6.0f, 6.0f);
   Tensor want = cpu_->Allocate({3, 700});
-  cpu_->SiluMulPacked(gate_up, want);
+  cpu_->GluMulPacked(gate_up, Activation::kSilu, want);
   Tensor yd = cuda_->Allocate({3, 700});
-  cuda_->SiluMulPacked(cuda_->ToDevice(gate_up), yd);
-  ExpectClose(cuda_->ToHost(yd), want, kF32Tol, "SiluMulPacked");
+  cuda_->GluMulPacked(cuda_->ToDevice(gate_up), Activation::kSilu, yd);
+  ExpectClose(cuda_->ToHost(yd), want, kF32Tol, "GluMulPacked");
 }
 
 TEST_F(CudaBackendTest, ArgmaxWithTiesAndValues) {

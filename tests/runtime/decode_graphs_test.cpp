@@ -114,14 +114,21 @@ class RecordingBackend final : public Backend {
   void Embedding(const Tensor& t, const Tensor& ids, Tensor& y) override {
     Run([=, this, y = y]() mutable { cpu_->Embedding(t, ids, y); });
   }
-  void SiluMul(const Tensor& g, const Tensor& u, Tensor& y) override {
-    Run([=, this, y = y]() mutable { cpu_->SiluMul(g, u, y); });
+  void GluMul(const Tensor& g, const Tensor& u, Activation act, Tensor& y) override {
+    Run([=, this, y = y]() mutable { cpu_->GluMul(g, u, act, y); });
   }
-  void SiluMulPacked(const Tensor& gu, Tensor& y) override {
-    Run([=, this, y = y]() mutable { cpu_->SiluMulPacked(gu, y); });
+  void GluMulPacked(const Tensor& gu, Activation act, Tensor& y) override {
+    Run([=, this, y = y]() mutable { cpu_->GluMulPacked(gu, act, y); });
   }
   void Add(Tensor& x, const Tensor& y) override {
     Run([=, this, x = x]() mutable { cpu_->Add(x, y); });
+  }
+  void Scale(Tensor& x, float s) override {
+    Run([=, this, x = x]() mutable { cpu_->Scale(x, s); });
+  }
+  void HeadRmsNorm(Tensor& qkv, int heads, int kv_heads, const Tensor& qw, const Tensor& kw,
+                   float eps) override {
+    Run([=, this, qkv = qkv]() mutable { cpu_->HeadRmsNorm(qkv, heads, kv_heads, qw, kw, eps); });
   }
   void WriteKv(const Tensor& k, const Tensor& v, const Tensor& rows, Tensor& kc,
                Tensor& vc) override {

@@ -80,14 +80,21 @@ class CountingBackend final : public Backend {
   void Embedding(const Tensor& t, const Tensor& ids, Tensor& y) override {
     Count("Embedding", [&] { cpu_->Embedding(t, ids, y); });
   }
-  void SiluMul(const Tensor& g, const Tensor& u, Tensor& y) override {
-    Count("SiluMul", [&] { cpu_->SiluMul(g, u, y); });
+  void GluMul(const Tensor& g, const Tensor& u, Activation act, Tensor& y) override {
+    Count("GluMul", [&] { cpu_->GluMul(g, u, act, y); });
   }
-  void SiluMulPacked(const Tensor& gu, Tensor& y) override {
-    Count("SiluMulPacked", [&] { cpu_->SiluMulPacked(gu, y); });
+  void GluMulPacked(const Tensor& gu, Activation act, Tensor& y) override {
+    Count("GluMulPacked", [&] { cpu_->GluMulPacked(gu, act, y); });
   }
   void Add(Tensor& x, const Tensor& y) override {
     Count("Add", [&] { cpu_->Add(x, y); });
+  }
+  void Scale(Tensor& x, float s) override {
+    Count("Scale", [&] { cpu_->Scale(x, s); });
+  }
+  void HeadRmsNorm(Tensor& qkv, int heads, int kv_heads, const Tensor& qw, const Tensor& kw,
+                   float eps) override {
+    Count("HeadRmsNorm", [&] { cpu_->HeadRmsNorm(qkv, heads, kv_heads, qw, kw, eps); });
   }
   void Argmax(const Tensor& l, std::span<int32_t> out, std::span<float> v) override {
     Count("Argmax", [&] { cpu_->Argmax(l, out, v); });
@@ -236,7 +243,7 @@ TEST(LayerOpsTest, FusedDecodeLayerMakesNineOpCallsAndNoAllocation) {
                                                {"Linear", 4},
                                                {"RopeWriteKv", 1},
                                                {"PagedAttention", 1},
-                                               {"SiluMulPacked", 1}};
+                                               {"GluMulPacked", 1}};
   const std::map<std::string, int64_t> got = CallsPerLayer(Arch::kLlama, {});
   EXPECT_EQ(got, want) << "per layer: " << Show(got);
 }
@@ -245,7 +252,7 @@ TEST(LayerOpsTest, MixedDtypesFallBackToSeparateOps) {
   // V and up in bf16 beside f32 Q, K and gate: neither projection can stack.
   const std::map<std::string, int64_t> want = {{"AddRmsNorm", 2},     {"Linear", 7},
                                                {"Rope", 2},           {"WriteKv", 1},
-                                               {"PagedAttention", 1}, {"SiluMul", 1}};
+                                               {"PagedAttention", 1}, {"GluMul", 1}};
   const std::map<std::string, int64_t> got =
       CallsPerLayer(Arch::kLlama, {"v_proj.weight", "up_proj.weight"});
   EXPECT_EQ(got, want) << "per layer: " << Show(got);
