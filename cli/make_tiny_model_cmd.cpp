@@ -14,8 +14,14 @@ RunFn AddMakeTinyModelCommand(CLI::App& app) {
   auto out = std::make_shared<std::string>();
   app.add_option("--arch", spec->arch, "Architecture")
       ->transform(CLI::CheckedTransformer(
-          std::map<std::string, Arch>{
-              {"llama", Arch::kLlama}, {"mistral", Arch::kMistral}, {"qwen2", Arch::kQwen2}},
+          std::map<std::string, Arch>{{"llama", Arch::kLlama},
+                                      {"mistral", Arch::kMistral},
+                                      {"qwen2", Arch::kQwen2},
+                                      {"qwen3", Arch::kQwen3},
+                                      {"gemma3", Arch::kGemma3},
+                                      {"phi3", Arch::kPhi3},
+                                      {"glm", Arch::kGlm},
+                                      {"glm4", Arch::kGlm4}},
           CLI::ignore_case))
       ->required();
   app.add_option("--out", *out, "Output directory")->required();
@@ -25,6 +31,7 @@ RunFn AddMakeTinyModelCommand(CLI::App& app) {
   app.add_option("--kv-heads", spec->kv_heads, "KV heads (GQA)")->required();
   app.add_option("--intermediate", spec->intermediate, "MLP intermediate size")->required();
   app.add_option("--vocab", spec->vocab, "Vocabulary size")->required();
+  app.add_option("--head-dim", spec->head_dim, "Head size (default: hidden / heads)");
   app.add_option("--seed", spec->seed, "Random seed")->required();
   app.add_option("--dtype", spec->dtype, "Weight dtype")
       ->transform(CLI::CheckedTransformer(

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <charconv>
 #include <cstdlib>
 #include <exception>
@@ -37,7 +38,15 @@ constexpr ArchNames kArchs[] = {
     {Arch::kLlama, "llama", "LlamaForCausalLM"},
     {Arch::kMistral, "mistral", "MistralForCausalLM"},
     {Arch::kQwen2, "qwen2", "Qwen2ForCausalLM"},
+    {Arch::kQwen3, "qwen3", "Qwen3ForCausalLM"},
+    {Arch::kGemma3, "gemma3_text", "Gemma3ForCausalLM"},
+    {Arch::kPhi3, "phi3", "Phi3ForCausalLM"},
+    {Arch::kGlm, "glm", "GlmForCausalLM"},
+    {Arch::kGlm4, "glm4", "Glm4ForCausalLM"},
 };
+constexpr std::string_view kSupportedTypes =
+    "one of \"llama\", \"mistral\", \"qwen2\", \"qwen3\", \"gemma3_text\", \"phi3\", \"glm\", "
+    "\"glm4\"";
 
 // Debian's abseil is built with its own string_view type, which StrCat needs.
 absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
@@ -157,8 +166,12 @@ absl::StatusOr<Arch> ReadArch(const json& root, const ConfigReader& r) {
       for (const ArchNames& a : kArchs) {
         if (name == a.model_type) return a.arch;
       }
+      if (name == "gemma3") {
+        return r.Problem("model_type", "\"gemma3\" is the multimodal Gemma 3 (text_config inside); "
+                                       "only the text model (\"gemma3_text\") is supported");
+      }
     }
-    return r.Error("model_type", "one of \"llama\", \"mistral\", \"qwen2\"", *type);
+    return r.Error("model_type", kSupportedTypes, *type);
   }
   // Some hand-written or older configs name only the class.
   if (const json* archs = ConfigReader::Find(root, "architectures")) {
@@ -171,58 +184,167 @@ absl::StatusOr<Arch> ReadArch(const json& root, const ConfigReader& r) {
         }
       }
       return r.Error("architectures[0]",
-                     "one of \"LlamaForCausalLM\", \"MistralForCausalLM\", \"Qwen2ForCausalLM\"",
+                     "one of \"LlamaForCausalLM\", \"MistralForCausalLM\", \"Qwen2ForCausalLM\", "
+                     "\"Qwen3ForCausalLM\", \"Gemma3ForCausalLM\", \"Phi3ForCausalLM\", "
+                     "\"GlmForCausalLM\", \"Glm4ForCausalLM\"",
                      first);
     }
     return r.Error("architectures", "a non-empty list of class names", *archs);
   }
-  return r.Missing("model_type", " (or 'architectures'); supported: llama, mistral, qwen2");
+  return r.Missing("model_type", absl::StrCat(" (or 'architectures'); supported: ",
+                                              Sv(kSupportedTypes)));
 }
 
-absl::Status ReadRopeScaling(const json& root, const ConfigReader& r, RopeConfig* rope) {
-  const json* scaling = ConfigReader::Find(root, "rope_scaling");
-  if (scaling == nullptr) return absl::OkStatus();
-  if (!scaling->is_object()) return r.Error("rope_scaling", "an object or null", *scaling);
-
-  // Older configs spell the key "type"; "rope_type" wins when both are present, as in HF.
-  std::string_view type_field = "rope_scaling.rope_type";
-  const json* type = ConfigReader::Find(*scaling, "rope_type");
-  if (type == nullptr) {
-    type = ConfigReader::Find(*scaling, "type");
-    if (type != nullptr) type_field = "rope_scaling.type";
+// A list of `n` positive floats (longrope's factors).
+absl::Status ReadFactors(const json& object, const std::string& field, size_t n,
+                         const ConfigReader& r, std::vector<float>* out) {
+  const json* value = ConfigReader::Find(object, ConfigReader::Key(field));
+  if (value == nullptr) return r.Missing(field);
+  const std::string expected = absl::StrCat("a list of ", n, " positive numbers (rotary_dim / 2)");
+  if (!value->is_array() || value->size() != n) return r.Error(field, expected, *value);
+  out->clear();
+  for (const json& v : *value) {
+    if (!v.is_number() || !(v.get<double>() > 0) ||
+        v.get<double>() > std::numeric_limits<float>::max()) {
+      return r.Error(field, expected, *value);
+    }
+    out->push_back(static_cast<float>(v.get<double>()));
   }
-  if (type == nullptr) return r.Missing("rope_scaling.rope_type");
-  const std::string_view kExpected = "one of \"llama3\", \"linear\", \"default\"";
+  return absl::OkStatus();
+}
+
+// One rope scaling object, `scaling` at `prefix`: "rope_scaling", or in transformers v5 files
+// "rope_parameters" (or "rope_parameters.full_attention" / ".sliding_attention"), which also holds
+// rope_theta. `root` gives longrope's original_max_position_embeddings when the object does not.
+absl::Status ReadRopeScaling(const json& scaling, const std::string& prefix, const json& root,
+                             ModelConfig& c, const ConfigReader& r, RopeConfig* rope) {
+  if (!scaling.is_object()) return r.Error(prefix, "an object or null", scaling);
+  SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(scaling, prefix + ".rope_theta", false, &rope->theta));
+  // Older configs spell the key "type"; "rope_type" wins when both are present, as in HF.
+  std::string type_field = prefix + ".rope_type";
+  const json* type = ConfigReader::Find(scaling, "rope_type");
+  if (type == nullptr) {
+    type = ConfigReader::Find(scaling, "type");
+    if (type != nullptr) type_field = prefix + ".type";
+  }
+  if (type == nullptr) return r.Missing(type_field);
+  const std::string_view kExpected =
+      "one of \"llama3\", \"linear\", \"longrope\", \"su\", \"default\"";
   if (!type->is_string()) return r.Error(type_field, kExpected, *type);
   const std::string& name = type->get_ref<const std::string&>();
+  auto field = [&](std::string_view key) { return absl::StrCat(prefix, ".", Sv(key)); };
 
   if (name == "default") return absl::OkStatus();  // HF's spelling of "no scaling"
   if (name == "linear") {
     rope->scaling = RopeConfig::Scaling::kLinear;
-    return r.PositiveFloat(*scaling, "rope_scaling.factor", true, &rope->factor);
+    return r.PositiveFloat(scaling, field("factor"), true, &rope->factor);
   }
   if (name == "llama3") {
     rope->scaling = RopeConfig::Scaling::kLlama3;
     // All four are required by HF's own validation; guessing any of them would silently change
     // the frequencies.
-    SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(*scaling, "rope_scaling.factor", true, &rope->factor));
+    SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(scaling, field("factor"), true, &rope->factor));
     SHARDLM_RETURN_IF_ERROR(
-        r.PositiveFloat(*scaling, "rope_scaling.low_freq_factor", true, &rope->low_freq_factor));
+        r.PositiveFloat(scaling, field("low_freq_factor"), true, &rope->low_freq_factor));
     SHARDLM_RETURN_IF_ERROR(
-        r.PositiveFloat(*scaling, "rope_scaling.high_freq_factor", true, &rope->high_freq_factor));
+        r.PositiveFloat(scaling, field("high_freq_factor"), true, &rope->high_freq_factor));
     int64_t original = 0;
     SHARDLM_RETURN_IF_ERROR(
-        r.Int(*scaling, "rope_scaling.original_max_position_embeddings", true, 1, &original));
+        r.Int(scaling, field("original_max_position_embeddings"), true, 1, &original));
     rope->original_max_position = static_cast<int>(original);
     // The interpolation band divides by (high - low).
     if (!(rope->high_freq_factor > rope->low_freq_factor)) {
-      return r.Problem("rope_scaling.high_freq_factor",
+      return r.Problem(field("high_freq_factor"),
                        absl::StrCat("expected a value greater than low_freq_factor (",
                                     rope->low_freq_factor, "), got ", rope->high_freq_factor));
     }
     return absl::OkStatus();
   }
+  if (name == "longrope" || name == "su") {
+    // Phi-3: per-pair factors for short and long contexts, and cos/sin scaled by an attention
+    // factor (given, or from max_position_embeddings / original_max_position_embeddings).
+    rope->scaling = RopeConfig::Scaling::kLongRope;
+    const size_t pairs = static_cast<size_t>(rope->rotary_dim / 2);
+    std::vector<float> shorts, longs;
+    SHARDLM_RETURN_IF_ERROR(ReadFactors(scaling, field("short_factor"), pairs, r, &shorts));
+    SHARDLM_RETURN_IF_ERROR(ReadFactors(scaling, field("long_factor"), pairs, r, &longs));
+    int64_t original = 0;
+    if (ConfigReader::Find(scaling, "original_max_position_embeddings") != nullptr) {
+      SHARDLM_RETURN_IF_ERROR(
+          r.Int(scaling, field("original_max_position_embeddings"), true, 1, &original));
+    } else if (ConfigReader::Find(root, "original_max_position_embeddings") != nullptr) {
+      SHARDLM_RETURN_IF_ERROR(r.Int(root, "original_max_position_embeddings", true, 1, &original));
+    } else if (c.max_position_embeddings > 0) {
+      original = c.max_position_embeddings;
+    } else {
+      return r.Missing("original_max_position_embeddings", " (longrope needs it)");
+    }
+    rope->original_max_position = static_cast<int>(original);
+    const bool long_context = c.max_position_embeddings > original;
+    rope->freq_factors = long_context ? longs : shorts;
+    c.longrope_short = std::move(shorts);
+    c.longrope_long = std::move(longs);
+    float factor = c.max_position_embeddings > 0
+                       ? static_cast<float>(static_cast<double>(c.max_position_embeddings) /
+                                            static_cast<double>(original))
+                       : 1.0f;
+    if (ConfigReader::Find(scaling, "factor") != nullptr &&
+        c.max_position_embeddings <= 0) {
+      SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(scaling, field("factor"), true, &factor));
+    }
+    rope->factor = factor;
+    if (ConfigReader::Find(scaling, "attention_factor") != nullptr) {
+      SHARDLM_RETURN_IF_ERROR(
+          r.PositiveFloat(scaling, field("attention_factor"), true, &rope->attention_factor));
+    } else {
+      rope->attention_factor =
+          factor <= 1.0f ? 1.0f
+                         : static_cast<float>(std::sqrt(
+                               1.0 + std::log(static_cast<double>(factor)) /
+                                         std::log(static_cast<double>(original))));
+    }
+    return absl::OkStatus();
+  }
   return r.Error(type_field, kExpected, *type);
+}
+
+// The rope settings: rope_theta and rope_scaling (transformers < 5), or rope_parameters (v5; per
+// layer type for Gemma 3); Gemma 3's sliding layers use rope_local_base_freq without scaling.
+absl::Status ReadRope(const json& root, const ConfigReader& r, ModelConfig* c) {
+  RopeConfig& rope = c->rope;
+  const int rotary_dim = rope.rotary_dim;
+  if (const json* params = ConfigReader::Find(root, "rope_parameters")) {
+    if (!params->is_object()) return r.Error("rope_parameters", "an object or null", *params);
+    const json* global = ConfigReader::Find(*params, "full_attention");
+    const json* local = ConfigReader::Find(*params, "sliding_attention");
+    if (global == nullptr && local == nullptr) {
+      return ReadRopeScaling(*params, "rope_parameters", root, *c, r, &rope);
+    }
+    if (global != nullptr) {
+      SHARDLM_RETURN_IF_ERROR(
+          ReadRopeScaling(*global, "rope_parameters.full_attention", root, *c, r, &rope));
+    }
+    if (local != nullptr) {
+      RopeConfig sliding;
+      sliding.rotary_dim = rotary_dim;
+      SHARDLM_RETURN_IF_ERROR(
+          ReadRopeScaling(*local, "rope_parameters.sliding_attention", root, *c, r, &sliding));
+      c->sliding_rope = sliding;
+    }
+    return absl::OkStatus();
+  }
+  SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(root, "rope_theta", false, &rope.theta));
+  if (const json* scaling = ConfigReader::Find(root, "rope_scaling")) {
+    SHARDLM_RETURN_IF_ERROR(ReadRopeScaling(*scaling, "rope_scaling", root, *c, r, &rope));
+  }
+  if (c->arch == Arch::kGemma3) {
+    RopeConfig sliding;
+    sliding.rotary_dim = rotary_dim;
+    SHARDLM_RETURN_IF_ERROR(
+        r.PositiveFloat(root, "rope_local_base_freq", false, &sliding.theta));
+    c->sliding_rope = sliding;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ReadTorchDtype(const json& root, const ConfigReader& r, DType* dtype) {
@@ -274,35 +396,84 @@ absl::Status ReadTokenIds(const json& root, const ConfigReader& r, ModelConfig* 
   return read_one(*eos);
 }
 
+// layer_types (transformers >= 4.56): "sliding_attention" or "full_attention" per layer.
+absl::Status ReadLayerTypes(const json& types, const ConfigReader& r, ModelConfig* c) {
+  const std::string expected =
+      absl::StrCat("a list of ", c->num_layers, " \"sliding_attention\" / \"full_attention\"");
+  if (!types.is_array() || static_cast<int64_t>(types.size()) != c->num_layers) {
+    return r.Error("layer_types", expected, types);
+  }
+  c->sliding_layers.clear();
+  for (const json& t : types) {
+    if (t == "sliding_attention") {
+      c->sliding_layers.push_back(true);
+    } else if (t == "full_attention") {
+      c->sliding_layers.push_back(false);
+    } else {
+      return r.Error("layer_types", expected, t);
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadSlidingWindow(const json& root, const ConfigReader& r, ModelConfig* c) {
   switch (c->arch) {
     case Arch::kLlama:
-      return absl::OkStatus();  // Llama has no sliding window; a stray field means nothing.
+    case Arch::kGlm:
+    case Arch::kGlm4:
+      return absl::OkStatus();  // no sliding window; a stray field means nothing.
     case Arch::kMistral:
+    case Arch::kPhi3:
+      // Every layer.
       return r.Int(root, "sliding_window", false, 1, &c->sliding_window);
-    case Arch::kQwen2: {
+    case Arch::kQwen2:
+    case Arch::kQwen3: {
       bool use = false;
       SHARDLM_RETURN_IF_ERROR(r.Bool(root, "use_sliding_window", &use));
-      // Qwen2 configs carry a sliding_window value even when it is switched off.
+      // Qwen configs carry a sliding_window value even when it is switched off.
       if (!use) return absl::OkStatus();
       int64_t window = 4096;  // HF's Qwen2Config default
       SHARDLM_RETURN_IF_ERROR(r.Int(root, "sliding_window", false, 1, &window));
-      // In HF, layer i uses the window only when i >= max_window_layers. ModelConfig holds one
-      // window for all layers, so a mix cannot be represented and must not be run silently.
+      // In HF, layer i uses the window only when i >= max_window_layers.
       int64_t max_window_layers = kQwen2DefaultMaxWindowLayers;
       SHARDLM_RETURN_IF_ERROR(r.Int(root, "max_window_layers", false, 0, &max_window_layers));
-      if (max_window_layers >= c->num_layers) return absl::OkStatus();  // no layer uses it
-      if (max_window_layers > 0) {
-        return r.Problem(
-            "max_window_layers",
-            absl::StrCat("expected 0 (all layers use the window) or at least num_hidden_layers (",
-                         c->num_layers,
-                         ", none does) with use_sliding_window; a mix of layer "
-                         "kinds is not supported, got ",
-                         max_window_layers));
-      }
       c->sliding_window = window;
+      if (const json* types = ConfigReader::Find(root, "layer_types")) {
+        return ReadLayerTypes(*types, r, c);
+      }
+      if (max_window_layers == 0) return absl::OkStatus();  // every layer
+      c->sliding_layers.assign(static_cast<size_t>(c->num_layers), false);
+      for (int64_t l = max_window_layers; l < c->num_layers; ++l) c->sliding_layers[l] = true;
       return absl::OkStatus();
+    }
+    case Arch::kGemma3: {
+      c->sliding_window = 4096;  // HF's Gemma3TextConfig default
+      SHARDLM_RETURN_IF_ERROR(r.Int(root, "sliding_window", false, 1, &c->sliding_window));
+      if (const json* types = ConfigReader::Find(root, "layer_types")) {
+        return ReadLayerTypes(*types, r, c);
+      }
+      // Older configs: every `pattern`-th layer is global, the others slide.
+      int64_t pattern = 6;
+      SHARDLM_RETURN_IF_ERROR(r.Int(root, "sliding_window_pattern", false, 1, &pattern));
+      for (int64_t l = 0; l < c->num_layers; ++l) c->sliding_layers.push_back((l + 1) % pattern != 0);
+      return absl::OkStatus();
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Fields of a family that shardlm does not implement: an error naming the field when one is
+// set to anything but its neutral value, never the wrong math.
+absl::Status RejectUnsupported(const json& root, const ConfigReader& r, const ModelConfig& c) {
+  if (c.arch == Arch::kGemma3) {
+    for (const char* key : {"final_logit_softcapping", "attn_logit_softcapping"}) {
+      if (const json* v = ConfigReader::Find(root, key)) {
+        return r.Error(key, "null (logit soft-capping is not implemented)", *v);
+      }
+    }
+    if (const json* v = ConfigReader::Find(root, "use_bidirectional_attention");
+        v != nullptr && *v != false) {
+      return r.Error("use_bidirectional_attention", "false (only causal attention)", *v);
     }
   }
   return absl::OkStatus();
@@ -337,8 +508,16 @@ absl::StatusOr<ModelConfig> Parse(const json& root, const std::string& source) {
                                   ") so query heads group evenly, got ", c.num_kv_heads));
   }
 
+  // Families whose HF config class defaults head_dim to a constant rather than hidden / heads.
+  const int64_t default_head_dim = c.arch == Arch::kGemma3 ? 256
+                                   : c.arch == Arch::kQwen3 || c.arch == Arch::kGlm ||
+                                           c.arch == Arch::kGlm4
+                                       ? 128
+                                       : 0;
   if (ConfigReader::Find(root, "head_dim") != nullptr) {
     SHARDLM_RETURN_IF_ERROR(r.Int(root, "head_dim", false, 1, &c.head_dim));
+  } else if (default_head_dim > 0) {
+    c.head_dim = default_head_dim;
   } else if (c.hidden_size % c.num_heads != 0) {
     return r.Missing("head_dim", absl::StrCat(": hidden_size (", c.hidden_size,
                                               ") is not divisible by num_attention_heads (",
@@ -346,29 +525,53 @@ absl::StatusOr<ModelConfig> Parse(const json& root, const std::string& source) {
   } else {
     c.head_dim = c.hidden_size / c.num_heads;
   }
-  // Rotary embedding rotates feature pairs over the whole head.
-  if (c.head_dim % 2 != 0) {
-    return r.Problem("head_dim", absl::StrCat("expected an even number (rotary embedding "
-                                              "rotates pairs of features), got ",
-                                              c.head_dim));
+
+  // Partial rotary (GLM: half of each head by default; Phi-4-mini 0.75): rope turns the first
+  // rotary_dim features of each head, in pairs.
+  float partial = c.arch == Arch::kGlm || c.arch == Arch::kGlm4 ? 0.5f : 1.0f;
+  std::string partial_field = "partial_rotary_factor";
+  const json* partial_at = &root;
+  if (const json* params = ConfigReader::Find(root, "rope_parameters");
+      params != nullptr && params->is_object() &&
+      ConfigReader::Find(*params, "partial_rotary_factor") != nullptr) {
+    partial_at = params;
+    partial_field = "rope_parameters.partial_rotary_factor";
+  }
+  SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(*partial_at, partial_field, false, &partial));
+  const double rotary = static_cast<double>(c.head_dim) * partial;
+  c.rope = RopeConfig{};
+  c.rope.rotary_dim = static_cast<int>(rotary);  // HF: int(head_dim * partial_rotary_factor)
+  if (partial > 1.0f || c.rope.rotary_dim < 2 || c.rope.rotary_dim % 2 != 0) {
+    return r.Problem(partial_field,
+                     absl::StrCat("expected a factor in (0, 1] giving an even rotary dimension "
+                                  "of head_dim ",
+                                  c.head_dim, ", got ", partial, " (", rotary, " features)"));
   }
 
   SHARDLM_RETURN_IF_ERROR(
       r.Int(root, "max_position_embeddings", false, 1, &c.max_position_embeddings));
   SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(root, "rms_norm_eps", false, &c.rms_norm_eps));
 
-  c.rope = RopeConfig{};
-  SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(root, "rope_theta", false, &c.rope.theta));
-  SHARDLM_RETURN_IF_ERROR(ReadRopeScaling(root, r, &c.rope));
-  c.rope.rotary_dim = static_cast<int>(c.head_dim);
+  if (c.arch == Arch::kGemma3) c.rope.theta = 1000000.0f;  // Gemma3TextConfig's default
+  SHARDLM_RETURN_IF_ERROR(ReadRope(root, r, &c));
 
-  // All three families use SwiGLU; another activation would run and produce garbage.
-  if (const json* act = ConfigReader::Find(root, "hidden_act")) {
+  // Gemma 3 uses GeGLU (its field is hidden_activation); every other family SwiGLU. Another
+  // activation would run and produce garbage.
+  if (c.arch == Arch::kGemma3) {
+    c.hidden_act = HiddenAct::kGeluTanh;
+    for (const char* key : {"hidden_activation", "hidden_act"}) {
+      const json* act = ConfigReader::Find(root, key);
+      if (act != nullptr && *act != "gelu_pytorch_tanh") {
+        return r.Error(key, "\"gelu_pytorch_tanh\"", *act);
+      }
+    }
+  } else if (const json* act = ConfigReader::Find(root, "hidden_act")) {
     if (!act->is_string() || act->get_ref<const std::string&>() != "silu") {
       return r.Error("hidden_act", "\"silu\"", *act);
     }
   }
 
+  c.tie_word_embeddings = c.arch == Arch::kGemma3;  // Gemma3TextConfig ties by default
   SHARDLM_RETURN_IF_ERROR(r.Bool(root, "tie_word_embeddings", &c.tie_word_embeddings));
 
   switch (c.arch) {
@@ -390,7 +593,38 @@ absl::StatusOr<ModelConfig> Parse(const json& root, const std::string& source) {
       // switch for it.
       c.qkv_bias = true;
       break;
+    case Arch::kQwen3:
+    case Arch::kGemma3: {
+      // q, k, v and o all follow attention_bias.
+      bool attention_bias = false;
+      SHARDLM_RETURN_IF_ERROR(r.Bool(root, "attention_bias", &attention_bias));
+      c.qkv_bias = c.o_bias = attention_bias;
+      c.qk_norm = true;
+      if (c.arch == Arch::kGemma3) {
+        c.norm_plus_one = c.post_norms = c.scale_embeddings = true;
+        float scalar = 256.0f;  // query_pre_attn_scalar, HF's default
+        SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(root, "query_pre_attn_scalar", false, &scalar));
+        c.attention_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(scalar)));
+      }
+      break;
+    }
+    case Arch::kPhi3:
+      c.fused_qkv_proj = c.fused_gate_up_proj = true;
+      break;
+    case Arch::kGlm:
+    case Arch::kGlm4: {
+      // q, k, v follow attention_bias (on by default); o never has one.
+      bool attention_bias = true;
+      SHARDLM_RETURN_IF_ERROR(r.Bool(root, "attention_bias", &attention_bias));
+      c.qkv_bias = attention_bias;
+      c.fused_gate_up_proj = true;
+      c.post_norms = c.arch == Arch::kGlm4;
+      c.rope.interleaved = true;  // GLM rotates adjacent pairs
+      if (c.sliding_rope) c.sliding_rope->interleaved = true;
+      break;
+    }
   }
+  SHARDLM_RETURN_IF_ERROR(RejectUnsupported(root, r, c));
 
   SHARDLM_RETURN_IF_ERROR(ReadSlidingWindow(root, r, &c));
   SHARDLM_RETURN_IF_ERROR(ReadTorchDtype(root, r, &c.torch_dtype));
@@ -437,6 +671,33 @@ absl::StatusOr<std::string> ReadConfigFile(const std::string& path) {
 }
 
 }  // namespace
+
+LayerNormNames NormNamesOf(Arch arch) {
+  switch (arch) {
+    case Arch::kGemma3:
+      return {"input_layernorm", "pre_feedforward_layernorm", "post_attention_layernorm",
+              "post_feedforward_layernorm"};
+    case Arch::kGlm4:
+      return {"input_layernorm", "post_attention_layernorm", "post_self_attn_layernorm",
+              "post_mlp_layernorm"};
+    default:
+      return {"input_layernorm", "post_attention_layernorm", nullptr, nullptr};
+  }
+}
+
+bool LayerSlides(const ModelConfig& config, int64_t layer) {
+  if (config.sliding_window <= 0) return false;
+  if (config.sliding_layers.empty()) return true;
+  return layer >= 0 && layer < static_cast<int64_t>(config.sliding_layers.size()) &&
+         config.sliding_layers[static_cast<size_t>(layer)];
+}
+
+std::optional<Arch> ArchFromName(std::string_view name) {
+  for (const ArchNames& a : kArchs) {
+    if (name == a.model_type || name == a.architecture) return a.arch;
+  }
+  return std::nullopt;
+}
 
 std::string_view ArchName(Arch arch) {
   for (const ArchNames& a : kArchs) {
@@ -485,9 +746,17 @@ nlohmann::json ModelConfigToJson(const ModelConfig& c) {
   j["num_key_value_heads"] = c.num_kv_heads;
   j["head_dim"] = c.head_dim;
   if (c.max_position_embeddings > 0) j["max_position_embeddings"] = c.max_position_embeddings;
-  j["hidden_act"] = "silu";
+  if (c.hidden_act == HiddenAct::kGeluTanh) {
+    j["hidden_activation"] = "gelu_pytorch_tanh";
+  } else {
+    j["hidden_act"] = "silu";
+  }
   j["rms_norm_eps"] = FloatToJson(c.rms_norm_eps);
   j["rope_theta"] = FloatToJson(c.rope.theta);
+  if (c.rope.rotary_dim != c.head_dim) {
+    j["partial_rotary_factor"] =
+        static_cast<double>(c.rope.rotary_dim) / static_cast<double>(c.head_dim);
+  }
   switch (c.rope.scaling) {
     case RopeConfig::Scaling::kNone:
       j["rope_scaling"] = nullptr;
@@ -504,22 +773,66 @@ nlohmann::json ModelConfigToJson(const ModelConfig& c) {
           {"original_max_position_embeddings", c.rope.original_max_position},
       };
       break;
+    case RopeConfig::Scaling::kLongRope: {
+      json shorts = json::array(), longs = json::array();
+      for (float f : c.longrope_short) shorts.push_back(FloatToJson(f));
+      for (float f : c.longrope_long) longs.push_back(FloatToJson(f));
+      j["rope_scaling"] = {{"rope_type", "longrope"},
+                           {"short_factor", shorts},
+                           {"long_factor", longs}};
+      j["original_max_position_embeddings"] = c.rope.original_max_position;
+      break;
+    }
   }
   j["tie_word_embeddings"] = c.tie_word_embeddings;
+  // Phi-3's and GLM's config classes default pad_token_id to an id of their real vocabularies.
+  if (c.arch == Arch::kPhi3 || c.arch == Arch::kGlm || c.arch == Arch::kGlm4) {
+    j["pad_token_id"] = nullptr;
+  }
+  auto layer_types = [&] {
+    json types = json::array();
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      types.push_back(LayerSlides(c, l) ? "sliding_attention" : "full_attention");
+    }
+    return types;
+  };
   switch (c.arch) {
     case Arch::kLlama:
       j["attention_bias"] = c.qkv_bias;
       j["mlp_bias"] = c.mlp_bias;
       break;
     case Arch::kMistral:
-      j["attention_bias"] = c.qkv_bias;
+    case Arch::kPhi3:
+      if (c.arch == Arch::kMistral) j["attention_bias"] = c.qkv_bias;
       j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
       break;
     case Arch::kQwen2:
+    case Arch::kQwen3:
+      if (c.arch == Arch::kQwen3) j["attention_bias"] = c.qkv_bias;
       j["use_sliding_window"] = c.sliding_window > 0;
       j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
-      // 0: every layer uses the window, which is what a single sliding_window value means.
-      if (c.sliding_window > 0) j["max_window_layers"] = 0;
+      if (c.sliding_window > 0) {
+        // 0: every layer uses the window; a mix is written per layer.
+        j["max_window_layers"] = 0;
+        if (!c.sliding_layers.empty()) j["layer_types"] = layer_types();
+      }
+      break;
+    case Arch::kGemma3:
+      j["attention_bias"] = c.qkv_bias;
+      j["sliding_window"] = c.sliding_window;
+      j["layer_types"] = layer_types();
+      j["rope_local_base_freq"] = FloatToJson(c.sliding_rope ? c.sliding_rope->theta : 10000.0f);
+      // An integer in HF's config class: the scale is scalar^-0.5 of a whole number.
+      j["query_pre_attn_scalar"] =
+          c.attention_scale > 0
+              ? std::llround(1.0 / (static_cast<double>(c.attention_scale) * c.attention_scale))
+              : c.head_dim;
+      j["final_logit_softcapping"] = nullptr;
+      j["attn_logit_softcapping"] = nullptr;
+      break;
+    case Arch::kGlm:
+    case Arch::kGlm4:
+      j["attention_bias"] = c.qkv_bias;
       break;
   }
   j["torch_dtype"] = c.torch_dtype == DType::kBF16  ? "bfloat16"

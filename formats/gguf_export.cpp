@@ -59,10 +59,14 @@ Tensor PermuteForInterleavedRope(const Tensor& f32, int64_t heads) {
 
 absl::Status ExportGguf(const ModelConfig& c, const WeightSource& hf, const std::string& path,
                         DType matrix_dtype) {
-  const std::string arch = c.arch == Arch::kQwen2 ? "qwen2" : "llama";
+  const std::string arch = GgufArchName(c.arch);
   if (c.arch == Arch::kMistral) {
     return absl::InvalidArgumentError("ExportGguf: mistral is written as llama by llama.cpp; "
                                       "its sliding window has no GGUF key here");
+  }
+  if (arch.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ExportGguf: ", std::string(ArchName(c.arch)), " has no GGUF layout here"));
   }
   const std::string a = arch + ".";
   std::vector<std::pair<std::string, GgufValue>> meta = {
@@ -76,11 +80,49 @@ absl::Status ExportGguf(const ModelConfig& c, const WeightSource& hf, const std:
       {a + "attention.head_count_kv", GgufInt(GgufType::kUint32, c.num_kv_heads)},
       {a + "attention.layer_norm_rms_epsilon", GgufFloat(GgufType::kFloat32, c.rms_norm_eps)},
       {a + "rope.freq_base", GgufFloat(GgufType::kFloat32, c.rope.theta)},
-      {a + "rope.dimension_count", GgufInt(GgufType::kUint32, c.head_dim)},
+      {a + "rope.dimension_count", GgufInt(GgufType::kUint32, c.rope.rotary_dim)},
+      {a + "attention.key_length", GgufInt(GgufType::kUint32, c.head_dim)},
+      {a + "attention.value_length", GgufInt(GgufType::kUint32, c.head_dim)},
   };
   std::vector<std::pair<std::string, Tensor>> tensors;
+  if (c.sliding_window > 0 && (c.arch == Arch::kGemma3 || c.arch == Arch::kPhi3)) {
+    meta.emplace_back(a + "attention.sliding_window",
+                      GgufInt(GgufType::kUint32, c.sliding_window));
+  }
+  if (c.arch == Arch::kGemma3) {
+    // llama.cpp assumes a pattern of 6 and derives the scale from head_dim; a tiny model that
+    // differs says so in keys llama.cpp does not read (ModelConfigFromGguf does).
+    int64_t pattern = 0;
+    for (int64_t p = 1; p <= c.num_layers + 1 && pattern == 0; ++p) {
+      bool fits = true;
+      for (int64_t l = 0; l < c.num_layers; ++l) fits &= LayerSlides(c, l) == ((l + 1) % p != 0);
+      if (fits) pattern = p;
+    }
+    if (pattern == 0) {
+      return absl::InvalidArgumentError(
+          "ExportGguf: gemma3 layers whose sliding layers follow no every-p-th pattern");
+    }
+    if (pattern != 6) {
+      meta.emplace_back(a + "attention.sliding_window_pattern", GgufInt(GgufType::kUint32, pattern));
+    }
+    if (c.attention_scale > 0) {
+      meta.emplace_back(a + "attention.scale", GgufFloat(GgufType::kFloat32, c.attention_scale));
+    }
+  }
+  if (c.rope.scaling == RopeConfig::Scaling::kLongRope) {
+    meta.emplace_back(a + "rope.scaling.original_context_length",
+                      GgufInt(GgufType::kUint32, c.rope.original_max_position));
+    meta.emplace_back(a + "rope.scaling.attn_factor",
+                      GgufFloat(GgufType::kFloat32, c.rope.attention_factor));
+    for (const auto& [name, factors] : {std::pair{"rope_factors_long.weight", &c.longrope_long},
+                                        std::pair{"rope_factors_short.weight", &c.longrope_short}}) {
+      Tensor t = Tensor::Empty({static_cast<int64_t>(factors->size())}, DType::kF32);
+      std::memcpy(t.raw(), factors->data(), factors->size() * sizeof(float));
+      tensors.emplace_back(name, std::move(t));
+    }
+  }
   for (const std::string& name : hf.Names()) {
-    const std::string gguf_name = GgufTensorName(name);
+    const std::string gguf_name = GgufTensorName(name, c.arch);
     if (gguf_name.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("ExportGguf: tensor '", name,
                                                      "' has no GGUF name"));
@@ -90,6 +132,10 @@ absl::Status ExportGguf(const ModelConfig& c, const WeightSource& hf, const std:
     if (c.arch == Arch::kLlama) {
       if (absl::StrContains(name, "q_proj")) f32 = PermuteForInterleavedRope(f32, c.num_heads);
       if (absl::StrContains(name, "k_proj")) f32 = PermuteForInterleavedRope(f32, c.num_kv_heads);
+    }
+    // llama.cpp's converter stores Gemma's norms as the 1 + w they scale by.
+    if (c.norm_plus_one && absl::EndsWith(name, "norm.weight")) {
+      for (int64_t i = 0; i < f32.numel(); ++i) f32.data<float>()[i] += 1.0f;
     }
     DType dtype = f32.rank() == 2 ? matrix_dtype : DType::kF32;
     if (IsQuantized(dtype) && f32.dim(1) % DTypeBlockElements(dtype) != 0) dtype = DType::kF32;

@@ -5,7 +5,13 @@
 // - `llama`-architecture checkpoints have the rows of Q and K permuted within each head so that
 //   llama.cpp can rotate adjacent pairs (x[2i], x[2i+1]); the HF layout rotates (x[i], x[i+d/2]).
 //   We keep the weights as stored and use interleaved RoPE for them.
-// - `qwen2` checkpoints are not permuted and use NeoX ("rotate half") RoPE, as in HF.
+// - `qwen2`, `qwen3`, `gemma3` and `phi3` checkpoints are not permuted and use NeoX ("rotate
+//   half") RoPE, as in HF; `glm4` rotates adjacent pairs, as HF's GLM does.
+// - `gemma3` norm weights are stored as 1 + w (HF keeps w and scales by 1 + w); llama.cpp fixes
+//   the sliding pattern at 5 sliding layers of every 6 and the local rope theta at 10000.
+// - `phi3` keeps its fused qkv_proj as attn_qkv and gate_up_proj as ffn_up ([gate; up]), and its
+//   longrope factors as the tensors rope_factors_short / rope_factors_long; `glm4` fuses
+//   gate_up_proj into ffn_up the same way.
 #pragma once
 
 #include <memory>
@@ -17,21 +23,26 @@
 
 namespace shardlm {
 
-// Reads the hyperparameters of the `llama` and `qwen2` architectures. Errors name the file and
-// the metadata key.
+// Reads the hyperparameters of the `llama`, `qwen2`, `qwen3`, `gemma3`, `phi3` and `glm4`
+// architectures. Errors name the file and the metadata key.
 absl::StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& gguf);
+// The family of a general.architecture value ("gemma3" -> kGemma3).
+absl::StatusOr<Arch> ArchFromGguf(const GgufFile& gguf);
+// general.architecture of `arch` as llama.cpp writes it (Mistral is written as llama).
+std::string GgufArchName(Arch arch);
 
-// The GGUF name of an HF tensor name ("model.layers.3.mlp.up_proj.weight" -> "blk.3.ffn_up.weight"),
-// or "" when there is none.
-std::string GgufTensorName(std::string_view hf_name);
+// The GGUF name of an HF tensor name of `arch` ("model.layers.3.mlp.up_proj.weight" ->
+// "blk.3.ffn_up.weight"), or "" when there is none.
+std::string GgufTensorName(std::string_view hf_name, Arch arch = Arch::kLlama);
 // The inverse: the HF name of a GGUF tensor name ("blk.3.ffn_up.weight" ->
 // "model.layers.3.mlp.up_proj.weight"), or "" when there is none.
-std::string HfTensorName(std::string_view gguf_name);
+std::string HfTensorName(std::string_view gguf_name, Arch arch = Arch::kLlama);
 
 // Presents a GGUF file's tensors under HF names (Names() too). Does not own the file.
 class GgufHfView : public WeightSource {
  public:
-  explicit GgufHfView(const GgufFile& gguf) : gguf_(gguf) {}
+  explicit GgufHfView(const GgufFile& gguf)
+      : gguf_(gguf), arch_(ArchFromGguf(gguf).value_or(Arch::kLlama)) {}
   std::string Describe() const override { return gguf_.Describe(); }
   std::vector<std::string> Names() const override;
   absl::StatusOr<TensorInfo> Info(std::string_view name) const override;
@@ -47,6 +58,7 @@ class GgufHfView : public WeightSource {
  private:
   absl::StatusOr<std::string> Map(std::string_view hf_name) const;
   const GgufFile& gguf_;
+  Arch arch_;
 };
 
 }  // namespace shardlm

@@ -68,16 +68,28 @@ void StoreAs(DType dtype, const std::vector<float>& src, Tensor& dst) {
 std::map<std::string, std::vector<int64_t>> CheckpointTensorShapes(const ModelConfig& c) {
   std::map<std::string, std::vector<int64_t>> s;
   const int64_t h = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+  const int64_t inter = c.intermediate_size;
+  const LayerNormNames norms = NormNamesOf(c.arch);
   s["model.embed_tokens.weight"] = {c.vocab_size, h};
   s["model.norm.weight"] = {h};
   if (!c.tie_word_embeddings) s["lm_head.weight"] = {c.vocab_size, h};
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string p = absl::StrCat("model.layers.", l, ".");
-    s[p + "input_layernorm.weight"] = {h};
-    s[p + "post_attention_layernorm.weight"] = {h};
-    s[p + "self_attn.q_proj.weight"] = {q, h};
-    s[p + "self_attn.k_proj.weight"] = {kv, h};
-    s[p + "self_attn.v_proj.weight"] = {kv, h};
+    for (const char* norm : {norms.attn, norms.mlp}) s[p + norm + ".weight"] = {h};
+    if (c.post_norms) {
+      for (const char* norm : {norms.post_attn, norms.post_mlp}) s[p + norm + ".weight"] = {h};
+    }
+    if (c.fused_qkv_proj) {
+      s[p + "self_attn.qkv_proj.weight"] = {q + 2 * kv, h};
+    } else {
+      s[p + "self_attn.q_proj.weight"] = {q, h};
+      s[p + "self_attn.k_proj.weight"] = {kv, h};
+      s[p + "self_attn.v_proj.weight"] = {kv, h};
+    }
+    if (c.qk_norm) {
+      s[p + "self_attn.q_norm.weight"] = {c.head_dim};
+      s[p + "self_attn.k_norm.weight"] = {c.head_dim};
+    }
     s[p + "self_attn.o_proj.weight"] = {h, q};
     if (c.qkv_bias) {
       s[p + "self_attn.q_proj.bias"] = {q};
@@ -85,12 +97,16 @@ std::map<std::string, std::vector<int64_t>> CheckpointTensorShapes(const ModelCo
       s[p + "self_attn.v_proj.bias"] = {kv};
     }
     if (c.o_bias) s[p + "self_attn.o_proj.bias"] = {h};
-    s[p + "mlp.gate_proj.weight"] = {c.intermediate_size, h};
-    s[p + "mlp.up_proj.weight"] = {c.intermediate_size, h};
-    s[p + "mlp.down_proj.weight"] = {h, c.intermediate_size};
+    if (c.fused_gate_up_proj) {
+      s[p + "mlp.gate_up_proj.weight"] = {2 * inter, h};
+    } else {
+      s[p + "mlp.gate_proj.weight"] = {inter, h};
+      s[p + "mlp.up_proj.weight"] = {inter, h};
+    }
+    s[p + "mlp.down_proj.weight"] = {h, inter};
     if (c.mlp_bias) {
-      s[p + "mlp.gate_proj.bias"] = {c.intermediate_size};
-      s[p + "mlp.up_proj.bias"] = {c.intermediate_size};
+      s[p + "mlp.gate_proj.bias"] = {inter};
+      s[p + "mlp.up_proj.bias"] = {inter};
       s[p + "mlp.down_proj.bias"] = {h};
     }
   }
@@ -99,6 +115,9 @@ std::map<std::string, std::vector<int64_t>> CheckpointTensorShapes(const ModelCo
 
 RandomWeightSource::RandomWeightSource(const ModelConfig& config, uint64_t seed, DType dtype)
     : seed_(seed), dtype_(dtype) {
+  if (config.scale_embeddings) {
+    embed_width_ /= std::sqrt(static_cast<float>(config.hidden_size));
+  }
   for (auto& [name, shape] : CheckpointTensorShapes(config)) shapes_.emplace(name, shape);
 }
 
@@ -131,7 +150,8 @@ absl::StatusOr<TensorInfo> RandomWeightSource::Info(std::string_view name) const
 absl::StatusOr<Tensor> RandomWeightSource::Load(std::string_view name) const {
   SHARDLM_ASSIGN_OR_RETURN(TensorInfo info, Info(name));
   Tensor t = Tensor::Empty(info.shape, dtype_);
-  const Draw draw = DrawFor(std::string(name), info.shape);
+  Draw draw = DrawFor(std::string(name), info.shape);
+  if (name == "model.embed_tokens.weight") draw.half_width = embed_width_;
   uint64_t state = seed_ * 0x2545f4914f6cdd1dull ^ Fnv1a64(name);
   std::vector<float> values(static_cast<size_t>(t.numel()));
   for (float& x : values) x = draw.offset + draw.half_width * UniformSigned(state);
@@ -178,13 +198,21 @@ absl::StatusOr<ModelConfig> TinyModelConfig(const TinyModelSpec& spec) {
   SHARDLM_RETURN_IF_ERROR(positive(spec.kv_heads, "--kv-heads"));
   SHARDLM_RETURN_IF_ERROR(positive(spec.intermediate, "--intermediate"));
   SHARDLM_RETURN_IF_ERROR(positive(spec.vocab, "--vocab"));
-  if (spec.hidden % spec.heads != 0) {
+  if (spec.head_dim < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--head-dim: expected a positive integer (or 0: hidden / heads), got ",
+                     spec.head_dim));
+  }
+  if (spec.head_dim == 0 && spec.hidden % spec.heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("--hidden ", spec.hidden,
                                                    " is not a multiple of --heads ", spec.heads));
   }
-  if ((spec.hidden / spec.heads) % 2 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "head_dim = --hidden / --heads = ", spec.hidden / spec.heads, " must be even for RoPE"));
+  const int64_t head_dim = spec.head_dim > 0 ? spec.head_dim : spec.hidden / spec.heads;
+  // GLM turns half of each head, in pairs.
+  const int64_t rotary_quantum = spec.arch == Arch::kGlm || spec.arch == Arch::kGlm4 ? 4 : 2;
+  if (head_dim % rotary_quantum != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("head_dim ", head_dim, " must be a multiple of ",
+                                                   rotary_quantum, " for RoPE"));
   }
   if (spec.heads % spec.kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("--heads ", spec.heads,
@@ -199,7 +227,7 @@ absl::StatusOr<ModelConfig> TinyModelConfig(const TinyModelSpec& spec) {
   c.num_layers = spec.layers;
   c.num_heads = spec.heads;
   c.num_kv_heads = spec.kv_heads;
-  c.head_dim = spec.hidden / spec.heads;
+  c.head_dim = head_dim;
   c.max_position_embeddings = 512;
   c.rms_norm_eps = 1e-5f;
   c.rope.theta = 10000.0f;
@@ -218,6 +246,51 @@ absl::StatusOr<ModelConfig> TinyModelConfig(const TinyModelSpec& spec) {
       c.qkv_bias = true;
       c.rms_norm_eps = 1e-6f;
       c.rope.theta = 1000000.0f;
+      break;
+    case Arch::kQwen3:
+      c.qk_norm = true;
+      c.rms_norm_eps = 1e-6f;
+      c.rope.theta = 1000000.0f;
+      break;
+    case Arch::kGemma3: {
+      c.hidden_act = HiddenAct::kGeluTanh;
+      c.qk_norm = c.norm_plus_one = c.post_norms = c.scale_embeddings = true;
+      c.tie_word_embeddings = true;
+      c.rms_norm_eps = 1e-6f;
+      c.rope.theta = 1000000.0f;
+      RopeConfig local = c.rope;
+      local.theta = 10000.0f;
+      c.sliding_rope = local;
+      c.sliding_window = 4;
+      for (int64_t l = 0; l < c.num_layers; ++l) c.sliding_layers.push_back(l % 2 == 0);
+      // query_pre_attn_scalar = 1.5 x head_dim: a scale other than 1 / sqrt(head_dim).
+      c.attention_scale = static_cast<float>(1.0 / std::sqrt(1.5 * static_cast<double>(head_dim)));
+      break;
+    }
+    case Arch::kPhi3: {
+      c.fused_qkv_proj = c.fused_gate_up_proj = true;
+      c.sliding_window = 6;
+      // longrope with an original context of 4: every prompt of the tests is longer, so HF and
+      // shardlm both use the long factors (and the attention factor of 512 / 4).
+      c.rope.scaling = RopeConfig::Scaling::kLongRope;
+      c.rope.original_max_position = 4;
+      for (int64_t k = 0; k < head_dim / 2; ++k) {
+        c.longrope_short.push_back(1.0f + 0.125f * static_cast<float>(k));
+        c.longrope_long.push_back(1.0f + 0.5f * static_cast<float>(k));
+      }
+      c.rope.freq_factors = c.longrope_long;
+      c.rope.factor = 128.0f;
+      c.rope.attention_factor =
+          static_cast<float>(std::sqrt(1.0 + std::log(128.0) / std::log(4.0)));
+      break;
+    }
+    case Arch::kGlm:
+    case Arch::kGlm4:
+      c.qkv_bias = true;
+      c.fused_gate_up_proj = true;
+      c.post_norms = spec.arch == Arch::kGlm4;
+      c.rope.rotary_dim = static_cast<int>(head_dim / 2);
+      c.rope.interleaved = true;
       break;
   }
   return c;

@@ -34,6 +34,9 @@ class RandomWeightSource : public WeightSource {
   std::map<std::string, std::vector<int64_t>, std::less<>> shapes_;
   uint64_t seed_;
   DType dtype_;
+  // Gemma scales embeddings by sqrt(hidden): its table is drawn that much smaller, so that the
+  // scaled rows have unit variance as every other family's.
+  float embed_width_ = 1.7320508f;
 };
 
 struct TinyModelSpec {
@@ -43,14 +46,18 @@ struct TinyModelSpec {
   int64_t heads = 8;
   int64_t kv_heads = 2;
   int64_t intermediate = 128;
+  int64_t head_dim = 0;  // 0: hidden / heads
   int64_t vocab = 256;
   uint64_t seed = 1;
   DType dtype = DType::kF32;
   bool tie_embeddings = false;
 };
 
-// The config.json content a tiny model of `spec` gets (Qwen2: q/k/v biases; Mistral: a sliding
-// window shorter than the tiny contexts used in tests, so the window is exercised).
+// The config.json content a tiny model of `spec` gets, with each family's features switched on
+// and sized so that tests exercise them: Qwen2 q/k/v biases; Mistral and Phi-3 a sliding window
+// shorter than the tiny contexts; Gemma 3 sliding and global layers alternating, with their two
+// rope thetas, and a query_pre_attn_scalar other than head_dim; Phi-3 longrope with a tiny
+// original context (so its long factors apply); GLM half-rotary heads.
 absl::StatusOr<ModelConfig> TinyModelConfig(const TinyModelSpec& spec);
 // Writes DIR/config.json and DIR/model.safetensors (creating DIR).
 absl::Status WriteTinyModel(const TinyModelSpec& spec, const std::string& dir);

@@ -86,7 +86,8 @@ absl::StatusOr<LlamaWeights> LoadLlamaShard(const ModelConfig& config, const Ran
     out.embed = std::move(e);
   }
   if (shard.last_stage) {
-    SHARDLM_ASSIGN_OR_RETURN(out.final_norm, w.Full("model.norm.weight", {h}));
+    SHARDLM_ASSIGN_OR_RETURN(out.final_norm,
+                             w.Full("model.norm.weight", {h}, config.norm_plus_one ? 1.0f : 0.0f));
     ParallelLMHead head;
     head.vocab = shard.vocab;
     head.full_vocab = v;
@@ -99,15 +100,33 @@ absl::StatusOr<LlamaWeights> LoadLlamaShard(const ModelConfig& config, const Ran
     }
     out.lm_head = std::move(head);
   }
+  const LayerNormNames norms = NormNamesOf(config.arch);
+  // HF Gemma checkpoints store norm weights w of a (1 + w) scale; GGUF files store 1 + w.
+  const float norm_offset = config.norm_plus_one ? 1.0f : 0.0f;
+  auto norm = [&](const std::string& name, int64_t size) {
+    return w.Full(name, {size}, norm_offset);
+  };
   for (int64_t l = shard.layers.begin; l < shard.layers.end; ++l) {
     LlamaLayerWeights lw;
     const std::string p = absl::StrCat("model.layers.", l, ".");
-    SHARDLM_ASSIGN_OR_RETURN(lw.attn_norm, w.Full(p + "input_layernorm.weight", {h}));
+    SHARDLM_ASSIGN_OR_RETURN(lw.attn_norm, norm(p + norms.attn + ".weight", h));
     const std::string q = p + "self_attn.q_proj.", k = p + "self_attn.k_proj.",
                       vp = p + "self_attn.v_proj.";
-    SHARDLM_ASSIGN_OR_RETURN(auto qkv, w.StackedRows({{q + "weight", {q_dim, h}, q_rows},
-                                                      {k + "weight", {kv_dim, h}, kv_rows},
-                                                      {vp + "weight", {kv_dim, h}, kv_rows}}));
+    // This rank's Q, K and V rows: from q_proj, k_proj, v_proj, or from the parts of one
+    // qkv_proj [q; k; v] (Phi-3).
+    std::vector<ShardLoader::RowSlice> qkv_parts;
+    if (config.fused_qkv_proj) {
+      const std::string fused = p + "self_attn.qkv_proj.weight";
+      const std::vector<int64_t> shape = {q_dim + 2 * kv_dim, h};
+      qkv_parts = {{fused, shape, q_rows},
+                   {fused, shape, {q_dim + kv_rows.begin, q_dim + kv_rows.end}},
+                   {fused, shape, {q_dim + kv_dim + kv_rows.begin, q_dim + kv_dim + kv_rows.end}}};
+    } else {
+      qkv_parts = {{q + "weight", {q_dim, h}, q_rows},
+                   {k + "weight", {kv_dim, h}, kv_rows},
+                   {vp + "weight", {kv_dim, h}, kv_rows}};
+    }
+    SHARDLM_ASSIGN_OR_RETURN(auto qkv, w.StackedRows(qkv_parts));
     lw.fused_qkv = qkv.has_value();
     if (lw.fused_qkv) {
       lw.qkv.weight = *std::move(qkv);
@@ -116,20 +135,39 @@ absl::StatusOr<LlamaWeights> LoadLlamaShard(const ModelConfig& config, const Ran
                                                          {k + "bias", {kv_dim}, kv_rows},
                                                          {vp + "bias", {kv_dim}, kv_rows}}));
     } else {
-      SHARDLM_ASSIGN_OR_RETURN(lw.q.weight, w.Rows(q + "weight", {q_dim, h}, q_rows));
-      SHARDLM_ASSIGN_OR_RETURN(lw.k.weight, w.Rows(k + "weight", {kv_dim, h}, kv_rows));
-      SHARDLM_ASSIGN_OR_RETURN(lw.v.weight, w.Rows(vp + "weight", {kv_dim, h}, kv_rows));
+      ColumnParallelLinear* parts[] = {&lw.q, &lw.k, &lw.v};
+      for (int i = 0; i < 3; ++i) {
+        const ShardLoader::RowSlice& part = qkv_parts[i];
+        SHARDLM_ASSIGN_OR_RETURN(parts[i]->weight, w.Rows(part.name, part.shape, part.rows));
+      }
       SHARDLM_ASSIGN_OR_RETURN(lw.q.bias, rows(config.qkv_bias, q + "bias", {q_dim}, q_rows));
       SHARDLM_ASSIGN_OR_RETURN(lw.k.bias, rows(config.qkv_bias, k + "bias", {kv_dim}, kv_rows));
       SHARDLM_ASSIGN_OR_RETURN(lw.v.bias, rows(config.qkv_bias, vp + "bias", {kv_dim}, kv_rows));
     }
+    if (config.qk_norm) {
+      SHARDLM_ASSIGN_OR_RETURN(lw.q_norm, norm(p + "self_attn.q_norm.weight", hd));
+      SHARDLM_ASSIGN_OR_RETURN(lw.k_norm, norm(p + "self_attn.k_norm.weight", hd));
+    }
     SHARDLM_ASSIGN_OR_RETURN(lw.o.weight,
                              w.Columns(p + "self_attn.o_proj.weight", {h, q_dim}, q_rows));
     SHARDLM_ASSIGN_OR_RETURN(lw.o.bias, full(config.o_bias && row_bias, p + "self_attn.o_proj.bias", {h}));
-    SHARDLM_ASSIGN_OR_RETURN(lw.mlp_norm, w.Full(p + "post_attention_layernorm.weight", {h}));
+    if (config.post_norms) {
+      SHARDLM_ASSIGN_OR_RETURN(lw.post_attn_norm, norm(p + norms.post_attn + ".weight", h));
+      SHARDLM_ASSIGN_OR_RETURN(lw.post_mlp_norm, norm(p + norms.post_mlp + ".weight", h));
+    }
+    SHARDLM_ASSIGN_OR_RETURN(lw.mlp_norm, norm(p + norms.mlp + ".weight", h));
     const std::string gate = p + "mlp.gate_proj.", up = p + "mlp.up_proj.";
-    SHARDLM_ASSIGN_OR_RETURN(auto gate_up, w.StackedRows({{gate + "weight", {inter, h}, mlp},
-                                                          {up + "weight", {inter, h}, mlp}}));
+    // Gate and up rows: from gate_proj and up_proj, or from one gate_up_proj [gate; up] (Phi-3,
+    // GLM).
+    std::vector<ShardLoader::RowSlice> gate_up_parts;
+    if (config.fused_gate_up_proj) {
+      const std::string fused = p + "mlp.gate_up_proj.weight";
+      const std::vector<int64_t> shape = {2 * inter, h};
+      gate_up_parts = {{fused, shape, mlp}, {fused, shape, {inter + mlp.begin, inter + mlp.end}}};
+    } else {
+      gate_up_parts = {{gate + "weight", {inter, h}, mlp}, {up + "weight", {inter, h}, mlp}};
+    }
+    SHARDLM_ASSIGN_OR_RETURN(auto gate_up, w.StackedRows(gate_up_parts));
     lw.fused_gate_up = gate_up.has_value();
     if (lw.fused_gate_up) {
       lw.gate_up.weight = *std::move(gate_up);
@@ -137,8 +175,11 @@ absl::StatusOr<LlamaWeights> LoadLlamaShard(const ModelConfig& config, const Ran
           lw.gate_up.bias,
           stacked(config.mlp_bias, {{gate + "bias", {inter}, mlp}, {up + "bias", {inter}, mlp}}));
     } else {
-      SHARDLM_ASSIGN_OR_RETURN(lw.gate.weight, w.Rows(gate + "weight", {inter, h}, mlp));
-      SHARDLM_ASSIGN_OR_RETURN(lw.up.weight, w.Rows(up + "weight", {inter, h}, mlp));
+      ColumnParallelLinear* parts[] = {&lw.gate, &lw.up};
+      for (int i = 0; i < 2; ++i) {
+        const ShardLoader::RowSlice& part = gate_up_parts[i];
+        SHARDLM_ASSIGN_OR_RETURN(parts[i]->weight, w.Rows(part.name, part.shape, part.rows));
+      }
       SHARDLM_ASSIGN_OR_RETURN(lw.gate.bias, rows(config.mlp_bias, gate + "bias", {inter}, mlp));
       SHARDLM_ASSIGN_OR_RETURN(lw.up.bias, rows(config.mlp_bias, up + "bias", {inter}, mlp));
     }
@@ -163,13 +204,20 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(
   m->weight_bytes_ = loader.bytes();
 
   const RankShard& shard = m->parallel_.shard;
-  m->rope_ = config.rope;
-  m->rope_.rotary_dim = static_cast<int>(config.head_dim);
-  m->attn_.num_heads = static_cast<int>(shard.q_heads.size());
-  m->attn_.num_kv_heads = static_cast<int>(shard.kv_heads.size());
-  m->attn_.head_dim = static_cast<int>(config.head_dim);
-  m->attn_.scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim));
-  m->attn_.sliding_window = static_cast<int>(config.sliding_window);
+  AttentionParams attn;
+  attn.num_heads = static_cast<int>(shard.q_heads.size());
+  attn.num_kv_heads = static_cast<int>(shard.kv_heads.size());
+  attn.head_dim = static_cast<int>(config.head_dim);
+  attn.scale = config.attention_scale > 0
+                   ? config.attention_scale
+                   : 1.0f / std::sqrt(static_cast<float>(config.head_dim));
+  for (int64_t l = shard.layers.begin; l < shard.layers.end; ++l) {
+    const bool slides = LayerSlides(config, l);
+    attn.sliding_window = slides ? static_cast<int>(config.sliding_window) : 0;
+    m->attn_.push_back(attn);
+    m->rope_.push_back(slides && config.sliding_rope ? *config.sliding_rope : config.rope);
+  }
+  m->act_ = config.hidden_act == HiddenAct::kGeluTanh ? Activation::kGeluTanh : Activation::kSilu;
   return m;
 }
 
@@ -216,7 +264,9 @@ absl::Status LlamaModel::Layer(int64_t l, bool first, StepWorkspace& ws, const S
                                Tensor& k_cache, Tensor& v_cache) {
   const LlamaLayerWeights& lw = w_.layers[l];
   const int64_t n = ws.tokens, hd = config_.head_dim;
-  const int64_t heads = attn_.num_heads, kv_heads = attn_.num_kv_heads;
+  const AttentionParams& attn = attn_[l];
+  const RopeConfig& rope = rope_[l];
+  const int64_t heads = attn.num_heads, kv_heads = attn.num_kv_heads;
   const int64_t inter = parallel_.shard.intermediate.size();
   const float eps = config_.rms_norm_eps;
   Backend& b = backend_;
@@ -230,7 +280,11 @@ absl::Status LlamaModel::Layer(int64_t l, bool first, StepWorkspace& ws, const S
   }
   if (lw.fused_qkv) {
     lw.qkv.Apply(b, h, ws.qkv);
-    b.RopeWriteKv(ws.qkv, step.positions, rope_, step.cache_rows, k_cache, v_cache, ws.q);
+    if (config_.qk_norm) {
+      b.HeadRmsNorm(ws.qkv, static_cast<int>(heads), static_cast<int>(kv_heads), lw.q_norm,
+                    lw.k_norm, eps);
+    }
+    b.RopeWriteKv(ws.qkv, step.positions, rope, step.cache_rows, k_cache, v_cache, ws.q);
   } else {
     // Q straight into ws.q (rotated in place); K and V in the first two parts of ws.qkv.
     Tensor q = ws.q.Reshape({n, heads * hd});
@@ -240,26 +294,34 @@ absl::Status LlamaModel::Layer(int64_t l, bool first, StepWorkspace& ws, const S
     lw.k.Apply(b, h, k);
     lw.v.Apply(b, h, v);
     Tensor k3 = k.Reshape({n, kv_heads, hd});
-    b.Rope(ws.q, step.positions, rope_);
-    b.Rope(k3, step.positions, rope_);
+    if (config_.qk_norm) {
+      Tensor q_heads = ws.q.Reshape({n * heads, hd}), k_heads = k.Reshape({n * kv_heads, hd});
+      b.RmsNorm(q_heads, lw.q_norm, eps, q_heads);
+      b.RmsNorm(k_heads, lw.k_norm, eps, k_heads);
+    }
+    b.Rope(ws.q, step.positions, rope);
+    b.Rope(k3, step.positions, rope);
     b.WriteKv(k3, v.Reshape({n, kv_heads, hd}), step.cache_rows, k_cache, v_cache);
   }
-  b.PagedAttention(ws.q, k_cache, v_cache, step.layout, attn_, ws.attn);
+  b.PagedAttention(ws.q, k_cache, v_cache, step.layout, attn, ws.attn);
   SHARDLM_RETURN_IF_ERROR(lw.o.Apply(b, parallel_, ws.attn, h));
+  if (config_.post_norms) b.RmsNorm(h, lw.post_attn_norm, eps, h);
   // x += attention output; h = norm(x), in one pass.
   b.AddRmsNorm(x, h, lw.mlp_norm, eps, h);
   if (lw.fused_gate_up) {
     lw.gate_up.Apply(b, h, ws.gate_up);
-    b.GluMulPacked(ws.gate_up, Activation::kSilu, ws.act);
+    b.GluMulPacked(ws.gate_up, act_, ws.act);
   } else {
     Tensor gate = Part(ws.gate_up, 0, {n, inter});
     Tensor up = Part(ws.gate_up, n * inter, {n, inter});
     lw.gate.Apply(b, h, gate);
     lw.up.Apply(b, h, up);
-    b.GluMul(gate, up, Activation::kSilu, ws.act);
+    b.GluMul(gate, up, act_, ws.act);
   }
   // h = the MLP output: added to x with the next layer's first norm (or after the stage).
-  return lw.down.Apply(b, parallel_, ws.act, h);
+  SHARDLM_RETURN_IF_ERROR(lw.down.Apply(b, parallel_, ws.act, h));
+  if (config_.post_norms) b.RmsNorm(h, lw.post_mlp_norm, eps, h);
+  return absl::OkStatus();
 }
 
 StepWorkspace StepWorkspace::Prefix(int64_t new_tokens, int64_t new_logit_rows) const {
@@ -287,7 +349,7 @@ StepWorkspace StepWorkspace::Prefix(int64_t new_tokens, int64_t new_logit_rows) 
 StepWorkspace LlamaModel::NewWorkspace(int64_t tokens, int64_t logit_rows) const {
   const RankShard& shard = parallel_.shard;
   const int64_t hidden = config_.hidden_size, hd = config_.head_dim;
-  const int64_t heads = attn_.num_heads, kv_heads = attn_.num_kv_heads;
+  const int64_t heads = shard.q_heads.size(), kv_heads = shard.kv_heads.size();
   const int64_t inter = shard.intermediate.size();
   Backend& b = backend_;
   StepWorkspace ws;
@@ -329,6 +391,9 @@ absl::StatusOr<Tensor> LlamaModel::ForwardStep(const StepIndices& step,
 
   if (shard.first_stage) {
     SHARDLM_RETURN_IF_ERROR(w_.embed->Apply(backend_, parallel_, step.embed_ids, ws.x));
+    if (config_.scale_embeddings) {
+      backend_.Scale(ws.x, std::sqrt(static_cast<float>(config_.hidden_size)));
+    }
   } else {
     // The previous stage's hidden states, from the rank with the same TP rank there.
     SHARDLM_RETURN_IF_ERROR(RecvFromPreviousStage(backend_, parallel_, ws.x));

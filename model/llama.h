@@ -1,7 +1,11 @@
-// The Llama-family decoder (Llama, Mistral, Qwen2) written once against the Backend and
-// Communicator interfaces: embedding, then per layer RMSNorm -> Q/K/V (+bias) -> RoPE -> causal GQA
-// attention over the paged KV cache -> O -> residual, RMSNorm -> SiLU(gate) * up -> down ->
-// residual; final RMSNorm and LM head. It runs batched steps (ForwardBatch) of the step engine
+// The dense decoder of every supported family (Llama, Mistral, Qwen2, Qwen3, Gemma 3, Phi-3, GLM,
+// GLM-4), written once against the Backend and Communicator interfaces: embedding (Gemma: times
+// sqrt(hidden)), then per layer RMSNorm -> Q/K/V (+bias) -> per-head q/k RMSNorm (Qwen3, Gemma 3)
+// -> RoPE (whole or partial heads, rotate-half or interleaved, the layer's theta) -> causal GQA
+// attention over the paged KV cache (global or sliding window, per layer) -> O -> RMSNorm of the
+// output (Gemma 3, GLM-4) -> residual, RMSNorm -> act(gate) * up (SwiGLU or GeGLU) -> down ->
+// RMSNorm of the output (Gemma 3, GLM-4) -> residual; final RMSNorm and LM head. The families
+// differ only in the ModelConfig fields that switch these on. It runs batched steps (ForwardBatch) of the step engine
 // (runtime/engine.h), which serves the worker and offline generation alike.
 //
 // Each rank holds the shard its ParallelContext gives it (parallel/shard_plan.h): its pipeline
@@ -27,6 +31,8 @@ namespace shardlm {
 
 struct LlamaLayerWeights {
   Tensor attn_norm, mlp_norm;
+  Tensor post_attn_norm, post_mlp_norm;  // ModelConfig::post_norms (Gemma 3, GLM-4)
+  Tensor q_norm, k_norm;                 // ModelConfig::qk_norm (Qwen3, Gemma 3): [head_dim]
   // This rank's Q, K and V rows as one column-parallel linear, [q; k; v] (one GEMM), and gate and
   // up as one, [gate; up]: loaded stacked when the parts have one dtype (fused_*), else apart
   // (Q4_K_M files keep some of them in Q6_K) in q, k, v / gate, up.
@@ -177,8 +183,11 @@ class LlamaModel {
   ModelConfig config_;
   Backend& backend_;
   ParallelContext parallel_;
-  RopeConfig rope_;
-  AttentionParams attn_;
+  // Per local layer: its rope (Gemma 3's sliding layers use their own theta) and attention
+  // parameters (sliding window or not).
+  std::vector<RopeConfig> rope_;
+  std::vector<AttentionParams> attn_;
+  Activation act_ = Activation::kSilu;
   LlamaWeights w_;
   uint64_t weight_bytes_ = 0;
 };

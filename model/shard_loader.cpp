@@ -50,16 +50,26 @@ void ShardLoader::Count(const TensorInfo& info, int64_t numel, bool as_f32) {
 }
 
 absl::StatusOr<Tensor> ShardLoader::Full(const std::string& name,
-                                         const std::vector<int64_t>& shape) {
+                                         const std::vector<int64_t>& shape, float offset) {
   SHARDLM_ASSIGN_OR_RETURN(TensorInfo info, Check(name, shape));
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
   if (backend_ == nullptr) {
-    int64_t numel = 1;
-    for (int64_t d : shape) numel *= d;
-    Count(info, numel, false);
+    Count(info, numel, offset != 0.0f);
     return Tensor();
   }
   SHARDLM_ASSIGN_OR_RETURN(Tensor host, weights_.Load(name));
-  return Prepare(host);
+  if (offset == 0.0f) return Prepare(host);
+  if (IsQuantized(info.dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' in ", info.file,
+                                                   ": a quantized norm weight (",
+                                                   DTypeName(info.dtype), ") is not supported"));
+  }
+  Tensor shifted = Tensor::Empty(shape, DType::kF32);
+  ConvertToF32(host.dtype(), host.raw(), shifted.data<float>(), static_cast<size_t>(numel));
+  for (int64_t i = 0; i < numel; ++i) shifted.data<float>()[i] += offset;
+  weights_.Release(host);
+  return Prepare(shifted);
 }
 
 absl::StatusOr<Tensor> ShardLoader::Rows(const std::string& name,

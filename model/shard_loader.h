@@ -22,7 +22,9 @@ class ShardLoader {
   ShardLoader(const ModelConfig& config, const WeightSource& weights, Backend* backend)
       : config_(config), weights_(weights), backend_(backend) {}
 
-  absl::StatusOr<Tensor> Full(const std::string& name, const std::vector<int64_t>& shape);
+  // `offset` != 0: the tensor plus `offset`, as f32 (Gemma's (1 + w) norms in HF checkpoints).
+  absl::StatusOr<Tensor> Full(const std::string& name, const std::vector<int64_t>& shape,
+                              float offset = 0.0f);
   // Rows [rows.begin, rows.end) of dimension 0: a view of the file, no copy (when the backend
   // takes the view as it is, as the CPU backend does for aligned data).
   absl::StatusOr<Tensor> Rows(const std::string& name, const std::vector<int64_t>& shape,

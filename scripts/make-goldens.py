@@ -36,6 +36,12 @@ MODELS = {
     "llama-bf16": dict(arch="llama", layers=2, hidden=64, heads=8, kv_heads=2, intermediate=128, seed=6, dtype="bf16"),
     "llama-f16": dict(arch="llama", layers=2, hidden=64, heads=8, kv_heads=2, intermediate=128, seed=7, dtype="f16"),
     "llama-tied": dict(arch="llama", layers=2, hidden=64, heads=8, kv_heads=2, intermediate=128, seed=8, tie_embeddings=True),
+    # Issue 15's families (TinyModelConfig switches each family's features on).
+    "qwen3-hd24": dict(arch="qwen3", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=96, head_dim=24, seed=9),
+    "gemma3": dict(arch="gemma3", layers=4, hidden=64, heads=4, kv_heads=1, intermediate=128, seed=10),
+    "phi3-longrope": dict(arch="phi3", layers=2, hidden=72, heads=9, kv_heads=3, intermediate=96, seed=11),
+    "glm": dict(arch="glm", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=96, seed=12),
+    "glm4": dict(arch="glm4", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=96, seed=13),
 }
 
 
@@ -83,7 +89,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shardlm", default="build/bin/shardlm")
     ap.add_argument("--out", default="tests/goldens/hf")
+    ap.add_argument("--only", default="",
+                    help="comma-separated model names: regenerate just these, keep the others' entries")
     opts = ap.parse_args()
+    only = [n for n in opts.only.split(",") if n]
 
     import torch
     import transformers
@@ -91,6 +100,10 @@ def main():
 
     torch.manual_seed(0)
     os.makedirs(opts.out, exist_ok=True)
+    old = {}
+    manifest_path = os.path.join(opts.out, "manifest.json")
+    if only and os.path.exists(manifest_path):
+        old = {m["name"]: m for m in json.load(open(manifest_path))["models"]}
     manifest = {
         "generator": "scripts/make-goldens.py",
         "reference": "HF transformers %s, torch %s, CPU, float64, eager attention" % (
@@ -100,6 +113,10 @@ def main():
         "models": [],
     }
     for name, spec in MODELS.items():
+        if only and name not in only:
+            if name in old:
+                manifest["models"].append(old[name])
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             args = make_args(spec)
             subprocess.run([opts.shardlm, "make-tiny-model", "--out", tmp] + args, check=True,
@@ -108,6 +125,8 @@ def main():
                 tmp, dtype=torch.float64, attn_implementation="eager")
             model.eval()
             entry = {"name": name, "make_tiny_model_args": args,
+                     "reference": "HF transformers %s, torch %s" % (
+                         transformers.__version__, torch.__version__.split("+")[0]),
                      "safetensors_fnv1a64": fnv1a64(os.path.join(tmp, "model.safetensors")),
                      "logits_file": name + ".logits.f32", "outputs": []}
             all_rows = []

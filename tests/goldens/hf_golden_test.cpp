@@ -60,7 +60,9 @@ TinyModelSpec SpecFromArgs(const std::vector<std::string>& args) {
     }
     const std::string& value = args.at(++i);
     if (flag == "--arch") {
-      spec.arch = value == "qwen2" ? Arch::kQwen2 : value == "mistral" ? Arch::kMistral : Arch::kLlama;
+      const std::optional<Arch> arch = ArchFromName(value == "gemma3" ? "gemma3_text" : value);
+      if (!arch) ADD_FAILURE() << "unknown --arch in manifest: " << value;
+      spec.arch = arch.value_or(Arch::kLlama);
     } else if (flag == "--dtype") {
       spec.dtype = value == "bf16" ? DType::kBF16 : value == "f16" ? DType::kF16 : DType::kF32;
     } else if (flag == "--seed") {
@@ -69,7 +71,8 @@ TinyModelSpec SpecFromArgs(const std::vector<std::string>& args) {
       static const std::map<std::string, int64_t TinyModelSpec::*> kInts = {
           {"--layers", &TinyModelSpec::layers}, {"--hidden", &TinyModelSpec::hidden},
           {"--heads", &TinyModelSpec::heads}, {"--kv-heads", &TinyModelSpec::kv_heads},
-          {"--intermediate", &TinyModelSpec::intermediate}, {"--vocab", &TinyModelSpec::vocab}};
+          {"--intermediate", &TinyModelSpec::intermediate}, {"--vocab", &TinyModelSpec::vocab},
+          {"--head-dim", &TinyModelSpec::head_dim}};
       auto it = kInts.find(flag);
       if (it == kInts.end()) ADD_FAILURE() << "unknown make-tiny-model flag in manifest: " << flag;
       else spec.*(it->second) = std::stoll(value);
@@ -143,7 +146,8 @@ TEST_P(HfGoldenTest, MatchesTransformers) {
 INSTANTIATE_TEST_SUITE_P(TinyModels, HfGoldenTest,
                          ::testing::Values("llama-8h-2kv", "llama-9h-3kv", "llama-4h-1kv",
                                            "qwen2-bias", "mistral-swa", "llama-bf16",
-                                           "llama-f16", "llama-tied"),
+                                           "llama-f16", "llama-tied", "qwen3-hd24", "gemma3",
+                                           "phi3-longrope", "glm", "glm4"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) if (c == '-') c = '_';

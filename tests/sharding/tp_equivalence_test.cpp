@@ -117,7 +117,16 @@ std::vector<Case> TinyCases() {
       {"llama-4h-1kv", spec(Arch::kLlama, 4, 1, 64, 96, 14)},
       {"qwen2-bias", spec(Arch::kQwen2, 8, 2, 64, 96, 15)},
       {"mistral-swa", spec(Arch::kMistral, 8, 2, 64, 96, 16)},
+      // Issue 15's families: q/k norms and head_dim != hidden / heads (Qwen3), Gemma 3's
+      // alternating sliding/global layers with post norms and GeGLU, Phi-3's fused qkv_proj /
+      // gate_up_proj split unevenly (9 heads, 3 KV heads) and longrope, GLM's half-rotary heads.
+      {"qwen3-hd24", spec(Arch::kQwen3, 4, 2, 64, 96, 18)},
+      {"gemma3", spec(Arch::kGemma3, 4, 1, 64, 128, 19)},
+      {"phi3-9h-3kv", spec(Arch::kPhi3, 9, 3, 72, 96, 20)},
+      {"glm", spec(Arch::kGlm, 4, 2, 64, 96, 22)},
+      {"glm4", spec(Arch::kGlm4, 4, 2, 64, 96, 23)},
   };
+  cases[cases.size() - 5].spec.head_dim = 24;
   Case tied = {"llama-tied", spec(Arch::kLlama, 8, 2, 64, 96, 17)};
   tied.spec.tie_embeddings = true;
   cases.push_back(tied);
