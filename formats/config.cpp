@@ -526,6 +526,11 @@ absl::StatusOr<ModelConfig> Parse(const json& root, const std::string& source) {
     c.head_dim = c.hidden_size / c.num_heads;
   }
 
+  if (c.head_dim % 2 != 0 && ConfigReader::Find(root, "partial_rotary_factor") == nullptr) {
+    return r.Problem("head_dim", absl::StrCat("expected an even number (rotary embedding "
+                                              "rotates pairs of features), got ",
+                                              c.head_dim));
+  }
   // Partial rotary (GLM: half of each head by default; Phi-4-mini 0.75): rope turns the first
   // rotary_dim features of each head, in pairs.
   float partial = c.arch == Arch::kGlm || c.arch == Arch::kGlm4 ? 0.5f : 1.0f;

@@ -1,5 +1,6 @@
 // The same tiny model as safetensors (HF layout) and as GGUF (written like llama.cpp's converter:
-// Q/K rows permuted for `llama`, not for `qwen2`) must give the same logits. A control shows the
+// Q/K rows permuted for `llama`, not for the others; Gemma's norms as 1 + w; Phi-3's fused
+// tensors and rope factor tensors) must give the same logits. A control shows the
 // llama permutation matters: reading the GGUF with HF (rotate-half) RoPE gives other logits.
 #include <algorithm>
 #include <cmath>
@@ -72,7 +73,9 @@ TEST_P(GgufEquivalenceTest, SameLogitsAsSafetensors) {
   ASSERT_TRUE(ExportGguf(*config, hf, path).ok());
   auto gguf = OpenCheckpoint(path);
   ASSERT_TRUE(gguf.ok()) << gguf.status();
-  EXPECT_EQ(gguf->config.rope.interleaved, c.arch == Arch::kLlama);
+  // llama: permuted Q/K rows, read with interleaved rope; GLM-4 is interleaved in HF already.
+  EXPECT_EQ(gguf->config.rope.interleaved, c.arch == Arch::kLlama || c.arch == Arch::kGlm4);
+  EXPECT_EQ(gguf->config.arch, c.arch);
   const std::vector<float> got = Logits(gguf->config, *gguf->weights, ids);
   EXPECT_LE(MaxDiff(want, got), 1e-4 * MaxAbs(want));
 
@@ -93,7 +96,13 @@ TEST_P(GgufEquivalenceTest, SameLogitsAsSafetensors) {
 INSTANTIATE_TEST_SUITE_P(Archs, GgufEquivalenceTest,
                          ::testing::Values(Case{"llama_8_2", Arch::kLlama, 64, 8, 2},
                                            Case{"llama_9_3", Arch::kLlama, 72, 9, 3},
-                                           Case{"qwen2_4_1", Arch::kQwen2, 64, 4, 1}),
+                                           Case{"qwen2_4_1", Arch::kQwen2, 64, 4, 1},
+                                           // Issue 15: names, fused tensors, (1 + w) norms stored
+                                           // as llama.cpp stores them, longrope factor tensors.
+                                           Case{"qwen3_4_2", Arch::kQwen3, 64, 4, 2},
+                                           Case{"gemma3_4_1", Arch::kGemma3, 64, 4, 1},
+                                           Case{"phi3_9_3", Arch::kPhi3, 72, 9, 3},
+                                           Case{"glm4_4_2", Arch::kGlm4, 64, 4, 2}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace

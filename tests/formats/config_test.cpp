@@ -1,5 +1,6 @@
 #include "formats/config.h"
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -93,6 +94,19 @@ void ExpectSameConfig(const ModelConfig& a, const ModelConfig& b) {
   EXPECT_EQ(a.torch_dtype, b.torch_dtype);
   EXPECT_EQ(a.bos_token_id, b.bos_token_id);
   EXPECT_EQ(a.eos_token_ids, b.eos_token_ids);
+  EXPECT_EQ(a.sliding_layers, b.sliding_layers);
+  EXPECT_EQ(a.sliding_rope.has_value(), b.sliding_rope.has_value());
+  if (a.sliding_rope && b.sliding_rope) EXPECT_EQ(a.sliding_rope->theta, b.sliding_rope->theta);
+  EXPECT_EQ(a.attention_scale, b.attention_scale);
+  EXPECT_EQ(a.hidden_act, b.hidden_act);
+  EXPECT_EQ(a.qk_norm, b.qk_norm);
+  EXPECT_EQ(a.norm_plus_one, b.norm_plus_one);
+  EXPECT_EQ(a.post_norms, b.post_norms);
+  EXPECT_EQ(a.scale_embeddings, b.scale_embeddings);
+  EXPECT_EQ(a.fused_qkv_proj, b.fused_qkv_proj);
+  EXPECT_EQ(a.fused_gate_up_proj, b.fused_gate_up_proj);
+  EXPECT_EQ(a.rope.freq_factors, b.rope.freq_factors);
+  EXPECT_EQ(a.rope.attention_factor, b.rope.attention_factor);
 }
 
 // Parse(ToJson(c)) == c, and the JSON it writes is stable.
@@ -211,22 +225,151 @@ TEST(ModelConfigTest, EosList) {
   EXPECT_THAT(MustParse(j).eos_token_ids, ElementsAre(128001, 128008, 128009));
 }
 
-TEST(ModelConfigTest, Qwen2SlidingWindowOnlyWhenEnabledForAllLayers) {
+TEST(ModelConfigTest, Qwen2SlidingWindowPerLayer) {
   json j = json::parse(kQwen25);
+  EXPECT_EQ(MustParse(j).sliding_window, 0);  // use_sliding_window: false
   j["use_sliding_window"] = true;
   j["max_window_layers"] = 0;
-  EXPECT_EQ(MustParse(j).sliding_window, 32768);
+  ModelConfig all = MustParse(j);
+  EXPECT_TRUE(LayerSlides(all, 0));
+  EXPECT_TRUE(LayerSlides(all, 23));
   j["max_window_layers"] = 24;  // no layer at or above 24: none uses the window
-  EXPECT_EQ(MustParse(j).sliding_window, 0);
-  j["max_window_layers"] = 21;  // layers 21..23 would, 0..20 would not
+  ModelConfig none = MustParse(j);
+  for (int l = 0; l < 24; ++l) EXPECT_FALSE(LayerSlides(none, l));
+  j["max_window_layers"] = 21;  // layers 21..23 do, 0..20 do not
+  ModelConfig mixed = MustParse(j);
+  EXPECT_FALSE(LayerSlides(mixed, 20));
+  EXPECT_TRUE(LayerSlides(mixed, 21));
+  ExpectRoundTrip(mixed);
+}
+
+// The config.json of google/gemma-3-270m.
+constexpr char kGemma3[] = R"({
+  "architectures": ["Gemma3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+  "attn_logit_softcapping": null, "bos_token_id": 2, "eos_token_id": 1,
+  "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+  "hidden_size": 640, "initializer_range": 0.02, "intermediate_size": 2048,
+  "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention",
+    "sliding_attention", "sliding_attention", "full_attention", "sliding_attention",
+    "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention",
+    "full_attention", "sliding_attention", "sliding_attention", "sliding_attention",
+    "sliding_attention", "sliding_attention", "full_attention"],
+  "max_position_embeddings": 32768, "model_type": "gemma3_text", "num_attention_heads": 4,
+  "num_hidden_layers": 18, "num_key_value_heads": 1, "pad_token_id": 0,
+  "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0,
+  "rope_scaling": null, "rope_theta": 1000000.0, "sliding_window": 512,
+  "torch_dtype": "bfloat16", "use_bidirectional_attention": false, "vocab_size": 262144})";
+
+TEST(ModelConfigTest, ParsesGemma3_270M) {
+  const ModelConfig c = MustParse(json::parse(kGemma3));
+  EXPECT_EQ(c.arch, Arch::kGemma3);
+  EXPECT_EQ(c.head_dim, 256);
+  EXPECT_EQ(c.hidden_act, HiddenAct::kGeluTanh);
+  EXPECT_TRUE(c.qk_norm && c.norm_plus_one && c.post_norms && c.scale_embeddings);
+  EXPECT_TRUE(c.tie_word_embeddings);  // Gemma3TextConfig's default
+  EXPECT_FLOAT_EQ(c.attention_scale, 1.0f / 16.0f);
+  EXPECT_EQ(c.sliding_window, 512);
+  EXPECT_TRUE(LayerSlides(c, 0));
+  EXPECT_FALSE(LayerSlides(c, 5));
+  EXPECT_FALSE(LayerSlides(c, 17));
+  EXPECT_EQ(c.rope.theta, 1000000.0f);
+  ASSERT_TRUE(c.sliding_rope.has_value());
+  EXPECT_EQ(c.sliding_rope->theta, 10000.0f);
+  ExpectRoundTrip(c);
+  // transformers 5 writes the thetas per layer type.
+  json v5 = json::parse(kGemma3);
+  v5.erase("rope_theta");
+  v5.erase("rope_local_base_freq");
+  v5.erase("rope_scaling");
+  v5["rope_parameters"] = {{"full_attention", {{"rope_type", "default"}, {"rope_theta", 1e6}}},
+                           {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 1e4}}}};
+  const ModelConfig c5 = MustParse(v5);
+  EXPECT_EQ(c5.rope.theta, 1000000.0f);
+  EXPECT_EQ(c5.sliding_rope->theta, 10000.0f);
+  // Older files give the pattern instead of layer_types: every 6th layer is global.
+  json old = json::parse(kGemma3);
+  old.erase("layer_types");
+  old["sliding_window_pattern"] = 6;
+  const ModelConfig c6 = MustParse(old);
+  for (int l = 0; l < 18; ++l) EXPECT_EQ(LayerSlides(c6, l), LayerSlides(c, l)) << l;
+}
+
+TEST(ModelConfigErrorTest, Gemma3UnimplementedFieldsAreNamed) {
+  json j = json::parse(kGemma3);
+  j["final_logit_softcapping"] = 30.0;
   EXPECT_TRUE(IsErrorWith(ParseModelConfig(j, kSource).status(), StatusCode::kInvalidArgument,
-                          {kPrefix, "'max_window_layers'", "got 21"}));
+                          {kPrefix, "'final_logit_softcapping'", "soft-capping", "got 30"}));
+  j = json::parse(kGemma3);
+  j["hidden_activation"] = "gelu";
+  EXPECT_TRUE(IsErrorWith(ParseModelConfig(j, kSource).status(), StatusCode::kInvalidArgument,
+                          {kPrefix, "'hidden_activation'", "gelu_pytorch_tanh", "got \"gelu\""}));
+  j = json::parse(kGemma3);
+  j["model_type"] = "gemma3";
+  EXPECT_TRUE(IsErrorWith(ParseModelConfig(j, kSource).status(), StatusCode::kInvalidArgument,
+                          {kPrefix, "'model_type'", "multimodal", "gemma3_text"}));
+  j = json::parse(kGemma3);
+  j["layer_types"][3] = "chunked_attention";
+  EXPECT_TRUE(IsErrorWith(ParseModelConfig(j, kSource).status(), StatusCode::kInvalidArgument,
+                          {kPrefix, "'layer_types'", "got \"chunked_attention\""}));
+}
+
+TEST(ModelConfigTest, Phi3LongRope) {
+  json j = Minimal();
+  j["model_type"] = "phi3";
+  j["max_position_embeddings"] = 131072;
+  j["original_max_position_embeddings"] = 4096;
+  std::vector<double> shorts(8, 1.0), longs(8, 2.0);  // head_dim 16: 8 pairs
+  j["rope_scaling"] = {{"type", "longrope"}, {"short_factor", shorts}, {"long_factor", longs}};
+  ModelConfig c = MustParse(j);
+  EXPECT_TRUE(c.fused_qkv_proj && c.fused_gate_up_proj);
+  EXPECT_EQ(c.rope.scaling, RopeConfig::Scaling::kLongRope);
+  EXPECT_EQ(c.rope.original_max_position, 4096);
+  // The context exceeds the original one: the long factors, and sqrt(1 + ln 32 / ln 4096).
+  EXPECT_EQ(c.rope.freq_factors, std::vector<float>(8, 2.0f));
+  EXPECT_NEAR(c.rope.attention_factor, std::sqrt(1 + std::log(32.0) / std::log(4096.0)), 1e-6);
+  ExpectRoundTrip(c);
+  j["max_position_embeddings"] = 4096;  // no longer: the short factors, no attention factor
+  c = MustParse(j);
+  EXPECT_EQ(c.rope.freq_factors, std::vector<float>(8, 1.0f));
+  EXPECT_EQ(c.rope.attention_factor, 1.0f);
+  j["rope_scaling"]["long_factor"] = std::vector<double>(7, 2.0);
+  EXPECT_TRUE(IsErrorWith(ParseModelConfig(j, kSource).status(), StatusCode::kInvalidArgument,
+                          {kPrefix, "'rope_scaling.long_factor'", "a list of 8 positive"}));
+}
+
+TEST(ModelConfigTest, GlmPartialInterleavedRope) {
+  json j = Minimal();
+  j["model_type"] = "glm4";
+  j["head_dim"] = 16;
+  ModelConfig c = MustParse(j);
+  EXPECT_EQ(c.rope.rotary_dim, 8);  // partial_rotary_factor 0.5 by default
+  EXPECT_TRUE(c.rope.interleaved);
+  EXPECT_TRUE(c.qkv_bias && !c.o_bias && c.fused_gate_up_proj && c.post_norms);
+  ExpectRoundTrip(c);
+  j["partial_rotary_factor"] = 0.3;  // int(4.8) = 4 features, as HF rounds
+  EXPECT_EQ(MustParse(j).rope.rotary_dim, 4);
+  j["partial_rotary_factor"] = 0.1;  // int(1.6) = 1: not a pair
+  EXPECT_TRUE(IsErrorWith(ParseModelConfig(j, kSource).status(), StatusCode::kInvalidArgument,
+                          {kPrefix, "'partial_rotary_factor'", "even rotary dimension"}));
+}
+
+TEST(ModelConfigTest, Qwen3HeadDimDefaultsTo128) {
+  json j = Minimal();
+  j["model_type"] = "qwen3";
+  ModelConfig c = MustParse(j);
+  EXPECT_EQ(c.head_dim, 128);  // Qwen3Config's default, not hidden / heads = 16
+  EXPECT_TRUE(c.qk_norm);
+  ExpectRoundTrip(c);
 }
 
 TEST(ModelConfigTest, ArchNames) {
   EXPECT_EQ(ArchName(Arch::kLlama), "llama");
   EXPECT_EQ(ArchName(Arch::kMistral), "mistral");
   EXPECT_EQ(ArchName(Arch::kQwen2), "qwen2");
+  EXPECT_EQ(ArchName(Arch::kGemma3), "gemma3_text");
+  EXPECT_EQ(ArchFromName("Glm4ForCausalLM"), Arch::kGlm4);
+  EXPECT_EQ(ArchFromName("phi3"), Arch::kPhi3);
+  EXPECT_EQ(ArchFromName("gpt2"), std::nullopt);
 }
 
 // ---- Round trips. ----
@@ -306,7 +449,7 @@ TEST(ModelConfigErrorTest, MissingModelTypeAndArchitectures) {
   json j = Minimal();
   j.erase("model_type");
   EXPECT_TRUE(IsErrorWith(ParseModelConfig(j, kSource).status(), StatusCode::kInvalidArgument,
-                          {kPrefix, "'model_type'", "llama, mistral, qwen2"}));
+                          {kPrefix, "'model_type'", "\"llama\", \"mistral\", \"qwen2\", \"qwen3\""}));
 }
 
 struct WrongValue {
@@ -397,7 +540,8 @@ TEST(ModelConfigErrorTest, UnknownModelType) {
   j["model_type"] = "gpt2";
   EXPECT_TRUE(
       IsErrorWith(ParseModelConfig(j, kSource).status(), StatusCode::kInvalidArgument,
-                  {kPrefix, "'model_type'", "\"llama\", \"mistral\", \"qwen2\"", "got \"gpt2\""}));
+                  {kPrefix, "'model_type'", "\"llama\", \"mistral\", \"qwen2\", \"qwen3\"",
+                   "\"gemma3_text\", \"phi3\", \"glm\"", "got \"gpt2\""}));
 }
 
 TEST(ModelConfigErrorTest, UnknownArchitecture) {
