@@ -11,10 +11,15 @@ thread count, alternating runs, best and median of --repeats.
     a prompt of 1 id, 128 decoded tokens    -> tg128 (context 1..129, as llama-bench's 0..128).
   Each run is a fresh process: no warm-up beyond loading.
 
+  Prompts start as llama-bench's do: with BOS when the vocabulary adds one (Gemma 3), else id 1
+  (SmolLM2); the rest are random ids.
+
   python3 bench/compare_llamacpp.py [--model models/SmolLM2-135M-Instruct.Q4_1.gguf]
       [--shardlm build/bin/shardlm] [--llama-bench PATH] [--threads 2] [--prompt-len 512]
       [--gen-len 128] [--depth 512] [--repeats 3]
 Prints a table (ratio = shardlm tok/s / llama-bench tok/s) and one JSON line (the last line).
+Any GGUF shardlm runs works, e.g. --model models/gemma-3-270m-q4_k_m.gguf
+(scripts/get-model.sh gemma3).
 """
 import argparse
 import json
@@ -43,6 +48,18 @@ def run_shardlm(opts, ids, decode):
     if not prefill or not dec or int(dec.group(1)) != decode:
         raise RuntimeError(f"unexpected shardlm generate output: {out.stderr[-1000:]}")
     return float(prefill.group(1)), float(dec.group(2))
+
+
+def first_token(opts):
+    """The id a prompt starts with: BOS when the vocabulary adds one (what `shardlm tokenize`
+    writes for empty text), as llama-bench does; else 1."""
+    out = subprocess.run([opts.shardlm, "tokenize", "--model", opts.model], input="",
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{opts.shardlm} tokenize --model {opts.model} failed: "
+                           f"{out.stderr[-2000:]}")
+    ids = out.stdout.split()
+    return int(ids[0]) if ids else 1
 
 
 def run_llama_bench(opts):
@@ -86,7 +103,8 @@ def main():
                                  text=True).stdout.strip()
 
     rng = random.Random(opts.seed)
-    long_prompt = [1] + [rng.randrange(100, 40000) for _ in range(opts.prompt_len - 1)]
+    first = first_token(opts)
+    long_prompt = [first] + [rng.randrange(100, 40000) for _ in range(opts.prompt_len - 1)]
     pp, tg, tgd = f"pp{opts.prompt_len}", f"tg{opts.gen_len}", f"tg{opts.gen_len} @ d{opts.depth}"
     keys = {pp: (opts.prompt_len, 0, 0), tg: (0, opts.gen_len, 0)}
     if opts.depth:
@@ -102,7 +120,7 @@ def main():
                 for k, key in keys.items():
                     samples[name][k].append(figures[key])
             else:
-                p, d = run_shardlm(opts, [1], opts.gen_len)
+                p, d = run_shardlm(opts, [first], opts.gen_len)
                 samples[name][tg].append(d)
                 # The long prompt's decode runs after prompt_len tokens of context.
                 p, d = run_shardlm(opts, long_prompt, opts.gen_len)

@@ -46,18 +46,28 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFromPath(const std::stri
   return LoadHfTokenizer(dir);
 }
 
+absl::StatusOr<ChatTemplate> ChatTemplateFromGguf(const GgufFile& gguf, const std::string& path) {
+  if (gguf.Find("tokenizer.chat_template")) {
+    SHARDLM_ASSIGN_OR_RETURN(std::string jinja, gguf.GetString("tokenizer.chat_template"));
+    return ChatTemplate::Detect(jinja);
+  }
+  // Gemma 3 270M's GGUF (scripts/get-model.sh gemma3) has no template, while the HF checkpoint
+  // it comes from has Gemma's; llama.cpp would fall back to ChatML, whose markers this
+  // vocabulary lacks.
+  if (gguf.Find("general.architecture")) {
+    SHARDLM_ASSIGN_OR_RETURN(std::string arch, gguf.GetString("general.architecture"));
+    if (arch == "gemma" || arch == "gemma2" || arch == "gemma3") {
+      return ChatTemplate::FromName("gemma");
+    }
+  }
+  return absl::NotFoundError(
+      absl::StrCat(path, ": no metadata key 'tokenizer.chat_template'; pass --chat-template"));
+}
+
 absl::StatusOr<ChatTemplate> LoadChatTemplate(const OpenedCheckpoint& checkpoint,
                                               const std::string& name) {
   if (!name.empty()) return ChatTemplate::FromName(name);
-  if (checkpoint.is_gguf()) {
-    if (!checkpoint.gguf->Find("tokenizer.chat_template")) {
-      return absl::NotFoundError(absl::StrCat(
-          checkpoint.path, ": no metadata key 'tokenizer.chat_template'; pass --chat-template"));
-    }
-    SHARDLM_ASSIGN_OR_RETURN(std::string jinja,
-                             checkpoint.gguf->GetString("tokenizer.chat_template"));
-    return ChatTemplate::Detect(jinja);
-  }
+  if (checkpoint.is_gguf()) return ChatTemplateFromGguf(*checkpoint.gguf, checkpoint.path);
   const std::string path = checkpoint.hf_dir + "/tokenizer_config.json";
   std::ifstream in(path);
   nlohmann::json config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);

@@ -27,4 +27,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFromPath(const std::stri
 absl::StatusOr<ChatTemplate> LoadChatTemplate(const OpenedCheckpoint& checkpoint,
                                               const std::string& name);
 
+// The chat template of a GGUF file (`path` names it in messages): recognised from
+// tokenizer.chat_template; without that key, Gemma's for the gemma architectures, whose
+// checkpoints all carry that template (some GGUF conversions leave it out), else NotFound.
+absl::StatusOr<ChatTemplate> ChatTemplateFromGguf(const GgufFile& gguf, const std::string& path);
+
 }  // namespace shardlm

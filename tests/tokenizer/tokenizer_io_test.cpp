@@ -15,6 +15,8 @@
 #include "gtest/gtest.h"
 #include "formats/gguf.h"
 #include "formats/gguf_writer.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/loader.h"
 #include "tokenizer/pretokenizer.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
@@ -192,6 +194,36 @@ TEST_F(GgufVocabTest, BadValues) {
   m[1].second = GgufArray(GgufType::kString, {});
   EXPECT_TRUE(IsErrorWith(Read(m).status(), StatusCode::kInvalidArgument,
                           {path_, "tokenizer.ggml.tokens", "empty"}));
+}
+
+// The chat template: tokenizer.chat_template when present; without it Gemma's for the gemma
+// architectures (Gemma 3 270M's GGUF has none), and for others NotFound naming the key.
+TEST_F(GgufVocabTest, ChatTemplateFromMetadataElseGemmaArchitecture) {
+  auto read = [&](const Metadata& m) -> absl::StatusOr<ChatTemplate> {
+    const absl::Status written = WriteGguf(path_, m, {});
+    EXPECT_TRUE(written.ok()) << written;
+    auto gguf = GgufFile::OpenMetadata(path_);
+    if (!gguf.ok()) return gguf.status();
+    return ChatTemplateFromGguf(**gguf, path_);
+  };
+  for (const char* arch : {"gemma", "gemma2", "gemma3"}) {
+    Metadata m = Spm();
+    m.push_back({"general.architecture", GgufString(arch)});
+    auto t = read(m);
+    ASSERT_TRUE(t.ok()) << arch << ": " << t.status();
+    EXPECT_EQ(t->kind(), ChatTemplate::Kind::kGemma) << arch;
+    // The file's own template wins.
+    m.push_back({"tokenizer.chat_template", GgufString("{{ '<|im_start|>' + role }}")});
+    t = read(m);
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(t->kind(), ChatTemplate::Kind::kChatml) << arch;
+  }
+  Metadata m = Spm();
+  EXPECT_TRUE(IsErrorWith(read(m).status(), StatusCode::kNotFound,
+                          {path_, "tokenizer.chat_template", "--chat-template"}));
+  m.push_back({"general.architecture", GgufString("llama")});
+  EXPECT_TRUE(IsErrorWith(read(m).status(), StatusCode::kNotFound,
+                          {path_, "tokenizer.chat_template", "--chat-template"}));
 }
 
 // ---- tokenizer.json ----
