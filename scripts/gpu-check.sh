@@ -8,8 +8,8 @@
 #              backend, the model on CUDA vs the CPU (CUDA graphs vs eager), tp=2 on one GPU
 #              through MPI, NCCL (the two-GPU cases skip on one)
 #   gpu_decode bench/gpu_decode at batch 1, 8, 64 and contexts 256, 4096 (Llama-2-7B shape, bf16)
-#   memcheck   compute-sanitizer --tool memcheck on cuda_backend_test and cuda_quant_test (a gtest
-#              filter keeps them short)
+#   memcheck   compute-sanitizer --tool memcheck on cuda_backend_test, cuda_quant_test and
+#              cuda_ops_test (gtest filters keep them short)
 # then one summary: per batch and context tok/s, ms/step, GB/s achieved and % of the roofline (the
 # HBM peak bandwidth of this GPU, by name, else from its memory clock and bus width), PASS at
 # >= 90%. It STOPS at the first failed stage, names it and exits 1 (a goal missed is a MISS in the
@@ -37,7 +37,8 @@
 # Env: OUT, GPU_CHECK_BUILD_DIR (build-gpu), GPU_CHECK_BUDGET_S (420), GPU_CHECK_JOBS (nproc),
 #      GPU_CHECK_T_CONFIGURE/_BUILD/_TEST/_GPU_DECODE/_MEMCHECK/_HF: the shares,
 #      GPU_CHECK_CMAKE_ARGS (split on spaces), GPU_CHECK_CTEST_J (4), GPU_CHECK_GOAL (0.90),
-#      GPU_CHECK_MEMCHECK_BACKEND_FILTER, GPU_CHECK_MEMCHECK_QUANT_FILTER (gtest filters),
+#      GPU_CHECK_MEMCHECK_BACKEND_FILTER, GPU_CHECK_MEMCHECK_QUANT_FILTER,
+#      GPU_CHECK_MEMCHECK_OPS_FILTER (gtest filters),
 #      GPU_CHECK_HBM_GBS: the roofline's bandwidth (GB/s) for a GPU the name table lacks,
 #      GPU_CHECK_CUDA_INCLUDE=0: do not put the CUDA headers on CPLUS_INCLUDE_PATH.
 # Without a visible GPU (nvidia-smi missing or failing) and without --dry-run it refuses: exit 1.
@@ -60,6 +61,8 @@ DRY=0
 HF=0
 FILTER_BACKEND=${GPU_CHECK_MEMCHECK_BACKEND_FILTER:-CudaBackendTest.*:-*LongContext*}
 FILTER_QUANT=${GPU_CHECK_MEMCHECK_QUANT_FILTER:-*CudaQuantTest.*}
+# The new dense-family kernels (not the Gemma 3 attention cases: long CPU references).
+FILTER_OPS=${GPU_CHECK_MEMCHECK_OPS_FILTER:-CudaOpsTest.*}
 read -r -a CMAKE_EXTRA <<<"${GPU_CHECK_CMAKE_ARGS:-}"
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; }
@@ -376,7 +379,8 @@ else
 fi
 
 # 5. compute-sanitizer memcheck
-export GC_BUILD=$BUILD GC_FILTER_BACKEND=$FILTER_BACKEND GC_FILTER_QUANT=$FILTER_QUANT
+export GC_BUILD=$BUILD GC_FILTER_BACKEND=$FILTER_BACKEND GC_FILTER_QUANT=$FILTER_QUANT \
+  GC_FILTER_OPS=$FILTER_OPS
 export GC_MEMCHECK="compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20"
 if [ "$DRY" = 1 ]; then
   # The tests each sanitizer run would cover (gtest lists them without a GPU); none is a failure.
@@ -384,19 +388,22 @@ if [ "$DRY" = 1 ]; then
   run_stage memcheck bash -c 'set -o pipefail
     n1=$("$GC_BUILD/bin/cuda_backend_test" "--gtest_filter=$GC_FILTER_BACKEND" --gtest_list_tests | grep -c "^  ") &&
     n2=$("$GC_BUILD/bin/cuda_quant_test" "--gtest_filter=$GC_FILTER_QUANT" --gtest_list_tests | grep -c "^  ") &&
-    echo "cuda_backend_test: $n1 tests, cuda_quant_test: $n2 tests"'
+    n3=$("$GC_BUILD/bin/cuda_ops_test" "--gtest_filter=$GC_FILTER_OPS" --gtest_list_tests | grep -c "^  ") &&
+    echo "cuda_backend_test: $n1 tests, cuda_quant_test: $n2 tests, cuda_ops_test: $n3 tests"'
   MEMCHECK_NOTE="would cover $(stage_output | grep '^cuda_backend_test: ' | tail -1)"
   STATUS[memcheck]="ok (listed)"
   planned memcheck "$GC_MEMCHECK $BUILD/bin/cuda_backend_test --gtest_filter='$FILTER_BACKEND';" \
-    "the same for cuda_quant_test --gtest_filter='$FILTER_QUANT'"
+    "the same for cuda_quant_test --gtest_filter='$FILTER_QUANT'" \
+    "and cuda_ops_test --gtest_filter='$FILTER_OPS'"
 elif ! skipped memcheck && ! command -v compute-sanitizer >/dev/null 2>&1; then
   STATUS[memcheck]="FAILED (compute-sanitizer not found)"; say "gpu-check: compute-sanitizer not found"
   summary 1
 else
   # shellcheck disable=SC2016
-  run_stage memcheck bash -c 'for t in "cuda_backend_test:$GC_FILTER_BACKEND" "cuda_quant_test:$GC_FILTER_QUANT"; do
+  run_stage memcheck bash -c 'for t in "cuda_backend_test:$GC_FILTER_BACKEND" "cuda_quant_test:$GC_FILTER_QUANT" \
+      "cuda_ops_test:$GC_FILTER_OPS"; do
       $GC_MEMCHECK "$GC_BUILD/bin/${t%%:*}" "--gtest_filter=${t#*:}" || exit; done'
-  MEMCHECK_NOTE="cuda_backend_test / cuda_quant_test: $(stage_output | grep 'ERROR SUMMARY' |
+  MEMCHECK_NOTE="cuda_backend_test / cuda_quant_test / cuda_ops_test: $(stage_output | grep 'ERROR SUMMARY' |
     sed 's/.*ERROR SUMMARY: //' | paste -sd/ | sed 's|/| / |g')"
 fi
 

@@ -473,7 +473,6 @@ class CudaBackend final : public Backend {
     Activate();
     RequireDeviceF32("Rope", {{"x", &x}});
     RequireIndices("Rope", {{"positions", &positions}});
-    if (rope.attention_factor != 1.0f) throw std::invalid_argument("Rope: attention_factor not on CUDA yet");
     const Tensor& inv_freq = InverseFrequencies(rope);
     const int64_t half = inv_freq.numel();
     Require(x.rank() == 3 && x.dim(0) == positions.numel() && half > 0 && 2 * half <= x.dim(2),
@@ -481,8 +480,8 @@ class CudaBackend final : public Backend {
             "expects x [n, heads, head_dim] with n == positions.size() and "
             "0 < rotary_dim <= head_dim",
             {{"x", &x}, {"positions", &positions}});
-    cuda::LaunchRope(x.data<float>(), positions.data<int32_t>(), inv_freq.data<float>(),
-                     x.dim(0), x.dim(1), x.dim(2), half, rope.interleaved, stream_);
+    cuda::LaunchRope(x.data<float>(), positions.data<int32_t>(), inv_freq.data<float>(), x.dim(0),
+                     x.dim(1), x.dim(2), half, rope.interleaved, rope.attention_factor, stream_);
   }
 
   void Embedding(const Tensor& table, const Tensor& ids, Tensor& y) override {
@@ -514,15 +513,29 @@ class CudaBackend final : public Backend {
     RequireDeviceF32("GluMul", {{"gate", &gate}, {"up", &up}, {"y", &y}});
     Require(gate.numel() == up.numel() && gate.numel() == y.numel(), "GluMul",
             "expects gate, up and y of one size", {{"gate", &gate}, {"up", &up}, {"y", &y}});
-    if (act != Activation::kSilu) throw std::invalid_argument("GluMul: GeGLU not on CUDA yet");
-    cuda::LaunchSiluMul(gate.data<float>(), up.data<float>(), y.data<float>(), y.numel(), stream_);
+    cuda::LaunchGluMul(gate.data<float>(), up.data<float>(), y.data<float>(), y.numel(),
+                       GluKindOf("GluMul", act), stream_);
   }
 
-  void Scale(Tensor&, float) override {
-    throw std::invalid_argument("Scale: not on CUDA yet");
+  void Scale(Tensor& x, float s) override {
+    Activate();
+    RequireDeviceF32("Scale", {{"x", &x}});
+    cuda::LaunchScale(x.data<float>(), s, x.numel(), stream_);
   }
-  void HeadRmsNorm(Tensor&, int, int, const Tensor&, const Tensor&, float) override {
-    throw std::invalid_argument("HeadRmsNorm: not on CUDA yet");
+
+  void HeadRmsNorm(Tensor& qkv, int heads, int kv_heads, const Tensor& q_w, const Tensor& k_w,
+                   float eps) override {
+    Activate();
+    RequireDeviceF32("HeadRmsNorm", {{"qkv", &qkv}, {"q_w", &q_w}, {"k_w", &k_w}});
+    const int64_t d = q_w.numel();
+    Require(heads > 0 && kv_heads > 0 && d > 0 && q_w.rank() == 1 && k_w.rank() == 1 &&
+                k_w.numel() == d && qkv.rank() == 2 &&
+                qkv.dim(1) == static_cast<int64_t>(heads + 2 * kv_heads) * d,
+            "HeadRmsNorm",
+            "expects qkv [n, (heads + 2 * kv_heads) * head_dim], q_w and k_w [head_dim]",
+            {{"qkv", &qkv}, {"q_w", &q_w}, {"k_w", &k_w}});
+    cuda::LaunchHeadRmsNorm(qkv.data<float>(), q_w.data<float>(), k_w.data<float>(), eps,
+                            qkv.dim(0), heads, kv_heads, d, stream_);
   }
 
   void GluMulPacked(const Tensor& gate_up, Activation act, Tensor& y) override {
@@ -533,9 +546,8 @@ class CudaBackend final : public Backend {
                 gate_up.numel() == 2 * y.numel() && gate_up.raw() != y.raw(),
             "GluMulPacked", "expects gate_up [n, 2 * inter] and y [n, inter], not aliased",
             {{"gate_up", &gate_up}, {"y", &y}});
-    if (act != Activation::kSilu) throw std::invalid_argument("GluMulPacked: GeGLU not on CUDA yet");
-    cuda::LaunchSiluMulPacked(gate_up.data<float>(), y.data<float>(), y.numel() / inter, inter,
-                              stream_);
+    cuda::LaunchGluMulPacked(gate_up.data<float>(), y.data<float>(), y.numel() / inter, inter,
+                             GluKindOf("GluMulPacked", act), stream_);
   }
 
   void RopeWriteKv(const Tensor& qkv, const Tensor& positions, const RopeConfig& rope,
@@ -548,7 +560,6 @@ class CudaBackend final : public Backend {
     Require(RopeWriteKvShapesAgree(qkv, n, k_cache, v_cache, q) && rows.numel() == n, "RopeWriteKv",
             kRopeWriteKvShapes,
             {{"qkv", &qkv}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"q", &q}});
-    if (rope.attention_factor != 1.0f) throw std::invalid_argument("Rope: attention_factor not on CUDA yet");
     const Tensor& inv_freq = InverseFrequencies(rope);
     const int64_t half = inv_freq.numel(), head_dim = q.dim(2);
     Require(half > 0 && 2 * half <= head_dim, "RopeWriteKv", "expects 0 < rotary_dim <= head_dim",
@@ -557,7 +568,7 @@ class CudaBackend final : public Backend {
     cuda::LaunchRopeWriteKv(qkv.data<float>(), positions.data<int32_t>(), inv_freq.data<float>(),
                             rows.data<int32_t>(), q.data<float>(), k_cache.raw(), v_cache.raw(),
                             KindOf(k_cache.dtype()), n, q.dim(1), kv_heads, head_dim, half,
-                            rope.interleaved, stream_);
+                            rope.interleaved, rope.attention_factor, stream_);
   }
 
   void Add(Tensor& x, const Tensor& y) override {
@@ -803,6 +814,15 @@ class CudaBackend final : public Backend {
           static_cast<int>(in), &alpha, buf.data<float>(), static_cast<int>(in), x.data<float>(),
           static_cast<int>(in), &beta, y.data<float>() + r0, static_cast<int>(out)));
     }
+  }
+
+  static cuda::GluKind GluKindOf(std::string_view op, Activation act) {
+    switch (act) {
+      case Activation::kSilu: return cuda::GluKind::kSilu;
+      case Activation::kGeluTanh: return cuda::GluKind::kGeluTanh;
+    }
+    throw std::invalid_argument(std::string(op) + ": unknown activation " +
+                                std::to_string(static_cast<int>(act)));
   }
 
   // The cuda::QuantKind of a quantized dtype, -1 when the kernels have none.

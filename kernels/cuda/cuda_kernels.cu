@@ -1,8 +1,9 @@
 // The CUDA kernels of the CUDA backend: one thread per element for the elementwise ops, one
-// block per row for the reductions (attention is in cuda_attention.cu). Numerics follow the
-// CPU backend (kernels/cpu): f32 arithmetic, the same order of operations where it matters
-// (RmsNorm, Rope). KV caches may be f32, bf16 or f16. Every launcher takes the stream to enqueue
-// on and never synchronizes, so that a step can be captured as a CUDA graph.
+// block per row for the reductions, one warp per head for the per-head norm (attention is in
+// cuda_attention.cu). Numerics follow the CPU backend (kernels/cpu): f32 arithmetic, the same
+// order of operations where it matters (RmsNorm, Rope). KV caches may be f32, bf16 or f16. Every
+// launcher takes the stream to enqueue on and never synchronizes, so that a step can be captured
+// as a CUDA graph.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -89,14 +90,17 @@ __global__ void AddRmsNormKernel(float* x, const float* delta, const float* w, f
   for (int64_t k = threadIdx.x; k < d; k += blockDim.x) yr[k] = (xr[k] * inv_rms) * w[k];
 }
 
+// One thread per rotary pair; features past 2 * half (partial rotary) are not touched.
 __global__ void RopeKernel(float* x, const int32_t* positions, const float* inv_freq, int64_t n,
-                           int64_t heads, int64_t head_dim, int64_t half, bool interleaved) {
+                           int64_t heads, int64_t head_dim, int64_t half, bool interleaved,
+                           float attention_factor) {
   SHARDLM_GRID_LOOP(t, n * heads * half) {
     const int64_t k = t % half;
     const int64_t row = t / half;  // i * heads + h
     const int64_t i = row / heads;
     const float angle = static_cast<float>(positions[i]) * inv_freq[k];
-    const float c = cosf(angle), s = sinf(angle);
+    // As the CPU: cos and sin scaled first, then the rotation.
+    const float c = cosf(angle) * attention_factor, s = sinf(angle) * attention_factor;
     float* v = x + row * head_dim;
     float* a = interleaved ? v + 2 * k : v + k;
     float* b = interleaved ? v + 2 * k + 1 : v + k + half;
@@ -126,15 +130,49 @@ __global__ void EmbeddingKernel(const void* table, int kind, const int32_t* ids,
   }
 }
 
-__global__ void SiluMulKernel(const float* gate, const float* up, float* y, int64_t n) {
-  SHARDLM_GRID_LOOP(i, n) {
-    const float g = gate[i];
-    y[i] = g / (1.0f + expf(-g)) * up[i];
+// act(g) * u in f32, the CPU's expressions (kernels/cpu/elementwise.cpp) in the same order.
+// Saturated gates stay finite: expf(-g) = inf gives 0 for SiLU, and tanhf(+-inf) = +-1 gives g or
+// 0 for GELU (0.044715 g^3 overflows past |g| ~ 2e12).
+template <GluKind kAct>
+__device__ __forceinline__ float GluTimes(float g, float u) {
+  if (kAct == GluKind::kGeluTanh) {
+    constexpr float kSqrt2OverPi = 0.7978845608028654f;
+    return 0.5f * g * (1.0f + tanhf(kSqrt2OverPi * (g + 0.044715f * g * g * g))) * u;
   }
+  return g / (1.0f + expf(-g)) * u;
+}
+
+template <GluKind kAct>
+__global__ void GluMulKernel(const float* gate, const float* up, float* y, int64_t n) {
+  SHARDLM_GRID_LOOP(i, n) y[i] = GluTimes<kAct>(gate[i], up[i]);
 }
 
 __global__ void AddKernel(float* x, const float* y, int64_t n) {
   SHARDLM_GRID_LOOP(i, n) x[i] += y[i];
+}
+
+__global__ void ScaleKernel(float* x, float s, int64_t n) { SHARDLM_GRID_LOOP(i, n) x[i] *= s; }
+
+// Per-head RMSNorm of the Q and K heads of a fused QKV output, in place: one warp per (token,
+// head), `normed` = heads + kv_heads heads of `d` features at the start of each row of `width`.
+// As RmsNormKernel: f32 sum of squares, (x * inv_rms) * w; each lane writes only what it read.
+constexpr int kHeadNormWarps = kThreads / 32;
+__global__ void HeadRmsNormKernel(float* qkv, const float* q_w, const float* k_w, float eps,
+                                  int64_t rows, int64_t heads, int64_t normed, int64_t d,
+                                  int64_t width) {
+  const int lane = threadIdx.x & 31;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kHeadNormWarps + (threadIdx.x >> 5);
+  // Whole warps step together (the loop bound is uniform in a warp): WarpSum sees every lane.
+  for (int64_t r = first; r < rows; r += static_cast<int64_t>(gridDim.x) * kHeadNormWarps) {
+    const int64_t i = r / normed, h = r % normed;
+    float* x = qkv + i * width + h * d;
+    const float* w = h < heads ? q_w : k_w;
+    float sum_sq = 0.0f;
+    for (int64_t k = lane; k < d; k += 32) sum_sq += x[k] * x[k];
+    sum_sq = WarpSum(sum_sq);
+    const float inv_rms = 1.0f / sqrtf(sum_sq / static_cast<float>(d) + eps);
+    for (int64_t k = lane; k < d; k += 32) x[k] = (x[k] * inv_rms) * w[k];
+  }
 }
 
 // One block per row: the largest value, the first index on ties; NaNs never win.
@@ -333,13 +371,13 @@ void LaunchAddRmsNorm(float* x, const float* delta, const float* w, float eps, f
   SHARDLM_CUDA_LAUNCH_CHECK("AddRmsNormKernel<<<>>>");
 }
 
-void LaunchRope(float* x, const int32_t* positions, const float* inv_freq, int64_t n,
-                int64_t heads, int64_t head_dim, int64_t half, bool interleaved,
+void LaunchRope(float* x, const int32_t* positions, const float* inv_freq, int64_t n, int64_t heads,
+                int64_t head_dim, int64_t half, bool interleaved, float attention_factor,
                 cudaStream_t stream) {
   const int64_t total = n * heads * half;
   if (total == 0) return;
   RopeKernel<<<Blocks(total), kThreads, 0, stream>>>(x, positions, inv_freq, n, heads, head_dim,
-                                                     half, interleaved);
+                                                     half, interleaved, attention_factor);
   SHARDLM_CUDA_LAUNCH_CHECK("RopeKernel<<<>>>");
 }
 
@@ -351,16 +389,38 @@ void LaunchEmbedding(const void* table, HalfKind kind, const int32_t* ids, float
   SHARDLM_CUDA_LAUNCH_CHECK("EmbeddingKernel<<<>>>");
 }
 
-void LaunchSiluMul(const float* gate, const float* up, float* y, int64_t n, cudaStream_t stream) {
+void LaunchGluMul(const float* gate, const float* up, float* y, int64_t n, GluKind act,
+                  cudaStream_t stream) {
   if (n == 0) return;
-  SiluMulKernel<<<Blocks(n), kThreads, 0, stream>>>(gate, up, y, n);
-  SHARDLM_CUDA_LAUNCH_CHECK("SiluMulKernel<<<>>>");
+  if (act == GluKind::kGeluTanh) {
+    GluMulKernel<GluKind::kGeluTanh><<<Blocks(n), kThreads, 0, stream>>>(gate, up, y, n);
+  } else {
+    GluMulKernel<GluKind::kSilu><<<Blocks(n), kThreads, 0, stream>>>(gate, up, y, n);
+  }
+  SHARDLM_CUDA_LAUNCH_CHECK("GluMulKernel<<<>>>");
 }
 
 void LaunchAdd(float* x, const float* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   AddKernel<<<Blocks(n), kThreads, 0, stream>>>(x, y, n);
   SHARDLM_CUDA_LAUNCH_CHECK("AddKernel<<<>>>");
+}
+
+void LaunchScale(float* x, float s, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  ScaleKernel<<<Blocks(n), kThreads, 0, stream>>>(x, s, n);
+  SHARDLM_CUDA_LAUNCH_CHECK("ScaleKernel<<<>>>");
+}
+
+void LaunchHeadRmsNorm(float* qkv, const float* q_w, const float* k_w, float eps, int64_t n,
+                       int64_t heads, int64_t kv_heads, int64_t head_dim, cudaStream_t stream) {
+  const int64_t normed = heads + kv_heads, rows = n * normed;
+  if (rows == 0 || head_dim == 0) return;
+  const int64_t blocks = (rows + kHeadNormWarps - 1) / kHeadNormWarps;
+  HeadRmsNormKernel<<<static_cast<unsigned>(blocks < INT_MAX ? blocks : INT_MAX), kThreads, 0,
+                      stream>>>(qkv, q_w, k_w, eps, rows, heads, normed, head_dim,
+                                (heads + 2 * kv_heads) * head_dim);
+  SHARDLM_CUDA_LAUNCH_CHECK("HeadRmsNormKernel<<<>>>");
 }
 
 void LaunchArgmax(const float* logits, int64_t rows, int64_t vocab, int32_t* out, float* values,
@@ -431,17 +491,16 @@ void LaunchConvertHalfToF32(const void* src, HalfKind kind, float* dst, int64_t 
 }
 
 // The fused ops of a layer whose Q/K/V and gate/up projections are one GEMM each
-// (Backend::RopeWriteKv, Backend::SiluMulPacked).
+// (Backend::RopeWriteKv, Backend::GluMulPacked).
 namespace {
 
 // One thread per output element: Q heads into q, K heads into k_cache, V into v_cache. A rotated
 // feature reads its pair partner from qkv, which nothing here writes, so threads are independent.
 template <typename CacheT>
-__global__ void RopeWriteKvKernel(const float* qkv, const int32_t* positions,
-                                  const float* inv_freq, const int32_t* rows, float* q,
-                                  CacheT* k_cache, CacheT* v_cache, int64_t n, int64_t heads,
-                                  int64_t kv_heads, int64_t head_dim, int64_t half,
-                                  bool interleaved) {
+__global__ void RopeWriteKvKernel(const float* qkv, const int32_t* positions, const float* inv_freq,
+                                  const int32_t* rows, float* q, CacheT* k_cache, CacheT* v_cache,
+                                  int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                                  int64_t half, bool interleaved, float attention_factor) {
   const int64_t q_width = heads * head_dim, kv_width = kv_heads * head_dim;
   const int64_t rotated = q_width + kv_width, width = rotated + kv_width;
   SHARDLM_GRID_LOOP(t, n * width) {
@@ -461,7 +520,7 @@ __global__ void RopeWriteKvKernel(const float* qkv, const int32_t* positions,
       const int64_t partner = interleaved ? (d ^ 1) : (first ? d + half : d - half);
       const float other = row[c - d + partner];
       const float angle = static_cast<float>(positions[i]) * inv_freq[k];
-      const float cs = cosf(angle), sn = sinf(angle);
+      const float cs = cosf(angle) * attention_factor, sn = sinf(angle) * attention_factor;
       // As the CPU: first = x0 * cos - x1 * sin, second = x1 * cos + x0 * sin.
       out = first ? out * cs - other * sn : out * cs + other * sn;
     }
@@ -473,11 +532,12 @@ __global__ void RopeWriteKvKernel(const float* qkv, const int32_t* positions,
   }
 }
 
-__global__ void SiluMulPackedKernel(const float* gate_up, float* y, int64_t n, int64_t inter) {
+template <GluKind kAct>
+__global__ void GluMulPackedKernel(const float* gate_up, float* y, int64_t n, int64_t inter) {
   SHARDLM_GRID_LOOP(t, n * inter) {
     const int64_t i = t / inter, j = t % inter;
-    const float g = gate_up[i * 2 * inter + j];
-    y[t] = g / (1.0f + expf(-g)) * gate_up[i * 2 * inter + inter + j];
+    const float* g = gate_up + i * 2 * inter;
+    y[t] = GluTimes<kAct>(g[j], g[inter + j]);
   }
 }
 
@@ -486,7 +546,8 @@ __global__ void SiluMulPackedKernel(const float* gate_up, float* y, int64_t n, i
 void LaunchRopeWriteKv(const float* qkv, const int32_t* positions, const float* inv_freq,
                        const int32_t* rows, float* q, void* k_cache, void* v_cache,
                        HalfKind cache_kind, int64_t n, int64_t heads, int64_t kv_heads,
-                       int64_t head_dim, int64_t half, bool interleaved, cudaStream_t stream) {
+                       int64_t head_dim, int64_t half, bool interleaved, float attention_factor,
+                       cudaStream_t stream) {
   const int64_t total = n * (heads + 2 * kv_heads) * head_dim;
   if (total == 0) return;
   const unsigned blocks = Blocks(total);
@@ -494,27 +555,35 @@ void LaunchRopeWriteKv(const float* qkv, const int32_t* positions, const float* 
     case HalfKind::kBF16:
       RopeWriteKvKernel<<<blocks, kThreads, 0, stream>>>(
           qkv, positions, inv_freq, rows, q, static_cast<__nv_bfloat16*>(k_cache),
-          static_cast<__nv_bfloat16*>(v_cache), n, heads, kv_heads, head_dim, half, interleaved);
+          static_cast<__nv_bfloat16*>(v_cache), n, heads, kv_heads, head_dim, half, interleaved,
+          attention_factor);
       break;
     case HalfKind::kF16:
       RopeWriteKvKernel<<<blocks, kThreads, 0, stream>>>(
           qkv, positions, inv_freq, rows, q, static_cast<__half*>(k_cache),
-          static_cast<__half*>(v_cache), n, heads, kv_heads, head_dim, half, interleaved);
+          static_cast<__half*>(v_cache), n, heads, kv_heads, head_dim, half, interleaved,
+          attention_factor);
       break;
     default:
       RopeWriteKvKernel<<<blocks, kThreads, 0, stream>>>(
           qkv, positions, inv_freq, rows, q, static_cast<float*>(k_cache),
-          static_cast<float*>(v_cache), n, heads, kv_heads, head_dim, half, interleaved);
+          static_cast<float*>(v_cache), n, heads, kv_heads, head_dim, half, interleaved,
+          attention_factor);
       break;
   }
   SHARDLM_CUDA_LAUNCH_CHECK("RopeWriteKvKernel<<<>>>");
 }
 
-void LaunchSiluMulPacked(const float* gate_up, float* y, int64_t n, int64_t inter,
-                         cudaStream_t stream) {
+void LaunchGluMulPacked(const float* gate_up, float* y, int64_t n, int64_t inter, GluKind act,
+                        cudaStream_t stream) {
   if (n * inter == 0) return;
-  SiluMulPackedKernel<<<Blocks(n * inter), kThreads, 0, stream>>>(gate_up, y, n, inter);
-  SHARDLM_CUDA_LAUNCH_CHECK("SiluMulPackedKernel<<<>>>");
+  const unsigned blocks = Blocks(n * inter);
+  if (act == GluKind::kGeluTanh) {
+    GluMulPackedKernel<GluKind::kGeluTanh><<<blocks, kThreads, 0, stream>>>(gate_up, y, n, inter);
+  } else {
+    GluMulPackedKernel<GluKind::kSilu><<<blocks, kThreads, 0, stream>>>(gate_up, y, n, inter);
+  }
+  SHARDLM_CUDA_LAUNCH_CHECK("GluMulPackedKernel<<<>>>");
 }
 
 }  // namespace shardlm::cuda

@@ -13,6 +13,12 @@ namespace shardlm::cuda {
 // Element types a launcher reads from a table or writes in a conversion.
 enum class HalfKind : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 
+// The activation of a gated MLP (shardlm::Activation, which this header cannot see).
+enum class GluKind : int {
+  kSilu = 0,      // g / (1 + exp(-g))
+  kGeluTanh = 1,  // 0.5 g (1 + tanh(sqrt(2 / pi) (g + 0.044715 g^3)))
+};
+
 // y[r, c] += bias[c] for y [rows, cols].
 void LaunchAddBias(float* y, const float* bias, int64_t rows, int64_t cols, cudaStream_t stream);
 // y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, rows of d; y may alias x.
@@ -21,15 +27,24 @@ void LaunchRmsNorm(const float* x, const float* w, float eps, float* y, int64_t 
 // x += delta, then y = RmsNorm(x) as above; y may alias delta.
 void LaunchAddRmsNorm(float* x, const float* delta, const float* w, float eps, float* y,
                       int64_t rows, int64_t d, cudaStream_t stream);
-// In place on x [n, heads, head_dim], the first 2 * half features of each head.
-void LaunchRope(float* x, const int32_t* positions, const float* inv_freq, int64_t n,
-                int64_t heads, int64_t head_dim, int64_t half, bool interleaved,
+// In place on x [n, heads, head_dim], the first 2 * half features of each head (the rest kept),
+// with cos and sin times `attention_factor`.
+void LaunchRope(float* x, const int32_t* positions, const float* inv_freq, int64_t n, int64_t heads,
+                int64_t head_dim, int64_t half, bool interleaved, float attention_factor,
                 cudaStream_t stream);
 // y[i] = table[ids[i]] (zeros for id -1), table [vocab, d] of `kind`.
 void LaunchEmbedding(const void* table, HalfKind kind, const int32_t* ids, float* y, int64_t n,
                      int64_t d, cudaStream_t stream);
-void LaunchSiluMul(const float* gate, const float* up, float* y, int64_t n, cudaStream_t stream);
+// y[i] = act(gate[i]) * up[i]; y may alias gate.
+void LaunchGluMul(const float* gate, const float* up, float* y, int64_t n, GluKind act,
+                  cudaStream_t stream);
 void LaunchAdd(float* x, const float* y, int64_t n, cudaStream_t stream);
+// x[i] *= s.
+void LaunchScale(float* x, float s, int64_t n, cudaStream_t stream);
+// In place on qkv [n, (heads + 2 * kv_heads) * head_dim]: each Q head RMS-normed over its
+// head_dim features with q_w [head_dim], each K head with k_w; V untouched.
+void LaunchHeadRmsNorm(float* qkv, const float* q_w, const float* k_w, float eps, int64_t n,
+                       int64_t heads, int64_t kv_heads, int64_t head_dim, cudaStream_t stream);
 // out[r] = first index of the maximum of row r (0 for an all-NaN row); values[r] = its value.
 void LaunchArgmax(const float* logits, int64_t rows, int64_t vocab, int32_t* out, float* values,
                   cudaStream_t stream);
@@ -57,13 +72,14 @@ void LaunchConvertHalfToF32(const void* src, HalfKind kind, float* dst, int64_t 
 
 // Backend::RopeWriteKv in one launch: qkv [n, (heads + 2 * kv_heads) * head_dim] -> q [n, heads,
 // head_dim] rotated (the first 2 * half features of each head), K rotated and V into the caches
-// [rows, kv_heads, head_dim] of `cache_kind` at rows[i].
+// [rows, kv_heads, head_dim] of `cache_kind` at rows[i]; cos and sin times `attention_factor`.
 void LaunchRopeWriteKv(const float* qkv, const int32_t* positions, const float* inv_freq,
                        const int32_t* rows, float* q, void* k_cache, void* v_cache,
                        HalfKind cache_kind, int64_t n, int64_t heads, int64_t kv_heads,
-                       int64_t head_dim, int64_t half, bool interleaved, cudaStream_t stream);
-// y[i, j] = silu(gate_up[i, j]) * gate_up[i, inter + j] for gate_up [n, 2 * inter], y [n, inter].
-void LaunchSiluMulPacked(const float* gate_up, float* y, int64_t n, int64_t inter,
-                         cudaStream_t stream);
+                       int64_t head_dim, int64_t half, bool interleaved, float attention_factor,
+                       cudaStream_t stream);
+// y[i, j] = act(gate_up[i, j]) * gate_up[i, inter + j] for gate_up [n, 2 * inter], y [n, inter].
+void LaunchGluMulPacked(const float* gate_up, float* y, int64_t n, int64_t inter, GluKind act,
+                        cudaStream_t stream);
 
 }  // namespace shardlm::cuda

@@ -1,11 +1,15 @@
 // The CPU backend's memory, weight and dense ops against double-precision references.
 #include "kernels/cpu/cpu_backend.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <limits>
+#include <numbers>
 #include <ostream>
+#include <span>
 #include <stdexcept>
 #include <vector>
 
@@ -220,6 +224,63 @@ TEST(RmsNormTest, InPlaceAndEpsilonMatter) {
   EXPECT_TRUE(AllClose(x, want, 1e-7));
 }
 
+struct HeadNormCase {
+  int64_t n, heads, kv_heads, head_dim;
+};
+
+// HeadRmsNorm (q/k norm of Qwen3 and Gemma 3) on a fused QKV output: every Q head as RmsNorm of
+// that head with q_w, every K head with k_w (f64 reference, and the CPU RmsNorm op on the heads
+// cut out), V bit for bit unchanged. Shapes: Gemma 3 270M (4 / 1 heads of 256), Qwen3-like
+// (8 / 2 of 128), a head_dim that is not a multiple of 8, and enough rows for the threads.
+TEST(HeadRmsNormTest, EqualsRmsNormOfEachHead) {
+  auto backend = CreateCpuBackend(2);
+  for (const HeadNormCase& c : {HeadNormCase{3, 4, 1, 256}, HeadNormCase{5, 8, 2, 128},
+                                HeadNormCase{2, 3, 3, 20}, HeadNormCase{64, 16, 8, 128}}) {
+    SCOPED_TRACE(testing::Message() << "n " << c.n << ", heads " << c.heads << "/" << c.kv_heads
+                                    << ", head_dim " << c.head_dim);
+    const int64_t d = c.head_dim, normed = c.heads + c.kv_heads;
+    const int64_t width = (c.heads + 2 * c.kv_heads) * d;
+    Tensor qkv = RandomTensor({c.n, width}, 81);
+    for (int64_t i = 0; i < c.n; ++i) {  // heads of very different scales
+      for (int64_t k = 0; k < width; ++k) qkv.data<float>()[i * width + k] *= 1.0f + (k / d) * 7;
+    }
+    const Tensor q_w = RandomTensor({d}, 82), k_w = RandomTensor({d}, 83);
+    const std::vector<float> before = ToVector(qkv);
+    backend->HeadRmsNorm(qkv, static_cast<int>(c.heads), static_cast<int>(c.kv_heads), q_w, k_w,
+                         1e-6f);
+    for (int64_t i = 0; i < c.n; ++i) {
+      for (int64_t h = 0; h < normed; ++h) {
+        const int64_t at = i * width + h * d;
+        const std::vector<float> head(before.begin() + at, before.begin() + at + d);
+        const Tensor& w = h < c.heads ? q_w : k_w;
+        const std::span<const float> got(qkv.data<float>() + at, static_cast<size_t>(d));
+        ASSERT_TRUE(AllClose(got, ReferenceRmsNorm(head, ToVector(w), d, 1e-6), 1e-6))
+            << "token " << i << " head " << h;
+        Tensor one = FromVector({1, d}, head), y = backend->Allocate({1, d});
+        backend->RmsNorm(one, w, 1e-6f, y);
+        const std::vector<float> op = ToVector(y);
+        ASSERT_TRUE(AllClose(got, std::vector<double>(op.begin(), op.end()), 0.0, 1e-6))
+            << "token " << i << " head " << h << " vs RmsNorm";
+      }
+      for (int64_t k = normed * d; k < width; ++k) {
+        ASSERT_EQ(qkv.data<float>()[i * width + k], before[i * width + k]) << "V, token " << i;
+      }
+    }
+  }
+}
+
+TEST(HeadRmsNormTest, RejectsBadShapes) {
+  auto backend = CreateCpuBackend(1);
+  Tensor qkv = RandomTensor({2, (4 + 2 * 2) * 8}, 1);
+  const Tensor w8 = RandomTensor({8}, 2), w6 = RandomTensor({6}, 3);
+  EXPECT_NO_THROW(backend->HeadRmsNorm(qkv, 4, 2, w8, w8, 1e-6f));
+  EXPECT_THROW(backend->HeadRmsNorm(qkv, 4, 1, w8, w8, 1e-6f), std::invalid_argument);  // width
+  EXPECT_THROW(backend->HeadRmsNorm(qkv, 4, 2, w8, w6, 1e-6f), std::invalid_argument);
+  EXPECT_THROW(backend->HeadRmsNorm(qkv, 0, 2, w8, w8, 1e-6f), std::invalid_argument);
+  Tensor flat = qkv.Reshape({2 * 64});
+  EXPECT_THROW(backend->HeadRmsNorm(flat, 4, 2, w8, w8, 1e-6f), std::invalid_argument);
+}
+
 // AddRmsNorm (the residual add fused with the next norm): x += delta, then y = RmsNorm(x). x
 // must hold the f32 sum exactly (one rounding of the exact sum), y the norm of the new x within
 // 1e-6 of an f64 reference, with y a separate tensor and with y aliasing delta (as the model
@@ -324,6 +385,59 @@ TEST(SiluMulTest, MatchesReference) {
     backend->GluMul(gate, up, Activation::kSilu, gate);  // y aliases gate
     EXPECT_TRUE(AllClose(gate, want, 1e-7)) << n << " in place";
   }
+}
+
+// GeGLU: HF's gelu_pytorch_tanh(g) * u against a double reference. Far in the negative tail
+// 1 + tanh cancels in f32 (as in PyTorch), hence the absolute part of the tolerance; saturated
+// gates (|g| where 0.044715 g^3 overflows f32) give g * u and 0, never NaN.
+TEST(GeluTanhMulTest, MatchesReference) {
+  auto backend = CreateCpuBackend();
+  auto reference = [](double g, double u) {
+    return 0.5 * g *
+           (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (g + 0.044715 * g * g * g))) * u;
+  };
+  for (int64_t n : {1, 7, 3 * 1000, 100000}) {
+    std::vector<float> g = RandomVector(n, 43, -8.0f, 8.0f);
+    if (n >= 8) {
+      const float ends[] = {100.0f, -100.0f, 0.0f, 1e20f, -1e20f, 3e12f, -3e12f, -0.5f};
+      std::copy(std::begin(ends), std::end(ends), g.begin());
+    }
+    Tensor gate = FromVector({n}, g);
+    Tensor up = RandomTensor({n}, 44);
+    std::vector<double> want(n);
+    for (int64_t i = 0; i < n; ++i) want[i] = reference(g[i], up.data<float>()[i]);
+    Tensor y = backend->Allocate({n});
+    backend->GluMul(gate, up, Activation::kGeluTanh, y);
+    EXPECT_TRUE(AllClose(y, want, 1e-6, 1e-6)) << n;
+    if (n >= 8) {
+      EXPECT_FLOAT_EQ(y.data<float>()[3], 1e20f * up.data<float>()[3]);
+      EXPECT_EQ(y.data<float>()[4], 0.0f);
+    }
+    backend->GluMul(gate, up, Activation::kGeluTanh, gate);  // y aliases gate
+    EXPECT_TRUE(AllClose(gate, want, 1e-6, 1e-6)) << n << " in place";
+  }
+  // Not SiLU: the two activations differ (at g = 1: 0.8412 vs 0.7311).
+  Tensor one = FromVector({1}, {1.0f}), u = FromVector({1}, {1.0f});
+  Tensor gelu = backend->Allocate({1}), silu = backend->Allocate({1});
+  backend->GluMul(one, u, Activation::kGeluTanh, gelu);
+  backend->GluMul(one, u, Activation::kSilu, silu);
+  EXPECT_NEAR(gelu.data<float>()[0], 0.841192, 1e-6);
+  EXPECT_NEAR(silu.data<float>()[0], 0.731059, 1e-6);
+}
+
+TEST(ScaleTest, ScalesInPlace) {
+  auto backend = CreateCpuBackend();
+  for (int64_t n : {1, 9, 70000}) {
+    for (float s : {25.29822f, -0.5f, 0.0f}) {  // sqrt(640): Gemma 3 270M's embedding scale
+      Tensor x = RandomTensor({n, 1}, 53);
+      std::vector<double> want(n);
+      for (int64_t i = 0; i < n; ++i) want[i] = static_cast<double>(x.data<float>()[i]) * s;
+      backend->Scale(x, s);
+      EXPECT_TRUE(AllClose(x, want, 0.0, 1e-7)) << n << " x " << s;  // one f32 rounding
+    }
+  }
+  Tensor empty = backend->Allocate({0, 4});
+  EXPECT_NO_THROW(backend->Scale(empty, 2.0f));
 }
 
 TEST(AddTest, AddsInPlace) {

@@ -1,5 +1,5 @@
-// The fused ops of a layer with fused Q/K/V and gate/up projections (RopeWriteKv, SiluMulPacked)
-// against the separate ops they replace (Rope on Q and K, WriteKv; SiluMul) on the CPU backend:
+// The fused ops of a layer with fused Q/K/V and gate/up projections (RopeWriteKv, GluMulPacked)
+// against the separate ops they replace (Rope on Q and K, WriteKv; GluMul) on the CPU backend:
 // the same arithmetic in the same order, so the results must be equal bit for bit.
 #include <cstring>
 #include <ostream>
@@ -38,12 +38,14 @@ struct FusedCase {
   int rotary_dim;
   bool interleaved;
   RopeConfig::Scaling scaling;
+  float attention_factor = 1.0f;
 };
 
 std::ostream& operator<<(std::ostream& os, const FusedCase& c) {
   return os << "n" << c.n << "_h" << c.heads << "_kv" << c.kv_heads << "_d" << c.head_dim << "_r"
             << c.rotary_dim << (c.interleaved ? "_interleaved" : "_half") << "_scaling"
-            << static_cast<int>(c.scaling);
+            << static_cast<int>(c.scaling) << "_factor"
+            << static_cast<int>(100 * c.attention_factor);
 }
 
 class RopeWriteKvTest : public ::testing::TestWithParam<FusedCase> {};
@@ -58,6 +60,10 @@ TEST_P(RopeWriteKvTest, EqualsRopeThenWriteKv) {
   rope.scaling = c.scaling;
   rope.factor = 4.0f;
   rope.original_max_position = 16;
+  rope.attention_factor = c.attention_factor;
+  if (c.scaling == RopeConfig::Scaling::kLongRope) {
+    for (int k = 0; k < c.rotary_dim / 2; ++k) rope.freq_factors.push_back(1.0f + 0.5f * k);
+  }
   const int64_t q_width = c.heads * c.head_dim, kv_width = c.kv_heads * c.head_dim;
   const int64_t cache_rows = 3 * c.n + 5;
   const Tensor qkv = RandomTensor({c.n, q_width + 2 * kv_width}, 11);
@@ -95,6 +101,8 @@ INSTANTIATE_TEST_SUITE_P(
                       FusedCase{7, 9, 3, 12, 8, false, RopeConfig::Scaling::kNone},  // partial
                       FusedCase{7, 9, 3, 12, 6, true, RopeConfig::Scaling::kNone},   // partial
                       FusedCase{3, 8, 8, 32, 32, true, RopeConfig::Scaling::kLlama3},
+                      FusedCase{4, 6, 2, 32, 32, false, RopeConfig::Scaling::kLongRope, 1.19f},
+                      FusedCase{7, 9, 3, 12, 6, true, RopeConfig::Scaling::kNone, 1.25f},
                       FusedCase{300, 8, 2, 64, 64, false, RopeConfig::Scaling::kNone}),  // threads
     [](const auto& info) {
       std::ostringstream os;
@@ -143,21 +151,24 @@ TEST(RopeWriteKvTest, RejectsBadShapesAndRows) {
                std::out_of_range);
 }
 
-TEST(SiluMulPackedTest, EqualsSiluMulOfTheHalves) {
+TEST(GluMulPackedTest, EqualsGluMulOfTheHalves) {
   auto backend = CreateCpuBackend(2);
-  for (auto [n, inter] : std::vector<std::pair<int64_t, int64_t>>{{1, 7}, {3, 64}, {200, 300}}) {
-    SCOPED_TRACE(std::to_string(n) + " x " + std::to_string(inter));
-    const Tensor gate_up = RandomTensor({n, 2 * inter}, 5);
-    const Tensor gate = Columns(gate_up, 0, inter), up = Columns(gate_up, inter, inter);
-    Tensor want = backend->Allocate({n, inter});
-    backend->GluMul(gate, up, Activation::kSilu, want);
-    Tensor got = backend->Allocate({n, inter});
-    backend->GluMulPacked(gate_up, Activation::kSilu, got);
-    EXPECT_EQ(ToVector(got), ToVector(want));
+  for (Activation act : {Activation::kSilu, Activation::kGeluTanh}) {
+    for (auto [n, inter] : std::vector<std::pair<int64_t, int64_t>>{{1, 7}, {3, 64}, {200, 300}}) {
+      SCOPED_TRACE(std::to_string(n) + " x " + std::to_string(inter) +
+                   (act == Activation::kSilu ? " SiLU" : " GELU"));
+      const Tensor gate_up = RandomTensor({n, 2 * inter}, 5);
+      const Tensor gate = Columns(gate_up, 0, inter), up = Columns(gate_up, inter, inter);
+      Tensor want = backend->Allocate({n, inter});
+      backend->GluMul(gate, up, act, want);
+      Tensor got = backend->Allocate({n, inter});
+      backend->GluMulPacked(gate_up, act, got);
+      EXPECT_EQ(ToVector(got), ToVector(want));
+    }
   }
 }
 
-TEST(SiluMulPackedTest, RejectsBadShapesAndAliasing) {
+TEST(GluMulPackedTest, RejectsBadShapesAndAliasing) {
   auto backend = CreateCpuBackend(1);
   const Tensor gate_up = RandomTensor({2, 10}, 5);
   Tensor y = backend->Allocate({2, 4});  // needs [2, 5]

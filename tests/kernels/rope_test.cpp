@@ -82,7 +82,33 @@ TEST(RopeFrequenciesTest, Llama3MatchesHuggingFaceFormula) {
   EXPECT_FLOAT_EQ(got[63], static_cast<float>(1.0 / std::pow(500000.0, 126.0 / 128) / 8));
 }
 
-// x [n, heads, head_dim] rotated in place, in double from the same float angle HF computes.
+// Long-rope (Phi-3): inverse frequency k divided by freq_factors[k]; attention_factor is not a
+// frequency parameter.
+TEST(RopeFrequenciesTest, LongRopeDividesByTheFactors) {
+  RopeConfig rope;
+  rope.theta = 10000.0f;
+  rope.rotary_dim = 96;
+  rope.scaling = RopeConfig::Scaling::kLongRope;
+  rope.original_max_position = 4096;
+  rope.attention_factor = 1.1902380714238083f;
+  for (int k = 0; k < 48; ++k) rope.freq_factors.push_back(1.0f + 0.37f * static_cast<float>(k));
+  std::vector<double> want = PlainFrequencies(10000.0, 96);
+  for (size_t k = 0; k < want.size(); ++k) want[k] /= rope.freq_factors[k];
+  const std::vector<float> got = RopeInverseFrequencies(rope);
+  EXPECT_TRUE(AllClose(got, want, 0.0, 1e-7));
+  EXPECT_EQ(got[0], 1.0f);
+  RopeConfig plain = rope;
+  plain.attention_factor = 1.0f;
+  EXPECT_EQ(RopeInverseFrequencies(plain), got);
+  EXPECT_EQ(FrequencyKey(plain), FrequencyKey(rope));
+  RopeConfig longer = rope;  // the long factors: another key
+  longer.freq_factors[47] *= 2.0f;
+  EXPECT_NE(FrequencyKey(longer), FrequencyKey(rope));
+  EXPECT_FLOAT_EQ(RopeInverseFrequencies(longer)[47], got[47] / 2.0f);
+}
+
+// x [n, heads, head_dim] rotated in place, in double from the same float angle HF computes;
+// cos and sin times the attention factor (long-rope), the features past rotary_dim kept.
 std::vector<double> ReferenceRope(const std::vector<float>& x, int64_t n, int64_t heads,
                                   int64_t head_dim, const std::vector<int32_t>& positions,
                                   const RopeConfig& rope) {
@@ -94,8 +120,8 @@ std::vector<double> ReferenceRope(const std::vector<float>& x, int64_t n, int64_
       double* v = out.data() + (i * heads + h) * head_dim;
       for (int64_t k = 0; k < half; ++k) {
         const float angle = static_cast<float>(positions[i]) * inv[k];
-        const double c = std::cos(static_cast<double>(angle));
-        const double s = std::sin(static_cast<double>(angle));
+        const double c = std::cos(static_cast<double>(angle)) * rope.attention_factor;
+        const double s = std::sin(static_cast<double>(angle)) * rope.attention_factor;
         const int64_t a = rope.interleaved ? 2 * k : k;
         const int64_t b = rope.interleaved ? 2 * k + 1 : k + half;
         const double x0 = v[a], x1 = v[b];
@@ -112,11 +138,13 @@ struct RopeCase {
   int rotary_dim;
   bool interleaved;
   float theta;
+  float attention_factor = 1.0f;
 };
 
 void PrintTo(const RopeCase& c, std::ostream* os) {
   *os << "[" << c.n << ", " << c.heads << ", " << c.head_dim << "], rotary_dim " << c.rotary_dim
-      << (c.interleaved ? ", interleaved" : "") << ", theta " << c.theta;
+      << (c.interleaved ? ", interleaved" : "") << ", theta " << c.theta << ", attention factor "
+      << c.attention_factor;
 }
 
 class RopeOpTest : public ::testing::TestWithParam<RopeCase> {};
@@ -128,6 +156,7 @@ TEST_P(RopeOpTest, MatchesReference) {
   rope.theta = c.theta;
   rope.rotary_dim = c.rotary_dim;
   rope.interleaved = c.interleaved;
+  rope.attention_factor = c.attention_factor;
   std::vector<int32_t> positions;
   // Large positions make the angle's float rounding visible: computing it in double fails.
   const int32_t some[] = {0, 1, 2, 7, 31, 500, 4097, 100003};
@@ -153,7 +182,14 @@ INSTANTIATE_TEST_SUITE_P(
                       RopeCase{5, 2, 16, 8, false, 10000.0f},  // partial rotary
                       RopeCase{5, 2, 16, 8, true, 10000.0f},   // partial, interleaved
                       RopeCase{4, 2, 80, 32, false, 1000000.0f},
-                      RopeCase{64, 8, 128, 128, false, 500000.0f}));  // parallel path
+                      RopeCase{64, 8, 128, 128, false, 500000.0f},  // parallel path
+                      // GLM-4: half of a 128-wide head, interleaved pairs.
+                      RopeCase{9, 4, 128, 64, true, 10000.0f},
+                      // Long-rope's attention factor: whole heads (Phi-3), and partial ones, where
+                      // the tail must stay unscaled.
+                      RopeCase{6, 3, 96, 96, false, 10000.0f, 1.1902381f},
+                      RopeCase{5, 2, 16, 8, true, 10000.0f, 1.25f},
+                      RopeCase{5, 2, 24, 16, false, 10000.0f, 0.8f}));
 
 TEST(RopeOpTest, CachedFrequenciesFollowTheConfig) {
   // One backend alternating between two configs (as Gemma-style local / global layers do) must
@@ -169,9 +205,17 @@ TEST(RopeOpTest, CachedFrequenciesFollowTheConfig) {
   c.factor = 2.0f;
   RopeConfig d = c;  // differs from c in the factor alone
   d.factor = 4.0f;
+  RopeConfig e = a;  // long-rope short and long factors, and an attention factor
+  e.scaling = RopeConfig::Scaling::kLongRope;
+  e.freq_factors.assign(16, 1.0f);
+  e.freq_factors[3] = 1.5f;
+  RopeConfig f = e;
+  f.freq_factors[3] = 3.0f;
+  RopeConfig g = f;
+  g.attention_factor = 1.2f;
   const std::vector<int32_t> positions = {3, 1000};
   for (int round = 0; round < 2; ++round) {
-    for (const RopeConfig* rope : {&a, &b, &c, &d}) {
+    for (const RopeConfig* rope : {&a, &b, &c, &d, &e, &f, &g}) {
       Tensor x = RandomTensor({2, 2, 32}, 11);
       Tensor y = RandomTensor({2, 2, 32}, 11);
       shared->Rope(x, positions, *rope);

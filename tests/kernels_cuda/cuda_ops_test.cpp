@@ -1,0 +1,379 @@
+// The CUDA ops of the dense families of issue 15 against the CPU backend: GeGLU (GluMul /
+// GluMulPacked with tanh GELU, saturated gates included), Scale, HeadRmsNorm (q/k norm inside a
+// fused QKV output), Rope and RopeWriteKv with long-rope frequencies and attention factor,
+// partial rotary and interleaved pairs (GLM-4), and Gemma 3 270M's attention (head_dim 256, 4
+// query heads on 1 KV head) with local (sliding-window) and global layers alternating within one
+// CUDA graph. Tolerances as in cuda_backend_test: f32 ops to 1e-5 relative to the largest
+// magnitude of the CPU output (the CUDA math library's expf / tanhf / cosf differ from the host's
+// by an ulp or two); 16-bit KV caches to 2e-2; attention over bf16 caches to 1e-4 against the
+// CPU over f32 caches holding the same rounded values. Every test skips without a CUDA device.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "base/dtype.h"
+#include "base/rope.h"
+#include "base/tensor.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "tests/kernels_cuda/logit_compare.h"
+
+namespace shardlm {
+namespace {
+
+using cudatest::ExpectClose;
+
+constexpr float kF32Tol = 1e-5f;
+constexpr float kHalfTol = 2e-2f;
+constexpr float kRoundedCacheTol = 1e-4f;
+
+const char* Name(Activation act) { return act == Activation::kSilu ? "SiLU" : "GELU-tanh"; }
+
+class CudaOpsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (CudaDeviceCount() == 0) {
+      GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gives 0 or an error)";
+    }
+    cuda_ = CreateCudaBackend(0);
+    cpu_ = CreateCpuBackend(2);
+  }
+
+  Tensor Random(std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f) {
+    Tensor t = Tensor::Empty(std::move(shape), DType::kF32);
+    std::uniform_real_distribution<float> dist(lo, hi);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = dist(rng_);
+    return t;
+  }
+
+  std::unique_ptr<Backend> cuda_;
+  std::unique_ptr<Backend> cpu_;
+  std::mt19937 rng_{15};
+};
+
+TEST_F(CudaOpsTest, GluMulBothActivations) {
+  for (Activation act : {Activation::kSilu, Activation::kGeluTanh}) {
+    Tensor g = Random({3001}, -8.0f, 8.0f), u = Random({3001});
+    Tensor want = cpu_->Allocate({3001});
+    cpu_->GluMul(g, u, act, want);
+    Tensor gd = cuda_->ToDevice(g);
+    Tensor yd = cuda_->Allocate({3001});
+    cuda_->GluMul(gd, cuda_->ToDevice(u), act, yd);
+    ExpectClose(cuda_->ToHost(yd), want, kF32Tol, std::string("GluMul ") + Name(act));
+    cuda_->GluMul(gd, cuda_->ToDevice(u), act, gd);  // y aliases gate
+    ExpectClose(cuda_->ToHost(gd), want, kF32Tol, std::string("GluMul in place ") + Name(act));
+
+    Tensor gate_up = Random({5, 2 * 700}, -8.0f, 8.0f);
+    Tensor want_packed = cpu_->Allocate({5, 700});
+    cpu_->GluMulPacked(gate_up, act, want_packed);
+    Tensor yp = cuda_->Allocate({5, 700});
+    cuda_->GluMulPacked(cuda_->ToDevice(gate_up), act, yp);
+    ExpectClose(cuda_->ToHost(yp), want_packed, kF32Tol, std::string("GluMulPacked ") + Name(act));
+  }
+}
+
+// Saturated and extreme gates, each element to 1e-6 of its own CPU value (a shared scale would
+// hide everything behind 1e20): finite, no NaN, the same limits (g * u or 0) as the CPU.
+TEST_F(CudaOpsTest, GluMulSaturatedGates) {
+  const std::vector<float> gates = {100.0f, -100.0f, 0.0f,   1e20f,  -1e20f, 3e12f,
+                                    -3e12f, 30.0f,   -30.0f, 1e-30f, -0.5f,  15.0f};
+  const int64_t n = static_cast<int64_t>(gates.size());
+  Tensor g = Tensor::Empty({n}, DType::kF32);
+  std::copy(gates.begin(), gates.end(), g.data<float>());
+  const Tensor u = Random({n}, 0.5f, 1.5f);
+  for (Activation act : {Activation::kSilu, Activation::kGeluTanh}) {
+    Tensor want = cpu_->Allocate({n});
+    cpu_->GluMul(g, u, act, want);
+    Tensor yd = cuda_->Allocate({n});
+    cuda_->GluMul(cuda_->ToDevice(g), cuda_->ToDevice(u), act, yd);
+    const Tensor got = cuda_->ToHost(yd);
+    for (size_t i = 0; i < gates.size(); ++i) {
+      const float w = want.data<float>()[i], v = got.data<float>()[i];
+      EXPECT_TRUE(std::isfinite(v)) << Name(act) << " g " << gates[i];
+      EXPECT_LE(std::abs(v - w), 1e-6f * std::abs(w) + 1e-30f)
+          << Name(act) << " g " << gates[i] << ": CUDA " << v << ", CPU " << w;
+    }
+  }
+}
+
+TEST_F(CudaOpsTest, ScaleMatchesCpuExactly) {
+  for (float s : {25.29822f, -0.125f, 0.0f}) {
+    Tensor x = Random({7, 640}, -30.0f, 30.0f);
+    Tensor xd = cuda_->ToDevice(x);
+    cpu_->Scale(x, s);
+    cuda_->Scale(xd, s);
+    ExpectClose(cuda_->ToHost(xd), x, 0.0f, "Scale by " + std::to_string(s));  // one rounding
+  }
+  Tensor empty = cuda_->Allocate({0, 8});
+  EXPECT_NO_THROW(cuda_->Scale(empty, 2.0f));
+}
+
+struct HeadNormCase {
+  int64_t n;
+  int heads, kv_heads;
+  int64_t head_dim;
+};
+
+// Gemma 3 270M (4 / 1 heads of 256), Qwen3 (16 / 8 of 128, a prefill of 70 tokens), a head_dim
+// that is not a multiple of 32, and a single token. V must come back bit for bit.
+TEST_F(CudaOpsTest, HeadRmsNormMatchesCpu) {
+  for (const HeadNormCase& c : {HeadNormCase{3, 4, 1, 256}, HeadNormCase{70, 16, 8, 128},
+                                HeadNormCase{5, 3, 3, 20}, HeadNormCase{1, 2, 1, 64}}) {
+    const std::string what = "HeadRmsNorm n " + std::to_string(c.n) + ", heads " +
+                             std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) +
+                             ", head_dim " + std::to_string(c.head_dim);
+    const int64_t width = (c.heads + 2 * c.kv_heads) * c.head_dim;
+    Tensor qkv = Random({c.n, width}, -4.0f, 4.0f);
+    const Tensor q_w = Random({c.head_dim}, 0.0f, 2.0f), k_w = Random({c.head_dim}, -1.0f, 1.0f);
+    const std::vector<float> before(qkv.data<float>(), qkv.data<float>() + qkv.numel());
+    Tensor qkv_d = cuda_->ToDevice(qkv);
+    cuda_->HeadRmsNorm(qkv_d, c.heads, c.kv_heads, cuda_->PrepareWeight(q_w),
+                       cuda_->PrepareWeight(k_w), 1e-6f);
+    cpu_->HeadRmsNorm(qkv, c.heads, c.kv_heads, q_w, k_w, 1e-6f);
+    const Tensor got = cuda_->ToHost(qkv_d);
+    ExpectClose(got, qkv, kF32Tol, what);
+    const int64_t v_begin = (c.heads + c.kv_heads) * c.head_dim;
+    for (int64_t i = 0; i < c.n; ++i) {
+      for (int64_t k = v_begin; k < width; ++k) {
+        ASSERT_EQ(got.data<float>()[i * width + k], before[static_cast<size_t>(i * width + k)])
+            << what << ": V changed at token " << i << ", column " << k;
+      }
+    }
+  }
+  Tensor qkv = cuda_->Allocate({2, (4 + 2) * 8});
+  const Tensor w8 = cuda_->ToDevice(Random({8})), w6 = cuda_->ToDevice(Random({6}));
+  EXPECT_NO_THROW(cuda_->HeadRmsNorm(qkv, 4, 1, w8, w8, 1e-6f));
+  EXPECT_THROW(cuda_->HeadRmsNorm(qkv, 4, 2, w8, w8, 1e-6f), std::invalid_argument);  // width
+  EXPECT_THROW(cuda_->HeadRmsNorm(qkv, 4, 1, w8, w6, 1e-6f), std::invalid_argument);
+  EXPECT_THROW(cuda_->HeadRmsNorm(qkv, 4, 1, Random({8}), w8, 1e-6f), std::invalid_argument);
+}
+
+struct RopeCase {
+  int64_t head_dim;
+  int rotary_dim;
+  bool interleaved;
+  RopeConfig::Scaling scaling;
+  float attention_factor;
+};
+
+RopeConfig MakeRope(const RopeCase& c, float long_factor_scale) {
+  RopeConfig rope;
+  rope.theta = 10000.0f;
+  rope.rotary_dim = c.rotary_dim;
+  rope.interleaved = c.interleaved;
+  rope.scaling = c.scaling;
+  rope.attention_factor = c.attention_factor;
+  if (c.scaling == RopeConfig::Scaling::kLongRope) {
+    for (int k = 0; k < c.rotary_dim / 2; ++k) {
+      rope.freq_factors.push_back(1.0f + long_factor_scale * static_cast<float>(k));
+    }
+  }
+  return rope;
+}
+
+const RopeCase kRopeCases[] = {
+    {128, 64, true, RopeConfig::Scaling::kNone, 1.0f},            // GLM-4: half, interleaved
+    {96, 96, false, RopeConfig::Scaling::kLongRope, 1.1902381f},  // Phi-3 long-rope
+    {64, 32, true, RopeConfig::Scaling::kLongRope, 1.25f},        // factor on a partial head
+    {64, 48, false, RopeConfig::Scaling::kNone, 0.8f},
+};
+
+std::string Describe(const RopeCase& c) {
+  return "head_dim " + std::to_string(c.head_dim) + ", rotary_dim " + std::to_string(c.rotary_dim) +
+         (c.interleaved ? ", interleaved" : ", half") + ", scaling " +
+         std::to_string(static_cast<int>(c.scaling)) + ", attention factor " +
+         std::to_string(c.attention_factor);
+}
+
+// One CUDA backend running several configs in turn (the short and long long-rope factors are
+// two frequency keys), each against the CPU.
+TEST_F(CudaOpsTest, RopeAttentionFactorPartialInterleaved) {
+  const std::vector<int32_t> pos = {0, 7, 300, 4095, 131071};
+  for (int round = 0; round < 2; ++round) {
+    for (const RopeCase& c : kRopeCases) {
+      for (float long_scale : {0.1f, 0.9f}) {
+        const RopeConfig rope = MakeRope(c, long_scale);
+        Tensor x = Random({5, 3, c.head_dim}, -2.0f, 2.0f);
+        Tensor xd = cuda_->ToDevice(x);
+        cpu_->Rope(x, pos, rope);
+        cuda_->Rope(xd, pos, rope);
+        ExpectClose(cuda_->ToHost(xd), x, kF32Tol, "Rope " + Describe(c));
+      }
+    }
+  }
+}
+
+TEST_F(CudaOpsTest, RopeWriteKvAttentionFactorPartialInterleaved) {
+  const int64_t n = 5, heads = 4, kv_heads = 2, rows = 16;
+  const std::vector<int32_t> pos = {0, 7, 300, 4095, 12}, cache_rows = {3, 0, 15, 9, 10};
+  for (const RopeCase& c : kRopeCases) {
+    const RopeConfig rope = MakeRope(c, 0.5f);
+    const int64_t hd = c.head_dim, kv_width = kv_heads * hd;
+    for (DType dt : {DType::kF32, DType::kBF16}) {
+      const std::string what = "RopeWriteKv " + Describe(c) + ", " + DTypeName(dt) + " cache";
+      const Tensor qkv = Random({n, (heads + 2 * kv_heads) * hd}, -2.0f, 2.0f);
+      Tensor q = cpu_->Allocate({n, heads, hd});
+      Tensor kc = cpu_->Allocate({rows, kv_heads, hd}), vc = cpu_->Allocate({rows, kv_heads, hd});
+      cpu_->RopeWriteKv(qkv, pos, rope, cache_rows, kc, vc, q);
+      Tensor qd = cuda_->Allocate({n, heads, hd});
+      Tensor kcd = cuda_->Allocate({rows, kv_heads, hd}, dt);
+      Tensor vcd = cuda_->Allocate({rows, kv_heads, hd}, dt);
+      cuda_->RopeWriteKv(cuda_->ToDevice(qkv), pos, rope, cache_rows, kcd, vcd, qd);
+      ExpectClose(cuda_->ToHost(qd), q, kF32Tol, what + ": q");
+      // The caches read back through Embedding (bf16 rows to f32, exactly).
+      std::vector<int32_t> every(rows);
+      std::iota(every.begin(), every.end(), 0);
+      for (auto [cache, want, name] :
+           {std::tuple{&kcd, &kc, ": k_cache"}, std::tuple{&vcd, &vc, ": v_cache"}}) {
+        Tensor got = cuda_->Allocate({rows, kv_width});
+        cuda_->Embedding(cache->Reshape({rows, kv_width}), every, got);
+        ExpectClose(cuda_->ToHost(got).Reshape({rows, kv_heads, hd}), *want,
+                    dt == DType::kF32 ? kF32Tol : kHalfTol, what + name);
+      }
+    }
+  }
+}
+
+// Gemma 3 270M's attention: 4 query heads on 1 KV head of 256, scale 256^-1/2, a local layer
+// (512-key window) and a global one. The host values of a cache are rounded to its dtype, so that
+// the CPU over f32 sees what the device cache holds.
+class Gemma3AttentionTest : public CudaOpsTest {
+ protected:
+  static constexpr int kHeads = 4, kKvHeads = 1, kHeadDim = 256, kWindow = 512;
+
+  static AttentionParams Params(int window) {
+    return AttentionParams{kHeads, kKvHeads, kHeadDim, 1.0f / 16.0f, window};
+  }
+
+  Tensor HostCache(int64_t rows, DType dtype, float range) {
+    Tensor t = Random({rows, kKvHeads, kHeadDim}, -range, range);
+    if (dtype == DType::kBF16) {
+      for (int64_t i = 0; i < t.numel(); ++i) {
+        t.data<float>()[i] = Bf16ToF32(F32ToBf16(t.data<float>()[i]));
+      }
+    }
+    return t;
+  }
+
+  // Device K and V caches of `dtype` holding the host values (WriteKv of every row).
+  std::pair<Tensor, Tensor> DeviceCaches(const Tensor& k, const Tensor& v, DType dtype) {
+    Tensor kd = cuda_->Allocate(k.shape(), dtype), vd = cuda_->Allocate(v.shape(), dtype);
+    std::vector<int32_t> all(static_cast<size_t>(k.dim(0)));
+    std::iota(all.begin(), all.end(), 0);
+    cuda_->WriteKv(cuda_->ToDevice(k), cuda_->ToDevice(v), all, kd, vd);
+    return {kd, vd};
+  }
+
+  static float Tol(DType dtype) { return dtype == DType::kF32 ? kF32Tol : kRoundedCacheTol; }
+};
+
+// A decode step of two sequences through a local and a global layer (each its own cache),
+// recorded in one graph and replayed at contexts past the window, where the two differ.
+TEST_F(Gemma3AttentionTest, LocalAndGlobalLayersInOneGraph) {
+  constexpr int kBs = 16, kSeqs = 2, kBlocksPerSeq = 100;  // up to 1600 keys a sequence
+  const int64_t rows = int64_t{kSeqs} * kBlocksPerSeq * kBs;
+  std::vector<int32_t> tables(static_cast<size_t>(kSeqs * kBlocksPerSeq));
+  for (size_t b = 0; b < tables.size(); ++b) {  // shuffled: block b of the order is b * 37 % 200
+    tables[b] = static_cast<int32_t>(b * 37 % tables.size());
+  }
+  const std::vector<int32_t> begin = {0, kBlocksPerSeq, 2 * kBlocksPerSeq}, seq = {0, 1};
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(std::string(DTypeName(dt)) + " caches");
+    const Tensor k_local = HostCache(rows, dt, 2.0f), v_local = HostCache(rows, dt, 1.0f);
+    const Tensor k_global = HostCache(rows, dt, 2.0f), v_global = HostCache(rows, dt, 1.0f);
+    const std::pair<Tensor, Tensor> local_caches = DeviceCaches(k_local, v_local, dt);
+    const std::pair<Tensor, Tensor> global_caches = DeviceCaches(k_global, v_global, dt);
+    const Tensor &kl = local_caches.first, &vl = local_caches.second;
+    const Tensor &kg = global_caches.first, &vg = global_caches.second;
+    const Tensor q = Random({kSeqs, kHeads, kHeadDim}, -2.0f, 2.0f);
+    const Tensor qd = cuda_->ToDevice(q);
+    Tensor out_local = cuda_->Allocate({kSeqs, kHeads * kHeadDim});
+    Tensor out_global = cuda_->Allocate({kSeqs, kHeads * kHeadDim});
+
+    std::vector<int32_t> positions = {5, 300};
+    PagedKvIndices idx = cuda_->UploadLayout(PagedKvLayout{kBs, positions, seq, begin, tables});
+    auto step = [&] {
+      cuda_->PagedAttention(qd, kl, vl, idx, Params(kWindow), out_local);
+      cuda_->PagedAttention(qd, kg, vg, idx, Params(0), out_global);
+    };
+    step();  // eager first, as DecodeGraphs does
+    cuda_->Synchronize();
+    ASSERT_TRUE(cuda_->BeginCapture());
+    step();
+    std::unique_ptr<BackendGraph> graph = cuda_->EndCapture();
+    ASSERT_NE(graph, nullptr);
+
+    for (const std::vector<int32_t>& at :
+         std::vector<std::vector<int32_t>>{{5, 300}, {511, 512}, {700, 1200}, {1599, 1300}}) {
+      positions = at;
+      cuda_->WriteIndices(positions, idx.positions);
+      graph->Replay();
+      const PagedKvLayout now{kBs, positions, seq, begin, tables};
+      const std::string where =
+          " at positions " + std::to_string(at[0]) + ", " + std::to_string(at[1]);
+      Tensor want_local = cpu_->Allocate({kSeqs, kHeads * kHeadDim});
+      cpu_->PagedAttention(q, k_local, v_local, now, Params(kWindow), want_local);
+      Tensor want_global = cpu_->Allocate({kSeqs, kHeads * kHeadDim});
+      cpu_->PagedAttention(q, k_global, v_global, now, Params(0), want_global);
+      ExpectClose(cuda_->ToHost(out_local), want_local, Tol(dt), "local layer" + where);
+      ExpectClose(cuda_->ToHost(out_global), want_global, Tol(dt), "global layer" + where);
+    }
+    // The window matters at the last contexts: the global params over the local cache differ.
+    Tensor no_window = cpu_->Allocate({kSeqs, kHeads * kHeadDim});
+    cpu_->PagedAttention(q, k_local, v_local, PagedKvLayout{kBs, positions, seq, begin, tables},
+                         Params(0), no_window);
+    const Tensor local = cuda_->ToHost(out_local);
+    float max_diff = 0.0f;
+    for (int64_t i = 0; i < local.numel(); ++i) {
+      max_diff = std::max(max_diff, std::abs(local.data<float>()[i] - no_window.data<float>()[i]));
+    }
+    EXPECT_GT(max_diff, 1e-3f) << "the window hides no key that matters: the test cannot fail";
+  }
+}
+
+// Prefill chunks (query tiles) of 400 tokens at positions 400..799, local then global on one
+// backend, and a prompt from position 0 that crosses the window.
+TEST_F(Gemma3AttentionTest, PrefillLocalAndGlobal) {
+  constexpr int kBs = 16;
+  const int64_t rows = 800;
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    const Tensor kc = HostCache(rows, dt, 2.0f), vc = HostCache(rows, dt, 1.0f);
+    const std::pair<Tensor, Tensor> caches = DeviceCaches(kc, vc, dt);
+    const Tensor &kd = caches.first, &vd = caches.second;
+    std::vector<int32_t> table(rows / kBs);
+    for (size_t b = 0; b < table.size(); ++b) table[b] = static_cast<int32_t>(b * 7 % table.size());
+    const std::vector<int32_t> begin = {0, static_cast<int32_t>(table.size())};
+    for (auto [first, count] : {std::pair{400, 400}, std::pair{0, 600}}) {
+      std::vector<int32_t> positions(static_cast<size_t>(count));
+      std::iota(positions.begin(), positions.end(), first);
+      const std::vector<int32_t> seq(positions.size(), 0);
+      const PagedKvLayout layout{kBs, positions, seq, begin, table};
+      const Tensor q = Random({count, kHeads, kHeadDim}, -2.0f, 2.0f);
+      const Tensor qd = cuda_->ToDevice(q);
+      for (int window : {kWindow, 0, kWindow}) {
+        const std::string what = std::string(DTypeName(dt)) + " cache, positions " +
+                                 std::to_string(first) + ".." + std::to_string(first + count - 1) +
+                                 ", window " + std::to_string(window);
+        Tensor want = cpu_->Allocate({count, kHeads * kHeadDim});
+        cpu_->PagedAttention(q, kc, vc, layout, Params(window), want);
+        Tensor got = cuda_->Allocate({count, kHeads * kHeadDim});
+        cuda_->PagedAttention(qd, kd, vd, layout, Params(window), got);
+        ExpectClose(cuda_->ToHost(got), want, Tol(dt), what);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace shardlm
