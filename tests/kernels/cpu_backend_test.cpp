@@ -364,7 +364,7 @@ TEST(EmbeddingTest, GathersRows) {
   EXPECT_THROW(backend->Embedding(table, ids, y1), std::invalid_argument);
 }
 
-TEST(SiluMulTest, MatchesReference) {
+TEST(GluMulTest, SiluMatchesReference) {
   auto backend = CreateCpuBackend();
   for (int64_t n : {1, 7, 3 * 1000, 100000}) {
     std::vector<float> g = RandomVector(n, 41, -8.0f, 8.0f);

@@ -375,7 +375,7 @@ TEST_F(CudaBackendTest, IndexCopiesThroughPinnedStaging) {
   cuda_->AbortCapture();
 }
 
-TEST_F(CudaBackendTest, SiluMulAndAdd) {
+TEST_F(CudaBackendTest, GluMulAndAdd) {
   Tensor g = Random({1000}, rng_, -6.0f, 6.0f), u = Random({1000}, rng_);
   Tensor want = cpu_->Allocate({1000});
   cpu_->GluMul(g, u, Activation::kSilu, want);
@@ -389,8 +389,8 @@ TEST_F(CudaBackendTest, SiluMulAndAdd) {
 
 // The fused layer ops against the CPU's: RopeWriteKv into f32, bf16 and f16 caches (read back
 // through Embedding, which gathers cache rows as f32), partial rotary, both pair layouts, llama3
-// scaling; SiluMulPacked.
-TEST_F(CudaBackendTest, RopeWriteKvAndSiluMulPacked) {
+// scaling; GluMulPacked.
+TEST_F(CudaBackendTest, RopeWriteKvAndGluMulPacked) {
   const int64_t n = 5, heads = 6, kv_heads = 2, hd = 64, rows = 24;
   const int64_t kv_width = kv_heads * hd;
   for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
