@@ -1,5 +1,6 @@
 #include "base/dtype.h"
 
+#include <iterator>
 #include <stdexcept>
 #include <string>
 
@@ -16,9 +17,12 @@ struct DTypeTraits {
 constexpr DTypeTraits kTraits[] = {
     {"F32", 1, 4},     {"F16", 1, 2},     {"BF16", 1, 2},
     {"Q8_0", 32, 34},  {"Q4_0", 32, 18},  {"Q4_1", 32, 20},
+    {"Q5_0", 32, 22},  {"Q5_1", 32, 24},
     {"Q4_K", 256, 144}, {"Q5_K", 256, 176}, {"Q6_K", 256, 210},
     {"I32", 1, 4},
 };
+static_assert(std::size(kTraits) == static_cast<size_t>(DType::kI32) + 1,
+              "one DTypeTraits per DType, in enum order");
 const DTypeTraits& Traits(DType dtype) { return kTraits[static_cast<int>(dtype)]; }
 }  // namespace
 

@@ -14,18 +14,33 @@ namespace shardlm {
 // DTypeBlockElements(t) consecutive elements of a row in DTypeBlockBytes(t) bytes each; rows are
 // whole blocks. Block layouts are ggml's (see kernels/cpu/quant.h for their definitions).
 // kI32 is for index arrays (token ids, positions, block tables) in backend memory.
-enum class DType : uint8_t { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_1, kQ4_K, kQ5_K, kQ6_K, kI32 };
+enum class DType : uint8_t {
+  kF32,
+  kF16,
+  kBF16,
+  kQ8_0,
+  kQ4_0,
+  kQ4_1,
+  kQ5_0,
+  kQ5_1,
+  kQ4_K,
+  kQ5_K,
+  kQ6_K,
+  kI32
+};
 
 bool IsQuantized(DType dtype);
-// Elements per block: 1 for float types, 32 for Q8_0/Q4_0/Q4_1, 256 for the K types.
+// Elements per block: 1 for float types, 32 for Q8_0/Q4_0/Q4_1/Q5_0/Q5_1, 256 for the K types.
 int64_t DTypeBlockElements(DType dtype);
-// Bytes per block: 4/2/2 for F32/F16/BF16; 34, 18, 20, 144, 176, 210 for the quantized types.
+// Bytes per block: 4/2/2 for F32/F16/BF16; 34, 18, 20, 22, 24, 144, 176, 210 for the quantized
+// types.
 size_t DTypeBlockBytes(DType dtype);
 // Bytes of n elements (n must be a multiple of the block size for quantized types).
 size_t DTypeBytes(DType dtype, int64_t n);
 // Element size of a float or integer type; 0 for quantized types (use DTypeBytes).
 size_t DTypeSize(DType dtype);
-// Safetensors / ggml spelling: "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K".
+// Safetensors / ggml spelling: "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+// "Q4_K", "Q5_K", "Q6_K".
 const char* DTypeName(DType dtype);
 absl::StatusOr<DType> ParseDType(std::string_view name);
 

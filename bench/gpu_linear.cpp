@@ -88,8 +88,8 @@ float BestMs(Backend& backend, cudaStream_t stream, int calls, int reps, const R
   return best;
 }
 
-const DType kWeightTypes[] = {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ4_K,
-                              DType::kQ5_K, DType::kQ6_K, DType::kBF16, DType::kF16};
+const DType kWeightTypes[] = {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1,
+                              DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kBF16, DType::kF16};
 
 int Main(int argc, char** argv) {
   CLI::App app{"gpu_linear: device time and weight GB/s of the CUDA backend's Linear"};
@@ -104,7 +104,8 @@ int Main(int argc, char** argv) {
   app.add_option("--batches", batches, "Activation rows n per call")
       ->delimiter(',')
       ->check(kPositive);
-  app.add_option("--dtypes", dtypes, "Weight types (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, bf16, f16)")
+  app.add_option("--dtypes", dtypes,
+                 "Weight types (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, bf16, f16)")
       ->delimiter(',');
   app.add_option("--calls", calls, "Linear calls per timed graph")->check(kPositive);
   app.add_option("--reps", reps, "Timed replays (the best counts)")->check(kPositive);

@@ -51,6 +51,7 @@ RunFn AddMakeTinyModelCommand(CLI::App& app) {
           std::map<std::string, DType>{{"f32", DType::kF32}, {"f16", DType::kF16},
                                        {"bf16", DType::kBF16}, {"q8_0", DType::kQ8_0},
                                        {"q4_0", DType::kQ4_0}, {"q4_1", DType::kQ4_1},
+                                       {"q5_0", DType::kQ5_0}, {"q5_1", DType::kQ5_1},
                                        {"q4_k", DType::kQ4_K}, {"q5_k", DType::kQ5_K},
                                        {"q6_k", DType::kQ6_K}},
           CLI::ignore_case));

@@ -250,15 +250,16 @@ const char* GgufTypeName(GgufType type) {
 
 absl::StatusOr<DType> DTypeFromGgml(uint32_t ggml_type) {
   static constexpr std::pair<uint32_t, DType> kSupported[] = {
-      {0, DType::kF32},   {1, DType::kF16},   {2, DType::kQ4_0},
-      {3, DType::kQ4_1},  {8, DType::kQ8_0},  {12, DType::kQ4_K},
+      {0, DType::kF32},   {1, DType::kF16},   {2, DType::kQ4_0}, {3, DType::kQ4_1},
+      {6, DType::kQ5_0},  {7, DType::kQ5_1},  {8, DType::kQ8_0}, {12, DType::kQ4_K},
       {13, DType::kQ5_K}, {14, DType::kQ6_K}, {30, DType::kBF16}};
   for (const auto& [number, dtype] : kSupported) {
     if (number == ggml_type) return dtype;
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "ggml type ", ggml_type, " (", GgmlTypeName(ggml_type),
-      ") is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)"));
+      ") is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, "
+      "Q6_K)"));
 }
 
 GgufFile::~GgufFile() = default;

@@ -98,8 +98,9 @@ class GgufFile : public WeightSource {
   std::map<std::string, TensorInfo, std::less<>> tensors_;
 };
 
-// Maps a ggml tensor type number to our dtype: F32=0, F16=1, Q4_0=2, Q4_1=3, Q8_0=8, Q4_K=12,
-// Q5_K=13, Q6_K=14, BF16=30. Other types: InvalidArgument naming the type number and its ggml name.
+// Maps a ggml tensor type number to our dtype: F32=0, F16=1, Q4_0=2, Q4_1=3, Q5_0=6, Q5_1=7,
+// Q8_0=8, Q4_K=12, Q5_K=13, Q6_K=14, BF16=30. Other types: InvalidArgument naming the type number
+// and its ggml name.
 absl::StatusOr<DType> DTypeFromGgml(uint32_t ggml_type);
 
 }  // namespace shardlm

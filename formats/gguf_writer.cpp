@@ -225,6 +225,10 @@ uint32_t GgmlTypeFromDType(DType dtype) {
       return 2;
     case DType::kQ4_1:
       return 3;
+    case DType::kQ5_0:
+      return 6;
+    case DType::kQ5_1:
+      return 7;
     case DType::kQ8_0:
       return 8;
     case DType::kQ4_K:

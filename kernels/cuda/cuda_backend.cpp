@@ -831,6 +831,8 @@ class CudaBackend final : public Backend {
       case DType::kQ8_0: return static_cast<int>(cuda::QuantKind::kQ8_0);
       case DType::kQ4_0: return static_cast<int>(cuda::QuantKind::kQ4_0);
       case DType::kQ4_1: return static_cast<int>(cuda::QuantKind::kQ4_1);
+      case DType::kQ5_0: return static_cast<int>(cuda::QuantKind::kQ5_0);
+      case DType::kQ5_1: return static_cast<int>(cuda::QuantKind::kQ5_1);
       case DType::kQ4_K: return static_cast<int>(cuda::QuantKind::kQ4_K);
       case DType::kQ5_K: return static_cast<int>(cuda::QuantKind::kQ5_K);
       case DType::kQ6_K: return static_cast<int>(cuda::QuantKind::kQ6_K);

@@ -24,7 +24,7 @@
 namespace shardlm::cuda {
 
 // The quantized types that the kernels read (one per ggml type of kernels/cpu/quant).
-enum class QuantKind : int { kQ8_0, kQ4_0, kQ4_1, kQ4_K, kQ5_K, kQ6_K };
+enum class QuantKind : int { kQ8_0, kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_K };
 
 // y[j, r] = dot(dequantized row r of W, x[j, :]) for j < n, r < rows: x [n, cols] and y [n, rows]
 // dense row-major f32, W [rows, cols] quantized. f32 accumulation. Each launch of the kernel reads

@@ -37,6 +37,27 @@ void DequantQ4_1(const uint8_t* b, float* y) {
   for (int i = 0; i < 32; ++i) y[i] = d * static_cast<float>(Nibble32(b + 4, i)) + m;
 }
 
+// The 5-bit q (0..31) of element i of a Q5_0 / Q5_1 block: the Q4 nibble of qs, and bit i of the
+// little-endian u32 at qh as bit 4.
+int Q5Value(const uint8_t* qh, const uint8_t* qs, int i) {
+  return Nibble32(qs, i) | static_cast<int>(((LoadU32(qh) >> i) & 1u) << 4);
+}
+
+void DequantQ5_0(const uint8_t* b, float* y) {
+  const float d = Half(b);
+  for (int i = 0; i < 32; ++i) {
+    y[i] = d * static_cast<float>(Q5Value(b + kQ5_0Qh, b + kQ5_0Qs, i) - 16);
+  }
+}
+
+void DequantQ5_1(const uint8_t* b, float* y) {
+  const float d = Half(b);
+  const float m = Half(b + 2);
+  for (int i = 0; i < 32; ++i) {
+    y[i] = d * static_cast<float>(Q5Value(b + kQ5_1Qh, b + kQ5_1Qs, i)) + m;
+  }
+}
+
 // Element 32j + l of a Q4_K / Q5_K block: its 4-bit part sits in byte 32 * (j / 2) + l of qs,
 // in the low nibble for even j and the high nibble for odd j.
 int KNibble(const uint8_t* qs, int j, int l) {
@@ -157,6 +178,41 @@ void QuantizeQ4_1(const float* x, uint8_t* b) {
   }
 }
 
+// Stores the 5-bit values q[32] of a Q5_0 / Q5_1 block: the low nibbles as Q4_0 does, bit 4 of
+// element i as bit i of the little-endian u32 qh.
+void PackQ5(const int* q, uint8_t* qh, uint8_t* qs) {
+  uint32_t bits = 0;
+  for (int i = 0; i < 32; ++i) bits |= static_cast<uint32_t>((q[i] >> 4) & 1) << i;
+  std::memcpy(qh, &bits, sizeof bits);
+  for (int i = 0; i < 16; ++i) {
+    qs[i] = static_cast<uint8_t>((q[i] & 0x0f) | ((q[i + 16] & 0x0f) << 4));
+  }
+}
+
+void QuantizeQ5_0(const float* x, uint8_t* b) {
+  // As Q4_0: the extreme element maps to -16, the end of -16..15 with more room.
+  uint16_t bits;
+  const float d = RoundToHalf(SignedMax(x, 32) / -16.0f, bits);
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  StoreU16(b, bits);
+  int q[32];
+  for (int i = 0; i < 32; ++i) q[i] = RoundClamp(x[i] * id + 16.0f, 0, 31);
+  PackQ5(q, b + kQ5_0Qh, b + kQ5_0Qs);
+}
+
+void QuantizeQ5_1(const float* x, uint8_t* b) {
+  const auto [mn, mx] = std::minmax_element(x, x + 32);
+  uint16_t dbits, mbits;
+  const float d = RoundToHalf((*mx - *mn) / 31.0f, dbits);
+  const float m = RoundToHalf(*mn, mbits);
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  StoreU16(b, dbits);
+  StoreU16(b + 2, mbits);
+  int q[32];
+  for (int i = 0; i < 32; ++i) q[i] = RoundClamp((x[i] - m) * id, 0, 31);
+  PackQ5(q, b + kQ5_1Qh, b + kQ5_1Qs);
+}
+
 // Q4_K (kMax 15) and Q5_K (kMax 31): per sub-block of 32 an offset -dmin * min (<= 0, so the range
 // always includes 0) and a step d * scale. The 6-bit mins round to nearest; each scale is then
 // rounded up from the step that the stored offset needs, so the sub-block's maximum stays in
@@ -261,6 +317,8 @@ int QuantIndexOf(DType t) {
     case DType::kQ8_0: return kIdxQ8_0;
     case DType::kQ4_0: return kIdxQ4_0;
     case DType::kQ4_1: return kIdxQ4_1;
+    case DType::kQ5_0: return kIdxQ5_0;
+    case DType::kQ5_1: return kIdxQ5_1;
     case DType::kQ4_K: return kIdxQ4_K;
     case DType::kQ5_K: return kIdxQ5_K;
     case DType::kQ6_K: return kIdxQ6_K;
@@ -287,7 +345,8 @@ void DequantizeRowReference(DType t, const void* src, float* dst, int64_t n) {
                                 " is not a multiple of the block size of " + DTypeName(t));
   }
   static constexpr void (*kDecode[kNumQuant])(const uint8_t*, float*) = {
-      DequantQ8_0, DequantQ4_0, DequantQ4_1, DequantQ4_K, DequantQ5_K, DequantQ6_K};
+      DequantQ8_0, DequantQ4_0, DequantQ4_1, DequantQ5_0,
+      DequantQ5_1, DequantQ4_K, DequantQ5_K, DequantQ6_K};
   const size_t bytes = DTypeBlockBytes(t);
   const auto* in = static_cast<const uint8_t*>(src);
   for (int64_t i = 0; i < n / elems; ++i) kDecode[idx](in + i * bytes, dst + i * elems);
@@ -317,7 +376,8 @@ void QuantizeRow(DType t, const float* src, void* dst, int64_t n) {
                                 " is not a multiple of the block size of " + DTypeName(t));
   }
   static constexpr void (*kQuantize[kNumQuant])(const float*, uint8_t*) = {
-      QuantizeQ8_0, QuantizeQ4_0, QuantizeQ4_1, QuantizeQ4_K, QuantizeQ5_K, QuantizeQ6_K};
+      QuantizeQ8_0, QuantizeQ4_0, QuantizeQ4_1, QuantizeQ5_0,
+      QuantizeQ5_1, QuantizeQ4_K, QuantizeQ5_K, QuantizeQ6_K};
   const size_t bytes = DTypeBlockBytes(t);
   auto* out = static_cast<uint8_t*>(dst);
   for (int64_t i = 0; i < n / elems; ++i) kQuantize[idx](src + i * elems, out + i * bytes);

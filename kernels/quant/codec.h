@@ -1,7 +1,7 @@
 // The GGML block codec: the byte layouts of the quantized types of GGUF files (Q8_0, Q4_0, Q4_1,
-// Q4_K, Q5_K, Q6_K), a plain reference decoder and encoder, and the tensor-parallel column slice.
-// Backend-neutral: the CPU kernels (kernels/cpu/quant), the CUDA kernels (kernels/cuda) and the
-// GGUF exporter (formats/) all read the layouts from here.
+// Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), a plain reference decoder and encoder, and the tensor-parallel
+// column slice. Backend-neutral: the CPU kernels (kernels/cpu/quant), the CUDA kernels
+// (kernels/cuda) and the GGUF exporter (formats/) all read the layouts from here.
 //
 //
 // A quantized row of n elements is n / DTypeBlockElements(t) consecutive blocks of
@@ -15,6 +15,11 @@
 //        x[i] = d * (q - 8), q = low nibble of qs[i] for i < 16, high nibble of qs[i - 16] after.
 //   Q4_1 (32 elements, 20 bytes):  d f16 @0, m f16 @2, qs u8[16] @4.
 //        x[i] = d * q + m, q as for Q4_0.
+//   Q5_0 (32 elements, 22 bytes):  d f16 @0, qh u8[4] @2, qs u8[16] @6.
+//        x[i] = d * (q - 16), q = the nibble of Q4_0 plus 16 * bit i of qh (read as one
+//        little-endian u32: elements 0..15 in bits 0..15, elements 16..31 in bits 16..31).
+//   Q5_1 (32 elements, 24 bytes):  d f16 @0, m f16 @2, qh u8[4] @4, qs u8[16] @8.
+//        x[i] = d * q + m, q as for Q5_0.
 //   Q4_K (256 elements, 144 bytes): d f16 @0, dmin f16 @2, scales u8[12] @4, qs u8[128] @16.
 //        Eight sub-blocks of 32 elements with a 6-bit scale sc[j] and a 6-bit min mn[j] each,
 //        packed into scales[12] (see KScaleMin in quant_internal.h). Elements 64c .. 64c+31
@@ -46,7 +51,7 @@
 
 namespace shardlm::quant {
 
-// True for the six types above.
+// True for the eight types above.
 bool IsQuantType(DType t);
 
 // dst[0, n) = the n elements of the quantized row `src` (n a multiple of the block size), decoded
@@ -68,6 +73,8 @@ void DequantizeColumns(DType t, const void* w, int64_t rows, int64_t cols, int64
 //   Q8_0: |error| <= d / 2,  d = A / 127
 //   Q4_0: |error| <= d,      d = A / 8    (d / 2 except at the clamped end of the range)
 //   Q4_1: |error| <= d / 2,  d = (max - min) / 15
+//   Q5_0: |error| <= d,      d = A / 16   (d / 2 except at the clamped end of the range)
+//   Q5_1: |error| <= d / 2,  d = (max - min) / 31
 //   Q4_K, Q5_K, Q6_K: a few units of the sub-block step; see quant_test.cpp for the bounds.
 // Non-finite inputs are not supported.
 void QuantizeRow(DType t, const float* src, void* dst, int64_t n);
@@ -76,13 +83,26 @@ void QuantizeRow(DType t, const float* src, void* dst, int64_t n);
 
 namespace shardlm::quant::internal {
 
-// The six types, in one dense index for the kernel tables.
-enum QuantIndex : int { kIdxQ8_0, kIdxQ4_0, kIdxQ4_1, kIdxQ4_K, kIdxQ5_K, kIdxQ6_K, kNumQuant };
+// The eight types, in one dense index for the kernel tables.
+enum QuantIndex : int {
+  kIdxQ8_0,
+  kIdxQ4_0,
+  kIdxQ4_1,
+  kIdxQ5_0,
+  kIdxQ5_1,
+  kIdxQ4_K,
+  kIdxQ5_K,
+  kIdxQ6_K,
+  kNumQuant
+};
 // -1 for a type without quantized kernels.
 int QuantIndexOf(DType t);
 
 // Byte offsets of the fields, as documented in quant.h.
 inline constexpr int kQ8_0Bytes = 34, kQ4_0Bytes = 18, kQ4_1Bytes = 20;
+inline constexpr int kQ5_0Bytes = 22, kQ5_1Bytes = 24;
+inline constexpr int kQ5_0Qh = 2, kQ5_0Qs = 6;        // Q5_0: qh[4], qs[16]
+inline constexpr int kQ5_1Qh = 4, kQ5_1Qs = 8;        // Q5_1: qh[4], qs[16]
 inline constexpr int kQ4_KBytes = 144, kQ5_KBytes = 176, kQ6_KBytes = 210;
 inline constexpr int kKScales = 4;                    // Q4_K / Q5_K: scales[12]
 inline constexpr int kQ4_KQs = 16;                    // Q4_K: qs[128]
@@ -95,6 +115,11 @@ inline uint16_t LoadU16(const uint8_t* p) {
   return v;
 }
 inline void StoreU16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, sizeof v); }
+inline uint32_t LoadU32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
 
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K block from its scales[12].
 // Sub-blocks 0..3 hold theirs in the low 6 bits of bytes j (scale) and 4 + j (min). Sub-blocks
@@ -122,6 +147,8 @@ inline void KPackScaleMin(const int* scale, const int* min, uint8_t* s) {
 void DequantQ8_0(const uint8_t* b, float* y);
 void DequantQ4_0(const uint8_t* b, float* y);
 void DequantQ4_1(const uint8_t* b, float* y);
+void DequantQ5_0(const uint8_t* b, float* y);
+void DequantQ5_1(const uint8_t* b, float* y);
 void DequantQ4_K(const uint8_t* b, float* y);
 void DequantQ5_K(const uint8_t* b, float* y);
 void DequantQ6_K(const uint8_t* b, float* y);

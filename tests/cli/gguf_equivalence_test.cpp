@@ -1,16 +1,21 @@
 // The same tiny model as safetensors (HF layout) and as GGUF (written like llama.cpp's converter:
 // Q/K rows permuted for `llama`, not for the others; Gemma's norms as 1 + w; Phi-3's fused
-// tensors and rope factor tensors) must give the same logits. A control shows the
-// llama permutation matters: reading the GGUF with HF (rotate-half) RoPE gives other logits.
+// tensors and rope factor tensors) must give the same logits. A control shows the llama
+// permutation matters: reading the GGUF with HF (rotate-half) RoPE gives other logits. A GGUF of
+// each 32-element block type runs on the quantized kernels and must give the logits of its own
+// weights dequantized to f32.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "formats/gguf_export.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/quant/codec.h"
 #include "formats/checkpoint_loader.h"
 #include "model/llama.h"
 #include "formats/random_weights.h"
@@ -92,6 +97,97 @@ TEST_P(GgufEquivalenceTest, SameLogitsAsSafetensors) {
   EXPECT_LE(MaxDiff(want, Logits(q8->config, *q8->weights, ids)), 5e-2 * MaxAbs(want));
   std::filesystem::remove(path);
 }
+
+// `inner` with every quantized tensor served as f32: its blocks decoded by the reference decoder.
+class DequantizedWeights final : public WeightSource {
+ public:
+  explicit DequantizedWeights(const WeightSource& inner) : inner_(inner) {}
+  std::string Describe() const override { return "dequantized " + inner_.Describe(); }
+  std::vector<std::string> Names() const override { return inner_.Names(); }
+  absl::StatusOr<TensorInfo> Info(std::string_view name) const override {
+    absl::StatusOr<TensorInfo> info = inner_.Info(name);
+    if (info.ok() && IsQuantized(info->dtype)) {
+      int64_t n = 1;
+      for (int64_t d : info->shape) n *= d;
+      info->dtype = DType::kF32;
+      info->size = static_cast<uint64_t>(n) * sizeof(float);
+    }
+    return info;
+  }
+  absl::StatusOr<Tensor> Load(std::string_view name) const override {
+    return Dequantize(inner_.Load(name));
+  }
+  absl::StatusOr<Tensor> LoadRows(std::string_view name, int64_t b, int64_t e) const override {
+    return Dequantize(inner_.LoadRows(name, b, e));
+  }
+  absl::StatusOr<Tensor> LoadColumns(std::string_view name, int64_t b, int64_t e) const override {
+    absl::StatusOr<Tensor> whole = Load(name);
+    if (!whole.ok()) return whole;
+    const int64_t rows = whole->dim(0), cols = whole->dim(1);
+    Tensor out = Tensor::Empty({rows, e - b}, DType::kF32);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(out.data<float>() + r * (e - b), whole->data<float>() + r * cols + b,
+                  static_cast<size_t>(e - b) * sizeof(float));
+    }
+    return out;
+  }
+
+ private:
+  static absl::StatusOr<Tensor> Dequantize(absl::StatusOr<Tensor> t) {
+    if (!t.ok() || !IsQuantized(t->dtype())) return t;
+    Tensor out = Tensor::Empty(t->shape(), DType::kF32);
+    quant::DequantizeRowReference(t->dtype(), t->raw(), out.data<float>(), t->numel());
+    return out;
+  }
+  const WeightSource& inner_;
+};
+
+class GgufQuantizedTest : public ::testing::TestWithParam<DType> {};
+
+// Every matrix of the tiny model (rows of 64 and 96 elements) stored in the block type: the
+// logits of the quantized kernels are those of the same weights in f32, to f32 rounding.
+TEST_P(GgufQuantizedTest, SameLogitsAsItsDequantizedWeights) {
+  const DType dt = GetParam();
+  TinyModelSpec spec;
+  spec.arch = Arch::kLlama;
+  spec.hidden = 64;
+  spec.heads = 8;
+  spec.kv_heads = 2;
+  spec.intermediate = 96;
+  spec.vocab = 128;
+  spec.seed = 33;
+  auto config = TinyModelConfig(spec);
+  ASSERT_TRUE(config.ok());
+  RandomWeightSource hf(*config, spec.seed, DType::kF32);
+  const std::string path = ::testing::TempDir() + "/quantized_" + DTypeName(dt) + ".gguf";
+  ASSERT_TRUE(ExportGguf(*config, hf, path, dt).ok());
+  auto gguf = OpenCheckpoint(path);
+  ASSERT_TRUE(gguf.ok()) << gguf.status();
+  for (const char* name : {"model.layers.0.self_attn.q_proj.weight",
+                           "model.layers.1.mlp.down_proj.weight", "model.embed_tokens.weight"}) {
+    auto info = gguf->weights->Info(name);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->dtype, dt) << name << " is not stored as " << DTypeName(dt);
+  }
+  const DequantizedWeights f32(*gguf->weights);
+  // Prompts of 1, 10 and 40 tokens: the matrix-vector, small-batch and dequantize + sgemm paths.
+  for (int64_t len : {1, 10, 40}) {
+    std::vector<int32_t> ids(static_cast<size_t>(len));
+    for (int64_t i = 0; i < len; ++i) ids[i] = static_cast<int32_t>((i * 37 + 5) % spec.vocab);
+    const std::vector<float> got = Logits(gguf->config, *gguf->weights, ids);
+    const std::vector<float> want = Logits(gguf->config, f32, ids);
+    EXPECT_LE(MaxDiff(want, got), 1e-4 * MaxAbs(want)) << DTypeName(dt) << " prompt " << len;
+    // The original f32 weights give other logits: the file really holds the coarser values.
+    const std::vector<float> original = Logits(*config, hf, ids);
+    EXPECT_GT(MaxDiff(original, got), 1e-4 * MaxAbs(original)) << DTypeName(dt);
+  }
+  std::filesystem::remove(path);
+}
+
+INSTANTIATE_TEST_SUITE_P(BlockTypes, GgufQuantizedTest,
+                         ::testing::Values(DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0,
+                                           DType::kQ5_1),
+                         [](const auto& info) { return std::string(DTypeName(info.param)); });
 
 INSTANTIATE_TEST_SUITE_P(Archs, GgufEquivalenceTest,
                          ::testing::Values(Case{"llama_8_2", Arch::kLlama, 64, 8, 2},

@@ -151,7 +151,7 @@ TEST_F(TokenizeCliTest, ReadsOnlyTheTokenizerOfAGguf) {
   ASSERT_TRUE(
       WriteGguf(path, SpmMetadata("phi3"), {{"blk.0.odd", Tensor::Empty({2, 32}, DType::kF32)}})
           .ok());
-  // Make the tensor's ggml type 6 (Q5_0, unsupported): the u32 after name, n_dims and 2 x ne.
+  // Make the tensor's ggml type 9 (Q8_1, unsupported): the u32 after name, n_dims and 2 x ne.
   std::string bytes = ReadFileBytes(path);
   const std::string name = "blk.0.odd";
   const size_t at = bytes.find(name);
@@ -160,12 +160,12 @@ TEST_F(TokenizeCliTest, ReadsOnlyTheTokenizerOfAGguf) {
   uint32_t type = 0;
   std::memcpy(&type, bytes.data() + type_at, 4);
   ASSERT_EQ(type, 0u) << "expected the F32 type field";
-  type = 6;
+  type = 9;
   std::memcpy(bytes.data() + type_at, &type, 4);
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
 
   ExpectCleanFailure(Run("generate --model " + path + " --prompt-ids 1"),
-                     {path, "tensor 'blk.0.odd'", "Q5_0"});
+                     {path, "tensor 'blk.0.odd'", "Q8_1"});
   const RunResult r = Run("tokenize --no-bos --model " + path, "ab ab");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "8 8\n") << r.err;

@@ -35,7 +35,7 @@ using ::shardlm::testing::U32;
 using ::shardlm::testing::U64;
 using ::shardlm::testing::WriteBytes;
 
-constexpr uint32_t kF32 = 0, kQ8_0 = 8, kQ5_0 = 6;
+constexpr uint32_t kF32 = 0, kQ8_0 = 8, kQ8_1 = 9;  // Q8_1: a type the reader does not load
 
 class GgufBadInputTest : public ::testing::Test {
  protected:
@@ -264,10 +264,10 @@ TEST_F(GgufBadInputTest, OffsetPastEndOfFile) {
 
 TEST_F(GgufBadInputTest, UnknownTensorType) {
   EXPECT_TRUE(
-      IsErrorWith(OpenParts(1, {}, {TensorInfoBytes("blk.0.attn_q.weight", {32, 2}, kQ5_0, 0)},
+      IsErrorWith(OpenParts(1, {}, {TensorInfoBytes("blk.0.attn_q.weight", {32, 2}, kQ8_1, 0)},
                             std::string(64, 0)),
                   StatusCode::kInvalidArgument,
-                  {path_, "tensor 'blk.0.attn_q.weight'", "ggml type 6 (Q5_0) is not supported"}));
+                  {path_, "tensor 'blk.0.attn_q.weight'", "ggml type 9 (Q8_1) is not supported"}));
   EXPECT_TRUE(
       IsErrorWith(OpenParts(1, {}, {TensorInfoBytes("w", {256}, 16, 0)}, std::string(256, 0)),
                   StatusCode::kInvalidArgument, {path_, "tensor 'w'", "ggml type 16 (IQ2_XXS)"}));
@@ -280,7 +280,7 @@ TEST_F(GgufBadInputTest, UnknownTensorType) {
 // unsupported type) do not stop it, and tensors cannot be read through it.
 TEST_F(GgufBadInputTest, MetadataOnlyIgnoresTensorInfos) {
   ASSERT_FALSE(OpenParts(1, {Kv("general.architecture", 8, Str("phi3"))},
-                         {TensorInfoBytes("blk.0.attn_q.weight", {32, 2}, kQ5_0, 0)},
+                         {TensorInfoBytes("blk.0.attn_q.weight", {32, 2}, kQ8_1, 0)},
                          std::string(64, 0))
                    .ok());
   absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::OpenMetadata(path_);

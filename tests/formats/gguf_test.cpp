@@ -192,6 +192,8 @@ TEST_P(GgufRoundTripTest, Tensors) {
       {"norm", MakeTensor({7}, DType::kF32, iota)},
       {"q8_0", RandomBlocks({4, 64}, DType::kQ8_0, 1)},
       {"q4_k", RandomBlocks({3, 512}, DType::kQ4_K, 2)},
+      {"q5_0", RandomBlocks({3, 96}, DType::kQ5_0, 3)},  // 22-byte blocks: 2-byte aligned
+      {"q5_1", RandomBlocks({2, 64}, DType::kQ5_1, 4)},
   };
   ASSERT_TRUE(
       WriteGguf(path_, {{"general.architecture", GgufString("llama")}}, tensors, version, alignment)
@@ -199,7 +201,7 @@ TEST_P(GgufRoundTripTest, Tensors) {
   auto file = GgufFile::Open(path_);
   ASSERT_TRUE(file.ok()) << file.status();
   const GgufFile& f = **file;
-  EXPECT_THAT(f.Names(), ElementsAre("bf16", "f16", "f32", "norm", "q4_k", "q8_0"));
+  EXPECT_THAT(f.Names(), ElementsAre("bf16", "f16", "f32", "norm", "q4_k", "q5_0", "q5_1", "q8_0"));
   for (const auto& [name, t] : tensors) {
     SCOPED_TRACE(name);
     absl::StatusOr<TensorInfo> info = f.Info(name);
@@ -225,6 +227,12 @@ TEST_P(GgufRoundTripTest, Tensors) {
   EXPECT_EQ(q8_rows->shape(), (std::vector<int64_t>{2, 64}));
   EXPECT_EQ(q8_rows->raw(), static_cast<char*>(q8_all.raw()) + 2 * 34);
   EXPECT_EQ(Bytes(*q8_rows), Bytes(tensors[4].second).substr(2 * 34, 2 * 2 * 34));
+  Tensor q5_all = *f.Load("q5_0");
+  absl::StatusOr<Tensor> q5_rows = f.LoadRows("q5_0", 1, 3);
+  ASSERT_TRUE(q5_rows.ok()) << q5_rows.status();
+  EXPECT_EQ(q5_rows->dtype(), DType::kQ5_0);
+  EXPECT_EQ(q5_rows->raw(), static_cast<char*>(q5_all.raw()) + 66);  // 3 blocks of 22 per row
+  EXPECT_EQ(Bytes(*q5_rows), Bytes(tensors[6].second).substr(66, 2 * 66));
   absl::StatusOr<Tensor> bf16_rows = f.LoadRows("bf16", 1, 2);
   ASSERT_TRUE(bf16_rows.ok());
   EXPECT_EQ(bf16_rows->shape(), (std::vector<int64_t>{1, 3, 4}));
@@ -254,6 +262,19 @@ TEST_P(GgufRoundTripTest, Tensors) {
   const std::string q4k_bytes = Bytes(tensors[5].second);
   for (int r = 0; r < 3; ++r) {
     EXPECT_EQ(Bytes(*q4k_cols).substr(r * 144, 144), q4k_bytes.substr(r * 288 + 144, 144)) << r;
+  }
+  absl::StatusOr<Tensor> q5_cols = f.LoadColumns("q5_0", 32, 96);
+  ASSERT_TRUE(q5_cols.ok()) << q5_cols.status();
+  EXPECT_EQ(q5_cols->shape(), (std::vector<int64_t>{3, 64}));
+  const std::string q5_bytes = Bytes(tensors[6].second);
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(Bytes(*q5_cols).substr(r * 44, 44), q5_bytes.substr(r * 66 + 22, 44)) << r;
+  }
+  absl::StatusOr<Tensor> q51_cols = f.LoadColumns("q5_1", 0, 32);
+  ASSERT_TRUE(q51_cols.ok()) << q51_cols.status();
+  const std::string q51_bytes = Bytes(tensors[7].second);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(Bytes(*q51_cols).substr(r * 24, 24), q51_bytes.substr(r * 48, 24)) << r;
   }
   EXPECT_EQ(f.LoadColumns("q8_0", 0, 0)->numel(), 0);
 

@@ -199,8 +199,8 @@ TEST_F(CudaBackendTest, Embedding) {
 // of more rows than one launch's grid.y covers in one pass.
 TEST_F(CudaBackendTest, EmbeddingQuantizedTables) {
   constexpr int64_t kVocab = 37, kDim = 512;
-  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ4_K, DType::kQ5_K,
-                   DType::kQ6_K}) {
+  for (DType dt : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1,
+                   DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     SCOPED_TRACE(DTypeName(dt));
     const Tensor f32 = Random({kVocab, kDim}, rng_);
     Tensor table = Tensor::Empty({kVocab, kDim}, dt);
@@ -663,13 +663,13 @@ void CheckLinearAgainstCpu(Backend& cpu, Backend& cuda, const Tensor& w,
   }
 }
 
-const DType kQuantTypes[] = {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1,
-                             DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+const DType kQuantTypes[] = {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0,
+                             DType::kQ5_1, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
 
 // Every weight type on every path of Linear: the decode GEMVs (n <= 4 16-bit, <= 8 quantized),
 // the tiled matmul (up to 64; tiles of 16 or 32 rows of x, partial ones), and the f32-converted
-// SGEMM (65, 200). out = 300 is no multiple of the 32-row tiles; in = 800 ends the Q8_0 / Q4_0 /
-// Q4_1 / 16-bit rows with a short step of the tiled matmul (800 = 3 * 256 + 32).
+// SGEMM (65, 200). out = 300 is no multiple of the 32-row tiles; in = 800 ends the rows of
+// 32-element blocks and 16-bit rows with a short step of the tiled matmul (800 = 3 * 256 + 32).
 TEST_F(CudaBackendTest, LinearEveryWeightTypeAndBatchMatchesCpu) {
   const std::vector<int64_t> ns = {1, 4, 5, 8, 9, 16, 33, 64, 65, 200};
   for (DType dt : kQuantTypes) {

@@ -232,7 +232,8 @@ TEST_F(CudaModelTest, ServedPathMatchesCpu) {
 // device blocks) against the CPU backend on the same file.
 TEST_F(CudaModelTest, QuantizedGgufTiedEmbeddingMatchesCpu) {
   constexpr int64_t kPrompt = 24, kSteps = 6;
-  for (DType dt : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0, DType::kQ4_0}) {
+  for (DType dt :
+       {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ5_1}) {
     const std::string name = std::string("llama-tied-") + DTypeName(dt);
     SCOPED_TRACE(name);
     TinyModelSpec spec = GpuTestSpec(Arch::kLlama, DType::kF32, 45);

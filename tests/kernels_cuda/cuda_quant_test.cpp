@@ -35,7 +35,8 @@ struct Kind {
 };
 const Kind kKinds[] = {
     {QuantKind::kQ8_0, DType::kQ8_0}, {QuantKind::kQ4_0, DType::kQ4_0},
-    {QuantKind::kQ4_1, DType::kQ4_1}, {QuantKind::kQ4_K, DType::kQ4_K},
+    {QuantKind::kQ4_1, DType::kQ4_1}, {QuantKind::kQ5_0, DType::kQ5_0},
+    {QuantKind::kQ5_1, DType::kQ5_1}, {QuantKind::kQ4_K, DType::kQ4_K},
     {QuantKind::kQ5_K, DType::kQ5_K}, {QuantKind::kQ6_K, DType::kQ6_K},
 };
 
@@ -239,7 +240,7 @@ TEST_P(CudaQuantTest, GemvMisalignedPointers) { CheckGemv(33, 512, {1, 3}, 2, 1)
 
 // The tiled matmul of batches: one tile of 16 (n <= 16) or tiles of 32 with a partial last
 // one; rows not a multiple of its 32; cols with a short last step of 256 where the block allows
-// (Q8_0 / Q4_0 / Q4_1: 800 = 3 * 256 + 32).
+// (the 32-element blocks: 800 = 3 * 256 + 32).
 TEST_P(CudaQuantTest, MatmulMatchesCpu) {
   const int64_t cols = DTypeBlockElements(GetParam().dtype) == 256 ? 768 : 800;
   CheckGemv(96, cols, {9, 16, 17, 33, 64}, 0, 0, /*tiled=*/true);

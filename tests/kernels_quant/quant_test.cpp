@@ -19,8 +19,8 @@
 namespace shardlm::quant {
 namespace {
 
-constexpr DType kTypes[] = {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1,
-                            DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+constexpr DType kTypes[] = {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0,
+                            DType::kQ5_1, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
 constexpr Isa kIsas[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512};
 
 std::vector<Isa> SupportedIsas() {
@@ -82,6 +82,12 @@ TEST(QuantTest, BlockSizesMatchDType) {
   EXPECT_EQ(DTypeBlockBytes(DType::kQ8_0), 34u);
   EXPECT_EQ(DTypeBlockBytes(DType::kQ4_0), 18u);
   EXPECT_EQ(DTypeBlockBytes(DType::kQ4_1), 20u);
+  EXPECT_EQ(DTypeBlockBytes(DType::kQ5_0), 22u);
+  EXPECT_EQ(DTypeBlockBytes(DType::kQ5_1), 24u);
+  EXPECT_EQ(DTypeBlockElements(DType::kQ5_0), 32);
+  EXPECT_EQ(DTypeBlockElements(DType::kQ5_1), 32);
+  EXPECT_STREQ(DTypeName(DType::kQ5_0), "Q5_0");
+  EXPECT_STREQ(DTypeName(DType::kQ5_1), "Q5_1");
   EXPECT_EQ(DTypeBlockBytes(DType::kQ4_K), 144u);
   EXPECT_EQ(DTypeBlockBytes(DType::kQ5_K), 176u);
   EXPECT_EQ(DTypeBlockBytes(DType::kQ6_K), 210u);
@@ -136,6 +142,61 @@ TEST(QuantTest, Q4_1KnownBlock) {
       6.5f, 6.0f, 5.5f, 5.0f, 4.5f, 4.0f, 3.5f, 3.0f, 2.5f, 2.0f, 1.5f,  // nibbles 15..0
       1.0f, 0.5f, 0.0f, -0.5f, -1.0f};
   ExpectAllPathsExact(DType::kQ4_1, b, want);
+}
+
+// Q5_0 / Q5_1: qh = 0x8000A001 sets the fifth bit of elements 0, 13, 15 and 31 (bit e of the
+// little-endian u32, elements 16..31 in its upper half); the nibbles are those of the Q4 blocks.
+constexpr uint8_t kQh[4] = {0x01, 0xA0, 0x00, 0x80};
+int Q5Of(int e) {
+  const int nibble = e < 16 ? e : 15 - (e - 16);
+  return nibble + ((0x8000A001u >> e) & 1u) * 16;
+}
+
+TEST(QuantTest, Q5_0KnownBlock) {
+  std::vector<uint8_t> b(22);
+  PutHalf(b.data(), -2.0f);
+  std::memcpy(b.data() + 2, kQh, 4);
+  for (int i = 0; i < 16; ++i) b[6 + i] = static_cast<uint8_t>(i | ((15 - i) << 4));
+  std::vector<float> want(32);
+  for (int e = 0; e < 32; ++e) want[e] = -2.0f * static_cast<float>(Q5Of(e) - 16);
+  // Element 15 is q 31 (nibble 15 plus the fifth bit), 16 is q 15 (nibble 15 alone), 0 and 31
+  // are q 16 (nibble 0 plus the fifth bit).
+  EXPECT_EQ(want[15], -30.0f);
+  EXPECT_EQ(want[16], 2.0f);
+  EXPECT_EQ(want[0], 0.0f);
+  EXPECT_EQ(want[31], 0.0f);
+  ExpectAllPathsExact(DType::kQ5_0, b, want);
+}
+
+TEST(QuantTest, Q5_1KnownBlock) {
+  std::vector<uint8_t> b(24);
+  PutHalf(b.data(), 0.5f);
+  PutHalf(b.data() + 2, -1.0f);
+  std::memcpy(b.data() + 4, kQh, 4);
+  for (int i = 0; i < 16; ++i) b[8 + i] = static_cast<uint8_t>(i | ((15 - i) << 4));
+  std::vector<float> want(32);
+  for (int e = 0; e < 32; ++e) want[e] = 0.5f * static_cast<float>(Q5Of(e)) - 1.0f;
+  EXPECT_EQ(want[13], 0.5f * 29 - 1.0f);  // nibble 13 + 16
+  EXPECT_EQ(want[31], 0.5f * 16 - 1.0f);  // nibble 0 + 16
+  EXPECT_EQ(want[30], 0.5f * 1 - 1.0f);   // nibble 1, no fifth bit
+  ExpectAllPathsExact(DType::kQ5_1, b, want);
+}
+
+// Every single fifth bit on its own lands on its element only, on every path.
+TEST(QuantTest, Q5EachHighBitSelectsOneElement) {
+  for (DType t : {DType::kQ5_0, DType::kQ5_1}) {
+    const int qh_at = t == DType::kQ5_0 ? 2 : 4;
+    for (int bit = 0; bit < 32; ++bit) {
+      std::vector<uint8_t> b(DTypeBlockBytes(t), 0);
+      PutHalf(b.data(), 1.0f);
+      if (t == DType::kQ5_1) PutHalf(b.data() + 2, 0.0f);
+      const uint32_t qh = 1u << bit;
+      std::memcpy(b.data() + qh_at, &qh, 4);
+      std::vector<float> want(32, t == DType::kQ5_0 ? -16.0f : 0.0f);
+      want[bit] += 16.0f;
+      ExpectAllPathsExact(t, b, want);
+    }
+  }
 }
 
 // Scales and mins of the K blocks below: those of sub-blocks 4..7 use their top two bits, which
@@ -274,7 +335,9 @@ std::vector<uint8_t> RandomBlocks(DType t, int64_t blocks, uint32_t seed) {
     switch (t) {
       case DType::kQ8_0:
       case DType::kQ4_0: put(b); break;
+      case DType::kQ5_0: put(b); break;
       case DType::kQ4_1:
+      case DType::kQ5_1:
       case DType::kQ4_K:
       case DType::kQ5_K:
         put(b);
@@ -546,6 +609,8 @@ std::vector<double> ErrorBounds(DType t, const std::vector<float>& x) {
         case DType::kQ8_0: bound[i] = 0.5 * a / 127 + kF16 * a; break;
         case DType::kQ4_0: bound[i] = a / 8 + kF16 * a; break;  // d / 2, or d at the clamped end
         case DType::kQ4_1: bound[i] = 0.5 * (hi - lo) / 15 + kF16 * a; break;
+        case DType::kQ5_0: bound[i] = a / 16 + kF16 * a; break;  // d, as Q4_0's
+        case DType::kQ5_1: bound[i] = 0.5 * (hi - lo) / 31 + kF16 * a; break;
         default: break;
       }
     }
@@ -589,6 +654,8 @@ double RmsLimit(DType t) {
     case DType::kQ8_0: return 0.01;
     case DType::kQ4_0: return 0.15;
     case DType::kQ4_1: return 0.12;
+    case DType::kQ5_0: return 0.08;
+    case DType::kQ5_1: return 0.06;
     case DType::kQ4_K: return 0.12;
     case DType::kQ5_K: return 0.06;
     case DType::kQ6_K: return 0.04;

@@ -203,8 +203,9 @@ TEST(TpEquivalenceTest, TinyModelsMatchOneRank) {
   }
 }
 
-// A Q8_0 GGUF whose head_dim (48) is not a multiple of the 32-element block: at tp=3 the O
-// projection's column slices cut through blocks, and those ranks dequantize just their slice.
+// A Q8_0 / Q5_0 / Q5_1 GGUF whose head_dim (48) is not a multiple of the 32-element block: at tp=3
+// the O projection's column slices cut through blocks, and those ranks dequantize just their
+// slice; the other matrices are row slices of whole blocks, kept quantized.
 TEST(TpEquivalenceTest, QuantizedSlicesThatCutBlocks) {
   Communicator& world = mpitest::World();
   TinyModelSpec spec;
@@ -215,43 +216,51 @@ TEST(TpEquivalenceTest, QuantizedSlicesThatCutBlocks) {
   spec.intermediate = 96;
   spec.vocab = 257;
   spec.seed = 21;
-  const std::string path = absl::StrCat(SHARDLM_BINARY_DIR, "/tests/sharding/models-np",
-                                        world.size(), "/q8_0-hd48.gguf");
-  if (world.rank() == 0) {
-    auto config = TinyModelConfig(spec);
-    ASSERT_TRUE(config.ok()) << config.status();
-    RandomWeightSource random(*config, spec.seed, DType::kF32);
-    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
-    absl::Status s = ExportGguf(*config, random, path, DType::kQ8_0);
-    ASSERT_TRUE(s.ok()) << s;
-  }
-  ASSERT_TRUE(world.Barrier().ok());
-  auto checkpoint = OpenCheckpoint(path);
-  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
-  const ModelConfig& config = checkpoint->config;
-  const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6};
-  RunResult single;
-  if (world.rank() == 0) single = RunModel(config, *checkpoint->weights, {}, prompt, 8, true);
-  for (const Layout& layout : LayoutsForWorld(world.size())) {
-    SCOPED_TRACE(absl::StrCat("tp=", layout.tp, " pp=", layout.pp));
-    auto plan = MakeShardPlan(PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights));
-    ASSERT_TRUE(plan.ok()) << plan.status();
-    auto ctx = ParallelContext::Create(*plan, WorldPtr());
-    ASSERT_TRUE(ctx.ok()) << ctx.status();
-    const RankShard shard = ctx->shard;
-    ShardLoader counter(config, *checkpoint->weights, nullptr);
-    ASSERT_TRUE(LoadLlamaShard(config, shard, *plan, counter).ok());
-    const bool cuts = (shard.q_heads.begin * 48) % 32 != 0 || (shard.q_heads.end * 48) % 32 != 0;
-    EXPECT_EQ(counter.dequantized().size(), cuts ? shard.layers.size() : 0u);
-    RunResult split = RunModel(config, *checkpoint->weights, std::move(*ctx), prompt, 8, true);
-    if (world.rank() != 0) continue;
-    EXPECT_EQ(split.ids, single.ids);
-    const double scale = std::max(MaxAbs(single.step_logits), MaxAbs(single.prefill_logits));
-    const double diff = std::max(MaxDiff(split.step_logits, single.step_logits),
-                                 MaxDiff(split.prefill_logits, single.prefill_logits));
-    EXPECT_LE(diff, 1e-4 * scale);
-    std::printf("q8_0 hd48 tp=%d pp=%d: ids match: %s, max |logit diff| %.3g x max|logit|\n",
-                layout.tp, layout.pp, split.ids == single.ids ? "yes" : "NO", diff / scale);
+  for (DType dt : {DType::kQ8_0, DType::kQ5_0, DType::kQ5_1}) {
+    SCOPED_TRACE(DTypeName(dt));
+    const std::string path = absl::StrCat(SHARDLM_BINARY_DIR, "/tests/sharding/models-np",
+                                          world.size(), "/", DTypeName(dt), "-hd48.gguf");
+    if (world.rank() == 0) {
+      auto config = TinyModelConfig(spec);
+      ASSERT_TRUE(config.ok()) << config.status();
+      RandomWeightSource random(*config, spec.seed, DType::kF32);
+      std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+      absl::Status s = ExportGguf(*config, random, path, dt);
+      ASSERT_TRUE(s.ok()) << s;
+    }
+    ASSERT_TRUE(world.Barrier().ok());
+    auto checkpoint = OpenCheckpoint(path);
+    ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+    const ModelConfig& config = checkpoint->config;
+    auto o_proj = checkpoint->weights->Info("model.layers.0.self_attn.o_proj.weight");
+    ASSERT_TRUE(o_proj.ok()) << o_proj.status();
+    ASSERT_EQ(o_proj->dtype, dt);
+    const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6};
+    RunResult single;
+    if (world.rank() == 0) single = RunModel(config, *checkpoint->weights, {}, prompt, 8, true);
+    for (const Layout& layout : LayoutsForWorld(world.size())) {
+      SCOPED_TRACE(absl::StrCat("tp=", layout.tp, " pp=", layout.pp));
+      auto plan =
+          MakeShardPlan(PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights));
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      auto ctx = ParallelContext::Create(*plan, WorldPtr());
+      ASSERT_TRUE(ctx.ok()) << ctx.status();
+      const RankShard shard = ctx->shard;
+      ShardLoader counter(config, *checkpoint->weights, nullptr);
+      ASSERT_TRUE(LoadLlamaShard(config, shard, *plan, counter).ok());
+      const bool cuts = (shard.q_heads.begin * 48) % 32 != 0 || (shard.q_heads.end * 48) % 32 != 0;
+      EXPECT_EQ(counter.dequantized().size(), cuts ? shard.layers.size() : 0u);
+      RunResult split = RunModel(config, *checkpoint->weights, std::move(*ctx), prompt, 8, true);
+      if (world.rank() != 0) continue;
+      EXPECT_EQ(split.ids, single.ids);
+      const double scale = std::max(MaxAbs(single.step_logits), MaxAbs(single.prefill_logits));
+      const double diff = std::max(MaxDiff(split.step_logits, single.step_logits),
+                                   MaxDiff(split.prefill_logits, single.prefill_logits));
+      EXPECT_LE(diff, 1e-4 * scale);
+      std::printf("%s hd48 tp=%d pp=%d: ids match: %s, max |logit diff| %.3g x max|logit|\n",
+                  DTypeName(dt), layout.tp, layout.pp, split.ids == single.ids ? "yes" : "NO",
+                  diff / scale);
+    }
   }
 }
 

@@ -55,6 +55,9 @@ struct S {
   static I I8(const uint8_t* p) {
     return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   }
+  static I LoadI(const int32_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
   static I And(I a, I b) { return _mm256_and_si256(a, b); }
   static I Or(I a, I b) { return _mm256_or_si256(a, b); }
   static I Set1I(int v) { return _mm256_set1_epi32(v); }
@@ -62,6 +65,7 @@ struct S {
   static I Shl(I v) { return _mm256_slli_epi32(v, N); }
   template <int N>
   static I Shr(I v) { return _mm256_srli_epi32(v, N); }
+  static I Srlv(I v, I n) { return _mm256_srlv_epi32(v, n); }
   static V Cvt(I v) { return _mm256_cvtepi32_ps(v); }
 };
 

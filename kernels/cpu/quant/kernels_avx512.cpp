@@ -73,6 +73,7 @@ struct S {
   static I I8(const uint8_t* p) {
     return _mm512_maskz_cvtepi8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
+  static I LoadI(const int32_t* p) { return _mm512_maskz_loadu_epi32(kAll, p); }
   static I And(I a, I b) { return _mm512_and_si512(a, b); }
   static I Or(I a, I b) { return _mm512_or_si512(a, b); }
   static I Set1I(int v) { return _mm512_set1_epi32(v); }
@@ -80,6 +81,7 @@ struct S {
   static I Shl(I v) { return _mm512_maskz_slli_epi32(kAll, v, N); }
   template <int N>
   static I Shr(I v) { return _mm512_maskz_srli_epi32(kAll, v, N); }
+  static I Srlv(I v, I n) { return _mm512_maskz_srlv_epi32(kAll, v, n); }
   static V Cvt(I v) { return _mm512_maskz_cvtepi32_ps(kAll, v); }
 };
 

@@ -79,8 +79,8 @@ int main(int argc, char** argv) {
   for (float& v : x) v = dist(rng);
   std::vector<float> y(static_cast<size_t>(rows * std::max<int64_t>(n, 32)));
 
-  const DType types[] = {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1,
-                         DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+  const DType types[] = {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0,
+                         DType::kQ5_1, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
   auto quantize = [&](DType t) {
     std::vector<uint8_t> w(shardlm::DTypeBytes(t, rows * cols));
     for (int64_t r = 0; r < rows; ++r) {

@@ -13,8 +13,8 @@
 namespace shardlm::quant::internal {
 
 // Sums of x over each 16 and each 32 elements, computed once per product: the kernels fold the
-// offsets of the formats (Q4_0's - 8, Q6_K's - 32, the mins of Q4_1 / Q4_K / Q5_K) in through
-// them instead of applying them per element.
+// offsets of the formats (Q4_0's - 8, Q5_0's - 16, Q6_K's - 32, the mins of Q4_1 / Q5_1 / Q4_K /
+// Q5_K) in through them instead of applying them per element.
 struct XSums {
   const float* s16;
   const float* s32;

@@ -66,13 +66,16 @@ void BatchScalar(const uint8_t* w, size_t ld, int64_t rows, int64_t blocks, cons
 
 constexpr Kernels kScalar = {
     {RowsScalar<DequantQ8_0, kQ8_0Bytes, 32>, RowsScalar<DequantQ4_0, kQ4_0Bytes, 32>,
-     RowsScalar<DequantQ4_1, kQ4_1Bytes, 32>, RowsScalar<DequantQ4_K, kQ4_KBytes, 256>,
+     RowsScalar<DequantQ4_1, kQ4_1Bytes, 32>, RowsScalar<DequantQ5_0, kQ5_0Bytes, 32>,
+     RowsScalar<DequantQ5_1, kQ5_1Bytes, 32>, RowsScalar<DequantQ4_K, kQ4_KBytes, 256>,
      RowsScalar<DequantQ5_K, kQ5_KBytes, 256>, RowsScalar<DequantQ6_K, kQ6_KBytes, 256>},
     {DequantBlocks<DequantQ8_0, kQ8_0Bytes, 32>, DequantBlocks<DequantQ4_0, kQ4_0Bytes, 32>,
-     DequantBlocks<DequantQ4_1, kQ4_1Bytes, 32>, DequantBlocks<DequantQ4_K, kQ4_KBytes, 256>,
+     DequantBlocks<DequantQ4_1, kQ4_1Bytes, 32>, DequantBlocks<DequantQ5_0, kQ5_0Bytes, 32>,
+     DequantBlocks<DequantQ5_1, kQ5_1Bytes, 32>, DequantBlocks<DequantQ4_K, kQ4_KBytes, 256>,
      DequantBlocks<DequantQ5_K, kQ5_KBytes, 256>, DequantBlocks<DequantQ6_K, kQ6_KBytes, 256>},
     {BatchScalar<DequantQ8_0, kQ8_0Bytes, 32>, BatchScalar<DequantQ4_0, kQ4_0Bytes, 32>,
-     BatchScalar<DequantQ4_1, kQ4_1Bytes, 32>, BatchScalar<DequantQ4_K, kQ4_KBytes, 256>,
+     BatchScalar<DequantQ4_1, kQ4_1Bytes, 32>, BatchScalar<DequantQ5_0, kQ5_0Bytes, 32>,
+     BatchScalar<DequantQ5_1, kQ5_1Bytes, 32>, BatchScalar<DequantQ4_K, kQ4_KBytes, 256>,
      BatchScalar<DequantQ5_K, kQ5_KBytes, 256>, BatchScalar<DequantQ6_K, kQ6_KBytes, 256>},
     1,
 };
