@@ -7,8 +7,11 @@
 #
 #   bash scripts/install-deps.sh && bash scripts/demo.sh
 #
-# Environment: BUILD_DIR (build), MODEL (the default SmolLM2-135M-Instruct Q4_1 GGUF),
-# TP (2), QUESTION, READY_TIMEOUT (120 s), MAX_NEW_TOKENS (64).
+# Environment: BUILD_DIR (build), MODEL (the default SmolLM2-135M-Instruct Q4_1 GGUF; a path, or
+# `gemma3` for Gemma 3 270M, a base model: it continues PROMPT instead of answering a chat turn),
+# COMPLETION (1: continue PROMPT with any model), TP (2), QUESTION, PROMPT ("The capital of
+# France is"), READY_TIMEOUT (120 s),
+# MAX_NEW_TOKENS (64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +19,8 @@ BUILD_DIR=${BUILD_DIR:-build}
 BIN=$BUILD_DIR/bin
 TP=${TP:-2}
 QUESTION=${QUESTION:-What is the capital of France?}
+PROMPT=${PROMPT:-The capital of France is}
+COMPLETION=${COMPLETION:-0}  # 1: continue PROMPT (base models)
 READY_TIMEOUT=${READY_TIMEOUT:-120}
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-64}
 
@@ -32,6 +37,9 @@ fi
 # 2. The model.
 if [ -z "${MODEL:-}" ]; then
   MODEL=$(bash scripts/get-model.sh | tail -n 1)
+elif [ "$MODEL" = gemma3 ]; then
+  MODEL=$(bash scripts/get-model.sh gemma3 | tail -n 1)
+  COMPLETION=1  # a base model: not asked to chat
 fi
 log "model $MODEL, tp=$TP"
 
@@ -146,10 +154,17 @@ until "$BIN/shardlm" info --server "$ADDR" --wait-ready 1 >"$LOGDIR/info.json" 2
 done
 log "ready: $(cat "$LOGDIR/info.json")"
 
-# 6. One chat turn, streamed (greedy, so the answer is the same every run).
-echo "> $QUESTION"
+# 6. One chat turn (a base model: a continuation of PROMPT), streamed (greedy, so the answer is
+# the same every run).
+if [ "$COMPLETION" = 1 ]; then
+  echo "> $PROMPT"
+  INPUT=(--prompt "$PROMPT")
+else
+  echo "> $QUESTION"
+  INPUT=(--chat "$QUESTION")
+fi
 # (In the background + wait, so that Ctrl-C / TERM run the cleanup at once.)
-"$BIN/shardlm" generate --server "$ADDR" --chat "$QUESTION" --max-new-tokens "$MAX_NEW_TOKENS" \
+"$BIN/shardlm" generate --server "$ADDR" "${INPUT[@]}" --max-new-tokens "$MAX_NEW_TOKENS" \
   --temperature 0 &
 CLIENT_PID=$!
 wait "$CLIENT_PID"
@@ -158,9 +173,15 @@ CLIENT_PID=""
 # 7. The same server through its OpenAI-compatible HTTP API (what curl, the openai package or any
 # OpenAI client sends), when curl is installed.
 if command -v curl >/dev/null 2>&1; then
-  log "POST http://$HTTP_ADDR/v1/chat/completions"
-  BODY=$(python3 -c 'import json, sys; print(json.dumps({"messages": [{"role": "user", "content": sys.argv[1]}], "max_tokens": int(sys.argv[2]), "temperature": 0}))' "$QUESTION" "$MAX_NEW_TOKENS")
-  curl -sS "http://$HTTP_ADDR/v1/chat/completions" -H 'Content-Type: application/json' -d "$BODY" &
+  if [ "$COMPLETION" = 1 ]; then
+    ENDPOINT=completions
+    BODY=$(python3 -c 'import json, sys; print(json.dumps({"prompt": sys.argv[1], "max_tokens": int(sys.argv[2]), "temperature": 0}))' "$PROMPT" "$MAX_NEW_TOKENS")
+  else
+    ENDPOINT=chat/completions
+    BODY=$(python3 -c 'import json, sys; print(json.dumps({"messages": [{"role": "user", "content": sys.argv[1]}], "max_tokens": int(sys.argv[2]), "temperature": 0}))' "$QUESTION" "$MAX_NEW_TOKENS")
+  fi
+  log "POST http://$HTTP_ADDR/v1/$ENDPOINT"
+  curl -sS "http://$HTTP_ADDR/v1/$ENDPOINT" -H 'Content-Type: application/json' -d "$BODY" &
   CLIENT_PID=$!
   wait "$CLIENT_PID"
   CLIENT_PID=""
