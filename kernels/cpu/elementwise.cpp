@@ -10,6 +10,20 @@
 #include "kernels/cpu/quant/quant.h"
 
 namespace shardlm::cpu {
+namespace {
+
+// y[k] = x[k] / rms(x) * w[k] over one row of d (y may be x). The same order of operations as
+// HF: (x * rsqrt(mean + eps)) * w, all in f32.
+inline void NormRow(const float* x, const float* w, float eps, int64_t d, float* y) {
+  float sum_sq = 0.0f;
+#pragma omp simd reduction(+ : sum_sq)
+  for (int64_t k = 0; k < d; ++k) sum_sq += x[k] * x[k];
+  const float inv_rms = 1.0f / std::sqrt(sum_sq / static_cast<float>(d) + eps);
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) y[k] = (x[k] * inv_rms) * w[k];
+}
+
+}  // namespace
 
 void RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& y, int threads) {
   RequireHostF32("RmsNorm", {{"x", &x}, {"w", &w}, {"y", &y}});
@@ -22,17 +36,7 @@ void RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& y, int threads
   const float* wp = w.data<float>();
   float* yp = y.data<float>();
 #pragma omp parallel for num_threads(threads) if (rows > 1 && rows * d >= kMinParallelWork)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = xp + r * d;
-    float* yr = yp + r * d;
-    float sum_sq = 0.0f;
-#pragma omp simd reduction(+ : sum_sq)
-    for (int64_t k = 0; k < d; ++k) sum_sq += xr[k] * xr[k];
-    // Same order of operations as HF: (x * rsqrt(mean + eps)) * w, all in f32.
-    const float inv_rms = 1.0f / std::sqrt(sum_sq / static_cast<float>(d) + eps);
-#pragma omp simd
-    for (int64_t k = 0; k < d; ++k) yr[k] = (xr[k] * inv_rms) * wp[k];
-  }
+  for (int64_t r = 0; r < rows; ++r) NormRow(xp + r * d, wp, eps, d, yp + r * d);
 }
 
 void Embedding(const Tensor& table, std::span<const int32_t> ids, Tensor& y, int threads,
@@ -160,14 +164,7 @@ void HeadRmsNorm(Tensor& qkv, int heads, int kv_heads, const Tensor& q_w, const 
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t h = 0; h < normed; ++h) {
       float* x = base + i * width + h * d;
-      const float* w = h < heads ? qw : kw;
-      float sum_sq = 0.0f;
-#pragma omp simd reduction(+ : sum_sq)
-      for (int64_t k = 0; k < d; ++k) sum_sq += x[k] * x[k];
-      // As RmsNorm (and HF): (x * rsqrt(mean + eps)) * w, in f32.
-      const float inv_rms = 1.0f / std::sqrt(sum_sq / static_cast<float>(d) + eps);
-#pragma omp simd
-      for (int64_t k = 0; k < d; ++k) x[k] = (x[k] * inv_rms) * w[k];
+      NormRow(x, h < heads ? qw : kw, eps, d, x);
     }
   }
 }

@@ -29,6 +29,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "tests/kernels_cuda/cuda_vs_cpu.h"
 
 namespace shardlm {
 namespace {
@@ -86,22 +87,9 @@ struct Layout {
   int64_t rows() const { return blocks * bs; }
 };
 
-class CudaAttentionTest : public ::testing::Test {
+class CudaAttentionTest : public CudaVsCpuTest {
  protected:
-  void SetUp() override {
-    if (CudaDeviceCount() == 0) {
-      GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gives 0 or an error)";
-    }
-    cuda_ = CreateCudaBackend(0);
-    cpu_ = CreateCpuBackend(2);
-  }
-
-  Tensor Random(std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f) {
-    Tensor t = Tensor::Empty(std::move(shape), DType::kF32);
-    std::uniform_real_distribution<float> dist(lo, hi);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = dist(rng_);
-    return t;
-  }
+  CudaAttentionTest() : CudaVsCpuTest(20240518) {}
 
   // Host f32 K or V of the whole cache, rounded to `dtype` (the values the device cache holds).
   Tensor RandomCache(const Layout& l, const Shape& s, DType dtype, float range) {
@@ -143,9 +131,6 @@ class CudaAttentionTest : public ::testing::Test {
     ExpectClose(cuda_->ToHost(got), want, dtype == DType::kF32 ? tol : kRoundedTol, name);
   }
 
-  std::unique_ptr<Backend> cuda_;
-  std::unique_ptr<Backend> cpu_;
-  std::mt19937 rng_{20240518};
 };
 
 const int kHeadDims[] = {64, 80, 96, 128, 256};

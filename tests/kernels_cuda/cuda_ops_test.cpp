@@ -27,6 +27,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "tests/kernels_cuda/cuda_vs_cpu.h"
 #include "tests/kernels_cuda/logit_compare.h"
 
 namespace shardlm {
@@ -40,26 +41,10 @@ constexpr float kRoundedCacheTol = 1e-4f;
 
 const char* Name(Activation act) { return act == Activation::kSilu ? "SiLU" : "GELU-tanh"; }
 
-class CudaOpsTest : public ::testing::Test {
+class CudaOpsTest : public CudaVsCpuTest {
  protected:
-  void SetUp() override {
-    if (CudaDeviceCount() == 0) {
-      GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount gives 0 or an error)";
-    }
-    cuda_ = CreateCudaBackend(0);
-    cpu_ = CreateCpuBackend(2);
-  }
+  CudaOpsTest() : CudaVsCpuTest(15) {}
 
-  Tensor Random(std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f) {
-    Tensor t = Tensor::Empty(std::move(shape), DType::kF32);
-    std::uniform_real_distribution<float> dist(lo, hi);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = dist(rng_);
-    return t;
-  }
-
-  std::unique_ptr<Backend> cuda_;
-  std::unique_ptr<Backend> cpu_;
-  std::mt19937 rng_{15};
 };
 
 TEST_F(CudaOpsTest, GluMulBothActivations) {
