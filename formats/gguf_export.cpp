@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "kernels/quant/codec.h"
 #include "base/status_macros.h"
 #include "formats/gguf_model.h"
@@ -121,14 +122,48 @@ absl::Status ExportGguf(const ModelConfig& c, const WeightSource& hf, const std:
       tensors.emplace_back(name, std::move(t));
     }
   }
-  for (const std::string& name : hf.Names()) {
-    const std::string gguf_name = GgufTensorName(name, c.arch);
+  // `chatglm` (GLM-4-9B) files hold Q, K and V as one attn_qkv [q; k; v] (weight and bias).
+  const bool fuse_qkv = c.arch == Arch::kGlm;
+  auto load = [&](const std::string& name) -> absl::StatusOr<Tensor> {
+    const size_t at = name.find("self_attn.q_proj.");
+    if (!fuse_qkv || at == std::string::npos) {
+      SHARDLM_ASSIGN_OR_RETURN(Tensor t, hf.Load(name));
+      return ToF32(t);
+    }
+    std::vector<Tensor> parts;
+    int64_t rows = 0;
+    for (const char* proj : {"q_proj.", "k_proj.", "v_proj."}) {
+      std::string part = name;
+      part.replace(at + 10, 7, proj);  // "self_attn." is 10 characters, "q_proj." 7
+      SHARDLM_ASSIGN_OR_RETURN(Tensor t, hf.Load(part));
+      parts.push_back(ToF32(t));
+      rows += parts.back().dim(0);
+    }
+    std::vector<int64_t> shape = parts[0].shape();
+    shape[0] = rows;
+    Tensor fused = Tensor::Empty(shape, DType::kF32);
+    char* to = static_cast<char*>(fused.raw());
+    for (const Tensor& part : parts) {
+      std::memcpy(to, part.raw(), part.nbytes());
+      to += part.nbytes();
+    }
+    return fused;
+  };
+  for (const std::string& hf_name : hf.Names()) {
+    std::string name = hf_name;
+    if (fuse_qkv && (absl::StrContains(name, "self_attn.k_proj.") ||
+                     absl::StrContains(name, "self_attn.v_proj."))) {
+      continue;  // written with q_proj's, fused
+    }
+    const std::string gguf_name =
+        GgufTensorName(fuse_qkv ? absl::StrReplaceAll(name, {{"self_attn.q_proj.", "self_attn.qkv_proj."}})
+                                : name,
+                       c.arch);
     if (gguf_name.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("ExportGguf: tensor '", name,
                                                      "' has no GGUF name"));
     }
-    SHARDLM_ASSIGN_OR_RETURN(Tensor t, hf.Load(name));
-    Tensor f32 = ToF32(t);
+    SHARDLM_ASSIGN_OR_RETURN(Tensor f32, load(name));
     if (c.arch == Arch::kLlama) {
       if (absl::StrContains(name, "q_proj")) f32 = PermuteForInterleavedRope(f32, c.num_heads);
       if (absl::StrContains(name, "k_proj")) f32 = PermuteForInterleavedRope(f32, c.num_kv_heads);

@@ -25,6 +25,7 @@ std::vector<std::pair<std::string, std::string>> LayerNames(Arch arch) {
       {"self_attn.k_proj.weight", "attn_k.weight"},
       {"self_attn.v_proj.weight", "attn_v.weight"},
       {"self_attn.qkv_proj.weight", "attn_qkv.weight"},
+      {"self_attn.qkv_proj.bias", "attn_qkv.bias"},
       {"self_attn.o_proj.weight", "attn_output.weight"},
       {"self_attn.q_proj.bias", "attn_q.bias"},
       {"self_attn.k_proj.bias", "attn_k.bias"},
@@ -106,6 +107,7 @@ namespace {
 constexpr std::pair<const char*, Arch> kGgufArchs[] = {
     {"llama", Arch::kLlama}, {"qwen2", Arch::kQwen2}, {"qwen3", Arch::kQwen3},
     {"gemma3", Arch::kGemma3}, {"phi3", Arch::kPhi3},  {"glm4", Arch::kGlm4},
+    {"chatglm", Arch::kGlm},
 };
 
 // A float vector tensor of the file (phi3's rope factors), as f32.
@@ -130,7 +132,7 @@ absl::StatusOr<Arch> ArchFromGguf(const GgufFile& g) {
   }
   return absl::InvalidArgumentError(
       absl::StrCat(g.path(), ": metadata key 'general.architecture' is '", arch,
-                   "': supported are llama, qwen2, qwen3, gemma3, phi3, glm4"));
+                   "': supported are llama, qwen2, qwen3, gemma3, phi3, glm4, chatglm"));
 }
 
 std::string GgufArchName(Arch arch) {
@@ -145,7 +147,7 @@ absl::StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& g) {
   ModelConfig c;
   c.arch = family;
   // Biases, where a family has them, are seen in the file.
-  c.qkv_bias = g.Info("blk.0.attn_q.bias").ok();
+  c.qkv_bias = g.Info("blk.0.attn_q.bias").ok() || g.Info("blk.0.attn_qkv.bias").ok();
   c.o_bias = g.Info("blk.0.attn_output.bias").ok();
   switch (family) {
     case Arch::kLlama:
@@ -163,6 +165,10 @@ absl::StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& g) {
       break;
     case Arch::kGlm4:
       c.fused_gate_up_proj = c.post_norms = true;
+      break;
+    case Arch::kGlm:
+      // `chatglm` (GLM-4-9B): one attn_qkv [q; k; v] with its bias, and ffn_up [gate; up].
+      c.fused_qkv_proj = c.fused_gate_up_proj = true;
       break;
     default:
       break;
@@ -213,7 +219,8 @@ absl::StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& g) {
   if (sliding && g.Find(a + "attention.sliding_window")) {
     SHARDLM_ASSIGN_OR_RETURN(c.sliding_window, PositiveInt(g, a + "attention.sliding_window"));
   }
-  if (family == Arch::kGlm4) c.rope.interleaved = true;  // as HF's GLM: adjacent pairs
+  // As HF's GLM: adjacent pairs.
+  if (family == Arch::kGlm || family == Arch::kGlm4) c.rope.interleaved = true;
   if (family == Arch::kGemma3) {
     // llama.cpp: 5 sliding layers of every 6 (a file may say otherwise), whose rope has theta
     // 10000 and no scaling; the attention scale is 1 / sqrt(head_dim), but for the 27B model

@@ -11,7 +11,8 @@
 //   the sliding pattern at 5 sliding layers of every 6 and the local rope theta at 10000.
 // - `phi3` keeps its fused qkv_proj as attn_qkv and gate_up_proj as ffn_up ([gate; up]), and its
 //   longrope factors as the tensors rope_factors_short / rope_factors_long; `glm4` fuses
-//   gate_up_proj into ffn_up the same way.
+//   gate_up_proj into ffn_up the same way, and `chatglm` (GLM-4-9B, GlmForCausalLM's math) holds
+//   attn_qkv with its bias and ffn_up, both fused.
 #pragma once
 
 #include <memory>
@@ -23,8 +24,8 @@
 
 namespace shardlm {
 
-// Reads the hyperparameters of the `llama`, `qwen2`, `qwen3`, `gemma3`, `phi3` and `glm4`
-// architectures. Errors name the file and the metadata key.
+// Reads the hyperparameters of the `llama`, `qwen2`, `qwen3`, `gemma3`, `phi3`, `glm4` and
+// `chatglm` architectures. Errors name the file and the metadata key.
 absl::StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& gguf);
 // The family of a general.architecture value ("gemma3" -> kGemma3).
 absl::StatusOr<Arch> ArchFromGguf(const GgufFile& gguf);

@@ -112,37 +112,44 @@ absl::StatusOr<LlamaWeights> LoadLlamaShard(const ModelConfig& config, const Ran
     SHARDLM_ASSIGN_OR_RETURN(lw.attn_norm, norm(p + norms.attn + ".weight", h));
     const std::string q = p + "self_attn.q_proj.", k = p + "self_attn.k_proj.",
                       vp = p + "self_attn.v_proj.";
-    // This rank's Q, K and V rows: from q_proj, k_proj, v_proj, or from the parts of one
-    // qkv_proj [q; k; v] (Phi-3).
-    std::vector<ShardLoader::RowSlice> qkv_parts;
-    if (config.fused_qkv_proj) {
-      const std::string fused = p + "self_attn.qkv_proj.weight";
-      const std::vector<int64_t> shape = {q_dim + 2 * kv_dim, h};
-      qkv_parts = {{fused, shape, q_rows},
-                   {fused, shape, {q_dim + kv_rows.begin, q_dim + kv_rows.end}},
-                   {fused, shape, {q_dim + kv_dim + kv_rows.begin, q_dim + kv_dim + kv_rows.end}}};
-    } else {
-      qkv_parts = {{q + "weight", {q_dim, h}, q_rows},
-                   {k + "weight", {kv_dim, h}, kv_rows},
-                   {vp + "weight", {kv_dim, h}, kv_rows}};
-    }
+    // This rank's Q, K and V rows (and bias entries): from q_proj, k_proj, v_proj, or from the
+    // parts of one qkv_proj [q; k; v] (Phi-3; GLM-4-9B's GGUF).
+    auto qkv_slices = [&](const std::string& suffix, std::vector<int64_t> cols) {
+      std::vector<ShardLoader::RowSlice> parts;
+      auto shape = [&](int64_t rows) {
+        std::vector<int64_t> s = {rows};
+        s.insert(s.end(), cols.begin(), cols.end());
+        return s;
+      };
+      if (config.fused_qkv_proj) {
+        const std::string fused = p + "self_attn.qkv_proj." + suffix;
+        const std::vector<int64_t> all = shape(q_dim + 2 * kv_dim);
+        parts = {{fused, all, q_rows},
+                 {fused, all, {q_dim + kv_rows.begin, q_dim + kv_rows.end}},
+                 {fused, all, {q_dim + kv_dim + kv_rows.begin, q_dim + kv_dim + kv_rows.end}}};
+      } else {
+        parts = {{q + suffix, shape(q_dim), q_rows},
+                 {k + suffix, shape(kv_dim), kv_rows},
+                 {vp + suffix, shape(kv_dim), kv_rows}};
+      }
+      return parts;
+    };
+    const std::vector<ShardLoader::RowSlice> qkv_parts = qkv_slices("weight", {h});
+    const std::vector<ShardLoader::RowSlice> qkv_bias_parts = qkv_slices("bias", {});
     SHARDLM_ASSIGN_OR_RETURN(auto qkv, w.StackedRows(qkv_parts));
     lw.fused_qkv = qkv.has_value();
     if (lw.fused_qkv) {
       lw.qkv.weight = *std::move(qkv);
-      SHARDLM_ASSIGN_OR_RETURN(lw.qkv.bias,
-                               stacked(config.qkv_bias, {{q + "bias", {q_dim}, q_rows},
-                                                         {k + "bias", {kv_dim}, kv_rows},
-                                                         {vp + "bias", {kv_dim}, kv_rows}}));
+      SHARDLM_ASSIGN_OR_RETURN(lw.qkv.bias, stacked(config.qkv_bias, qkv_bias_parts));
     } else {
       ColumnParallelLinear* parts[] = {&lw.q, &lw.k, &lw.v};
       for (int i = 0; i < 3; ++i) {
         const ShardLoader::RowSlice& part = qkv_parts[i];
+        const ShardLoader::RowSlice& bias = qkv_bias_parts[i];
         SHARDLM_ASSIGN_OR_RETURN(parts[i]->weight, w.Rows(part.name, part.shape, part.rows));
+        SHARDLM_ASSIGN_OR_RETURN(parts[i]->bias,
+                                 rows(config.qkv_bias, bias.name, bias.shape, bias.rows));
       }
-      SHARDLM_ASSIGN_OR_RETURN(lw.q.bias, rows(config.qkv_bias, q + "bias", {q_dim}, q_rows));
-      SHARDLM_ASSIGN_OR_RETURN(lw.k.bias, rows(config.qkv_bias, k + "bias", {kv_dim}, kv_rows));
-      SHARDLM_ASSIGN_OR_RETURN(lw.v.bias, rows(config.qkv_bias, vp + "bias", {kv_dim}, kv_rows));
     }
     if (config.qk_norm) {
       SHARDLM_ASSIGN_OR_RETURN(lw.q_norm, norm(p + "self_attn.q_norm.weight", hd));

@@ -79,7 +79,8 @@ TEST_P(GgufEquivalenceTest, SameLogitsAsSafetensors) {
   auto gguf = OpenCheckpoint(path);
   ASSERT_TRUE(gguf.ok()) << gguf.status();
   // llama: permuted Q/K rows, read with interleaved rope; GLM-4 is interleaved in HF already.
-  EXPECT_EQ(gguf->config.rope.interleaved, c.arch == Arch::kLlama || c.arch == Arch::kGlm4);
+  EXPECT_EQ(gguf->config.rope.interleaved,
+            c.arch == Arch::kLlama || c.arch == Arch::kGlm || c.arch == Arch::kGlm4);
   EXPECT_EQ(gguf->config.arch, c.arch);
   const std::vector<float> got = Logits(gguf->config, *gguf->weights, ids);
   EXPECT_LE(MaxDiff(want, got), 1e-4 * MaxAbs(want));
@@ -198,7 +199,9 @@ INSTANTIATE_TEST_SUITE_P(Archs, GgufEquivalenceTest,
                                            Case{"qwen3_4_2", Arch::kQwen3, 64, 4, 2},
                                            Case{"gemma3_4_1", Arch::kGemma3, 64, 4, 1},
                                            Case{"phi3_9_3", Arch::kPhi3, 72, 9, 3},
-                                           Case{"glm4_4_2", Arch::kGlm4, 64, 4, 2}),
+                                           Case{"glm4_4_2", Arch::kGlm4, 64, 4, 2},
+                                           // GlmForCausalLM as `chatglm` (attn_qkv + bias).
+                                           Case{"glm_4_2", Arch::kGlm, 64, 4, 2}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace

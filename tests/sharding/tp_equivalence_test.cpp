@@ -264,6 +264,55 @@ TEST(TpEquivalenceTest, QuantizedSlicesThatCutBlocks) {
   }
 }
 
+// GLM as llama.cpp's `chatglm` GGUF: Q, K, V and their biases in one attn_qkv, cut into each
+// rank's uneven head ranges at load (9 heads, 3 KV heads).
+TEST(TpEquivalenceTest, FusedQkvWithBiasFromGguf) {
+  Communicator& world = mpitest::World();
+  TinyModelSpec spec;
+  spec.arch = Arch::kGlm;
+  spec.layers = 4;
+  spec.heads = 9;
+  spec.kv_heads = 3;
+  spec.hidden = 72;
+  spec.intermediate = 96;
+  spec.vocab = 257;
+  spec.seed = 24;
+  const std::string path = absl::StrCat(SHARDLM_BINARY_DIR, "/tests/sharding/models-np",
+                                        world.size(), "/chatglm-9h-3kv.gguf");
+  if (world.rank() == 0) {
+    auto config = TinyModelConfig(spec);
+    ASSERT_TRUE(config.ok()) << config.status();
+    RandomWeightSource random(*config, spec.seed, DType::kF32);
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+    absl::Status s = ExportGguf(*config, random, path, DType::kF32);
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  ASSERT_TRUE(world.Barrier().ok());
+  auto checkpoint = OpenCheckpoint(path);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  const ModelConfig& config = checkpoint->config;
+  ASSERT_TRUE(config.fused_qkv_proj && config.qkv_bias);
+  const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6};
+  RunResult single;
+  if (world.rank() == 0) single = RunModel(config, *checkpoint->weights, {}, prompt, 8, true);
+  for (const Layout& layout : LayoutsForWorld(world.size())) {
+    SCOPED_TRACE(absl::StrCat("tp=", layout.tp, " pp=", layout.pp));
+    auto plan = MakeShardPlan(PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights));
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    auto ctx = ParallelContext::Create(*plan, WorldPtr());
+    ASSERT_TRUE(ctx.ok()) << ctx.status();
+    RunResult split = RunModel(config, *checkpoint->weights, std::move(*ctx), prompt, 8, true);
+    if (world.rank() != 0) continue;
+    EXPECT_EQ(split.ids, single.ids);
+    const double scale = std::max(MaxAbs(single.step_logits), MaxAbs(single.prefill_logits));
+    const double diff = std::max(MaxDiff(split.step_logits, single.step_logits),
+                                 MaxDiff(split.prefill_logits, single.prefill_logits));
+    EXPECT_LE(diff, 1e-4 * scale);
+    std::printf("chatglm gguf 9h/3kv tp=%d pp=%d: ids match: %s, max |logit diff| %.3g x max|logit|\n",
+                layout.tp, layout.pp, split.ids == single.ids ? "yes" : "NO", diff / scale);
+  }
+}
+
 // SmolLM2-135M (Q4_1 GGUF, fetched by scripts/get-model.sh) at tp=2 and at pp=2: the same 64
 // greedy ids as one rank.
 TEST(TpEquivalenceTest, SmolLM2MatchesOneRank) {
