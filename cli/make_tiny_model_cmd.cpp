@@ -21,7 +21,9 @@ RunFn AddMakeTinyModelCommand(CLI::App& app) {
                                       {"gemma3", Arch::kGemma3},
                                       {"phi3", Arch::kPhi3},
                                       {"glm", Arch::kGlm},
-                                      {"glm4", Arch::kGlm4}},
+                                      {"glm4", Arch::kGlm4},
+                                      {"mixtral", Arch::kMixtral},
+                                      {"qwen3_moe", Arch::kQwen3Moe}},
           CLI::ignore_case))
       ->required();
   app.add_option("--out", *out, "Output directory")->required();

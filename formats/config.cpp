@@ -43,10 +43,12 @@ constexpr ArchNames kArchs[] = {
     {Arch::kPhi3, "phi3", "Phi3ForCausalLM"},
     {Arch::kGlm, "glm", "GlmForCausalLM"},
     {Arch::kGlm4, "glm4", "Glm4ForCausalLM"},
+    {Arch::kMixtral, "mixtral", "MixtralForCausalLM"},
+    {Arch::kQwen3Moe, "qwen3_moe", "Qwen3MoeForCausalLM"},
 };
 constexpr std::string_view kSupportedTypes =
     "one of \"llama\", \"mistral\", \"qwen2\", \"qwen3\", \"gemma3_text\", \"phi3\", \"glm\", "
-    "\"glm4\"";
+    "\"glm4\", \"mixtral\", \"qwen3_moe\"";
 
 // Debian's abseil is built with its own string_view type, which StrCat needs.
 absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
@@ -186,7 +188,8 @@ absl::StatusOr<Arch> ReadArch(const json& root, const ConfigReader& r) {
       return r.Error("architectures[0]",
                      "one of \"LlamaForCausalLM\", \"MistralForCausalLM\", \"Qwen2ForCausalLM\", "
                      "\"Qwen3ForCausalLM\", \"Gemma3ForCausalLM\", \"Phi3ForCausalLM\", "
-                     "\"GlmForCausalLM\", \"Glm4ForCausalLM\"",
+                     "\"GlmForCausalLM\", \"Glm4ForCausalLM\", \"MixtralForCausalLM\", "
+                     "\"Qwen3MoeForCausalLM\"",
                      first);
     }
     return r.Error("architectures", "a non-empty list of class names", *archs);
@@ -423,11 +426,13 @@ absl::Status ReadSlidingWindow(const json& root, const ConfigReader& r, ModelCon
     case Arch::kGlm4:
       return absl::OkStatus();  // no sliding window; a stray field means nothing.
     case Arch::kMistral:
+    case Arch::kMixtral:
     case Arch::kPhi3:
       // Every layer.
       return r.Int(root, "sliding_window", false, 1, &c->sliding_window);
     case Arch::kQwen2:
-    case Arch::kQwen3: {
+    case Arch::kQwen3:
+    case Arch::kQwen3Moe: {
       bool use = false;
       SHARDLM_RETURN_IF_ERROR(r.Bool(root, "use_sliding_window", &use));
       // Qwen configs carry a sliding_window value even when it is switched off.
@@ -458,6 +463,59 @@ absl::Status ReadSlidingWindow(const json& root, const ConfigReader& r, ModelCon
       for (int64_t l = 0; l < c->num_layers; ++l) c->sliding_layers.push_back((l + 1) % pattern != 0);
       return absl::OkStatus();
     }
+  }
+  return absl::OkStatus();
+}
+
+// The mixture-of-experts fields of Mixtral and Qwen3-MoE.
+absl::Status ReadMoe(const json& root, const ConfigReader& r, ModelConfig* c) {
+  if (c->arch == Arch::kMixtral) {
+    c->num_experts = 8;  // MixtralConfig's defaults
+    c->experts_per_token = 2;
+    SHARDLM_RETURN_IF_ERROR(r.Int(root, "num_local_experts", false, 1, &c->num_experts));
+    SHARDLM_RETURN_IF_ERROR(r.Int(root, "num_experts_per_tok", false, 1, &c->experts_per_token));
+    c->moe_intermediate_size = c->intermediate_size;
+    c->norm_topk_prob = true;
+  } else if (c->arch == Arch::kQwen3Moe) {
+    c->num_experts = 128;  // Qwen3MoeConfig's defaults
+    c->experts_per_token = 8;
+    c->moe_intermediate_size = 768;
+    c->norm_topk_prob = false;
+    SHARDLM_RETURN_IF_ERROR(r.Int(root, "num_experts", false, 0, &c->num_experts));
+    SHARDLM_RETURN_IF_ERROR(r.Int(root, "num_experts_per_tok", false, 1, &c->experts_per_token));
+    SHARDLM_RETURN_IF_ERROR(
+        r.Int(root, "moe_intermediate_size", false, 1, &c->moe_intermediate_size));
+    SHARDLM_RETURN_IF_ERROR(r.Bool(root, "norm_topk_prob", &c->norm_topk_prob));
+    // Layer l's MLP is the mixture unless l is in mlp_only_layers or (l + 1) is not a multiple
+    // of decoder_sparse_step.
+    int64_t step = 1;
+    SHARDLM_RETURN_IF_ERROR(r.Int(root, "decoder_sparse_step", false, 1, &step));
+    std::vector<bool> dense(static_cast<size_t>(c->num_layers), false);
+    if (const json* only = ConfigReader::Find(root, "mlp_only_layers")) {
+      const std::string expected =
+          absl::StrCat("a list of layer indices in [0, ", c->num_layers, ")");
+      if (!only->is_array()) return r.Error("mlp_only_layers", expected, *only);
+      for (const json& l : *only) {
+        if (!l.is_number_integer() || l.get<int64_t>() < 0 || l.get<int64_t>() >= c->num_layers) {
+          return r.Error("mlp_only_layers", expected, *only);
+        }
+        dense[static_cast<size_t>(l.get<int64_t>())] = true;
+      }
+    }
+    bool mixed = false;
+    for (int64_t l = 0; l < c->num_layers; ++l) {
+      const bool moe = !dense[static_cast<size_t>(l)] && (l + 1) % step == 0;
+      c->moe_layers.push_back(moe);
+      mixed |= !moe;
+    }
+    if (!mixed) c->moe_layers.clear();
+  } else {
+    return absl::OkStatus();
+  }
+  if (c->num_experts > 0 && c->experts_per_token > c->num_experts) {
+    return r.Problem("num_experts_per_tok",
+                     absl::StrCat("expected at most the number of experts (", c->num_experts,
+                                  "), got ", c->experts_per_token));
   }
   return absl::OkStatus();
 }
@@ -598,7 +656,10 @@ absl::StatusOr<ModelConfig> Parse(const json& root, const std::string& source) {
       // switch for it.
       c.qkv_bias = true;
       break;
+    case Arch::kMixtral:
+      break;  // no biases, no switches
     case Arch::kQwen3:
+    case Arch::kQwen3Moe:
     case Arch::kGemma3: {
       // q, k, v and o all follow attention_bias.
       bool attention_bias = false;
@@ -629,6 +690,7 @@ absl::StatusOr<ModelConfig> Parse(const json& root, const std::string& source) {
       break;
     }
   }
+  SHARDLM_RETURN_IF_ERROR(ReadMoe(root, r, &c));
   SHARDLM_RETURN_IF_ERROR(RejectUnsupported(root, r, c));
 
   SHARDLM_RETURN_IF_ERROR(ReadSlidingWindow(root, r, &c));
@@ -688,6 +750,24 @@ LayerNormNames NormNamesOf(Arch arch) {
     default:
       return {"input_layernorm", "post_attention_layernorm", nullptr, nullptr};
   }
+}
+
+std::string MoeTensorName(Arch arch, int64_t layer, int64_t expert, MoePart part) {
+  const bool mixtral = arch == Arch::kMixtral;
+  const std::string block =
+      absl::StrCat("model.layers.", layer, mixtral ? ".block_sparse_moe." : ".mlp.");
+  if (part == MoePart::kRouter) return block + "gate.weight";
+  static constexpr const char* kMixtral[] = {"", "w1", "w3", "w2"};
+  static constexpr const char* kQwen[] = {"", "gate_proj", "up_proj", "down_proj"};
+  const int i = static_cast<int>(part);
+  return absl::StrCat(block, "experts.", expert, ".", mixtral ? kMixtral[i] : kQwen[i], ".weight");
+}
+
+bool LayerIsMoe(const ModelConfig& config, int64_t layer) {
+  if (config.num_experts <= 0) return false;
+  if (config.moe_layers.empty()) return true;
+  return layer >= 0 && layer < static_cast<int64_t>(config.moe_layers.size()) &&
+         config.moe_layers[static_cast<size_t>(layer)];
 }
 
 bool LayerSlides(const ModelConfig& config, int64_t layer) {
@@ -807,13 +887,31 @@ nlohmann::json ModelConfigToJson(const ModelConfig& c) {
       j["mlp_bias"] = c.mlp_bias;
       break;
     case Arch::kMistral:
+    case Arch::kMixtral:
     case Arch::kPhi3:
       if (c.arch == Arch::kMistral) j["attention_bias"] = c.qkv_bias;
+      if (c.arch == Arch::kMixtral) {
+        j["num_local_experts"] = c.num_experts;
+        j["num_experts_per_tok"] = c.experts_per_token;
+      }
       j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
       break;
     case Arch::kQwen2:
     case Arch::kQwen3:
-      if (c.arch == Arch::kQwen3) j["attention_bias"] = c.qkv_bias;
+    case Arch::kQwen3Moe:
+      if (c.arch != Arch::kQwen2) j["attention_bias"] = c.qkv_bias;
+      if (c.arch == Arch::kQwen3Moe) {
+        j["num_experts"] = c.num_experts;
+        j["num_experts_per_tok"] = c.experts_per_token;
+        j["moe_intermediate_size"] = c.moe_intermediate_size;
+        j["norm_topk_prob"] = c.norm_topk_prob;
+        j["decoder_sparse_step"] = 1;
+        json dense = json::array();
+        for (int64_t l = 0; l < c.num_layers; ++l) {
+          if (!LayerIsMoe(c, l)) dense.push_back(l);
+        }
+        j["mlp_only_layers"] = dense;
+      }
       j["use_sliding_window"] = c.sliding_window > 0;
       j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
       if (c.sliding_window > 0) {

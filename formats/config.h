@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -13,7 +14,9 @@
 
 namespace shardlm {
 
-enum class Arch : uint8_t { kLlama, kMistral, kQwen2, kQwen3, kGemma3, kPhi3, kGlm, kGlm4 };
+enum class Arch : uint8_t {
+  kLlama, kMistral, kQwen2, kQwen3, kGemma3, kPhi3, kGlm, kGlm4, kMixtral, kQwen3Moe
+};
 // HF's model_type: "llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "glm", "glm4".
 std::string_view ArchName(Arch arch);
 // The arch of a model_type or of an architectures[0] class name ("Gemma3ForCausalLM").
@@ -58,6 +61,17 @@ struct ModelConfig {
   // (long when max_position_embeddings exceeds rope.original_max_position, as llama.cpp does at
   // its default context; HF switches per forward call by the sequence's length).
   std::vector<float> longrope_short, longrope_long;
+  // Mixture of experts (Mixtral, Qwen3-MoE); num_experts 0: every MLP is dense. A token's MLP is
+  // the sum over its experts_per_token best experts (softmax of the router's logits, top-k,
+  // renormalised when norm_topk_prob) of weight x expert(x), each expert a SwiGLU MLP of
+  // moe_intermediate_size.
+  int64_t num_experts = 0;
+  int64_t experts_per_token = 0;
+  int64_t moe_intermediate_size = 0;
+  bool norm_topk_prob = true;
+  // Per layer: whether its MLP is the mixture (Qwen3-MoE's decoder_sparse_step and
+  // mlp_only_layers). Empty: every layer's is, when num_experts > 0.
+  std::vector<bool> moe_layers;
   DType torch_dtype = DType::kF32;
   // GGUF checkpoints mix types (quantized matrices, f32 norms, a Q6_K output): their tensors'
   // own dtypes are used and not checked against torch_dtype.
@@ -77,6 +91,16 @@ struct LayerNormNames {
   const char* post_mlp;
 };
 LayerNormNames NormNamesOf(Arch arch);
+
+// The HF names of a mixture's tensors in layer `layer`: the router ([num_experts, hidden]) and
+// expert `expert`'s gate, up ([moe_intermediate, hidden]) and down ([hidden, moe_intermediate])
+// weights. Mixtral: block_sparse_moe.gate, block_sparse_moe.experts.E.w1 / w3 / w2; Qwen3-MoE:
+// mlp.gate, mlp.experts.E.gate_proj / up_proj / down_proj.
+enum class MoePart : uint8_t { kRouter, kGate, kUp, kDown };
+std::string MoeTensorName(Arch arch, int64_t layer, int64_t expert, MoePart part);
+
+// Whether layer `layer`'s MLP is a mixture of experts.
+bool LayerIsMoe(const ModelConfig& config, int64_t layer);
 
 // Whether layer `layer` attends through the sliding window.
 bool LayerSlides(const ModelConfig& config, int64_t layer);

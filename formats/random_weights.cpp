@@ -97,6 +97,16 @@ std::map<std::string, std::vector<int64_t>> CheckpointTensorShapes(const ModelCo
       s[p + "self_attn.v_proj.bias"] = {kv};
     }
     if (c.o_bias) s[p + "self_attn.o_proj.bias"] = {h};
+    if (LayerIsMoe(c, l)) {
+      const int64_t moe = c.moe_intermediate_size;
+      s[MoeTensorName(c.arch, l, 0, MoePart::kRouter)] = {c.num_experts, h};
+      for (int64_t e = 0; e < c.num_experts; ++e) {
+        s[MoeTensorName(c.arch, l, e, MoePart::kGate)] = {moe, h};
+        s[MoeTensorName(c.arch, l, e, MoePart::kUp)] = {moe, h};
+        s[MoeTensorName(c.arch, l, e, MoePart::kDown)] = {h, moe};
+      }
+      continue;
+    }
     if (c.fused_gate_up_proj) {
       s[p + "mlp.gate_up_proj.weight"] = {2 * inter, h};
     } else {
@@ -246,6 +256,24 @@ absl::StatusOr<ModelConfig> TinyModelConfig(const TinyModelSpec& spec) {
       c.qkv_bias = true;
       c.rms_norm_eps = 1e-6f;
       c.rope.theta = 1000000.0f;
+      break;
+    case Arch::kMixtral:
+      c.rope.theta = 1000000.0f;
+      c.num_experts = 4;
+      c.experts_per_token = 2;
+      c.moe_intermediate_size = spec.intermediate;
+      break;
+    case Arch::kQwen3Moe:
+      c.qk_norm = true;
+      c.rms_norm_eps = 1e-6f;
+      c.rope.theta = 1000000.0f;
+      c.num_experts = 6;
+      c.experts_per_token = 3;
+      c.moe_intermediate_size = spec.intermediate / 2;
+      c.norm_topk_prob = false;
+      // The last layer dense (mlp_only_layers), so that both kinds are exercised.
+      for (int64_t l = 0; l < c.num_layers; ++l) c.moe_layers.push_back(l + 1 < c.num_layers);
+      if (c.num_layers == 1) c.moe_layers.clear();
       break;
     case Arch::kQwen3:
       c.qk_norm = true;

@@ -53,6 +53,30 @@ bool AttentionShapesAgree(const Tensor& q, const Tensor& k_cache, const Tensor& 
          k_cache.numel() == k_cache.dim(0) * kv_width;
 }
 
+void Backend::ScatterAddRows(const Tensor& src, std::span<const int32_t> rows,
+                             std::span<const float> weights, Tensor& dst) {
+  const int64_t m = src.rank() == 2 ? src.dim(0) : -1;
+  if (m != static_cast<int64_t>(rows.size()) || weights.size() != rows.size() ||
+      dst.rank() != 2 || dst.dim(1) != src.dim(1)) {
+    throw std::invalid_argument("ScatterAddRows: expects src [m, d], m rows and weights, dst [n, d]; got src " +
+                                src.ShapeString() + ", dst " + dst.ShapeString());
+  }
+  for (int32_t r : rows) {
+    if (r < 0 || r >= dst.dim(0)) {
+      throw std::out_of_range("ScatterAddRows: row " + std::to_string(r) + " outside [0, " +
+                              std::to_string(dst.dim(0)) + ")");
+    }
+  }
+  Tensor s = ToHost(src), d = ToHost(dst);
+  const int64_t cols = src.dim(1);
+  for (int64_t i = 0; i < m; ++i) {
+    float* out = d.data<float>() + static_cast<int64_t>(rows[i]) * cols;
+    const float* in = s.data<float>() + i * cols;
+    for (int64_t c = 0; c < cols; ++c) out[c] += weights[i] * in[c];
+  }
+  Copy(ToDevice(d), dst);
+}
+
 void Backend::Rope(Tensor& x, std::span<const int32_t> positions, const RopeConfig& rope) {
   CheckRange("Rope", "position", positions, 0, INT32_MAX);
   Rope(x, UploadIndices(positions), rope);

@@ -140,6 +140,11 @@ class Backend {
   virtual void GluMulPacked(const Tensor& gate_up, Activation act, Tensor& y) = 0;
   // x += y, elementwise.
   virtual void Add(Tensor& x, const Tensor& y) = 0;
+  // dst[rows[i], :] += weights[i] * src[i, :] for each row i of src [m, d] (a mixture of
+  // experts adds each expert's outputs into its tokens' rows; rows may repeat). The default reads
+  // both back to the host; backends may do it in place.
+  virtual void ScatterAddRows(const Tensor& src, std::span<const int32_t> rows,
+                              std::span<const float> weights, Tensor& dst);
   // x *= s, elementwise (Gemma's embedding scale).
   virtual void Scale(Tensor& x, float s) = 0;
   // Per-head RMSNorm of Q and K (Qwen3, Gemma 3) in the output of a fused QKV projection, in

@@ -40,6 +40,16 @@ struct LlamaLayerWeights {
   ColumnParallelLinear qkv, gate_up;
   ColumnParallelLinear q, k, v, gate, up;
   RowParallelLinear o, down;
+  // A mixture-of-experts MLP (ModelConfig::num_experts; LayerIsMoe): the router [experts,
+  // hidden], whole on every rank, and each expert's [gate; up] rows and down columns of this
+  // rank's share of moe_intermediate_size.
+  bool moe = false;
+  Tensor router;
+  struct Expert {
+    ColumnParallelLinear gate_up;
+    Tensor down;  // [hidden, moe_local]: summed over TP ranks once per layer, not per expert
+  };
+  std::vector<Expert> experts;
 };
 
 struct LlamaWeights {
@@ -147,8 +157,9 @@ class LlamaModel {
   // The two halves of ForwardBatch. PrepareBatch checks the batch against the model and the
   // cache on the host (InvalidArgument / OutOfRange naming the bad token, position or block) and
   // lays out its index arrays; ForwardStep runs the stage on them once they are in backend memory
-  // (it makes no host round trip when parallel().device_resident(), so it can be recorded as a
-  // CUDA graph).
+  // (it makes no host round trip when parallel().device_resident() and the model has no mixture
+  // of experts, whose routing reads the router's logits back; so it can be recorded as a CUDA
+  // graph).
   absl::StatusOr<HostStepIndices> PrepareBatch(const BatchInput& batch,
                                                const PagedKvCache& cache) const;
   // `workspace`: the step's activations (NewWorkspace(step.tokens, logit rows)); the logits
@@ -176,6 +187,9 @@ class LlamaModel {
   // `first`), and leaves with this layer's last one.
   absl::Status Layer(int64_t l, bool first, StepWorkspace& ws, const StepIndices& step,
                      Tensor& k_cache, Tensor& v_cache);
+  // The mixture of experts of layer l on ws.h (normed), written back to ws.h: routes on the host
+  // (softmax, top-k, renormalised when the family does), then runs each expert on its tokens.
+  absl::Status MoeMlp(const LlamaLayerWeights& lw, StepWorkspace& ws);
   // Uploads `host` (one copy) and runs ForwardStep.
   absl::StatusOr<Tensor> RunHost(const HostStepIndices& host, std::vector<Tensor>& k_caches,
                                  std::vector<Tensor>& v_caches);

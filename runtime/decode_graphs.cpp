@@ -45,7 +45,10 @@ DecodeGraphs::DecodeGraphs(LlamaModel& model, PagedKvCache& cache, std::vector<i
                sizes_.end());
   enabled_ = !sizes_.empty() && max_blocks_ > 0 && pad_block_ >= 0 &&
              pad_block_ < cache_.num_blocks && model_.parallel().device_resident() &&
-             model_.backend().supports_graphs();
+             model_.backend().supports_graphs() &&
+             // A mixture of experts routes on the host (it reads the router's logits back),
+             // which a recorded graph cannot do.
+             model_.config().num_experts == 0;
 }
 
 bool DecodeGraphs::Accepts(const BatchInput& batch) const {

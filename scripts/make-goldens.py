@@ -42,6 +42,10 @@ MODELS = {
     "phi3-longrope": dict(arch="phi3", layers=2, hidden=72, heads=9, kv_heads=3, intermediate=96, seed=11),
     "glm": dict(arch="glm", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=96, seed=12),
     "glm4": dict(arch="glm4", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=96, seed=13),
+    # Issue 16: mixtures of experts (4 experts top-2 renormalised; 6 experts top-3 not
+    # renormalised, the last layer dense).
+    "mixtral": dict(arch="mixtral", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=96, seed=14),
+    "qwen3-moe": dict(arch="qwen3_moe", layers=3, hidden=64, heads=4, kv_heads=2, intermediate=96, seed=15),
 }
 
 
@@ -122,7 +126,7 @@ def main():
             subprocess.run([opts.shardlm, "make-tiny-model", "--out", tmp] + args, check=True,
                            stdout=subprocess.DEVNULL)
             model = AutoModelForCausalLM.from_pretrained(
-                tmp, dtype=torch.float64, attn_implementation="eager")
+                tmp, dtype=torch.float64, attn_implementation="eager", **({"experts_implementation": "eager"} if spec["arch"] in ("mixtral", "qwen3_moe") else {}))
             model.eval()
             entry = {"name": name, "make_tiny_model_args": args,
                      "reference": "HF transformers %s, torch %s" % (

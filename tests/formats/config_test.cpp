@@ -107,6 +107,11 @@ void ExpectSameConfig(const ModelConfig& a, const ModelConfig& b) {
   EXPECT_EQ(a.fused_gate_up_proj, b.fused_gate_up_proj);
   EXPECT_EQ(a.rope.freq_factors, b.rope.freq_factors);
   EXPECT_EQ(a.rope.attention_factor, b.rope.attention_factor);
+  EXPECT_EQ(a.num_experts, b.num_experts);
+  EXPECT_EQ(a.experts_per_token, b.experts_per_token);
+  EXPECT_EQ(a.moe_intermediate_size, b.moe_intermediate_size);
+  EXPECT_EQ(a.norm_topk_prob, b.norm_topk_prob);
+  for (int64_t l = 0; l < a.num_layers; ++l) EXPECT_EQ(LayerIsMoe(a, l), LayerIsMoe(b, l)) << l;
 }
 
 // Parse(ToJson(c)) == c, and the JSON it writes is stable.
@@ -351,6 +356,43 @@ TEST(ModelConfigTest, GlmPartialInterleavedRope) {
   j["partial_rotary_factor"] = 0.1;  // int(1.6) = 1: not a pair
   EXPECT_TRUE(IsErrorWith(ParseModelConfig(j, kSource).status(), StatusCode::kInvalidArgument,
                           {kPrefix, "'partial_rotary_factor'", "even rotary dimension"}));
+}
+
+TEST(ModelConfigTest, MixturesOfExperts) {
+  json j = Minimal();
+  j["model_type"] = "mixtral";
+  j["num_local_experts"] = 8;
+  j["num_experts_per_tok"] = 2;
+  ModelConfig c = MustParse(j);
+  EXPECT_EQ(c.num_experts, 8);
+  EXPECT_EQ(c.experts_per_token, 2);
+  EXPECT_EQ(c.moe_intermediate_size, 128);  // Mixtral's experts are intermediate_size wide
+  EXPECT_TRUE(c.norm_topk_prob);
+  EXPECT_TRUE(LayerIsMoe(c, 0) && LayerIsMoe(c, 1));
+  ExpectRoundTrip(c);
+  j["num_experts_per_tok"] = 9;
+  EXPECT_TRUE(IsErrorWith(ParseModelConfig(j, kSource).status(), StatusCode::kInvalidArgument,
+                          {kPrefix, "'num_experts_per_tok'", "at most the number of experts (8)",
+                           "got 9"}));
+
+  json q = Minimal();
+  q["model_type"] = "qwen3_moe";
+  q["num_hidden_layers"] = 4;
+  q["num_experts"] = 16;
+  q["num_experts_per_tok"] = 4;
+  q["moe_intermediate_size"] = 32;
+  q["decoder_sparse_step"] = 2;  // layers 1 and 3
+  q["mlp_only_layers"] = {3};
+  c = MustParse(q);
+  EXPECT_FALSE(c.norm_topk_prob);  // Qwen3MoeConfig's default
+  EXPECT_FALSE(LayerIsMoe(c, 0));
+  EXPECT_TRUE(LayerIsMoe(c, 1));
+  EXPECT_FALSE(LayerIsMoe(c, 2));
+  EXPECT_FALSE(LayerIsMoe(c, 3));
+  ExpectRoundTrip(c);
+  q["mlp_only_layers"] = {7};
+  EXPECT_TRUE(IsErrorWith(ParseModelConfig(q, kSource).status(), StatusCode::kInvalidArgument,
+                          {kPrefix, "'mlp_only_layers'", "[0, 4)", "got [7]"}));
 }
 
 TEST(ModelConfigTest, Qwen3HeadDimDefaultsTo128) {

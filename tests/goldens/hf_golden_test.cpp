@@ -44,7 +44,8 @@ INSTANTIATE_TEST_SUITE_P(TinyModels, HfGoldenTest,
                          ::testing::Values("llama-8h-2kv", "llama-9h-3kv", "llama-4h-1kv",
                                            "qwen2-bias", "mistral-swa", "llama-bf16",
                                            "llama-f16", "llama-tied", "qwen3-hd24", "gemma3",
-                                           "phi3-longrope", "glm", "glm4"),
+                                           "phi3-longrope", "glm", "glm4", "mixtral",
+                                           "qwen3-moe"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) if (c == '-') c = '_';

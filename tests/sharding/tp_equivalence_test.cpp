@@ -125,8 +125,12 @@ std::vector<Case> TinyCases() {
       {"phi3-9h-3kv", spec(Arch::kPhi3, 9, 3, 72, 96, 20)},
       {"glm", spec(Arch::kGlm, 4, 2, 64, 96, 22)},
       {"glm4", spec(Arch::kGlm4, 4, 2, 64, 96, 23)},
+      // Issue 16: mixtures of experts (each expert's gate/up split by columns, down by rows,
+      // one all-reduce per layer; Qwen3-MoE's last layer dense).
+      {"mixtral", spec(Arch::kMixtral, 4, 2, 64, 96, 25)},
+      {"qwen3-moe", spec(Arch::kQwen3Moe, 4, 2, 64, 96, 26)},
   };
-  cases[cases.size() - 5].spec.head_dim = 24;
+  cases[cases.size() - 7].spec.head_dim = 24;
   Case tied = {"llama-tied", spec(Arch::kLlama, 8, 2, 64, 96, 17)};
   tied.spec.tie_embeddings = true;
   cases.push_back(tied);
