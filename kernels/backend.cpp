@@ -53,8 +53,8 @@ bool AttentionShapesAgree(const Tensor& q, const Tensor& k_cache, const Tensor& 
          k_cache.numel() == k_cache.dim(0) * kv_width;
 }
 
-void Backend::ScatterAddRows(const Tensor& src, std::span<const int32_t> rows,
-                             std::span<const float> weights, Tensor& dst) {
+void ScatterAddRowsOnHost(const Tensor& src, std::span<const int32_t> rows,
+                          std::span<const float> weights, Tensor& dst) {
   const int64_t m = src.rank() == 2 ? src.dim(0) : -1;
   if (m != static_cast<int64_t>(rows.size()) || weights.size() != rows.size() ||
       dst.rank() != 2 || dst.dim(1) != src.dim(1)) {
@@ -67,13 +67,18 @@ void Backend::ScatterAddRows(const Tensor& src, std::span<const int32_t> rows,
                               std::to_string(dst.dim(0)) + ")");
     }
   }
-  Tensor s = ToHost(src), d = ToHost(dst);
   const int64_t cols = src.dim(1);
   for (int64_t i = 0; i < m; ++i) {
-    float* out = d.data<float>() + static_cast<int64_t>(rows[i]) * cols;
-    const float* in = s.data<float>() + i * cols;
+    float* out = dst.data<float>() + static_cast<int64_t>(rows[i]) * cols;
+    const float* in = src.data<float>() + i * cols;
     for (int64_t c = 0; c < cols; ++c) out[c] += weights[i] * in[c];
   }
+}
+
+void Backend::ScatterAddRows(const Tensor& src, std::span<const int32_t> rows,
+                             std::span<const float> weights, Tensor& dst) {
+  Tensor d = ToHost(dst);
+  ScatterAddRowsOnHost(ToHost(src), rows, weights, d);
   Copy(ToDevice(d), dst);
 }
 

@@ -79,6 +79,10 @@ inline constexpr const char* kAttentionShapes =
     "[rows, num_kv_heads, head_dim], out [n, num_heads * head_dim] and num_heads a "
     "multiple of num_kv_heads";
 
+// Backend::ScatterAddRows on host f32 tensors (the default's work, and the CPU backend's).
+void ScatterAddRowsOnHost(const Tensor& src, std::span<const int32_t> rows,
+                          std::span<const float> weights, Tensor& dst);
+
 // The same layout as kI32 tensors in backend memory (see UploadIndices), checked by the caller.
 struct PagedKvIndices {
   int block_size = 16;

@@ -135,6 +135,11 @@ class CpuBackend final : public Backend {
   }
   void Add(Tensor& x, const Tensor& y) override { cpu::Add(x, y, Threads()); }
   void Scale(Tensor& x, float s) override { cpu::Scale(x, s, Threads()); }
+  void ScatterAddRows(const Tensor& src, std::span<const int32_t> rows,
+                      std::span<const float> weights, Tensor& dst) override {
+    cpu::RequireHostF32("ScatterAddRows", {{"src", &src}, {"dst", &dst}});
+    ScatterAddRowsOnHost(src, rows, weights, dst);  // in place: no copies
+  }
   void HeadRmsNorm(Tensor& qkv, int heads, int kv_heads, const Tensor& q_w, const Tensor& k_w,
                    float eps) override {
     cpu::HeadRmsNorm(qkv, heads, kv_heads, q_w, k_w, eps, Threads());
