@@ -1,4 +1,5 @@
-// `shardlm plan --model M --tp T --pp P [--pp-layers ...] [--json]`: what each rank would hold.
+// `shardlm plan --model M --tp T --pp P [--ep E] [--pp-layers ...] [--json]`: what each rank
+// would hold (and, for a mixture of experts, which experts and which of their columns).
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -36,6 +37,7 @@ absl::Status RunPlan(const PlanArgs& args) {
                               .status());
   nlohmann::json ranks = nlohmann::json::array();
   std::vector<std::string> rows;
+  const bool moe = config.num_experts > 0;
   for (const RankShard& s : plan.ranks) {
     ShardLoader loader(config, *checkpoint.weights, nullptr);
     SHARDLM_RETURN_IF_ERROR(LoadLlamaShard(config, s, plan, loader).status());
@@ -52,10 +54,18 @@ absl::Status RunPlan(const PlanArgs& args) {
                      {"lm_head", s.last_stage},
                      {"weight_bytes", loader.bytes()},
                      {"dequantized", loader.dequantized()}});
+    if (moe) {
+      ranks.back()["experts"] = {s.experts.begin, s.experts.end};
+      ranks.back()["expert_intermediate"] = {s.moe_intermediate.begin, s.moe_intermediate.end};
+    }
+    const std::string experts =
+        moe ? absl::StrFormat(" %3d (%s) %11s", s.experts.size(), RangeText(s.experts),
+                              RangeText(s.moe_intermediate))
+            : "";
     rows.push_back(absl::StrFormat(
-        "%4d %5d %3d %9s %3d (%s) %4d (%s) %13s %13s %12.2f %5.1f%%%s", s.rank, s.stage, s.tp_rank,
+        "%4d %5d %3d %9s %3d (%s) %4d (%s) %13s %13s%s %12.2f %5.1f%%%s", s.rank, s.stage, s.tp_rank,
         RangeText(s.layers), s.q_heads.size(), RangeText(s.q_heads), s.kv_heads.size(),
-        RangeText(s.kv_heads), RangeText(s.intermediate), RangeText(s.vocab),
+        RangeText(s.kv_heads), RangeText(s.intermediate), RangeText(s.vocab), experts,
         loader.bytes() / 1048576.0, 100.0 * share,
         loader.dequantized().empty()
             ? ""
@@ -64,7 +74,10 @@ absl::Status RunPlan(const PlanArgs& args) {
   }
   if (args.json) {
     nlohmann::json doc = {{"model", args.model},       {"tp", plan.tp},
-                          {"pp", plan.pp},             {"heads", config.num_heads},
+                          {"pp", plan.pp},             {"ep", plan.ep},
+                          {"experts", config.num_experts},
+                          {"experts_per_token", config.experts_per_token},
+                          {"heads", config.num_heads},
                           {"kv_heads", config.num_kv_heads}, {"layers", config.num_layers},
                           {"total_weight_bytes", whole.bytes()}, {"ranks", ranks}};
     std::printf("%s\n", doc.dump(2).c_str());
@@ -77,8 +90,17 @@ absl::Status RunPlan(const PlanArgs& args) {
               static_cast<long long>(config.intermediate_size),
               static_cast<long long>(config.vocab_size), plan.tp, plan.pp,
               whole.bytes() / 1048576.0);
-  std::printf("rank stage  tp    layers heads        kv heads  intermediate         vocab   "
-              "weights MiB share\n");
+  if (moe) {
+    std::printf("mixture of %lld experts (top %lld, expert intermediate %lld); ep=%d: %lld experts "
+                "per rank, each split over %d rank(s)\n",
+                static_cast<long long>(config.num_experts),
+                static_cast<long long>(config.experts_per_token),
+                static_cast<long long>(config.moe_intermediate_size), plan.ep,
+                static_cast<long long>(config.num_experts / plan.ep), plan.tp / plan.ep);
+  }
+  std::printf("rank stage  tp    layers heads        kv heads  intermediate         vocab%s   "
+              "weights MiB share\n",
+              moe ? " experts     expert cols" : "");
   for (const std::string& row : rows) std::printf("%s\n", row.c_str());
   return absl::OkStatus();
 }

@@ -181,6 +181,7 @@ grpc::Status GenerationService::GetModelInfo(grpc::ServerContext*, const v1::Get
   info->set_architecture(std::string(ArchName(model_.config.arch)));
   info->set_tp(options_.tp);
   info->set_pp(options_.pp);
+  info->set_ep(options_.ep);
   info->set_context_length(model_.context_length);
   info->set_vocab_size(model_.config.vocab_size);
   info->set_kv_block_size(options_.kv_block_size);

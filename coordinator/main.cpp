@@ -65,6 +65,10 @@ int main(int argc, char** argv) {
       ->required();
   app.add_option("--tp", o.tp, "Tensor-parallel degree of the worker job")->default_val(1);
   app.add_option("--pp", o.pp, "Pipeline-parallel degree of the worker job")->default_val(1);
+  app.add_option("--ep", o.ep,
+                 "Expert-parallel degree (mixtures of experts): whole experts spread over ep "
+                 "groups of each stage's tp ranks; must divide --tp and the experts")
+      ->default_val(1);
   app.add_option("--pp-layers", o.pp_layers,
                  "Layers where pipeline stages 1.. start, comma separated (default: even)");
   app.add_option("--max-batch-tokens", o.max_batch_tokens,

@@ -46,6 +46,12 @@ absl::Status ValidateOptions(const CoordinatorOptions& o) {
   if (o.model.empty()) return bad("--model", "a model path", "''");
   if (o.tp < 1) return bad("--tp", ">= 1", o.tp);
   if (o.pp < 1) return bad("--pp", ">= 1", o.pp);
+  if (o.ep < 1) return bad("--ep", ">= 1", o.ep);
+  if (o.tp % o.ep != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--ep ", o.ep, " does not divide --tp ", o.tp,
+                     ": the experts of a stage are spread over its TP ranks"));
+  }
   if (!o.pp_layers.empty()) {
     std::vector<std::string> parts = absl::StrSplit(o.pp_layers, ',');
     if (static_cast<int32_t>(parts.size()) != o.pp - 1) {

@@ -31,6 +31,9 @@ struct CoordinatorOptions {
   std::string model;                     // path, as both the coordinator and the workers see it
   int32_t tp = 1;
   int32_t pp = 1;
+  // Expert parallelism (mixtures of experts): the experts are spread over ep groups of each
+  // stage's TP ranks, so ep divides tp (parallel/shard_plan.h).
+  int32_t ep = 1;
   std::string pp_layers;                 // "" or "10,20": where stages 1.. start
   int32_t max_batch_tokens = 512;        // tokens per step (decode tokens + prefill chunks)
   // Steps sent to the worker job at once (overlapped steps, pipeline micro-batches); 0: pp + 1.

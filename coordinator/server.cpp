@@ -77,6 +77,15 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> public_credentials =
       PublicServerCredentials(options, &security);
   if (!public_credentials.ok()) return public_credentials.status();
+  if (options.ep > 1 && (model->config.num_experts == 0 ||
+                         model->config.num_experts % options.ep != 0)) {
+    return absl::InvalidArgumentError(
+        model->config.num_experts == 0
+            ? absl::StrCat("--ep ", options.ep, ": ", model->path,
+                           " is not a mixture of experts")
+            : absl::StrCat("--ep ", options.ep, " does not divide the ",
+                           model->config.num_experts, " experts of ", model->path));
+  }
   std::unique_ptr<CoordinatorServer> self(new CoordinatorServer(options, std::move(model)));
 
   // The workers' server: WorkerControl alone, and no health service (its SERVING would say
@@ -151,9 +160,10 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
                  "token of every step", options.max_running, options.max_batch_tokens);
   }
   self->engine_->Start();
-  spdlog::info("serving {} ({}, context {}) on {}; a worker job of tp {} x pp {} attaches on {}",
+  spdlog::info("serving {} ({}, context {}) on {}; a worker job of tp {} x pp {} (ep {}) attaches "
+               "on {}",
                self->model_->path, std::string(ArchName(self->model_->config.arch)),
-               self->model_->context_length, self->address_, options.tp, options.pp,
+               self->model_->context_length, self->address_, options.tp, options.pp, options.ep,
                self->worker_address_);
   return self;
 }

@@ -120,13 +120,14 @@ grpc::Status WorkerService::Attach(
   load->set_model(options_.model);
   load->set_tp(options_.tp);
   load->set_pp(options_.pp);
+  load->set_ep(options_.ep);
   load->set_pp_layers(options_.pp_layers);
   load->set_kv_block_size(options_.kv_block_size);
   load->set_kv_cache_bytes(options_.kv_cache_bytes);
   load->set_max_batch_tokens(options_.max_batch_tokens);
   load->set_threads(options_.threads);
-  spdlog::info("worker job {} attached: loading {} at tp {} pp {}", peer, options_.model,
-               options_.tp, options_.pp);
+  spdlog::info("worker job {} attached: loading {} at tp {} pp {} ep {}", peer, options_.model,
+               options_.tp, options_.pp, options_.ep);
   if (!stream->Write(load_message)) {
     return Error(grpc::StatusCode::UNAVAILABLE,
                  absl::StrCat("worker job ", peer, ": the stream broke before LoadCommand"));

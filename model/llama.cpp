@@ -15,7 +15,7 @@
 namespace shardlm {
 
 PlanInput PlanInputFor(const ModelConfig& config, int tp, int pp, std::vector<int64_t> pp_layers,
-                       const WeightSource* weights) {
+                       const WeightSource* weights, int ep) {
   PlanInput in;
   in.layers = config.num_layers;
   in.heads = config.num_heads;
@@ -24,16 +24,20 @@ PlanInput PlanInputFor(const ModelConfig& config, int tp, int pp, std::vector<in
   in.intermediate = config.intermediate_size;
   in.vocab = config.vocab_size;
   in.hidden = config.hidden_size;
+  in.experts = config.num_experts;
+  in.moe_intermediate = config.num_experts > 0 ? config.moe_intermediate_size : 0;
   in.tp = tp;
   in.pp = pp;
+  in.ep = ep;
   in.pp_layers = std::move(pp_layers);
   if (weights != nullptr) {
     // Block sizes are powers of two, so the largest is a multiple of all the others.
     for (int64_t l = 0; l < config.num_layers; ++l) {
-      auto info = weights->Info(absl::StrCat("model.layers.", l, ".mlp.down_proj.weight"));
-      if (info.ok()) {
-        in.intermediate_align = std::max(in.intermediate_align, DTypeBlockElements(info->dtype));
-      }
+      const bool moe = LayerIsMoe(config, l);
+      int64_t& align = moe ? in.moe_align : in.intermediate_align;
+      auto info = weights->Info(moe ? MoeTensorName(config.arch, l, 0, MoePart::kDown)
+                                    : absl::StrCat("model.layers.", l, ".mlp.down_proj.weight"));
+      if (info.ok()) align = std::max(align, DTypeBlockElements(info->dtype));
     }
   }
   return in;
@@ -167,14 +171,12 @@ absl::StatusOr<LlamaWeights> LoadLlamaShard(const ModelConfig& config, const Ran
     SHARDLM_ASSIGN_OR_RETURN(lw.mlp_norm, norm(p + norms.mlp + ".weight", h));
     if (LayerIsMoe(config, l)) {
       lw.moe = true;
-      const int64_t moe = config.moe_intermediate_size, tp = plan.tp, r = shard.tp_rank;
-      // This rank's share of each expert's intermediate features (even, remainder first).
-      const Range part = moe == inter ? mlp
-                                      : Range{r * (moe / tp) + std::min(r, moe % tp),
-                                              (r + 1) * (moe / tp) + std::min(r + 1, moe % tp)};
+      const int64_t moe = config.moe_intermediate_size;
+      // This rank's experts (all of them, or its EP group's), each its share of the columns.
+      const Range part = shard.moe_intermediate;
       SHARDLM_ASSIGN_OR_RETURN(lw.router, w.Full(MoeTensorName(config.arch, l, 0, MoePart::kRouter),
                                                  {config.num_experts, h}));
-      for (int64_t e = 0; e < config.num_experts; ++e) {
+      for (int64_t e = shard.experts.begin; e < shard.experts.end; ++e) {
         LlamaLayerWeights::Expert ex;
         const std::string g = MoeTensorName(config.arch, l, e, MoePart::kGate);
         SHARDLM_ASSIGN_OR_RETURN(
@@ -239,6 +241,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(
   SHARDLM_ASSIGN_OR_RETURN(m->w_,
                            LoadLlamaShard(config, m->parallel_.shard, m->parallel_.plan, loader));
   m->weight_bytes_ = loader.bytes();
+  m->expert_tokens_.assign(static_cast<size_t>(config.num_layers * config.num_experts), 0);
 
   const RankShard& shard = m->parallel_.shard;
   AttentionParams attn;
@@ -346,7 +349,7 @@ absl::Status LlamaModel::Layer(int64_t l, bool first, StepWorkspace& ws, const S
   // x += attention output; h = norm(x), in one pass.
   b.AddRmsNorm(x, h, lw.mlp_norm, eps, h);
   if (lw.moe) {
-    SHARDLM_RETURN_IF_ERROR(MoeMlp(lw, ws));
+    SHARDLM_RETURN_IF_ERROR(MoeMlp(parallel_.shard.layers.begin + l, lw, ws));
     if (config_.post_norms) b.RmsNorm(h, lw.post_mlp_norm, eps, h);
     return absl::OkStatus();
   }
@@ -363,60 +366,6 @@ absl::Status LlamaModel::Layer(int64_t l, bool first, StepWorkspace& ws, const S
   // h = the MLP output: added to x with the next layer's first norm (or after the stage).
   SHARDLM_RETURN_IF_ERROR(lw.down.Apply(b, parallel_, ws.act, h));
   if (config_.post_norms) b.RmsNorm(h, lw.post_mlp_norm, eps, h);
-  return absl::OkStatus();
-}
-
-absl::Status LlamaModel::MoeMlp(const LlamaLayerWeights& lw, StepWorkspace& ws) {
-  Backend& b = backend_;
-  const int64_t n = ws.tokens, experts = config_.num_experts, k = config_.experts_per_token;
-  const int64_t hidden = config_.hidden_size;
-  Tensor logits = b.AllocateUninitialized({n, experts});
-  b.Linear(ws.h, lw.router, nullptr, logits);
-  const Tensor host = b.ToHost(logits);
-  // Per expert: its tokens and their weights, in token order (as HF gathers them).
-  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(experts));
-  std::vector<std::vector<float>> weights(static_cast<size_t>(experts));
-  std::vector<float> prob(static_cast<size_t>(experts));
-  std::vector<int32_t> order(static_cast<size_t>(experts));
-  for (int64_t i = 0; i < n; ++i) {
-    const float* z = host.data<float>() + i * experts;
-    // Softmax in f32 (HF: softmax of the f32 logits), then the k largest; ties to the lower index.
-    float top = z[0];
-    for (int64_t e = 1; e < experts; ++e) top = std::max(top, z[e]);
-    float sum = 0.0f;
-    for (int64_t e = 0; e < experts; ++e) sum += prob[e] = std::exp(z[e] - top);
-    for (int64_t e = 0; e < experts; ++e) prob[e] /= sum;
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t c) {
-      return prob[a] > prob[c] || (prob[a] == prob[c] && a < c);
-    });
-    float chosen = 0.0f;
-    for (int64_t j = 0; j < k; ++j) chosen += prob[order[j]];
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t e = order[j];
-      rows[e].push_back(static_cast<int32_t>(i));
-      weights[e].push_back(config_.norm_topk_prob ? prob[e] / chosen : prob[e]);
-    }
-  }
-  Tensor out = b.Allocate({n, hidden});
-  for (int64_t e = 0; e < experts; ++e) {
-    const std::vector<int32_t>& mine = rows[e];
-    if (mine.empty()) continue;
-    const LlamaLayerWeights::Expert& ex = lw.experts[e];
-    const int64_t m = static_cast<int64_t>(mine.size()), local = ex.down.dim(1);
-    Tensor xe = b.AllocateUninitialized({m, hidden});
-    b.Embedding(ws.h, mine, xe);  // gathers the expert's tokens
-    Tensor gu = b.AllocateUninitialized({m, 2 * local});
-    ex.gate_up.Apply(b, xe, gu);
-    Tensor act = b.AllocateUninitialized({m, local});
-    b.GluMulPacked(gu, act_, act);
-    Tensor ye = b.AllocateUninitialized({m, hidden});
-    b.Linear(act, ex.down, nullptr, ye);
-    b.ScatterAddRows(ye, mine, weights[e], out);
-  }
-  // One sum over the TP ranks for all experts (each holds a slice of every expert).
-  SHARDLM_RETURN_IF_ERROR(AllReduce(b, parallel_, out));
-  b.Copy(out, ws.h);
   return absl::OkStatus();
 }
 

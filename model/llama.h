@@ -119,11 +119,11 @@ struct StepWorkspace {
   StepWorkspace Prefix(int64_t tokens, int64_t logit_rows) const;
 };
 
-// The inputs of the shard plan for `config` at (tp, pp); the intermediate size is split on the
-// quantization blocks of the down projections when `weights` is given.
+// The inputs of the shard plan for `config` at (tp, pp, ep); the intermediate sizes are split on
+// the quantization blocks of the (expert) down projections when `weights` is given.
 PlanInput PlanInputFor(const ModelConfig& config, int tp, int pp,
                        std::vector<int64_t> pp_layers = {},
-                       const WeightSource* weights = nullptr);
+                       const WeightSource* weights = nullptr, int ep = 1);
 // The plan for one rank holding the whole model.
 ShardPlan SingleRankPlan(const ModelConfig& config);
 
@@ -145,6 +145,10 @@ class LlamaModel {
   const ParallelContext& parallel() const { return parallel_; }
   // Bytes of weights this rank holds, in the backend's form.
   uint64_t weight_bytes() const { return weight_bytes_; }
+  // Load balance of a mixture of experts: [layer * num_experts + expert] = the tokens routed to
+  // that expert in all the steps so far, counted for the experts this rank runs (its shard's
+  // `experts`; zero for the others and for dense layers). Empty for a dense model.
+  const std::vector<int64_t>& expert_tokens() const { return expert_tokens_; }
 
   // KV bytes one block of `block_size` tokens takes on this rank (its layers and KV heads).
   uint64_t KvBytesPerBlock(int block_size) const;
@@ -188,8 +192,13 @@ class LlamaModel {
   absl::Status Layer(int64_t l, bool first, StepWorkspace& ws, const StepIndices& step,
                      Tensor& k_cache, Tensor& v_cache);
   // The mixture of experts of layer l on ws.h (normed), written back to ws.h: routes on the host
-  // (softmax, top-k, renormalised when the family does), then runs each expert on its tokens.
-  absl::Status MoeMlp(const LlamaLayerWeights& lw, StepWorkspace& ws);
+  // (softmax, top-k, renormalised when the family does), then runs each expert on its tokens
+  // (model/moe.cpp); with expert parallelism (ep > 1) through ExpertParallelMoe.
+  absl::Status MoeMlp(int64_t layer, const LlamaLayerWeights& lw, StepWorkspace& ws);
+  absl::Status ExpertParallelMoe(int64_t layer, const LlamaLayerWeights& lw, StepWorkspace& ws);
+  // Adds the tokens each of this rank's experts got in `layer` (rows[e]: local expert e's) to
+  // expert_tokens_, and logs them at debug level.
+  void CountExpertTokens(int64_t layer, const std::vector<std::vector<int32_t>>& rows);
   // Uploads `host` (one copy) and runs ForwardStep.
   absl::StatusOr<Tensor> RunHost(const HostStepIndices& host, std::vector<Tensor>& k_caches,
                                  std::vector<Tensor>& v_caches);
@@ -204,6 +213,7 @@ class LlamaModel {
   Activation act_ = Activation::kSilu;
   LlamaWeights w_;
   uint64_t weight_bytes_ = 0;
+  std::vector<int64_t> expert_tokens_;  // see expert_tokens()
 };
 
 }  // namespace shardlm

@@ -22,6 +22,19 @@ class LocalCommunicator final : public Communicator {
     return absl::OkStatus();
   }
 
+  absl::Status AllToAllV(const void* in, std::span<const size_t> send_bytes, void* out,
+                         std::span<const size_t> recv_bytes) override {
+    if (send_bytes.size() != 1 || recv_bytes.size() != 1 || send_bytes[0] != recv_bytes[0]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "AllToAllV on the local communicator: expected one send and one receive count, equal; "
+          "got ", send_bytes.size(), " and ", recv_bytes.size(), " counts (",
+          send_bytes.empty() ? 0 : send_bytes[0], " vs ", recv_bytes.empty() ? 0 : recv_bytes[0],
+          " bytes)"));
+    }
+    if (send_bytes[0] > 0) std::memcpy(out, in, send_bytes[0]);
+    return absl::OkStatus();
+  }
+
   absl::Status Broadcast(void* data, size_t bytes, int root) override {
     if (root != 0) return BadRank("Broadcast", root);
     return absl::OkStatus();

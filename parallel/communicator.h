@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "absl/status/status.h"
@@ -33,6 +34,12 @@ class Communicator {
   virtual absl::Status AllReduceSum(float* data, size_t count) = 0;
   // out = the `bytes` of `in` from rank 0, then rank 1, ... (size() * bytes in all).
   virtual absl::Status AllGather(const void* in, void* out, size_t bytes) = 0;
+  // Personalised all-to-all (expert parallelism): this rank sends send_bytes[p] bytes to rank p,
+  // taken from `in` packed in rank order, and receives recv_bytes[p] bytes from rank p into `out`,
+  // packed in rank order. Both spans have size() entries; send_bytes[p] here must equal
+  // recv_bytes[this rank] on rank p. `in` and `out` must not overlap.
+  virtual absl::Status AllToAllV(const void* in, std::span<const size_t> send_bytes, void* out,
+                                 std::span<const size_t> recv_bytes) = 0;
   // The `bytes` at data on `root` are copied to data on every other rank.
   virtual absl::Status Broadcast(void* data, size_t bytes, int root) = 0;
   // Blocking point-to-point transfer of `bytes`; `peer` is a rank of this group. A Send is

@@ -50,6 +50,76 @@ absl::Status AllReduce(Backend& backend, const ParallelContext& ctx, Tensor& t) 
   return absl::OkStatus();
 }
 
+namespace {
+
+// Runs `exchange(group, in, out)` on raw pointers to the data of `in` and `out`: device memory
+// with the TP group's device communicator, host memory with the host one (copying device tensors
+// to the host and back when there is no device communicator).
+template <typename Exchange>
+absl::Status ExchangeOnTp(Backend& backend, const ParallelContext& ctx, const Tensor& in,
+                          Tensor& out, Exchange exchange) {
+  if (in.device() == Device::kCpu) {
+    return exchange(*ctx.tp, in.data<float>(), out.data<float>());
+  }
+  if (ctx.tp_device != nullptr) {
+    return exchange(*ctx.tp_device, in.data<float>(), out.data<float>());
+  }
+  Tensor host_in = backend.ToHost(in);
+  Tensor host_out = backend.ToHost(out);
+  SHARDLM_RETURN_IF_ERROR(exchange(*ctx.tp, host_in.data<float>(), host_out.data<float>()));
+  backend.Copy(backend.ToDevice(host_out), out);
+  return absl::OkStatus();
+}
+
+// Bytes of `rows` rows of the f32 matrix `t`, checked against the rows it has.
+absl::StatusOr<std::vector<size_t>> RowBytes(const char* op, const char* which, const Tensor& t,
+                                             std::span<const int64_t> rows) {
+  if (t.rank() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": expected a matrix to ", which, ", got ", t.ShapeString()));
+  }
+  std::vector<size_t> bytes;
+  int64_t total = 0;
+  const int64_t row_bytes = t.dim(1) * static_cast<int64_t>(sizeof(float));
+  for (int64_t r : rows) {
+    total += r;
+    bytes.push_back(static_cast<size_t>(r * row_bytes));
+  }
+  if (total > t.dim(0)) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ", total, " rows to ", which, " in a ",
+                                                   t.ShapeString(), " matrix"));
+  }
+  return bytes;
+}
+
+}  // namespace
+
+absl::Status AllToAllRows(Backend& backend, const ParallelContext& ctx, const Tensor& send,
+                          std::span<const int64_t> send_rows, Tensor& recv,
+                          std::span<const int64_t> recv_rows) {
+  SHARDLM_ASSIGN_OR_RETURN(std::vector<size_t> send_bytes,
+                           RowBytes("AllToAllRows", "send", send, send_rows));
+  SHARDLM_ASSIGN_OR_RETURN(std::vector<size_t> recv_bytes,
+                           RowBytes("AllToAllRows", "receive", recv, recv_rows));
+  return ExchangeOnTp(backend, ctx, send, recv,
+                      [&](Communicator& group, const float* in, float* out) {
+                        return group.AllToAllV(in, send_bytes, out, recv_bytes);
+                      });
+}
+
+absl::Status AllGatherRows(Backend& backend, const ParallelContext& ctx, const Tensor& in,
+                           Tensor& out) {
+  const int64_t tp = ctx.tp->size();
+  if (in.rank() != 2 || out.rank() != 2 || in.dim(1) != out.dim(1) || out.dim(0) != tp * in.dim(0)) {
+    return absl::InvalidArgumentError(absl::StrCat("AllGatherRows: ", in.ShapeString(), " from ",
+                                                   tp, " ranks into ", out.ShapeString()));
+  }
+  const size_t bytes = static_cast<size_t>(in.numel()) * sizeof(float);
+  return ExchangeOnTp(backend, ctx, in, out, [&](Communicator& group, const float* i, float* o) {
+    return group.AllGather(i, o, bytes);
+  });
+}
+
 static const Tensor* Opt(const std::optional<Tensor>& t) { return t ? &*t : nullptr; }
 
 void ColumnParallelLinear::Apply(Backend& backend, const Tensor& x, Tensor& y) const {

@@ -44,6 +44,16 @@ struct ParallelContext {
 // when there is one, else through host memory and ctx.tp.
 absl::Status AllReduce(Backend& backend, const ParallelContext& ctx, Tensor& t);
 
+// Expert parallelism's exchanges of backend f32 matrices [*, d] over the TP group (on the device
+// through ctx.tp_device when there is one, else through host memory and ctx.tp):
+// - AllToAllRows: send_rows[p] rows of `send`, packed in TP rank order, go to TP rank p; `recv`
+//   gets recv_rows[p] rows from each, packed the same way (it may have more rows than that);
+// - AllGatherRows: out [tp * in.rows, d] = every TP rank's `in`, in TP rank order.
+absl::Status AllToAllRows(Backend& backend, const ParallelContext& ctx, const Tensor& send,
+                          std::span<const int64_t> send_rows, Tensor& recv,
+                          std::span<const int64_t> recv_rows);
+absl::Status AllGatherRows(Backend& backend, const ParallelContext& ctx, const Tensor& in,
+                           Tensor& out);
 
 // y[n, out_local] = x[n, in] W^T (+ b): W holds this rank's output rows [out_local, in].
 struct ColumnParallelLinear {

@@ -175,6 +175,41 @@ absl::Status MpiCommunicator::AllGather(const void* in, void* out, size_t bytes)
   return absl::OkStatus();
 }
 
+absl::Status MpiCommunicator::AllToAllV(const void* in, std::span<const size_t> send_bytes,
+                                        void* out, std::span<const size_t> recv_bytes) {
+  const size_t n = static_cast<size_t>(size_);
+  if (send_bytes.size() != n || recv_bytes.size() != n) {
+    return absl::InvalidArgumentError(absl::StrCat("MPI_Alltoallv", Where(), ": expected ", n,
+                                                   " send and receive counts, got ",
+                                                   send_bytes.size(), " and ", recv_bytes.size()));
+  }
+  // MPI counts and displacements are ints; the exchanges of one step stay far below that.
+  std::vector<int> counts(4 * n);
+  int* send_counts = counts.data();
+  int* send_displs = send_counts + n;
+  int* recv_counts = send_displs + n;
+  int* recv_displs = recv_counts + n;
+  size_t sent = 0, received = 0;
+  for (size_t p = 0; p < n; ++p) {
+    if (sent + send_bytes[p] > INT_MAX || received + recv_bytes[p] > INT_MAX) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("MPI_Alltoallv", Where(), ": more than ", INT_MAX,
+                       " bytes in one exchange (", sent + send_bytes[p], " sent, ",
+                       received + recv_bytes[p], " received by rank ", p, ")"));
+    }
+    send_counts[p] = static_cast<int>(send_bytes[p]);
+    send_displs[p] = static_cast<int>(sent);
+    recv_counts[p] = static_cast<int>(recv_bytes[p]);
+    recv_displs[p] = static_cast<int>(received);
+    sent += send_bytes[p];
+    received += recv_bytes[p];
+  }
+  SHARDLM_MPI_RETURN_ON(MPI_Alltoallv(in, send_counts, send_displs, MPI_BYTE, out, recv_counts,
+                                      recv_displs, MPI_BYTE, comm_),
+                        Where());
+  return absl::OkStatus();
+}
+
 absl::Status MpiCommunicator::Broadcast(void* data, size_t bytes, int root) {
   SHARDLM_RETURN_IF_ERROR(CheckPeer("MPI_Bcast", root));
   char* p = static_cast<char*>(data);

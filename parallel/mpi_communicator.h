@@ -59,6 +59,8 @@ class MpiCommunicator final : public Communicator {
 
   absl::Status AllReduceSum(float* data, size_t count) override;
   absl::Status AllGather(const void* in, void* out, size_t bytes) override;
+  absl::Status AllToAllV(const void* in, std::span<const size_t> send_bytes, void* out,
+                         std::span<const size_t> recv_bytes) override;
   absl::Status Broadcast(void* data, size_t bytes, int root) override;
   absl::Status Send(const void* data, size_t bytes, int peer, int tag = 0) override;
   absl::Status Recv(void* data, size_t bytes, int peer, int tag = 0) override;

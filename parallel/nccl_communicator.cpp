@@ -285,6 +285,41 @@ absl::Status NcclCommunicator::AllGather(const void* in, void* out, size_t bytes
   return Wait("ncclAllGather", synchronous_);
 }
 
+absl::Status NcclCommunicator::AllToAllV(const void* in, std::span<const size_t> send_bytes,
+                                         void* out, std::span<const size_t> recv_bytes) {
+  const size_t n = static_cast<size_t>(size_);
+  if (send_bytes.size() != n || recv_bytes.size() != n) {
+    return absl::InvalidArgumentError(absl::StrCat("AllToAllV", Where(), ": expected ", n,
+                                                   " send and receive counts, got ",
+                                                   send_bytes.size(), " and ", recv_bytes.size()));
+  }
+  SHARDLM_RETURN_IF_ERROR(Ready());
+  // One group of sends and receives, one pair per peer (NCCL has no all-to-all-v collective).
+  const char* src = static_cast<const char*>(in);
+  char* dst = static_cast<char*>(out);
+  SHARDLM_NCCL_ACCEPT_ON(ncclGroupStart(), comm_, Where());
+  const absl::Status queued = [&]() -> absl::Status {
+    for (size_t p = 0; p < n; ++p) {
+      const int peer = static_cast<int>(p);
+      if (send_bytes[p] > 0) {
+        SHARDLM_NCCL_ACCEPT_ON(ncclSend(src, send_bytes[p], ncclChar, peer, comm_, stream_), comm_,
+                               absl::StrCat(Where(), " (all-to-all) to rank ", peer));
+      }
+      if (recv_bytes[p] > 0) {
+        SHARDLM_NCCL_ACCEPT_ON(ncclRecv(dst, recv_bytes[p], ncclChar, peer, comm_, stream_), comm_,
+                               absl::StrCat(Where(), " (all-to-all) from rank ", peer));
+      }
+      src += send_bytes[p];
+      dst += recv_bytes[p];
+    }
+    return absl::OkStatus();
+  }();
+  // The group is closed even when a call in it failed.
+  SHARDLM_NCCL_ACCEPT_ON(ncclGroupEnd(), comm_, Where());
+  SHARDLM_RETURN_IF_ERROR(queued);
+  return Wait("all-to-all", synchronous_);
+}
+
 absl::Status NcclCommunicator::Broadcast(void* data, size_t bytes, int root) {
   SHARDLM_RETURN_IF_ERROR(CheckPeer("ncclBroadcast", root));
   if (bytes == 0) return absl::OkStatus();

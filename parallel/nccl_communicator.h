@@ -61,6 +61,8 @@ class NcclCommunicator final : public Communicator {
   // All pointers are device pointers on this communicator's device.
   absl::Status AllReduceSum(float* data, size_t count) override;
   absl::Status AllGather(const void* in, void* out, size_t bytes) override;
+  absl::Status AllToAllV(const void* in, std::span<const size_t> send_bytes, void* out,
+                         std::span<const size_t> recv_bytes) override;
   absl::Status Broadcast(void* data, size_t bytes, int root) override;
   // NCCL has no tags: `tag` is ignored, sends and receives between two ranks match in order.
   absl::Status Send(const void* data, size_t bytes, int peer, int tag = 0) override;

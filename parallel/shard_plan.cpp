@@ -134,6 +134,29 @@ absl::StatusOr<ShardPlan> MakeShardPlan(const PlanInput& in) {
     return absl::InvalidArgumentError(
         absl::StrCat("tp=", in.tp, " exceeds the vocabulary size (", in.vocab, ")"));
   }
+  if (in.ep < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--ep must be >= 1, got ", in.ep));
+  }
+  if (in.ep > 1 && in.experts == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--ep ", in.ep, ": expert parallelism needs a mixture-of-experts model (this one has no "
+        "experts)"));
+  }
+  if (in.tp % in.ep != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--ep ", in.ep, " does not divide --tp ", in.tp, ": the experts of a stage are spread "
+        "over its TP ranks (run --tp ", in.ep, " --ep ", in.ep, " on ", in.ep * in.pp, " ranks)"));
+  }
+  if (in.experts > 0 && in.experts % in.ep != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--ep ", in.ep, " does not divide the ",
+                                                   in.experts, " experts"));
+  }
+  const int per_group = in.tp / in.ep;  // ranks that split each expert
+  if (in.experts > 0 && in.moe_intermediate < per_group) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tp / ep = ", per_group, " exceeds the expert intermediate size (", in.moe_intermediate,
+        ")"));
+  }
   auto heads = SplitHeads(in);
   if (!heads.ok()) return heads.status();
   auto stages = SplitLayers(in);
@@ -143,10 +166,17 @@ absl::StatusOr<ShardPlan> MakeShardPlan(const PlanInput& in) {
   if (in.intermediate % unit != 0 || in.intermediate / unit < in.tp) unit = 1;
   const std::vector<Range> inter = SplitEvenly(in.intermediate, in.tp, unit);
   const std::vector<Range> vocab = SplitEvenly(in.vocab, in.tp);
+  int64_t moe_unit = in.moe_align > 0 ? in.moe_align : 1;
+  if (in.moe_intermediate % moe_unit != 0 || in.moe_intermediate / moe_unit < per_group) {
+    moe_unit = 1;
+  }
+  const std::vector<Range> moe = SplitEvenly(in.moe_intermediate, per_group, moe_unit);
+  const std::vector<Range> experts = SplitEvenly(in.experts, in.ep);
 
   ShardPlan plan;
   plan.tp = in.tp;
   plan.pp = in.pp;
+  plan.ep = in.ep;
   for (int stage = 0; stage < in.pp; ++stage) {
     for (int t = 0; t < in.tp; ++t) {
       RankShard s;
@@ -158,6 +188,10 @@ absl::StatusOr<ShardPlan> MakeShardPlan(const PlanInput& in) {
       s.kv_heads = (*heads)[t].second;
       s.intermediate = inter[t];
       s.vocab = vocab[t];
+      if (in.experts > 0) {
+        s.experts = experts[t / per_group];
+        s.moe_intermediate = moe[t % per_group];
+      }
       s.first_stage = stage == 0;
       s.last_stage = stage == in.pp - 1;
       plan.ranks.push_back(s);

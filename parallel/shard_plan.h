@@ -13,6 +13,12 @@
 //   whole blocks.
 // - Embedding and LM head are split by vocabulary rows, nearly equally.
 // - Pipeline stages get nearly equal runs of layers, or the boundaries given in `pp_layers`.
+// - Mixtures of experts: with ep = 1 every TP rank holds a slice of every expert (gate/up
+//   column-parallel, down row-parallel, like the dense MLP). With ep > 1 (expert parallelism) the
+//   tp ranks of a stage form ep groups of tp / ep consecutive ranks; group g holds whole experts
+//   [g E/ep, (g+1) E/ep), each split over the group's tp / ep ranks (whole when ep = tp), and
+//   tokens reach their experts by an all-to-all over the stage's TP group. So ep must divide tp
+//   and the number of experts.
 #pragma once
 
 #include <cstdint>
@@ -45,8 +51,14 @@ struct PlanInput {
   int64_t vocab = 0;
   int64_t hidden = 0;  // 0: heads x head_dim (only the default stage split uses it)
   int64_t intermediate_align = 1;
+  // Mixture of experts: 0 experts for a dense model; the quantization block of the expert down
+  // projections, like intermediate_align.
+  int64_t experts = 0;
+  int64_t moe_intermediate = 0;
+  int64_t moe_align = 1;
   int tp = 1;
   int pp = 1;
+  int ep = 1;
   // Where stages start, pp - 1 increasing layer indices ("--pp-layers 10,20": stages [0,10),
   // [10,20), [20,L)); empty: stages of nearly equal decode cost, where the last stage's LM head
   // (vocab x hidden multiply-adds per token) counts as that many layers' worth (SmolLM2: about
@@ -63,6 +75,8 @@ struct RankShard {
   Range kv_heads;      // global KV head indices (replicated on several ranks when tp > KV heads)
   Range intermediate;  // MLP columns
   Range vocab;         // embedding / LM head rows
+  Range experts;           // the experts whose weights this rank holds (empty: dense model)
+  Range moe_intermediate;  // the columns of each of them
   bool first_stage = false;  // holds the embedding
   bool last_stage = false;   // holds the final norm and the LM head
 };
@@ -70,6 +84,7 @@ struct RankShard {
 struct ShardPlan {
   int tp = 1;
   int pp = 1;
+  int ep = 1;
   std::vector<RankShard> ranks;  // indexed by world rank
   int world_size() const { return tp * pp; }
   // The world rank of (stage, tp_rank).
@@ -78,7 +93,8 @@ struct ShardPlan {
 
 // Errors (InvalidArgument) name the offending number: tp or pp < 1, more stages than layers,
 // more TP ranks than Q heads, a KV head shared by more ranks than its group has Q heads, bad
-// pp_layers, or a dimension smaller than tp.
+// pp_layers, or a dimension smaller than tp; an ep that does not divide tp or the experts, or
+// ep > 1 for a dense model.
 absl::StatusOr<ShardPlan> MakeShardPlan(const PlanInput& input);
 
 // "--pp-layers 10,20" -> {10, 20}; errors name the flag and the bad element.

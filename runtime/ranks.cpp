@@ -18,6 +18,10 @@ namespace shardlm::cli {
 void AddParallelOptions(CLI::App& app, ParallelArgs& args) {
   app.add_option("--tp", args.tp, "Tensor-parallel ranks per pipeline stage")->default_val(1);
   app.add_option("--pp", args.pp, "Pipeline stages")->default_val(1);
+  app.add_option("--ep", args.ep,
+                 "Expert-parallel groups per stage (mixtures of experts): whole experts spread "
+                 "over the TP ranks, tokens exchanged by all-to-all; divides --tp and the experts")
+      ->default_val(1);
   app.add_option("--pp-layers", args.pp_layers,
                  "First layer of each stage after the first, e.g. 10,20 (default: even split)");
 }
@@ -28,7 +32,7 @@ absl::StatusOr<ShardPlan> PlanFor(const ModelConfig& config, const WeightSource&
   if (!args.pp_layers.empty()) {
     SHARDLM_ASSIGN_OR_RETURN(boundaries, ParseLayerList(args.pp_layers));
   }
-  return MakeShardPlan(PlanInputFor(config, args.tp, args.pp, boundaries, &weights));
+  return MakeShardPlan(PlanInputFor(config, args.tp, args.pp, boundaries, &weights, args.ep));
 }
 
 absl::Status ParallelRun::Agree(const absl::Status& status) const {

@@ -18,6 +18,7 @@ namespace shardlm::cli {
 struct ParallelArgs {
   int tp = 1;
   int pp = 1;
+  int ep = 1;             // expert parallelism: divides tp and the experts
   std::string pp_layers;  // "10,20"
 };
 void AddParallelOptions(CLI::App& app, ParallelArgs& args);

@@ -61,8 +61,9 @@ absl::Status LoadShard(const worker::v1::LoadCommand& cmd, const BackendOptions&
     SHARDLM_ASSIGN_OR_RETURN(boundaries, ParseLayerList(cmd.pp_layers()));
   }
   SHARDLM_ASSIGN_OR_RETURN(
-      ShardPlan plan, MakeShardPlan(PlanInputFor(out.checkpoint.config, cmd.tp(), cmd.pp(),
-                                                 boundaries, out.checkpoint.weights.get())));
+      ShardPlan plan,
+      MakeShardPlan(PlanInputFor(out.checkpoint.config, cmd.tp(), cmd.pp(), boundaries,
+                                 out.checkpoint.weights.get(), std::max(cmd.ep(), 1))));
   SHARDLM_ASSIGN_OR_RETURN(ParallelContext ctx, ParallelContext::Create(plan, world));
   BackendOptions options = backend_options;
   if (cmd.threads() > 0) options.threads = cmd.threads();

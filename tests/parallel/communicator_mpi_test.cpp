@@ -269,6 +269,32 @@ TEST(MpiCommunicatorTest, SplitOrdersByKey) {
   EXPECT_EQ((*again)->rank(), (*all)->rank());  // equal keys: ordered by rank in `all`
 }
 
+// All-to-all with uneven (some empty) pieces: rank s sends AllToAllBytes(s, d) bytes of
+// pattern s * 16 + d to rank d.
+size_t AllToAllBytes(int from, int to) { return static_cast<size_t>((from * 7 + to * 3) % 5) * 13; }
+
+TEST(MpiCommunicatorTest, AllToAllV) {
+  const int n = World().size(), me = World().rank();
+  std::vector<size_t> send(n), recv(n);
+  std::vector<uint8_t> in, want;
+  for (int p = 0; p < n; ++p) {
+    send[p] = AllToAllBytes(me, p);
+    recv[p] = AllToAllBytes(p, me);
+    const std::vector<uint8_t> out_piece = Bytes(me * 16 + p, send[p]);
+    in.insert(in.end(), out_piece.begin(), out_piece.end());
+    const std::vector<uint8_t> in_piece = Bytes(p * 16 + me, recv[p]);
+    want.insert(want.end(), in_piece.begin(), in_piece.end());
+  }
+  std::vector<uint8_t> out(want.size(), 0);
+  ASSERT_OK(World().AllToAllV(in.data(), send, out.data(), recv));
+  EXPECT_EQ(out, want);
+  // Wrong number of counts: refused locally, before any collective.
+  const absl::Status bad = World().AllToAllV(in.data(), std::span<const size_t>(send).first(1),
+                                             out.data(), recv);
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
+  EXPECT_NE(bad.message().find("expected " + std::to_string(n)), std::string::npos) << bad;
+}
+
 TEST(LocalCommunicatorTest, OneRankIdentity) {
   std::unique_ptr<Communicator> local = CreateLocalCommunicator();
   EXPECT_EQ(local->rank(), 0);
@@ -293,6 +319,14 @@ TEST(LocalCommunicatorTest, OneRankIdentity) {
 
   ASSERT_OK(local->Broadcast(out.data(), out.size(), 0));
   ASSERT_OK(local->Barrier());
+
+  std::vector<uint8_t> all(in.size(), 0);
+  const size_t count[] = {in.size()};
+  ASSERT_OK(local->AllToAllV(in.data(), count, all.data(), count));
+  EXPECT_EQ(all, in);
+  const size_t fewer[] = {in.size() - 1};
+  EXPECT_EQ(local->AllToAllV(in.data(), count, all.data(), fewer).code(),
+            absl::StatusCode::kInvalidArgument);
 
   absl::Status send = local->Send(in.data(), in.size(), 0);
   EXPECT_EQ(send.code(), absl::StatusCode::kFailedPrecondition);

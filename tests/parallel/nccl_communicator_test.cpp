@@ -194,6 +194,30 @@ TEST_F(NcclCommunicatorTest, SendRecvRing) {
   EXPECT_EQ(host, Bytes(prev, bytes));
 }
 
+TEST_F(NcclCommunicatorTest, AllToAllV) {
+  // Uneven pieces, some empty: rank s sends ((7s + 3d) % 5) * 13 bytes of pattern 16s + d to d.
+  const int n = comm().size(), me = comm().rank();
+  auto piece_bytes = [](int from, int to) { return static_cast<size_t>((from * 7 + to * 3) % 5) * 13; };
+  std::vector<size_t> send(n), recv(n);
+  std::vector<uint8_t> in, want;
+  for (int p = 0; p < n; ++p) {
+    send[p] = piece_bytes(me, p);
+    recv[p] = piece_bytes(p, me);
+    const std::vector<uint8_t> out_piece = Bytes(me * 16 + p, send[p]);
+    in.insert(in.end(), out_piece.begin(), out_piece.end());
+    const std::vector<uint8_t> in_piece = Bytes(p * 16 + me, recv[p]);
+    want.insert(want.end(), in_piece.begin(), in_piece.end());
+  }
+  DeviceBuffer<uint8_t> din(std::max<size_t>(in.size(), 1));
+  DeviceBuffer<uint8_t> dout(std::max<size_t>(want.size(), 1));
+  if (!in.empty()) ASSERT_CUDA(din.Upload(in));
+  ASSERT_OK(comm().AllToAllV(din.get(), send, dout.get(), recv));
+  std::vector<uint8_t> host;
+  ASSERT_CUDA(dout.Download(&host));
+  host.resize(want.size());
+  EXPECT_EQ(host, want);
+}
+
 TEST_F(NcclCommunicatorTest, BarrierAndSplit) {
   ASSERT_OK(comm().Barrier());
   const int me = comm().rank();
