@@ -12,6 +12,7 @@
 #include "absl/strings/strip.h"
 #include "cli/commands.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "spdlog/cfg/env.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -46,6 +47,7 @@ int main(int argc, char** argv) {
   // Logs go to stderr: stdout carries results (generated ids) only.
   spdlog::set_default_logger(spdlog::stderr_color_mt("shardlm"));
   spdlog::set_pattern("[%H:%M:%S.%e] [%^%l%$] %v");
+  spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=debug: per-step detail (experts' token counts)
 
   CLI::App app{"shardlm: serve large language models sharded across ranks"};
   app.require_subcommand(1);

@@ -30,6 +30,7 @@
 #include "runtime/faulty_backend.h"
 #include "parallel/mpi_communicator.h"
 #include "shardlm/v1/worker.grpc.pb.h"
+#include "spdlog/cfg/env.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #include "runtime/engine.h"
@@ -95,10 +96,12 @@ absl::Status LoadShard(const worker::v1::LoadCommand& cmd, const BackendOptions&
         "KV cache budget of ", kv_bytes, " bytes holds no KV block of ", per_block,
         " bytes on this rank (", out.setup.description, ")"));
   }
-  spdlog::info("rank {} (stage {}, tp rank {}): layers [{}, {}), q heads [{}, {}), kv heads [{}, {}): "
+  spdlog::info("rank {} (stage {}, tp rank {}): layers [{}, {}), q heads [{}, {}), kv heads [{}, {}){}: "
                "{:.2f} MiB of weights on {}, room for {} KV blocks of {} tokens ({:.1f} MiB)",
                s.rank, s.stage, s.tp_rank, s.layers.begin, s.layers.end, s.q_heads.begin,
                s.q_heads.end, s.kv_heads.begin, s.kv_heads.end,
+               s.experts.empty() ? std::string()
+                                 : fmt::format(", experts [{}, {})", s.experts.begin, s.experts.end),
                out.model->weight_bytes() / 1048576.0, out.setup.description, blocks, bs,
                static_cast<double>(blocks) * per_block / 1048576.0);
   return absl::OkStatus();
@@ -364,6 +367,8 @@ int Run(const std::string& coordinator, const std::string& secret_file, int atta
 int main(int argc, char** argv) {
   shardlm::EnsureBlasKernelsMatchCpu(argv);  // may re-execute this process (cpu_backend.h)
   spdlog::set_default_logger(spdlog::stderr_color_mt("shardlm-worker"));
+  // SPDLOG_LEVEL=debug: per-step detail, e.g. the tokens each expert got (load balance).
+  spdlog::cfg::load_env_levels();
   spdlog::set_pattern("[%H:%M:%S.%e] [worker] [%^%l%$] %v");
   CLI::App app{"shardlm-worker: one rank of a worker job (launch with mpirun -np TP*PP)"};
   std::string coordinator;

@@ -149,6 +149,55 @@ TEST(ShardPlanTest, ExplicitStageBoundaries) {
               testing::HasSubstr("element 1 is 'x'"));
 }
 
+PlanInput MoeInput(int tp, int ep, int64_t experts = 8) {
+  PlanInput in = Input(8, 2, tp);
+  in.experts = experts;
+  in.moe_intermediate = 64;
+  in.ep = ep;
+  return in;
+}
+
+TEST(ShardPlanTest, ExpertsSliceAcrossTpWithoutEp) {
+  auto plan = MakeShardPlan(MoeInput(2, 1));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->ep, 1);
+  for (const RankShard& s : plan->ranks) EXPECT_EQ(s.experts, (Range{0, 8}));
+  EXPECT_EQ(plan->ranks[0].moe_intermediate, (Range{0, 32}));
+  EXPECT_EQ(plan->ranks[1].moe_intermediate, (Range{32, 64}));
+}
+
+TEST(ShardPlanTest, ExpertParallelGroupsHoldWholeExperts) {
+  auto whole = MakeShardPlan(MoeInput(2, 2));
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->ranks[0].experts, (Range{0, 4}));
+  EXPECT_EQ(whole->ranks[1].experts, (Range{4, 8}));
+  for (const RankShard& s : whole->ranks) EXPECT_EQ(s.moe_intermediate, (Range{0, 64}));
+  // tp 4, ep 2: two groups of two ranks, each expert split over its group, aligned to blocks.
+  PlanInput in = MoeInput(4, 2);
+  in.moe_align = 32;
+  auto split = MakeShardPlan(in);
+  ASSERT_TRUE(split.ok()) << split.status();
+  const std::vector<Range> experts = {{0, 4}, {0, 4}, {4, 8}, {4, 8}};
+  const std::vector<Range> cols = {{0, 32}, {32, 64}, {0, 32}, {32, 64}};
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(split->ranks[r].experts, experts[r]) << "rank " << r;
+    EXPECT_EQ(split->ranks[r].moe_intermediate, cols[r]) << "rank " << r;
+  }
+  // A dense model holds no experts.
+  auto dense = MakeShardPlan(Input(8, 2, 2));
+  ASSERT_TRUE(dense.ok());
+  EXPECT_TRUE(dense->ranks[0].experts.empty());
+}
+
+TEST(ShardPlanTest, BadExpertParallelismIsAnError) {
+  auto message = [](const PlanInput& in) { return std::string(MakeShardPlan(in).status().message()); };
+  EXPECT_THAT(message(MoeInput(2, 3)), testing::HasSubstr("--ep 3 does not divide --tp 2"));
+  EXPECT_THAT(message(MoeInput(3, 3)), testing::HasSubstr("--ep 3 does not divide the 8 experts"));
+  EXPECT_THAT(message(MoeInput(2, 0)), testing::HasSubstr("--ep must be >= 1, got 0"));
+  EXPECT_THAT(message(MoeInput(2, 2, 0)),
+              testing::HasSubstr("--ep 2: expert parallelism needs a mixture-of-experts model"));
+}
+
 TEST(ShardPlanTest, ImpossibleShapesAreErrors) {
   EXPECT_THAT(std::string(MakeShardPlan(Input(8, 2, 1, 7)).status().message()),
               testing::HasSubstr("pp=7 exceeds the number of layers (6)"));

@@ -29,13 +29,22 @@ namespace {
 
 struct Layout {
   int tp, pp;
+  int ep = 1;
 };
 
-std::vector<Layout> LayoutsForWorld(int world) {
+// Every tp x pp = world (at 4 ranks only 2 x 2); for a mixture of `experts` also each of them
+// with expert parallelism at every ep > 1 that divides tp and the experts, and at 4 ranks tp 4 with
+// ep 2 (each expert split over 2 ranks of its group).
+std::vector<Layout> LayoutsForWorld(int world, int64_t experts = 0) {
   std::vector<Layout> out;
   for (int tp = world; tp >= 1; --tp) {
-    if (world % tp == 0 && (world == 4 ? tp == 2 : true)) out.push_back({tp, world / tp});
+    if (world % tp != 0 || (world == 4 && tp != 2)) continue;
+    out.push_back({tp, world / tp});
+    for (int ep = 2; ep <= tp && experts > 0; ++ep) {
+      if (tp % ep == 0 && experts % ep == 0) out.push_back({tp, world / tp, ep});
+    }
   }
+  if (world == 4 && experts % 2 == 0 && experts > 0) out.push_back({4, 1, 2});
   return out;
 }
 
@@ -174,9 +183,10 @@ TEST(TpEquivalenceTest, TinyModelsMatchOneRank) {
       single_bytes = counter.bytes();
     }
     if (world.rank() == 0) single = RunModel(config, *checkpoint->weights, {}, prompt, 8, true);
-    for (const Layout& layout : LayoutsForWorld(world.size())) {
-      SCOPED_TRACE(absl::StrCat(c.name, " tp=", layout.tp, " pp=", layout.pp));
-      auto plan = MakeShardPlan(PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights));
+    for (const Layout& layout : LayoutsForWorld(world.size(), config.num_experts)) {
+      SCOPED_TRACE(absl::StrCat(c.name, " tp=", layout.tp, " pp=", layout.pp, " ep=", layout.ep));
+      auto plan = MakeShardPlan(
+          PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights, layout.ep));
       ASSERT_TRUE(plan.ok()) << plan.status();
       auto ctx = ParallelContext::Create(*plan, WorldPtr());
       ASSERT_TRUE(ctx.ok()) << ctx.status();
@@ -199,9 +209,9 @@ TEST(TpEquivalenceTest, TinyModelsMatchOneRank) {
       const double diff = std::max(MaxDiff(split.step_logits, single.step_logits),
                                    MaxDiff(split.prefill_logits, single.prefill_logits));
       EXPECT_LE(diff, 1e-4 * scale);
-      std::printf("%-14s tp=%d pp=%d: ids match: %s, max |logit diff| %.3g (%.3g x max|logit|), "
-                  "rank 0 holds %.1f%% of the weight bytes\n",
-                  c.name, layout.tp, layout.pp, split.ids == single.ids ? "yes" : "NO", diff,
+      std::printf("%-14s tp=%d pp=%d ep=%d: ids match: %s, max |logit diff| %.3g (%.3g x "
+                  "max|logit|), rank 0 holds %.1f%% of the weight bytes\n",
+                  c.name, layout.tp, layout.pp, layout.ep, split.ids == single.ids ? "yes" : "NO", diff,
                   diff / scale, 100.0 * split.weight_bytes / single_bytes);
     }
   }
