@@ -615,79 +615,127 @@ absl::StatusOr<TensorInfo> GgufFile::Info(std::string_view name) const {
   return it->second;
 }
 
+absl::StatusOr<TensorInfo> GgufFile::SliceInfo(std::string_view name, int64_t index) const {
+  absl::StatusOr<TensorInfo> info = Info(name);
+  if (!info.ok()) return info.status();
+  const std::string where =
+      absl::StrCat(path_, ": tensor '", Sv(name), "' of shape ", ShapeString(info->shape));
+  if (info->shape.size() < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, " has no slices (", index, " asked for): it needs 2 or more dims"));
+  }
+  if (index < 0 || index >= info->shape[0]) {
+    return absl::NotFoundError(
+        absl::StrCat(where, " has no slice ", index, " (it has ", info->shape[0], ")"));
+  }
+  // ne[0] is a multiple of the block size (checked at Open), so every slice is whole blocks.
+  const uint64_t slice_bytes = info->size / static_cast<uint64_t>(info->shape[0]);
+  info->name = absl::StrCat(info->name, "[", index, "]");
+  info->shape.erase(info->shape.begin());
+  info->offset += static_cast<uint64_t>(index) * slice_bytes;
+  info->size = slice_bytes;
+  return info;
+}
+
+absl::Status GgufFile::CheckWithin(const TensorInfo& info) const {
+  if (info.offset > file_size_ || info.size > file_size_ - info.offset) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path_, ": tensor '", info.name, "': bytes ", Range(info.offset, info.offset + info.size),
+        " are not within the file's ", file_size_, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Tensor> GgufFile::Load(std::string_view name) const {
   absl::StatusOr<TensorInfo> info = Info(name);
   if (!info.ok()) return info.status();
-  return ViewOrCopy(base_ + info->offset, info->shape, info->dtype, mapping_);
+  return LoadInfo(*info);
 }
 
 absl::StatusOr<Tensor> GgufFile::LoadRows(std::string_view name, int64_t begin, int64_t end) const {
   absl::StatusOr<TensorInfo> info = Info(name);
   if (!info.ok()) return info.status();
-  const std::string where =
-      absl::StrCat(path_, ": tensor '", Sv(name), "' of shape ", ShapeString(info->shape));
-  if (info->shape.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, " is a scalar: it has no rows [", begin, ", ", end, ")"));
-  }
-  const int64_t rows = info->shape[0];
-  if (begin < 0 || begin > end || end > rows) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": rows [", begin, ", ", end, ") are not within [0, ", rows, ")"));
-  }
-  int64_t row_elements = 1;
-  for (size_t d = 1; d < info->shape.size(); ++d) row_elements *= info->shape[d];
-  // Rows of 2-D and larger tensors are whole blocks; only a 1-D quantized tensor can be cut
-  // inside a block.
-  const int64_t block = DTypeBlockElements(info->dtype);
-  if ((begin * row_elements) % block != 0 || (end * row_elements) % block != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": rows [", begin, ", ", end, ") do not start and end on ",
-                     DTypeName(info->dtype), " block boundaries (", block, " elements)"));
-  }
-  std::vector<int64_t> shape = info->shape;
-  shape[0] = end - begin;
-  return ViewOrCopy(base_ + info->offset + DTypeBytes(info->dtype, begin * row_elements),
-                    std::move(shape), info->dtype, mapping_);
+  return LoadRowsOf(*info, begin, end);
 }
 
 absl::StatusOr<Tensor> GgufFile::LoadColumns(std::string_view name, int64_t begin,
                                              int64_t end) const {
   absl::StatusOr<TensorInfo> info = Info(name);
   if (!info.ok()) return info.status();
+  return LoadColumnsOf(*info, begin, end);
+}
+
+absl::StatusOr<Tensor> GgufFile::LoadInfo(const TensorInfo& info) const {
+  SHARDLM_RETURN_IF_ERROR(CheckWithin(info));
+  return ViewOrCopy(base_ + info.offset, info.shape, info.dtype, mapping_);
+}
+
+absl::StatusOr<Tensor> GgufFile::LoadRowsOf(const TensorInfo& info, int64_t begin,
+                                            int64_t end) const {
+  SHARDLM_RETURN_IF_ERROR(CheckWithin(info));
   const std::string where =
-      absl::StrCat(path_, ": tensor '", Sv(name), "' of shape ", ShapeString(info->shape));
-  if (info->shape.size() != 2) {
+      absl::StrCat(path_, ": tensor '", info.name, "' of shape ", ShapeString(info.shape));
+  if (info.shape.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, " is a scalar: it has no rows [", begin, ", ", end, ")"));
+  }
+  const int64_t rows = info.shape[0];
+  if (begin < 0 || begin > end || end > rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": rows [", begin, ", ", end, ") are not within [0, ", rows, ")"));
+  }
+  int64_t row_elements = 1;
+  for (size_t d = 1; d < info.shape.size(); ++d) row_elements *= info.shape[d];
+  // Rows of 2-D and larger tensors are whole blocks; only a 1-D quantized tensor can be cut
+  // inside a block.
+  const int64_t block = DTypeBlockElements(info.dtype);
+  if ((begin * row_elements) % block != 0 || (end * row_elements) % block != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": rows [", begin, ", ", end, ") do not start and end on ",
+                     DTypeName(info.dtype), " block boundaries (", block, " elements)"));
+  }
+  std::vector<int64_t> shape = info.shape;
+  shape[0] = end - begin;
+  return ViewOrCopy(base_ + info.offset + DTypeBytes(info.dtype, begin * row_elements),
+                    std::move(shape), info.dtype, mapping_);
+}
+
+absl::StatusOr<Tensor> GgufFile::LoadColumnsOf(const TensorInfo& info, int64_t begin,
+                                               int64_t end) const {
+  SHARDLM_RETURN_IF_ERROR(CheckWithin(info));
+  const std::string where =
+      absl::StrCat(path_, ": tensor '", info.name, "' of shape ", ShapeString(info.shape));
+  if (info.shape.size() != 2) {
     return absl::InvalidArgumentError(
         absl::StrCat(where, ": columns [", begin, ", ", end, ") need a 2-D tensor"));
   }
-  const int64_t rows = info->shape[0];
-  const int64_t cols = info->shape[1];
+  const int64_t rows = info.shape[0];
+  const int64_t cols = info.shape[1];
   if (begin < 0 || begin > end || end > cols) {
     return absl::InvalidArgumentError(
         absl::StrCat(where, ": columns [", begin, ", ", end, ") are not within [0, ", cols, ")"));
   }
-  const int64_t block = DTypeBlockElements(info->dtype);
+  const int64_t block = DTypeBlockElements(info.dtype);
   if (begin % block != 0 || end % block != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat(where, ": columns [", begin, ", ", end, ") do not start and end on ",
-                     DTypeName(info->dtype), " block boundaries (block size ", block, ")"));
+                     DTypeName(info.dtype), " block boundaries (block size ", block, ")"));
   }
-  const size_t row_bytes = DTypeBytes(info->dtype, cols);
-  const size_t skip = DTypeBytes(info->dtype, begin);
-  const size_t out_row_bytes = DTypeBytes(info->dtype, end - begin);
-  Tensor out = Tensor::Empty({rows, end - begin}, info->dtype);
-  const char* src = base_ + info->offset + skip;
+  const size_t row_bytes = DTypeBytes(info.dtype, cols);
+  const size_t skip = DTypeBytes(info.dtype, begin);
+  const size_t out_row_bytes = DTypeBytes(info.dtype, end - begin);
+  Tensor out = Tensor::Empty({rows, end - begin}, info.dtype);
+  const char* src = base_ + info.offset + skip;
   char* dst = static_cast<char*>(out.raw());
   // One call maps the tensor's pages rather than a page fault for each (the rows' other columns
   // share their pages; all is dropped again below). A failed read shows in the copy instead.
-  static_cast<void>(PopulateMapped(base_ + info->offset, info->size, path_));
+  static_cast<void>(PopulateMapped(base_ + info.offset, info.size, path_));
   for (int64_t r = 0; r < rows; ++r) {
     std::memcpy(dst + static_cast<size_t>(r) * out_row_bytes,
                 src + static_cast<size_t>(r) * row_bytes, out_row_bytes);
   }
   // The rows' other columns share those pages (other ranks' slices): none is needed here again.
-  ReleaseMapped(base_ + info->offset, info->size);
+  ReleaseMapped(base_ + info.offset, info.size);
   return out;
 }
 

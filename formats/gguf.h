@@ -83,7 +83,20 @@ class GgufFile : public WeightSource {
   void Release(const Tensor& t) const override;
   void Trim(std::span<const Tensor> kept) const override;
 
+  // Slice `index` of tensor `name` along its slowest dimension, as a tensor of its own (shape
+  // without that dimension, its own offset and size; named "name[index]"): expert `index` of a
+  // 3-D expert tensor ffn_*_exps, whose experts are contiguous byte ranges (quantized rows
+  // included, since ne[0] is whole blocks). InvalidArgument for a tensor of rank < 2, NotFound
+  // for an index outside [0, shape[0]), naming the tensor and its shape.
+  absl::StatusOr<TensorInfo> SliceInfo(std::string_view name, int64_t index) const;
+  // Load, LoadRows and LoadColumns of the tensor `info` describes (from Info or SliceInfo of this
+  // file; InvalidArgument when its bytes are not within the file): views and copies as above.
+  absl::StatusOr<Tensor> LoadInfo(const TensorInfo& info) const;
+  absl::StatusOr<Tensor> LoadRowsOf(const TensorInfo& info, int64_t begin, int64_t end) const;
+  absl::StatusOr<Tensor> LoadColumnsOf(const TensorInfo& info, int64_t begin, int64_t end) const;
+
  private:
+  absl::Status CheckWithin(const TensorInfo& info) const;
   GgufFile() = default;
   static absl::StatusOr<std::unique_ptr<GgufFile>> OpenImpl(const std::string& path,
                                                             bool read_tensors);

@@ -1,15 +1,16 @@
 #include "formats/gguf_export.h"
 
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
-#include "kernels/quant/codec.h"
 #include "base/status_macros.h"
 #include "formats/gguf_model.h"
 #include "formats/gguf_writer.h"
+#include "kernels/quant/codec.h"
 
 namespace shardlm {
 
@@ -40,6 +41,11 @@ Tensor Convert(const Tensor& f32, DType dtype) {
   return out;
 }
 
+// `dtype`, or f32 for a quantized type whose blocks do not fit the rows of `f32`.
+DType StoredType(const Tensor& f32, DType dtype) {
+  return IsQuantized(dtype) && f32.dim(-1) % DTypeBlockElements(dtype) != 0 ? DType::kF32 : dtype;
+}
+
 }  // namespace
 
 Tensor PermuteForInterleavedRope(const Tensor& f32, int64_t heads) {
@@ -61,9 +67,10 @@ Tensor PermuteForInterleavedRope(const Tensor& f32, int64_t heads) {
 absl::Status ExportGguf(const ModelConfig& c, const WeightSource& hf, const std::string& path,
                         DType matrix_dtype) {
   const std::string arch = GgufArchName(c.arch);
-  if (c.arch == Arch::kMistral) {
-    return absl::InvalidArgumentError("ExportGguf: mistral is written as llama by llama.cpp; "
-                                      "its sliding window has no GGUF key here");
+  if (c.arch == Arch::kMistral || (c.arch == Arch::kMixtral && c.sliding_window > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ExportGguf: ", std::string(ArchName(c.arch)),
+                     " is written as llama by llama.cpp; its sliding window has no GGUF key here"));
   }
   if (arch.empty()) {
     return absl::InvalidArgumentError(
@@ -85,6 +92,19 @@ absl::Status ExportGguf(const ModelConfig& c, const WeightSource& hf, const std:
       {a + "attention.key_length", GgufInt(GgufType::kUint32, c.head_dim)},
       {a + "attention.value_length", GgufInt(GgufType::kUint32, c.head_dim)},
   };
+  if (c.num_experts > 0) {
+    meta.emplace_back(a + "expert_count", GgufInt(GgufType::kUint32, c.num_experts));
+    meta.emplace_back(a + "expert_used_count", GgufInt(GgufType::kUint32, c.experts_per_token));
+    // llama.cpp's converter writes the experts' n_ff for qwen3moe; for Mixtral it is
+    // feed_forward_length.
+    if (c.arch != Arch::kMixtral || c.moe_intermediate_size != c.intermediate_size) {
+      meta.emplace_back(a + "expert_feed_forward_length",
+                        GgufInt(GgufType::kUint32, c.moe_intermediate_size));
+    }
+    // llama.cpp renormalises the top-k weights of both families and reads no key for it; a tiny
+    // model that does not says so in the key other families use (ModelConfigFromGguf reads it).
+    if (!c.norm_topk_prob) meta.emplace_back(a + "expert_weights_norm", GgufBool(false));
+  }
   std::vector<std::pair<std::string, Tensor>> tensors;
   if (c.sliding_window > 0 && (c.arch == Arch::kGemma3 || c.arch == Arch::kPhi3)) {
     meta.emplace_back(a + "attention.sliding_window",
@@ -149,8 +169,38 @@ absl::Status ExportGguf(const ModelConfig& c, const WeightSource& hf, const std:
     }
     return fused;
   };
+  // Every expert's matrix of `slice`'s layer and part, stacked into the 3-D tensor [n_expert,
+  // rows, cols] (ggml ne = {cols, rows, n_expert}); written when expert 0's name comes by.
+  auto stack_experts = [&](const GgufExpertSlice& slice) -> absl::StatusOr<Tensor> {
+    Tensor stacked;
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      SHARDLM_ASSIGN_OR_RETURN(Tensor t,
+                               hf.Load(MoeTensorName(c.arch, slice.layer, e, slice.part)));
+      if (t.rank() != 2) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ExportGguf: expert tensor '", MoeTensorName(c.arch, slice.layer, e, slice.part),
+            "' is ", t.ShapeString(), ", expected a matrix"));
+      }
+      if (e == 0) stacked = Tensor::Empty({c.num_experts, t.dim(0), t.dim(1)}, DType::kF32);
+      if (t.dim(0) != stacked.dim(1) || t.dim(1) != stacked.dim(2)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ExportGguf: expert tensor '", MoeTensorName(c.arch, slice.layer, e, slice.part),
+            "' is ", t.ShapeString(), ", expert 0's is [", stacked.dim(1), ", ", stacked.dim(2),
+            "]"));
+      }
+      const Tensor f32 = ToF32(t);
+      std::memcpy(stacked.data<float>() + e * f32.numel(), f32.raw(), f32.nbytes());
+    }
+    return stacked;
+  };
   for (const std::string& hf_name : hf.Names()) {
     std::string name = hf_name;
+    if (std::optional<GgufExpertSlice> slice = GgufExpertName(name, c.arch)) {
+      if (slice->expert != 0) continue;  // stacked with expert 0
+      SHARDLM_ASSIGN_OR_RETURN(Tensor f32, stack_experts(*slice));
+      tensors.emplace_back(slice->name, Convert(f32, StoredType(f32, matrix_dtype)));
+      continue;
+    }
     if (fuse_qkv && (absl::StrContains(name, "self_attn.k_proj.") ||
                      absl::StrContains(name, "self_attn.v_proj."))) {
       continue;  // written with q_proj's, fused
@@ -164,7 +214,7 @@ absl::Status ExportGguf(const ModelConfig& c, const WeightSource& hf, const std:
                                                      "' has no GGUF name"));
     }
     SHARDLM_ASSIGN_OR_RETURN(Tensor f32, load(name));
-    if (c.arch == Arch::kLlama) {
+    if (c.arch == Arch::kLlama || c.arch == Arch::kMixtral) {
       if (absl::StrContains(name, "q_proj")) f32 = PermuteForInterleavedRope(f32, c.num_heads);
       if (absl::StrContains(name, "k_proj")) f32 = PermuteForInterleavedRope(f32, c.num_kv_heads);
     }
@@ -172,9 +222,10 @@ absl::Status ExportGguf(const ModelConfig& c, const WeightSource& hf, const std:
     if (c.norm_plus_one && absl::EndsWith(name, "norm.weight")) {
       for (int64_t i = 0; i < f32.numel(); ++i) f32.data<float>()[i] += 1.0f;
     }
-    DType dtype = f32.rank() == 2 ? matrix_dtype : DType::kF32;
-    if (IsQuantized(dtype) && f32.dim(1) % DTypeBlockElements(dtype) != 0) dtype = DType::kF32;
-    tensors.emplace_back(gguf_name, Convert(f32, dtype));
+    // llama.cpp keeps routers (ffn_gate_inp) in f32, as its converter writes them.
+    const bool matrix = f32.rank() == 2 && !absl::EndsWith(gguf_name, ".ffn_gate_inp.weight");
+    tensors.emplace_back(gguf_name,
+                         Convert(f32, matrix ? StoredType(f32, matrix_dtype) : DType::kF32));
   }
   return WriteGguf(path, meta, tensors);
 }

@@ -1,7 +1,9 @@
 // (Here in cli/ rather than model/ because it quantizes with the kernels/cpu/quant codec.)
 // Writes a HF-layout Llama-family model as GGUF the way llama.cpp's converter does: GGUF tensor
 // names, llama.* / qwen2.* hyperparameters, and for the `llama` architecture the rows of Q and K
-// permuted within each head for interleaved RoPE. Optionally quantizes the matrices. Used by
+// permuted within each head for interleaved RoPE; a mixture's experts stacked into the 3-D
+// ffn_*_exps tensors and its router as ffn_gate_inp (f32). Optionally quantizes the matrices
+// (the expert tensors too). Used by
 // `shardlm make-tiny-model --format gguf` and by tests that check GGUF and safetensors give the
 // same logits.
 #pragma once

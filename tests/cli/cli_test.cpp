@@ -231,4 +231,31 @@ TEST_F(CliTest, GgufModelGeneratesAndTruncatedGgufFailsCleanly) {
   ExpectCleanFailure(Run("generate --model " + file + " --prompt-ids 1"), {file});
 }
 
+// Mixtures as llama.cpp's GGUF through the binary: an f32 GGUF generates the ids of the
+// safetensors model it was written from; a Q8_0 one (3-D quantized expert tensors) generates.
+TEST_F(CliTest, MoeGgufGeneratesAsSafetensors) {
+  for (const std::string arch : {"mixtral", "qwen3_moe"}) {
+    SCOPED_TRACE(arch);
+    const std::string shape =
+        " --layers 3 --hidden 64 --heads 4 --kv-heads 2 --intermediate 128"
+        " --vocab 300 --seed 13";
+    const std::string gen = " --prompt-ids 1,2,3,250 --max-new-tokens 6";
+    std::string ids[3];
+    int k = 0;
+    for (const std::string format :
+         {"", " --format gguf --gguf-type f32", " --format gguf --gguf-type q8_0"}) {
+      const std::string dir = (dir_ / (arch + std::to_string(k))).string();
+      RunResult r = Run("make-tiny-model --arch " + arch + " --out " + dir + shape + format);
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      r = Run("generate --model " + dir + (k > 0 ? "/model.gguf" : "") + gen);
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      std::vector<std::string> lines = absl::StrSplit(r.out, '\n', absl::SkipEmpty());
+      ASSERT_FALSE(lines.empty());
+      ids[k++] = lines.back();
+    }
+    EXPECT_EQ(ids[1], ids[0]);
+    EXPECT_EQ(std::vector<std::string>(absl::StrSplit(ids[2], ',')).size(), 6u) << ids[2];
+  }
+}
+
 }  // namespace

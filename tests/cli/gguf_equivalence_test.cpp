@@ -3,7 +3,7 @@
 // tensors and rope factor tensors) must give the same logits. A control shows the llama
 // permutation matters: reading the GGUF with HF (rotate-half) RoPE gives other logits. A GGUF of
 // each 32-element block type runs on the quantized kernels and must give the logits of its own
-// weights dequantized to f32.
+// weights dequantized to f32. Mixtures (Mixtral, Qwen3-MoE) too, with their 3-D expert tensors.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -54,6 +54,7 @@ struct Case {
   const char* name;
   Arch arch;
   int64_t hidden, heads, kv_heads;
+  int64_t intermediate = 96;
 };
 
 class GgufEquivalenceTest : public ::testing::TestWithParam<Case> {};
@@ -65,7 +66,7 @@ TEST_P(GgufEquivalenceTest, SameLogitsAsSafetensors) {
   spec.hidden = c.hidden;
   spec.heads = c.heads;
   spec.kv_heads = c.kv_heads;
-  spec.intermediate = 96;
+  spec.intermediate = c.intermediate;
   spec.vocab = 128;
   spec.seed = 21;
   auto config = TinyModelConfig(spec);
@@ -79,13 +80,19 @@ TEST_P(GgufEquivalenceTest, SameLogitsAsSafetensors) {
   auto gguf = OpenCheckpoint(path);
   ASSERT_TRUE(gguf.ok()) << gguf.status();
   // llama: permuted Q/K rows, read with interleaved rope; GLM-4 is interleaved in HF already.
-  EXPECT_EQ(gguf->config.rope.interleaved,
-            c.arch == Arch::kLlama || c.arch == Arch::kGlm || c.arch == Arch::kGlm4);
+  EXPECT_EQ(gguf->config.rope.interleaved, c.arch == Arch::kLlama || c.arch == Arch::kMixtral ||
+                                               c.arch == Arch::kGlm || c.arch == Arch::kGlm4);
   EXPECT_EQ(gguf->config.arch, c.arch);
+  // A mixture's fields from the expert keys and from which blocks have a router.
+  EXPECT_EQ(gguf->config.num_experts, config->num_experts);
+  EXPECT_EQ(gguf->config.experts_per_token, config->experts_per_token);
+  EXPECT_EQ(gguf->config.moe_intermediate_size, config->moe_intermediate_size);
+  EXPECT_EQ(gguf->config.norm_topk_prob, config->norm_topk_prob);
+  EXPECT_EQ(gguf->config.moe_layers, config->moe_layers);
   const std::vector<float> got = Logits(gguf->config, *gguf->weights, ids);
   EXPECT_LE(MaxDiff(want, got), 1e-4 * MaxAbs(want));
 
-  if (c.arch == Arch::kLlama) {
+  if (c.arch == Arch::kLlama || c.arch == Arch::kMixtral) {
     ModelConfig wrong = gguf->config;
     wrong.rope.interleaved = false;  // as if the converter's permutation were ignored
     EXPECT_GT(MaxDiff(want, Logits(wrong, *gguf->weights, ids)), 1e-2 * MaxAbs(want));
@@ -185,6 +192,42 @@ TEST_P(GgufQuantizedTest, SameLogitsAsItsDequantizedWeights) {
   std::filesystem::remove(path);
 }
 
+// The same for mixtures: every expert (a slice of a quantized 3-D tensor, read as a view) runs on
+// the quantized kernels and gives the logits of its own weights dequantized.
+TEST(GgufQuantizedMoeTest, SameLogitsAsItsDequantizedWeights) {
+  for (Arch arch : {Arch::kMixtral, Arch::kQwen3Moe}) {
+    SCOPED_TRACE(std::string(ArchName(arch)));
+    TinyModelSpec spec;
+    spec.arch = arch;
+    spec.hidden = 64;
+    spec.heads = 4;
+    spec.kv_heads = 2;
+    spec.intermediate = arch == Arch::kMixtral ? 64 : 128;  // experts of 64
+    spec.layers = 3;
+    spec.vocab = 128;
+    spec.seed = 35;
+    auto config = TinyModelConfig(spec);
+    ASSERT_TRUE(config.ok());
+    RandomWeightSource hf(*config, spec.seed, DType::kF32);
+    const std::string path = ::testing::TempDir() + "/quantized_moe.gguf";
+    ASSERT_TRUE(ExportGguf(*config, hf, path, DType::kQ4_0).ok());
+    auto gguf = OpenCheckpoint(path);
+    ASSERT_TRUE(gguf.ok()) << gguf.status();
+    auto info = gguf->weights->Info(MoeTensorName(arch, 1, 2, MoePart::kDown));
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->dtype, DType::kQ4_0);
+    const DequantizedWeights f32(*gguf->weights);
+    for (int64_t len : {1, 10, 40}) {
+      std::vector<int32_t> ids(static_cast<size_t>(len));
+      for (int64_t i = 0; i < len; ++i) ids[i] = static_cast<int32_t>((i * 29 + 3) % spec.vocab);
+      const std::vector<float> got = Logits(gguf->config, *gguf->weights, ids);
+      const std::vector<float> want = Logits(gguf->config, f32, ids);
+      EXPECT_LE(MaxDiff(want, got), 1e-4 * MaxAbs(want)) << "prompt " << len;
+    }
+    std::filesystem::remove(path);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(BlockTypes, GgufQuantizedTest,
                          ::testing::Values(DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0,
                                            DType::kQ5_1),
@@ -201,7 +244,13 @@ INSTANTIATE_TEST_SUITE_P(Archs, GgufEquivalenceTest,
                                            Case{"phi3_9_3", Arch::kPhi3, 72, 9, 3},
                                            Case{"glm4_4_2", Arch::kGlm4, 64, 4, 2},
                                            // GlmForCausalLM as `chatglm` (attn_qkv + bias).
-                                           Case{"glm_4_2", Arch::kGlm, 64, 4, 2}),
+                                           Case{"glm_4_2", Arch::kGlm, 64, 4, 2},
+                                           // Issue 16: 3-D expert tensors and routers; Mixtral
+                                           // as `llama` (permuted Q/K); Qwen3-MoE with a dense
+                                           // last layer and norm_topk_prob false. Experts of 64
+                                           // so that Q8_0 covers all three expert tensors.
+                                           Case{"mixtral_8_2", Arch::kMixtral, 64, 8, 2, 64},
+                                           Case{"qwen3_moe_4_2", Arch::kQwen3Moe, 64, 4, 2, 128}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace

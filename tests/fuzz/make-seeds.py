@@ -11,6 +11,8 @@ The writer-made seeds (tiny-*) came from
     shardlm make-tiny-model --arch llama --layers 1 --hidden 32 --heads 2 --kv-heads 1 \
       --intermediate 32 --vocab 16 --seed 1 --format gguf --gguf-type q8_0   (gguf/tiny-llama-q8_0.gguf)
     ... --arch qwen2 --seed 2 --gguf-type q4_k --tie-embeddings             (gguf/tiny-qwen2-q4_k.gguf)
+    ... --arch mixtral --seed 4                                   (gguf/tiny-mixtral-q8_0.gguf)
+    ... --arch qwen3_moe --layers 2 --intermediate 64 --seed 5    (gguf/tiny-qwen3moe-q8_0.gguf)
     ... --arch mistral --hidden 16 --intermediate 16 --seed 3 --dtype bf16 --format safetensors
         (safetensors/tiny-mistral-bf16.safetensors, config/tiny-mistral.json)
 """
