@@ -252,10 +252,10 @@ TEST(TpEquivalenceTest, QuantizedSlicesThatCutBlocks) {
     const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6};
     RunResult single;
     if (world.rank() == 0) single = RunModel(config, *checkpoint->weights, {}, prompt, 8, true);
-    for (const Layout& layout : LayoutsForWorld(world.size())) {
-      SCOPED_TRACE(absl::StrCat("tp=", layout.tp, " pp=", layout.pp));
-      auto plan =
-          MakeShardPlan(PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights));
+    for (const Layout& layout : LayoutsForWorld(world.size(), config.num_experts)) {
+      SCOPED_TRACE(absl::StrCat("tp=", layout.tp, " pp=", layout.pp, " ep=", layout.ep));
+      auto plan = MakeShardPlan(
+          PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights, layout.ep));
       ASSERT_TRUE(plan.ok()) << plan.status();
       auto ctx = ParallelContext::Create(*plan, WorldPtr());
       ASSERT_TRUE(ctx.ok()) << ctx.status();
@@ -363,10 +363,10 @@ TEST(TpEquivalenceTest, MixturesFromGguf) {
     const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3};
     RunResult single;
     if (world.rank() == 0) single = RunModel(config, *checkpoint->weights, {}, prompt, 8, true);
-    for (const Layout& layout : LayoutsForWorld(world.size())) {
-      SCOPED_TRACE(absl::StrCat("tp=", layout.tp, " pp=", layout.pp));
-      auto plan =
-          MakeShardPlan(PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights));
+    for (const Layout& layout : LayoutsForWorld(world.size(), config.num_experts)) {
+      SCOPED_TRACE(absl::StrCat("tp=", layout.tp, " pp=", layout.pp, " ep=", layout.ep));
+      auto plan = MakeShardPlan(
+          PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights, layout.ep));
       ASSERT_TRUE(plan.ok()) << plan.status();
       auto ctx = ParallelContext::Create(*plan, WorldPtr());
       ASSERT_TRUE(ctx.ok()) << ctx.status();
@@ -377,8 +377,9 @@ TEST(TpEquivalenceTest, MixturesFromGguf) {
       const double diff = std::max(MaxDiff(split.step_logits, single.step_logits),
                                    MaxDiff(split.prefill_logits, single.prefill_logits));
       EXPECT_LE(diff, 1e-4 * scale);
-      std::printf("%s q8_0 gguf tp=%d pp=%d: ids match: %s, max |logit diff| %.3g x max|logit|\n",
-                  std::string(ArchName(arch)).c_str(), layout.tp, layout.pp,
+      std::printf("%s q8_0 gguf tp=%d pp=%d ep=%d: ids match: %s, max |logit diff| %.3g x "
+                  "max|logit|\n",
+                  std::string(ArchName(arch)).c_str(), layout.tp, layout.pp, layout.ep,
                   split.ids == single.ids ? "yes" : "NO", diff / scale);
     }
   }
