@@ -19,6 +19,8 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "model/llama.h"
 #include "parallel/mpi_communicator.h"
+#include "spdlog/cfg/env.h"
+#include "spdlog/spdlog.h"
 
 using namespace shardlm;
 
@@ -91,6 +93,7 @@ int main(int argc, char** argv) {
   app.add_option("--decode-steps", decode_steps);
   app.add_option("--repeats", repeats, "Measurements (the best is reported)");
   CLI11_PARSE(app, argc, argv);
+  spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=debug: every step's tokens per expert
 
   auto session = MpiSession::Init(&argc, &argv);
   if (!session.ok()) {
