@@ -185,7 +185,8 @@ int RunBench(const BenchArgs& args) {
 
   const double out_tps = out_tokens / total_s;
   const double total_tps = (in_tokens + out_tokens) / total_s;
-  std::printf("model               %s (tp %d, pp %d)\n", info.model().c_str(), info.tp(), info.pp());
+  std::printf("model               %s (tp %d, pp %d, ep %d)\n", info.model().c_str(), info.tp(),
+              info.pp(), std::max(info.ep(), 1));
   std::printf("requests            %d (%d errors), concurrency %d\n", args.requests, errors,
               args.concurrency);
   std::printf("input / output len  %d / %d tokens\n", args.input_len, args.output_len);
