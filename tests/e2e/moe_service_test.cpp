@@ -18,8 +18,6 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
-#include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "formats/random_weights.h"
 #include "tests/e2e/child_process.h"
 #include "tests/e2e/service_client.h"
@@ -62,17 +60,7 @@ class MoeServiceTest : public ::testing::Test {
 
   // `shardlm generate` on one rank, greedy.
   static std::vector<int32_t> Offline(const std::vector<int32_t>& prompt, int max_new) {
-    const std::string out =
-        e2e::Shell(kBin + "shardlm generate --model " + model_ + " --prompt-ids " +
-                   absl::StrJoin(prompt, ",") + " --max-new-tokens " + std::to_string(max_new) +
-                   " --ignore-eos --threads 1 2>/dev/null");
-    std::vector<int32_t> ids;
-    std::vector<std::string> lines = absl::StrSplit(out, '\n', absl::SkipEmpty());
-    if (lines.empty()) return ids;
-    for (absl::string_view v : absl::StrSplit(lines.back(), ',')) {
-      ids.push_back(std::stoi(std::string(v)));
-    }
-    return ids;
+    return e2e::OfflineIds(kBin + "shardlm", model_, prompt, max_new);
   }
 
   void TearDown() override {

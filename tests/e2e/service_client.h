@@ -1,5 +1,5 @@
-// Client calls the end-to-end tests share: the coordinator's health, and one greedy Generate by
-// token ids collected whole.
+// Client calls the end-to-end tests share: the coordinator's health, one greedy Generate by
+// token ids collected whole, and the same offline (`shardlm generate`) to compare with.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -9,8 +9,11 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "health.grpc.pb.h"
 #include "shardlm/v1/generation.grpc.pb.h"
+#include "tests/e2e/child_process.h"
 
 namespace shardlm::e2e {
 
@@ -70,6 +73,24 @@ inline Outcome GenerateIds(v1::Generation::Stub& stub, const std::vector<int32_t
   req.set_ignore_eos(true);
   req.mutable_sampling()->set_temperature(0.0f);
   return Generate(stub, req, deadline);
+}
+
+// The ids `shardlm generate` (binary `shardlm`) prints for `max_new` tokens after `prompt` on
+// one rank, EOS ignored: greedy unless `flags` say otherwise (empty when it failed).
+inline std::vector<int32_t> OfflineIds(const std::string& shardlm, const std::string& model,
+                                       const std::vector<int32_t>& prompt, int max_new,
+                                       const std::string& flags = "") {
+  const std::string out = Shell(shardlm + " generate --model " + model + " --prompt-ids " +
+                                absl::StrJoin(prompt, ",") + " --max-new-tokens " +
+                                std::to_string(max_new) + " --ignore-eos --threads 1 " + flags +
+                                " 2>/dev/null");
+  std::vector<int32_t> ids;
+  std::vector<std::string> lines = absl::StrSplit(out, '\n', absl::SkipEmpty());
+  if (lines.empty()) return ids;
+  for (absl::string_view v : absl::StrSplit(lines.back(), ',')) {
+    ids.push_back(std::stoi(std::string(v)));
+  }
+  return ids;
 }
 
 }  // namespace shardlm::e2e

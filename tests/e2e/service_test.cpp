@@ -137,15 +137,7 @@ class ServiceTest : public ::testing::Test {
   // `shardlm generate --model` in one process (greedy unless `flags` say otherwise).
   static std::vector<int32_t> Offline(const std::vector<int32_t>& prompt, int max_new,
                                       const std::string& flags = "") {
-    const std::string out = Shell(kBin + "shardlm generate --model " + model_ + " --prompt-ids " +
-                                absl::StrJoin(prompt, ",") + " --max-new-tokens " +
-                                std::to_string(max_new) + " --ignore-eos --threads 1 " + flags +
-                                " 2>/dev/null");
-    std::vector<int32_t> ids;
-    std::vector<std::string> lines = absl::StrSplit(out, '\n', absl::SkipEmpty());
-    if (lines.empty()) return ids;
-    for (absl::string_view v : absl::StrSplit(lines.back(), ',')) ids.push_back(std::stoi(std::string(v)));
-    return ids;
+    return e2e::OfflineIds(kBin + "shardlm", model_, prompt, max_new, flags);
   }
 
   static inline std::string model_, addr_, worker_addr_, secret_;

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -278,40 +279,34 @@ TEST(TpEquivalenceTest, QuantizedSlicesThatCutBlocks) {
   }
 }
 
-// GLM as llama.cpp's `chatglm` GGUF: Q, K, V and their biases in one attn_qkv, cut into each
-// rank's uneven head ranges at load (9 heads, 3 KV heads).
-TEST(TpEquivalenceTest, FusedQkvWithBiasFromGguf) {
+// `spec` written as GGUF (matrices in `type`) by rank 0 and read back by every rank, run at every
+// layout of this world (the expert-parallel ones too for a mixture): the greedy ids of one rank and
+// logits within 1e-4 x max|logit|. `check` looks at the config read back.
+void ExpectGgufLayoutsMatchOneRank(const TinyModelSpec& spec, DType type, const std::string& name,
+                                   const std::vector<int32_t>& prompt,
+                                   const std::function<void(const ModelConfig&)>& check) {
   Communicator& world = mpitest::World();
-  TinyModelSpec spec;
-  spec.arch = Arch::kGlm;
-  spec.layers = 4;
-  spec.heads = 9;
-  spec.kv_heads = 3;
-  spec.hidden = 72;
-  spec.intermediate = 96;
-  spec.vocab = 257;
-  spec.seed = 24;
   const std::string path = absl::StrCat(SHARDLM_BINARY_DIR, "/tests/sharding/models-np",
-                                        world.size(), "/chatglm-9h-3kv.gguf");
+                                        world.size(), "/", name, ".gguf");
   if (world.rank() == 0) {
     auto config = TinyModelConfig(spec);
     ASSERT_TRUE(config.ok()) << config.status();
     RandomWeightSource random(*config, spec.seed, DType::kF32);
     std::filesystem::create_directories(std::filesystem::path(path).parent_path());
-    absl::Status s = ExportGguf(*config, random, path, DType::kF32);
+    absl::Status s = ExportGguf(*config, random, path, type);
     ASSERT_TRUE(s.ok()) << s;
   }
   ASSERT_TRUE(world.Barrier().ok());
   auto checkpoint = OpenCheckpoint(path);
   ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
   const ModelConfig& config = checkpoint->config;
-  ASSERT_TRUE(config.fused_qkv_proj && config.qkv_bias);
-  const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6};
+  check(config);
   RunResult single;
   if (world.rank() == 0) single = RunModel(config, *checkpoint->weights, {}, prompt, 8, true);
-  for (const Layout& layout : LayoutsForWorld(world.size())) {
-    SCOPED_TRACE(absl::StrCat("tp=", layout.tp, " pp=", layout.pp));
-    auto plan = MakeShardPlan(PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights));
+  for (const Layout& layout : LayoutsForWorld(world.size(), config.num_experts)) {
+    SCOPED_TRACE(absl::StrCat(name, " tp=", layout.tp, " pp=", layout.pp, " ep=", layout.ep));
+    auto plan = MakeShardPlan(
+        PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights, layout.ep));
     ASSERT_TRUE(plan.ok()) << plan.status();
     auto ctx = ParallelContext::Create(*plan, WorldPtr());
     ASSERT_TRUE(ctx.ok()) << ctx.status();
@@ -322,18 +317,36 @@ TEST(TpEquivalenceTest, FusedQkvWithBiasFromGguf) {
     const double diff = std::max(MaxDiff(split.step_logits, single.step_logits),
                                  MaxDiff(split.prefill_logits, single.prefill_logits));
     EXPECT_LE(diff, 1e-4 * scale);
-    std::printf("chatglm gguf 9h/3kv tp=%d pp=%d: ids match: %s, max |logit diff| %.3g x max|logit|\n",
-                layout.tp, layout.pp, split.ids == single.ids ? "yes" : "NO", diff / scale);
+    std::printf("%s gguf tp=%d pp=%d ep=%d: ids match: %s, max |logit diff| %.3g x max|logit|\n",
+                name.c_str(), layout.tp, layout.pp, layout.ep,
+                split.ids == single.ids ? "yes" : "NO", diff / scale);
   }
+}
+
+// GLM as llama.cpp's `chatglm` GGUF: Q, K, V and their biases in one attn_qkv, cut into each
+// rank's uneven head ranges at load (9 heads, 3 KV heads).
+TEST(TpEquivalenceTest, FusedQkvWithBiasFromGguf) {
+  TinyModelSpec spec;
+  spec.arch = Arch::kGlm;
+  spec.layers = 4;
+  spec.heads = 9;
+  spec.kv_heads = 3;
+  spec.hidden = 72;
+  spec.intermediate = 96;
+  spec.vocab = 257;
+  spec.seed = 24;
+  ExpectGgufLayoutsMatchOneRank(spec, DType::kF32, "chatglm-9h-3kv", {3, 1, 4, 1, 5, 9, 2, 6},
+                                [](const ModelConfig& config) {
+                                  ASSERT_TRUE(config.fused_qkv_proj && config.qkv_bias);
+                                });
 }
 
 // Mixtral and Qwen3-MoE as llama.cpp's GGUF (3-D Q8_0 expert tensors, f32 routers): each rank
 // reads its rows / columns of every expert from the expert's slice of the 3-D tensor (at tp=3 the
-// down projections' column slices cut Q8_0 blocks and are dequantized for just that slice).
+// down projections' column slices cut Q8_0 blocks and are dequantized for just that slice), or
+// whole experts with expert parallelism.
 TEST(TpEquivalenceTest, MixturesFromGguf) {
-  Communicator& world = mpitest::World();
   for (Arch arch : {Arch::kMixtral, Arch::kQwen3Moe}) {
-    SCOPED_TRACE(std::string(ArchName(arch)));
     TinyModelSpec spec;
     spec.arch = arch;
     spec.layers = 4;
@@ -343,45 +356,12 @@ TEST(TpEquivalenceTest, MixturesFromGguf) {
     spec.intermediate = arch == Arch::kMixtral ? 64 : 128;  // experts of 64: all of them Q8_0
     spec.vocab = 257;
     spec.seed = 27;
-    const std::string path =
-        absl::StrCat(SHARDLM_BINARY_DIR, "/tests/sharding/models-np", world.size(), "/",
-                     std::string(ArchName(arch)), "-q8_0.gguf");
-    if (world.rank() == 0) {
-      auto config = TinyModelConfig(spec);
-      ASSERT_TRUE(config.ok()) << config.status();
-      RandomWeightSource random(*config, spec.seed, DType::kF32);
-      std::filesystem::create_directories(std::filesystem::path(path).parent_path());
-      absl::Status s = ExportGguf(*config, random, path, DType::kQ8_0);
-      ASSERT_TRUE(s.ok()) << s;
-    }
-    ASSERT_TRUE(world.Barrier().ok());
-    auto checkpoint = OpenCheckpoint(path);
-    ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
-    const ModelConfig& config = checkpoint->config;
-    ASSERT_EQ(config.arch, arch);
-    ASSERT_GT(config.num_experts, 0);
-    const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3};
-    RunResult single;
-    if (world.rank() == 0) single = RunModel(config, *checkpoint->weights, {}, prompt, 8, true);
-    for (const Layout& layout : LayoutsForWorld(world.size(), config.num_experts)) {
-      SCOPED_TRACE(absl::StrCat("tp=", layout.tp, " pp=", layout.pp, " ep=", layout.ep));
-      auto plan = MakeShardPlan(
-          PlanInputFor(config, layout.tp, layout.pp, {}, &*checkpoint->weights, layout.ep));
-      ASSERT_TRUE(plan.ok()) << plan.status();
-      auto ctx = ParallelContext::Create(*plan, WorldPtr());
-      ASSERT_TRUE(ctx.ok()) << ctx.status();
-      RunResult split = RunModel(config, *checkpoint->weights, std::move(*ctx), prompt, 8, true);
-      if (world.rank() != 0) continue;
-      EXPECT_EQ(split.ids, single.ids);
-      const double scale = std::max(MaxAbs(single.step_logits), MaxAbs(single.prefill_logits));
-      const double diff = std::max(MaxDiff(split.step_logits, single.step_logits),
-                                   MaxDiff(split.prefill_logits, single.prefill_logits));
-      EXPECT_LE(diff, 1e-4 * scale);
-      std::printf("%s q8_0 gguf tp=%d pp=%d ep=%d: ids match: %s, max |logit diff| %.3g x "
-                  "max|logit|\n",
-                  std::string(ArchName(arch)).c_str(), layout.tp, layout.pp, layout.ep,
-                  split.ids == single.ids ? "yes" : "NO", diff / scale);
-    }
+    ExpectGgufLayoutsMatchOneRank(spec, DType::kQ8_0,
+                                  absl::StrCat(std::string(ArchName(arch)), "-q8_0"),
+                                  {3, 1, 4, 1, 5, 9, 2, 6, 5, 3}, [&](const ModelConfig& config) {
+                                    ASSERT_EQ(config.arch, arch);
+                                    ASSERT_GT(config.num_experts, 0);
+                                  });
   }
 }
 
