@@ -118,17 +118,7 @@ class PipelineTest : public ::testing::TestWithParam<int> {
   }
   // `shardlm generate` in one process (no stages).
   std::vector<int32_t> Offline(const Request& r) {
-    const std::string out =
-        Shell(kBin + "shardlm generate --model " + model_ + " --prompt-ids " +
-              absl::StrJoin(r.prompt, ",") + " --max-new-tokens " + std::to_string(r.max_new) +
-              " --ignore-eos --threads 1 " + r.flags + " 2>/dev/null");
-    std::vector<int32_t> ids;
-    std::vector<std::string> lines = absl::StrSplit(out, '\n', absl::SkipEmpty());
-    if (lines.empty()) return ids;
-    for (absl::string_view v : absl::StrSplit(lines.back(), ',')) {
-      ids.push_back(std::stoi(std::string(v)));
-    }
-    return ids;
+    return e2e::OfflineIds(kBin + "shardlm", model_, r.prompt, r.max_new, r.flags);
   }
 
   std::string work_, model_;
