@@ -16,15 +16,17 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "formats/config_reader.h"
 
 namespace shardlm {
 namespace {
 
 using nlohmann::json;
+using config_internal::ConfigReader;
+using config_internal::kMaxInt;
+using config_internal::Sv;
+using config_internal::ReadRope;
 
-// Integer fields feed `int` members (RopeConfig, AttentionParams) and int32 token ids downstream,
-// so anything above int32 cannot be a sensible value and is rejected here rather than wrapping.
-constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
 
 // HF's Qwen2Config default: layers at or above this index use the sliding window.
 constexpr int64_t kQwen2DefaultMaxWindowLayers = 28;
@@ -50,20 +52,11 @@ constexpr std::string_view kSupportedTypes =
     "one of \"llama\", \"mistral\", \"qwen2\", \"qwen3\", \"gemma3_text\", \"phi3\", \"glm\", "
     "\"glm4\", \"mixtral\", \"qwen3_moe\"";
 
-// Debian's abseil is built with its own string_view type, which StrCat needs.
-absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
 std::string ErrnoMessage(int err) {
   return std::error_code(err, std::generic_category()).message();
 }
 
-// A bad value as it appears in the file, shortened: enough to recognise it in a one-line message.
-std::string Got(const json& value) {
-  std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
-  constexpr size_t kMax = 60;
-  if (text.size() > kMax) text = text.substr(0, kMax - 3) + "...";
-  return text;
-}
 
 // The shortest decimal that reads back as `f`, as a double: config.json then says 1e-05 rather
 // than 9.999999747378752e-06, and ParseModelConfig's float cast recovers `f` exactly.
@@ -79,87 +72,6 @@ json FloatToJson(float f) {
   return static_cast<double>(f);
 }
 
-// Reads fields of one config.json, turning every problem into a one-line InvalidArgument that
-// names the source, the field, and what was expected vs found.
-class ConfigReader {
- public:
-  explicit ConfigReader(const std::string& source) : source_(source) {}
-
-  absl::Status Error(std::string_view field, std::string_view expected, const json& got) const {
-    return absl::InvalidArgumentError(absl::StrCat("config.json ", source_, ": field '", Sv(field),
-                                                   "': expected ", Sv(expected), ", got ",
-                                                   Got(got)));
-  }
-  absl::Status Problem(std::string_view field, std::string_view what) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config.json ", source_, ": field '", Sv(field), "': ", Sv(what)));
-  }
-  absl::Status Missing(std::string_view field, std::string_view note = "") const {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config.json ", source_, ": missing required field '", Sv(field), "'", Sv(note)));
-  }
-  absl::Status TopLevel(const json& got) const {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config.json ", source_, ": expected a JSON object at the top level, got ", Got(got)));
-  }
-
-  // Absent and null both mean "not given": HF writes null for optional fields left unset.
-  static const json* Find(const json& object, std::string_view key) {
-    auto it = object.find(std::string(key));
-    if (it == object.end() || it->is_null()) return nullptr;
-    return &*it;
-  }
-
-  // The key of `field` within its object: "rope_scaling.factor" -> "factor".
-  static std::string_view Key(std::string_view field) { return field.substr(field.rfind('.') + 1); }
-
-  // An integer in [min, kMaxInt]; `out` is left alone when the field is absent and not required.
-  // `field` is the full name for messages; its last component is looked up in `object`.
-  absl::Status Int(const json& object, std::string_view field, bool required, int64_t min,
-                   int64_t* out) const {
-    const json* value = Find(object, Key(field));
-    if (value == nullptr) return required ? Missing(field) : absl::OkStatus();
-    const char* expected = min > 0 ? "a positive integer" : "a non-negative integer";
-    if (!value->is_number_integer()) return Error(field, expected, *value);
-    const std::string at_most = absl::StrCat("an integer at most ", kMaxInt);
-    // Read unsigned values as such: a huge one must not wrap into a small or negative int64.
-    if (value->is_number_unsigned() && value->get<uint64_t>() > static_cast<uint64_t>(kMaxInt)) {
-      return Error(field, at_most, *value);
-    }
-    int64_t v = value->get<int64_t>();
-    if (v < min) return Error(field, expected, *value);
-    if (v > kMaxInt) return Error(field, at_most, *value);
-    *out = v;
-    return absl::OkStatus();
-  }
-
-  // A positive, finite number that fits a float.
-  absl::Status PositiveFloat(const json& object, std::string_view field, bool required,
-                             float* out) const {
-    const json* value = Find(object, Key(field));
-    if (value == nullptr) return required ? Missing(field) : absl::OkStatus();
-    if (!value->is_number()) return Error(field, "a positive number", *value);
-    double v = value->get<double>();
-    // In float range both ways: a value below FLT_MIN (1e-50) would become 0 or a denormal as a
-    // float, and an rms_norm_eps of 0 divides by zero on an all-zero row.
-    if (!(v >= std::numeric_limits<float>::min()) || v > std::numeric_limits<float>::max()) {
-      return Error(field, "a positive number in float range [1.2e-38, 3.4e38]", *value);
-    }
-    *out = static_cast<float>(v);
-    return absl::OkStatus();
-  }
-
-  absl::Status Bool(const json& object, std::string_view key, bool* out) const {
-    const json* value = Find(object, key);
-    if (value == nullptr) return absl::OkStatus();
-    if (!value->is_boolean()) return Error(key, "true or false", *value);
-    *out = value->get<bool>();
-    return absl::OkStatus();
-  }
-
- private:
-  const std::string& source_;
-};
 
 absl::StatusOr<Arch> ReadArch(const json& root, const ConfigReader& r) {
   if (const json* type = ConfigReader::Find(root, "model_type")) {
@@ -198,157 +110,6 @@ absl::StatusOr<Arch> ReadArch(const json& root, const ConfigReader& r) {
                                               Sv(kSupportedTypes)));
 }
 
-// A list of `n` positive floats (longrope's factors).
-absl::Status ReadFactors(const json& object, const std::string& field, size_t n,
-                         const ConfigReader& r, std::vector<float>* out) {
-  const json* value = ConfigReader::Find(object, ConfigReader::Key(field));
-  if (value == nullptr) return r.Missing(field);
-  const std::string expected = absl::StrCat("a list of ", n, " positive numbers (rotary_dim / 2)");
-  if (!value->is_array() || value->size() != n) return r.Error(field, expected, *value);
-  out->clear();
-  for (const json& v : *value) {
-    if (!v.is_number() || !(v.get<double>() > 0) ||
-        v.get<double>() > std::numeric_limits<float>::max()) {
-      return r.Error(field, expected, *value);
-    }
-    out->push_back(static_cast<float>(v.get<double>()));
-  }
-  return absl::OkStatus();
-}
-
-// One rope scaling object, `scaling` at `prefix`: "rope_scaling", or in transformers v5 files
-// "rope_parameters" (or "rope_parameters.full_attention" / ".sliding_attention"), which also holds
-// rope_theta. `root` gives longrope's original_max_position_embeddings when the object does not.
-absl::Status ReadRopeScaling(const json& scaling, const std::string& prefix, const json& root,
-                             ModelConfig& c, const ConfigReader& r, RopeConfig* rope) {
-  if (!scaling.is_object()) return r.Error(prefix, "an object or null", scaling);
-  SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(scaling, prefix + ".rope_theta", false, &rope->theta));
-  // Older configs spell the key "type"; "rope_type" wins when both are present, as in HF.
-  std::string type_field = prefix + ".rope_type";
-  const json* type = ConfigReader::Find(scaling, "rope_type");
-  if (type == nullptr) {
-    type = ConfigReader::Find(scaling, "type");
-    if (type != nullptr) type_field = prefix + ".type";
-  }
-  if (type == nullptr) return r.Missing(type_field);
-  const std::string_view kExpected =
-      "one of \"llama3\", \"linear\", \"longrope\", \"su\", \"default\"";
-  if (!type->is_string()) return r.Error(type_field, kExpected, *type);
-  const std::string& name = type->get_ref<const std::string&>();
-  auto field = [&](std::string_view key) { return absl::StrCat(prefix, ".", Sv(key)); };
-
-  if (name == "default") return absl::OkStatus();  // HF's spelling of "no scaling"
-  if (name == "linear") {
-    rope->scaling = RopeConfig::Scaling::kLinear;
-    return r.PositiveFloat(scaling, field("factor"), true, &rope->factor);
-  }
-  if (name == "llama3") {
-    rope->scaling = RopeConfig::Scaling::kLlama3;
-    // All four are required by HF's own validation; guessing any of them would silently change
-    // the frequencies.
-    SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(scaling, field("factor"), true, &rope->factor));
-    SHARDLM_RETURN_IF_ERROR(
-        r.PositiveFloat(scaling, field("low_freq_factor"), true, &rope->low_freq_factor));
-    SHARDLM_RETURN_IF_ERROR(
-        r.PositiveFloat(scaling, field("high_freq_factor"), true, &rope->high_freq_factor));
-    int64_t original = 0;
-    SHARDLM_RETURN_IF_ERROR(
-        r.Int(scaling, field("original_max_position_embeddings"), true, 1, &original));
-    rope->original_max_position = static_cast<int>(original);
-    // The interpolation band divides by (high - low).
-    if (!(rope->high_freq_factor > rope->low_freq_factor)) {
-      return r.Problem(field("high_freq_factor"),
-                       absl::StrCat("expected a value greater than low_freq_factor (",
-                                    rope->low_freq_factor, "), got ", rope->high_freq_factor));
-    }
-    return absl::OkStatus();
-  }
-  if (name == "longrope" || name == "su") {
-    // Phi-3: per-pair factors for short and long contexts, and cos/sin scaled by an attention
-    // factor (given, or from max_position_embeddings / original_max_position_embeddings).
-    rope->scaling = RopeConfig::Scaling::kLongRope;
-    const size_t pairs = static_cast<size_t>(rope->rotary_dim / 2);
-    std::vector<float> shorts, longs;
-    SHARDLM_RETURN_IF_ERROR(ReadFactors(scaling, field("short_factor"), pairs, r, &shorts));
-    SHARDLM_RETURN_IF_ERROR(ReadFactors(scaling, field("long_factor"), pairs, r, &longs));
-    int64_t original = 0;
-    if (ConfigReader::Find(scaling, "original_max_position_embeddings") != nullptr) {
-      SHARDLM_RETURN_IF_ERROR(
-          r.Int(scaling, field("original_max_position_embeddings"), true, 1, &original));
-    } else if (ConfigReader::Find(root, "original_max_position_embeddings") != nullptr) {
-      SHARDLM_RETURN_IF_ERROR(r.Int(root, "original_max_position_embeddings", true, 1, &original));
-    } else if (c.max_position_embeddings > 0) {
-      original = c.max_position_embeddings;
-    } else {
-      return r.Missing("original_max_position_embeddings", " (longrope needs it)");
-    }
-    rope->original_max_position = static_cast<int>(original);
-    const bool long_context = c.max_position_embeddings > original;
-    rope->freq_factors = long_context ? longs : shorts;
-    c.longrope_short = std::move(shorts);
-    c.longrope_long = std::move(longs);
-    float factor = c.max_position_embeddings > 0
-                       ? static_cast<float>(static_cast<double>(c.max_position_embeddings) /
-                                            static_cast<double>(original))
-                       : 1.0f;
-    if (ConfigReader::Find(scaling, "factor") != nullptr &&
-        c.max_position_embeddings <= 0) {
-      SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(scaling, field("factor"), true, &factor));
-    }
-    rope->factor = factor;
-    if (ConfigReader::Find(scaling, "attention_factor") != nullptr) {
-      SHARDLM_RETURN_IF_ERROR(
-          r.PositiveFloat(scaling, field("attention_factor"), true, &rope->attention_factor));
-    } else {
-      rope->attention_factor =
-          factor <= 1.0f ? 1.0f
-                         : static_cast<float>(std::sqrt(
-                               1.0 + std::log(static_cast<double>(factor)) /
-                                         std::log(static_cast<double>(original))));
-    }
-    return absl::OkStatus();
-  }
-  return r.Error(type_field, kExpected, *type);
-}
-
-// The rope settings: rope_theta and rope_scaling (transformers < 5), or rope_parameters (v5; per
-// layer type for Gemma 3); Gemma 3's sliding layers use rope_local_base_freq without scaling.
-absl::Status ReadRope(const json& root, const ConfigReader& r, ModelConfig* c) {
-  RopeConfig& rope = c->rope;
-  const int rotary_dim = rope.rotary_dim;
-  if (const json* params = ConfigReader::Find(root, "rope_parameters")) {
-    if (!params->is_object()) return r.Error("rope_parameters", "an object or null", *params);
-    const json* global = ConfigReader::Find(*params, "full_attention");
-    const json* local = ConfigReader::Find(*params, "sliding_attention");
-    if (global == nullptr && local == nullptr) {
-      return ReadRopeScaling(*params, "rope_parameters", root, *c, r, &rope);
-    }
-    if (global != nullptr) {
-      SHARDLM_RETURN_IF_ERROR(
-          ReadRopeScaling(*global, "rope_parameters.full_attention", root, *c, r, &rope));
-    }
-    if (local != nullptr) {
-      RopeConfig sliding;
-      sliding.rotary_dim = rotary_dim;
-      SHARDLM_RETURN_IF_ERROR(
-          ReadRopeScaling(*local, "rope_parameters.sliding_attention", root, *c, r, &sliding));
-      c->sliding_rope = sliding;
-    }
-    return absl::OkStatus();
-  }
-  SHARDLM_RETURN_IF_ERROR(r.PositiveFloat(root, "rope_theta", false, &rope.theta));
-  if (const json* scaling = ConfigReader::Find(root, "rope_scaling")) {
-    SHARDLM_RETURN_IF_ERROR(ReadRopeScaling(*scaling, "rope_scaling", root, *c, r, &rope));
-  }
-  if (c->arch == Arch::kGemma3) {
-    RopeConfig sliding;
-    sliding.rotary_dim = rotary_dim;
-    SHARDLM_RETURN_IF_ERROR(
-        r.PositiveFloat(root, "rope_local_base_freq", false, &sliding.theta));
-    c->sliding_rope = sliding;
-  }
-  return absl::OkStatus();
-}
 
 absl::Status ReadTorchDtype(const json& root, const ConfigReader& r, DType* dtype) {
   // transformers >= 4.56 writes "dtype" instead of "torch_dtype".
