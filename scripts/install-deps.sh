@@ -20,6 +20,9 @@ PACKAGES=(
   # The sanitizer and fuzzing build (scripts/sanitize-and-fuzz.sh): clang with its ASan, UBSan
   # and libFuzzer runtimes, and its OpenMP runtime (clang does not use gcc's libgomp headers).
   clang-16 libclang-rt-16-dev libomp-16-dev
+  # The two-node tests on network namespaces (scripts/netns-cluster.sh) and the Slurm test
+  # (scripts/slurm-test.sh: Debian's Slurm 22.05 with its PMIx plugin, and munge).
+  iproute2 slurm-wlm munge
 )
 
 missing=()
