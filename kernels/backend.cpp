@@ -53,20 +53,22 @@ bool AttentionShapesAgree(const Tensor& q, const Tensor& k_cache, const Tensor& 
          k_cache.numel() == k_cache.dim(0) * kv_width;
 }
 
+void CheckScatterAddRows(const Tensor& src, std::span<const int32_t> rows,
+                         std::span<const float> weights, const Tensor& dst) {
+  if (src.rank() != 2 || dst.rank() != 2 || src.dim(1) != dst.dim(1) ||
+      src.dim(0) != static_cast<int64_t>(rows.size()) || weights.size() != rows.size()) {
+    throw std::invalid_argument(
+        "ScatterAddRows: expects src [m, d], m rows and m weights, dst [n, d]; got src " +
+        src.ShapeString() + ", " + std::to_string(rows.size()) + " rows, " +
+        std::to_string(weights.size()) + " weights, dst " + dst.ShapeString());
+  }
+  CheckRange("ScatterAddRows", "row", rows, 0, dst.dim(0));
+}
+
 void ScatterAddRowsOnHost(const Tensor& src, std::span<const int32_t> rows,
                           std::span<const float> weights, Tensor& dst) {
-  const int64_t m = src.rank() == 2 ? src.dim(0) : -1;
-  if (m != static_cast<int64_t>(rows.size()) || weights.size() != rows.size() ||
-      dst.rank() != 2 || dst.dim(1) != src.dim(1)) {
-    throw std::invalid_argument("ScatterAddRows: expects src [m, d], m rows and weights, dst [n, d]; got src " +
-                                src.ShapeString() + ", dst " + dst.ShapeString());
-  }
-  for (int32_t r : rows) {
-    if (r < 0 || r >= dst.dim(0)) {
-      throw std::out_of_range("ScatterAddRows: row " + std::to_string(r) + " outside [0, " +
-                              std::to_string(dst.dim(0)) + ")");
-    }
-  }
+  CheckScatterAddRows(src, rows, weights, dst);
+  const int64_t m = src.dim(0);
   const int64_t cols = src.dim(1);
   for (int64_t i = 0; i < m; ++i) {
     float* out = dst.data<float>() + static_cast<int64_t>(rows[i]) * cols;
@@ -77,6 +79,7 @@ void ScatterAddRowsOnHost(const Tensor& src, std::span<const int32_t> rows,
 
 void Backend::ScatterAddRows(const Tensor& src, std::span<const int32_t> rows,
                              std::span<const float> weights, Tensor& dst) {
+  CheckScatterAddRows(src, rows, weights, dst);  // before any copy, naming the op
   Tensor d = ToHost(dst);
   ScatterAddRowsOnHost(ToHost(src), rows, weights, d);
   Copy(ToDevice(d), dst);

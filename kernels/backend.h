@@ -79,6 +79,12 @@ inline constexpr const char* kAttentionShapes =
     "[rows, num_kv_heads, head_dim], out [n, num_heads * head_dim] and num_heads a "
     "multiple of num_kv_heads";
 
+// The argument rules of Backend::ScatterAddRows, shared by every backend (each adds its own
+// dtype and memory checks): src [m, d] and dst [n, d] matrices, m rows and m weights
+// (std::invalid_argument naming the op, the shapes and the counts), every row in [0, n)
+// (std::out_of_range naming the row, its index and the bound). m = 0 is allowed (a no-op).
+void CheckScatterAddRows(const Tensor& src, std::span<const int32_t> rows,
+                         std::span<const float> weights, const Tensor& dst);
 // Backend::ScatterAddRows on host f32 tensors (the default's work, and the CPU backend's).
 void ScatterAddRowsOnHost(const Tensor& src, std::span<const int32_t> rows,
                           std::span<const float> weights, Tensor& dst);

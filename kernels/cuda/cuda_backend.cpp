@@ -19,6 +19,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_quant.h"
 #include "kernels/cuda/cuda_sampling.h"
+#include "kernels/cuda/scatter_plan.h"
 #include "base/check.h"
 #include "base/dtype.h"
 
@@ -576,6 +577,31 @@ class CudaBackend final : public Backend {
     RequireDeviceF32("Add", {{"x", &x}, {"y", &y}});
     Require(x.numel() == y.numel(), "Add", "expects x and y of one size", {{"x", &x}, {"y", &y}});
     cuda::LaunchAdd(x.data<float>(), y.data<float>(), x.numel(), stream_);
+  }
+
+  // The rows grouped by destination on the host (scatter_plan.h), uploaded with the weights in
+  // one pinned-staging copy (asynchronous, as WriteIndices), then one kernel: deterministic, no
+  // atomics, the CPU's result bit for bit.
+  void ScatterAddRows(const Tensor& src, std::span<const int32_t> rows,
+                      std::span<const float> weights, Tensor& dst) override {
+    Activate();
+    RequireDeviceF32("ScatterAddRows", {{"src", &src}, {"dst", &dst}});
+    CheckScatterAddRows(src, rows, weights, dst);
+    const int64_t m = src.dim(0), d = src.dim(1);
+    if (m == 0 || d == 0) return;
+    const auto s0 = reinterpret_cast<uintptr_t>(src.raw());
+    const auto d0 = reinterpret_cast<uintptr_t>(dst.raw());
+    Require(s0 + src.nbytes() <= d0 || d0 + dst.nbytes() <= s0, "ScatterAddRows",
+            "expects src and dst not to overlap", {{"src", &src}, {"dst", &dst}});
+    Require(m < INT32_MAX, "ScatterAddRows", "expects fewer than 2^31 - 1 source rows",
+            {{"src", &src}});
+    RequireNotCapturing("ScatterAddRows");
+    const cuda::ScatterAddRowsPlan plan = cuda::PlanScatterAddRows(rows, weights);
+    Tensor dev = AllocateUninitialized({static_cast<int64_t>(plan.packed.size())}, DType::kI32);
+    index_staging_.CopyToDevice(dev.raw(), plan.packed.data(), plan.packed.size() * sizeof(int32_t),
+                                stream_);
+    cuda::LaunchScatterAddRows(src.data<float>(), dev.data<int32_t>(), plan.groups, m, d,
+                               dst.data<float>(), stream_);
   }
 
   void Argmax(const Tensor& logits, std::span<int32_t> out, std::span<float> values) override {

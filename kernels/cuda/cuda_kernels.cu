@@ -221,6 +221,29 @@ __global__ void ConvertHalfToF32Kernel(const T* src, float* dst, int64_t n) {
   SHARDLM_GRID_LOOP(i, n) dst[i] = Load(src + i);
 }
 
+// One block row (blockIdx.x) per destination row, its columns across threads and blockIdx.y: a
+// thread reads its element of dst once, adds the group's sources in order and writes it once.
+// __fmul_rn / __fadd_rn keep nvcc from contracting w * s + acc into an FMA, so that the rounding
+// is the CPU's (kernels/backend.cpp: out[c] += weights[i] * in[c], built for baseline x86-64,
+// which has no FMA: a rounded product, then a rounded sum).
+__global__ void ScatterAddRowsKernel(const float* src, const int32_t* plan, int64_t groups,
+                                     int64_t m, int64_t d, float* dst) {
+  const int64_t j = blockIdx.x;
+  const int32_t* begins = plan + groups;
+  const int32_t* order = begins + groups + 1;
+  const float* weights = reinterpret_cast<const float*>(order + m);
+  const int32_t begin = begins[j], end = begins[j + 1];
+  float* out = dst + static_cast<int64_t>(plan[j]) * d;
+  for (int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; c < d;
+       c += static_cast<int64_t>(gridDim.y) * blockDim.x) {
+    float acc = out[c];
+    for (int32_t p = begin; p < end; ++p) {
+      acc = __fadd_rn(acc, __fmul_rn(weights[p], src[static_cast<int64_t>(order[p]) * d + c]));
+    }
+    out[c] = acc;
+  }
+}
+
 template <typename CacheT>
 __global__ void WriteKvKernel(const float* k, const float* v, const int32_t* rows,
                               CacheT* k_cache, CacheT* v_cache, int64_t n, int64_t row) {
@@ -428,6 +451,24 @@ void LaunchArgmax(const float* logits, int64_t rows, int64_t vocab, int32_t* out
   if (rows == 0) return;
   ArgmaxKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, vocab, out, values);
   SHARDLM_CUDA_LAUNCH_CHECK("ArgmaxKernel<<<>>>");
+}
+
+void LaunchScatterAddRows(const float* src, const int32_t* plan, int64_t groups, int64_t m,
+                          int64_t d, float* dst, cudaStream_t stream) {
+  if (groups == 0 || d == 0) return;
+  if (groups > INT_MAX) {
+    throw std::invalid_argument("LaunchScatterAddRows: " + std::to_string(groups) +
+                                " destination rows exceed the grid's " + std::to_string(INT_MAX));
+  }
+  // Narrow rows get one warp's worth of threads; wide ones 256 per block and as many blocks
+  // along y as cover the row (a stride loop past 65535 of them).
+  const int64_t threads = d < kThreads ? (d + 31) / 32 * 32 : kThreads;
+  const int64_t column_blocks = (d + threads - 1) / threads;
+  const dim3 grid(static_cast<unsigned>(groups),
+                  static_cast<unsigned>(column_blocks < 65535 ? column_blocks : 65535));
+  ScatterAddRowsKernel<<<grid, static_cast<unsigned>(threads), 0, stream>>>(src, plan, groups, m,
+                                                                             d, dst);
+  SHARDLM_CUDA_LAUNCH_CHECK("ScatterAddRowsKernel<<<>>>");
 }
 
 void LaunchWriteKv(const float* k, const float* v, const int32_t* rows, void* k_cache,

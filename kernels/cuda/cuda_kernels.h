@@ -54,6 +54,13 @@ void LaunchWriteKv(const float* k, const float* v, const int32_t* rows, void* k_
                    void* v_cache, HalfKind cache_kind, int64_t n, int64_t row,
                    cudaStream_t stream);
 
+// dst [*, d] += the sources of a plan from PlanScatterAddRows (scatter_plan.h, uploaded as
+// `plan`, `groups` groups of `m` sources): for each group j, dst[row_j, :] += w * src[i, :] for
+// its sources i in order, each product and sum rounded on its own (no FMA), as the CPU does.
+// src [m, d] must not overlap dst.
+void LaunchScatterAddRows(const float* src, const int32_t* plan, int64_t groups, int64_t m,
+                          int64_t d, float* dst, cudaStream_t stream);
+
 // The 16-bit weight kernels (LaunchHalfGemv here, LaunchHalfMatmul in cuda_quant.h) read each
 // row of w [out, in] 16 bytes at a time: they need in % 8 == 0 and a 16-byte aligned w. The
 // backend converts blocks of rows to f32 for cuBLAS SGEMM otherwise.

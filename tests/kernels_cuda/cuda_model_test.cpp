@@ -1,11 +1,12 @@
 // The whole model on the CUDA backend against the CPU backend, on tiny random checkpoints written
 // with WriteTinyModel (hidden 256, 4 layers, 8 heads / 2 KV heads, vocab 1000, intermediate 512):
-// bf16 weights (Llama, Qwen2 with q/k/v biases, Mistral with a sliding window) and f32 weights.
+// bf16 weights (Llama, Qwen2 with q/k/v biases, Mistral with a sliding window) and f32 weights,
+// and mixtures of experts (Mixtral with bf16 weights, Qwen3-MoE with f32 ones; f32 KV caches).
 //  (a) The served path (runtime/generator.h: WorkerEngine steps, CUDA-graph decode steps on the
 //      GPU): logits of a 40-token prompt (every row, one prefill step) and of 8 greedy decode
 //      steps, the CUDA run fed the CPU's greedy tokens: max |diff| <= 2e-2 x max |CPU logit|
-//      (f32 weights and an f32 KV cache: 1e-3), the same greedy ids wherever the CPU's top-2
-//      margin is > 0.05 (and > twice that row's diff); Generate on CUDA gives the CPU's 9 ids,
+//      (an f32 KV cache: 1e-3), the same greedy ids wherever the CPU's top-2 margin is > 0.05
+//      (and > twice that row's diff); Generate on CUDA gives the CPU's 9 ids,
 //      or differs first at a row where the CPU's margin is <= max(0.05, 4 x that row's diff)
 //      (a near-tie).
 //  (b) ForwardBatch over a paged cache: 3 sequences of different lengths, chunked prefill mixed
@@ -16,6 +17,8 @@
 //      CUDA graphs on an identical one give logits within 1e-4 x max |logit|: the recording step,
 //      replays with new tokens, a batch padded up (3 sequences -> size 4), a second size, and a
 //      replay of the first size after it.
+//  (d) Mixtures of experts: DecodeGraphs stays off (routing reads the router's logits on the
+//      host), and eager paged decode steps give the CPU's logits as in (b).
 // Every test skips without a CUDA device.
 #include <gtest/gtest.h>
 
@@ -70,7 +73,19 @@ std::vector<ModelCase> Cases() {
       {"mistral-swa-bf16", GpuTestSpec(Arch::kMistral, DType::kBF16, 43)},
       {"llama-f32", GpuTestSpec(Arch::kLlama, DType::kF32, 44)},
       {"llama-f32-kv-f32", GpuTestSpec(Arch::kLlama, DType::kF32, 44), DType::kF32, kF32Tol},
+      // Mixtures of experts (Mixtral: 4 experts, top 2, renormalised; Qwen3-MoE: 6 experts, top
+      // 3, q/k norm, the last layer dense): the router's host read-back, the per-expert gathers,
+      // GEMMs and ScatterAddRows, and no decode graphs (DecodeGraphs refuses a mixture). An f32
+      // KV cache on CUDA, as on the CPU: a bf16 cache moves the router's logits by ~1e-3, enough
+      // to flip a near-tie between two experts in one of the ~200 routing decisions and change
+      // that token's output outright, which says nothing about the kernels.
+      {"mixtral-bf16-kv-f32", GpuTestSpec(Arch::kMixtral, DType::kBF16, 46), DType::kF32, kF32Tol},
+      {"qwen3moe-f32-kv-f32", GpuTestSpec(Arch::kQwen3Moe, DType::kF32, 47), DType::kF32, kF32Tol},
   };
+}
+
+bool IsMixture(const ModelCase& c) {
+  return c.spec.arch == Arch::kMixtral || c.spec.arch == Arch::kQwen3Moe;
 }
 
 // A directory of this process's own under the system temp dir, removed at the end.
@@ -385,6 +400,52 @@ TEST_F(CudaModelTest, PagedForwardBatchMatchesCpu) {
     std::printf("%-18s paged batches: max |logit diff| %.3g x max|logit|; greedy ids equal on %d "
                 "of %d confident rows\n",
                 c.name.c_str(), worst, equal, compared);
+  }
+}
+
+// (d) A mixture of experts routes on the host (it reads the router's logits back every layer),
+// which a recorded graph cannot do: DecodeGraphs stays off for it on the CUDA backend, and decode
+// steps run eagerly, with the CPU's logits (the served path of (a) runs them through the engine,
+// which asks for graphs by default).
+TEST_F(CudaModelTest, MixtureOfExpertsRecordsNoDecodeGraphs) {
+  constexpr int kBlock = 8;
+  constexpr int64_t kBlocks = 24;
+  constexpr int32_t kPadBlock = kBlocks - 1;
+  for (const ModelCase& c : Cases()) {
+    if (!IsMixture(c)) continue;
+    SCOPED_TRACE(c.name);
+    Loaded cpu = Load(c, false), gpu = Load(c, true);
+    ASSERT_TRUE(cpu.model && gpu.model);
+    ASSERT_GT(gpu.model->config().num_experts, 0);
+    ASSERT_TRUE(gpu.model->backend().supports_graphs());
+    const int64_t vocab = gpu.model->config().vocab_size;
+    PagedKvCache cpu_cache = cpu.model->NewPagedCache(kBlock, kBlocks);
+    PagedKvCache gpu_cache = gpu.model->NewPagedCache(kBlock, kBlocks);
+    DecodeGraphs graphs(*gpu.model, gpu_cache, {1, 2, 4}, 6, kPadBlock);
+    EXPECT_FALSE(graphs.enabled()) << "DecodeGraphs would record a mixture of experts";
+
+    BlockPool pool(kBlocks, kPadBlock);
+    std::vector<Seq> seqs(2);
+    std::vector<std::vector<std::vector<int32_t>>> steps = {
+        {Tokens(9, vocab, 7), Tokens(14, vocab, 8)}};
+    for (int s = 0; s < 3; ++s) {
+      steps.push_back({{static_cast<int32_t>(40 + 9 * s)}, {static_cast<int32_t>(700 - 5 * s)}});
+    }
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const BatchInput batch = MakeBatch(seqs, steps[i], kBlock, pool, /*all_rows=*/false);
+      if (i > 0) {
+        EXPECT_FALSE(graphs.Accepts(batch)) << "decode step " << i;
+      }
+      auto want = cpu.model->ForwardBatch(batch, cpu_cache);
+      ASSERT_TRUE(want.ok()) << want.status();
+      auto got = gpu.model->ForwardBatch(batch, gpu_cache);
+      ASSERT_TRUE(got.ok()) << got.status();
+      auto ids = gpu.model->LastStageArgmax(*got);
+      ASSERT_TRUE(ids.ok()) << ids.status();
+      CompareLogits(HostLogits(*gpu.model, *got), HostLogits(*cpu.model, *want), *ids, vocab, c.tol,
+                    kMinMargin, c.name + " eager decode step " + std::to_string(i));
+    }
+    EXPECT_EQ(graphs.graphs(), 0);
   }
 }
 

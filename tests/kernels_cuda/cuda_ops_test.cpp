@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -27,6 +28,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/scatter_plan.h"
 #include "tests/kernels_cuda/cuda_vs_cpu.h"
 #include "tests/kernels_cuda/logit_compare.h"
 
@@ -358,6 +360,236 @@ TEST_F(Gemma3AttentionTest, PrefillLocalAndGlobal) {
       }
     }
   }
+}
+
+// ScatterAddRows (the mixture of experts' combine): dst[rows[i], :] += weights[i] * src[i, :].
+// The host half runs anywhere (cuda_ops_host_test): the grouping plan of the CUDA kernel and the
+// shared argument checks of the CPU op. The CUDA op must give the CPU's result bit for bit (the
+// same adds in the same order, no FMA), on every run.
+
+float FromBits(int32_t bits) {
+  float f = 0.0f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// The plan's four parts for rows {3, 1, 3, 0, 1, 3}: destinations ascending, each one's sources in
+// source order, the weights following their sources.
+TEST(ScatterAddRowsHost, PlanGroupsSourcesByDestinationInSourceOrder) {
+  const std::vector<int32_t> rows = {3, 1, 3, 0, 1, 3};
+  const std::vector<float> weights = {0.5f, 1.5f, 2.5f, 3.5f, 4.5f, 5.5f};
+  const cuda::ScatterAddRowsPlan plan = cuda::PlanScatterAddRows(rows, weights);
+  ASSERT_EQ(plan.groups, 3);
+  ASSERT_EQ(plan.packed.size(), 3u + 4u + 2u * rows.size());
+  EXPECT_EQ(std::vector<int32_t>(plan.packed.begin(), plan.packed.begin() + 3),
+            (std::vector<int32_t>{0, 1, 3}));
+  EXPECT_EQ(std::vector<int32_t>(plan.packed.begin() + 3, plan.packed.begin() + 7),
+            (std::vector<int32_t>{0, 1, 3, 6}));
+  EXPECT_EQ(std::vector<int32_t>(plan.packed.begin() + 7, plan.packed.begin() + 13),
+            (std::vector<int32_t>{3, 1, 4, 0, 2, 5}));
+  std::vector<float> got_weights;
+  for (size_t p = 13; p < plan.packed.size(); ++p) got_weights.push_back(FromBits(plan.packed[p]));
+  EXPECT_EQ(got_weights, (std::vector<float>{3.5f, 1.5f, 4.5f, 0.5f, 2.5f, 5.5f}));
+
+  const cuda::ScatterAddRowsPlan none = cuda::PlanScatterAddRows({}, {});
+  EXPECT_EQ(none.groups, 0);
+  EXPECT_EQ(none.packed, std::vector<int32_t>{0});
+}
+
+// Random rows with many repeats: every source in exactly one group, the group of its row, after
+// the earlier sources of that row; destinations strictly ascending.
+TEST(ScatterAddRowsHost, PlanOfRandomRowsCoversEverySourceOnce) {
+  std::mt19937 rng(16);
+  std::uniform_int_distribution<int32_t> row(0, 16);
+  std::vector<int32_t> rows(300);
+  std::vector<float> weights(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    rows[i] = row(rng);
+    weights[i] = static_cast<float>(i) + 0.25f;
+  }
+  const cuda::ScatterAddRowsPlan plan = cuda::PlanScatterAddRows(rows, weights);
+  const int64_t g = plan.groups, m = static_cast<int64_t>(rows.size());
+  ASSERT_EQ(static_cast<int64_t>(plan.packed.size()), 2 * g + 1 + 2 * m);
+  const int32_t* dst = plan.packed.data();
+  const int32_t* begins = dst + g;
+  const int32_t* order = begins + g + 1;
+  const int32_t* bits = order + m;
+  EXPECT_EQ(begins[0], 0);
+  EXPECT_EQ(begins[g], m);
+  std::vector<int> seen(rows.size(), 0);
+  for (int64_t j = 0; j < g; ++j) {
+    if (j > 0) {
+      EXPECT_LT(dst[j - 1], dst[j]) << "group " << j;
+    }
+    EXPECT_LT(begins[j], begins[j + 1]) << "group " << j << " is empty";
+    for (int32_t p = begins[j]; p < begins[j + 1]; ++p) {
+      ASSERT_GE(order[p], 0);
+      ASSERT_LT(order[p], m);
+      ++seen[order[p]];
+      EXPECT_EQ(rows[order[p]], dst[j]) << "source " << order[p] << " in group of row " << dst[j];
+      if (p > begins[j]) {
+        EXPECT_LT(order[p - 1], order[p]) << "sources of row " << dst[j];
+      }
+      EXPECT_EQ(FromBits(bits[p]), weights[order[p]]) << "weight of source " << order[p];
+    }
+  }
+  EXPECT_EQ(seen, std::vector<int>(rows.size(), 1));
+}
+
+// The CPU op (the reference of the CUDA one) and the checks every backend shares: repeated rows
+// sum in source order; m = 0 is a no-op; wrong shapes, counts and rows are refused naming them.
+TEST(ScatterAddRowsHost, CpuOpSumsRepeatedRowsAndRefusesBadArguments) {
+  std::unique_ptr<Backend> cpu = CreateCpuBackend(1);
+  auto matrix = [](int64_t r, int64_t c, std::vector<float> v) {
+    Tensor t = Tensor::Empty({r, c}, DType::kF32);
+    std::copy(v.begin(), v.end(), t.data<float>());
+    return t;
+  };
+  Tensor dst = matrix(3, 2, {0, 0, 0, 0, 0, 0});
+  const Tensor src = matrix(3, 2, {1, 2, 3, 4, 5, 6});
+  cpu->ScatterAddRows(src, std::vector<int32_t>{2, 0, 2}, std::vector<float>{0.5f, 2.0f, -1.0f},
+                      dst);
+  EXPECT_EQ(std::vector<float>(dst.data<float>(), dst.data<float>() + 6),
+            (std::vector<float>{6, 8, 0, 0, -4.5f, -5}));
+
+  const std::vector<float> before(dst.data<float>(), dst.data<float>() + 6);
+  cpu->ScatterAddRows(Tensor::Empty({0, 2}, DType::kF32), {}, {}, dst);
+  EXPECT_EQ(std::vector<float>(dst.data<float>(), dst.data<float>() + 6), before) << "m = 0";
+
+  auto message = [&](const Tensor& s, std::vector<int32_t> rows, std::vector<float> w) {
+    try {
+      cpu->ScatterAddRows(s, rows, w, dst);
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("no exception");
+  };
+  EXPECT_THROW(cpu->ScatterAddRows(Tensor::Empty({0, 3}, DType::kF32), {}, {}, dst),
+               std::invalid_argument);
+  EXPECT_EQ(message(src, {0, 1}, {1, 1}),
+            "ScatterAddRows: expects src [m, d], m rows and m weights, dst [n, d]; got src "
+            "[3, 2], 2 rows, 2 weights, dst [3, 2]");
+  EXPECT_THROW(
+      cpu->ScatterAddRows(src, std::vector<int32_t>{0, 1, 2}, std::vector<float>{1, 1}, dst),
+      std::invalid_argument);
+  EXPECT_THROW(cpu->ScatterAddRows(matrix(3, 1, {1, 2, 3}), std::vector<int32_t>{0, 1, 2},
+                                   std::vector<float>{1, 1, 1}, dst),
+               std::invalid_argument);
+  EXPECT_THROW(
+      cpu->ScatterAddRows(src, std::vector<int32_t>{0, 3, 1}, std::vector<float>{1, 1, 1}, dst),
+      std::out_of_range);
+  EXPECT_EQ(message(src, {0, 1, -1}, {1, 1, 1}),
+            "ScatterAddRows: row -1 at index 2 outside [0, 3)");
+  EXPECT_EQ(std::vector<float>(dst.data<float>(), dst.data<float>() + 6), before)
+      << "a refused call changed dst";
+}
+
+struct ScatterCase {
+  std::string name;
+  int64_t n, d;
+  std::vector<int32_t> rows;
+};
+
+std::vector<ScatterCase> ScatterCases() {
+  std::vector<ScatterCase> cases = {
+      {"repeated rows in any order, d 37", 5, 37, {3, 0, 3, 4, 3, 1, 0}},
+      {"d 1, one row six times", 3, 1, {2, 2, 2, 2, 2, 0}},
+      {"rows descending, d 33", 40, 33, {}},
+      {"an expert's tokens (distinct, ascending), d 256", 64, 256, {}},
+      {"300 sources into 7 rows, d 4099 (blocks along y)", 7, 4099, {}},
+  };
+  for (int32_t r = 39; r >= 0; --r) cases[2].rows.push_back(r);
+  for (int32_t r = 0; r < 64; r += 2) cases[3].rows.push_back(r);
+  for (int32_t i = 0; i < 300; ++i) cases[4].rows.push_back((i * 5 + i / 7) % 7);
+  return cases;
+}
+
+// Views (src rows in the middle of a larger tensor, dst likewise, as the expert-parallel combine
+// passes them): the CPU's values bit for bit, the rows around dst untouched, and a second run from
+// the same start gives the same bits.
+TEST_F(CudaOpsTest, ScatterAddRowsMatchesCpuBitForBit) {
+  for (const ScatterCase& c : ScatterCases()) {
+    SCOPED_TRACE(c.name);
+    const int64_t m = static_cast<int64_t>(c.rows.size());
+    const Tensor src = Random({m + 3, c.d}, -2.0f, 2.0f);
+    const Tensor dst0 = Random({c.n + 2, c.d});
+    std::vector<float> weights(c.rows.size());
+    std::uniform_real_distribution<float> w(-1.5f, 1.5f);
+    for (float& x : weights) x = w(rng_);
+
+    Tensor want = Tensor::Empty(dst0.shape(), DType::kF32);
+    std::memcpy(want.raw(), dst0.raw(), dst0.nbytes());
+    Tensor want_rows = want.Rows(1, 1 + c.n);
+    cpu_->ScatterAddRows(src.Rows(2, 2 + m), c.rows, weights, want_rows);
+
+    const Tensor src_dev = cuda_->ToDevice(src);
+    Tensor first;
+    for (int run = 0; run < 2; ++run) {
+      Tensor dst_dev = cuda_->ToDevice(dst0);
+      Tensor rows_dev = dst_dev.Rows(1, 1 + c.n);
+      cuda_->ScatterAddRows(src_dev.Rows(2, 2 + m), c.rows, weights, rows_dev);
+      const Tensor got = cuda_->ToHost(dst_dev);
+      ExpectClose(got, want, 0.0f, c.name + ", run " + std::to_string(run));
+      if (run == 0) {
+        first = got;
+      } else {
+        EXPECT_EQ(std::memcmp(first.raw(), got.raw(), got.nbytes()), 0) << "not deterministic";
+      }
+    }
+  }
+}
+
+// m = 0 is a no-op on both backends (a d that differs is refused on both); bad rows, counts and
+// shapes get the CPU's exception types and leave dst as it was; a host tensor, overlapping src
+// and dst, and a call while a graph is recorded are refused.
+TEST_F(CudaOpsTest, ScatterAddRowsEmptyAndRefused) {
+  const Tensor dst0 = Random({4, 6});
+  Tensor dst_dev = cuda_->ToDevice(dst0);
+  cuda_->ScatterAddRows(cuda_->Allocate({0, 6}), {}, {}, dst_dev);
+  ExpectClose(cuda_->ToHost(dst_dev), dst0, 0.0f, "m = 0");
+  Tensor dst_host = Tensor::Empty(dst0.shape(), DType::kF32);
+  std::memcpy(dst_host.raw(), dst0.raw(), dst0.nbytes());
+  EXPECT_THROW(cpu_->ScatterAddRows(Tensor::Empty({0, 5}, DType::kF32), {}, {}, dst_host),
+               std::invalid_argument);
+  EXPECT_THROW(cuda_->ScatterAddRows(cuda_->Allocate({0, 5}), {}, {}, dst_dev),
+               std::invalid_argument);
+
+  const Tensor src = Random({3, 6});
+  const Tensor src_dev = cuda_->ToDevice(src);
+  const std::vector<float> w3 = {1.0f, 2.0f, 3.0f};
+  for (const std::vector<int32_t>& bad :
+       {std::vector<int32_t>{0, 4, 1}, std::vector<int32_t>{-1, 0, 0}}) {
+    EXPECT_THROW(cpu_->ScatterAddRows(src, bad, w3, dst_host), std::out_of_range);
+    EXPECT_THROW(cuda_->ScatterAddRows(src_dev, bad, w3, dst_dev), std::out_of_range);
+  }
+  const std::vector<int32_t> rows3 = {0, 1, 1};
+  EXPECT_THROW(cuda_->ScatterAddRows(src_dev, rows3, std::vector<float>{1.0f, 2.0f}, dst_dev),
+               std::invalid_argument);
+  EXPECT_THROW(cuda_->ScatterAddRows(src_dev, std::vector<int32_t>{0, 1}, w3, dst_dev),
+               std::invalid_argument);
+  EXPECT_THROW(cuda_->ScatterAddRows(cuda_->ToDevice(Random({3, 5})), rows3, w3, dst_dev),
+               std::invalid_argument);
+  EXPECT_THROW(cuda_->ScatterAddRows(src, rows3, w3, dst_dev), std::invalid_argument)
+      << "a host src";
+  EXPECT_THROW(cuda_->ScatterAddRows(dst_dev.Rows(1, 4), rows3, w3, dst_dev), std::invalid_argument)
+      << "src inside dst";
+  ExpectClose(cuda_->ToHost(dst_dev), dst0, 0.0f, "after refused calls");
+
+  // (std::invalid_argument is a std::logic_error too: the message tells them apart.)
+  ASSERT_TRUE(cuda_->BeginCapture());
+  std::string captured = "no exception";
+  try {
+    cuda_->ScatterAddRows(src_dev, rows3, w3, dst_dev);
+  } catch (const std::logic_error& e) {
+    captured = e.what();
+  }
+  cuda_->AbortCapture();
+  EXPECT_NE(captured.find("ScatterAddRows: not allowed while a graph is being captured"),
+            std::string::npos)
+      << captured;
+  cuda_->ScatterAddRows(src_dev, rows3, w3, dst_dev);  // eager again after the capture
+  cpu_->ScatterAddRows(src, rows3, w3, dst_host);
+  ExpectClose(cuda_->ToHost(dst_dev), dst_host, 0.0f, "after the aborted capture");
 }
 
 }  // namespace
