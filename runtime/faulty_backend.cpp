@@ -20,15 +20,15 @@ namespace shardlm {
 namespace {
 
 // Every op a fault may name, and those whose f32 output a nan fault can poison.
-constexpr std::array<absl::string_view, 27> kOps = {
+constexpr std::array<absl::string_view, 28> kOps = {
     "Allocate", "AllocateUninitialized", "ToDevice", "ToHost", "PrepareWeight",
     "PrepareWeightColumns", "Linear", "RmsNorm", "UploadIndices", "WriteIndices", "Copy",
     "AddRmsNorm", "Rope", "RopeWriteKv", "Embedding", "GluMul", "GluMulPacked", "Add",
-    "Scale", "HeadRmsNorm", "Argmax", "Sample", "WriteKv", "PagedAttention", "BeginCapture", "EndCapture",
+    "ScatterAddRows", "Scale", "HeadRmsNorm", "Argmax", "Sample", "WriteKv", "PagedAttention", "BeginCapture", "EndCapture",
     "Synchronize"};
-constexpr std::array<absl::string_view, 12> kNanOps = {
+constexpr std::array<absl::string_view, 13> kNanOps = {
     "Linear", "RmsNorm", "AddRmsNorm", "Rope", "RopeWriteKv", "Embedding", "GluMul",
-    "GluMulPacked", "Add", "Scale", "HeadRmsNorm", "PagedAttention"};
+    "GluMulPacked", "Add", "ScatterAddRows", "Scale", "HeadRmsNorm", "PagedAttention"};
 
 bool Contains(std::span<const absl::string_view> names, absl::string_view name) {
   return std::find(names.begin(), names.end(), name) != names.end();
@@ -209,6 +209,10 @@ void FaultyBackend::GluMulPacked(const Tensor& gate_up, Activation act, Tensor& 
 }
 void FaultyBackend::Add(Tensor& x, const Tensor& y) {
   Run("Add", &x, [&] { inner_.Add(x, y); });
+}
+void FaultyBackend::ScatterAddRows(const Tensor& src, std::span<const int32_t> rows,
+                                   std::span<const float> weights, Tensor& dst) {
+  Run("ScatterAddRows", &dst, [&] { inner_.ScatterAddRows(src, rows, weights, dst); });
 }
 void FaultyBackend::Scale(Tensor& x, float s) {
   Run("Scale", &x, [&] { inner_.Scale(x, s); });

@@ -75,6 +75,8 @@ class FaultyBackend final : public Backend {
   void GluMul(const Tensor& gate, const Tensor& up, Activation act, Tensor& y) override;
   void GluMulPacked(const Tensor& gate_up, Activation act, Tensor& y) override;
   void Add(Tensor& x, const Tensor& y) override;
+  void ScatterAddRows(const Tensor& src, std::span<const int32_t> rows,
+                      std::span<const float> weights, Tensor& dst) override;
   void Scale(Tensor& x, float s) override;
   void HeadRmsNorm(Tensor& qkv, int heads, int kv_heads, const Tensor& q_w, const Tensor& k_w,
                    float eps) override;

@@ -269,9 +269,11 @@ TEST(MpiCommunicatorTest, SplitOrdersByKey) {
   EXPECT_EQ((*again)->rank(), (*all)->rank());  // equal keys: ordered by rank in `all`
 }
 
-// All-to-all with uneven (some empty) pieces: rank s sends AllToAllBytes(s, d) bytes of
-// pattern s * 16 + d to rank d.
-size_t AllToAllBytes(int from, int to) { return static_cast<size_t>((from * 7 + to * 3) % 5) * 13; }
+// All-to-all with uneven (some empty) pieces, and a piece to itself (what expert parallelism
+// keeps for its own experts): rank s sends AllToAllBytes(s, d) bytes of pattern s * 16 + d to d.
+size_t AllToAllBytes(int from, int to) {
+  return from == to ? 29 : static_cast<size_t>((from * 7 + to * 3) % 5) * 13;
+}
 
 TEST(MpiCommunicatorTest, AllToAllV) {
   const int n = World().size(), me = World().rank();

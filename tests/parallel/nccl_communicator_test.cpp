@@ -195,9 +195,12 @@ TEST_F(NcclCommunicatorTest, SendRecvRing) {
 }
 
 TEST_F(NcclCommunicatorTest, AllToAllV) {
-  // Uneven pieces, some empty: rank s sends ((7s + 3d) % 5) * 13 bytes of pattern 16s + d to d.
+  // Uneven pieces, some empty, and one to itself: rank s sends 29 bytes to itself and
+  // ((7s + 3d) % 5) * 13 bytes to d != s, of pattern 16s + d.
   const int n = comm().size(), me = comm().rank();
-  auto piece_bytes = [](int from, int to) { return static_cast<size_t>((from * 7 + to * 3) % 5) * 13; };
+  auto piece_bytes = [](int from, int to) {
+    return from == to ? size_t{29} : static_cast<size_t>((from * 7 + to * 3) % 5) * 13;
+  };
   std::vector<size_t> send(n), recv(n);
   std::vector<uint8_t> in, want;
   for (int p = 0; p < n; ++p) {
