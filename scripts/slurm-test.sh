@@ -90,6 +90,9 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS
 # Open MPI's TCP transport on the nodes' network only (not loopback: a node's 127.0.0.1 is
 # its own).
 export OMPI_MCA_btl=tcp,self OMPI_MCA_btl_tcp_if_include=$SUBNET.0/24
+# No topology in shared memory at a guessed address (an orted crash seen once in CI; see
+# scripts/netns-mpi-test.sh).
+export OMPI_MCA_rtc_hwloc_vmhole=none
 cd "$WORK"
 t=$(now)
 JOB=$(sbatch --parsable --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 --time=10:00 \
