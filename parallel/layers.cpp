@@ -34,22 +34,6 @@ absl::StatusOr<ParallelContext> ParallelContext::Create(ShardPlan plan,
   return ctx;
 }
 
-absl::Status AllReduce(Backend& backend, const ParallelContext& ctx, Tensor& t) {
-  if (ctx.tp->size() == 1) return absl::OkStatus();
-  if (t.device() == Device::kCpu) {
-    return ctx.tp->AllReduceSum(t.data<float>(), static_cast<size_t>(t.numel()));
-  }
-  if (ctx.tp_device != nullptr) {
-    return ctx.tp_device->AllReduceSum(t.data<float>(), static_cast<size_t>(t.numel()));
-  }
-  // Device memory without a device communicator (e.g. TP ranks sharing one GPU, where NCCL
-  // refuses): through the host.
-  Tensor host = backend.ToHost(t);
-  SHARDLM_RETURN_IF_ERROR(ctx.tp->AllReduceSum(host.data<float>(), static_cast<size_t>(host.numel())));
-  backend.Copy(backend.ToDevice(host), t);
-  return absl::OkStatus();
-}
-
 namespace {
 
 // Runs `exchange(group, in, out)` on raw pointers to the data of `in` and `out`: device memory
@@ -64,8 +48,10 @@ absl::Status ExchangeOnTp(Backend& backend, const ParallelContext& ctx, const Te
   if (ctx.tp_device != nullptr) {
     return exchange(*ctx.tp_device, in.data<float>(), out.data<float>());
   }
+  // Device memory without a device communicator (e.g. TP ranks sharing one GPU, where NCCL
+  // refuses): through the host, one copy when the exchange is in place.
   Tensor host_in = backend.ToHost(in);
-  Tensor host_out = backend.ToHost(out);
+  Tensor host_out = in.raw() == out.raw() ? host_in : backend.ToHost(out);
   SHARDLM_RETURN_IF_ERROR(exchange(*ctx.tp, host_in.data<float>(), host_out.data<float>()));
   backend.Copy(backend.ToDevice(host_out), out);
   return absl::OkStatus();
@@ -93,6 +79,14 @@ absl::StatusOr<std::vector<size_t>> RowBytes(const char* op, const char* which, 
 }
 
 }  // namespace
+
+absl::Status AllReduce(Backend& backend, const ParallelContext& ctx, Tensor& t) {
+  if (ctx.tp->size() == 1) return absl::OkStatus();
+  const size_t count = static_cast<size_t>(t.numel());
+  return ExchangeOnTp(backend, ctx, t, t, [count](Communicator& group, const float*, float* data) {
+    return group.AllReduceSum(data, count);
+  });
+}
 
 absl::Status AllToAllRows(Backend& backend, const ParallelContext& ctx, const Tensor& send,
                           std::span<const int64_t> send_rows, Tensor& recv,
